@@ -1,0 +1,57 @@
+/** Thousands separators, as partclone.info prints counts: 1,048,576. */
+export function withCommas(n: number | bigint): string {
+  return n.toLocaleString("en-US");
+}
+
+/**
+ * Bad input: names the file, the absolute byte offset and the field.
+ * The CLI prints `imgtool: <message>` on one line and exits with EXIT.BAD_INPUT.
+ */
+export class ImageError extends Error {
+  constructor(
+    readonly where: Location,
+    readonly field: string,
+    detail?: string,
+  ) {
+    super(`${describeLocation(where)}: ${field}${detail ? ` (${detail})` : ""}`);
+    this.name = "ImageError";
+  }
+}
+
+/**
+ * Where a byte is: a file and an offset in it, or, behind a decompressor, an offset in the
+ * decompressed stream of that file (`decoded` names the compression).
+ */
+export interface Location {
+  file: string;
+  offset?: number;
+  decoded?: string;
+}
+
+export function describeLocation(l: Location): string {
+  if (l.offset === undefined) return l.file;
+  return `${l.file}: ${l.decoded ? `${l.decoded}-decompressed offset` : "offset"} ${withCommas(l.offset)}`;
+}
+
+/** A checksum that does not hold; a distinct class so `verify` can report it as such. */
+export class ChecksumError extends ImageError {
+  override name = "ChecksumError";
+}
+
+/** The user asked for something that cannot be done (existing output, bad option). */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** Exit codes, documented in README.md. */
+export const EXIT = {
+  OK: 0,
+  /** the command failed for another reason (I/O error on the output, ...) */
+  FAILURE: 1,
+  /** bad command line or refused action (output exists without --force) */
+  USAGE: 2,
+  /** the input is not a readable image/stream, or is damaged */
+  BAD_INPUT: 3,
+  /** a checksum did not match */
+  CHECKSUM: 4,
+} as const;

@@ -1,0 +1,68 @@
+import type { Compression } from "../source/sniff.ts";
+
+export type ImageFormat = "partclone" | "partimage" | "ntfsclone";
+
+/** One line of `imgtool info`: a label, a printable value, and the typed value for --json. */
+export interface InfoField {
+  key: string;
+  label: string;
+  text: string;
+  value: string | number | boolean | null;
+}
+
+/** Header facts every format provides; `fields` adds what only that format knows, in print order. */
+export interface ImageInfo {
+  format: ImageFormat;
+  /** file system type as the image names it: "EXT4", "NTFS", "BTRFS", "ext2", ... */
+  fsType: string;
+  blockSize: number;
+  totalBlocks: number;
+  /** used blocks according to the bitmap (what restore writes) */
+  usedBlocks: number;
+  /** size of the restored volume in bytes */
+  deviceSize: number;
+  /** checksum algorithm of the data ("NONE", "CRC32", "XXH64", ...) */
+  checksum: string;
+  compression: Compression[];
+  pieces: string[];
+  /** the format's own header, printed by `info` after the common facts */
+  fields: InfoField[];
+}
+
+/** A run of used blocks with their bytes; `data` is only valid until the iteration moves on. */
+export interface DataRun {
+  /** byte offset in the volume */
+  offset: number;
+  data: Uint8Array;
+}
+
+/** A run of used blocks, from the bitmap only. */
+export interface UsedRun {
+  firstBlock: number;
+  blockCount: number;
+}
+
+export interface ReadOptions {
+  /** verify checksums on the way (default true); a mismatch throws a ChecksumError */
+  verify?: boolean;
+  /** called now and then with the bytes of the image consumed so far */
+  onProgress?: (imageBytes: number) => void;
+}
+
+/**
+ * What every command consumes. A format opens the header and bitmap eagerly; the data is read
+ * once, in ascending order, by `dataRuns`/`blockReader` (a pipe cannot go back).
+ */
+export interface Image {
+  readonly info: ImageInfo;
+  isUsed(block: number): boolean;
+  /** used runs from the bitmap, ascending */
+  usedRuns(): Iterable<UsedRun>;
+  /** the used data, ascending, checksums verified unless opts.verify is false; once per Image */
+  dataRuns(opts?: ReadOptions): Generator<DataRun, void, undefined>;
+  /** the same as dataRuns, as a callback: fn(offset, bytes), strictly ascending */
+  blockReader(fn: (offset: number, bytes: Uint8Array) => void, opts?: ReadOptions): void;
+  /** random access into the volume (unused blocks read as zeros); only where the source is seekable */
+  read?(offset: number, length: number): Uint8Array;
+  close(): void;
+}

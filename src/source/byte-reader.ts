@@ -1,0 +1,136 @@
+import { ImageError, type Location } from "../errors.ts";
+import type { ChunkSource } from "./chunk-source.ts";
+
+const DEFAULT_CAPACITY = 4 << 20;
+/** No single view may exceed this; callers check lengths from a file against it before asking. */
+export const MAX_VIEW = 1 << 30;
+
+/**
+ * Every format parser reads through this and nothing else: sequential views over a ChunkSource,
+ * copied only when a view straddles the end of what was read so far (then compacted in place).
+ * A view stays valid until the next call on the reader.
+ */
+export class ByteReader {
+  private buf: Uint8Array;
+  private start = 0;
+  private end = 0;
+  /** absolute stream offset of buf[0] */
+  private base = 0;
+  private ended = false;
+
+  constructor(
+    readonly source: ChunkSource,
+    capacity = DEFAULT_CAPACITY,
+  ) {
+    this.buf = new Uint8Array(capacity);
+  }
+
+  get name(): string {
+    return this.source.name;
+  }
+
+  /** Absolute offset of the next unread byte. */
+  get position(): number {
+    return this.base + this.start;
+  }
+
+  /** Bytes buffered and not yet consumed. */
+  get buffered(): number {
+    return this.end - this.start;
+  }
+
+  /** Exactly n bytes, consumed. Throws an ImageError naming `field` if the stream ends first. */
+  view(n: number, field: string): Uint8Array {
+    if (this.end - this.start < n) this.fill(n, field);
+    const v = this.buf.subarray(this.start, this.start + n);
+    this.start += n;
+    return v;
+  }
+
+  /** Up to n bytes (at least 1 unless the stream has ended), consumed; reads at most once. */
+  chunk(max: number): Uint8Array {
+    if (this.start === this.end) {
+      if (this.ended) return this.buf.subarray(0, 0);
+      this.refill(1);
+    }
+    const n = Math.min(max, this.end - this.start);
+    const v = this.buf.subarray(this.start, this.start + n);
+    this.start += n;
+    return v;
+  }
+
+  /** Up to n bytes without consuming them (fewer only at the end of the stream). */
+  peek(n: number): Uint8Array {
+    if (this.end - this.start < n && !this.ended) this.refill(n);
+    return this.buf.subarray(this.start, Math.min(this.end, this.start + n));
+  }
+
+  /** Skip n bytes; throws naming `field` if the stream ends first. */
+  skip(n: number, field: string): void {
+    while (n > 0) {
+      if (this.start === this.end) {
+        if (this.ended) this.truncated(field, n);
+        this.refill(1);
+        if (this.start === this.end) this.truncated(field, n);
+      }
+      const k = Math.min(n, this.end - this.start);
+      this.start += k;
+      n -= k;
+    }
+  }
+
+  /** True when every byte has been consumed. */
+  atEnd(): boolean {
+    if (this.start < this.end) return false;
+    if (!this.ended) this.refill(1);
+    return this.start === this.end;
+  }
+
+  /** Where absolute offset `offset` is, for messages. */
+  locate(offset = this.position): Location {
+    return this.source.locate(offset);
+  }
+
+  /** Throw an ImageError at `offset` (default: the next unread byte). */
+  fail(field: string, detail?: string, offset = this.position): never {
+    throw new ImageError(this.locate(offset), field, detail);
+  }
+
+  close(): void {
+    this.source.close();
+  }
+
+  private fill(n: number, field: string): void {
+    if (n > MAX_VIEW) this.fail(field, `length ${n} is beyond any sane size`);
+    this.refill(n);
+    if (this.end - this.start < n) this.truncated(field, n);
+  }
+
+  private truncated(field: string, wanted: number): never {
+    const have = this.end - this.start;
+    this.fail(`truncated ${field}`, `needed ${wanted} bytes, the stream ends after ${have}`);
+  }
+
+  /** Make at least n bytes available unless the stream ends first. */
+  private refill(n: number): void {
+    const have = this.end - this.start;
+    const tailRoom = this.buf.length - this.end;
+    if (this.start + n > this.buf.length || (this.start > 0 && tailRoom < this.buf.length >> 2)) {
+      if (n > this.buf.length) {
+        const bigger = new Uint8Array(Math.max(n, this.buf.length * 2));
+        bigger.set(this.buf.subarray(this.start, this.end));
+        this.buf = bigger;
+      } else if (have > 0) {
+        this.buf.copyWithin(0, this.start, this.end);
+      }
+      this.base += this.start;
+      this.start = 0;
+      this.end = have;
+    }
+    while (this.end - this.start < n && !this.ended) {
+      const got = this.source.read(this.buf.subarray(this.end));
+      if (got === 0) this.ended = true;
+      this.end += got;
+    }
+  }
+}

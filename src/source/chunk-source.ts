@@ -1,0 +1,29 @@
+import type { Location } from "../errors.ts";
+
+/**
+ * The lowest layer: a pull-based byte stream (a file, a pipe, a split set, a decompressor).
+ * Synchronous on purpose: every source here is a blocking read or an FFI call, and a sync
+ * pull loop keeps the hot path free of promise machinery.
+ */
+export interface ChunkSource {
+  /** What to call this stream in messages: a file name, "stdin", "x.gz (zstd)". */
+  readonly name: string;
+  /** Fill `into` from its start with up to `into.length` bytes; returns how many. 0 = end of stream. */
+  read(into: Uint8Array): number;
+  /** For messages: where byte `offset` of this stream lives (e.g. piece x.ab, offset 12). */
+  locate(offset: number): Location;
+  /** Total length in bytes when known without reading (plain files, split sets). */
+  readonly size: number | undefined;
+  close(): void;
+}
+
+/** A ChunkSource that can also read at any offset (plain files and split sets, not pipes or decoders). */
+export interface RandomAccessSource extends ChunkSource {
+  readonly size: number;
+  /** Read up to `into.length` bytes at `offset`; returns how many (short only at the end). */
+  readAt(into: Uint8Array, offset: number): number;
+}
+
+export function isRandomAccess(s: ChunkSource): s is RandomAccessSource {
+  return typeof (s as RandomAccessSource).readAt === "function";
+}

@@ -1,0 +1,132 @@
+import fs from "node:fs";
+import path from "node:path";
+import { ImageError, type Location } from "../errors.ts";
+import type { RandomAccessSource } from "./chunk-source.ts";
+import { FileSource, openFileSource } from "./file.ts";
+
+/**
+ * `split -b` suffixes as coreutils makes them: aa..yz, then zaaa..yzzz, then zzaaaa..., so that
+ * names sort in order. Returns the n-th (0-based) suffix.
+ */
+export function splitSuffix(n: number): string {
+  let width = 2;
+  let count = 26 ** width;
+  let prefix = "";
+  // each widening spends the last 26^(w-1) names of the old width on a "z" prefix
+  while (n >= count - 26 ** (width - 1)) {
+    n -= count - 26 ** (width - 1);
+    prefix += "z";
+    width += 1;
+    count = 26 ** width;
+  }
+  let s = "";
+  for (let i = 0; i < width; i++) {
+    s = String.fromCharCode(97 + (n % 26)) + s;
+    n = Math.floor(n / 26);
+  }
+  return prefix + s;
+}
+
+const SUFFIX = /\.(z*[a-y][a-z]|[a-z]{2})$/;
+
+/**
+ * The pieces of a split set named by any piece or by the name before the suffix, in order;
+ * undefined when `p` is not part of one. A gap in the sequence is an error naming the missing piece.
+ */
+export function findSplitPieces(p: string): string[] | undefined {
+  let base: string;
+  if (fs.existsSync(`${p}.aa`) && !fs.existsSync(p)) base = p;
+  else {
+    const m = SUFFIX.exec(p);
+    if (!m) return undefined;
+    base = p.slice(0, m.index);
+    if (!fs.existsSync(`${base}.aa`)) return undefined;
+  }
+  const pieces: string[] = [];
+  for (let i = 0; ; i++) {
+    const name = `${base}.${splitSuffix(i)}`;
+    if (!fs.existsSync(name)) break;
+    pieces.push(name);
+  }
+  // a later piece without its predecessor means one is missing
+  const dir = path.dirname(base);
+  const stem = path.basename(base);
+  const later = fs
+    .readdirSync(dir)
+    .filter((f) => f.startsWith(`${stem}.`) && SUFFIX.test(f) && f.length > stem.length + 1)
+    .map((f) => path.join(dir, f))
+    .filter((f) => !pieces.includes(f) && f.slice(base.length + 1) > splitSuffix(pieces.length - 1));
+  if (later.length > 0) {
+    throw new ImageError({ file: `${base}.${splitSuffix(pieces.length)}` }, "missing piece of the split set", `found ${later.sort()[0]} after it`);
+  }
+  return pieces;
+}
+
+/** A split set read as one stream: positional reads across pieces. */
+export class SplitSource implements RandomAccessSource {
+  readonly name: string;
+  readonly size: number;
+  private readonly starts: number[] = [];
+  private pos = 0;
+
+  constructor(private readonly pieces: FileSource[]) {
+    this.name = `${pieces[0]!.name} (+${pieces.length - 1} pieces)`;
+    let total = 0;
+    for (const [i, piece] of pieces.entries()) {
+      if (i < pieces.length - 1 && piece.size !== pieces[0]!.size) {
+        throw new ImageError({ file: piece.name, offset: piece.size }, "short piece of the split set", `${piece.size} bytes, ${pieces[0]!.name} has ${pieces[0]!.size}`);
+      }
+      this.starts.push(total);
+      total += piece.size;
+    }
+    this.size = total;
+  }
+
+  static open(names: string[]): SplitSource {
+    const opened: FileSource[] = [];
+    for (const n of names) {
+      const s = openFileSource(n);
+      if (!(s instanceof FileSource)) throw new ImageError({ file: n }, "a piece of a split set must be a regular file");
+      opened.push(s);
+    }
+    return new SplitSource(opened);
+  }
+
+  get pieceNames(): string[] {
+    return this.pieces.map((p) => p.name);
+  }
+
+  read(into: Uint8Array): number {
+    const n = this.readAt(into, this.pos);
+    this.pos += n;
+    return n;
+  }
+
+  readAt(into: Uint8Array, offset: number): number {
+    let done = 0;
+    let i = this.pieceAt(offset);
+    while (done < into.length && i < this.pieces.length) {
+      const piece = this.pieces[i]!;
+      const n = piece.readAt(into.subarray(done), offset + done - this.starts[i]!);
+      done += n;
+      if (offset + done >= this.starts[i]! + piece.size) i++;
+      else if (n === 0) break;
+    }
+    return done;
+  }
+
+  private pieceAt(offset: number): number {
+    let i = this.starts.length - 1;
+    while (i > 0 && this.starts[i]! > offset) i--;
+    return i;
+  }
+
+  locate(offset: number): Location {
+    const i = this.pieceAt(offset);
+    return { file: this.pieces[i]!.name, offset: offset - this.starts[i]! };
+  }
+
+  close(): void {
+    for (const p of this.pieces) p.close();
+  }
+}

@@ -1,0 +1,57 @@
+import { describe, expect, test } from "bun:test";
+import { ByteReader } from "../src/source/byte-reader.ts";
+import type { ChunkSource } from "../src/source/chunk-source.ts";
+import { ImageError } from "../src/errors.ts";
+import { splitSuffix } from "../src/source/split.ts";
+
+/** A source that hands out at most `step` bytes a read, to exercise every refill path. */
+function trickle(data: Uint8Array, step: number): ChunkSource {
+  let pos = 0;
+  return {
+    name: "mem",
+    size: data.length,
+    read(into) {
+      const n = Math.min(step, into.length, data.length - pos);
+      into.set(data.subarray(pos, pos + n));
+      pos += n;
+      return n;
+    },
+    locate: (offset) => ({ file: "mem", offset }),
+    close() {},
+  };
+}
+
+describe("ByteReader", () => {
+  const data = Uint8Array.from({ length: 10_000 }, (_, i) => (i * 7) & 255);
+
+  for (const step of [1, 3, 100, 20_000]) {
+    test(`views and skips agree with the data (reads of ${step})`, () => {
+      const r = new ByteReader(trickle(data, step), 64);
+      expect([...r.view(5, "a")]).toEqual([...data.subarray(0, 5)]);
+      r.skip(95, "b");
+      expect(r.position).toBe(100);
+      expect([...r.view(200, "c")]).toEqual([...data.subarray(100, 300)]);
+      const c = r.chunk(50);
+      expect(c.length).toBeGreaterThan(0);
+      expect([...c]).toEqual([...data.subarray(300, 300 + c.length)]);
+      r.skip(10_000 - 300 - c.length, "d");
+      expect(r.atEnd()).toBe(true);
+    });
+  }
+
+  test("a view past the end names the field and the offset", () => {
+    const r = new ByteReader(trickle(data, 1000), 64);
+    r.skip(9_990, "x");
+    expect(() => r.view(20, "bitmap")).toThrow(ImageError);
+    expect(() => new ByteReader(trickle(data, 1000)).skip(10_001, "blocks")).toThrow(/offset 10,000: truncated blocks/);
+  });
+});
+
+test("split suffixes follow coreutils: aa..yz, zaaa..", () => {
+  expect(splitSuffix(0)).toBe("aa");
+  expect(splitSuffix(1)).toBe("ab");
+  expect(splitSuffix(26)).toBe("ba");
+  expect(splitSuffix(649)).toBe("yz");
+  expect(splitSuffix(650)).toBe("zaaa");
+  expect(splitSuffix(651)).toBe("zaab");
+});
