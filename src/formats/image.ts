@@ -8,6 +8,8 @@ export interface InfoField {
   label: string;
   text: string;
   value: string | number | boolean | null;
+  /** printed after the value, e.g. "used block count based on bitmap" */
+  note?: string;
 }
 
 /** Header facts every format provides; `fields` adds what only that format knows, in print order. */
@@ -58,11 +60,36 @@ export interface Image {
   isUsed(block: number): boolean;
   /** used runs from the bitmap, ascending */
   usedRuns(): Iterable<UsedRun>;
-  /** the used data, ascending, checksums verified unless opts.verify is false; once per Image */
+  /**
+   * The used data, ascending, checksums verified unless opts.verify is false; once per Image.
+   * The runs of one batch stay valid until the next batch is asked for, so a writer can send a
+   * whole batch in one writev.
+   */
+  dataBatches(opts?: ReadOptions): Generator<DataRun[], void, undefined>;
+  /** the same, one run at a time */
   dataRuns(opts?: ReadOptions): Generator<DataRun, void, undefined>;
   /** the same as dataRuns, as a callback: fn(offset, bytes), strictly ascending */
   blockReader(fn: (offset: number, bytes: Uint8Array) => void, opts?: ReadOptions): void;
+  /** header facts that disagree with what was read (e.g. a used-block count against the bitmap) */
+  consistencyProblems?(): string[];
   /** random access into the volume (unused blocks read as zeros); only where the source is seekable */
   read?(offset: number, length: number): Uint8Array;
   close(): void;
+}
+
+/** dataRuns and blockReader for every format, from its dataBatches. */
+export abstract class ImageBase implements Image {
+  abstract readonly info: ImageInfo;
+  abstract isUsed(block: number): boolean;
+  abstract usedRuns(): Iterable<UsedRun>;
+  abstract dataBatches(opts?: ReadOptions): Generator<DataRun[], void, undefined>;
+  abstract close(): void;
+
+  *dataRuns(opts?: ReadOptions): Generator<DataRun, void, undefined> {
+    for (const batch of this.dataBatches(opts)) yield* batch;
+  }
+
+  blockReader(fn: (offset: number, bytes: Uint8Array) => void, opts?: ReadOptions): void {
+    for (const batch of this.dataBatches(opts)) for (const run of batch) fn(run.offset, run.data);
+  }
 }

@@ -42,7 +42,7 @@ export class StreamSource implements ChunkSource {
   constructor(
     readonly name: string,
     private fd: number,
-    private readonly ownsFd: boolean,
+    private ownsFd: boolean,
   ) {}
 
   read(into: Uint8Array): number {
@@ -67,7 +67,7 @@ export class StreamSource implements ChunkSource {
     if (this.ownsFd) return false;
     try {
       this.fd = fs.openSync(`/proc/self/fd/${this.fd}`, "r");
-      (this as { ownsFd: boolean }).ownsFd = true;
+      this.ownsFd = true;
       return true;
     } catch {
       return false;

@@ -1,5 +1,4 @@
 import fs from "node:fs";
-import path from "node:path";
 import { ImageError, type Location } from "../errors.ts";
 import type { RandomAccessSource } from "./chunk-source.ts";
 import { FileSource, openFileSource } from "./file.ts";
@@ -48,16 +47,12 @@ export function findSplitPieces(p: string): string[] | undefined {
     if (!fs.existsSync(name)) break;
     pieces.push(name);
   }
-  // a later piece without its predecessor means one is missing
-  const dir = path.dirname(base);
-  const stem = path.basename(base);
-  const later = fs
-    .readdirSync(dir)
-    .filter((f) => f.startsWith(`${stem}.`) && SUFFIX.test(f) && f.length > stem.length + 1)
-    .map((f) => path.join(dir, f))
-    .filter((f) => !pieces.includes(f) && f.slice(base.length + 1) > splitSuffix(pieces.length - 1));
-  if (later.length > 0) {
-    throw new ImageError({ file: `${base}.${splitSuffix(pieces.length)}` }, "missing piece of the split set", `found ${later.sort()[0]} after it`);
+  // a piece found just past the gap means the one in the gap is missing
+  for (const ahead of [1, 2, 3]) {
+    const later = `${base}.${splitSuffix(pieces.length - 1 + ahead + 1)}`;
+    if (fs.existsSync(later)) {
+      throw new ImageError({ file: `${base}.${splitSuffix(pieces.length)}` }, "missing piece of the split set", `${later} exists`);
+    }
   }
   return pieces;
 }

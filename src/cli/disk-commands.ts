@@ -1,0 +1,111 @@
+import { defineCommand } from "citty";
+import { restoreImage } from "../commands/restore.ts";
+import { verifyImage } from "../commands/verify.ts";
+import { EXIT, withCommas } from "../errors.ts";
+import { openImage } from "../formats/detect.ts";
+import type { ImageInfo } from "../formats/image.ts";
+import { humanSize } from "../formats/units.ts";
+import { guard, parseBytes } from "./run.ts";
+
+const imageArg = { type: "positional", description: "image file, any piece of a split set, or - for stdin", required: true } as const;
+
+export const infoCommand = defineCommand({
+  meta: { name: "info", description: "Print the image header (like partclone.info)" },
+  args: {
+    image: imageArg,
+    json: { type: "boolean", description: "print one JSON object" },
+    debug: { type: "boolean", description: "show stack traces of errors" },
+  },
+  run: ({ args }) =>
+    guard(() => {
+      const image = openImage(args.image);
+      try {
+        process.stdout.write(args.json ? `${JSON.stringify(infoJson(image.info), null, 2)}\n` : infoText(image.info));
+      } finally {
+        image.close();
+      }
+    }),
+});
+
+const TITLES: Record<ImageInfo["format"], string> = {
+  partclone: "Partclone Header",
+  partimage: "Partimage Header",
+  ntfsclone: "Ntfsclone Header",
+};
+
+export function infoText(info: ImageInfo): string {
+  const title = TITLES[info.format];
+  const lines = [title, "=".repeat(title.length)];
+  for (const f of info.fields) lines.push(`${f.label.padEnd(17)} ${f.note ? `${f.text.padEnd(21)} ${f.note}` : f.text}`.trimEnd());
+  lines.push(`${"compression".padEnd(17)} ${info.compression.length ? info.compression.join(" inside ") : "none"}`);
+  lines.push(`${(info.pieces.length > 1 ? "pieces" : "file").padEnd(17)} ${info.pieces.join(" ")}`);
+  return `${lines.join("\n")}\n`;
+}
+
+export function infoJson(info: ImageInfo): Record<string, unknown> {
+  const header: Record<string, unknown> = {};
+  for (const f of info.fields) header[f.key] = f.value;
+  const { fields: _fields, ...facts } = info;
+  return { ...facts, header };
+}
+
+export const restoreCommand = defineCommand({
+  meta: { name: "restore", description: "Write the raw volume to a file, a block device or stdout" },
+  args: {
+    image: imageArg,
+    output: { type: "string", alias: "o", description: "output file, block device, or - for stdout", required: true },
+    sparse: { type: "boolean", description: "unused blocks become holes (a file) or are left untouched (a device)" },
+    force: { type: "boolean", description: "overwrite an existing output" },
+    verify: { type: "boolean", default: true, description: "check checksums on the way", negativeDescription: "do not check checksums" },
+    "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
+    quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
+    debug: { type: "boolean", description: "show stack traces of errors" },
+  },
+  run: ({ args }) =>
+    guard(() => {
+      const outputOffset = parseBytes(args["output-offset"], "--output-offset");
+      const image = openImage(args.image);
+      try {
+        const started = performance.now();
+        const r = restoreImage(image, args.output, {
+          sparse: args.sparse,
+          force: args.force,
+          verify: args.verify,
+          outputOffset,
+          progress: args.quiet ? false : undefined,
+        });
+        const seconds = (performance.now() - started) / 1000;
+        if (!args.quiet && args.output !== "-" && process.stderr.isTTY) {
+          process.stderr.write(
+            `restored ${humanSize(r.volumeSize)} volume (${humanSize(r.dataBytes)} used) to ${r.output} in ${seconds.toFixed(1)} s\n`,
+          );
+        }
+      } finally {
+        image.close();
+      }
+    }),
+});
+
+export const verifyCommand = defineCommand({
+  meta: { name: "verify", description: "Check every checksum and count in the image (like partclone.chkimg)" },
+  args: { image: imageArg, quiet: { type: "boolean", alias: "q", description: "print nothing on success" }, debug: { type: "boolean", description: "show stack traces of errors" } },
+  run: ({ args }) =>
+    guard(() => {
+      const image = openImage(args.image);
+      try {
+        const r = verifyImage(image, { progress: args.quiet ? false : undefined });
+        if (!r.ok) {
+          for (const p of r.problems) process.stderr.write(`imgtool: ${p}\n`);
+          return EXIT.CHECKSUM;
+        }
+        if (!args.quiet) {
+          const { info } = image;
+          process.stdout.write(
+            `${args.image}: OK (${info.format}, ${info.checksum === "NONE" ? "no data checksums" : `${info.checksum} checksums`}, ${withCommas(info.usedBlocks)} used blocks, ${humanSize(r.dataBytes)} of data)\n`,
+          );
+        }
+      } finally {
+        image.close();
+      }
+    }),
+});

@@ -1,0 +1,19 @@
+#!/usr/bin/env bun
+import { defineCommand, runMain } from "citty";
+import pkg from "../../package.json" with { type: "json" };
+import { infoCommand, restoreCommand, verifyCommand } from "./disk-commands.ts";
+
+const main = defineCommand({
+  meta: {
+    name: "imgtool",
+    version: pkg.version,
+    description: "Get data out of partclone, partimage and ntfsclone images and btrfs send streams",
+  },
+  subCommands: {
+    info: infoCommand,
+    restore: restoreCommand,
+    verify: verifyCommand,
+  },
+});
+
+await runMain(main);

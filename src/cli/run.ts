@@ -1,0 +1,36 @@
+import { ChecksumError, EXIT, ImageError, UsageError } from "../errors.ts";
+
+/**
+ * Run a command body; turn every error into one line `imgtool: ...` and an exit code.
+ * `--debug` (or IMGTOOL_DEBUG=1) prints the stack as well.
+ */
+export async function guard(body: () => void | number | Promise<void | number>): Promise<void> {
+  let code: number = EXIT.OK;
+  try {
+    code = (await body()) ?? EXIT.OK;
+  } catch (e) {
+    const err = e as Error;
+    process.stderr.write(`imgtool: ${err.message?.split("\n")[0] ?? String(e)}\n`);
+    if (process.argv.includes("--debug") || process.env.IMGTOOL_DEBUG === "1") process.stderr.write(`${err.stack}\n`);
+    code =
+      e instanceof ChecksumError ? EXIT.CHECKSUM
+      : e instanceof ImageError ? EXIT.BAD_INPUT
+      : e instanceof UsageError ? EXIT.USAGE
+      : (e as NodeJS.ErrnoException).code === "EPIPE" ? EXIT.OK
+      : EXIT.FAILURE;
+  }
+  process.exitCode = code;
+  if (code !== EXIT.OK) process.exit(code);
+}
+
+/** A non-negative byte count from the command line: 4096, 1M, 2G (binary multiples). */
+export function parseBytes(text: string | undefined, option: string): number {
+  if (text === undefined || text === "") return 0;
+  const m = /^(\d+)([kmgt]i?b?)?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`${option}: not a byte count: ${JSON.stringify(text)}`);
+  const unit = (m[2] ?? "").toLowerCase()[0];
+  const scale = unit === "k" ? 1024 : unit === "m" ? 1024 ** 2 : unit === "g" ? 1024 ** 3 : unit === "t" ? 1024 ** 4 : 1;
+  const v = Number(m[1]) * scale;
+  if (!Number.isSafeInteger(v)) throw new UsageError(`${option}: too large: ${text}`);
+  return v;
+}

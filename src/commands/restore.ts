@@ -1,0 +1,42 @@
+import type { Image } from "../formats/image.ts";
+import { Progress } from "../output/progress.ts";
+import { openOutput, type OutputOptions } from "../output/target.ts";
+
+export interface RestoreOptions extends Partial<OutputOptions> {
+  /** check checksums on the way (default true) */
+  verify?: boolean;
+  /** show a progress bar (default: when stderr is a terminal) */
+  progress?: boolean;
+}
+
+export interface RestoreResult {
+  /** bytes of used data written */
+  dataBytes: number;
+  volumeSize: number;
+  output: string;
+}
+
+/**
+ * Write the raw volume of `image` to `out` (a path, or "-" for stdout). A regular file is
+ * written as OUT.partial and renamed only once complete and fsynced; on any error the
+ * partial file is removed.
+ */
+export function restoreImage(image: Image, out: string, opts: RestoreOptions = {}): RestoreResult {
+  const target = openOutput(out, { sparse: opts.sparse ?? false, force: opts.force ?? false, outputOffset: opts.outputOffset ?? 0 });
+  const { info } = image;
+  const progress = new Progress(info.usedBlocks * info.blockSize, "restore", opts.progress);
+  let dataBytes = 0;
+  try {
+    for (const batch of image.dataBatches({ verify: opts.verify !== false })) {
+      target.writer.writeBatch(batch);
+      for (const run of batch) dataBytes += run.data.length;
+      progress.update(dataBytes);
+    }
+    target.commit(info.deviceSize);
+  } catch (e) {
+    target.abort();
+    throw e;
+  }
+  progress.finish(dataBytes);
+  return { dataBytes, volumeSize: info.deviceSize, output: target.name };
+}

@@ -1,0 +1,52 @@
+import { ImageError } from "../errors.ts";
+import { openStream, type OpenedStream } from "../source/open.ts";
+import type { Image } from "./image.ts";
+import { detectPartclone, openPartclone } from "./partclone.ts";
+
+/** One entry per format: recognise the first bytes of the decoded stream, then open it. */
+interface FormatHandler {
+  name: string;
+  detect(head: Uint8Array): boolean;
+  open(stream: OpenedStream): Image;
+}
+
+export const formats: FormatHandler[] = [{ name: "partclone", detect: detectPartclone, open: openPartclone }];
+
+const HEAD_BYTES = 2048;
+
+/** Open a disk image (partclone, partimage or ntfsclone) from a path, "-" (stdin) or an fd. */
+export function openImage(input: string | number): Image {
+  const stream = openStream(input);
+  try {
+    const head = stream.reader.peek(HEAD_BYTES);
+    const handler = formats.find((f) => f.detect(head));
+    if (!handler) {
+      throw new ImageError(stream.reader.locate(0), "not a partclone, partimage or ntfsclone image", describeContent(head, stream));
+    }
+    return handler.open(stream);
+  } catch (e) {
+    stream.reader.close();
+    throw e;
+  }
+}
+
+/** What the first bytes look like, for the "not an image" message. */
+export function describeContent(head: Uint8Array, stream?: Pick<OpenedStream, "compression">): string {
+  const inside = stream?.compression.length ? ` inside ${stream.compression.join("+")} data` : "";
+  const at = (off: number, s: string) => s.split("").every((c, i) => head[off + i] === c.charCodeAt(0));
+  let what: string;
+  if (head.length === 0) what = "it is empty";
+  else if (at(0, "btrfs-stream")) what = "looks like a btrfs send stream (use btrfs-dump)";
+  else if (head.length >= 1082 && head[1080] === 0x53 && head[1081] === 0xef) what = "looks like an ext2/3/4 file system";
+  else if (at(3, "NTFS    ")) what = "looks like an NTFS file system";
+  else if (at(0x36, "FAT") || at(0x52, "FAT32")) what = "looks like a FAT file system";
+  else if (at(0, "QFI\xfb")) what = "looks like a qcow2 disk image";
+  else if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa) what = "looks like a disk with a partition table or boot sector";
+  else if (at(0, "PK\x03\x04")) what = "looks like a ZIP archive";
+  else if (at(257, "ustar")) what = "looks like a tar archive";
+  else {
+    const printable = head.subarray(0, 16).every((b) => b === 9 || b === 10 || b === 13 || (b >= 32 && b < 127));
+    what = printable ? "looks like text" : `starts with ${Array.from(head.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join(" ")}`;
+  }
+  return what + inside;
+}

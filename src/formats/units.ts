@@ -1,0 +1,18 @@
+import { withCommas } from "../errors.ts";
+
+/** "256.1 GB": binary multiples with one decimal, as partclone-utils and imagebackup print them. */
+export function humanSize(bytes: number): string {
+  const units = ["bytes", "KB", "MB", "GB", "TB", "PB"];
+  let v = bytes;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${bytes} bytes` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+/** "1,168,685 (17.8 GB)" */
+export function countWithSize(count: number, bytesEach: number): string {
+  return `${withCommas(count)} (${humanSize(count * bytesEach)})`;
+}

@@ -1,0 +1,112 @@
+import fs from "node:fs";
+import { punchHole } from "../../native/libc.ts";
+import type { DataRun } from "../formats/image.ts";
+
+/** What becomes of the unused blocks between runs. */
+export type GapPolicy =
+  /** leave them unwritten: holes in a new file, old contents on a device */
+  | "skip"
+  /** write zeros */
+  | "zeros"
+  /** deallocate them (fallocate PUNCH_HOLE), zeros where the file system cannot */
+  | "punch";
+
+const ZEROS = new Uint8Array(1 << 20);
+const MAX_IOV = 1024;
+
+/**
+ * Writes a volume from batches of ascending runs: runs that touch are gathered into one writev,
+ * gaps follow the GapPolicy. `position` null means a stream (pipe, stdout): gaps are zeros then.
+ */
+export class VolumeWriter {
+  private cursor = 0;
+  private iov: Uint8Array[] = [];
+  private iovBytes = 0;
+  private iovStart = 0;
+  bytesWritten = 0;
+
+  constructor(
+    private readonly fd: number,
+    private readonly gaps: GapPolicy,
+    /** byte offset of the volume in the output; null for a stream */
+    private readonly base: number | null,
+  ) {
+    if (base === null && gaps !== "zeros") throw new Error("a stream can only fill gaps with zeros");
+  }
+
+  writeBatch(runs: DataRun[]): void {
+    for (const run of runs) {
+      if (run.offset < this.cursor) throw new Error(`runs out of order at volume offset ${run.offset}`);
+      if (run.offset > this.cursor) this.gap(run.offset);
+      this.push(run.data);
+    }
+    this.flush();
+  }
+
+  /** Complete the volume to `size` bytes; the caller syncs and closes. */
+  finish(size: number): void {
+    if (size > this.cursor) this.gap(size);
+    this.flush();
+  }
+
+  private gap(to: number): void {
+    const length = to - this.cursor;
+    const punched = this.gaps === "punch" && (this.flush(), punchHole(this.fd, this.base! + this.cursor, length));
+    if (this.gaps === "zeros" || (this.gaps === "punch" && !punched)) {
+      for (let left = length; left > 0; left -= ZEROS.length) this.push(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
+      return;
+    }
+    this.flush();
+    this.cursor = to;
+    this.iovStart = to;
+  }
+
+  private push(data: Uint8Array): void {
+    if (this.iov.length === 0) this.iovStart = this.cursor;
+    this.iov.push(data);
+    this.iovBytes += data.length;
+    this.cursor += data.length;
+    if (this.iov.length === MAX_IOV) this.flush();
+  }
+
+  private flush(): void {
+    if (this.iov.length === 0) return;
+    writeAll(this.fd, this.iov, this.iovBytes, this.base === null ? null : this.base + this.iovStart);
+    this.bytesWritten += this.iovBytes;
+    this.iov = [];
+    this.iovBytes = 0;
+    this.iovStart = this.cursor;
+  }
+}
+
+/** writev until every byte is out (a pipe may take less; a non-blocking one may say EAGAIN). */
+function writeAll(fd: number, bufs: Uint8Array[], total: number, position: number | null): void {
+  let done = 0;
+  while (done < total) {
+    let n: number;
+    try {
+      const pending = done === 0 ? bufs : remaining(bufs, done);
+      n = position === null ? fs.writevSync(fd, pending) : fs.writevSync(fd, pending, position + done);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "EAGAIN") {
+        Bun.sleepSync(1);
+        continue;
+      }
+      throw e;
+    }
+    done += n;
+  }
+}
+
+function remaining(bufs: Uint8Array[], skip: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of bufs) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}

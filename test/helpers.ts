@@ -1,0 +1,80 @@
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+export const FIXTURES = path.join(import.meta.dir, "..", "fixtures");
+export const CLI = path.join(import.meta.dir, "..", "src", "cli", "main.ts");
+
+export interface ManifestRow {
+  files: string[];
+  format: string;
+  compression: string;
+  restoredSha256: string;
+  restoredSize: number;
+  usedBlocks: string;
+  blockSize: string;
+  notes: string;
+}
+
+/** Rows of fixtures/manifest.tsv (and manifest-extra.tsv when present). */
+export function manifest(): ManifestRow[] {
+  const rows: ManifestRow[] = [];
+  for (const name of ["manifest.tsv", "manifest-extra.tsv"]) {
+    const file = path.join(FIXTURES, name);
+    if (!fs.existsSync(file)) continue;
+    const [head, ...lines] = fs.readFileSync(file, "utf8").trimEnd().split("\n");
+    const cols = head!.split("\t");
+    for (const line of lines) {
+      const v = line.split("\t");
+      const get = (c: string) => v[cols.indexOf(c)] ?? "";
+      rows.push({
+        files: get("file").split(" "),
+        format: get("format"),
+        compression: get("compression"),
+        restoredSha256: get("restored_sha256"),
+        restoredSize: Number(get("restored_size")),
+        usedBlocks: get("used_blocks"),
+        blockSize: get("block_size"),
+        notes: get("notes"),
+      });
+    }
+  }
+  return rows;
+}
+
+export function fixture(name: string): string {
+  return path.join(FIXTURES, name);
+}
+
+export function tempDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-test-"));
+}
+
+export function sha256File(file: string): string {
+  const h = new Bun.CryptoHasher("sha256");
+  const fd = fs.openSync(file, "r");
+  const buf = new Uint8Array(1 << 20);
+  for (let n; (n = fs.readSync(fd, buf)) > 0; ) h.update(buf.subarray(0, n));
+  fs.closeSync(fd);
+  return h.digest("hex");
+}
+
+export function sha256(data: Uint8Array): string {
+  return new Bun.CryptoHasher("sha256").update(data).digest("hex");
+}
+
+/** Run the CLI; stdin from a file when given. */
+export function runCli(args: string[], opts: { stdinFile?: string; env?: Record<string, string> } = {}) {
+  const r = Bun.spawnSync([process.execPath, CLI, ...args], {
+    stdin: opts.stdinFile ? Bun.file(opts.stdinFile) : "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, ...opts.env },
+  });
+  return { code: r.exitCode, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+
+/** The path of a peer tool, or undefined (tests then skip and say why). */
+export function which(tool: string): string | undefined {
+  return Bun.which(tool, { PATH: `${process.env.PATH}:/usr/sbin:/sbin` }) ?? undefined;
+}
