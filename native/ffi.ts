@@ -92,6 +92,10 @@ export class NativeStruct<F extends string> {
   clear(): void {
     this.bytes.fill(0);
   }
+  /** Address of a field, for out-parameters (`size_t *`, `T **`). */
+  fieldAddress(field: F): Pointer {
+    return (this.address + this.layout.offset[field]) as Pointer;
+  }
   /** A 64-bit field (pointer, size_t, u64) from a non-negative integer below 2^53; no BigInt on the hot path. */
   set64(field: F, value: number): void {
     const o = this.layout.offset[field];
