@@ -132,3 +132,31 @@ describe.skipIf(!partcloneRestore)("differential: the same bytes as partclone.re
   }
 });
 if (!partcloneRestore) console.log("skip: differential partclone tests: partclone.restore is not installed (apt-get install partclone)");
+
+test("compressed, then split as Clonezilla writes it (NAME.gz.aa, .ab, ...), found from any piece", () => {
+  const dir = tempDir();
+  const gz = fs.readFileSync(fixture("ntfs.ntfs-ptcl-img.gz"));
+  const piece = 64 * 1024;
+  const names: string[] = [];
+  for (let i = 0, n = 0; i < gz.length; i += piece, n++) {
+    const name = path.join(dir, `sda1.ntfs-ptcl-img.gz.a${String.fromCharCode(97 + n)}`);
+    fs.writeFileSync(name, gz.subarray(i, i + piece));
+    names.push(name);
+  }
+  const expected = rows.find((r) => r.files[0] === "ntfs.ntfs-ptcl-img.gz")!.restoredSha256;
+  for (const input of [names[0]!, names[2]!, path.join(dir, "sda1.ntfs-ptcl-img.gz")]) {
+    const image = openImage(input);
+    expect(image.info.compression).toEqual(["gzip"]);
+    expect(image.info.pieces).toEqual(names);
+    const out = path.join(tempDir(), "vol.raw");
+    restoreImage(image, out, { sparse: true, progress: false });
+    image.close();
+    expect(sha256File(out)).toBe(expected);
+  }
+  // a missing middle piece and a short one are named
+  fs.renameSync(names[1]!, `${names[1]}.moved`);
+  expect(() => openImage(names[0]!)).toThrow(`${names[1]}: missing piece of the split set`);
+  fs.renameSync(`${names[1]}.moved`, names[1]!);
+  fs.truncateSync(names[1]!, 1000);
+  expect(() => openImage(names[0]!)).toThrow(`${names[1]}: offset 1,000: short piece of the split set`);
+});
