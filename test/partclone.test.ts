@@ -160,3 +160,10 @@ test("compressed, then split as Clonezilla writes it (NAME.gz.aa, .ab, ...), fou
   fs.truncateSync(names[1]!, 1000);
   expect(() => openImage(names[0]!)).toThrow(`${names[1]}: offset 1,000: short piece of the split set`);
 });
+
+test("NAME.xz next to a split set NAME.aa.. is its own file, not a piece", () => {
+  const image = openImage(fixture("ntfs.ntfs-ptcl-img.xz"));
+  expect(image.info.compression).toEqual(["xz"]);
+  expect(image.info.pieces).toEqual([fixture("ntfs.ntfs-ptcl-img.xz")]);
+  image.close();
+});

@@ -47,6 +47,8 @@ export function findSplitPieces(p: string): string[] | undefined {
     if (!fs.existsSync(name)) break;
     pieces.push(name);
   }
+  // NAME.xz next to NAME.aa is a file of its own, not a piece
+  if (p !== base && !pieces.includes(p)) return undefined;
   // a piece found just past the gap means the one in the gap is missing
   for (const ahead of [1, 2, 3]) {
     const later = `${base}.${splitSuffix(pieces.length - 1 + ahead + 1)}`;
