@@ -1,0 +1,399 @@
+// ntfsclone special image (--save-image): ntfs-3g ntfsprogs/ntfsclone.c struct image_hdr,
+// open_image() for the versions it accepts and restore_image()/copy_cluster() for the commands.
+import { withCommas } from "../errors.ts";
+import type { ByteReader } from "../source/byte-reader.ts";
+import type { RandomAccessSource } from "../source/chunk-source.ts";
+import type { OpenedStream } from "../source/open.ts";
+import { UsedBitmap } from "./bitmap.ts";
+import { type DataRun, type ImageInfo, type InfoField, type ReadOptions, type UsedRun, ImageBase } from "./image.ts";
+import { countWithSize, humanSize } from "./units.ts";
+
+/** "\0ntfsclone-image" */
+const MAGIC = Uint8Array.from([0, ...Array.from("ntfsclone-image", (c) => c.charCodeAt(0))]);
+/** magic, major, minor, cluster_size, device_size, nr_clusters, inuse: the whole header before 10.0 */
+const OLD_HEADER_SIZE = 46;
+/** ... then le32 offset_to_image_data */
+const HEADER_SIZE = 50;
+/** 10.0 is the first little-endian-always version; earlier majors were the NTFS version of the volume */
+const FIRST_SAFE_MAJOR = 10;
+const NEWEST_MAJOR = 10;
+const CMD_GAP = 0x00;
+const CMD_NEXT = 0x01;
+const GAP_SIZE = 9;
+/** NTFS allows clusters up to 2 MiB */
+const MAX_CLUSTER_SIZE = 2 << 20;
+/** how much of the stream one pass of the command parser looks at */
+const WINDOW = 1 << 20;
+
+export function detectNtfsclone(head: Uint8Array): boolean {
+  if (head.length < OLD_HEADER_SIZE) return false;
+  for (let i = 0; i < MAGIC.length; i++) if (head[i] !== MAGIC[i]) return false;
+  return true;
+}
+
+export interface NtfscloneHeader {
+  majorVersion: number;
+  minorVersion: number;
+  clusterSize: number;
+  /** the device the volume was saved from, in bytes */
+  deviceSize: number;
+  /** clusters of the NTFS volume; the backup boot sector lives in cluster nrClusters */
+  nrClusters: number;
+  /** used clusters counted by ntfsclone, without the backup boot sector's */
+  inuse: number;
+  /** where the command stream starts */
+  dataOffset: number;
+  /** offset_to_image_data as stored (10.x only) */
+  storedDataOffset: number | undefined;
+}
+
+function readHeader(r: ByteReader): NtfscloneHeader {
+  const start = r.position;
+  const b = r.view(OLD_HEADER_SIZE, "ntfsclone image header");
+  for (let i = 0; i < MAGIC.length; i++) if (b[i] !== MAGIC[i]) r.fail("not an ntfsclone image", 'no "\\0ntfsclone-image" magic', start);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const majorVersion = b[16]!;
+  const minorVersion = b[17]!;
+  const clusterSize = dv.getUint32(18, true);
+  const field = (at: number, name: string, signed = false): number => {
+    const v = signed ? dv.getBigInt64(at, true) : dv.getBigUint64(at, true);
+    if (v < 0n || v > BigInt(Number.MAX_SAFE_INTEGER)) r.fail(`ntfsclone header ${name} is absurd`, String(v), start + at);
+    return Number(v);
+  };
+  const deviceSize = field(22, "device_size");
+  const nrClusters = field(30, "nr_clusters", true);
+  const inuse = field(38, "inuse");
+  if (majorVersion > NEWEST_MAJOR) {
+    r.fail("unsupported ntfsclone image version", `${majorVersion}.${minorVersion}; ntfsclone reads up to ${NEWEST_MAJOR}.x`, start + 16);
+  }
+  if (clusterSize < 512 || clusterSize > MAX_CLUSTER_SIZE || (clusterSize & (clusterSize - 1)) !== 0) {
+    r.fail("ntfsclone header cluster_size is not a power of two from 512 to 2 MiB", String(clusterSize), start + 18);
+  }
+  if (nrClusters * clusterSize > Number.MAX_SAFE_INTEGER) r.fail("ntfsclone header nr_clusters is absurd", String(nrClusters), start + 30);
+  if (inuse > nrClusters + 1) r.fail("ntfsclone header inuse exceeds the cluster count", `${inuse} > ${nrClusters} + 1`, start + 38);
+  if (deviceSize < nrClusters * clusterSize) {
+    r.fail("ntfsclone header device_size is smaller than the volume", `${deviceSize} < ${nrClusters} clusters of ${clusterSize}`, start + 22);
+  }
+  let dataOffset = OLD_HEADER_SIZE;
+  let storedDataOffset: number | undefined;
+  if (majorVersion >= FIRST_SAFE_MAJOR) {
+    storedDataOffset = new DataView(r.view(4, "ntfsclone header offset_to_image_data").slice().buffer).getUint32(0, true);
+    // ntfsclone skips forward to it and never back
+    dataOffset = Math.max(HEADER_SIZE, storedDataOffset);
+    if (dataOffset > 1 << 20) r.fail("ntfsclone header offset_to_image_data is absurd", String(storedDataOffset), start + 46);
+    r.skip(dataOffset - HEADER_SIZE, "ntfsclone header padding");
+  }
+  return { majorVersion, minorVersion, clusterSize, deviceSize, nrClusters, inuse, dataOffset, storedDataOffset };
+}
+
+/**
+ * The rules restore_image() applies to the commands, shared by the scan and the data pass:
+ * cluster positions, the shortened last cluster, and the bounds it checks.
+ */
+class CommandWalker {
+  /** the next cluster a command applies to */
+  pos = 0;
+  /** clusters carried in the stream so far */
+  clusters = 0;
+  /** end in bytes of the furthest cluster written */
+  furthestEnd = 0;
+  private readonly cs: number;
+
+  constructor(
+    private readonly h: NtfscloneHeader,
+    private readonly where: { fail(field: string, detail: string, offset: number): never },
+  ) {
+    this.cs = h.clusterSize;
+  }
+
+  /** true once ntfsclone would stop reading (the backup boot sector's cluster is done) */
+  get finished(): boolean {
+    return this.pos > this.h.nrClusters;
+  }
+
+  /** Bytes the cluster at `pos` carries: copy_cluster() shortens the one reaching device_size. */
+  clusterBytes(offset: number): number {
+    const start = this.pos * this.cs;
+    if (start + this.cs < this.h.deviceSize) return this.cs;
+    const n = this.h.deviceSize - start;
+    if (n < 0) this.where.fail("ntfsclone cluster lies beyond device_size", `cluster ${withCommas(this.pos)}`, offset);
+    return n;
+  }
+
+  gap(count: number, offset: number): void {
+    if (count === 0) this.where.fail("ntfsclone gap of zero clusters", "ntfsclone calls this a bad offset", offset);
+    if (count < 0) this.where.fail("ntfsclone gap goes backwards", `${count} clusters (a metadata image out of order is not supported)`, offset);
+    if (this.pos + count > this.h.nrClusters) {
+      this.where.fail("ntfsclone gap runs past the volume", `cluster ${withCommas(this.pos)} + ${withCommas(count)} > ${withCommas(this.h.nrClusters)}`, offset);
+    }
+    this.pos += count;
+  }
+
+  cluster(bytes: number): void {
+    if (bytes > 0) this.furthestEnd = Math.max(this.furthestEnd, this.pos * this.cs + bytes);
+    this.pos++;
+    this.clusters++;
+  }
+
+  /** The stream ended at `offset`: fine only where ntfsclone accepts it. */
+  end(offset: number): void {
+    // images before 10.1 may end without the backup boot sector's cluster
+    if (this.pos < this.h.nrClusters) {
+      this.where.fail("truncated ntfsclone image", `the commands end at cluster ${withCommas(this.pos)} of ${withCommas(this.h.nrClusters)}`, offset);
+    }
+  }
+}
+
+function readGapCount(b: Uint8Array, at: number): number {
+  const lo = (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+  const hi = b[at + 4]! | (b[at + 5]! << 8) | (b[at + 6]! << 16) | (b[at + 7]! << 24);
+  return hi * 0x1_0000_0000 + lo;
+}
+
+function badCommand(cmd: number): string {
+  return `0x${cmd.toString(16).padStart(2, "0")}; expected 0x00 (gap) or 0x01 (cluster)`;
+}
+
+export class NtfscloneImage extends ImageBase {
+  readonly info: ImageInfo;
+  /** built by scan() or while the data is read; undefined until one of them has run */
+  private bitmap: UsedBitmap | undefined;
+  private scannedClusters: number | undefined;
+  private consumed = false;
+  private readonly totalBlocks: number;
+
+  constructor(
+    private readonly stream: OpenedStream,
+    readonly header: NtfscloneHeader,
+  ) {
+    super();
+    const cs = header.clusterSize;
+    // clusters 0..nr_clusters: the restored size never reaches past the backup boot sector's
+    this.totalBlocks = header.nrClusters + 1;
+    const self = this;
+    const base = {
+      format: "ntfsclone" as const,
+      fsType: "NTFS",
+      blockSize: cs,
+      totalBlocks: this.totalBlocks,
+      checksum: "NONE",
+      compression: stream.compression,
+      pieces: stream.pieces,
+    };
+    // the used count and the device size come from a scan, so they are read when asked for
+    this.info = Object.defineProperties(base, {
+      usedBlocks: { enumerable: true, get: () => self.usedClusterCount() },
+      deviceSize: { enumerable: true, get: () => self.deviceSize() },
+      fields: { enumerable: true, get: () => self.fields() },
+    }) as unknown as ImageInfo;
+  }
+
+  /**
+   * The size of `ntfsclone --restore-image -O FILE`: set_filesize() makes it the volume plus
+   * 512 bytes, and writing the backup boot sector's cluster may extend it to device_size.
+   */
+  private restoredSize(furthestEnd: number): number {
+    const h = this.header;
+    return Math.max(h.nrClusters * h.clusterSize + 512, furthestEnd);
+  }
+
+  private deviceSize(): number {
+    const h = this.header;
+    if (this.bitmap || this.stream.randomAccess) {
+      this.scanIfNeeded();
+      return this.restoredSize(this.furthestEnd);
+    }
+    // a pipe: 10.1 on always saves the backup boot sector's cluster; older images may not
+    const backupCluster = h.majorVersion > 10 || (h.majorVersion === 10 && h.minorVersion >= 1);
+    return this.restoredSize(backupCluster ? h.nrClusters * h.clusterSize + Math.min(h.clusterSize, h.deviceSize - h.nrClusters * h.clusterSize) : 0);
+  }
+
+  private furthestEnd = 0;
+
+  private usedClusterCount(): number {
+    if (this.bitmap || this.stream.randomAccess) {
+      this.scanIfNeeded();
+      return this.scannedClusters!;
+    }
+    // a pipe before its data was read: the header's count and the backup boot sector
+    return this.header.inuse + 1;
+  }
+
+  private fields(): InfoField[] {
+    const h = this.header;
+    const cs = h.clusterSize;
+    const f = (key: string, label: string, text: string, value: InfoField["value"], note?: string): InfoField => ({ key, label, text, value, note });
+    const known = this.bitmap !== undefined || this.stream.randomAccess !== undefined;
+    const scanned = known ? this.usedClusterCount() : undefined;
+    const where = this.stream.compression.length ? `of the ${this.stream.compression.join("+")}-decompressed stream` : "in img file";
+    return [
+      f("imageVersion", "image version", `${h.majorVersion}.${h.minorVersion}`, `${h.majorVersion}.${h.minorVersion}`, h.majorVersion < FIRST_SAFE_MAJOR ? "old format (before 10.0)" : undefined),
+      f("clusterSize", "cluster size", String(cs), cs),
+      f("nrClusters", "volume clusters", withCommas(h.nrClusters), h.nrClusters),
+      f("volumeSize", "volume size", `${withCommas(h.nrClusters * cs)} (${humanSize(h.nrClusters * cs)})`, h.nrClusters * cs),
+      f("deviceSize", "device size", `${withCommas(h.deviceSize)} (${humanSize(h.deviceSize)})`, h.deviceSize),
+      f("inuse", "inuse", countWithSize(h.inuse, cs), h.inuse, "used cluster count based on the header"),
+      scanned === undefined
+        ? f("usedClusters", "used clusters", "n/a", null, "known after the data of a pipe is read")
+        : f("usedClusters", "used clusters", countWithSize(scanned, cs), scanned, "clusters in the image, backup boot sector's included"),
+      f("dataOffset", "offset_to_data", `${withCommas(h.dataOffset)} ${where}`, h.dataOffset),
+      f("restoredSize", "restored size", `${withCommas(this.deviceSize())} (${humanSize(this.deviceSize())})`, this.deviceSize(), "as ntfsclone --restore-image -O writes it"),
+    ];
+  }
+
+  isUsed(block: number): boolean {
+    return this.usedBitmap().isUsed(block);
+  }
+
+  usedRuns(): Iterable<UsedRun> {
+    return this.usedBitmap().runs();
+  }
+
+  private usedBitmap(): UsedBitmap {
+    if (!this.bitmap && this.stream.randomAccess) this.scanIfNeeded();
+    if (!this.bitmap) throw new Error("the used clusters of an ntfsclone image read from a pipe are known only after its data has been read");
+    return this.bitmap;
+  }
+
+  /** One pass over the commands of a regular file (or split set), skipping the cluster bytes. */
+  private scanIfNeeded(): void {
+    if (this.bitmap) return;
+    const source = this.stream.randomAccess;
+    if (!source) return;
+    const h = this.header;
+    const bitmap = UsedBitmap.empty(this.totalBlocks);
+    const fail = (field: string, detail: string, offset: number): never => this.stream.reader.fail(field, detail, offset);
+    const walker = new CommandWalker(h, { fail: (field, detail, offset) => fail(field, detail, offset) });
+    const buf = new Uint8Array(WINDOW);
+    let bufStart = 0;
+    let bufLen = 0;
+    let p = h.dataOffset;
+    let runStart = -1;
+    let runEnd = -1;
+    const fill = (at: number): void => {
+      bufStart = at;
+      bufLen = readAtFully(source, buf, at);
+    };
+    while (!walker.finished) {
+      if (p + GAP_SIZE > bufStart + bufLen) {
+        fill(p);
+        if (bufLen === 0) break;
+      }
+      const i = p - bufStart;
+      const cmd = buf[i]!;
+      if (cmd === CMD_NEXT) {
+        const n = walker.clusterBytes(p);
+        if (p + 1 + n > source.size) fail("truncated ntfsclone cluster", `cluster ${withCommas(walker.pos)} needs ${n} bytes`, p + 1);
+        if (walker.pos === runEnd) runEnd++;
+        else {
+          if (runStart >= 0) bitmap.setRange(runStart, runEnd - runStart);
+          runStart = walker.pos;
+          runEnd = runStart + 1;
+        }
+        walker.cluster(n);
+        p += 1 + n;
+      } else if (cmd === CMD_GAP) {
+        if (i + GAP_SIZE > bufLen) fail("truncated ntfsclone gap command", "needs 8 bytes of count", p + 1);
+        walker.gap(readGapCount(buf, i + 1), p);
+        p += GAP_SIZE;
+      } else {
+        fail("bad ntfsclone command byte", badCommand(cmd), p);
+      }
+    }
+    if (runStart >= 0) bitmap.setRange(runStart, runEnd - runStart);
+    if (!walker.finished) walker.end(p);
+    this.bitmap = bitmap;
+    this.scannedClusters = walker.clusters;
+    this.furthestEnd = walker.furthestEnd;
+  }
+
+  /**
+   * The clusters, one batch per window of the stream. Consecutive clusters are moved together
+   * in the reader's own buffer over the command bytes between them (a memmove, no allocation
+   * per cluster), so each run of them is one contiguous DataRun.
+   */
+  *dataBatches(opts: ReadOptions = {}): Generator<DataRun[], void, undefined> {
+    if (this.consumed) throw new Error("the clusters of an ntfsclone image are read once; open it again");
+    this.consumed = true;
+    const r = this.stream.reader;
+    const h = this.header;
+    const cs = h.clusterSize;
+    const building = this.bitmap ? undefined : UsedBitmap.empty(this.totalBlocks);
+    const walker = new CommandWalker(h, r);
+    const window = Math.max(WINDOW, 2 * (cs + GAP_SIZE));
+
+    while (!walker.finished) {
+      const base = r.position;
+      const buf = r.peek(window);
+      if (buf.length === 0) {
+        walker.end(base);
+        break;
+      }
+      const atStreamEnd = buf.length < window;
+      const batch: DataRun[] = [];
+      let i = 0;
+      let runAt = -1; // where in buf the current run's bytes start
+      let runLen = 0;
+      let runCluster = 0;
+      while (i < buf.length && !walker.finished) {
+        const cmd = buf[i]!;
+        if (cmd === CMD_NEXT) {
+          const n = walker.clusterBytes(base + i);
+          if (i + 1 + n > buf.length) {
+            if (atStreamEnd) r.fail("truncated ntfsclone cluster", `cluster ${withCommas(walker.pos)} needs ${n} bytes, ${buf.length - i - 1} are left`, base + i + 1);
+            break;
+          }
+          if (runAt >= 0 && walker.pos === runCluster + runLen / cs && runLen % cs === 0) {
+            buf.copyWithin(runAt + runLen, i + 1, i + 1 + n);
+            runLen += n;
+          } else {
+            if (runAt >= 0) batch.push({ offset: runCluster * cs, data: buf.subarray(runAt, runAt + runLen) });
+            runAt = i + 1;
+            runLen = n;
+            runCluster = walker.pos;
+          }
+          building?.set(walker.pos);
+          walker.cluster(n);
+          i += 1 + n;
+        } else if (cmd === CMD_GAP) {
+          if (i + GAP_SIZE > buf.length) {
+            if (atStreamEnd) r.fail("truncated ntfsclone gap command", "needs 8 bytes of count", base + i + 1);
+            break;
+          }
+          walker.gap(readGapCount(buf, i + 1), base + i);
+          i += GAP_SIZE;
+        } else {
+          r.fail("bad ntfsclone command byte", badCommand(cmd), base + i);
+        }
+      }
+      if (runAt >= 0) batch.push({ offset: runCluster * cs, data: buf.subarray(runAt, runAt + runLen) });
+      if (batch.length > 0) yield batch;
+      r.skip(i, "ntfsclone commands");
+      opts.onProgress?.(r.position);
+    }
+    if (building) {
+      this.bitmap = building;
+      this.scannedClusters = walker.clusters;
+      this.furthestEnd = walker.furthestEnd;
+    }
+  }
+
+  close(): void {
+    this.stream.reader.close();
+  }
+}
+
+function readAtFully(source: RandomAccessSource, into: Uint8Array, offset: number): number {
+  let done = 0;
+  while (done < into.length) {
+    const n = source.readAt(into.subarray(done), offset + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
+/** Open an ntfsclone image on a stream positioned at its first byte: the header now, the clusters later. */
+export function openNtfsclone(stream: OpenedStream): NtfscloneImage {
+  return new NtfscloneImage(stream, readHeader(stream.reader));
+}
