@@ -64,6 +64,7 @@ function crc32cIsal(data: Uint8Array, seed = 0): number {
 }
 
 function crc32cExt2fs(data: Uint8Array, seed = 0): number {
+  if (data.length === 0) return seed >>> 0;
   return ext2fs.tryLoad()!.ext2fs_crc32c_le(seed >>> 0, ptr(data), data.length);
 }
 

@@ -1,0 +1,369 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { ImageError } from "../src/errors.ts";
+import { ByteReader } from "../src/source/byte-reader.ts";
+import type { ChunkSource } from "../src/source/chunk-source.ts";
+import { createDecoder } from "../src/source/decode.ts";
+import { openStream } from "../src/source/open.ts";
+import type { Compression } from "../src/source/sniff.ts";
+import { crc32c, crc32cImplementations, crc32cJs } from "../native/crc32c.ts";
+import { LazyLibrary, structLayout } from "../native/ffi.ts";
+import { digestXxh128, digestXxh64, Xxh128State, Xxh64State } from "../native/xxhash.ts";
+
+const FIX = path.join(import.meta.dir, "..", "fixtures");
+const NTFS = "ntfs.ntfs-ptcl-img";
+const NTFS_SHA256 = "7c571e92ed2b070b8fd196bd010efd67f17ac79d15f7517c9a270866635946a3";
+const NTFS_SIZE = 2400510;
+const ntfsPlain = Buffer.concat(["aa", "ab", "ac"].map((s) => fs.readFileSync(path.join(FIX, `${NTFS}.${s}`))));
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-decoders-"));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function sha256(b: Uint8Array): string {
+  return new Bun.CryptoHasher("sha256").update(b).digest("hex");
+}
+
+/** Everything `openStream` yields, drained through ByteReader.chunk(). */
+function drainPath(p: string): { bytes: Buffer; compression: Compression[] } {
+  const s = openStream(p);
+  const parts: Buffer[] = [];
+  for (;;) {
+    const c = s.reader.chunk(1 << 20);
+    if (c.length === 0) break;
+    parts.push(Buffer.from(c));
+  }
+  s.reader.source.close();
+  return { bytes: Buffer.concat(parts), compression: s.compression };
+}
+
+function drainSource(src: ChunkSource, capacity = 1 << 16): Buffer {
+  const r = new ByteReader(src, capacity);
+  const parts: Buffer[] = [];
+  for (;;) {
+    const c = r.chunk(capacity);
+    if (c.length === 0) break;
+    parts.push(Buffer.from(c));
+  }
+  src.close();
+  return Buffer.concat(parts);
+}
+
+/** A source over memory handing out at most `step` bytes a read. */
+function memSource(data: Uint8Array, step = data.length, name = "mem"): ChunkSource {
+  let pos = 0;
+  return {
+    name,
+    size: data.length,
+    read(into) {
+      const n = Math.min(step, into.length, data.length - pos);
+      into.set(data.subarray(pos, pos + n));
+      pos += n;
+      return n;
+    },
+    locate: (offset) => ({ file: name, offset }),
+    close() {},
+  };
+}
+
+/** `file` written into the temporary directory (see the note on fixtures below). */
+function tmpFile(name: string, data: Uint8Array): string {
+  const p = path.join(tmp, name);
+  fs.writeFileSync(p, data);
+  return p;
+}
+
+/** stdout of `cmd` fed `input`, or undefined (with the reason printed) when the tool is absent. */
+function run(cmd: string[], input: Uint8Array): Buffer | undefined {
+  if (!Bun.which(cmd[0]!)) {
+    console.log(`skipped: ${cmd[0]} is not installed`);
+    return undefined;
+  }
+  const r = Bun.spawnSync(cmd, { stdin: input, stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString()}`);
+  return Buffer.from(r.stdout);
+}
+
+/** Some compressible and some incompressible bytes. */
+function mixedData(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; ) {
+    const text = Buffer.from(`line ${i} of block ${seed}: the quick brown fox jumps over the lazy dog\n`);
+    for (let k = 0; k < 4000 && i < n; k++) b[i++] = text[k % text.length]!;
+    for (let k = 0; k < 3000 && i < n; k++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      b[i++] = x & 0xff;
+    }
+  }
+  return b;
+}
+
+function skippableFrame(payload: Uint8Array, magicLow = 0): Buffer {
+  const h = Buffer.alloc(8);
+  h.writeUInt32LE(0x184d2a50 + magicLow, 0);
+  h.writeUInt32LE(payload.length, 4);
+  return Buffer.concat([h, payload]);
+}
+
+function expectImageError(f: () => unknown, pattern: RegExp): ImageError {
+  try {
+    f();
+  } catch (e) {
+    expect(e).toBeInstanceOf(ImageError);
+    expect((e as Error).message).toMatch(pattern);
+    return e as ImageError;
+  }
+  throw new Error(`no error; expected ${pattern}`);
+}
+
+const FIXTURES: [string, Compression, string[]][] = [
+  ["gz", "gzip", ["gzip", "-c"]],
+  ["zst", "zstd", ["zstd", "-q", "-c"]],
+  ["lz4", "lz4", ["lz4", "-q", "-c"]],
+  ["xz", "xz", ["xz", "-c"]],
+  ["bz2", "bzip2", ["bzip2", "-c"]],
+];
+
+// The fixtures are read from a copy: next to ntfs.ntfs-ptcl-img.aa/.ab/.ac, ".gz", ".xz" and
+// ".zst" look like `split` suffixes to findSplitPieces, which then opens the split set instead.
+describe("compressed fixtures decode to the split ntfs image", () => {
+  test("the reference is what the brief says", () => {
+    expect(ntfsPlain.length).toBe(NTFS_SIZE);
+    expect(sha256(ntfsPlain)).toBe(NTFS_SHA256);
+  });
+  for (const [ext, kind] of FIXTURES) {
+    test(`${NTFS}.${ext} → ${kind}`, () => {
+      const p = tmpFile(`${NTFS}.${ext}`, fs.readFileSync(path.join(FIX, `${NTFS}.${ext}`)));
+      const { bytes, compression } = drainPath(p);
+      expect(compression).toEqual([kind]);
+      expect(bytes.length).toBe(NTFS_SIZE);
+      expect(sha256(bytes)).toBe(NTFS_SHA256);
+    });
+  }
+});
+
+describe("one byte of input at a time", () => {
+  for (const [ext, kind] of FIXTURES) {
+    test(kind, () => {
+      // a small input: every byte is one library call
+      const plain = ntfsPlain.subarray(0, 300_000);
+      const packed = run(FIXTURES.find((f) => f[1] === kind)![2], plain);
+      if (!packed) return;
+      const out = drainSource(createDecoder(kind, memSource(packed, 1, `x.${ext}`)));
+      expect(out.equals(plain)).toBe(true);
+    });
+  }
+  test("lzma (xz --format=lzma)", () => {
+    const plain = ntfsPlain.subarray(0, 300_000);
+    const packed = run(["xz", "--format=lzma", "-c"], plain);
+    if (!packed) return;
+    expect(drainSource(createDecoder("lzma", memSource(packed, 1))).equals(plain)).toBe(true);
+  });
+});
+
+describe("several members / frames / streams, as made by the real tools", () => {
+  const parts = [mixedData(200_000, 1), mixedData(1, 2), mixedData(150_000, 3)];
+  const whole = Buffer.concat(parts);
+  const each = (cmd: string[]) => {
+    const out = parts.map((p) => run(cmd, p));
+    return out.some((o) => !o) ? undefined : (out as Buffer[]);
+  };
+  const check = (name: string, packed: Buffer, kind: Compression) => {
+    const { bytes, compression } = drainPath(tmpFile(name, packed));
+    expect(compression).toEqual([kind]);
+    expect(bytes.equals(whole)).toBe(true);
+  };
+
+  test("gzip: cat a.gz b.gz c.gz", () => {
+    const p = each(["gzip", "-c"]);
+    if (p) check("multi.gz", Buffer.concat(p), "gzip");
+  });
+  test("gzip: pigz members", () => {
+    const p = each(["pigz", "-c"]);
+    if (p) check("multi-pigz.gz", Buffer.concat(p), "gzip");
+  });
+  test("zstd: frames with skippable frames before, between and after", () => {
+    const p = each(["zstd", "-q", "-c"]);
+    if (!p) return;
+    const skip = (n: number) => skippableFrame(Buffer.alloc(n, 0xab), n % 16);
+    check("multi.zst", Buffer.concat([skip(5), p[0]!, skip(0), p[1]!, skip(70_000), p[2]!, skip(3)]), "zstd");
+  });
+  test("lz4: frames with skippable frames between and after", () => {
+    const p = each(["lz4", "-q", "-c"]);
+    if (!p) return;
+    check("multi.lz4", Buffer.concat([p[0]!, skippableFrame(Buffer.alloc(10, 1), 7), p[1]!, p[2]!, skippableFrame(Buffer.alloc(0))]), "lz4");
+  });
+  test("xz: streams with stream padding between", () => {
+    const p = each(["xz", "-c"]);
+    if (p) check("multi.xz", Buffer.concat([p[0]!, Buffer.alloc(8), p[1]!, p[2]!, Buffer.alloc(4)]), "xz");
+  });
+  test("bzip2: cat a.bz2 b.bz2 c.bz2", () => {
+    const p = each(["bzip2", "-c"]);
+    if (p) check("multi.bz2", Buffer.concat(p), "bzip2");
+  });
+  test("bzip2: pbzip2 (one stream per block)", () => {
+    const p = run(["pbzip2", "-c", "-b1"], Buffer.concat([whole, whole, whole]));
+    if (!p) return;
+    const { bytes } = drainPath(tmpFile("pbzip2.bz2", p));
+    expect(bytes.equals(Buffer.concat([whole, whole, whole]))).toBe(true);
+  });
+  test("lzma: a .lzma file", () => {
+    const p = run(["xz", "--format=lzma", "-c"], whole);
+    if (p) check("one.lzma", p, "lzma");
+  });
+  test("gzip inside zstd", () => {
+    const gz = run(["gzip", "-c"], whole);
+    const zst = gz && run(["zstd", "-q", "-c"], gz);
+    if (!zst) return;
+    const { bytes, compression } = drainPath(tmpFile("nested.gz.zst", zst));
+    expect(compression).toEqual(["zstd", "gzip"]);
+    expect(bytes.equals(whole)).toBe(true);
+  });
+});
+
+describe("damaged input is an ImageError naming the file", () => {
+  for (const [ext, kind] of FIXTURES) {
+    const packed = fs.readFileSync(path.join(FIX, `${NTFS}.${ext}`));
+    test(`truncated ${kind}`, () => {
+      for (const keep of [Math.floor(packed.length / 2), packed.length - 1]) {
+        const p = tmpFile(`cut-${keep}.${ext}`, packed.subarray(0, keep));
+        const e = expectImageError(() => drainPath(p), new RegExp(`cut-${keep}\\.${ext}: offset [0-9,]+: truncated ${kind} data`));
+        expect(e.where.file).toBe(p);
+        expect(e.where.offset).toBeLessThanOrEqual(keep);
+      }
+    });
+    test(`corrupt ${kind}`, () => {
+      const bad = Buffer.from(packed);
+      const at = Math.floor(bad.length / 3);
+      for (let i = at; i < at + 64; i++) bad[i] = bad[i]! ^ 0x5a;
+      const p = tmpFile(`bad.${ext}`, bad);
+      const e = expectImageError(() => drainPath(p), new RegExp(`bad\\.${ext}: offset [0-9,]+: corrupt ${kind} data \\(.+\\)`));
+      expect(e.where.file).toBe(p);
+    });
+  }
+  test("gzip followed by garbage", () => {
+    const p = tmpFile("trailing.gz", Buffer.concat([fs.readFileSync(path.join(FIX, `${NTFS}.gz`)), Buffer.from("garbage!")]));
+    expectImageError(() => drainPath(p), /trailing\.gz: offset [0-9,]+: corrupt gzip data \(incorrect header check\)/);
+  });
+  test("a truncated stream is never a silent end, even read a byte at a time", () => {
+    const packed = fs.readFileSync(path.join(FIX, `${NTFS}.zst`));
+    expectImageError(() => drainSource(createDecoder("zstd", memSource(packed.subarray(0, 1000), 1, "t.zst"))), /t\.zst: offset [0-9,]+: truncated zstd data/);
+  });
+});
+
+describe("decoder plumbing", () => {
+  test("locate() gives decompressed offsets in the input's file", () => {
+    const d = createDecoder("gzip", memSource(fs.readFileSync(path.join(FIX, `${NTFS}.gz`)), 1 << 20, "x.img.gz"));
+    expect(d.locate(1234)).toEqual({ file: "x.img.gz", offset: 1234, decoded: "gzip" });
+    expect(d.size).toBeUndefined();
+    expect(new ImageError(d.locate(1234), "bad magic").message).toBe("x.img.gz: gzip-decompressed offset 1,234: bad magic");
+    d.close();
+  });
+  test("a missing library names the file, the library and the package", () => {
+    const lib = new LazyLibrary("libnothere.so.7", "libnothere7", { f: { args: [], returns: "void" } });
+    expect(lib.tryLoad()).toBeUndefined();
+    expectImageError(() => lib.load({ file: "x.zst", offset: 0 }, "zstd data"), /^x\.zst: offset 0: zstd data, but libnothere\.so\.7 is not installed \(apt-get install libnothere7\)$/);
+  });
+  test("struct layouts match the C headers' sizeof on x86_64", () => {
+    // z_stream is also checked by zlib itself (inflateInit2_ gets its size)
+    const zStream = structLayout({ a: "ptr", b: "uint", c: "ulong", d: "ptr", e: "uint", f: "ulong", g: ["ptr", 5], h: "int", i: "ulong", j: "ulong" });
+    expect(zStream.size).toBe(112);
+    expect(zStream.offset.h).toBe(88);
+    const bzStream = structLayout({ a: "ptr", b: "uint", c: "uint", d: "uint", e: "ptr", f: "uint", g: "uint", h: "uint", i: ["ptr", 4] });
+    expect(bzStream.size).toBe(80);
+    expect(bzStream.offset.e).toBe(24);
+  });
+  test("reads into small and odd-sized buffers", () => {
+    const d = createDecoder("xz", memSource(fs.readFileSync(path.join(FIX, `${NTFS}.xz`))));
+    const parts: Buffer[] = [];
+    const into = new Uint8Array(4099);
+    for (let i = 0; ; i++) {
+      const view = into.subarray(i % 7, (i % 7) + 1 + (i % 4096));
+      const n = d.read(view);
+      if (n === 0) break;
+      parts.push(Buffer.from(view.subarray(0, n)));
+    }
+    d.close();
+    expect(sha256(Buffer.concat(parts))).toBe(NTFS_SHA256);
+  });
+});
+
+describe("xxhash", () => {
+  const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+  /** xxhsum prints the canonical (big-endian) form; partclone stores little-endian words */
+  const reverse = (h: string) => Buffer.from(h, "hex").reverse().toString("hex");
+  const samples = [Buffer.alloc(0), Buffer.from("hello\n"), mixedData(100_000, 9), mixedData(1 << 20, 10)];
+
+  test("known vectors", () => {
+    expect(hex(digestXxh64(Buffer.alloc(0)))).toBe(reverse("ef46db3751d8e999"));
+    expect(hex(digestXxh128(Buffer.alloc(0)))).toBe(reverse("99aa06d3014798d86001c324468d497f"));
+    expect(hex(digestXxh64(Buffer.from("hello\n")))).toBe(reverse("e4c191d091bd8853"));
+    expect(hex(digestXxh128(Buffer.from("hello\n")))).toBe(reverse("6bba86c7e069f56d5a10b435f1c8e49c"));
+  });
+  for (const [algo, flag] of [
+    ["XXH64", "-H64"],
+    ["XXH128", "-H128"],
+  ] as const) {
+    test(`${algo} agrees with xxhsum ${flag}`, () => {
+      for (const data of samples) {
+        const out = run(["xxhsum", flag, "-"], data);
+        if (!out) return;
+        const canonical = out.toString().split(/\s+/)[0]!;
+        const mine = algo === "XXH64" ? digestXxh64(data) : digestXxh128(data);
+        expect(hex(mine)).toBe(reverse(canonical));
+      }
+    });
+    test(`${algo} streaming: pieces, reset, reuse`, () => {
+      const s = algo === "XXH64" ? new Xxh64State() : new Xxh128State();
+      const out = new Uint8Array(algo === "XXH64" ? 8 : 16);
+      for (const data of samples) {
+        s.reset();
+        for (let at = 0; at < data.length; at += 777) s.update(data.subarray(at, at + 777));
+        s.digestInto(out);
+        expect(hex(out)).toBe(hex(algo === "XXH64" ? digestXxh64(data) : digestXxh128(data)));
+      }
+    });
+  }
+});
+
+describe("crc32c", () => {
+  test("the CRC-32C check value (seed ~0, result inverted)", () => {
+    for (const { fn } of crc32cImplementations) expect(~fn(Buffer.from("123456789"), 0xffffffff) >>> 0).toBe(0xe3069283);
+  });
+  test("every command of a real btrfs send stream (crc32c(0, header with crc zeroed + attributes))", () => {
+    const s = fs.readFileSync(path.join(FIX, "full-v1.btrfs-send"));
+    expect(s.subarray(0, 13).toString("latin1")).toBe("btrfs-stream\0");
+    let commands = 0;
+    for (let off = 17; off < s.length; commands++) {
+      const len = s.readUInt32LE(off);
+      const stored = s.readUInt32LE(off + 6);
+      const cmd = Buffer.from(s.subarray(off, off + 10 + len));
+      cmd.writeUInt32LE(0, 6);
+      expect(crc32c(cmd)).toBe(stored);
+      for (const { fn } of crc32cImplementations) expect(fn(cmd, 0)).toBe(stored);
+      off += 10 + len;
+    }
+    expect(commands).toBeGreaterThan(10);
+  });
+  test("native and JS agree on every length and alignment, and chain through the seed", () => {
+    const data = mixedData(70_000, 5);
+    for (const { name, fn } of crc32cImplementations) {
+      for (const [from, len] of [
+        [0, 0],
+        [1, 1],
+        [3, 7],
+        [5, 255],
+        [7, 4097],
+        [0, 70_000],
+      ] as const) {
+        const piece = data.subarray(from, from + len);
+        expect(`${name} ${len}: ${fn(piece, 0x1234567)}`).toBe(`${name} ${len}: ${crc32cJs(piece, 0x1234567)}`);
+      }
+      expect(fn(data.subarray(40_000), fn(data.subarray(0, 40_000)))).toBe(crc32c(data));
+    }
+  });
+});
