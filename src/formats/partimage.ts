@@ -1,0 +1,644 @@
+// partimage 0.6.x images: partimage src/shared/common.h (CVolumeHeader, CMainHeader, CMainTail),
+// src/client/fs/fs_base.h (CLocalHeader, CCheck) and src/client/fs/fs_*.h (CInfo*Header); the order
+// of the parts as src/client/misc.cpp restorePartition() and fs_base.cpp restoreFromImage() read them.
+import fs from "node:fs";
+import { ChecksumError, ImageError, type Location, withCommas } from "../errors.ts";
+import { ByteReader } from "../source/byte-reader.ts";
+import type { ChunkSource } from "../source/chunk-source.ts";
+import { type OpenedStream, openStream } from "../source/open.ts";
+import { UsedBitmap } from "./bitmap.ts";
+import { type DataRun, type ImageInfo, type InfoField, type ReadOptions, type UsedRun, ImageBase } from "./image.ts";
+import { countWithSize, humanSize } from "./units.ts";
+
+const VOLUME_MAGIC = "PaRtImAgE-VoLuMe";
+/** the image format versions partimage 0.6.x restores (imagefile.cpp openReading) */
+const CURRENT_FORMAT = "0.6.1";
+const OLDEST_FORMAT = "0.6.0";
+const VOLUME_HEADER_SIZE = 512;
+const MAIN_HEADER_SIZE = 16384;
+const LOCAL_HEADER_SIZE = 16384;
+const INFO_SIZE = 16384;
+const TAIL_SIZE = 16384;
+/** sizeof(CMbr), which restorePartition() skips (not dwMbrSize) */
+const MBR_SIZE = 2048;
+const MBR_DATA_SIZE = 512;
+const MAX_MBRS = 4096;
+/** CCheck { char cMagic[4]; DWORD dwCRC; QWORD qwPos; } with natural alignment */
+const CHECK_SIZE = 16;
+const CHECK_FREQUENCY = 65536;
+/** COPYBUF_SIZE: a used stretch is read this many bytes of blocks at a time, and qwPos names the stretch */
+const COPY_BUFFER = 262144;
+const MAGIC_MBR = "MAGIC-BEGIN-MBRBACKUP";
+const MAGIC_LOCAL_HEADER = "MAGIC-BEGIN-LOCALHEADER";
+const MAGIC_BITMAP = "MAGIC-BEGIN-BITMAP";
+const MAGIC_INFO = "MAGIC-BEGIN-INFO";
+const MAGIC_DATA = "MAGIC-BEGIN-DATABLOCKS";
+const MAGIC_TAIL = "MAGIC-BEGIN-TAIL";
+const MAX_EXTENSION = 16 << 20;
+const COMPRESSIONS = ["none", "gzip", "bzip2", "lzo"];
+
+export function detectPartimage(head: Uint8Array): boolean {
+  return head.length >= VOLUME_HEADER_SIZE && cString(head, 0, 32) === VOLUME_MAGIC;
+}
+
+function cString(b: Uint8Array, start: number, len: number): string {
+  let end = start;
+  while (end < start + len && b[end] !== 0) end++;
+  return new TextDecoder("latin1").decode(b.subarray(start, end));
+}
+
+function u64(dv: DataView, at: number, fail: (field: string, detail: string, offset: number) => never, field: string, base: number): number {
+  const v = dv.getBigUint64(at, true);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) fail(`${field} is absurd`, String(v), base + at);
+  return Number(v);
+}
+
+/** partimage's "CRC" of a header: the sum of its bytes as signed chars, in 32 bits (CImage::writeCRC). */
+function signedByteSum(b: Uint8Array): number {
+  let s = 0;
+  for (let i = 0; i < b.length; i++) s += (b[i]! << 24) >> 24;
+  return s >>> 0;
+}
+
+/**
+ * The sum of all bytes as unsigned, partimage's whole-image check (CImage::m_qwCRC). Words are
+ * added two bytes per 16-bit lane, 128 words between folds so that no lane overflows.
+ */
+export function byteSum(b: Uint8Array): number {
+  const n = b.length;
+  let i = 0;
+  let total = 0;
+  const head = Math.min(n, (4 - (b.byteOffset & 3)) & 3);
+  for (; i < head; i++) total += b[i]!;
+  const words = (n - i) >>> 2;
+  if (words > 0) {
+    const w = new Uint32Array(b.buffer, b.byteOffset + i, words);
+    let k = 0;
+    while (k < words) {
+      const end = Math.min(words, k + 128);
+      let lanes = 0;
+      for (; k < end; k++) {
+        const x = w[k]!;
+        lanes += (x & 0x00ff00ff) + ((x >>> 8) & 0x00ff00ff);
+      }
+      total += (lanes & 0xffff) + (lanes >>> 16);
+    }
+    i += words * 4;
+  }
+  for (; i < n; i++) total += b[i]!;
+  return total;
+}
+
+interface VolumeHeader {
+  version: string;
+  number: number;
+  identificator: bigint;
+}
+
+function readVolumeHeader(r: ByteReader, file: string): VolumeHeader {
+  const start = r.position;
+  const b = r.view(VOLUME_HEADER_SIZE, "partimage volume header");
+  if (cString(b, 0, 32) !== VOLUME_MAGIC) r.fail("not a partimage volume", `no "${VOLUME_MAGIC}" magic in ${file}`, start);
+  const version = cString(b, 32, 64);
+  if (version > CURRENT_FORMAT) r.fail("partimage image format newer than 0.6.1", JSON.stringify(version), start + 32);
+  if (version < CURRENT_FORMAT && version !== OLDEST_FORMAT) r.fail("partimage image format older than 0.6.0", JSON.stringify(version), start + 32);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  return { version, number: dv.getUint32(96, true), identificator: dv.getBigUint64(100, true) };
+}
+
+function volumeName(base: string, n: number): string {
+  return `${base}.${String(n).padStart(3, "0")}`;
+}
+
+/** The name before ".NNN" when `stream` is one volume file of a set, else undefined. */
+function volumeBase(stream: OpenedStream): string | undefined {
+  if (stream.pieces.length !== 1) return undefined;
+  const m = /^(.*)\.\d{3,}$/.exec(stream.pieces[0]!);
+  return m && fs.existsSync(stream.pieces[0]!) ? m[1] : undefined;
+}
+
+interface OpenedVolume {
+  name: string;
+  number: number;
+  /** offset in the joined stream of the volume's first byte after its header */
+  start: number;
+  stream: OpenedStream;
+}
+
+/**
+ * The volumes of one image joined into one stream without their volume headers: each
+ * NAME.NNN is a file of its own (compressed on its own), and a volume ends wherever
+ * partimage's writer crossed the size limit. A volume that cannot be opened ends the stream
+ * early; `stopped` says why, for when the image turns out to need more.
+ */
+class VolumeChain implements ChunkSource {
+  readonly size = undefined;
+  readonly volumes: OpenedVolume[] = [];
+  stopped: ImageError | undefined;
+  private current: OpenedVolume | undefined;
+  private position = 0;
+
+  constructor(
+    first: OpenedStream,
+    firstHeader: VolumeHeader,
+    private readonly base: string | undefined,
+  ) {
+    this.current = { name: first.pieces[0]!, number: firstHeader.number, start: 0, stream: first };
+    this.volumes.push(this.current);
+    this.identificator = firstHeader.identificator;
+  }
+
+  private readonly identificator: bigint;
+
+  get name(): string {
+    return this.volumes[0]!.name;
+  }
+
+  get lastNumber(): number {
+    return this.volumes[this.volumes.length - 1]!.number;
+  }
+
+  read(into: Uint8Array): number {
+    while (this.current) {
+      const r = this.current.stream.reader;
+      let n: number;
+      if (r.buffered > 0) {
+        const c = r.chunk(into.length);
+        into.set(c);
+        n = c.length;
+      } else {
+        n = r.source.read(into);
+      }
+      if (n > 0) {
+        this.position += n;
+        return n;
+      }
+      this.openNext();
+    }
+    return 0;
+  }
+
+  private openNext(): void {
+    const done = this.current!;
+    const number = done.number + 1;
+    this.current = undefined;
+    done.stream.reader.close();
+    if (this.base === undefined) {
+      this.stopped = new ImageError({ file: done.name }, `the image continues in volume ${String(number).padStart(3, "0")}`, "only a file named NAME.NNN can be followed by the next volume");
+      return;
+    }
+    const name = volumeName(this.base, number);
+    if (!fs.existsSync(name)) {
+      this.stopped = new ImageError({ file: name }, "missing volume of the partimage set", `${done.name} ends and the image continues`);
+      return;
+    }
+    let stream: OpenedStream | undefined;
+    try {
+      stream = openStream(name);
+      const start = stream.reader.position;
+      const h = readVolumeHeader(stream.reader, name);
+      if (h.number !== number) stream.reader.fail("wrong partimage volume number", `the header says ${h.number}, expected ${number}`, start + 96);
+      // zero in images from older versions
+      if (h.identificator !== this.identificator && h.identificator !== 0n && this.identificator !== 0n) {
+        stream.reader.fail("partimage volume of another image", `identificator 0x${h.identificator.toString(16)}, volume 000 has 0x${this.identificator.toString(16)}`, start + 100);
+      }
+    } catch (e) {
+      stream?.reader.close();
+      if (!(e instanceof ImageError)) throw e;
+      this.stopped = e;
+      return;
+    }
+    this.current = { name, number, start: this.position, stream };
+    this.volumes.push(this.current);
+  }
+
+  locate(offset: number): Location {
+    let v = this.volumes[0]!;
+    for (const candidate of this.volumes) if (candidate.start <= offset) v = candidate;
+    return v.stream.reader.locate(offset - v.start + VOLUME_HEADER_SIZE);
+  }
+
+  close(): void {
+    this.current?.stream.reader.close();
+    this.current = undefined;
+  }
+
+  /** A truncation inside the joined stream is really the volume that could not be opened. */
+  explain(e: unknown): unknown {
+    if (this.stopped && e instanceof ImageError && e.field.startsWith("truncated")) return this.stopped;
+    return e;
+  }
+}
+
+export interface PartimageMainHeader {
+  fileSystem: string;
+  description: string;
+  originalDevice: string;
+  firstImageFile: string;
+  uname: { sysname: string; nodename: string; release: string; version: string; machine: string };
+  compression: number;
+  flags: number;
+  created: string;
+  partitionSize: number;
+  hostname: string;
+  version: string;
+  mbrCount: number;
+  mbrSize: number;
+  encryption: number;
+  checksum: number;
+}
+
+export interface PartimageLocalHeader {
+  blockSize: number;
+  usedBlocks: number;
+  blocksCount: number;
+  bitmapSize: number;
+  badBlocks: number;
+  label: string;
+  checksum: number;
+}
+
+/** Reads through the joined volumes, adding every byte partimage counts to the whole-image sum. */
+class Parser {
+  sum = 0;
+  constructor(readonly r: ByteReader) {}
+
+  take(n: number, field: string): Uint8Array {
+    const b = this.r.view(n, field);
+    this.sum += byteSum(b);
+    return b;
+  }
+
+  magic(expected: string): void {
+    const at = this.r.position;
+    const b = this.take(expected.length, `partimage ${expected} magic`);
+    for (let i = 0; i < expected.length; i++) {
+      if (b[i] !== expected.charCodeAt(i)) this.r.fail(`missing partimage ${expected} magic`, `found ${JSON.stringify(new TextDecoder("latin1").decode(b))}`, at);
+    }
+  }
+
+  /** A header struct followed by its signed-byte sum (CImage::readAndCheckCRC). */
+  checkedStruct(n: number, field: string): { bytes: Uint8Array; at: number; checksum: number } {
+    const at = this.r.position;
+    const bytes = this.take(n, field).slice();
+    const crcAt = this.r.position;
+    const stored = new DataView(this.take(4, `${field} checksum`).slice().buffer).getUint32(0, true);
+    const computed = signedByteSum(bytes);
+    if (stored !== computed) {
+      throw new ChecksumError(this.r.locate(crcAt), `${field} checksum mismatch`, `stored 0x${hex32(stored)}, computed 0x${hex32(computed)}`);
+    }
+    return { bytes, at, checksum: stored };
+  }
+}
+
+function hex32(n: number): string {
+  return (n >>> 0).toString(16).padStart(8, "0");
+}
+
+function readMainHeader(p: Parser): PartimageMainHeader {
+  const { bytes: b, at, checksum } = p.checkedStruct(MAIN_HEADER_SIZE, "partimage main header");
+  const dv = new DataView(b.buffer);
+  const fail = (field: string, detail: string, offset: number): never => p.r.fail(field, detail, offset);
+  const s = (start: number, len: number) => cString(b, start, len);
+  const tm = (i: number) => dv.getUint32(9548 + 4 * i, true);
+  const two = (n: number) => String(n).padStart(2, "0");
+  const h: PartimageMainHeader = {
+    fileSystem: s(0, 512),
+    description: s(512, 4096),
+    originalDevice: s(4608, 512),
+    firstImageFile: s(5120, 4095),
+    uname: { sysname: s(9215, 65), nodename: s(9280, 65), release: s(9345, 65), version: s(9410, 65), machine: s(9475, 65) },
+    compression: dv.getUint32(9540, true),
+    flags: dv.getUint32(9544, true),
+    created: `${tm(5) + 1900}-${two(tm(4) + 1)}-${two(tm(3))} ${two(tm(2))}:${two(tm(1))}:${two(tm(0))}`,
+    partitionSize: u64(dv, 9592, fail, "partimage main header qwPartSize", at),
+    hostname: s(9600, 128),
+    version: s(9728, 64),
+    mbrCount: dv.getUint32(9792, true),
+    mbrSize: dv.getUint32(9796, true),
+    encryption: dv.getUint32(9800, true),
+    checksum,
+  };
+  if (h.encryption !== 0) fail("encrypted partimage image", `dwEncryptAlgo ${h.encryption}; partimage itself cannot restore it`, at + 9800);
+  if (h.mbrCount > MAX_MBRS) fail("partimage main header dwMbrCount is absurd", String(h.mbrCount), at + 9792);
+  return h;
+}
+
+function readLocalHeader(p: Parser): PartimageLocalHeader {
+  const { bytes: b, at, checksum } = p.checkedStruct(LOCAL_HEADER_SIZE, "partimage local header");
+  const dv = new DataView(b.buffer);
+  const fail = (field: string, detail: string, offset: number): never => p.r.fail(field, detail, offset);
+  const h: PartimageLocalHeader = {
+    blockSize: u64(dv, 0, fail, "partimage local header qwBlockSize", at),
+    usedBlocks: u64(dv, 8, fail, "partimage local header qwUsedBlocks", at),
+    blocksCount: u64(dv, 16, fail, "partimage local header qwBlocksCount", at),
+    bitmapSize: u64(dv, 24, fail, "partimage local header qwBitmapSize", at),
+    badBlocks: u64(dv, 32, fail, "partimage local header qwBadBlocksCount", at),
+    label: cString(b, 40, 64),
+    checksum,
+  };
+  if (h.blockSize === 0 || h.blockSize > 16 << 20) fail("partimage block size is absurd", String(h.blockSize), at);
+  if (h.blocksCount * h.blockSize > Number.MAX_SAFE_INTEGER) fail("partimage block count is absurd", String(h.blocksCount), at + 16);
+  if (h.bitmapSize < Math.ceil(h.blocksCount / 8)) {
+    fail("partimage bitmap is smaller than the block count", `${withCommas(h.bitmapSize)} bytes for ${withCommas(h.blocksCount)} blocks`, at + 24);
+  }
+  if (h.bitmapSize > Math.ceil(h.blocksCount / 8) + (1 << 20)) fail("partimage bitmap size is absurd", `${withCommas(h.bitmapSize)} bytes for ${withCommas(h.blocksCount)} blocks`, at + 24);
+  return h;
+}
+
+/** What the file-system specific info block holds, for `info` (fs_ext2.h CInfoExt2Header and kin). */
+function fsInfoFields(fileSystem: string, b: Uint8Array): InfoField[] {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const f = (key: string, label: string, value: number | string): InfoField => ({ key, label, text: typeof value === "number" ? withCommas(value) : value, value });
+  const u32 = (at: number) => dv.getUint32(at, true);
+  const hex = (n: number) => `0x${hex32(n)}`;
+  if (fileSystem === "ext2fs" || fileSystem === "ext3fs") {
+    const uuid = Array.from(b.subarray(40, 56), (x) => x.toString(16).padStart(2, "0")).join("");
+    return [
+      f("ext2Groups", "ext2 groups", u32(0)),
+      f("ext2FirstBlock", "ext2 first block", u32(8)),
+      f("ext2BlockSize", "ext2 block size", u32(12)),
+      f("ext2BlocksPerGroup", "ext2 blocks/group", u32(20)),
+      f("ext2FeatureCompat", "ext2 compat", hex(u32(24))),
+      f("ext2FeatureIncompat", "ext2 incompat", hex(u32(28))),
+      f("ext2FeatureRoCompat", "ext2 ro_compat", hex(u32(32))),
+      f("ext2RevLevel", "ext2 revision", u32(36)),
+      f("ext2Uuid", "ext2 uuid", `${uuid.slice(0, 8)}-${uuid.slice(8, 12)}-${uuid.slice(12, 16)}-${uuid.slice(16, 20)}-${uuid.slice(20)}`),
+    ];
+  }
+  if (fileSystem.startsWith("fat")) {
+    return [
+      f("fatTotalSectors", "fat sectors", u32(0)),
+      f("fatClusters", "fat clusters", u32(4)),
+      f("fatSectorsPerFat", "fat sectors/FAT", u32(16)),
+      f("fatUsedClusters", "fat used clusters", u32(28)),
+      f("fatBytesPerSector", "fat bytes/sector", dv.getUint16(48, true)),
+      f("fatSectorsPerCluster", "fat sectors/clus", b[54]!),
+      f("fatCount", "fat FATs", b[55]!),
+    ];
+  }
+  if (fileSystem === "ntfs") {
+    return [
+      f("ntfsTotalSectors", "ntfs sectors", Number(dv.getBigUint64(0, true))),
+      f("ntfsMftLcn", "ntfs $MFT lcn", Number(dv.getBigUint64(8, true))),
+      f("ntfsClusterSize", "ntfs cluster size", u32(20)),
+      f("ntfsBytesPerSector", "ntfs bytes/sector", dv.getUint16(24, true)),
+    ];
+  }
+  if (fileSystem.startsWith("reiserfs")) return [f("reiserVersion", "reiserfs version", u32(0))];
+  return [];
+}
+
+export class PartimageImage extends ImageBase {
+  readonly info: ImageInfo;
+  readonly dataStart: number;
+  private consumed = false;
+
+  constructor(
+    private readonly chain: VolumeChain,
+    private readonly parser: Parser,
+    readonly volumeHeader: VolumeHeader,
+    readonly main: PartimageMainHeader,
+    readonly local: PartimageLocalHeader,
+    readonly bitmap: UsedBitmap,
+    fsInfo: InfoField[],
+    infoChecksum: number,
+    compression: OpenedStream["compression"],
+    pieces: string[],
+  ) {
+    super();
+    const r = parser.r;
+    this.dataStart = r.position;
+    const bs = local.blockSize;
+    const used = bitmap.count();
+    const f = (key: string, label: string, text: string, value: InfoField["value"], note?: string): InfoField => ({ key, label, text, value, note });
+    const where = compression.length ? `of the ${compression.join("+")}-decompressed volumes` : "of the volumes joined";
+    const fields: InfoField[] = [
+      f("imageFormat", "image format", volumeHeader.version, volumeHeader.version),
+      f("partimageVersion", "partimage", main.version, main.version, "version in the main header"),
+      f("fileSystem", "file system", main.fileSystem, main.fileSystem),
+      f("partitionSize", "partition size", `${withCommas(main.partitionSize)} (${humanSize(main.partitionSize)})`, main.partitionSize),
+      f("originalDevice", "original device", main.originalDevice, main.originalDevice),
+      f("description", "description", main.description || "(none)", main.description),
+      f("label", "label", local.label || "(none)", local.label),
+      f("created", "created", main.created, main.created, "local time of the saving machine"),
+      f("hostname", "hostname", main.hostname, main.hostname),
+      f("system", "system", `${main.uname.sysname} ${main.uname.release} ${main.uname.machine}`.trim(), `${main.uname.sysname} ${main.uname.release} ${main.uname.machine}`.trim()),
+      f("compressionMode", "compression mode", COMPRESSIONS[main.compression] ?? `unknown (${main.compression})`, main.compression),
+      f("volumes", "volumes", String(pieces.length), pieces.length),
+      f("identificator", "identificator", `0x${volumeHeader.identificator.toString(16).padStart(16, "0")}`, `0x${volumeHeader.identificator.toString(16).padStart(16, "0")}`),
+      f("mbrCount", "MBRs saved", String(main.mbrCount), main.mbrCount),
+      f("blockSize", "block size", String(bs), bs),
+      f("totalBlocks", "total blocks", withCommas(local.blocksCount), local.blocksCount),
+      f("headerUsedBlocks", "used blocks", countWithSize(local.usedBlocks, bs), local.usedBlocks, "used block count based on the header"),
+      f("usedBlocks", "used in bitmap", countWithSize(used, bs), used, "used block count based on bitmap"),
+      f("badBlocks", "bad blocks", withCommas(local.badBlocks), local.badBlocks),
+      f("bitmapBytes", "bitmap", `${withCommas(local.bitmapSize)} bytes (${humanSize(local.bitmapSize)})`, local.bitmapSize),
+      ...fsInfo,
+      f("mainHeaderChecksum", "main header sum", `0x${hex32(main.checksum)}`, `0x${hex32(main.checksum)}`),
+      f("localHeaderChecksum", "local header sum", `0x${hex32(local.checksum)}`, `0x${hex32(local.checksum)}`),
+      f("infoChecksum", "fs info sum", `0x${hex32(infoChecksum)}`, `0x${hex32(infoChecksum)}`),
+      f("blocksSection", "blocks_section", `at ${withCommas(this.dataStart)} ${where}`, this.dataStart),
+    ];
+    this.info = {
+      format: "partimage",
+      fsType: main.fileSystem,
+      blockSize: bs,
+      totalBlocks: local.blocksCount,
+      usedBlocks: used,
+      deviceSize: main.partitionSize,
+      checksum: "CRC32",
+      compression,
+      pieces,
+      fields,
+    };
+  }
+
+  isUsed(block: number): boolean {
+    return this.bitmap.isUsed(block);
+  }
+
+  usedRuns(): Iterable<UsedRun> {
+    return this.bitmap.runs();
+  }
+
+  consistencyProblems(): string[] {
+    const used = this.info.usedBlocks;
+    return this.local.usedBlocks === used ? [] : [`header says ${withCommas(this.local.usedBlocks)} used blocks, the bitmap has ${withCommas(used)}`];
+  }
+
+  /**
+   * The blocks as restoreUsedBlocksToDisk() reads them: used stretches of the bitmap, cut into
+   * COPY_BUFFER-sized pieces, with a CCheck after every 64 KiB of data (CRC32 of those bytes and
+   * the first block of the piece it falls in); then the tail with the sum of every byte.
+   */
+  *dataBatches(opts: ReadOptions = {}): Generator<DataRun[], void, undefined> {
+    if (this.consumed) throw new Error("the blocks of a partimage image are read once; open it again");
+    this.consumed = true;
+    try {
+      yield* this.readData(opts);
+    } catch (e) {
+      throw this.chain.explain(e);
+    }
+  }
+
+  private *readData(opts: ReadOptions): Generator<DataRun[], void, undefined> {
+    const r = this.parser.r;
+    const verify = opts.verify !== false;
+    const bs = this.local.blockSize;
+    const blocksPerPiece = Math.max(1, Math.floor(COPY_BUFFER / bs));
+    let sum = this.parser.sum;
+    let crc = 0;
+    let inCheck = 0;
+    let batch: DataRun[] = [];
+    let last: DataRun | undefined;
+
+    for (const run of this.bitmap.runs()) {
+      const runEnd = run.firstBlock + run.blockCount;
+      for (let pieceStart = run.firstBlock; pieceStart < runEnd; pieceStart += blocksPerPiece) {
+        let offset = pieceStart * bs;
+        let left = Math.min(blocksPerPiece, runEnd - pieceStart) * bs;
+        if (offset + left > this.info.deviceSize) {
+          r.fail("partimage block lies beyond the partition size", `block ${withCommas(pieceStart)} of ${bs} bytes, partition ${withCommas(this.info.deviceSize)} bytes`);
+        }
+        while (left > 0) {
+          if (r.buffered === 0 && batch.length > 0) {
+            yield batch;
+            batch = [];
+            last = undefined;
+            opts.onProgress?.(r.position);
+          }
+          const piece = r.chunk(Math.min(left, CHECK_FREQUENCY - inCheck));
+          if (piece.length === 0) r.fail("truncated partimage data", `block ${withCommas(pieceStart)}, ${withCommas(left)} bytes of this stretch missing`);
+          if (verify) {
+            crc = Bun.hash.crc32(piece, crc);
+            sum += byteSum(piece);
+          }
+          if (last && last.offset + last.data.length === offset && last.data.buffer === piece.buffer && last.data.byteOffset + last.data.length === piece.byteOffset) {
+            last.data = new Uint8Array(piece.buffer, last.data.byteOffset, last.data.length + piece.length);
+          } else {
+            last = { offset, data: piece };
+            batch.push(last);
+          }
+          offset += piece.length;
+          left -= piece.length;
+          inCheck += piece.length;
+          if (inCheck === CHECK_FREQUENCY) {
+            if (r.buffered < CHECK_SIZE && batch.length > 0) {
+              yield batch;
+              batch = [];
+              opts.onProgress?.(r.position);
+            }
+            last = undefined;
+            const at = r.position;
+            const check = r.view(CHECK_SIZE, "partimage local check");
+            if (check[0] !== 0x43 || check[1] !== 0x48 || check[2] !== 0x4b) r.fail("missing partimage local check", `no "CHK" magic after 64 KiB of data at block ${withCommas(pieceStart)}`, at);
+            if (verify) {
+              sum += byteSum(check);
+              const dv = new DataView(check.buffer, check.byteOffset, CHECK_SIZE);
+              const stored = dv.getUint32(4, true);
+              const pos = Number(dv.getBigUint64(8, true));
+              if (pos !== pieceStart) r.fail("partimage local check in the wrong place", `it names block ${withCommas(pos)}, the data is at block ${withCommas(pieceStart)}`, at + 8);
+              if (stored !== crc >>> 0) {
+                throw new ChecksumError(r.locate(at + 4), "partimage CRC32 mismatch", `the 64 KiB of data ending at volume offset ${withCommas(offset)} (block ${withCommas(Math.floor((offset - 1) / bs))}); stored 0x${hex32(stored)}, computed 0x${hex32(crc)}`);
+              }
+            }
+            crc = 0;
+            inCheck = 0;
+          }
+        }
+      }
+    }
+    if (batch.length > 0) yield batch;
+    opts.onProgress?.(r.position);
+
+    const tailMagicAt = r.position;
+    const tailMagic = r.view(MAGIC_TAIL.length, "partimage tail magic");
+    for (let i = 0; i < MAGIC_TAIL.length; i++) {
+      if (tailMagic[i] !== MAGIC_TAIL.charCodeAt(i)) r.fail(`missing partimage ${MAGIC_TAIL} magic`, "the data does not end where the bitmap says", tailMagicAt);
+    }
+    sum += byteSum(tailMagic);
+    const tailAt = r.position;
+    const tail = r.view(TAIL_SIZE, "partimage tail");
+    const dv = new DataView(tail.buffer, tail.byteOffset, 16);
+    const storedSum = dv.getBigUint64(0, true);
+    const lastVolume = dv.getUint32(8, true);
+    if (verify && BigInt(sum) % 2n ** 64n !== storedSum) {
+      throw new ChecksumError(r.locate(tailAt), "partimage image checksum mismatch", `the sum of all bytes is ${sum}, the tail says ${storedSum}`);
+    }
+    if (lastVolume !== this.chain.lastNumber) {
+      r.fail("partimage tail names another last volume", `volume ${lastVolume}, the image ended in volume ${this.chain.lastNumber}`, tailAt + 8);
+    }
+  }
+
+  close(): void {
+    this.parser.r.close();
+  }
+}
+
+/**
+ * Open a partimage image on a stream positioned at its first byte (any volume of a set: the
+ * others are opened by name, NAME.000 first): headers and bitmap now, the blocks later.
+ */
+export function openPartimage(stream: OpenedStream): PartimageImage {
+  const base = volumeBase(stream);
+  let first = stream;
+  let header = readVolumeHeader(stream.reader, stream.pieces[0]!);
+  if (header.number !== 0) {
+    if (base === undefined) stream.reader.fail("not the first volume of a partimage set", `this is volume ${header.number}; give NAME.000`, 96);
+    stream.reader.close();
+    const name = volumeName(base, 0);
+    if (!fs.existsSync(name)) throw new ImageError({ file: name }, "missing volume of the partimage set", `${stream.pieces[0]} is volume ${header.number}`);
+    first = openStream(name);
+    header = readVolumeHeader(first.reader, name);
+    if (header.number !== 0) first.reader.fail("wrong partimage volume number", `the header says ${header.number}, expected 0`, 96);
+  }
+  const pieces = [first.pieces[0]!];
+  if (base !== undefined) {
+    for (let n = 1; fs.existsSync(volumeName(base, n)); n++) pieces.push(volumeName(base, n));
+    const own = new RegExp(`^${baseName(base).replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\.(\\d{3,})$`);
+    const later = fs.readdirSync(dirOf(base)).filter((f) => Number(own.exec(f)?.[1] ?? -1) > pieces.length);
+    if (later.length > 0) throw new ImageError({ file: volumeName(base, pieces.length) }, "missing volume of the partimage set", `found ${later.sort()[0]} after it`);
+  }
+  const chain = new VolumeChain(first, header, base);
+  const reader = new ByteReader(chain);
+  try {
+    const p = new Parser(reader);
+    const main = readMainHeader(p);
+    p.magic(MAGIC_MBR);
+    for (let i = 0; i < main.mbrCount; i++) {
+      const at = reader.position;
+      const mbr = p.take(MBR_SIZE, "partimage MBR backup");
+      const stored = new DataView(mbr.buffer, mbr.byteOffset, MBR_SIZE).getUint32(MBR_DATA_SIZE, true);
+      const computed = signedByteSum(mbr.subarray(0, MBR_DATA_SIZE));
+      if (stored !== computed) throw new ChecksumError(reader.locate(at + MBR_DATA_SIZE), `partimage MBR backup ${i} checksum mismatch`, `stored 0x${hex32(stored)}, computed 0x${hex32(computed)}`);
+    }
+    for (let i = 0; i < 10; i++) {
+      p.magic(`MAGIC-BEGIN-EXT00${i}`);
+      const at = reader.position;
+      const length = new DataView(p.take(4, "partimage extension length").slice().buffer).getUint32(0, true);
+      if (length > MAX_EXTENSION) reader.fail("partimage extension length is absurd", String(length), at);
+      if (length > 0) p.take(length, "partimage extension");
+    }
+    p.magic(MAGIC_LOCAL_HEADER);
+    const local = readLocalHeader(p);
+    p.magic(MAGIC_BITMAP);
+    const bitmap = new UsedBitmap(p.take(local.bitmapSize, "partimage bitmap").slice(), local.blocksCount);
+    p.magic(MAGIC_INFO);
+    const fsInfo = p.checkedStruct(INFO_SIZE, "partimage file system info");
+    p.magic(MAGIC_DATA);
+    return new PartimageImage(chain, p, header, main, local, bitmap, fsInfoFields(main.fileSystem, fsInfo.bytes), fsInfo.checksum, first.compression, pieces);
+  } catch (e) {
+    reader.close();
+    throw chain.explain(e);
+  }
+}
+
+function dirOf(p: string): string {
+  const i = p.lastIndexOf("/");
+  return i < 0 ? "." : p.slice(0, i) || "/";
+}
+
+function baseName(p: string): string {
+  return p.slice(p.lastIndexOf("/") + 1);
+}
