@@ -1,7 +1,9 @@
 import { ImageError } from "../errors.ts";
 import { openStream, type OpenedStream } from "../source/open.ts";
 import type { Image } from "./image.ts";
+import { detectNtfsclone, openNtfsclone } from "./ntfsclone.ts";
 import { detectPartclone, openPartclone } from "./partclone.ts";
+import { detectPartimage, openPartimage } from "./partimage.ts";
 
 /** One entry per format: recognise the first bytes of the decoded stream, then open it. */
 interface FormatHandler {
@@ -10,7 +12,11 @@ interface FormatHandler {
   open(stream: OpenedStream): Image;
 }
 
-export const formats: FormatHandler[] = [{ name: "partclone", detect: detectPartclone, open: openPartclone }];
+export const formats: FormatHandler[] = [
+  { name: "partclone", detect: detectPartclone, open: openPartclone },
+  { name: "partimage", detect: detectPartimage, open: openPartimage },
+  { name: "ntfsclone", detect: detectNtfsclone, open: openNtfsclone },
+];
 
 const HEAD_BYTES = 2048;
 
