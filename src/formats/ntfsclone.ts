@@ -168,7 +168,7 @@ export class NtfscloneImage extends ImageBase {
   ) {
     super();
     const cs = header.clusterSize;
-    // clusters 0..nr_clusters: the restored size never reaches past the backup boot sector's
+    // clusters 0..nr_clusters: nothing is restored past the backup boot sector's
     this.totalBlocks = header.nrClusters + 1;
     const self = this;
     const base = {
@@ -189,23 +189,21 @@ export class NtfscloneImage extends ImageBase {
   }
 
   /**
-   * The size of `ntfsclone --restore-image -O FILE`: set_filesize() makes it the volume plus
-   * 512 bytes, and writing the backup boot sector's cluster may extend it to device_size.
+   * The size of `ntfsclone --restore-image -O FILE`: set_filesize() truncates the file to the
+   * volume plus 512 bytes, then resets it to 0 while it is still sparse, so the file ends with
+   * the last cluster written (device_size when the backup boot sector's cluster is there).
    */
-  private restoredSize(furthestEnd: number): number {
-    const h = this.header;
-    return Math.max(h.nrClusters * h.clusterSize + 512, furthestEnd);
-  }
-
   private deviceSize(): number {
     const h = this.header;
     if (this.bitmap || this.stream.randomAccess) {
       this.scanIfNeeded();
-      return this.restoredSize(this.furthestEnd);
+      return this.furthestEnd;
     }
-    // a pipe: 10.1 on always saves the backup boot sector's cluster; older images may not
+    // a pipe before its data was read: 10.1 on always saves the backup boot sector's cluster;
+    // for older images this is an upper bound
     const backupCluster = h.majorVersion > 10 || (h.majorVersion === 10 && h.minorVersion >= 1);
-    return this.restoredSize(backupCluster ? h.nrClusters * h.clusterSize + Math.min(h.clusterSize, h.deviceSize - h.nrClusters * h.clusterSize) : 0);
+    const lastCluster = h.nrClusters * h.clusterSize;
+    return backupCluster ? lastCluster + Math.min(h.clusterSize, h.deviceSize - lastCluster) : lastCluster + 512;
   }
 
   private furthestEnd = 0;
