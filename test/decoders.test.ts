@@ -176,6 +176,8 @@ describe("several members / frames / streams, as made by the real tools", () => 
     const { bytes, compression } = drainPath(tmpFile(name, packed));
     expect(compression).toEqual([kind]);
     expect(bytes.equals(whole)).toBe(true);
+    // boundaries between members falling anywhere in the input reads
+    expect(drainSource(createDecoder(kind, memSource(packed, 7, name))).equals(whole)).toBe(true);
   };
 
   test("gzip: cat a.gz b.gz c.gz", () => {
