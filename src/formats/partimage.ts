@@ -36,6 +36,8 @@ const MAGIC_DATA = "MAGIC-BEGIN-DATABLOCKS";
 const MAGIC_TAIL = "MAGIC-BEGIN-TAIL";
 const MAX_EXTENSION = 16 << 20;
 const COMPRESSIONS = ["none", "gzip", "bzip2", "lzo"];
+// strings in the headers are whatever bytes the saving machine had; latin1 maps each byte to one character
+const LATIN1 = new TextDecoder("windows-1252");
 
 export function detectPartimage(head: Uint8Array): boolean {
   return head.length >= VOLUME_HEADER_SIZE && cString(head, 0, 32) === VOLUME_MAGIC;
@@ -44,7 +46,7 @@ export function detectPartimage(head: Uint8Array): boolean {
 function cString(b: Uint8Array, start: number, len: number): string {
   let end = start;
   while (end < start + len && b[end] !== 0) end++;
-  return new TextDecoder("latin1").decode(b.subarray(start, end));
+  return LATIN1.decode(b.subarray(start, end));
 }
 
 function u64(dv: DataView, at: number, fail: (field: string, detail: string, offset: number) => never, field: string, base: number): number {
@@ -135,6 +137,7 @@ class VolumeChain implements ChunkSource {
   readonly size = undefined;
   readonly volumes: OpenedVolume[] = [];
   stopped: ImageError | undefined;
+  private stoppedDetail = "";
   private current: OpenedVolume | undefined;
   private position = 0;
 
@@ -182,14 +185,17 @@ class VolumeChain implements ChunkSource {
     const done = this.current!;
     const number = done.number + 1;
     this.current = undefined;
-    done.stream.reader.close();
+    // the stream openImage() handed over is closed by it if opening fails, so keep it until close()
+    if (done.number !== this.volumes[0]!.number) done.stream.reader.close();
     if (this.base === undefined) {
-      this.stopped = new ImageError({ file: done.name }, `the image continues in volume ${String(number).padStart(3, "0")}`, "only a file named NAME.NNN can be followed by the next volume");
+      this.stoppedDetail = "only a file named NAME.NNN can be followed by the next volume";
+      this.stopped = new ImageError({ file: done.name }, `the image continues in volume ${String(number).padStart(3, "0")}`, this.stoppedDetail);
       return;
     }
     const name = volumeName(this.base, number);
     if (!fs.existsSync(name)) {
-      this.stopped = new ImageError({ file: name }, "missing volume of the partimage set", `${done.name} ends and the image continues`);
+      this.stoppedDetail = `${done.name} ends and the image continues`;
+      this.stopped = new ImageError({ file: name }, "missing volume of the partimage set", this.stoppedDetail);
       return;
     }
     let stream: OpenedStream | undefined;
@@ -205,6 +211,7 @@ class VolumeChain implements ChunkSource {
     } catch (e) {
       stream?.reader.close();
       if (!(e instanceof ImageError)) throw e;
+      this.stoppedDetail = e.message;
       this.stopped = e;
       return;
     }
@@ -218,14 +225,22 @@ class VolumeChain implements ChunkSource {
     return v.stream.reader.locate(offset - v.start + VOLUME_HEADER_SIZE);
   }
 
-  close(): void {
-    this.current?.stream.reader.close();
+  /** Close every volume still open; `keepFirst` leaves the first to whoever handed it over. */
+  close(keepFirst = false): void {
+    const first = this.volumes[0]!;
+    if (this.current && this.current !== first) this.current.stream.reader.close();
+    if (!keepFirst && !this.firstClosed) first.stream.reader.close();
+    this.firstClosed ||= !keepFirst;
     this.current = undefined;
   }
 
+  private firstClosed = false;
+
   /** A truncation inside the joined stream is really the volume that could not be opened. */
   explain(e: unknown): unknown {
-    if (this.stopped && e instanceof ImageError && e.field.startsWith("truncated")) return this.stopped;
+    if (this.stopped && e instanceof ImageError && e.field.startsWith("truncated")) {
+      return new ImageError(this.stopped.where, this.stopped.field, `${this.stoppedDetail}; ${e.message}`);
+    }
     return e;
   }
 }
@@ -273,7 +288,7 @@ class Parser {
     const at = this.r.position;
     const b = this.take(expected.length, `partimage ${expected} magic`);
     for (let i = 0; i < expected.length; i++) {
-      if (b[i] !== expected.charCodeAt(i)) this.r.fail(`missing partimage ${expected} magic`, `found ${JSON.stringify(new TextDecoder("latin1").decode(b))}`, at);
+      if (b[i] !== expected.charCodeAt(i)) this.r.fail(`missing partimage ${expected} magic`, `found ${JSON.stringify(LATIN1.decode(b))}`, at);
     }
   }
 
@@ -586,12 +601,16 @@ export function openPartimage(stream: OpenedStream): PartimageImage {
   let header = readVolumeHeader(stream.reader, stream.pieces[0]!);
   if (header.number !== 0) {
     if (base === undefined) stream.reader.fail("not the first volume of a partimage set", `this is volume ${header.number}; give NAME.000`, 96);
-    stream.reader.close();
     const name = volumeName(base, 0);
     if (!fs.existsSync(name)) throw new ImageError({ file: name }, "missing volume of the partimage set", `${stream.pieces[0]} is volume ${header.number}`);
     first = openStream(name);
-    header = readVolumeHeader(first.reader, name);
-    if (header.number !== 0) first.reader.fail("wrong partimage volume number", `the header says ${header.number}, expected 0`, 96);
+    try {
+      header = readVolumeHeader(first.reader, name);
+      if (header.number !== 0) first.reader.fail("wrong partimage volume number", `the header says ${header.number}, expected 0`, 96);
+    } catch (e) {
+      first.reader.close();
+      throw e;
+    }
   }
   const pieces = [first.pieces[0]!];
   if (base !== undefined) {
@@ -627,9 +646,12 @@ export function openPartimage(stream: OpenedStream): PartimageImage {
     p.magic(MAGIC_INFO);
     const fsInfo = p.checkedStruct(INFO_SIZE, "partimage file system info");
     p.magic(MAGIC_DATA);
-    return new PartimageImage(chain, p, header, main, local, bitmap, fsInfoFields(main.fileSystem, fsInfo.bytes), fsInfo.checksum, first.compression, pieces);
+    const image = new PartimageImage(chain, p, header, main, local, bitmap, fsInfoFields(main.fileSystem, fsInfo.bytes), fsInfo.checksum, first.compression, pieces);
+    if (first !== stream) stream.reader.close();
+    return image;
   } catch (e) {
-    reader.close();
+    // openImage() closes the stream it handed over
+    chain.close(first === stream);
     throw chain.explain(e);
   }
 }
