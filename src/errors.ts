@@ -11,7 +11,7 @@ export class ImageError extends Error {
   constructor(
     readonly where: Location,
     readonly field: string,
-    detail?: string,
+    readonly detail?: string,
   ) {
     super(`${describeLocation(where)}: ${field}${detail ? ` (${detail})` : ""}`);
     this.name = "ImageError";

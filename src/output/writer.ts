@@ -1,5 +1,5 @@
 import fs from "node:fs";
-import { punchHole } from "../../native/libc.ts";
+import { punchHole, startWriteback } from "../../native/libc.ts";
 import type { DataRun } from "../formats/image.ts";
 
 /** What becomes of the unused blocks between runs. */
@@ -13,6 +13,8 @@ export type GapPolicy =
 
 const ZEROS = new Uint8Array(1 << 20);
 const MAX_IOV = 1024;
+/** how much written data may wait before its writeback is started (positional outputs only) */
+const WRITEBACK_STEP = 64 << 20;
 
 /**
  * Writes a volume from batches of ascending runs: runs that touch are gathered into one writev,
@@ -23,6 +25,8 @@ export class VolumeWriter {
   private iov: Uint8Array[] = [];
   private iovBytes = 0;
   private iovStart = 0;
+  /** output offset up to which writeback has been started */
+  private writebackFrom = 0;
   bytesWritten = 0;
 
   constructor(
@@ -73,6 +77,10 @@ export class VolumeWriter {
     if (this.iov.length === 0) return;
     writeAll(this.fd, this.iov, this.iovBytes, this.base === null ? null : this.base + this.iovStart);
     this.bytesWritten += this.iovBytes;
+    if (this.base !== null && this.base + this.cursor - this.writebackFrom >= WRITEBACK_STEP) {
+      startWriteback(this.fd, this.writebackFrom, this.base + this.cursor - this.writebackFrom);
+      this.writebackFrom = this.base + this.cursor;
+    }
     this.iov = [];
     this.iovBytes = 0;
     this.iovStart = this.cursor;

@@ -41,14 +41,14 @@ export class StreamSource implements ChunkSource {
   readonly size = undefined;
   constructor(
     readonly name: string,
-    private fd: number,
+    private descriptor: number,
     private ownsFd: boolean,
   ) {}
 
   read(into: Uint8Array): number {
     for (;;) {
       try {
-        return fs.readSync(this.fd, into, 0, into.length, null);
+        return fs.readSync(this.descriptor, into, 0, into.length, null);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code === "EAGAIN" && this.reopenBlocking()) continue;
@@ -66,7 +66,7 @@ export class StreamSource implements ChunkSource {
   private reopenBlocking(): boolean {
     if (this.ownsFd) return false;
     try {
-      this.fd = fs.openSync(`/proc/self/fd/${this.fd}`, "r");
+      this.descriptor = fs.openSync(`/proc/self/fd/${this.descriptor}`, "r");
       this.ownsFd = true;
       return true;
     } catch {
@@ -74,12 +74,16 @@ export class StreamSource implements ChunkSource {
     }
   }
 
+  get fd(): number {
+    return this.descriptor;
+  }
+
   locate(offset: number): Location {
     return { file: this.name, offset };
   }
 
   close(): void {
-    if (this.ownsFd) fs.closeSync(this.fd);
+    if (this.ownsFd) fs.closeSync(this.descriptor);
   }
 }
 

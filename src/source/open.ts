@@ -1,10 +1,12 @@
 import { ImageError, type Location } from "../errors.ts";
+import { growPipe } from "../../native/libc.ts";
 import { ByteReader } from "./byte-reader.ts";
 import { type ChunkSource, type RandomAccessSource, isRandomAccess } from "./chunk-source.ts";
 import { createDecoder } from "./decode.ts";
 import { openFileSource, StreamSource } from "./file.ts";
 import { type Compression, sniffCompression } from "./sniff.ts";
 import { findSplitPieces, SplitSource } from "./split.ts";
+import { ThreadedDecodeSource } from "./threaded-decode.ts";
 
 /** What `openStream` found: the decoded bytes and how it got to them. */
 export interface OpenedStream {
@@ -17,45 +19,68 @@ export interface OpenedStream {
   randomAccess?: RandomAccessSource;
 }
 
+/** Where the raw bytes come from, in a form a decode worker can open again. */
+export type RawSpec = { pieces: string[] } | { fd: number; name: string; head: Uint8Array };
+
 const SNIFF_BYTES = 64;
+const PIPE_BYTES = 1 << 20;
+
+export interface OpenOptions {
+  /** decompress in a worker thread, overlapping with the caller's work (default: yes) */
+  threads?: boolean;
+}
 
 /**
  * path | "-" | an open fd → pieces joined → compression sniffed and decoded (repeatedly, for
  * nested compression) → one ByteReader over the result.
  */
-export function openStream(input: string | number): OpenedStream {
-  let raw: ChunkSource;
-  let pieces: string[];
-  if (typeof input === "number") {
-    raw = new StreamSource(`fd ${input}`, input, false);
-    pieces = [raw.name];
-  } else {
-    const split = input === "-" ? undefined : findSplitPieces(input);
-    if (split && split.length > 1) {
-      raw = SplitSource.open(split);
-      pieces = split;
-    } else {
-      raw = openFileSource(split?.[0] ?? input);
-      pieces = [raw.name];
-    }
+export function openStream(input: string | number, opts: OpenOptions = {}): OpenedStream {
+  const { raw, pieces } = openRaw(input);
+  const head = readHead(raw);
+  if (!sniffCompression(head.bytes)) {
+    return { reader: new ByteReader(head.source), compression: [], pieces, randomAccess: isRandomAccess(raw) ? raw : undefined };
   }
+  if (opts.threads !== false && process.env.IMGTOOL_THREADS !== "0") {
+    const spec: RawSpec = raw instanceof StreamSource ? { fd: raw.fd, name: raw.name, head: head.bytes } : { pieces };
+    if (!(raw instanceof StreamSource)) raw.close();
+    const threaded = new ThreadedDecodeSource(spec);
+    return { reader: new ByteReader(threaded), compression: threaded.compression, pieces };
+  }
+  const decoded = decodeLayers(head.source);
+  return { reader: new ByteReader(decoded.source), compression: decoded.compression, pieces };
+}
+
+/** The raw bytes of a path (a file, a split set, a pipe) or an fd. */
+export function openRaw(input: string | number | RawSpec): { raw: ChunkSource; pieces: string[] } {
+  if (typeof input === "object") {
+    if ("fd" in input) return { raw: new ReplaySource(input.head, new StreamSource(input.name, input.fd, false)), pieces: [input.name] };
+    const raw = input.pieces.length > 1 ? SplitSource.open(input.pieces) : openFileSource(input.pieces[0]!);
+    return { raw, pieces: input.pieces };
+  }
+  if (typeof input === "number") {
+    growPipe(input, PIPE_BYTES);
+    const raw = new StreamSource(`fd ${input}`, input, false);
+    return { raw, pieces: [raw.name] };
+  }
+  const split = input === "-" ? undefined : findSplitPieces(input);
+  if (split && split.length > 1) return { raw: SplitSource.open(split), pieces: split };
+  const raw = openFileSource(split?.[0] ?? input);
+  if (raw instanceof StreamSource) growPipe(raw.fd, PIPE_BYTES);
+  return { raw, pieces: [raw.name] };
+}
+
+/** Sniff and decode layer after layer until the bytes are no longer compressed. */
+export function decodeLayers(source: ChunkSource): { source: ChunkSource; compression: Compression[] } {
   const compression: Compression[] = [];
-  let source = raw;
   for (;;) {
     const head = readHead(source);
     const kind = sniffCompression(head.bytes);
     source = head.source;
-    if (!kind) break;
+    if (!kind) return { source, compression };
     if (compression.length === 4) throw new ImageError(source.locate(0), "compressed more than four times over");
     compression.push(kind);
     source = createDecoder(kind, source);
   }
-  return {
-    reader: new ByteReader(source),
-    compression,
-    pieces,
-    randomAccess: compression.length === 0 && isRandomAccess(raw) ? raw : undefined,
-  };
 }
 
 /** Read the first bytes for sniffing and give back a source that still starts with them. */

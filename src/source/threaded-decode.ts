@@ -1,0 +1,112 @@
+import { ImageError, type Location } from "../errors.ts";
+import type { ChunkSource } from "./chunk-source.ts";
+import type { RawSpec } from "./open.ts";
+import type { Compression } from "./sniff.ts";
+
+// Shared memory between this thread and the decode worker: a ring of slots the worker fills with
+// decoded bytes while this thread parses and writes the previous ones (two cores, two jobs).
+export const SLOT_COUNT = 4;
+export const SLOT_BYTES = 2 << 20;
+export const MESSAGE_BYTES = 64 << 10;
+/** Int32 control words: the worker's state, then [flag, length] per slot, then the message length. */
+export const CTL = {
+  state: 0,
+  closed: 1,
+  messageLength: 2,
+  slotFlag: (i: number) => 4 + 2 * i,
+  slotLength: (i: number) => 5 + 2 * i,
+  words: 4 + 2 * SLOT_COUNT,
+} as const;
+export const STATE = { starting: 0, ready: 1, failed: 2 } as const;
+export const SLOT = { empty: 0, full: 1 } as const;
+
+/** What the worker reports on failure: enough to rebuild the ImageError here. */
+export interface WorkerFailure {
+  message: string;
+  where?: Location;
+  field?: string;
+  detail?: string;
+}
+
+/**
+ * A ChunkSource whose bytes are decompressed by a worker thread. The worker sniffs and decodes
+ * every layer itself; `compression` is known once the constructor returns.
+ */
+export class ThreadedDecodeSource implements ChunkSource {
+  readonly size = undefined;
+  readonly name: string;
+  readonly compression: Compression[];
+  private readonly ctl: Int32Array;
+  private readonly slots: Uint8Array;
+  private readonly message: Uint8Array;
+  private readonly worker: Worker;
+  private current = 0;
+  private consumedInSlot = 0;
+  private ended = false;
+  private firstName: string;
+
+  constructor(spec: RawSpec) {
+    const shared = new SharedArrayBuffer(CTL.words * 4 + MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
+    this.ctl = new Int32Array(shared, 0, CTL.words);
+    this.message = new Uint8Array(shared, CTL.words * 4, MESSAGE_BYTES);
+    this.slots = new Uint8Array(shared, CTL.words * 4 + MESSAGE_BYTES);
+    this.firstName = "fd" in spec ? spec.name : spec.pieces[0]!;
+    this.worker = new Worker(new URL("./decode-worker.ts", import.meta.url).href);
+    this.worker.postMessage({ shared, spec });
+    while (Atomics.load(this.ctl, CTL.state) === STATE.starting) Atomics.wait(this.ctl, CTL.state, STATE.starting, 1000);
+    if (Atomics.load(this.ctl, CTL.state) === STATE.failed) this.rethrow();
+    const ready = JSON.parse(this.readMessage()) as { compression: Compression[]; name: string };
+    this.compression = ready.compression;
+    this.name = ready.name;
+  }
+
+  read(into: Uint8Array): number {
+    if (this.ended || into.length === 0) return 0;
+    const flag = CTL.slotFlag(this.current);
+    while (Atomics.load(this.ctl, flag) !== SLOT.full) {
+      if (Atomics.load(this.ctl, CTL.state) === STATE.failed) this.rethrow();
+      Atomics.wait(this.ctl, flag, SLOT.empty, 200);
+    }
+    const length = Atomics.load(this.ctl, CTL.slotLength(this.current));
+    if (length === 0) {
+      if (Atomics.load(this.ctl, CTL.state) === STATE.failed) this.rethrow();
+      this.ended = true;
+      return 0;
+    }
+    const start = this.current * SLOT_BYTES + this.consumedInSlot;
+    const n = Math.min(into.length, length - this.consumedInSlot);
+    into.set(this.slots.subarray(start, start + n));
+    this.consumedInSlot += n;
+    if (this.consumedInSlot === length) {
+      this.consumedInSlot = 0;
+      Atomics.store(this.ctl, flag, SLOT.empty);
+      Atomics.notify(this.ctl, flag);
+      this.current = (this.current + 1) % SLOT_COUNT;
+    }
+    return n;
+  }
+
+  locate(offset: number): Location {
+    return { file: this.firstName, offset, decoded: this.compression.join("+") };
+  }
+
+  close(): void {
+    Atomics.store(this.ctl, CTL.closed, 1);
+    for (let i = 0; i < SLOT_COUNT; i++) {
+      Atomics.store(this.ctl, CTL.slotFlag(i), SLOT.empty);
+      Atomics.notify(this.ctl, CTL.slotFlag(i));
+    }
+    this.worker.terminate();
+  }
+
+  private readMessage(): string {
+    return new TextDecoder().decode(this.message.slice(0, Atomics.load(this.ctl, CTL.messageLength)));
+  }
+
+  private rethrow(): never {
+    const failure = JSON.parse(this.readMessage()) as WorkerFailure;
+    this.worker.terminate();
+    if (failure.where && failure.field) throw new ImageError(failure.where, failure.field, failure.detail);
+    throw new Error(failure.message);
+  }
+}
