@@ -249,7 +249,7 @@ describe("damaged input is an ImageError naming the file", () => {
   }
   test("gzip followed by garbage", () => {
     const p = tmpFile("trailing.gz", Buffer.concat([fs.readFileSync(path.join(FIX, `${NTFS}.gz`)), Buffer.from("garbage!")]));
-    expectImageError(() => drainPath(p), /trailing\.gz: offset [0-9,]+: corrupt gzip data \((incorrect header check|invalid gzip header)\)/);
+    expectImageError(() => drainPath(p), /trailing\.gz: offset [0-9,]+: (corrupt gzip data \((incorrect header check|invalid gzip header)\)|truncated gzip data)/);
   });
   test("a truncated stream is never a silent end, even read a byte at a time", () => {
     const packed = fs.readFileSync(path.join(FIX, `${NTFS}.zst`));
