@@ -1,0 +1,51 @@
+// partimage restores only onto a block device: these differential tests need root and loop devices.
+import { describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { restoreImage } from "../src/commands/restore.ts";
+import { openImage } from "../src/formats/detect.ts";
+import { fixture, sha256File, tempDir, which } from "./helpers.ts";
+
+const partimage = which("partimage");
+const losetup = which("losetup");
+const isRoot = process.getuid?.() === 0;
+const why = !partimage ? "partimage is not installed (apt-get install partimage)" : !losetup ? "losetup is missing" : !isRoot ? "needs root for loop devices" : "";
+if (why) console.log(`skip: partimage differential tests: ${why}`);
+
+function attachLoop(file: string): string | undefined {
+  const r = Bun.spawnSync([losetup!, "--find", "--show", file], { stdout: "pipe", stderr: "pipe" });
+  return r.exitCode === 0 ? r.stdout.toString().trim() : undefined;
+}
+
+describe.skipIf(why !== "")("differential: the same bytes as partimage restore onto a zero-filled loop device", () => {
+  for (const name of ["ext2-z0.partimg.000", "ext2-z1.partimg.gz.000", "ext2mv-z1-V1.partimg.gz.000"]) {
+    test(name, () => {
+      const dir = tempDir();
+      const image = openImage(fixture(name));
+      const size = image.info.deviceSize;
+      const ours = path.join(dir, "ours.raw");
+      restoreImage(image, ours, { progress: false });
+      image.close();
+
+      // partimage finds the other volumes next to the first one, and writes where it runs
+      for (const f of fs.readdirSync(path.dirname(fixture(name))).filter((f) => f.startsWith(name.replace(/\.000$/, ".")))) {
+        fs.copyFileSync(fixture(f), path.join(dir, f));
+      }
+      const theirs = path.join(dir, "theirs.raw");
+      fs.writeFileSync(theirs, "");
+      fs.truncateSync(theirs, size);
+      const loop = attachLoop(theirs);
+      if (!loop) {
+        console.log(`skip: ${name}: no loop device could be attached here`);
+        return;
+      }
+      try {
+        const r = Bun.spawnSync([partimage!, "-b", "-f3", "restore", loop, path.join(dir, name)], { cwd: dir, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+        expect(r.exitCode).toBe(0);
+      } finally {
+        Bun.spawnSync([losetup!, "-d", loop]);
+      }
+      expect(sha256File(ours)).toBe(sha256File(theirs));
+    });
+  }
+});
