@@ -1,10 +1,12 @@
 import { defineCommand } from "citty";
+import { catRange } from "../commands/cat.ts";
 import { restoreImage } from "../commands/restore.ts";
 import { verifyImage } from "../commands/verify.ts";
-import { EXIT, withCommas } from "../errors.ts";
+import { EXIT, UsageError, withCommas } from "../errors.ts";
 import { openImage } from "../formats/detect.ts";
 import type { ImageInfo } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
+import { writeFully } from "../output/writer.ts";
 import { guard, parseBytes } from "./run.ts";
 
 const imageArg = { type: "positional", description: "image file, any piece of a split set, or - for stdin", required: true } as const;
@@ -104,6 +106,28 @@ export const verifyCommand = defineCommand({
             `${args.image}: OK (${info.format}, ${info.checksum === "NONE" ? "no data checksums" : `${info.checksum} checksums`}, ${withCommas(info.usedBlocks)} used blocks, ${humanSize(r.dataBytes)} of data)\n`,
           );
         }
+      } finally {
+        image.close();
+      }
+    }),
+});
+
+export const catCommand = defineCommand({
+  meta: { name: "cat", description: "Write a byte range of the volume to stdout (unused blocks read as zeros)" },
+  args: {
+    image: imageArg,
+    offset: { type: "string", description: "first byte (K/M/G suffixes)", default: "0" },
+    length: { type: "string", description: "number of bytes (default: to the end of the volume)" },
+    debug: { type: "boolean", description: "show stack traces of errors" },
+  },
+  run: ({ args }) =>
+    guard(() => {
+      if (process.stdout.isTTY) throw new UsageError("refusing to write volume bytes to a terminal; redirect stdout");
+      const offset = parseBytes(args.offset, "--offset");
+      const image = openImage(args.image);
+      try {
+        const length = args.length === undefined ? image.info.deviceSize - offset : parseBytes(args.length, "--length");
+        catRange(image, offset, length, (bytes) => writeFully(1, bytes));
       } finally {
         image.close();
       }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 import { defineCommand, runMain } from "citty";
 import pkg from "../../package.json" with { type: "json" };
-import { infoCommand, restoreCommand, verifyCommand } from "./disk-commands.ts";
+import { catCommand, infoCommand, restoreCommand, verifyCommand } from "./disk-commands.ts";
 
 const main = defineCommand({
   meta: {
@@ -13,6 +13,7 @@ const main = defineCommand({
     info: infoCommand,
     restore: restoreCommand,
     verify: verifyCommand,
+    cat: catCommand,
   },
 });
 

@@ -10,13 +10,16 @@ export async function guard(body: () => void | number | Promise<void | number>):
     code = (await body()) ?? EXIT.OK;
   } catch (e) {
     const err = e as Error;
+    if ((e as NodeJS.ErrnoException).code === "EPIPE") {
+      // the reader of our stdout went away (| head): not an error of ours
+      process.exit(EXIT.OK);
+    }
     process.stderr.write(`imgtool: ${err.message?.split("\n")[0] ?? String(e)}\n`);
     if (process.argv.includes("--debug") || process.env.IMGTOOL_DEBUG === "1") process.stderr.write(`${err.stack}\n`);
     code =
       e instanceof ChecksumError ? EXIT.CHECKSUM
       : e instanceof ImageError ? EXIT.BAD_INPUT
       : e instanceof UsageError ? EXIT.USAGE
-      : (e as NodeJS.ErrnoException).code === "EPIPE" ? EXIT.OK
       : EXIT.FAILURE;
   }
   process.exitCode = code;

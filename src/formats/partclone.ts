@@ -3,6 +3,7 @@
 import { PARTCLONE_CRC_SEED, partcloneCrc32 } from "../checksum/crc32.ts";
 import { ChecksumError, withCommas } from "../errors.ts";
 import type { ByteReader } from "../source/byte-reader.ts";
+import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
 import { UsedBitmap } from "./bitmap.ts";
 import { type DataRun, type ImageInfo, type InfoField, type ReadOptions, type UsedRun, ImageBase } from "./image.ts";
@@ -255,6 +256,8 @@ export class PartcloneImage extends ImageBase {
     const where = stream.compression.length ? `of the ${stream.compression.join("+")}-decompressed stream` : "in img file";
     fields.push(f("blocksSection", "blocks_section", `at ${withCommas(this.dataStart)} ${where}`, this.dataStart));
 
+    const source = stream.randomAccess;
+    if (source) this.read = (offset, length) => this.readAt(source, offset, length);
     this.info = {
       format: "partclone",
       fsType: h.fsType,
@@ -372,10 +375,10 @@ export class PartcloneImage extends ImageBase {
     return -1;
   }
 
-  /** Random access; needs an uncompressed file or split set. Checksums are not checked here. */
-  read(offset: number, length: number): Uint8Array {
-    const source = this.stream.randomAccess;
-    if (!source) throw new Error("random access needs an uncompressed image file");
+  /** Random access, where the image is an uncompressed file or split set. Checksums are not checked here. */
+  readonly read?: (offset: number, length: number) => Uint8Array;
+
+  private readAt(source: RandomAccessSource, offset: number, length: number): Uint8Array {
     this.locator ??= new BlockLocator(this.bitmap, this.header.blockSize, this.dataStart, this.header.checksum === "NONE" ? 0 : this.checksumSize, this.header.blocksPerChecksum);
     return this.locator.read(source, offset, length, this.info.deviceSize);
   }

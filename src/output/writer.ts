@@ -87,6 +87,11 @@ export class VolumeWriter {
   }
 }
 
+/** write until every byte is out, on a blocking or non-blocking fd */
+export function writeFully(fd: number, bytes: Uint8Array): void {
+  writeAll(fd, [bytes], bytes.length, null);
+}
+
 /** writev until every byte is out (a pipe may take less; a non-blocking one may say EAGAIN). */
 function writeAll(fd: number, bufs: Uint8Array[], total: number, position: number | null): void {
   let done = 0;
