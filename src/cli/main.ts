@@ -14,6 +14,7 @@ const main = defineCommand({
     restore: restoreCommand,
     verify: verifyCommand,
     cat: catCommand,
+    "btrfs-dump": () => import("./btrfs-dump.ts").then((m) => m.btrfsDumpCommand),
   },
 });
 
