@@ -6,7 +6,7 @@ import { createDecoder } from "./decode.ts";
 import { openFileSource, StreamSource } from "./file.ts";
 import { type Compression, sniffCompression } from "./sniff.ts";
 import { findSplitPieces, SplitSource } from "./split.ts";
-import { ThreadedDecodeSource } from "./threaded-decode.ts";
+import { ThreadedDecodeSource, WorkerDidNotStart } from "./threaded-decode.ts";
 
 /** What `openStream` found: the decoded bytes and how it got to them. */
 export interface OpenedStream {
@@ -42,9 +42,16 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
   }
   if (opts.threads !== false && process.env.IMGTOOL_THREADS !== "0") {
     const spec: RawSpec = raw instanceof StreamSource ? { fd: raw.fd, name: raw.name, head: head.bytes } : { pieces };
-    if (!(raw instanceof StreamSource)) raw.close();
-    const threaded = new ThreadedDecodeSource(spec);
-    return { reader: new ByteReader(threaded), compression: threaded.compression, pieces };
+    try {
+      const threaded = new ThreadedDecodeSource(spec);
+      if (!(raw instanceof StreamSource)) raw.close();
+      return { reader: new ByteReader(threaded), compression: threaded.compression, pieces };
+    } catch (e) {
+      if (!(e instanceof WorkerDidNotStart)) {
+        raw.close();
+        throw e;
+      }
+    }
   }
   const decoded = decodeLayers(head.source);
   return { reader: new ByteReader(decoded.source), compression: decoded.compression, pieces };

@@ -20,6 +20,21 @@ export const CTL = {
 export const STATE = { starting: 0, ready: 1, failed: 2 } as const;
 export const SLOT = { empty: 0, full: 1 } as const;
 
+/** How long the worker may take to open its input; past it, the caller decodes in its own thread. */
+const WORKER_START_MS = 20_000;
+
+export class WorkerDidNotStart extends Error {
+  override name = "WorkerDidNotStart";
+}
+
+/**
+ * From source the worker sits next to this file; in the standalone executable (`bun build
+ * --compile` with the worker as a second entry point) it is addressed from the bundle's root, src/.
+ */
+function workerUrl(): string {
+  return import.meta.url.startsWith("file:///$bunfs/") ? "./source/decode-worker.ts" : new URL("./decode-worker.ts", import.meta.url).href;
+}
+
 /** What the worker reports on failure: enough to rebuild the ImageError here. */
 export interface WorkerFailure {
   message: string;
@@ -51,9 +66,16 @@ export class ThreadedDecodeSource implements ChunkSource {
     this.message = new Uint8Array(shared, CTL.words * 4, MESSAGE_BYTES);
     this.slots = new Uint8Array(shared, CTL.words * 4 + MESSAGE_BYTES);
     this.firstName = "fd" in spec ? spec.name : spec.pieces[0]!;
-    this.worker = new Worker(new URL("./decode-worker.ts", import.meta.url).href);
+    this.worker = new Worker(workerUrl());
     this.worker.postMessage({ shared, spec });
-    while (Atomics.load(this.ctl, CTL.state) === STATE.starting) Atomics.wait(this.ctl, CTL.state, STATE.starting, 1000);
+    const deadline = performance.now() + WORKER_START_MS;
+    while (Atomics.load(this.ctl, CTL.state) === STATE.starting) {
+      if (performance.now() > deadline) {
+        this.worker.terminate();
+        throw new WorkerDidNotStart();
+      }
+      Atomics.wait(this.ctl, CTL.state, STATE.starting, 100);
+    }
     if (Atomics.load(this.ctl, CTL.state) === STATE.failed) this.rethrow();
     const ready = JSON.parse(this.readMessage()) as { compression: Compression[]; name: string };
     this.compression = ready.compression;
