@@ -46,8 +46,15 @@ export function fixture(name: string): string {
   return path.join(FIXTURES, name);
 }
 
+let scratch: string | undefined;
+/** A fresh directory under one per-process scratch directory, removed when the process exits. */
 export function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-test-"));
+  if (!scratch) {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-test-"));
+    scratch = root;
+    process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
+  }
+  return fs.mkdtempSync(path.join(scratch, "t-"));
 }
 
 export function sha256File(file: string): string {

@@ -115,7 +115,10 @@ describe("broken images fail with the error they are named after", () => {
 
 const partcloneRestore = which("partclone.restore");
 describe.skipIf(!partcloneRestore)("differential: the same bytes as partclone.restore -W", () => {
-  for (const row of rows.filter((r) => r.compression === "none")) {
+  // partclone 0.3.23 knows no XXH checksums and fails on 8-byte v1 CRCs: those images were checked
+  // with the partclone that made them (see fixtures/MAKE-extra.md)
+  const debianCannot = /0\.3\.23[^;]*: no/;
+  for (const row of rows.filter((r) => r.compression === "none" && !debianCannot.test(r.notes))) {
     test(row.files.join(" "), () => {
       const dir = tempDir();
       const src = path.join(dir, "image");

@@ -186,7 +186,7 @@ function readBitmap(r: ByteReader, h: PartcloneHeader): { bitmap: UsedBitmap; cr
     done += piece.length;
   }
   const magicAt = r.position;
-  if (ascii(r.view(8, "bitmap magic"), 0, 8) !== V1_BITMAP_MAGIC) r.fail("bitmap magic \"BiTmAgIc\" missing", undefined, magicAt);
+  if (ascii(r.view(8, "bitmap magic"), 0, 8) !== V1_BITMAP_MAGIC) r.fail("bitmap magic BiTmAgIc missing", undefined, magicAt);
   return { bitmap, crc: undefined, bytes: total + 8 };
 }
 

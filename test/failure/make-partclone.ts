@@ -31,3 +31,20 @@ write("truncated-bitmap.ext4-ptcl-img", good.slice(0, HEADER + 20));
 write("bitmap-crc-mismatch.ext4-ptcl-img", patched(dataStart, (b) => (b[HEADER + 3] ^= 0x10)));
 write("truncated-image.ext4-ptcl-img", good.slice(0, dataStart + 4096 * 3 + 100));
 write("CRC32-checksum-mismatch.ext4-ptcl-img", patched(good.length, (b) => (b[dataStart + 4096 * 30 + 7] ^= 0x01)));
+
+// format 0001 (made by partclone 0.2.89) and XXH128 (made by partclone 0.3.47)
+const v1 = new Uint8Array(fs.readFileSync("fixtures/ext4-v1.ext4-ptcl-img"));
+const v1Total = Number(new DataView(v1.buffer).getBigUint64(48, true));
+const v1Data = 4160 + v1Total + 8;
+const v1Broken = (edit: (b: Uint8Array) => void) => {
+  const b = v1.slice();
+  edit(b);
+  return b;
+};
+write("bitmap-magic-BiTmAgIc-missing.ext4-ptcl-img", v1Broken((b) => (b[4160 + v1Total] = 0x62)));
+// the 0001 CRC sees only the first byte of each block: flip one
+write("CRC32_0001-checksum-mismatch.ext4-ptcl-img", v1Broken((b) => (b[v1Data + 5 * (4096 + 4)] ^= 0x80)));
+const xxh = new Uint8Array(fs.readFileSync("fixtures/ext4-xxh128-k7.ext4-ptcl-img"));
+const xxhData = HEADER + Math.ceil(new DataView(xxh.buffer).getUint32(60, true) / 8) + 4;
+xxh[xxhData + 4096 * 9 + 100] ^= 0x04;
+write("XXH128-checksum-mismatch.ext4-ptcl-img", xxh);
