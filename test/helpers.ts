@@ -1,3 +1,5 @@
+import { expect } from "bun:test";
+import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -84,4 +86,24 @@ export function runCli(args: string[], opts: { stdinFile?: string; env?: Record<
 /** The path of a peer tool, or undefined (tests then skip and say why). */
 export function which(tool: string): string | undefined {
   return Bun.which(tool, { PATH: `${process.env.PATH}:/usr/sbin:/sbin` }) ?? undefined;
+}
+
+/** The volume as restore writes it: the data runs laid into a zero-filled buffer of deviceSize. */
+export function restoreToBuffer(img: { info: { deviceSize: number }; dataRuns(): Iterable<{ offset: number; data: Uint8Array }> }): Uint8Array {
+  const out = new Uint8Array(img.info.deviceSize);
+  let last = -1;
+  for (const run of img.dataRuns()) {
+    expect(run.offset).toBeGreaterThan(last);
+    last = run.offset;
+    out.set(run.data, run.offset);
+  }
+  return out;
+}
+
+/** A FIFO fed by `cat`, so the image is read as a pipe (no size, no seeking). */
+export function throughFifo(file: string): string {
+  const fifo = path.join(tempDir(), "fifo");
+  spawnSync("mkfifo", [fifo]);
+  spawn("sh", ["-c", `cat "${file}" > "${fifo}"`], { stdio: "ignore" });
+  return fifo;
 }

@@ -1,13 +1,13 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ImageError } from "../src/errors.ts";
 import { openImage } from "../src/formats/detect.ts";
-import type { Image } from "../src/formats/image.ts";
 import { detectNtfsclone, openNtfsclone } from "../src/formats/ntfsclone.ts";
 import { openStream } from "../src/source/open.ts";
+import { restoreToBuffer, sha256, throughFifo } from "./helpers.ts";
 
 const FIX = path.join(import.meta.dir, "..", "fixtures");
 const PLAIN = path.join(FIX, "ntfs.ntfsclone-img");
@@ -20,29 +20,8 @@ function manifest(file: string): { sha256: string; size: number } {
   return { sha256: cols[6]!, size: Number(cols[7]) };
 }
 
-/** The volume as the test brief has it: the data runs laid into a zero-filled buffer of deviceSize. */
-export function restoreToBuffer(img: Image): Uint8Array {
-  const out = new Uint8Array(img.info.deviceSize);
-  let last = -1;
-  for (const run of img.dataRuns()) {
-    expect(run.offset).toBeGreaterThan(last);
-    last = run.offset;
-    out.set(run.data, run.offset);
-  }
-  return out;
-}
 
-function sha256(b: Uint8Array): string {
-  return new Bun.CryptoHasher("sha256").update(b).digest("hex");
-}
 
-/** A FIFO fed by `cat`, so the image is read as a pipe (no size, no seeking). */
-function throughFifo(file: string): string {
-  const fifo = path.join(tmp, `fifo-${Math.random().toString(36).slice(2)}`);
-  spawnSync("mkfifo", [fifo]);
-  spawn("sh", ["-c", `cat "${file}" > "${fifo}"`], { stdio: "ignore" });
-  return fifo;
-}
 
 function errorOf(f: () => unknown): ImageError {
   try {

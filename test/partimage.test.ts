@@ -1,12 +1,11 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ChecksumError, ImageError } from "../src/errors.ts";
 import { openImage } from "../src/formats/detect.ts";
-import type { Image } from "../src/formats/image.ts";
 import { byteSum, detectPartimage } from "../src/formats/partimage.ts";
+import { restoreToBuffer, sha256, throughFifo } from "./helpers.ts";
 
 const FIX = path.join(import.meta.dir, "..", "fixtures");
 const Z0 = path.join(FIX, "ext2-z0.partimg.000");
@@ -21,27 +20,8 @@ function manifest(file: string): { sha256: string; size: number } {
 /** partimage's own restore of the two-volume set (fixtures/MAKE-extra.md) */
 const MULTI = { sha256: "a01316da3605c602db49ad4c024ef5d98d3f3513161e5f9feaf65e48400936d3", size: 4194304 };
 
-function restoreToBuffer(img: Image): Uint8Array {
-  const out = new Uint8Array(img.info.deviceSize);
-  let last = -1;
-  for (const run of img.dataRuns()) {
-    expect(run.offset).toBeGreaterThan(last);
-    last = run.offset;
-    out.set(run.data, run.offset);
-  }
-  return out;
-}
 
-function sha256(b: Uint8Array): string {
-  return new Bun.CryptoHasher("sha256").update(b).digest("hex");
-}
 
-function throughFifo(file: string): string {
-  const fifo = path.join(tmp, `fifo-${Math.random().toString(36).slice(2)}`);
-  spawnSync("mkfifo", [fifo]);
-  spawn("sh", ["-c", `cat "${file}" > "${fifo}"`], { stdio: "ignore" });
-  return fifo;
-}
 
 function restoreFile(file: string): string {
   const img = openImage(file);
