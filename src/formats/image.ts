@@ -1,4 +1,6 @@
+import { withCommas } from "../errors.ts";
 import type { Compression } from "../source/sniff.ts";
+import type { UsedBitmap } from "./bitmap.ts";
 
 export type ImageFormat = "partclone" | "partimage" | "ntfsclone";
 
@@ -10,6 +12,10 @@ export interface InfoField {
   value: string | number | boolean | null;
   /** printed after the value, e.g. "used block count based on bitmap" */
   note?: string;
+}
+
+export function infoField(key: string, label: string, text: string, value: InfoField["value"], note?: string): InfoField {
+  return { key, label, text, value, note };
 }
 
 /** Header facts every format provides; `fields` adds what only that format knows, in print order. */
@@ -77,7 +83,7 @@ export interface Image {
   close(): void;
 }
 
-/** dataRuns and blockReader for every format, from its dataBatches. */
+/** dataRuns and blockReader for every format, from its dataBatches; used blocks from a bitmap. */
 export abstract class ImageBase implements Image {
   abstract readonly info: ImageInfo;
   abstract isUsed(block: number): boolean;
@@ -91,5 +97,27 @@ export abstract class ImageBase implements Image {
 
   blockReader(fn: (offset: number, bytes: Uint8Array) => void, opts?: ReadOptions): void {
     for (const batch of this.dataBatches(opts)) for (const run of batch) fn(run.offset, run.data);
+  }
+}
+
+/** A format that stores a used-block bitmap up front (partclone, partimage). */
+export abstract class BitmapImage extends ImageBase {
+  abstract readonly bitmap: UsedBitmap;
+  /** the header's own used-block count, where it has one that must agree with the bitmap */
+  protected abstract readonly headerUsedBlocks: number | undefined;
+
+  isUsed(block: number): boolean {
+    return this.bitmap.isUsed(block);
+  }
+
+  usedRuns(): Iterable<UsedRun> {
+    return this.bitmap.runs();
+  }
+
+  /** The header's count against the bitmap's (the real tools trust the bitmap; verify says so). */
+  consistencyProblems(): string[] {
+    const header = this.headerUsedBlocks;
+    const used = this.info.usedBlocks;
+    return header === undefined || header === used ? [] : [`header says ${withCommas(header)} used blocks, the bitmap has ${withCommas(used)}`];
   }
 }

@@ -5,7 +5,7 @@ import type { ByteReader } from "../source/byte-reader.ts";
 import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
 import { UsedBitmap } from "./bitmap.ts";
-import { type DataRun, type ImageInfo, type InfoField, type ReadOptions, type UsedRun, ImageBase } from "./image.ts";
+import { type DataRun, type ImageInfo, ImageBase, type InfoField, infoField, type ReadOptions, type UsedRun } from "./image.ts";
 import { countWithSize, humanSize } from "./units.ts";
 
 /** "\0ntfsclone-image" */
@@ -220,7 +220,7 @@ export class NtfscloneImage extends ImageBase {
   private fields(): InfoField[] {
     const h = this.header;
     const cs = h.clusterSize;
-    const f = (key: string, label: string, text: string, value: InfoField["value"], note?: string): InfoField => ({ key, label, text, value, note });
+    const f = infoField;
     const known = this.bitmap !== undefined || this.stream.randomAccess !== undefined;
     const scanned = known ? this.usedClusterCount() : undefined;
     const where = this.stream.compression.length ? `of the ${this.stream.compression.join("+")}-decompressed stream` : "in img file";

@@ -6,7 +6,7 @@ import type { ByteReader } from "../source/byte-reader.ts";
 import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
 import { UsedBitmap } from "./bitmap.ts";
-import { type DataRun, type ImageInfo, type InfoField, type ReadOptions, type UsedRun, ImageBase } from "./image.ts";
+import { BitmapImage, type DataRun, type ImageInfo, type InfoField, infoField, type ReadOptions, type UsedRun } from "./image.ts";
 import { CHECKSUM_MODES, type ChecksumKind, createStripChecksum, type StripChecksum } from "./partclone-checksum.ts";
 import { BlockLocator } from "./block-locator.ts";
 import { countWithSize, humanSize } from "./units.ts";
@@ -202,9 +202,10 @@ function checkRoom(r: ByteReader, bytes: number, field: string): void {
   }
 }
 
-export class PartcloneImage extends ImageBase {
+export class PartcloneImage extends BitmapImage {
   readonly info: ImageInfo;
   readonly dataStart: number;
+  protected readonly headerUsedBlocks: number | undefined;
   private consumed = false;
   private locator: BlockLocator | undefined;
 
@@ -232,8 +233,10 @@ export class PartcloneImage extends ImageBase {
         r.source.size,
       );
     }
-    const checksumName = h.checksum === "CRC32_0001" ? "CRC32_0001" : h.checksum;
-    const f = (key: string, label: string, text: string, value: InfoField["value"], note?: string): InfoField => ({ key, label, text, value, note });
+    // format 0001's count comes from the super-block, not the bitmap
+    this.headerUsedBlocks = h.imageVersion === 2 ? h.usedBlocks : undefined;
+    const checksumName = h.checksum;
+    const f = infoField;
     const fields: InfoField[] = [
       f("partcloneVersion", "partclone version", h.partcloneVersion ?? "n/a (image format 0001)", h.partcloneVersion ?? null),
       f("fsType", "fs type", h.fsType, h.fsType),
@@ -270,23 +273,6 @@ export class PartcloneImage extends ImageBase {
       pieces: stream.pieces,
       fields,
     };
-  }
-
-  isUsed(block: number): boolean {
-    return this.bitmap.isUsed(block);
-  }
-
-  usedRuns(): Iterable<UsedRun> {
-    return this.bitmap.runs();
-  }
-
-  /** Header count against bitmap count (partclone.restore silently trusts the bitmap; verify says so). */
-  consistencyProblems(): string[] {
-    const h = this.header;
-    if (h.imageVersion === 2 && h.usedBlocks !== this.info.usedBlocks) {
-      return [`header says ${withCommas(h.usedBlocks)} used blocks, the bitmap has ${withCommas(this.info.usedBlocks)}`];
-    }
-    return [];
   }
 
   *dataBatches(opts: ReadOptions = {}): Generator<DataRun[], void, undefined> {

@@ -7,7 +7,7 @@ import { ByteReader } from "../source/byte-reader.ts";
 import type { ChunkSource } from "../source/chunk-source.ts";
 import { type OpenedStream, openStream } from "../source/open.ts";
 import { UsedBitmap } from "./bitmap.ts";
-import { type DataRun, type ImageInfo, type InfoField, type ReadOptions, type UsedRun, ImageBase } from "./image.ts";
+import { BitmapImage, type DataRun, type ImageInfo, type InfoField, infoField, type ReadOptions } from "./image.ts";
 import { countWithSize, humanSize } from "./units.ts";
 
 const VOLUME_MAGIC = "PaRtImAgE-VoLuMe";
@@ -404,7 +404,7 @@ function fsInfoFields(fileSystem: string, b: Uint8Array): InfoField[] {
   return [];
 }
 
-export class PartimageImage extends ImageBase {
+export class PartimageImage extends BitmapImage {
   readonly info: ImageInfo;
   readonly dataStart: number;
   private consumed = false;
@@ -426,7 +426,7 @@ export class PartimageImage extends ImageBase {
     this.dataStart = r.position;
     const bs = local.blockSize;
     const used = bitmap.count();
-    const f = (key: string, label: string, text: string, value: InfoField["value"], note?: string): InfoField => ({ key, label, text, value, note });
+    const f = infoField;
     const where = compression.length ? `of the ${compression.join("+")}-decompressed volumes` : "of the volumes joined";
     const fields: InfoField[] = [
       f("imageFormat", "image format", volumeHeader.version, volumeHeader.version),
@@ -469,17 +469,8 @@ export class PartimageImage extends ImageBase {
     };
   }
 
-  isUsed(block: number): boolean {
-    return this.bitmap.isUsed(block);
-  }
-
-  usedRuns(): Iterable<UsedRun> {
-    return this.bitmap.runs();
-  }
-
-  consistencyProblems(): string[] {
-    const used = this.info.usedBlocks;
-    return this.local.usedBlocks === used ? [] : [`header says ${withCommas(this.local.usedBlocks)} used blocks, the bitmap has ${withCommas(used)}`];
+  protected get headerUsedBlocks(): number {
+    return this.local.usedBlocks;
   }
 
   /**
