@@ -52,6 +52,10 @@ export class ReceiveDumpPrinter {
   /** "." then the current subvolume: every path is joined to it */
   private subvolPath: Uint8Array = new Uint8Array([0x2e]);
   private readonly rootPath = new Uint8Array([0x2e]);
+  /** the escaped subvolume path and its slash, kept while the subvolume stays the same */
+  private subvolPrefix = new Uint8Array(0);
+  private subvolPrefixWidth = 0;
+  private subvolPrefixOf: Uint8Array | undefined;
 
   constructor(
     readonly out: OutputBuffer,
@@ -91,32 +95,35 @@ export class ReceiveDumpPrinter {
       case "mksock":
       case "unlink":
       case "rmdir":
-        this.titleAndPath(c, this.join(c, this.subvolPath, c.path));
+        this.lineInSubvol(c, c.path);
         break;
       case "mknod":
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii(`mode=${c.mode.toString(8)} dev=0x${c.rdev.toString(16)}`);
         break;
       case "symlink":
       case "link":
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii("dest=");
         this.escaped(cString(c.target));
         break;
       case "rename": {
         const to = this.join(c, this.subvolPath, c.to);
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii("dest=");
         this.escaped(to);
         break;
       }
       case "write":
-        this.head(c, this.join(c, this.subvolPath, c.path));
-        out.ascii(`offset=${c.fileOffset} len=${c.data.length}`);
+        this.headInSubvol(c, c.path);
+        out.ascii("offset=");
+        out.decimal(c.fileOffset);
+        out.ascii(" len=");
+        out.decimal(c.data.length);
         break;
       case "clone": {
         const from = this.join(c, this.subvolPath, c.clonePath);
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         // receive keeps the length in a C int, so it prints the low 32 bits sign-extended
         out.ascii(`offset=${c.fileOffset} len=${BigInt.asUintN(64, BigInt.asIntN(32, BigInt(c.length)))} from=`);
         if (this.format === "6.2") out.bytes(from);
@@ -125,7 +132,7 @@ export class ReceiveDumpPrinter {
         break;
       }
       case "set_xattr":
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii("name=");
         if (this.format === "6.2") {
           out.bytes(cString(c.name));
@@ -139,37 +146,45 @@ export class ReceiveDumpPrinter {
         out.ascii(` len=${c.data.length}`);
         break;
       case "remove_xattr":
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii("name=");
         if (this.format === "6.2") out.bytes(cString(c.name));
         else this.escaped(cString(c.name));
         break;
       case "truncate":
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii(`size=${c.size}`);
         break;
       case "chmod":
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii(`mode=${c.mode.toString(8)}`);
         break;
       case "chown":
-        this.head(c, this.join(c, this.subvolPath, c.path));
-        out.ascii(`gid=${c.gid} uid=${c.uid}`);
+        this.headInSubvol(c, c.path);
+        out.ascii("gid=");
+        out.decimal(c.gid);
+        out.ascii(" uid=");
+        out.decimal(c.uid);
         break;
       case "utimes": {
         const at = this.time(c, c.atime.sec);
         const mt = this.time(c, c.mtime.sec);
         const ct = this.time(c, c.ctime.sec);
-        this.head(c, this.join(c, this.subvolPath, c.path));
-        out.ascii(`atime=${at} mtime=${mt} ctime=${ct}`);
+        this.headInSubvol(c, c.path);
+        out.ascii("atime=");
+        out.ascii(at);
+        out.ascii(" mtime=");
+        out.ascii(mt);
+        out.ascii(" ctime=");
+        out.ascii(ct);
         break;
       }
       case "update_extent":
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii(`offset=${c.fileOffset} len=${c.size}`);
         break;
       case "encoded_write": {
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         const sep = this.format === "6.2" ? ", " : " ";
         out.ascii(
           `offset=${c.fileOffset} len=${c.data.length}${sep}unencoded_file_len=${c.unencodedFileLen}${sep}` +
@@ -179,16 +194,16 @@ export class ReceiveDumpPrinter {
         break;
       }
       case "fallocate":
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii(`mode=${c.mode | 0} offset=${c.fileOffset} len=${c.size}`);
         break;
       case "fileattr":
         // sic: btrfs-progs prints "0x" then the value in decimal
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii(`fileattr=0x${c.fileattr}`);
         break;
       case "enable_verity":
-        this.head(c, this.join(c, this.subvolPath, c.path));
+        this.headInSubvol(c, c.path);
         out.ascii(`algorithm=${c.algorithm} block_size=${c.blockSize} salt_len=${c.salt.length} sig_len=${c.signature.length}`);
         break;
       case "end":
@@ -201,11 +216,36 @@ export class ReceiveDumpPrinter {
     out.maybeFlush();
   }
 
-  /** Title, escaped path, newline: the lines without fields. */
-  private titleAndPath(c: SendCommand, path: Uint8Array): void {
+  /** Title, escaped path in the subvolume, newline: the lines without fields. */
+  private lineInSubvol(c: SendCommand, path: Uint8Array): void {
     this.out.bytes(TITLES[c.type]!);
-    this.escaped(path);
+    this.inSubvol(c, path);
     this.out.byte(0x0a);
+  }
+
+  /** head() of a path in the current subvolume, written without building the joined path. */
+  private headInSubvol(c: SendCommand, path: Uint8Array): void {
+    this.out.bytes(TITLES[c.type]!);
+    this.out.spaces(Math.max(1, 32 - this.inSubvol(c, path)));
+  }
+
+  /** The escaped join of the subvolume path and `path`; returns the characters printed. */
+  private inSubvol(c: SendCommand, path: Uint8Array): number {
+    const p2 = cString(path);
+    this.checkJoin(c, this.subvolPath, p2);
+    if (this.subvolPrefixOf !== this.subvolPath) {
+      // room first, so escaping cannot flush between here and the slice
+      this.out.reserve(this.subvolPath.length * 4 + 1);
+      const start = this.out.pos;
+      const base = this.subvolPath;
+      this.subvolPrefixWidth = this.escaped(base.subarray(0, base.length && base[base.length - 1] === SLASH ? base.length - 1 : base.length)) + 1;
+      this.out.byte(SLASH);
+      this.subvolPrefix = this.out.buf.slice(start, this.out.pos);
+      this.out.pos = start;
+      this.subvolPrefixOf = base;
+    }
+    this.out.bytes(this.subvolPrefix);
+    return this.subvolPrefixWidth + this.escaped(p2.length && p2[p2.length - 1] === SLASH ? p2.subarray(0, p2.length - 1) : p2);
   }
 
   /** Title, escaped path, then spaces up to column 48 (16 + 32), at least one. */
@@ -242,9 +282,7 @@ export class ReceiveDumpPrinter {
   /** path_cat_out of btrfs-progs common/path-utils.c: one trailing slash off each, joined by one. */
   private join(c: SendCommand, base: Uint8Array, path: Uint8Array): Uint8Array {
     const p2 = cString(path);
-    if (base.length + p2.length + 2 >= PATH_MAX) {
-      this.fail(c, "path too long", `joined to ${base.length} bytes of subvolume path it exceeds PATH_MAX ${PATH_MAX}, where btrfs receive --dump stops`);
-    }
+    this.checkJoin(c, base, p2);
     const l1 = base.length && base[base.length - 1] === SLASH ? base.length - 1 : base.length;
     const l2 = p2.length && p2[p2.length - 1] === SLASH ? p2.length - 1 : p2.length;
     const joined = new Uint8Array(l1 + 1 + l2);
@@ -252,6 +290,12 @@ export class ReceiveDumpPrinter {
     joined[l1] = SLASH;
     joined.set(p2.subarray(0, l2), l1 + 1);
     return joined;
+  }
+
+  private checkJoin(c: SendCommand, base: Uint8Array, p2: Uint8Array): void {
+    if (base.length + p2.length + 2 >= PATH_MAX) {
+      this.fail(c, "path too long", `joined to ${base.length} bytes of subvolume path it exceeds PATH_MAX ${PATH_MAX}, where btrfs receive --dump stops`);
+    }
   }
 
   private time(c: SendCommand, seconds: number | bigint): string {

@@ -47,6 +47,25 @@ export class OutputBuffer {
     this.pos += UTF8.encodeInto(text, this.buf.subarray(this.pos)).written;
   }
 
+  /** A non-negative integer in decimal. */
+  decimal(n: number | bigint): void {
+    if (typeof n === "bigint" || n >= 1e15) {
+      this.ascii(n.toString());
+      return;
+    }
+    this.reserve(16);
+    const b = this.buf;
+    let digits = 1;
+    for (let t = n; t >= 10; t = Math.floor(t / 10)) digits++;
+    let p = this.pos + digits;
+    this.pos = p;
+    do {
+      const q = Math.floor(n / 10);
+      b[--p] = 0x30 + (n - q * 10);
+      n = q;
+    } while (n > 0);
+  }
+
   byte(c: number): void {
     this.reserve(1);
     this.buf[this.pos++] = c;

