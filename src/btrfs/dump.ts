@@ -218,21 +218,22 @@ export class ReceiveDumpPrinter {
 
   /** Title, escaped path in the subvolume, newline: the lines without fields. */
   private lineInSubvol(c: SendCommand, path: Uint8Array): void {
+    this.checkJoin(c, this.subvolPath, cString(path));
     this.out.bytes(TITLES[c.type]!);
-    this.inSubvol(c, path);
+    this.inSubvol(path);
     this.out.byte(0x0a);
   }
 
   /** head() of a path in the current subvolume, written without building the joined path. */
   private headInSubvol(c: SendCommand, path: Uint8Array): void {
+    this.checkJoin(c, this.subvolPath, cString(path));
     this.out.bytes(TITLES[c.type]!);
-    this.out.spaces(Math.max(1, 32 - this.inSubvol(c, path)));
+    this.out.spaces(Math.max(1, 32 - this.inSubvol(path)));
   }
 
-  /** The escaped join of the subvolume path and `path`; returns the characters printed. */
-  private inSubvol(c: SendCommand, path: Uint8Array): number {
+  /** The escaped join of the subvolume path and `path` (checked by the caller); returns the characters printed. */
+  private inSubvol(path: Uint8Array): number {
     const p2 = cString(path);
-    this.checkJoin(c, this.subvolPath, p2);
     if (this.subvolPrefixOf !== this.subvolPath) {
       // room first, so escaping cannot flush between here and the slice
       this.out.reserve(this.subvolPath.length * 4 + 1);
