@@ -60,11 +60,12 @@ function dumpOf(parser: SendStreamParser, format: DumpFormat = "6.2"): { text: B
   }
 }
 
-function runCli(args: string[], stdin?: string) {
-  const run = Bun.spawnSync([BUN, MAIN, "btrfs-dump", ...args], {
-    env: { ...process.env, TZ: "UTC" },
-    stdin: stdin ? Bun.file(stdin) : "ignore",
-  });
+/** The CLI on a file, or on `-` with `pipeFrom` fed through a real pipe (cat | imgtool). */
+function runCli(args: string[], pipeFrom?: string) {
+  const argv = pipeFrom
+    ? ["bash", "-c", 'cat "$0" | "$@"', pipeFrom, BUN, MAIN, "btrfs-dump", ...args]
+    : [BUN, MAIN, "btrfs-dump", ...args];
+  const run = Bun.spawnSync(argv, { env: { ...process.env, TZ: "UTC" }, stdin: "ignore" });
   return { code: run.exitCode, stdout: run.stdout, stderr: run.stderr.toString() };
 }
 
