@@ -213,6 +213,12 @@ describe("btrfs send fixtures", () => {
     const commands = [...parserOf(w.command(Cmd.END, []).bytes())].map(commandJson);
     expect(commands[1]).toBe('{"index":2,"offset":65,"stream":0,"command":"truncate","path":{"base64":"Zv8="},"size":18446744073709551615}');
   });
+
+  test("an unknown command is skipped by the dump (as btrfs-progs skips it) and kept in the JSON with its number", () => {
+    const bytes = subvol(new SendStreamWriter(1)).command(99, [[Attr.PATH, bytesOf("x")]]).command(Cmd.END, []).bytes();
+    expect([...parserOf(bytes)].map(commandJson)[1]).toBe('{"index":2,"offset":65,"stream":0,"command":"unknown","number":99}');
+    expect(dumpOf(parserOf(bytes)).text.toString().split("\n").length).toBe(2);
+  });
 });
 
 describe("btrfs send parser", () => {

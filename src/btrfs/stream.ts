@@ -86,7 +86,7 @@ export type SendCommand =
     })
   | (PathOnly & { type: "enable_verity"; algorithm: number; blockSize: number; salt: Uint8Array; signature: Uint8Array })
   /** a command number this parser does not know: btrfs receive skips it, and so does the dump */
-  | (CommandPosition & { type: "unknown"; command: number });
+  | (CommandPosition & { type: "unknown"; number: number });
 
 export type CommandType = SendCommand["type"];
 
@@ -507,7 +507,7 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
         return { index, offset, stream, type: "fileattr", path, fileattr: this.u64(Attr.FILEATTR) };
       }
       default:
-        return { index, offset, stream, type: "unknown", command: this.cmdNumber };
+        return { index, offset, stream, type: "unknown", number: this.cmdNumber };
     }
   }
 }
