@@ -4,3 +4,7 @@ export { restoreImage, type RestoreOptions, type RestoreResult } from "./command
 export { verifyImage, type VerifyResult } from "./commands/verify.ts";
 export { openStream, type OpenedStream } from "./source/open.ts";
 export { ImageError, ChecksumError, UsageError, EXIT } from "./errors.ts";
+export { catRange } from "./commands/cat.ts";
+export { openSendStream, SendStreamParser, type SendCommand, type CommandType, type SendStreamOptions } from "./btrfs/stream.ts";
+export { dumpSendStream, type DumpFormat } from "./btrfs/dump.ts";
+export { jsonSendStream } from "./btrfs/json.ts";

@@ -1,0 +1,137 @@
+// bun bench/restore.ts (part of npm run bench): imgtool restore against the peer tools and the machine's floor, in one run, one table.
+// Makes (once, cached in .bench/) a 4 GiB ext4 volume with ~1.8 GB used, half incompressible, and
+// its partclone image plain and compressed. Needs root (loop mount), partclone, zstd, pigz, lz4.
+import fs from "node:fs";
+import path from "node:path";
+
+const ROOT = path.join(import.meta.dir, "..");
+const WORK = path.join(ROOT, ".bench");
+const CLI = path.join(ROOT, "src", "cli", "main.ts");
+const VOLUME_GIB = Number(process.env.BENCH_VOLUME_GIB ?? 4);
+const USED_MB = Number(process.env.BENCH_USED_MB ?? 1800);
+const OUT = path.join(WORK, "out.raw");
+
+function sh(cmd: string): string {
+  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
+  return r.stdout.toString();
+}
+
+function need(tool: string): boolean {
+  return Bun.spawnSync(["bash", "-c", `command -v ${tool}`], { stdout: "ignore", env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } }).exitCode === 0;
+}
+
+function makeFixtures(): string {
+  fs.mkdirSync(WORK, { recursive: true });
+  const vol = path.join(WORK, `ext4-${VOLUME_GIB}g.vol`);
+  const img = path.join(WORK, `ext4-${VOLUME_GIB}g.ptcl-img`);
+  if (fs.existsSync(`${img}.done`)) return img;
+  console.error(`bench: making a ${VOLUME_GIB} GiB ext4 volume with ~${USED_MB} MB used (once; cached in .bench/)`);
+  const mnt = path.join(WORK, "mnt");
+  fs.mkdirSync(mnt, { recursive: true });
+  sh(`rm -f ${vol} && truncate -s ${VOLUME_GIB}G ${vol} && mkfs.ext4 -q -F -O ^has_journal ${vol} && mount -o loop ${vol} ${mnt}`);
+  try {
+    const half = Math.floor(USED_MB / 2);
+    const files = Math.max(1, Math.floor(half / 64));
+    // incompressible half: random 64 MB files; compressible half: text with some entropy
+    sh(`for i in $(seq 1 ${files}); do head -c 64M /dev/urandom > ${mnt}/random$i.bin; done`);
+    sh(`python3 -c "
+import random
+r = random.Random(1)
+words = [('w%d' % i).encode() for i in range(5000)]
+line = lambda: b' '.join(r.choice(words) for _ in range(12)) + b'\\n'
+block = b''.join(line() for _ in range(200000))
+for i in range(${files}):
+    with open('${mnt}/text%d.txt' % i, 'wb') as f:
+        n = 0
+        while n < 64 << 20:
+            f.write(block); n += len(block)
+"`);
+  } finally {
+    sh(`umount ${mnt}`);
+  }
+  sh(`partclone.ext4 -q -c -s ${vol} -O ${img} 2>/dev/null`);
+  sh(`zstd -q -T0 -3 -f -o ${img}.zst ${img} && pigz -6 -c ${img} > ${img}.gz && lz4 -q -f ${img} ${img}.lz4`);
+  fs.writeFileSync(`${img}.done`, "");
+  return img;
+}
+
+interface Row {
+  name: string;
+  seconds: number;
+  mbps: number;
+  rssMiB: number;
+  note: string;
+}
+
+/** Run a shell command under /usr/bin/time; returns wall seconds and peak RSS. */
+function timed(cmd: string): { seconds: number; rssMiB: number } {
+  const r = Bun.spawnSync(["bash", "-c", `/usr/bin/time -f '%e %M' bash -c '${cmd.replaceAll("'", "'\\''")}' 2>&1 >/dev/null | tail -1`], {
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [s, kb] = r.stdout.toString().trim().split(/\s+/).map(Number);
+  if (r.exitCode !== 0 || !Number.isFinite(s)) throw new Error(`bench: ${cmd}: ${r.stdout}${r.stderr}`);
+  return { seconds: s!, rssMiB: kb! / 1024 };
+}
+
+function main() {
+  for (const t of ["partclone.ext4", "partclone.restore", "zstd", "pigz", "lz4", "mkfs.ext4"]) {
+    if (!need(t)) {
+      console.log(`bench: skipped: ${t} is not installed (apt-get install partclone zstd pigz lz4 e2fsprogs)`);
+      return;
+    }
+  }
+  if (process.getuid?.() !== 0) {
+    console.log("bench: skipped: making the volume needs root (loop mount)");
+    return;
+  }
+  const img = makeFixtures();
+  const imgBytes = fs.statSync(img).size;
+  const mb = imgBytes / 1e6;
+  const bun = process.execPath;
+  const rows: Row[] = [];
+  const run = (name: string, cmd: string, note = "") => {
+    fs.rmSync(OUT, { force: true });
+    sh("sync");
+    const { seconds, rssMiB } = timed(cmd);
+    rows.push({ name, seconds, mbps: mb / seconds, rssMiB, note });
+    console.error(`bench: ${name}: ${seconds.toFixed(2)} s`);
+  };
+  sh(`cat ${img}* > /dev/null`); // warm the page cache for every reader alike
+
+  run("floor: dd image → file, conv=fsync", `dd if=${img} of=${OUT} bs=4M conv=fsync status=none`);
+  run("floor: zstd -dc image.zst > /dev/null", `zstd -dc ${img}.zst > /dev/null`);
+  run("peer: pigz -dc image.gz > /dev/null", `pigz -dc ${img}.gz > /dev/null`);
+  run("peer: partclone.restore -W", `partclone.restore -q -W -s ${img} -O ${OUT}`);
+  run("imgtool restore (verify)", `${bun} ${CLI} restore ${img} -o ${OUT} --sparse -q`);
+  run("imgtool restore --no-verify", `${bun} ${CLI} restore ${img} -o ${OUT} --sparse -q --no-verify`);
+  run("imgtool restore from .zst", `${bun} ${CLI} restore ${img}.zst -o ${OUT} --sparse -q`);
+  run("imgtool restore from .gz", `${bun} ${CLI} restore ${img}.gz -o ${OUT} --sparse -q`);
+  run("imgtool restore from .lz4", `${bun} ${CLI} restore ${img}.lz4 -o ${OUT} --sparse -q`);
+  run("imgtool restore from a pipe", `cat ${img} | ${bun} ${CLI} restore - -o ${OUT} --sparse -q`);
+  run("imgtool verify", `${bun} ${CLI} verify -q ${img}`);
+  fs.rmSync(OUT, { force: true });
+
+  const get = (prefix: string) => rows.find((r) => r.name.startsWith(prefix))!.seconds;
+  const ours = get("imgtool restore (verify)");
+  const checks = [
+    ["restore ≤ 0.4 × partclone.restore", ours / get("peer: partclone.restore"), 0.4],
+    ["restore ≤ 1.25 × dd floor", ours / get("floor: dd"), 1.25],
+    ["from zstd ≤ 1.25 × plain", get("imgtool restore from .zst") / ours, 1.25],
+    ["from gzip < pigz -dc", get("imgtool restore from .gz") / get("peer: pigz"), 1.0],
+  ] as const;
+  const peakRss = Math.max(...rows.filter((r) => r.name.startsWith("imgtool")).map((r) => r.rssMiB));
+
+  console.log(`\nimage: ${path.basename(img)}, ${(imgBytes / 1e9).toFixed(2)} GB (volume ${VOLUME_GIB} GiB); MB/s = image MB / s\n`);
+  console.log(`| ${"run".padEnd(40)} | seconds |    MB/s | peak RSS MiB |`);
+  console.log(`|${"-".repeat(42)}|---------|---------|--------------|`);
+  for (const r of rows) {
+    console.log(`| ${r.name.padEnd(40)} | ${r.seconds.toFixed(2).padStart(7)} | ${r.mbps.toFixed(0).padStart(7)} | ${r.rssMiB.toFixed(1).padStart(12)} |`);
+  }
+  console.log("\n| target | measured | limit | |\n|---|---|---|---|");
+  for (const [name, ratio, limit] of checks) console.log(`| ${name} | ${ratio.toFixed(2)} | ${limit} | ${ratio <= limit ? "met" : "MISSED"} |`);
+  console.log(`| imgtool peak RSS ≤ 96 MiB | ${peakRss.toFixed(1)} MiB | 96 | ${peakRss <= 96 ? "met" : "MISSED"} |`);
+}
+
+main();
