@@ -3,7 +3,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { type DumpFormat, dumpSendStream } from "../src/btrfs/dump.ts";
-import { SendStreamWriter, bytesOf, timespec, u32, u64 } from "../src/btrfs/encode.ts";
+import { SendStreamWriter, bytesOf, timespec, u32, u64 } from "./send-stream-writer.ts";
 import { commandJson } from "../src/btrfs/json.ts";
 import { OutputBuffer } from "../src/btrfs/output-buffer.ts";
 import { Attr, Cmd } from "../src/btrfs/protocol.ts";

@@ -1,5 +1,5 @@
-import { crc32c } from "../../native/crc32c.ts";
-import { Attr, COMMAND_HEADER_BYTES, STREAM_MAGIC } from "./protocol.ts";
+import { crc32c } from "../native/crc32c.ts";
+import { Attr, COMMAND_HEADER_BYTES, STREAM_MAGIC } from "../src/btrfs/protocol.ts";
 
 /** One attribute: its number and its value bytes. */
 export type Attribute = readonly [attr: number, value: Uint8Array];

@@ -7,7 +7,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { crc32c } from "../../../native/crc32c.ts";
-import { SendStreamWriter, bytesOf, timespec, u64 } from "../../../src/btrfs/encode.ts";
+import { SendStreamWriter, bytesOf, timespec, u64 } from "../../send-stream-writer.ts";
 import { Attr, Cmd } from "../../../src/btrfs/protocol.ts";
 
 const here = path.dirname(new URL(import.meta.url).pathname);
