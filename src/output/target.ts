@@ -42,7 +42,7 @@ export function openOutput(out: string, opts: OutputOptions): OutputTarget {
 function newFileTarget(out: string, opts: OutputOptions): OutputTarget {
   const partial = `${out}.partial`;
   const fd = fs.openSync(partial, "w");
-  const writer = new VolumeWriter(fd, opts.sparse ? "skip" : "zeros", opts.outputOffset);
+  const writer = new VolumeWriter(out, fd, opts.sparse ? "skip" : "zeros", opts.outputOffset);
   let open = true;
   return {
     writer,
@@ -67,7 +67,7 @@ function newFileTarget(out: string, opts: OutputOptions): OutputTarget {
 /** Into an existing file at --output-offset: nothing to rename; unused blocks must not keep old bytes. */
 function inPlaceTarget(out: string, opts: OutputOptions): OutputTarget {
   const fd = fs.openSync(out, "r+");
-  const writer = new VolumeWriter(fd, opts.sparse ? "punch" : "zeros", opts.outputOffset);
+  const writer = new VolumeWriter(out, fd, opts.sparse ? "punch" : "zeros", opts.outputOffset);
   return {
     writer,
     name: out,
@@ -86,7 +86,7 @@ function inPlaceTarget(out: string, opts: OutputOptions): OutputTarget {
 function deviceTarget(out: string, opts: OutputOptions): OutputTarget {
   const fd = fs.openSync(out, "r+");
   const gaps: GapPolicy = opts.sparse ? "skip" : "zeros";
-  const writer = new VolumeWriter(fd, gaps, opts.outputOffset);
+  const writer = new VolumeWriter(out, fd, gaps, opts.outputOffset);
   return {
     writer,
     name: out,
@@ -104,7 +104,7 @@ function deviceTarget(out: string, opts: OutputOptions): OutputTarget {
 function streamTarget(opts: OutputOptions): OutputTarget {
   if (process.stdout.isTTY) throw new UsageError("refusing to write a volume to a terminal; redirect stdout or use -o FILE");
   if (opts.outputOffset) throw new UsageError("--output-offset needs a file or device, not stdout");
-  const writer = new VolumeWriter(1, "zeros", null);
+  const writer = new VolumeWriter("stdout", 1, "zeros", null);
   return { writer, name: "stdout", commit: (size) => writer.finish(size), abort() {} };
 }
 
@@ -112,7 +112,7 @@ function streamTarget(opts: OutputOptions): OutputTarget {
 function streamTargetAt(out: string, opts: OutputOptions): OutputTarget {
   if (opts.outputOffset) throw new UsageError(`--output-offset needs a file or block device; ${out} is neither`);
   const fd = fs.openSync(out, "w");
-  const writer = new VolumeWriter(fd, "zeros", null);
+  const writer = new VolumeWriter(out, fd, "zeros", null);
   return {
     writer,
     name: out,

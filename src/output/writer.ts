@@ -1,6 +1,12 @@
 import fs from "node:fs";
 import { punchHole, startWriteback } from "../../native/libc.ts";
+import { withCommas } from "../errors.ts";
 import type { DataRun } from "../formats/image.ts";
+
+/** The output failed (full disk, I/O error): the input is not to blame. */
+export class OutputError extends Error {
+  override name = "OutputError";
+}
 
 /** What becomes of the unused blocks between runs. */
 export type GapPolicy =
@@ -30,6 +36,8 @@ export class VolumeWriter {
   bytesWritten = 0;
 
   constructor(
+    /** the output's name, for messages */
+    private readonly name: string,
     private readonly fd: number,
     private readonly gaps: GapPolicy,
     /** byte offset of the volume in the output; null for a stream */
@@ -75,7 +83,13 @@ export class VolumeWriter {
 
   private flush(): void {
     if (this.iov.length === 0) return;
-    writeAll(this.fd, this.iov, this.iovBytes, this.base === null ? null : this.base + this.iovStart);
+    try {
+      writeAll(this.fd, this.iov, this.iovBytes, this.base === null ? null : this.base + this.iovStart);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err.code === "EPIPE") throw e;
+      throw new OutputError(`${this.name}: cannot write at volume offset ${withCommas(this.iovStart)}: ${err.code ?? err.message}`);
+    }
     this.bytesWritten += this.iovBytes;
     if (this.base !== null && this.base + this.cursor - this.writebackFrom >= WRITEBACK_STEP) {
       startWriteback(this.fd, this.writebackFrom, this.base + this.cursor - this.writebackFrom);

@@ -1,0 +1,37 @@
+import { expect, test } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { fixture, runCli, sha256File, tempDir } from "./helpers.ts";
+
+test("--sparse leaves the unused blocks as holes; without it they are written", () => {
+  const dir = tempDir();
+  const sparse = path.join(dir, "sparse.raw");
+  const full = path.join(dir, "full.raw");
+  expect(runCli(["restore", fixture("ext4a0.ext4-ptcl-img"), "-o", sparse, "--sparse"]).code).toBe(0);
+  expect(runCli(["restore", fixture("ext4a0.ext4-ptcl-img"), "-o", full]).code).toBe(0);
+  expect(sha256File(sparse)).toBe(sha256File(full));
+  const allocated = (f: string) => fs.statSync(f).blocks * 512;
+  // 75 used blocks of 4 KiB in a 4 MiB volume
+  expect(allocated(sparse)).toBeLessThan(1 << 20);
+  expect(allocated(full)).toBeGreaterThanOrEqual(4 << 20);
+});
+
+const isRoot = process.getuid?.() === 0;
+if (!isRoot) console.log("skip: full-disk test: needs root to mount a small tmpfs");
+test.skipIf(!isRoot)("a full disk stops the restore naming the output, and leaves no partial file", () => {
+  const dir = tempDir();
+  const mount = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", dir]);
+  if (mount.exitCode !== 0) {
+    console.log("skip: full-disk test: tmpfs could not be mounted here");
+    return;
+  }
+  try {
+    const out = path.join(dir, "vol.raw");
+    const r = runCli(["restore", fixture("ext4.ext4-ptcl-img"), "-o", out]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`^imgtool: ${out}: cannot write at volume offset [0-9,]+: ENOSPC\\n$`));
+    expect(fs.readdirSync(dir)).toEqual([]);
+  } finally {
+    Bun.spawnSync(["umount", dir]);
+  }
+});
