@@ -21,12 +21,18 @@ export const btrfsDumpCommand = defineCommand({
       type: "boolean",
       description: "go on past the first end command through every concatenated stream (btrfs receive --dump stops there)",
     },
+    "end-stop": {
+      type: "boolean",
+      alias: "e",
+      description: "stop at the first end command: the default, accepted as btrfs receive's -e",
+    },
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
     guard(() => {
       const format = args["progs-format"] as DumpFormat;
       if (!FORMATS.includes(format)) throw new UsageError(`--progs-format: one of ${FORMATS.join(", ")}, not ${JSON.stringify(format)}`);
+      if (args["end-stop"] && args["all-streams"]) throw new UsageError("-e and --all-streams contradict each other");
       const parser = openSendStream(args.stream, { allStreams: args["all-streams"] });
       try {
         if (args.json) jsonSendStream(parser);
