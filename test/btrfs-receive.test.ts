@@ -123,6 +123,16 @@ describe("btrfs-receive: subvolumes and streams", () => {
     expect(fs.readdirSync(first).sort()).toEqual([RECEIVED_INDEX, "names.s1"]);
   });
 
+  test("the stream from stdin (-); DIR must be an existing directory", () => {
+    const dir = tempDir();
+    const run = runCli(["btrfs-receive", "-q", "-", dir], { stdinFile: fixture("v2-zstd.btrfs-send") });
+    expect(run).toMatchObject({ code: EXIT.OK, stderr: "" });
+    expect(withoutDirectoryLinkCounts(lstree(path.join(dir, "zstd.s1")))).toBe(withoutDirectoryLinkCounts(fs.readFileSync(fixture("v2-zstd.btrfs-send.tree.txt"), "utf8")));
+    const missing = receive(fixture("v2-zstd.btrfs-send"), path.join(dir, "missing"));
+    expect(missing.code).toBe(EXIT.USAGE);
+    expect(missing.stderr).toBe(`imgtool: ${path.join(dir, "missing")}: no such directory\n`);
+  });
+
   test("names are bytes: a newline, a 255-byte name, Latin-1 bytes survive a full and an incremental receive", () => {
     const dir = tempDir();
     expect(receive(fixture("names-v1.btrfs-send"), dir).code).toBe(EXIT.OK);

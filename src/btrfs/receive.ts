@@ -79,6 +79,7 @@ function loadLibc() {
     utimensat: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     mknod: { args: [FFIType.ptr, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
     chmod: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    fchmod: { args: [FFIType.i32, FFIType.u32], returns: FFIType.i32 },
     fallocate: { args: [FFIType.i32, FFIType.i32, FFIType.i64, FFIType.i64], returns: FFIType.i32 },
     ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.u64], returns: FFIType.i32 },
     lseek: { args: [FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64 },
@@ -560,10 +561,14 @@ class Receiver {
           uuid: uuidText(cmd.parentUuid),
           ctransid: String(cmd.parentCtransid),
         });
-      case "mkfile":
+      case "mkfile": {
+        const p = this.at(cmd.path);
         this.closeWriteFile();
-        fs.closeSync(fs.openSync(this.at(cmd.path), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600));
+        // kept open: its data, size and mode come next (after a rename from its orphan name)
+        this.writeFd = fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+        this.writePath = p;
         return;
+      }
       case "mkdir":
         fs.mkdirSync(this.at(cmd.path), 0o700);
         return;
@@ -579,18 +584,20 @@ class Receiver {
       case "rename": {
         const from = this.at(cmd.path);
         const to = this.at(cmd.to);
-        this.closeWriteFile();
         fs.renameSync(from, to);
         this.subvolume().paths.moved(cmd.path);
+        this.renamedWriteFile(from, to);
         return;
       }
       case "link":
         fs.linkSync(this.at(cmd.target), this.at(cmd.path));
         return;
-      case "unlink":
-        this.closeWriteFile();
-        fs.unlinkSync(this.at(cmd.path));
+      case "unlink": {
+        const p = this.at(cmd.path);
+        if (this.writePath?.equals(p)) this.closeWriteFile();
+        fs.unlinkSync(p);
         return;
+      }
       case "rmdir":
         fs.rmdirSync(this.at(cmd.path));
         this.subvolume().paths.moved(cmd.path);
@@ -606,7 +613,7 @@ class Receiver {
         fs.ftruncateSync(this.writeFile(cmd.path), this.offset(cmd.size, "size"));
         return;
       case "chmod":
-        return chmod(this.notSymlink(cmd.path), Number(cmd.mode) & 0o7777);
+        return this.chmod(cmd.path, Number(cmd.mode) & 0o7777);
       case "chown":
         fs.lchownSync(this.at(cmd.path), Number(cmd.uid), Number(cmd.gid));
         return;
@@ -693,10 +700,25 @@ class Receiver {
     for (let done = 0; done < data.length; ) done += fs.writeSync(fd, data, done, data.length - done, position + done);
   }
 
-  private notSymlink(relative: Uint8Array): Buffer {
+  /** The open write file keeps its inode across a rename; a file renamed over it, or a directory above it, does not. */
+  private renamedWriteFile(from: Buffer, to: Buffer): void {
+    const open = this.writePath;
+    if (!open) return;
+    if (open.equals(from)) this.writePath = to;
+    else if (open.equals(to) || (open.length > from.length && open[from.length] === 0x2f && open.subarray(0, from.length).equals(from))) {
+      this.closeWriteFile();
+    }
+  }
+
+  /** chmod(2) follows a symlink: refused for one, as it would change the file it points to. */
+  private chmod(relative: Uint8Array, mode: number): void {
     const p = this.at(relative);
+    if (this.writePath?.equals(p)) {
+      if (c().fchmod(this.writeFd, mode) !== 0) throw libcError("fchmod", p);
+      return;
+    }
     if (isSymlink(p)) this.refuse(`'${printable(relative)}' is a symlink`, "it would change the file it points to");
-    return p;
+    chmod(p, mode);
   }
 
   private encodedWrite(cmd: Extract<SendCommand, { type: "encoded_write" }>): void {
