@@ -68,7 +68,7 @@ const S_IFIFO = 0o010000;
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
 
-let libc: ReturnType<typeof loadLibc>["symbols"] | undefined;
+let libcSymbols: ReturnType<typeof loadLibc>["symbols"] | undefined;
 function loadLibc() {
   return dlopen("libc.so.6", {
     __errno_location: { args: [], returns: FFIType.ptr },
@@ -86,16 +86,16 @@ function loadLibc() {
     copy_file_range: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.u32], returns: FFIType.i64 },
   });
 }
-function c(): NonNullable<typeof libc> {
-  libc ??= loadLibc().symbols;
-  return libc;
+function libc(): NonNullable<typeof libcSymbols> {
+  libcSymbols ??= loadLibc().symbols;
+  return libcSymbols;
 }
 
 const ERRNO_NAMES = new Map(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));
 
 /** An Error like node's for a failed libc call, with `code` = the errno's name. */
 function libcError(call: string, target: Uint8Array): NodeJS.ErrnoException {
-  const errno = read.i32(c().__errno_location()!, 0);
+  const errno = read.i32(libc().__errno_location()!, 0);
   const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
   const err = new Error(`${code}: ${call} '${printable(target)}'`) as NodeJS.ErrnoException;
   err.code = code;
@@ -112,17 +112,17 @@ function cPath(p: Uint8Array): Buffer {
 }
 
 function lsetxattr(p: Buffer, name: Uint8Array, value: Uint8Array): void {
-  if (c().lsetxattr(cPath(p), cPath(name), value.length ? value : null, value.length, 0) !== 0) throw libcError("lsetxattr", p);
+  if (libc().lsetxattr(cPath(p), cPath(name), value.length ? value : null, value.length, 0) !== 0) throw libcError("lsetxattr", p);
 }
 
 function lremovexattr(p: Buffer, name: Uint8Array): void {
-  if (c().lremovexattr(cPath(p), cPath(name)) !== 0) throw libcError("lremovexattr", p);
+  if (libc().lremovexattr(cPath(p), cPath(name)) !== 0) throw libcError("lremovexattr", p);
 }
 
 /** Every xattr of p (not following a symlink): name and value. */
 function listXattrs(p: Buffer): [Buffer, Buffer][] {
   const cp = cPath(p);
-  const size = Number(c().llistxattr(cp, null, 0));
+  const size = Number(libc().llistxattr(cp, null, 0));
   if (size < 0) {
     const err = libcError("llistxattr", p);
     if (err.code === "ENOTSUP" || err.code === "EOPNOTSUPP") return [];
@@ -130,17 +130,17 @@ function listXattrs(p: Buffer): [Buffer, Buffer][] {
   }
   if (size === 0) return [];
   const names = Buffer.alloc(size);
-  const got = Number(c().llistxattr(cp, names, size));
+  const got = Number(libc().llistxattr(cp, names, size));
   if (got < 0) throw libcError("llistxattr", p);
   const out: [Buffer, Buffer][] = [];
   for (let start = 0; start < got; ) {
     const end = names.indexOf(0, start);
     const name = names.subarray(start, end);
     const cname = cPath(name);
-    const valueSize = Number(c().lgetxattr(cp, cname, null, 0));
+    const valueSize = Number(libc().lgetxattr(cp, cname, null, 0));
     if (valueSize < 0) throw libcError("lgetxattr", p);
     const value = Buffer.alloc(valueSize);
-    if (valueSize > 0 && Number(c().lgetxattr(cp, cname, value, valueSize)) < 0) throw libcError("lgetxattr", p);
+    if (valueSize > 0 && Number(libc().lgetxattr(cp, cname, value, valueSize)) < 0) throw libcError("lgetxattr", p);
     out.push([Buffer.from(name), value]);
     start = end + 1;
   }
@@ -150,16 +150,16 @@ function listXattrs(p: Buffer): [Buffer, Buffer][] {
 /** atime and mtime to the nanosecond, not following a symlink (ctime cannot be set). */
 function lutimesNs(p: Buffer, atime: Timespec, mtime: Timespec): void {
   const times = new BigInt64Array([BigInt(atime.sec), BigInt(atime.nsec), BigInt(mtime.sec), BigInt(mtime.nsec)]);
-  if (c().utimensat(AT_FDCWD, cPath(p), times, AT_SYMLINK_NOFOLLOW) !== 0) throw libcError("utimensat", p);
+  if (libc().utimensat(AT_FDCWD, cPath(p), times, AT_SYMLINK_NOFOLLOW) !== 0) throw libcError("utimensat", p);
 }
 
 function mknod(p: Buffer, mode: number, rdev: number | bigint): void {
-  if (c().mknod(cPath(p), mode, rdev) !== 0) throw libcError("mknod", p);
+  if (libc().mknod(cPath(p), mode, rdev) !== 0) throw libcError("mknod", p);
 }
 
 /** chmod(2) with the set-id and sticky bits, which node:fs under Bun drops. */
 function chmod(p: Buffer, mode: number): void {
-  if (c().chmod(cPath(p), mode) !== 0) throw libcError("chmod", p);
+  if (libc().chmod(cPath(p), mode) !== 0) throw libcError("chmod", p);
 }
 
 // ---- copying file ranges: reflink where the file system can, holes kept where it cannot ----
@@ -169,12 +169,12 @@ let copyBuffer: Buffer | undefined;
 
 /** Next data offset at or after `from` (SEEK_DATA), or `end` when only a hole remains. */
 function nextData(fd: number, from: number, end: number): number {
-  const at = Number(c().lseek(fd, from, SEEK_DATA));
+  const at = Number(libc().lseek(fd, from, SEEK_DATA));
   return at < 0 || at > end ? end : at;
 }
 
 function nextHole(fd: number, from: number, end: number): number {
-  const at = Number(c().lseek(fd, from, SEEK_HOLE));
+  const at = Number(libc().lseek(fd, from, SEEK_HOLE));
   return at < 0 || at > end ? end : at;
 }
 
@@ -201,7 +201,7 @@ function copyData(src: number, srcOffset: number, dst: number, dstOffset: number
   while (done < length) {
     copyOffsets[0] = BigInt(srcOffset + done);
     copyOffsets[1] = BigInt(dstOffset + done);
-    const n = Number(c().copy_file_range(src, copyOffsets, dst, copyOffsets.subarray(1), length - done, 0));
+    const n = Number(libc().copy_file_range(src, copyOffsets, dst, copyOffsets.subarray(1), length - done, 0));
     if (n === 0) return;
     if (n < 0) {
       const overlapping = sameFile && dstOffset + done > srcOffset + done && dstOffset + done < srcOffset + length;
@@ -234,7 +234,7 @@ function cloneRange(src: number, srcOffset: number, dst: number, dstOffset: numb
 
 /** Make a range read as zeros: a hole where the file system can punch one, written zeros where not. */
 function punchOrZero(fd: number, offset: number, length: number): void {
-  if (c().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) === 0) return;
+  if (libc().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) === 0) return;
   const size = fs.fstatSync(fd).size;
   const end = Math.min(offset + length, size);
   const zeros = Buffer.alloc(Math.min(COPY_BUFFER, Math.max(end - offset, 0)));
@@ -243,7 +243,7 @@ function punchOrZero(fd: number, offset: number, length: number): void {
 
 /** A whole regular file: one reflink where the file system can, else its data extents (holes stay holes). */
 function copyFileContents(src: number, dst: number, size: number): void {
-  if (c().ioctl(dst, FICLONE, src) === 0) return;
+  if (libc().ioctl(dst, FICLONE, src) === 0) return;
   for (let at = 0; at < size; ) {
     const data = nextData(src, at, size);
     if (data >= size) break;
@@ -714,7 +714,7 @@ class Receiver {
   private chmod(relative: Uint8Array, mode: number): void {
     const p = this.at(relative);
     if (this.writePath?.equals(p)) {
-      if (c().fchmod(this.writeFd, mode) !== 0) throw libcError("fchmod", p);
+      if (libc().fchmod(this.writeFd, mode) !== 0) throw libcError("fchmod", p);
       return;
     }
     if (isSymlink(p)) this.refuse(`'${printable(relative)}' is a symlink`, "it would change the file it points to");
@@ -782,7 +782,7 @@ class Receiver {
 
   private fallocate(relative: Uint8Array, mode: number, offset: number, length: number): void {
     const fd = this.writeFile(relative);
-    if (c().fallocate(fd, mode, offset, length) === 0) return;
+    if (libc().fallocate(fd, mode, offset, length) === 0) return;
     const err = libcError("fallocate", this.at(relative));
     if (err.code !== "EOPNOTSUPP" && err.code !== "ENOTSUP") throw err;
     // a file system without fallocate: the same bytes, without the allocation
