@@ -8,3 +8,4 @@ export { catRange } from "./commands/cat.ts";
 export { openSendStream, SendStreamParser, type SendCommand, type CommandType, type SendStreamOptions } from "./btrfs/stream.ts";
 export { dumpSendStream, type DumpFormat } from "./btrfs/dump.ts";
 export { jsonSendStream } from "./btrfs/json.ts";
+export { receiveSendStream, type ReceiveOptions, type ReceiveResult } from "./btrfs/receive.ts";
