@@ -1,6 +1,6 @@
 import type { Pointer } from "bun:ffi";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
-import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, structLayout } from "./ffi.ts";
+import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, structLayout, streamCall } from "./ffi.ts";
 
 const bz2 = new LazyLibrary("libbz2.so.1.0", "libbz2-1.0", {
   BZ2_bzDecompressInit: { args: ["ptr", "i32", "i32"], returns: "i32" },
@@ -33,7 +33,6 @@ const BZ_ERRORS: Record<number, string> = {
   [-4]: "BZ_DATA_ERROR: data integrity (CRC) error in data",
   [-5]: "BZ_DATA_ERROR_MAGIC: bad magic number (not a bzip2 stream)",
 };
-const MAX_UINT = 0xffffffff;
 
 /** bzip2, including multi-stream files (pbzip2, `cat a.bz2 b.bz2`), over libbz2. */
 export class Bzip2Decoder extends NativeDecoder {
@@ -54,15 +53,7 @@ export class Bzip2Decoder extends NativeDecoder {
 
   protected step(inAddress: Pointer, inLength: number, outAddress: Pointer, outLength: number, r: StepResult): void {
     const s = this.strm;
-    const inN = Math.min(inLength, MAX_UINT);
-    const outN = Math.min(outLength, MAX_UINT);
-    s.set64("next_in", inAddress);
-    s.set32("avail_in", inN);
-    s.set64("next_out", outAddress);
-    s.set32("avail_out", outN);
-    const rc = this.lib.BZ2_bzDecompress(s.address);
-    r.consumed = inN - s.get32("avail_in");
-    r.produced = outN - s.get32("avail_out");
+    const rc = streamCall(s, 32, inAddress, inLength, outAddress, outLength, r, () => this.lib.BZ2_bzDecompress(s.address));
     if (rc === BZ_STREAM_END) r.ended = true;
     else if (rc !== BZ_OK) this.corrupt(BZ_ERRORS[rc] ?? `BZ2_bzDecompress error ${rc}`, r.consumed);
   }

@@ -114,6 +114,40 @@ export class NativeStruct<F extends string> {
   }
 }
 
+/** The buffer fields of zlib's z_stream, bzip2's bz_stream, liblzma's lzma_stream and ISA-L's inflate_state. */
+export type StreamBufferField = "next_in" | "avail_in" | "next_out" | "avail_out";
+
+/**
+ * Point a stream struct at the input and output, make one library call, and record in `r` what
+ * it consumed and produced. `availBits` is the width of avail_in/avail_out (32 for unsigned int,
+ * 64 for size_t). Returns the library's return code.
+ */
+export function streamCall<F extends string>(
+  s: NativeStruct<F | StreamBufferField>,
+  availBits: 32 | 64,
+  inAddress: Pointer,
+  inLength: number,
+  outAddress: Pointer,
+  outLength: number,
+  r: StepResult,
+  call: () => number,
+): number {
+  const inN = availBits === 32 ? Math.min(inLength, MAX_U32) : inLength;
+  const outN = availBits === 32 ? Math.min(outLength, MAX_U32) : outLength;
+  const setAvail = (f: StreamBufferField, v: number) => (availBits === 32 ? s.set32(f, v) : s.set64(f, v));
+  const getAvail = (f: StreamBufferField) => (availBits === 32 ? s.get32(f) : s.get64(f));
+  s.set64("next_in", inAddress);
+  setAvail("avail_in", inN);
+  s.set64("next_out", outAddress);
+  setAvail("avail_out", outN);
+  const rc = call();
+  r.consumed = inN - getAvail("avail_in");
+  r.produced = outN - getAvail("avail_out");
+  return rc;
+}
+
+const MAX_U32 = 0xffffffff;
+
 // ---- the decoder loop shared by every library ----
 
 /** What one call into the library did. */

@@ -1,6 +1,6 @@
 import type { Pointer } from "bun:ffi";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
-import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, type StructLayout } from "./ffi.ts";
+import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, type StructLayout, streamCall } from "./ffi.ts";
 
 // Intel ISA-L's inflate, about twice as fast as zlib's. Its struct inflate_state is large and only
 // its first fields are stable across releases, so the layout below is that of ISA-L 2.30
@@ -22,7 +22,6 @@ const ISAL_BLOCK_FINISH = 5;
 const ISAL_DECOMP_OK = 0;
 const ISAL_END_INPUT = 1;
 const ISAL_OUT_OVERFLOW = 2;
-const MAX_UINT = 0xffffffff;
 const ERRORS: Record<number, string> = {
   [-1]: "invalid deflate block",
   [-2]: "invalid deflate symbol",
@@ -45,15 +44,7 @@ export class IsalGzipDecoder extends NativeDecoder {
 
   protected step(inAddress: Pointer, inLength: number, outAddress: Pointer, outLength: number, r: StepResult): void {
     const s = this.state;
-    const inN = Math.min(inLength, MAX_UINT);
-    const outN = Math.min(outLength, MAX_UINT);
-    s.set64("next_in", inAddress);
-    s.set32("avail_in", inN);
-    s.set64("next_out", outAddress);
-    s.set32("avail_out", outN);
-    const rc = this.lib.isal_inflate(s.address);
-    r.consumed = inN - s.get32("avail_in");
-    r.produced = outN - s.get32("avail_out");
+    const rc = streamCall(s, 32, inAddress, inLength, outAddress, outLength, r, () => this.lib.isal_inflate(s.address));
     if (rc !== ISAL_DECOMP_OK && rc !== ISAL_END_INPUT && rc !== ISAL_OUT_OVERFLOW) {
       this.corrupt(ERRORS[rc] ?? `isal_inflate error ${rc}`, r.consumed);
     }

@@ -1,6 +1,6 @@
 import type { Pointer } from "bun:ffi";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
-import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, structLayout } from "./ffi.ts";
+import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, structLayout, streamCall } from "./ffi.ts";
 
 const lzma = new LazyLibrary("liblzma.so.5", "liblzma5", {
   lzma_stream_decoder: { args: ["ptr", "u64", "u32"], returns: "i32" },
@@ -72,13 +72,7 @@ export class LzmaDecoder extends NativeDecoder {
 
   protected step(inAddress: Pointer, inLength: number, outAddress: Pointer, outLength: number, r: StepResult): void {
     const s = this.strm;
-    s.set64("next_in", inAddress);
-    s.set64("avail_in", inLength);
-    s.set64("next_out", outAddress);
-    s.set64("avail_out", outLength);
-    const rc = this.lib.lzma_code(s.address, this.inputEnded ? LZMA_FINISH : LZMA_RUN);
-    r.consumed = inLength - s.get64("avail_in");
-    r.produced = outLength - s.get64("avail_out");
+    const rc = streamCall(s, 64, inAddress, inLength, outAddress, outLength, r, () => this.lib.lzma_code(s.address, this.inputEnded ? LZMA_FINISH : LZMA_RUN));
     if (rc === LZMA_STREAM_END) r.ended = true;
     else if (rc === LZMA_BUF_ERROR && this.inputEnded) this.truncated();
     else if (rc !== LZMA_OK && rc !== LZMA_BUF_ERROR) this.corrupt(LZMA_ERRORS[rc] ?? `lzma_code error ${rc}`, r.consumed);

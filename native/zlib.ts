@@ -1,6 +1,6 @@
 import type { Pointer } from "bun:ffi";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
-import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, readCString, structLayout } from "./ffi.ts";
+import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, readCString, structLayout, streamCall } from "./ffi.ts";
 
 const zlib = new LazyLibrary("libz.so.1", "zlib1g", {
   zlibVersion: { args: [], returns: "ptr" },
@@ -34,8 +34,6 @@ const Z_NEED_DICT = 2;
 const Z_BUF_ERROR = -5;
 /** 15-bit window, +16: gzip wrapper only */
 const GZIP_WINDOW_BITS = 15 + 16;
-/** avail_in/avail_out are 32-bit */
-const MAX_UINT = 0xffffffff;
 
 /** gzip, including multi-member files (pigz, `cat a.gz b.gz`), over libz. */
 export class GzipDecoder extends NativeDecoder {
@@ -52,15 +50,7 @@ export class GzipDecoder extends NativeDecoder {
 
   protected step(inAddress: Pointer, inLength: number, outAddress: Pointer, outLength: number, r: StepResult): void {
     const s = this.strm;
-    const inN = Math.min(inLength, MAX_UINT);
-    const outN = Math.min(outLength, MAX_UINT);
-    s.set64("next_in", inAddress);
-    s.set32("avail_in", inN);
-    s.set64("next_out", outAddress);
-    s.set32("avail_out", outN);
-    const rc = this.lib.inflate(s.address, 0);
-    r.consumed = inN - s.get32("avail_in");
-    r.produced = outN - s.get32("avail_out");
+    const rc = streamCall(s, 32, inAddress, inLength, outAddress, outLength, r, () => this.lib.inflate(s.address, 0));
     if (rc === Z_STREAM_END) r.ended = true;
     else if (rc === Z_NEED_DICT) this.corrupt("a preset dictionary is required", r.consumed);
     else if (rc !== Z_OK && rc !== Z_BUF_ERROR) this.corrupt(readCString(s.get64("msg")) || `inflate error ${rc}`, r.consumed);

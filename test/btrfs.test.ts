@@ -3,6 +3,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { type DumpFormat, dumpSendStream } from "../src/btrfs/dump.ts";
+import { memorySource } from "./helpers.ts";
 import { SendStreamWriter, bytesOf, timespec, u32, u64 } from "./send-stream-writer.ts";
 import { commandJson } from "../src/btrfs/json.ts";
 import { OutputBuffer } from "../src/btrfs/output-buffer.ts";
@@ -10,7 +11,6 @@ import { Attr, Cmd } from "../src/btrfs/protocol.ts";
 import { MAX_BUFFERED_COMMAND, type SendCommand, SendStreamParser, openSendStream } from "../src/btrfs/stream.ts";
 import { ChecksumError, ImageError } from "../src/errors.ts";
 import { ByteReader } from "../src/source/byte-reader.ts";
-import type { ChunkSource } from "../src/source/chunk-source.ts";
 
 // the references were made in UTC and times print in local time, as btrfs-progs prints them
 process.env.TZ = "UTC";
@@ -27,22 +27,6 @@ const streams = fs
   .filter((f) => f.endsWith(".btrfs-send"))
   .sort();
 
-/** A source over bytes in memory handing out at most `step` bytes a read. */
-function memorySource(data: Uint8Array, step = Number.POSITIVE_INFINITY, name = "mem"): ChunkSource {
-  let pos = 0;
-  return {
-    name,
-    size: data.length,
-    read(into) {
-      const n = Math.min(step, into.length, data.length - pos);
-      into.set(data.subarray(pos, pos + n));
-      pos += n;
-      return n;
-    },
-    locate: (offset) => ({ file: name, offset }),
-    close() {},
-  };
-}
 
 function parserOf(bytes: Uint8Array, opts: { step?: number; allStreams?: boolean } = {}): SendStreamParser {
   return new SendStreamParser(new ByteReader(memorySource(bytes, opts.step), 64 << 10), { allStreams: opts.allStreams });

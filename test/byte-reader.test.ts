@@ -1,32 +1,16 @@
 import { describe, expect, test } from "bun:test";
 import { ByteReader } from "../src/source/byte-reader.ts";
-import type { ChunkSource } from "../src/source/chunk-source.ts";
 import { ImageError } from "../src/errors.ts";
 import { splitSuffix } from "../src/source/split.ts";
+import { memorySource } from "./helpers.ts";
 
-/** A source that hands out at most `step` bytes a read, to exercise every refill path. */
-function trickle(data: Uint8Array, step: number): ChunkSource {
-  let pos = 0;
-  return {
-    name: "mem",
-    size: data.length,
-    read(into) {
-      const n = Math.min(step, into.length, data.length - pos);
-      into.set(data.subarray(pos, pos + n));
-      pos += n;
-      return n;
-    },
-    locate: (offset) => ({ file: "mem", offset }),
-    close() {},
-  };
-}
 
 describe("ByteReader", () => {
   const data = Uint8Array.from({ length: 10_000 }, (_, i) => (i * 7) & 255);
 
   for (const step of [1, 3, 100, 20_000]) {
     test(`views and skips agree with the data (reads of ${step})`, () => {
-      const r = new ByteReader(trickle(data, step), 64);
+      const r = new ByteReader(memorySource(data, step), 64);
       expect([...r.view(5, "a")]).toEqual([...data.subarray(0, 5)]);
       r.skip(95, "b");
       expect(r.position).toBe(100);
@@ -40,10 +24,10 @@ describe("ByteReader", () => {
   }
 
   test("a view past the end names the field and the offset", () => {
-    const r = new ByteReader(trickle(data, 1000), 64);
+    const r = new ByteReader(memorySource(data, 1000), 64);
     r.skip(9_990, "x");
     expect(() => r.view(20, "bitmap")).toThrow(ImageError);
-    expect(() => new ByteReader(trickle(data, 1000)).skip(10_001, "blocks")).toThrow(/offset 10,000: truncated blocks/);
+    expect(() => new ByteReader(memorySource(data, 1000)).skip(10_001, "blocks")).toThrow(/offset 10,000: truncated blocks/);
   });
 });
 

@@ -2,6 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { memorySource } from "./helpers.ts";
 import { ImageError } from "../src/errors.ts";
 import { ByteReader } from "../src/source/byte-reader.ts";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
@@ -50,22 +51,6 @@ function drainSource(src: ChunkSource, capacity = 1 << 16): Buffer {
   return Buffer.concat(parts);
 }
 
-/** A source over memory handing out at most `step` bytes a read. */
-function memSource(data: Uint8Array, step = data.length, name = "mem"): ChunkSource {
-  let pos = 0;
-  return {
-    name,
-    size: data.length,
-    read(into) {
-      const n = Math.min(step, into.length, data.length - pos);
-      into.set(data.subarray(pos, pos + n));
-      pos += n;
-      return n;
-    },
-    locate: (offset) => ({ file: name, offset }),
-    close() {},
-  };
-}
 
 /** `file` written into the temporary directory (see the note on fixtures below). */
 function tmpFile(name: string, data: Uint8Array): string {
@@ -153,7 +138,7 @@ describe("one byte of input at a time", () => {
       const plain = ntfsPlain.subarray(0, 300_000);
       const packed = run(FIXTURES.find((f) => f[1] === kind)![2], plain);
       if (!packed) return;
-      const out = drainSource(createDecoder(kind, memSource(packed, 1, `x.${ext}`)));
+      const out = drainSource(createDecoder(kind, memorySource(packed, 1, `x.${ext}`)));
       expect(out.equals(plain)).toBe(true);
     });
   }
@@ -161,7 +146,7 @@ describe("one byte of input at a time", () => {
     const plain = ntfsPlain.subarray(0, 300_000);
     const packed = run(["xz", "--format=lzma", "-c"], plain);
     if (!packed) return;
-    expect(drainSource(createDecoder("lzma", memSource(packed, 1))).equals(plain)).toBe(true);
+    expect(drainSource(createDecoder("lzma", memorySource(packed, 1))).equals(plain)).toBe(true);
   });
 });
 
@@ -177,7 +162,7 @@ describe("several members / frames / streams, as made by the real tools", () => 
     expect(compression).toEqual([kind]);
     expect(bytes.equals(whole)).toBe(true);
     // boundaries between members falling anywhere in the input reads
-    expect(drainSource(createDecoder(kind, memSource(packed, 7, name))).equals(whole)).toBe(true);
+    expect(drainSource(createDecoder(kind, memorySource(packed, 7, name))).equals(whole)).toBe(true);
   };
 
   test("gzip: cat a.gz b.gz c.gz", () => {
@@ -253,13 +238,13 @@ describe("damaged input is an ImageError naming the file", () => {
   });
   test("a truncated stream is never a silent end, even read a byte at a time", () => {
     const packed = fs.readFileSync(path.join(FIX, `${NTFS}.zst`));
-    expectImageError(() => drainSource(createDecoder("zstd", memSource(packed.subarray(0, 1000), 1, "t.zst"))), /t\.zst: offset [0-9,]+: truncated zstd data/);
+    expectImageError(() => drainSource(createDecoder("zstd", memorySource(packed.subarray(0, 1000), 1, "t.zst"))), /t\.zst: offset [0-9,]+: truncated zstd data/);
   });
 });
 
 describe("decoder plumbing", () => {
   test("locate() gives decompressed offsets in the input's file", () => {
-    const d = createDecoder("gzip", memSource(fs.readFileSync(path.join(FIX, `${NTFS}.gz`)), 1 << 20, "x.img.gz"));
+    const d = createDecoder("gzip", memorySource(fs.readFileSync(path.join(FIX, `${NTFS}.gz`)), 1 << 20, "x.img.gz"));
     expect(d.locate(1234)).toEqual({ file: "x.img.gz", offset: 1234, decoded: "gzip" });
     expect(d.size).toBeUndefined();
     expect(new ImageError(d.locate(1234), "bad magic").message).toBe("x.img.gz: gzip-decompressed offset 1,234: bad magic");
@@ -280,7 +265,7 @@ describe("decoder plumbing", () => {
     expect(bzStream.offset.e).toBe(24);
   });
   test("reads into small and odd-sized buffers", () => {
-    const d = createDecoder("xz", memSource(fs.readFileSync(path.join(FIX, `${NTFS}.xz`))));
+    const d = createDecoder("xz", memorySource(fs.readFileSync(path.join(FIX, `${NTFS}.xz`))));
     const parts: Buffer[] = [];
     const into = new Uint8Array(4099);
     for (let i = 0; ; i++) {

@@ -3,6 +3,7 @@ import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import type { ChunkSource } from "../src/source/chunk-source.ts";
 
 export const FIXTURES = path.join(import.meta.dir, "..", "fixtures");
 export const CLI = path.join(import.meta.dir, "..", "src", "cli", "main.ts");
@@ -106,4 +107,21 @@ export function throughFifo(file: string): string {
   spawnSync("mkfifo", [fifo]);
   spawn("sh", ["-c", `cat "${file}" > "${fifo}"`], { stdio: "ignore" });
   return fifo;
+}
+
+/** A source over bytes in memory handing out at most `step` bytes a read, to exercise every refill path. */
+export function memorySource(data: Uint8Array, step = Number.POSITIVE_INFINITY, name = "mem"): ChunkSource {
+  let pos = 0;
+  return {
+    name,
+    size: data.length,
+    read(into) {
+      const n = Math.min(step, into.length, data.length - pos);
+      into.set(data.subarray(pos, pos + n));
+      pos += n;
+      return n;
+    },
+    locate: (offset) => ({ file: name, offset }),
+    close() {},
+  };
 }

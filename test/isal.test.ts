@@ -3,7 +3,7 @@ import fs from "node:fs";
 import { GzipDecoder } from "../native/zlib.ts";
 import { IsalGzipDecoder, isalUsable } from "../native/isal.ts";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
-import { fixture, sha256 } from "./helpers.ts";
+import { fixture, memorySource, sha256 } from "./helpers.ts";
 
 function drain(source: ChunkSource): Uint8Array {
   const parts: Uint8Array[] = [];
@@ -12,30 +12,15 @@ function drain(source: ChunkSource): Uint8Array {
   return Buffer.concat(parts);
 }
 
-function fileSource(data: Uint8Array): ChunkSource {
-  let pos = 0;
-  return {
-    name: "t.gz",
-    size: data.length,
-    read(into) {
-      const n = Math.min(into.length, data.length - pos, 65_536);
-      into.set(data.subarray(pos, pos + n));
-      pos += n;
-      return n;
-    },
-    locate: (offset) => ({ file: "t.gz", offset }),
-    close() {},
-  };
-}
 
 test.skipIf(!isalUsable())("ISA-L and zlib decode the same gzip, multi-member included", () => {
   const gz = fs.readFileSync(fixture("ntfs.ntfs-ptcl-img.gz"));
   const twice = Buffer.concat([gz, gz]);
   for (const data of [gz, twice]) {
-    expect(sha256(drain(new IsalGzipDecoder(fileSource(data))))).toBe(sha256(drain(new GzipDecoder(fileSource(data)))));
+    expect(sha256(drain(new IsalGzipDecoder(memorySource(data, 65_536, "t.gz"))))).toBe(sha256(drain(new GzipDecoder(memorySource(data, 65_536, "t.gz")))));
   }
   const flipped = Buffer.from(gz);
   flipped[flipped.length - 6]! ^= 1; // inside the trailer's crc32
-  expect(() => drain(new IsalGzipDecoder(fileSource(flipped)))).toThrow(/corrupt gzip data/);
+  expect(() => drain(new IsalGzipDecoder(memorySource(flipped, 65_536, "t.gz")))).toThrow(/corrupt gzip data/);
 });
 if (!isalUsable()) console.log("skip: ISA-L gzip test: libisal.so.2 (apt-get install libisal2) is absent or its layout is not 2.30's");
