@@ -15,6 +15,7 @@ const main = defineCommand({
     verify: verifyCommand,
     cat: catCommand,
     "btrfs-dump": () => import("./btrfs-dump.ts").then((m) => m.btrfsDumpCommand),
+    serve: () => import("./serve.ts").then((m) => m.serveCommand),
     "btrfs-receive": () => import("./btrfs-receive.ts").then((m) => m.btrfsReceiveCommand),
   },
 });

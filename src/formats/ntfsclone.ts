@@ -180,6 +180,8 @@ export class NtfscloneImage extends ImageBase {
       compression: stream.compression,
       pieces: stream.pieces,
     };
+    const source = stream.randomAccess;
+    if (source) this.read = (offset, length) => this.readAt(source, offset, length);
     // the used count and the device size come from a scan, so they are read when asked for
     this.info = Object.defineProperties(base, {
       usedBlocks: { enumerable: true, get: () => self.usedClusterCount() },
@@ -260,6 +262,7 @@ export class NtfscloneImage extends ImageBase {
     if (!source) return;
     const h = this.header;
     const bitmap = UsedBitmap.empty(this.totalBlocks);
+    const runs = new ClusterRunIndex();
     const fail = (field: string, detail: string, offset: number): never => this.stream.reader.fail(field, detail, offset);
     const walker = new CommandWalker(h, { fail: (field, detail, offset) => fail(field, detail, offset) });
     const buf = new Uint8Array(WINDOW);
@@ -288,6 +291,7 @@ export class NtfscloneImage extends ImageBase {
           runStart = walker.pos;
           runEnd = runStart + 1;
         }
+        runs.add(walker.pos, p);
         walker.cluster(n);
         p += 1 + n;
       } else if (cmd === CMD_GAP) {
@@ -301,8 +305,58 @@ export class NtfscloneImage extends ImageBase {
     if (runStart >= 0) bitmap.setRange(runStart, runEnd - runStart);
     if (!walker.finished) walker.end(p);
     this.bitmap = bitmap;
+    this.clusterRuns = runs;
     this.scannedClusters = walker.clusters;
     this.furthestEnd = walker.furthestEnd;
+  }
+
+  /** Random access, where the image is an uncompressed file or split set; set up in the constructor. */
+  readonly read?: (offset: number, length: number) => Uint8Array;
+  /** where each run of consecutive clusters lies in the file; built by the scan */
+  private clusterRuns: ClusterRunIndex | undefined;
+  /** one window of cluster records, reused by every read */
+  private readWindow: Uint8Array | undefined;
+
+  /** Volume bytes [offset, offset+length), unused clusters as zeros, clipped to the restored size. */
+  private readAt(source: RandomAccessSource, offset: number, length: number): Uint8Array {
+    if (!this.clusterRuns) {
+      // the data pass builds the bitmap but not the index: scan once more
+      this.bitmap = undefined;
+      this.scanIfNeeded();
+    }
+    const runs = this.clusterRuns!;
+    const cs = this.header.clusterSize;
+    const record = cs + 1;
+    const end = Math.min(this.furthestEnd, offset + length);
+    const out = new Uint8Array(Math.max(0, end - offset));
+    const window = (this.readWindow ??= new Uint8Array(Math.max(1, Math.floor(WINDOW / record)) * record));
+    let pos = offset;
+    while (pos < end) {
+      const cluster = Math.floor(pos / cs);
+      const run = runs.find(cluster);
+      const runEnd = run < 0 ? 0 : runs.first[run]! + runs.count[run]!;
+      if (cluster >= runEnd) {
+        // a gap: zeros up to the next run
+        const next = run + 1 < runs.length ? runs.first[run + 1]! * cs : end;
+        pos = Math.min(end, next);
+        continue;
+      }
+      // the records of consecutive clusters lie together: one read for a window of them
+      const clusters = Math.min(runEnd, Math.ceil(end / cs)) - cluster;
+      const records = Math.min(clusters, window.length / record);
+      const at = runs.imageOffset[run]! + (cluster - runs.first[run]!) * record;
+      const want = (records - 1) * record + 1 + Math.min(cs, end - (cluster + records - 1) * cs);
+      const got = readAtFully(source, window.subarray(0, want), at);
+      if (got < want) throw new Error(`${source.name}: short read at offset ${at}`);
+      for (let i = 0; i < records; i++) {
+        const inCluster = pos - (cluster + i) * cs;
+        const n = Math.min(cs - inCluster, end - pos);
+        const from = i * record + 1 + inCluster;
+        out.set(window.subarray(from, from + n), pos - offset);
+        pos += n;
+      }
+    }
+    return out;
   }
 
   /**
@@ -379,6 +433,57 @@ export class NtfscloneImage extends ImageBase {
   close(): void {
     this.stream.reader.close();
   }
+}
+
+/**
+ * Runs of consecutive clusters and where the first one's command byte lies in the file; cluster
+ * i of a run has its command byte i × (cluster size + 1) later. 24 bytes a run, binary-searched.
+ */
+class ClusterRunIndex {
+  first = new Float64Array(64);
+  count = new Float64Array(64);
+  imageOffset = new Float64Array(64);
+  length = 0;
+
+  /** Cluster `cluster` has its command byte at `commandOffset`: it extends the last run or starts one. */
+  add(cluster: number, commandOffset: number): void {
+    const last = this.length - 1;
+    // no command lies between consecutive clusters (a gap of zero clusters is invalid)
+    if (last >= 0 && this.first[last]! + this.count[last]! === cluster) {
+      this.count[last]!++;
+      return;
+    }
+    if (this.length === this.first.length) {
+      this.first = grow(this.first);
+      this.count = grow(this.count);
+      this.imageOffset = grow(this.imageOffset);
+    }
+    this.first[this.length] = cluster;
+    this.count[this.length] = 1;
+    this.imageOffset[this.length] = commandOffset;
+    this.length++;
+  }
+
+  /** The last run starting at or before `cluster`, or -1. */
+  find(cluster: number): number {
+    let lo = 0;
+    let hi = this.length - 1;
+    let found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.first[mid]! <= cluster) {
+        found = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found;
+  }
+}
+
+function grow(a: Float64Array<ArrayBuffer>): Float64Array<ArrayBuffer> {
+  const bigger = new Float64Array(a.length * 2);
+  bigger.set(a);
+  return bigger;
 }
 
 function readAtFully(source: RandomAccessSource, into: Uint8Array, offset: number): number {
