@@ -7,6 +7,7 @@ import { ByteReader } from "../source/byte-reader.ts";
 import type { ChunkSource, RandomAccessSource } from "../source/chunk-source.ts";
 import { FileSource, openFileSource } from "../source/file.ts";
 import { type OpenedStream, openStream } from "../source/open.ts";
+import { SplitSource } from "../source/split.ts";
 import { UsedBitmap } from "./bitmap.ts";
 import { BlockLocator } from "./block-locator.ts";
 import { BitmapImage, type DataRun, type ImageInfo, type InfoField, infoField, type ReadOptions } from "./image.ts";
@@ -249,73 +250,22 @@ class VolumeChain implements ChunkSource {
 
 /**
  * The uncompressed volume files of a set read as the joined stream VolumeChain gives: each file
- * without its volume header, one after the other; positional reads for random access.
+ * without its volume header, one after the other; undefined unless every volume is a regular file
+ * that starts with a plain volume header.
  */
-class VolumeDataSource implements RandomAccessSource {
-  readonly name: string;
-  readonly size: number;
-  /** offset in the joined stream of each volume's first byte after its header */
-  private readonly starts: number[] = [];
-  private position = 0;
-
-  private constructor(private readonly volumes: FileSource[]) {
-    this.name = volumes[0]!.name;
-    let total = 0;
-    for (const v of volumes) {
-      this.starts.push(total);
-      total += v.size - VOLUME_HEADER_SIZE;
+function openVolumeData(names: string[]): SplitSource | undefined {
+  const opened: FileSource[] = [];
+  const head = new Uint8Array(VOLUME_HEADER_SIZE);
+  for (const name of names) {
+    const source = openFileSource(name);
+    if (!(source instanceof FileSource) || source.readAt(head, 0) < VOLUME_HEADER_SIZE || !detectPartimage(head)) {
+      source.close();
+      for (const v of opened) v.close();
+      return undefined;
     }
-    this.size = total;
+    opened.push(source);
   }
-
-  /** undefined unless every volume is a regular file that starts with a plain volume header */
-  static open(names: string[]): VolumeDataSource | undefined {
-    const opened: FileSource[] = [];
-    const head = new Uint8Array(VOLUME_HEADER_SIZE);
-    for (const name of names) {
-      const source = openFileSource(name);
-      if (!(source instanceof FileSource) || source.readAt(head, 0) < VOLUME_HEADER_SIZE || !detectPartimage(head)) {
-        source.close();
-        for (const v of opened) v.close();
-        return undefined;
-      }
-      opened.push(source);
-    }
-    return new VolumeDataSource(opened);
-  }
-
-  read(into: Uint8Array): number {
-    const n = this.readAt(into, this.position);
-    this.position += n;
-    return n;
-  }
-
-  readAt(into: Uint8Array, offset: number): number {
-    let done = 0;
-    let i = this.volumeAt(offset);
-    while (done < into.length && i < this.volumes.length) {
-      const at = offset + done - this.starts[i]!;
-      const n = this.volumes[i]!.readAt(into.subarray(done), at + VOLUME_HEADER_SIZE);
-      done += n;
-      if (n === 0 || at + n >= this.volumes[i]!.size - VOLUME_HEADER_SIZE) i++;
-    }
-    return done;
-  }
-
-  private volumeAt(offset: number): number {
-    let i = this.starts.length - 1;
-    while (i > 0 && this.starts[i]! > offset) i--;
-    return i;
-  }
-
-  locate(offset: number): Location {
-    const i = this.volumeAt(offset);
-    return { file: this.volumes[i]!.name, offset: offset - this.starts[i]! + VOLUME_HEADER_SIZE };
-  }
-
-  close(): void {
-    for (const v of this.volumes) v.close();
-  }
+  return new SplitSource(opened, { pieceHeader: VOLUME_HEADER_SIZE, equalPieces: false });
 }
 
 export interface PartimageMainHeader {
@@ -656,12 +606,12 @@ export class PartimageImage extends BitmapImage {
 
   /** Random access, where every volume is an uncompressed file. Checksums are not checked here. */
   readonly read?: (offset: number, length: number) => Uint8Array;
-  private volumeData: VolumeDataSource | undefined;
+  private volumeData: SplitSource | undefined;
   private locator: BlockLocator | undefined;
 
   private readAt(offset: number, length: number): Uint8Array {
     if (!this.volumeData) {
-      const opened = VolumeDataSource.open(this.info.pieces);
+      const opened = openVolumeData(this.info.pieces);
       if (!opened) throw new ImageError({ file: this.info.pieces[0]! }, "partimage volumes are not all plain files", "random access needs every volume uncompressed");
       this.volumeData = opened;
     }

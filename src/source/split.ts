@@ -59,22 +59,35 @@ export function findSplitPieces(p: string): string[] | undefined {
   return pieces;
 }
 
-/** A split set read as one stream: positional reads across pieces. */
+export interface SplitOptions {
+  /** bytes at the start of every piece that are not part of the joined stream (a volume header) */
+  pieceHeader?: number;
+  /** every piece but the last has the first one's size, as `split -b` makes them (default true) */
+  equalPieces?: boolean;
+}
+
+/** Pieces read as one stream: positional reads across them. */
 export class SplitSource implements RandomAccessSource {
   readonly name: string;
   readonly size: number;
+  /** offset in the joined stream of each piece's first byte after its header */
   private readonly starts: number[] = [];
+  private readonly header: number;
   private pos = 0;
 
-  constructor(private readonly pieces: FileSource[]) {
-    this.name = `${pieces[0]!.name} (+${pieces.length - 1} pieces)`;
+  constructor(
+    private readonly pieces: FileSource[],
+    options: SplitOptions = {},
+  ) {
+    this.header = options.pieceHeader ?? 0;
+    this.name = pieces.length > 1 ? `${pieces[0]!.name} (+${pieces.length - 1} pieces)` : pieces[0]!.name;
     let total = 0;
     for (const [i, piece] of pieces.entries()) {
-      if (i < pieces.length - 1 && piece.size !== pieces[0]!.size) {
+      if (options.equalPieces !== false && i < pieces.length - 1 && piece.size !== pieces[0]!.size) {
         throw new ImageError({ file: piece.name, offset: piece.size }, "short piece of the split set", `${piece.size} bytes, ${pieces[0]!.name} has ${pieces[0]!.size}`);
       }
       this.starts.push(total);
-      total += piece.size;
+      total += piece.size - this.header;
     }
     this.size = total;
   }
@@ -104,9 +117,9 @@ export class SplitSource implements RandomAccessSource {
     let i = this.pieceAt(offset);
     while (done < into.length && i < this.pieces.length) {
       const piece = this.pieces[i]!;
-      const n = piece.readAt(into.subarray(done), offset + done - this.starts[i]!);
+      const n = piece.readAt(into.subarray(done), offset + done - this.starts[i]! + this.header);
       done += n;
-      if (offset + done >= this.starts[i]! + piece.size) i++;
+      if (offset + done >= this.starts[i]! + piece.size - this.header) i++;
       else if (n === 0) break;
     }
     return done;
@@ -120,7 +133,7 @@ export class SplitSource implements RandomAccessSource {
 
   locate(offset: number): Location {
     const i = this.pieceAt(offset);
-    return { file: this.pieces[i]!.name, offset: offset - this.starts[i]! };
+    return { file: this.pieces[i]!.name, offset: offset - this.starts[i]! + this.header };
   }
 
   close(): void {
