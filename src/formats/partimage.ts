@@ -4,7 +4,7 @@
 import fs from "node:fs";
 import { ChecksumError, ImageError, type Location, withCommas } from "../errors.ts";
 import { ByteReader } from "../source/byte-reader.ts";
-import type { ChunkSource, RandomAccessSource } from "../source/chunk-source.ts";
+import type { ChunkSource } from "../source/chunk-source.ts";
 import { FileSource, openFileSource } from "../source/file.ts";
 import { type OpenedStream, openStream } from "../source/open.ts";
 import { SplitSource } from "../source/split.ts";
