@@ -55,3 +55,10 @@ export const EXIT = {
   /** a checksum did not match */
   CHECKSUM: 4,
 } as const;
+
+/** Bytes for a message: printable ASCII as is, backslash doubled, the rest as \xNN (as lstree.py). */
+export function printable(bytes: Uint8Array): string {
+  let out = "";
+  for (const b of bytes) out += b === 0x5c ? "\\\\" : b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`;
+  return out;
+}

@@ -1,8 +1,27 @@
-import { FFIType, dlopen, read } from "bun:ffi";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ImageError, UsageError, describeLocation } from "../errors.ts";
+import { ImageError, UsageError, describeLocation, printable } from "../errors.ts";
+import {
+  chmod,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FICLONE,
+  libc,
+  libcError,
+  listXattrs,
+  lremovexattr,
+  lsetxattr,
+  lutimesNs,
+  mknod,
+  S_IFDIR,
+  S_IFIFO,
+  S_IFLNK,
+  S_IFMT,
+  S_IFSOCK,
+  SEEK_DATA,
+  SEEK_HOLE,
+} from "../../native/libc.ts";
 import { DecompressError, decompressExtent } from "./decompress.ts";
 import { uuidText } from "./dump.ts";
 import { EncodedCompression } from "./protocol.ts";
@@ -50,116 +69,6 @@ export function receiveSendStream(parser: SendStreamParser, dir: string, options
     receiver.close();
   }
   return { subvolumes: receiver.finished, commands: parser.count };
-}
-
-// ---- libc: what node:fs lacks (xattrs, mknod, nanosecond lutimes, fallocate, reflinks, holes) ----
-
-// linux/fcntl.h, linux/fs.h, linux/falloc.h, unistd.h
-const AT_FDCWD = -100;
-const AT_SYMLINK_NOFOLLOW = 0x100;
-const FICLONE = 0x40049409;
-const SEEK_DATA = 3;
-const SEEK_HOLE = 4;
-const FALLOC_FL_KEEP_SIZE = 0x01;
-const FALLOC_FL_PUNCH_HOLE = 0x02;
-const S_IFMT = 0o170000;
-const S_IFSOCK = 0o140000;
-const S_IFIFO = 0o010000;
-const S_IFDIR = 0o040000;
-const S_IFLNK = 0o120000;
-
-let libcSymbols: ReturnType<typeof loadLibc>["symbols"] | undefined;
-function loadLibc() {
-  return dlopen("libc.so.6", {
-    __errno_location: { args: [], returns: FFIType.ptr },
-    lsetxattr: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
-    lremovexattr: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
-    llistxattr: { args: [FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i64 },
-    lgetxattr: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i64 },
-    utimensat: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
-    mknod: { args: [FFIType.ptr, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
-    chmod: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
-    fchmod: { args: [FFIType.i32, FFIType.u32], returns: FFIType.i32 },
-    fallocate: { args: [FFIType.i32, FFIType.i32, FFIType.i64, FFIType.i64], returns: FFIType.i32 },
-    ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.u64], returns: FFIType.i32 },
-    lseek: { args: [FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64 },
-    copy_file_range: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.u32], returns: FFIType.i64 },
-  });
-}
-function libc(): NonNullable<typeof libcSymbols> {
-  libcSymbols ??= loadLibc().symbols;
-  return libcSymbols;
-}
-
-const ERRNO_NAMES = new Map(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));
-
-/** An Error like node's for a failed libc call, with `code` = the errno's name. */
-function libcError(call: string, target: Uint8Array): NodeJS.ErrnoException {
-  const errno = read.i32(libc().__errno_location()!, 0);
-  const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
-  const err = new Error(`${code}: ${call} '${printable(target)}'`) as NodeJS.ErrnoException;
-  err.code = code;
-  err.errno = errno;
-  return err;
-}
-
-/** A path as a NUL-terminated C string. */
-function cPath(p: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(p.length + 1);
-  out.set(p);
-  out[p.length] = 0;
-  return out;
-}
-
-function lsetxattr(p: Buffer, name: Uint8Array, value: Uint8Array): void {
-  if (libc().lsetxattr(cPath(p), cPath(name), value.length ? value : null, value.length, 0) !== 0) throw libcError("lsetxattr", p);
-}
-
-function lremovexattr(p: Buffer, name: Uint8Array): void {
-  if (libc().lremovexattr(cPath(p), cPath(name)) !== 0) throw libcError("lremovexattr", p);
-}
-
-/** Every xattr of p (not following a symlink): name and value. */
-function listXattrs(p: Buffer): [Buffer, Buffer][] {
-  const cp = cPath(p);
-  const size = Number(libc().llistxattr(cp, null, 0));
-  if (size < 0) {
-    const err = libcError("llistxattr", p);
-    if (err.code === "ENOTSUP" || err.code === "EOPNOTSUPP") return [];
-    throw err;
-  }
-  if (size === 0) return [];
-  const names = Buffer.alloc(size);
-  const got = Number(libc().llistxattr(cp, names, size));
-  if (got < 0) throw libcError("llistxattr", p);
-  const out: [Buffer, Buffer][] = [];
-  for (let start = 0; start < got; ) {
-    const end = names.indexOf(0, start);
-    const name = names.subarray(start, end);
-    const cname = cPath(name);
-    const valueSize = Number(libc().lgetxattr(cp, cname, null, 0));
-    if (valueSize < 0) throw libcError("lgetxattr", p);
-    const value = Buffer.alloc(valueSize);
-    if (valueSize > 0 && Number(libc().lgetxattr(cp, cname, value, valueSize)) < 0) throw libcError("lgetxattr", p);
-    out.push([Buffer.from(name), value]);
-    start = end + 1;
-  }
-  return out;
-}
-
-/** atime and mtime to the nanosecond, not following a symlink (ctime cannot be set). */
-function lutimesNs(p: Buffer, atime: Timespec, mtime: Timespec): void {
-  const times = new BigInt64Array([BigInt(atime.sec), BigInt(atime.nsec), BigInt(mtime.sec), BigInt(mtime.nsec)]);
-  if (libc().utimensat(AT_FDCWD, cPath(p), times, AT_SYMLINK_NOFOLLOW) !== 0) throw libcError("utimensat", p);
-}
-
-function mknod(p: Buffer, mode: number, rdev: number | bigint): void {
-  if (libc().mknod(cPath(p), mode, rdev) !== 0) throw libcError("mknod", p);
-}
-
-/** chmod(2) with the set-id and sticky bits, which node:fs under Bun drops. */
-function chmod(p: Buffer, mode: number): void {
-  if (libc().chmod(cPath(p), mode) !== 0) throw libcError("chmod", p);
 }
 
 // ---- copying file ranges: reflink where the file system can, holes kept where it cannot ----
@@ -329,12 +238,6 @@ function timespecOf(ns: bigint): Timespec {
 const SLASH = Buffer.from("/");
 const DOT_DOT = Buffer.from("..");
 
-/** Bytes for a message: printable ASCII as is, backslash doubled, the rest as \xNN (as lstree.py). */
-export function printable(bytes: Uint8Array): string {
-  let out = "";
-  for (const b of bytes) out += b === 0x5c ? "\\\\" : b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`;
-  return out;
-}
 
 // ---- DIR/.imgtool-received.json ----
 
