@@ -1,5 +1,4 @@
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { ImageError, UsageError, describeLocation, printable } from "../errors.ts";
 import {
@@ -236,7 +235,6 @@ function timespecOf(ns: bigint): Timespec {
 }
 
 const SLASH = Buffer.from("/");
-const DOT_DOT = Buffer.from("..");
 
 
 // ---- DIR/.imgtool-received.json ----
