@@ -35,6 +35,8 @@ export interface ReceiveOptions {
   onSubvolume?: (kind: "subvol" | "snapshot", name: string) => void;
   /** one line, for what a plain directory cannot do (fs-verity) */
   warn?: (line: string) => void;
+  /** now and then: how many bytes of the stream have been applied */
+  onProgress?: (streamBytes: number) => void;
 }
 
 export interface ReceivedSubvolume {
@@ -59,8 +61,13 @@ export interface ReceiveResult {
 export function receiveSendStream(parser: SendStreamParser, dir: string, options: ReceiveOptions = {}): ReceiveResult {
   const receiver = new Receiver(parser, dir, options);
   try {
-    for (const command of parser) receiver.apply(command);
+    let applied = 0;
+    for (const command of parser) {
+      receiver.apply(command);
+      if ((++applied & 1023) === 0) options.onProgress?.(parser.reader.position);
+    }
     receiver.finishSubvolume();
+    options.onProgress?.(parser.reader.position);
   } catch (e) {
     if (e instanceof Error) e.message = `${e.message}; ${receiver.progress()}`;
     throw e;

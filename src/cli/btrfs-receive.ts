@@ -1,6 +1,7 @@
 import { defineCommand } from "citty";
 import { receiveSendStream } from "../btrfs/receive.ts";
 import { openSendStream } from "../btrfs/stream.ts";
+import { Progress } from "../output/progress.ts";
 import { guard } from "./run.ts";
 
 export const btrfsReceiveCommand = defineCommand({
@@ -21,13 +22,16 @@ export const btrfsReceiveCommand = defineCommand({
   run: ({ args }) =>
     guard(() => {
       const parser = openSendStream(args.stream, { allStreams: !args.e });
+      const progress = new Progress(parser.reader.source.size, "receive", args.quiet ? false : undefined);
       try {
         receiveSendStream(parser, args.dir, {
+          onProgress: (bytes) => progress.update(bytes),
           onSubvolume: (kind, name) => {
-            if (!args.quiet) process.stderr.write(`At ${kind} ${name}\n`);
+            if (!args.quiet) process.stderr.write(`${process.stderr.isTTY ? "\r\x1b[K" : ""}At ${kind} ${name}\n`);
           },
           warn: (line) => process.stderr.write(`imgtool: warning: ${line}\n`),
         });
+        progress.finish(parser.reader.position);
       } finally {
         parser.reader.close();
       }

@@ -7,7 +7,8 @@ export class Progress {
   private lastDraw = 0;
 
   constructor(
-    private readonly total: number,
+    /** undefined when the total is not known (a pipe): then no percentage or ETA */
+    private readonly total: number | undefined,
     private readonly label: string,
     enabled = process.stderr.isTTY === true,
   ) {
@@ -31,6 +32,10 @@ export class Progress {
   private draw(done: number, now: number): void {
     const seconds = (now - this.started) / 1000;
     const rate = seconds > 0 ? done / seconds : 0;
+    if (this.total === undefined) {
+      process.stderr.write(`\r${this.label} ${humanSize(done)}  ${humanSize(rate)}/s\x1b[K`);
+      return;
+    }
     const fraction = this.total > 0 ? Math.min(1, done / this.total) : 0;
     const width = 24;
     const filled = Math.round(fraction * width);
