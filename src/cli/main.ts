@@ -1,7 +1,11 @@
 #!/usr/bin/env bun
-import { defineCommand, runMain } from "citty";
 import pkg from "../../package.json" with { type: "json" };
-import { catCommand, infoCommand, restoreCommand, verifyCommand } from "./disk-commands.ts";
+
+// citty colours its help even into a pipe or a file, deciding when it is loaded: keep escape codes
+// for terminals by deciding first
+if (!process.stdout.isTTY && process.env.FORCE_COLOR === undefined) process.env.NO_COLOR ??= "1";
+const { defineCommand, runMain } = await import("citty");
+const { catCommand, infoCommand, restoreCommand, verifyCommand } = await import("./disk-commands.ts");
 
 const main = defineCommand({
   meta: {
