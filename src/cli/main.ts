@@ -1,10 +1,11 @@
 #!/usr/bin/env bun
 import pkg from "../../package.json" with { type: "json" };
+import { EXIT } from "../errors.ts";
 
 // citty colours its help even into a pipe or a file, deciding when it is loaded: keep escape codes
 // for terminals by deciding first
 if (!process.stdout.isTTY && process.env.FORCE_COLOR === undefined) process.env.NO_COLOR ??= "1";
-const { defineCommand, runMain } = await import("citty");
+const { defineCommand, runCommand, runMain } = await import("citty");
 const { catCommand, infoCommand, restoreCommand, verifyCommand } = await import("./disk-commands.ts");
 
 const main = defineCommand({
@@ -24,4 +25,20 @@ const main = defineCommand({
   },
 });
 
-await runMain(main);
+const rawArgs = process.argv.slice(2);
+const onlyArg = rawArgs.length === 1 ? rawArgs[0] : undefined;
+const wantsHelpOrVersion = rawArgs.length === 0 || rawArgs.some((x) => x === "--help" || x === "-h") || onlyArg === "--version" || onlyArg === "-v";
+if (wantsHelpOrVersion) {
+  await runMain(main);
+} else {
+  try {
+    await runCommand(main, { rawArgs });
+  } catch (e) {
+    // what reaches here is citty's: an unknown command or option value, a missing argument (the
+    // commands report their own errors through guard())
+    const command = rawArgs.find((x) => !x.startsWith("-"));
+    const known = command !== undefined && command in (main.subCommands as object);
+    process.stderr.write(`imgtool: ${(e as Error).message} (see: imgtool ${known ? `${command} ` : ""}--help)\n`);
+    process.exit(EXIT.USAGE);
+  }
+}

@@ -29,10 +29,11 @@ export function openOutput(out: string, opts: OutputOptions): OutputTarget {
   } catch {
     st = undefined;
   }
-  if (st && !opts.force) {
+  if (st?.isDirectory()) throw new UsageError(`${out} is a directory`);
+  // a FIFO or a character device such as /dev/null holds nothing to lose
+  if (st && (st.isFile() || st.isBlockDevice()) && !opts.force) {
     throw new UsageError(`${out} exists; add --force to overwrite it${st.isBlockDevice() || opts.outputOffset ? " (or write into it)" : ""}`);
   }
-  if (st?.isDirectory()) throw new UsageError(`${out} is a directory`);
   if (st?.isBlockDevice()) return deviceTarget(out, opts);
   if (st && opts.outputOffset > 0) return inPlaceTarget(out, opts);
   if (st && !st.isFile()) return streamTargetAt(out, opts);
