@@ -35,3 +35,26 @@ test.skipIf(!isRoot)("a full disk stops the restore naming the output, and leave
     Bun.spawnSync(["umount", dir]);
   }
 });
+
+test("usage mistakes are one line with a --help hint and exit 2", () => {
+  const missing = runCli(["restore", fixture("ext4.ext4-ptcl-img")]);
+  expect(missing.code).toBe(2);
+  expect(missing.stderr).toBe("imgtool: Missing required argument: --output (see: imgtool restore --help)\n");
+  const unknown = runCli(["bogus"]);
+  expect(unknown.code).toBe(2);
+  expect(unknown.stderr).toBe("imgtool: Unknown command bogus (see: imgtool --help)\n");
+  expect(runCli(["restore", fixture("ext4.ext4-ptcl-img"), "-o", tempDir()]).code).toBe(2);
+});
+
+test("-o /dev/null needs no --force (nothing there to lose)", () => {
+  const r = runCli(["restore", fixture("ext4.ext4-ptcl-img"), "-o", "/dev/null"]);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+});
+
+test("help goes to a pipe without colour escapes", () => {
+  const r = runCli(["--help"]);
+  expect(r.code).toBe(0);
+  expect(r.stdout.toString()).not.toContain("\x1b[");
+  expect(r.stdout.toString()).toContain("restore");
+});
