@@ -63,14 +63,16 @@ export class VolumeWriter {
 
   private gap(to: number): void {
     const length = to - this.cursor;
-    const punched = this.gaps === "punch" && (this.flush(), punchHole(this.fd, this.base! + this.cursor, length));
-    if (this.gaps === "zeros" || (this.gaps === "punch" && !punched)) {
-      for (let left = length; left > 0; left -= ZEROS.length) this.push(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
-      return;
+    if (this.gaps !== "zeros") {
+      this.flush();
+      if (this.gaps === "skip" || punchHole(this.fd, this.base! + this.cursor, length)) {
+        this.cursor = to;
+        this.iovStart = to;
+        return;
+      }
     }
-    this.flush();
-    this.cursor = to;
-    this.iovStart = to;
+    // zeros asked for, or a file system that cannot punch holes
+    for (let left = length; left > 0; left -= ZEROS.length) this.push(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
   }
 
   private push(data: Uint8Array): void {
