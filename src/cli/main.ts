@@ -21,6 +21,7 @@ const main = defineCommand({
     cat: catCommand,
     "btrfs-dump": () => import("./btrfs-dump.ts").then((m) => m.btrfsDumpCommand),
     serve: () => import("./serve.ts").then((m) => m.serveCommand),
+    mount: () => import("./mount.ts").then((m) => m.mountCommand),
     "btrfs-receive": () => import("./btrfs-receive.ts").then((m) => m.btrfsReceiveCommand),
   },
 });

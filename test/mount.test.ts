@@ -1,0 +1,261 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import type { Subprocess } from "bun";
+import { openImage } from "../src/formats/detect.ts";
+import { humanSize } from "../src/formats/units.ts";
+import { CLI, fixture, manifest, restoreToBuffer, runCli, sha256, sha256File, tempDir, throughFifo, which } from "./helpers.ts";
+
+/** The fixtures with random access, and the file name `mount` gives each by default. */
+const MOUNTED = [
+  ["ext4.ext4-ptcl-img", "ext4.ext4-ptcl-img.raw"],
+  ["ntfs.ntfs-ptcl-img.aa", "ntfs.ntfs-ptcl-img.raw"],
+  ["ntfs.ntfsclone-img", "ntfs.ntfsclone-img.raw"],
+  ["ext2-z0.partimg.000", "ext2-z0.partimg.raw"],
+] as const;
+const MOUNT_WAIT_MS = 10_000;
+const EXIT_WAIT_MS = 10_000;
+const TEST_TIMEOUT_MS = 60_000;
+const SIGINT_BIT = 1n << 1n;
+
+function missingForFuse(): string | undefined {
+  if (!fs.existsSync("/dev/fuse")) return "/dev/fuse is missing";
+  if (!which("fusermount3")) return "fusermount3 is not installed (apt-get install fuse3)";
+  if (process.getuid?.() !== 0) return "not root";
+  return undefined;
+}
+const skipReason = missingForFuse();
+if (skipReason) console.log(`test/mount.test.ts: FUSE mounts skipped: ${skipReason}`);
+
+function restoredSha256(name: string): string {
+  const row = manifest().find((r) => r.files[0] === name);
+  if (!row) throw new Error(`${name} is not in fixtures/manifest.tsv`);
+  return row.restoredSha256;
+}
+
+function restored(name: string): Uint8Array {
+  const image = openImage(fixture(name));
+  try {
+    return restoreToBuffer(image);
+  } finally {
+    image.close();
+  }
+}
+
+/** Ranges of the volume that cross block and FUSE request (128 KiB) boundaries, the same on every run. */
+function sampleRanges(size: number): [number, number][] {
+  const ranges: [number, number][] = [[0, 512], [size - 1, 1], [size - 4096, 4096], [4095, 2], [100_000, 300_000]];
+  let state = 0x9e3779b9;
+  const next = (below: number) => {
+    // xorshift32
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) % below;
+  };
+  while (ranges.length < 40) {
+    const offset = next(size);
+    ranges.push([offset, Math.min(size - offset, 1 + next(400_000))]);
+  }
+  return ranges;
+}
+
+function inMounts(mountpoint: string): boolean {
+  return fs.readFileSync("/proc/mounts", "utf8").split("\n").some((line) => line.split(" ")[1] === mountpoint);
+}
+
+function mountOptions(mountpoint: string): string[] {
+  const line = fs.readFileSync("/proc/mounts", "utf8").split("\n").find((l) => l.split(" ")[1] === mountpoint);
+  return line?.split(" ")[3]?.split(",") ?? [];
+}
+
+interface Mounted {
+  child: Subprocess<"ignore", "pipe", "pipe">;
+  mountpoint: string;
+  file: string;
+}
+
+/** Mounts made by the current test, unmounted by afterEach whatever happened. */
+const live: Mounted[] = [];
+
+async function exitCode(child: Subprocess, ms: number): Promise<number | "timeout"> {
+  return Promise.race([child.exited, Bun.sleep(ms).then(() => "timeout" as const)]);
+}
+
+/** `imgtool mount` in a child process, once the file shows in the mount. */
+async function mount(imageFile: string, fileName: string, extra: string[] = []): Promise<Mounted> {
+  const mountpoint = tempDir();
+  const child = Bun.spawn([process.execPath, CLI, "mount", imageFile, mountpoint, ...extra], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const mounted = { child, mountpoint, file: path.join(mountpoint, fileName) };
+  live.push(mounted);
+  const deadline = Date.now() + MOUNT_WAIT_MS;
+  while (!fs.existsSync(mounted.file)) {
+    if (child.exitCode !== null) throw new Error(`imgtool mount exited ${child.exitCode}: ${await new Response(child.stderr).text()}`);
+    if (Date.now() > deadline) throw new Error(`${mounted.file} did not appear within ${MOUNT_WAIT_MS} ms`);
+    await Bun.sleep(50);
+  }
+  return mounted;
+}
+
+/** fusermount3 -u, then the child must end by itself with exit code 0. */
+async function unmount(m: Mounted): Promise<void> {
+  const r = spawnSync("fusermount3", ["-u", m.mountpoint], { encoding: "utf8" });
+  expect(r.stderr).toBe("");
+  expect(r.status).toBe(0);
+  expect(await exitCode(m.child, EXIT_WAIT_MS)).toBe(0);
+  expect(inMounts(m.mountpoint)).toBe(false);
+}
+
+afterEach(async () => {
+  for (const m of live.splice(0)) {
+    if (inMounts(m.mountpoint)) spawnSync("fusermount3", ["-uz", m.mountpoint]);
+    if ((await exitCode(m.child, 2000)) === "timeout") m.child.kill("SIGKILL");
+  }
+});
+
+function readRange(file: string, offset: number, length: number): Uint8Array {
+  const fd = fs.openSync(file, "r");
+  try {
+    const out = new Uint8Array(length);
+    let got = 0;
+    for (let n; got < length && (n = fs.readSync(fd, out, got, length - got, offset + got)) > 0; ) got += n;
+    return out.subarray(0, got);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+describe.skipIf(skipReason !== undefined)("imgtool mount", () => {
+  for (const [image, fileName] of MOUNTED) {
+    test(
+      `${image}: the volume as one read-only file`,
+      async () => {
+        const volume = restored(image);
+        const m = await mount(fixture(image), fileName);
+        expect(fs.readdirSync(m.mountpoint)).toEqual([fileName]);
+        const ls = spawnSync("ls", ["-l", m.file], { encoding: "utf8" });
+        expect(ls.stdout).toStartWith("-r--r--r-- ");
+        expect(ls.stdout.split(/\s+/)[4]).toBe(String(volume.length));
+        expect(fs.statSync(m.file).size).toBe(volume.length);
+
+        // before the whole file is read, while the page cache has little of it
+        for (const [offset, length] of sampleRanges(volume.length)) {
+          expect(sha256(readRange(m.file, offset, length))).toBe(sha256(volume.subarray(offset, offset + length)));
+        }
+        expect(readRange(m.file, volume.length, 100).length).toBe(0);
+        expect(readRange(m.file, volume.length + 12345, 100).length).toBe(0);
+        expect(sha256File(m.file)).toBe(restoredSha256(image));
+
+        expect(() => fs.openSync(m.file, "r+")).toThrow(expect.objectContaining({ code: "EROFS" }));
+        expect(() => fs.writeFileSync(path.join(m.mountpoint, "new"), "x")).toThrow(expect.objectContaining({ code: "EROFS" }));
+
+        await unmount(m);
+        const stdout = await new Response(m.child.stdout).text();
+        expect(stdout).toBe(`mounted ${m.file} (${humanSize(volume.length)}, read-only) until unmounted; unmount with: fusermount3 -u ${m.mountpoint} (or Ctrl-C here)\n`);
+        expect(await new Response(m.child.stderr).text()).toBe("");
+      },
+      TEST_TIMEOUT_MS,
+    );
+  }
+
+  test(
+    "--name and --allow-other",
+    async () => {
+      const m = await mount(fixture("ext4.ext4-ptcl-img"), "disk.img", ["--name", "disk.img", "--allow-other"]);
+      expect(fs.readdirSync(m.mountpoint)).toEqual(["disk.img"]);
+      expect(mountOptions(m.mountpoint)).toContain("allow_other");
+      expect(mountOptions(m.mountpoint)).toContain("ro");
+      await unmount(m);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    test(
+      `${signal} unmounts and exits 0`,
+      async () => {
+        const m = await mount(fixture("ntfs.ntfsclone-img"), "ntfs.ntfsclone-img.raw");
+        // an inherited "ignore SIGINT" would make libfuse leave SIGINT alone
+        const ignored = BigInt(`0x${/SigIgn:\s*([0-9a-f]+)/.exec(fs.readFileSync(`/proc/${m.child.pid}/status`, "utf8"))![1]}`);
+        expect(ignored & SIGINT_BIT).toBe(0n);
+        m.child.kill(signal);
+        expect(await exitCode(m.child, EXIT_WAIT_MS)).toBe(0);
+        expect(inMounts(m.mountpoint)).toBe(false);
+        expect(fs.readdirSync(m.mountpoint)).toEqual([]);
+      },
+      TEST_TIMEOUT_MS,
+    );
+  }
+
+  test(
+    "an image cut short under the mount: the reader gets EIO, the mount goes on",
+    async () => {
+      const copy = path.join(tempDir(), "cut.ext4-ptcl-img");
+      fs.copyFileSync(fixture("ext4.ext4-ptcl-img"), copy);
+      const m = await mount(copy, "cut.ext4-ptcl-img.raw");
+      fs.truncateSync(copy, 64 << 10);
+      expect(() => readRange(m.file, 0, fs.statSync(m.file).size)).toThrow(expect.objectContaining({ code: "EIO" }));
+      expect(fs.readdirSync(m.mountpoint)).toEqual(["cut.ext4-ptcl-img.raw"]);
+      await unmount(m);
+      expect(await new Response(m.child.stderr).text()).toMatch(/^imgtool: reading cut\.ext4-ptcl-img\.raw: .*short read.* \(the reader got EIO\)\n/);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "the ext4 file mounts as a loop device from inside the FUSE mount",
+    async () => {
+      const m = await mount(fixture("ext4.ext4-ptcl-img"), "ext4.ext4-ptcl-img.raw");
+      const inner = tempDir();
+      const loop = spawnSync("mount", ["-o", "loop,ro", m.file, inner], { encoding: "utf8" });
+      if (loop.status !== 0) {
+        console.log(`loop mount over FUSE not allowed here, skipped: ${loop.stderr.trim()}`);
+      } else {
+        try {
+          // the root directory of src1 in fixtures/MAKE.md
+          expect(fs.readdirSync(inner).sort()).toEqual(["README.TXT", "bin", "deep", "docs", "empty.dat", "lost+found", "pattern.bin", "zeros.bin"]);
+        } finally {
+          spawnSync("umount", [inner]);
+        }
+      }
+      await unmount(m);
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
+describe("imgtool mount refuses before mounting", () => {
+  test("a compressed image: decompress first or restore", () => {
+    const mountpoint = tempDir();
+    const r = runCli(["mount", fixture("ntfs.ntfs-ptcl-img.gz"), mountpoint]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(
+      `imgtool: ${fixture("ntfs.ntfs-ptcl-img.gz")}: mount needs an uncompressed image (this one is gzip); decompress it first (gzip -d) or use imgtool restore\n`,
+    );
+    expect(inMounts(mountpoint)).toBe(false);
+  });
+
+  test("an image through a pipe", () => {
+    const fifo = throughFifo(fixture("ext4.ext4-ptcl-img"));
+    const r = runCli(["mount", fifo, tempDir()]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`imgtool: ${fifo}: mount needs a regular file it can read at any offset, not a pipe; save the image to a file first or use imgtool restore\n`);
+  });
+
+  test("a mount point that is missing or not a directory", () => {
+    const missing = path.join(tempDir(), "nope");
+    const r = runCli(["mount", fixture("ext4.ext4-ptcl-img"), missing]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`imgtool: ${missing}: no such directory; create it first\n`);
+    const r2 = runCli(["mount", fixture("ext4.ext4-ptcl-img"), fixture("ext4.ext4-ptcl-img")]);
+    expect(r2.code).toBe(2);
+    expect(r2.stderr).toBe(`imgtool: ${fixture("ext4.ext4-ptcl-img")}: not a directory\n`);
+  });
+
+  test("a --name that is not a file name", () => {
+    const r = runCli(["mount", fixture("ext4.ext4-ptcl-img"), tempDir(), "--name", "a/b"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`imgtool: --name: not a file name: "a/b"\n`);
+  });
+});
