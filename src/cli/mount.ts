@@ -6,7 +6,7 @@ import { openImage } from "../formats/detect.ts";
 import type { Image } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { mountVolume } from "../serve/fuse.ts";
-import { guard } from "./run.ts";
+import { guard, refuseWithoutRandomAccess } from "./run.ts";
 
 export const mountCommand = defineCommand({
   meta: { name: "mount", description: "Show the restored volume as one read-only file in a FUSE mount, without restoring it" },
@@ -69,18 +69,6 @@ function defaultFileName(image: Image): string {
  * Commands that read the volume at any offset (serve, mount) need an uncompressed regular file:
  * one clear line saying what to do instead.
  */
-export function refuseWithoutRandomAccess(image: Image, input: string, command: string): void {
-  if (image.read) return;
-  const { compression, format } = image.info;
-  if (compression.length > 0) {
-    // every compressor named here decompresses with -d
-    throw new UsageError(`${input}: ${command} needs an uncompressed image (this one is ${compression.join(" inside ")}); decompress it first (${compression[0]} -d) or use imgtool restore`);
-  }
-  if (input === "-" || !fs.statSync(image.info.pieces[0]!).isFile()) {
-    throw new UsageError(`${input}: ${command} needs a regular file it can read at any offset, not a pipe; save the image to a file first or use imgtool restore`);
-  }
-  throw new UsageError(`${input}: this ${format} image cannot be read at any offset (block size ${image.info.blockSize}); use imgtool restore`);
-}
 
 function mountedLine(mountpoint: string, name: string, size: number): string {
   const file = path.join(mountpoint, name);

@@ -1,4 +1,6 @@
+import fs from "node:fs";
 import { ChecksumError, EXIT, ImageError, UsageError } from "../errors.ts";
+import type { Image } from "../formats/image.ts";
 
 /**
  * Run a command body; turn every error into one line `imgtool: ...` and an exit code.
@@ -36,4 +38,18 @@ export function parseBytes(text: string | undefined, option: string): number {
   const v = Number(m[1]) * scale;
   if (!Number.isSafeInteger(v)) throw new UsageError(`${option}: too large: ${text}`);
   return v;
+}
+
+/** `serve` and `mount` read the volume at any offset: say why an image cannot be, and what to do instead. */
+export function refuseWithoutRandomAccess(image: Image, input: string, command: string): void {
+  if (image.read) return;
+  const { compression, format } = image.info;
+  if (compression.length > 0) {
+    // every compressor named here decompresses with -d
+    throw new UsageError(`${input}: ${command} needs an uncompressed image (this one is ${compression.join(" inside ")}); decompress it first (${compression[0]} -d) or use imgtool restore`);
+  }
+  if (input === "-" || !fs.statSync(image.info.pieces[0]!).isFile()) {
+    throw new UsageError(`${input}: ${command} needs a regular file it can read at any offset, not a pipe; save the image to a file first or use imgtool restore`);
+  }
+  throw new UsageError(`${input}: this ${format} image cannot be read at any offset (block size ${image.info.blockSize}); use imgtool restore`);
 }

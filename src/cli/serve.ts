@@ -3,11 +3,10 @@ import path from "node:path";
 import { defineCommand } from "citty";
 import { UsageError } from "../errors.ts";
 import { openImage } from "../formats/detect.ts";
-import type { Image } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { imageExport } from "../serve/image-export.ts";
 import { serveNbd, type NbdServer } from "../serve/nbd.ts";
-import { guard } from "./run.ts";
+import { guard, refuseWithoutRandomAccess } from "./run.ts";
 
 /** the IANA port of NBD */
 const NBD_PORT = 10809;
@@ -32,7 +31,7 @@ export const serveCommand = defineCommand({
       // before listening, so that a signal right after the line below still stops it cleanly
       const signalled = untilSignal();
       try {
-        refuseWithoutRandomAccess(image, args.image);
+        refuseWithoutRandomAccess(image, args.image, "serve");
         const name = args["export-name"] ?? path.basename(args.image);
         const exported = imageExport(image, name);
         const tcp = args.socket === undefined || args.port !== undefined || args.bind !== undefined;
@@ -59,18 +58,6 @@ function parsePort(text: string | undefined): number {
 }
 
 /** Serving needs reads at any offset: a compressed image or a pipe must be made a plain file first. */
-function refuseWithoutRandomAccess(image: Image, input: string): void {
-  if (image.read) return;
-  const { compression, format } = image.info;
-  if (compression.length > 0) {
-    // every compressor named here decompresses with -d
-    throw new UsageError(`${input}: serve needs an uncompressed image (this one is ${compression.join(" inside ")}); decompress it first (${compression[0]} -d) or use imgtool restore`);
-  }
-  if (input === "-" || !fs.statSync(image.info.pieces[0]!).isFile()) {
-    throw new UsageError(`${input}: serve needs a regular file it can read at any offset, not a pipe; save the image to a file first or use imgtool restore`);
-  }
-  throw new UsageError(`${input}: this ${format} image cannot be read at any offset (block size ${image.info.blockSize}); use imgtool restore`);
-}
 
 /** Where the server listens and how a client connects, on one line. */
 function listeningLine(server: NbdServer, bind: string, name: string, size: number): string {
