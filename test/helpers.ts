@@ -4,6 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
+import { ImageError } from "../src/errors.ts";
 
 export const FIXTURES = path.join(import.meta.dir, "..", "fixtures");
 export const CLI = path.join(import.meta.dir, "..", "src", "cli", "main.ts");
@@ -124,4 +125,15 @@ export function memorySource(data: Uint8Array, step = Number.POSITIVE_INFINITY, 
     locate: (offset) => ({ file: name, offset }),
     close() {},
   };
+}
+
+/** The ImageError that `f` throws (the test fails if it throws something else or nothing). */
+export function errorOf(f: () => unknown): ImageError {
+  try {
+    f();
+  } catch (e) {
+    expect(e).toBeInstanceOf(ImageError);
+    return e as ImageError;
+  }
+  throw new Error("no error");
 }

@@ -3,11 +3,10 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ImageError } from "../src/errors.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { detectNtfsclone, openNtfsclone } from "../src/formats/ntfsclone.ts";
 import { openStream } from "../src/source/open.ts";
-import { restoreToBuffer, sha256, throughFifo } from "./helpers.ts";
+import { errorOf, restoreToBuffer, sha256, throughFifo } from "./helpers.ts";
 
 const FIX = path.join(import.meta.dir, "..", "fixtures");
 const PLAIN = path.join(FIX, "ntfs.ntfsclone-img");
@@ -23,15 +22,6 @@ function manifest(file: string): { sha256: string; size: number } {
 
 
 
-function errorOf(f: () => unknown): ImageError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(ImageError);
-    return e as ImageError;
-  }
-  throw new Error("no error");
-}
 
 describe("ntfsclone fixtures restore to the manifest sha256", () => {
   const want = manifest("ntfs.ntfsclone-img");

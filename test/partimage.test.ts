@@ -2,10 +2,10 @@ import { afterAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ChecksumError, ImageError } from "../src/errors.ts";
+import { ChecksumError } from "../src/errors.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { byteSum, detectPartimage } from "../src/formats/partimage.ts";
-import { restoreToBuffer, sha256, throughFifo } from "./helpers.ts";
+import { errorOf, restoreToBuffer, sha256, throughFifo } from "./helpers.ts";
 
 const FIX = path.join(import.meta.dir, "..", "fixtures");
 const Z0 = path.join(FIX, "ext2-z0.partimg.000");
@@ -32,15 +32,6 @@ function restoreFile(file: string): string {
   }
 }
 
-function errorOf(f: () => unknown): ImageError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(ImageError);
-    return e as ImageError;
-  }
-  throw new Error("no error");
-}
 
 describe("partimage fixtures restore to partimage's own restore", () => {
   const cases: [string, () => string, { sha256: string; size: number }][] = [
