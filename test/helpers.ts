@@ -46,6 +46,13 @@ export function manifest(): ManifestRow[] {
   return rows;
 }
 
+/** The manifest's reference restore of one fixture file: its sha256 and size. */
+export function restoredReference(file: string): { sha256: string; size: number } {
+  const row = manifest().find((r) => r.files.includes(file));
+  if (!row) throw new Error(`fixtures/manifest*.tsv has no row for ${file}`);
+  return { sha256: row.restoredSha256, size: row.restoredSize };
+}
+
 export function fixture(name: string): string {
   return path.join(FIXTURES, name);
 }

@@ -1,30 +1,23 @@
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { openImage } from "../src/formats/detect.ts";
 import { detectNtfsclone, openNtfsclone } from "../src/formats/ntfsclone.ts";
 import { openStream } from "../src/source/open.ts";
-import { errorOf, restoreToBuffer, sha256, throughFifo } from "./helpers.ts";
+import { errorOf, FIXTURES, restoredReference, restoreToBuffer, sha256, tempDir, throughFifo } from "./helpers.ts";
 
-const FIX = path.join(import.meta.dir, "..", "fixtures");
+const FIX = FIXTURES;
 const PLAIN = path.join(FIX, "ntfs.ntfsclone-img");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-ntfsclone-"));
-afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+const tmp = tempDir();
 
-function manifest(file: string): { sha256: string; size: number } {
-  const row = fs.readFileSync(path.join(FIX, "manifest.tsv"), "utf8").split("\n").find((l) => l.split("\t")[0] === file)!;
-  const cols = row.split("\t");
-  return { sha256: cols[6]!, size: Number(cols[7]) };
-}
 
 
 
 
 
 describe("ntfsclone fixtures restore to the manifest sha256", () => {
-  const want = manifest("ntfs.ntfsclone-img");
+  const want = restoredReference("ntfs.ntfsclone-img");
   const cases: [string, () => string][] = [
     ["plain", () => PLAIN],
     ["gzip", () => path.join(FIX, "ntfs.ntfsclone-img.gz")],

@@ -1,22 +1,15 @@
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { ChecksumError } from "../src/errors.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { byteSum, detectPartimage } from "../src/formats/partimage.ts";
-import { errorOf, restoreToBuffer, sha256, throughFifo } from "./helpers.ts";
+import { errorOf, FIXTURES, restoredReference, restoreToBuffer, sha256, tempDir, throughFifo } from "./helpers.ts";
 
-const FIX = path.join(import.meta.dir, "..", "fixtures");
+const FIX = FIXTURES;
 const Z0 = path.join(FIX, "ext2-z0.partimg.000");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-partimage-"));
-afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+const tmp = tempDir();
 
-function manifest(file: string): { sha256: string; size: number } {
-  const row = fs.readFileSync(path.join(FIX, "manifest.tsv"), "utf8").split("\n").find((l) => l.split("\t")[0] === file)!;
-  const cols = row.split("\t");
-  return { sha256: cols[6]!, size: Number(cols[7]) };
-}
 /** partimage's own restore of the two-volume set (fixtures/MAKE-extra.md) */
 const MULTI = { sha256: "a01316da3605c602db49ad4c024ef5d98d3f3513161e5f9feaf65e48400936d3", size: 4194304 };
 
@@ -35,10 +28,10 @@ function restoreFile(file: string): string {
 
 describe("partimage fixtures restore to partimage's own restore", () => {
   const cases: [string, () => string, { sha256: string; size: number }][] = [
-    ["z0 (no compression)", () => Z0, manifest("ext2-z0.partimg.000")],
-    ["z1 (gzip by partimage)", () => path.join(FIX, "ext2-z1.partimg.gz.000"), manifest("ext2-z1.partimg.gz.000")],
-    ["z0 from a pipe", () => throughFifo(Z0), manifest("ext2-z0.partimg.000")],
-    ["z1 from a pipe", () => throughFifo(path.join(FIX, "ext2-z1.partimg.gz.000")), manifest("ext2-z1.partimg.gz.000")],
+    ["z0 (no compression)", () => Z0, restoredReference("ext2-z0.partimg.000")],
+    ["z1 (gzip by partimage)", () => path.join(FIX, "ext2-z1.partimg.gz.000"), restoredReference("ext2-z1.partimg.gz.000")],
+    ["z0 from a pipe", () => throughFifo(Z0), restoredReference("ext2-z0.partimg.000")],
+    ["z1 from a pipe", () => throughFifo(path.join(FIX, "ext2-z1.partimg.gz.000")), restoredReference("ext2-z1.partimg.gz.000")],
     ["two volumes, named by .000", () => path.join(FIX, "ext2mv-z1-V1.partimg.gz.000"), MULTI],
     ["two volumes, named by .001", () => path.join(FIX, "ext2mv-z1-V1.partimg.gz.001"), MULTI],
   ];
