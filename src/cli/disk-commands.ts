@@ -6,6 +6,7 @@ import { EXIT, UsageError, withCommas } from "../errors.ts";
 import { openImage } from "../formats/detect.ts";
 import type { ImageInfo } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
+import { Progress } from "../output/progress.ts";
 import { writeFully } from "../output/writer.ts";
 import { guard, parseBytes } from "./run.ts";
 
@@ -127,7 +128,14 @@ export const catCommand = defineCommand({
       const image = openImage(args.image);
       try {
         const length = args.length === undefined ? image.info.deviceSize - offset : parseBytes(args.length, "--length");
-        catRange(image, offset, length, (bytes) => writeFully(1, bytes));
+        const progress = new Progress(Math.max(0, Math.min(length, image.info.deviceSize - offset)), "cat");
+        let written = 0;
+        catRange(image, offset, length, (bytes) => {
+          writeFully(1, bytes);
+          written += bytes.length;
+          progress.update(written);
+        });
+        progress.finish(written);
       } finally {
         image.close();
       }
