@@ -1,0 +1,57 @@
+import type { Volume } from "../volume/volume.ts";
+
+export type NodeKind = "file" | "directory" | "symlink" | "char-device" | "block-device" | "fifo" | "socket";
+
+/** Seconds and nanoseconds since the epoch, as the file system stores them (no float rounding). */
+export interface Timestamp {
+  sec: number;
+  nsec: number;
+}
+
+/** One file-system object, as `ls -l` and `extract` need it. */
+export interface FsNode {
+  /** the file system's own number for it (inode, MFT record, FAT directory-entry position) */
+  id: number;
+  kind: NodeKind;
+  /** permission bits (07777); file systems without them give what Linux's driver shows */
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  /** hard links, where the file system counts them */
+  links: number;
+  mtime: Timestamp;
+  atime: Timestamp;
+  ctime?: Timestamp;
+  /** device number for char/block devices */
+  rdev?: { major: number; minor: number };
+}
+
+/** A directory entry: a name as the bytes the file system holds (UTF-8 for NTFS/FAT long names). */
+export interface DirEntry {
+  name: Uint8Array;
+  node: FsNode;
+}
+
+/**
+ * A read-only file system inside a Volume. Paths are byte strings split on "/"; nothing here
+ * follows a symlink on its own (the caller decides). Damage throws FsError naming the path.
+ */
+export interface FileSystem {
+  /** "ext4", "vfat", "ntfs", ... */
+  readonly type: string;
+  readonly volume: Volume;
+  root(): FsNode;
+  /** the node a path names, walking from the root without following symlinks; undefined if absent */
+  lookup(path: Uint8Array): FsNode | undefined;
+  /** the entries of a directory, without "." and ".." */
+  list(dir: FsNode): Iterable<DirEntry>;
+  /** file bytes [offset, offset + into.length) into `into`; returns how many (short only at the end) */
+  readFile(file: FsNode, offset: number, into: Uint8Array): number;
+  /** the data (not hole) runs of a file, ascending, for sparse extraction */
+  fileExtents(file: FsNode): Iterable<{ offset: number; length: number }>;
+  readlink(link: FsNode): Uint8Array;
+  /** extra named data streams (NTFS alternate data streams), listed by `ls -l` */
+  streams?(file: FsNode): Iterable<{ name: Uint8Array; size: number }>;
+  close(): void;
+}
