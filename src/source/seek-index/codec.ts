@@ -1,0 +1,46 @@
+import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
+import type { Compression } from "../sniff.ts";
+
+/**
+ * A place in a compressed stream where decoding can start again: the decoded offset it yields,
+ * and what a decoder needs to start there. One codec module per compression builds these in its
+ * single sequential pass and knows how to resume from them; the index file, the cache of decoded
+ * spans and the random-access source over them are shared (seek-index/*.ts).
+ */
+export interface SeekPoint {
+  /** offset in the decoded stream */
+  decoded: number;
+  /** byte offset in the compressed stream (a split set counts as one stream) */
+  compressed: number;
+  /** bits of the byte at `compressed` already consumed (gzip, bzip2: 0..7) */
+  bits: number;
+  /** the history the decoder needs (gzip's 32 KiB, zstd's window); empty when none */
+  window: Uint8Array;
+  /** codec-specific state (a zstd frame header to synthesize, a bzip2 block size, ...) */
+  extra: Uint8Array;
+}
+
+/** What one codec's build pass hands back. */
+export interface CodecIndex {
+  decodedSize: number;
+  /** ascending by `decoded`; the first is always at decoded 0 */
+  points: SeekPoint[];
+  /** set when the stream has no resumable point past the start (one-block xz, linked lz4 blocks) */
+  notResumable?: string;
+}
+
+export interface BuildOptions {
+  /** aim for a point every this many decoded bytes (fewer where the stream allows fewer) */
+  spacing: number;
+  /** called now and then with the compressed bytes consumed */
+  onProgress?: (compressedBytes: number) => void;
+}
+
+/** One per compression (zstd.ts, gzip.ts, bzip2.ts, xz.ts, lz4.ts in this folder). */
+export interface SeekCodec {
+  readonly compression: Compression;
+  /** decode the whole stream once, keeping verified points; errors as the streaming decoder gives them */
+  build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex;
+  /** the decoded bytes from `point` on (to the end of the stream, or until the caller stops reading) */
+  resume(raw: RandomAccessSource, point: SeekPoint): ChunkSource;
+}
