@@ -468,3 +468,23 @@ describe("btrfs-receive: renames are followed as the directory is now", () => {
     expect(fs.readFileSync(path.join(s.dir, "sv/d/x"), "utf8")).toBe("new");
   });
 });
+
+describe("hostile streams of test/failure/btrfs-receive: each refused with the error it is named by, the canary untouched", () => {
+  const folder = path.join(import.meta.dir, "failure/btrfs-receive");
+  const files = fs.readdirSync(folder).filter((f) => f.endsWith(".btrfs-send"));
+  test("there are hostile streams to try", () => expect(files.length).toBeGreaterThan(10));
+  for (const name of files) {
+    test(name, () => {
+      // symlinks in these streams point at ../../canary: from DIR/sv, the canary next to DIR
+      const s = setup();
+      const file = path.join(folder, name);
+      const run = runCli(["btrfs-receive", file, s.dir]);
+      expect(run.code).toBe(EXIT.BAD_INPUT);
+      const lines = run.stderr.trimEnd().split("\n");
+      expect(lines.slice(0, -1)).toEqual(["At subvol sv"]);
+      expect(lines.at(-1)!.startsWith(`imgtool: ${file}: offset `)).toBe(true);
+      expect(lines.at(-1)!).toContain(`: ${name.slice(0, -".btrfs-send".length)}`);
+      expectCanaryUntouched(s);
+    });
+  }
+});
