@@ -1,5 +1,6 @@
 import {
   closeFd,
+  O_CLOEXEC,
   type EntryStat,
   O_DIRECTORY,
   O_NOFOLLOW,
@@ -87,7 +88,7 @@ export class SubvolumeDir {
     if (!noOpenat2) {
       const joined = Buffer.from(components.flatMap((c, i) => (i ? [SLASH, ...c] : [...c])));
       try {
-        const fd = openat2(this.fd, joined, O_PATH | O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, path);
+        const fd = openat2(this.fd, joined, O_PATH | O_DIRECTORY | O_CLOEXEC, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, path);
         if (fd !== undefined) return fd;
         noOpenat2 = true;
       } catch (e) {
