@@ -1,12 +1,32 @@
 // libc through bun:ffi: what node:fs lacks (xattrs, mknod, nanosecond lutimes, set-id chmod,
-// fallocate, reflinks, holes, writeback control, pipe size).
-import { FFIType, dlopen, read } from "bun:ffi";
+// fallocate, reflinks, holes, writeback control, pipe size, the *at calls relative to a directory fd).
+import { FFIType, dlopen, ptr, read } from "bun:ffi";
 import os from "node:os";
 import { printable } from "../src/errors.ts";
 
 // linux/fcntl.h, linux/fs.h, linux/falloc.h, unistd.h, sys/stat.h
 const AT_FDCWD = -100;
-const AT_SYMLINK_NOFOLLOW = 0x100;
+export const AT_SYMLINK_NOFOLLOW = 0x100;
+export const AT_REMOVEDIR = 0x200;
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_NOCTTY = 0o400;
+export const O_NONBLOCK = 0o4000;
+export const O_DIRECTORY = 0o200000;
+export const O_NOFOLLOW = 0o400000;
+export const O_CLOEXEC = 0o2000000;
+export const O_PATH = 0o10000000;
+// linux/openat2.h
+export const RESOLVE_NO_MAGICLINKS = 0x02;
+export const RESOLVE_NO_SYMLINKS = 0x04;
+export const RESOLVE_BENEATH = 0x08;
+// x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) of calls glibc 2.36 does not wrap
+const SYS_openat2 = 437;
+const SYS_fchmodat2 = 452;
+const SYS_setxattrat = 463;
+const SYS_removexattrat = 466;
 export const FICLONE = 0x40049409;
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
@@ -20,6 +40,7 @@ export const S_IFSOCK = 0o140000;
 export const S_IFIFO = 0o010000;
 export const S_IFDIR = 0o040000;
 export const S_IFLNK = 0o120000;
+export const S_IFREG = 0o100000;
 
 let libcSymbols: ReturnType<typeof loadLibc>["symbols"] | undefined;
 function loadLibc() {
@@ -39,6 +60,25 @@ function loadLibc() {
     copy_file_range: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.u32], returns: FFIType.i64 },
     sync_file_range: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.u32], returns: FFIType.i32 },
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    // long syscall(long number, ...): every argument as a 64-bit integer (pointers by address)
+    syscall: { args: [FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64], returns: FFIType.i64 },
+    openat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.u32], returns: FFIType.i32 },
+    close: { args: [FFIType.i32], returns: FFIType.i32 },
+    mkdirat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    mknodat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
+    symlinkat: { args: [FFIType.ptr, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    linkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+    renameat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    unlinkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+    fchownat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32, FFIType.u32, FFIType.i32], returns: FFIType.i32 },
+    futimens: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    fchown: { args: [FFIType.i32, FFIType.u32, FFIType.u32], returns: FFIType.i32 },
+    fchmodat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32, FFIType.i32], returns: FFIType.i32 },
+    statx: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.u32, FFIType.ptr], returns: FFIType.i32 },
+    fsetxattr: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
+    fremovexattr: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    setxattr: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
+    removexattr: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
@@ -59,7 +99,7 @@ export function libcError(call: string, target: Uint8Array): NodeJS.ErrnoExcepti
 }
 
 /** A path as a NUL-terminated C string. */
-function cPath(p: Uint8Array): Buffer {
+export function cPath(p: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(p.length + 1);
   out.set(p);
   out[p.length] = 0;
@@ -133,4 +173,187 @@ export function startWriteback(fd: number, offset: number, length: number): void
 /** Ask for a larger pipe buffer (fewer, larger reads); harmless where fd is not a pipe. */
 export function growPipe(fd: number, bytes: number): void {
   libc().fcntl(fd, F_SETPIPE_SZ, bytes);
+}
+
+// ---- calls relative to a directory fd: the name is one path component of that directory ----
+
+/** Close an fd opened by the calls below. */
+export function closeFd(fd: number): void {
+  libc().close(fd);
+}
+
+function checked(rc: number | bigint, call: string, display: Uint8Array): void {
+  if (Number(rc) < 0) throw libcError(call, display);
+}
+
+/**
+ * openat2(2) (Linux 5.6): `p` resolved by the kernel under `dirfd` with `resolve` (RESOLVE_*
+ * flags); undefined where the kernel has no openat2 (ENOSYS).
+ */
+export function openat2(dirfd: number, p: Uint8Array, flags: number, resolve: number, display: Uint8Array): number | undefined {
+  // struct open_how { u64 flags; u64 mode; u64 resolve; }
+  const how = new BigUint64Array([BigInt(flags), 0n, BigInt(resolve)]);
+  const c = cPath(p);
+  const fd = Number(libc().syscall(SYS_openat2, dirfd, ptr(c), ptr(how), how.byteLength, 0, 0));
+  if (fd >= 0) return fd;
+  const err = libcError("openat2", display);
+  if (err.code === "ENOSYS") return undefined;
+  throw err;
+}
+
+export function openAt(dirfd: number, name: Uint8Array, flags: number, mode: number, display: Uint8Array): number {
+  const fd = libc().openat(dirfd, cPath(name), flags | O_CLOEXEC, mode);
+  checked(fd, "openat", display);
+  return fd;
+}
+
+export function mkdirAt(dirfd: number, name: Uint8Array, mode: number, display: Uint8Array): void {
+  checked(libc().mkdirat(dirfd, cPath(name), mode), "mkdirat", display);
+}
+
+export function mknodAt(dirfd: number, name: Uint8Array, mode: number, rdev: number | bigint, display: Uint8Array): void {
+  checked(libc().mknodat(dirfd, cPath(name), mode, rdev), "mknodat", display);
+}
+
+export function symlinkAt(target: Uint8Array, dirfd: number, name: Uint8Array, display: Uint8Array): void {
+  checked(libc().symlinkat(cPath(target), dirfd, cPath(name)), "symlinkat", display);
+}
+
+/** A hard link to the entry itself (a symlink is linked, not followed). */
+export function linkAt(fromDir: number, fromName: Uint8Array, toDir: number, toName: Uint8Array, display: Uint8Array): void {
+  checked(libc().linkat(fromDir, cPath(fromName), toDir, cPath(toName), 0), "linkat", display);
+}
+
+export function renameAt(fromDir: number, fromName: Uint8Array, toDir: number, toName: Uint8Array, display: Uint8Array): void {
+  checked(libc().renameat(fromDir, cPath(fromName), toDir, cPath(toName)), "renameat", display);
+}
+
+export function unlinkAt(dirfd: number, name: Uint8Array, flags: number, display: Uint8Array): void {
+  checked(libc().unlinkat(dirfd, cPath(name), flags), flags & AT_REMOVEDIR ? "rmdir" : "unlinkat", display);
+}
+
+/** lchown of `name` in dirfd, or fchown of dirfd itself when `name` is null. */
+export function chownAt(dirfd: number, name: Uint8Array | null, uid: number, gid: number, display: Uint8Array): void {
+  if (name === null) checked(libc().fchown(dirfd, uid, gid), "fchown", display);
+  else checked(libc().fchownat(dirfd, cPath(name), uid, gid, AT_SYMLINK_NOFOLLOW), "fchownat", display);
+}
+
+let noFchmodat2 = false;
+
+/**
+ * chmod of `name` in dirfd without following a symlink (fchmodat2, Linux 6.6; else glibc's
+ * O_PATH fchmodat); false when `name` is a symlink, whose mode Linux cannot change.
+ */
+export function chmodAt(dirfd: number, name: Uint8Array | null, mode: number, display: Uint8Array): boolean {
+  if (name === null) {
+    checked(libc().fchmod(dirfd, mode), "fchmod", display);
+    return true;
+  }
+  const c = cPath(name);
+  let rc = -1;
+  if (!noFchmodat2) {
+    rc = Number(libc().syscall(SYS_fchmodat2, dirfd, ptr(c), mode, AT_SYMLINK_NOFOLLOW, 0, 0));
+    if (rc < 0 && errnoName() === "ENOSYS") noFchmodat2 = true;
+  }
+  if (noFchmodat2) rc = libc().fchmodat(dirfd, c, mode, AT_SYMLINK_NOFOLLOW);
+  if (rc === 0) return true;
+  const err = libcError("fchmodat", display);
+  if (err.code === "EOPNOTSUPP" || err.code === "ENOTSUP") return false;
+  throw err;
+}
+
+/** atime and mtime to the nanosecond of `name` in dirfd (not following a symlink), or of dirfd itself. */
+export function utimensAt(
+  dirfd: number,
+  name: Uint8Array | null,
+  atime: { sec: number | bigint; nsec: number },
+  mtime: { sec: number | bigint; nsec: number },
+  display: Uint8Array,
+): void {
+  const times = new BigInt64Array([BigInt(atime.sec), BigInt(atime.nsec), BigInt(mtime.sec), BigInt(mtime.nsec)]);
+  const rc = name === null ? libc().futimens(dirfd, times) : libc().utimensat(dirfd, cPath(name), times, AT_SYMLINK_NOFOLLOW);
+  checked(rc, "utimensat", display);
+}
+
+let noXattrat = false;
+
+/** Run `call` on /proc/self/fd/N of an O_PATH fd of `name`: the xattr calls of kernels before 6.13 that have no *xattrat. */
+function throughOpathFd(dirfd: number, name: Uint8Array, display: Uint8Array, call: (procPath: Buffer) => number): number {
+  const fd = openAt(dirfd, name, O_PATH | O_NOFOLLOW, 0, display);
+  try {
+    return call(Buffer.from(`/proc/self/fd/${fd}\0`));
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** setxattr on `name` in dirfd without following a symlink (setxattrat, Linux 6.13), or on dirfd itself. */
+export function setxattrAt(dirfd: number, name: Uint8Array | null, xattr: Uint8Array, value: Uint8Array, display: Uint8Array): void {
+  const cx = cPath(xattr);
+  const v = value.length ? value : null;
+  if (name === null) return checked(libc().fsetxattr(dirfd, cx, v, value.length, 0), "fsetxattr", display);
+  const c = cPath(name);
+  if (!noXattrat) {
+    // struct xattr_args { u64 value; u32 size; u32 flags; }
+    const args = new BigUint64Array(2);
+    args[0] = value.length ? BigInt(ptr(value)) : 0n;
+    args[1] = BigInt(value.length);
+    const rc = Number(libc().syscall(SYS_setxattrat, dirfd, ptr(c), AT_SYMLINK_NOFOLLOW, ptr(cx), ptr(args), args.byteLength));
+    if (rc === 0) return;
+    if (errnoName() !== "ENOSYS") throw libcError("setxattrat", display);
+    noXattrat = true;
+  }
+  checked(throughOpathFd(dirfd, name, display, (p) => libc().setxattr(p, cx, v, value.length, 0)), "setxattr", display);
+}
+
+export function removexattrAt(dirfd: number, name: Uint8Array | null, xattr: Uint8Array, display: Uint8Array): void {
+  const cx = cPath(xattr);
+  if (name === null) return checked(libc().fremovexattr(dirfd, cx), "fremovexattr", display);
+  const c = cPath(name);
+  if (!noXattrat) {
+    const rc = Number(libc().syscall(SYS_removexattrat, dirfd, ptr(c), AT_SYMLINK_NOFOLLOW, ptr(cx), 0, 0));
+    if (rc === 0) return;
+    if (errnoName() !== "ENOSYS") throw libcError("removexattrat", display);
+    noXattrat = true;
+  }
+  checked(throughOpathFd(dirfd, name, display, (p) => libc().removexattr(p, cx)), "removexattr", display);
+}
+
+/** What statx says of an entry (not following a symlink). */
+export interface EntryStat {
+  /** S_IFMT bits and permissions */
+  mode: number;
+  ino: bigint;
+  /** major << 32 | minor, as a key */
+  dev: bigint;
+}
+
+// statx(2): STATX_TYPE | STATX_MODE | STATX_INO; struct statx from linux/stat.h
+const STATX_WANTED = 0x1 | 0x2 | 0x100;
+const AT_EMPTY_PATH = 0x1000;
+const statxBytes = new Uint8Array(256);
+const statxView = new DataView(statxBytes.buffer);
+
+/** The entry `name` of dirfd (or dirfd itself when null), or undefined when there is none (ENOENT). */
+export function statAt(dirfd: number, name: Uint8Array | null, display: Uint8Array): EntryStat | undefined {
+  const rc =
+    name === null
+      ? libc().statx(dirfd, Buffer.from("\0"), AT_EMPTY_PATH, STATX_WANTED, statxBytes)
+      : libc().statx(dirfd, cPath(name), AT_SYMLINK_NOFOLLOW, STATX_WANTED, statxBytes);
+  if (rc !== 0) {
+    const err = libcError("statx", display);
+    if (err.code === "ENOENT") return undefined;
+    throw err;
+  }
+  const b = statxView;
+  return {
+    mode: b.getUint16(28, true),
+    ino: b.getBigUint64(32, true),
+    dev: (BigInt(b.getUint32(136, true)) << 32n) | BigInt(b.getUint32(140, true)),
+  };
+}
+
+function errnoName(): string {
+  const errno = read.i32(libc().__errno_location()!, 0);
+  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
 }

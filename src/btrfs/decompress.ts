@@ -19,52 +19,59 @@ export class DecompressError extends Error {
   override name = "DecompressError";
 }
 
+/** BTRFS_MAX_UNCOMPRESSED (kernel fs/btrfs/compression.h): the most one compressed extent holds, decoded. */
+export const MAX_UNCOMPRESSED = 128 << 10;
+/** BTRFS_MAX_COMPRESSED: the most encoded bytes of one extent. */
+export const MAX_COMPRESSED = 128 << 10;
+
 /**
- * The unencoded bytes of one btrfs compressed extent, as sent by encoded_write: a buffer of
- * `unencodedLen` bytes, zero past what the decompressor produced, and how many bytes it produced.
+ * Decode one btrfs compressed extent, as sent by encoded_write, into `out` (its unencoded_len
+ * bytes, at most MAX_UNCOMPRESSED; the caller checks the lengths before): zeros past what the
+ * decompressor produced. Data that decodes to more than `out` holds is refused, not grown into.
+ * Returns how many bytes the decompressor produced.
  */
-export function decompressExtent(compression: number, data: Uint8Array, unencodedLen: number): { bytes: Uint8Array; produced: number } {
+export function decompressExtent(compression: number, data: Uint8Array, out: Uint8Array): number {
+  out.fill(0);
   switch (compression) {
     case EncodedCompression.ZLIB:
-      return inflateExtent(data, unencodedLen);
+      return inflateExtent(data, out);
     case EncodedCompression.ZSTD:
-      return zstdExtent(data, unencodedLen);
+      return zstdExtent(data, out);
     case EncodedCompression.LZO_4K:
     case EncodedCompression.LZO_8K:
     case EncodedCompression.LZO_16K:
     case EncodedCompression.LZO_32K:
     case EncodedCompression.LZO_64K:
-      return lzoExtent(data, unencodedLen, 1 << (compression - EncodedCompression.LZO_4K + 12));
+      return lzoExtent(data, out, 1 << (compression - EncodedCompression.LZO_4K + 12));
     default:
       throw new DecompressError(`unknown compression ${compression}`);
   }
 }
 
 /** One zlib stream, followed by the zero padding of the last sector. */
-function inflateExtent(data: Uint8Array, unencodedLen: number): { bytes: Uint8Array; produced: number } {
-  const bytes = new Uint8Array(unencodedLen);
+function inflateExtent(data: Uint8Array, out: Uint8Array): number {
   let inflated: Buffer;
   try {
-    inflated = inflateSync(data, { maxOutputLength: Math.max(unencodedLen, 1), finishFlush: zlibConstants.Z_SYNC_FLUSH });
+    inflated = inflateSync(data, { maxOutputLength: Math.max(out.length, 1), finishFlush: zlibConstants.Z_SYNC_FLUSH });
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    if (err.code === "ERR_BUFFER_TOO_LARGE") throw new DecompressError(`zlib data inflates to more than the ${unencodedLen} bytes of the extent`);
+    if (err.code === "ERR_BUFFER_TOO_LARGE") throw new DecompressError(`zlib data inflates to more than the ${out.length} bytes of the extent`);
     throw new DecompressError(`zlib: ${err.message}`);
   }
-  bytes.set(inflated);
-  return { bytes, produced: inflated.length };
+  if (inflated.length > out.length) throw new DecompressError(`zlib data inflates to more than the ${out.length} bytes of the extent`);
+  out.set(inflated);
+  return inflated.length;
 }
 
 /** One zstd frame, followed by the zero padding of the last sector. */
-function zstdExtent(data: Uint8Array, unencodedLen: number): { bytes: Uint8Array; produced: number } {
+function zstdExtent(data: Uint8Array, out: Uint8Array): number {
   const lib = zstd.tryLoad();
   if (!lib) throw new DecompressError(`zstd data, but ${zstd.soname} is not installed (apt-get install ${zstd.aptPackage})`);
   const frameLength = lib.ZSTD_findFrameCompressedSize(data, data.length);
   if (lib.ZSTD_isError(frameLength)) throw new DecompressError(`zstd: ${lib.ZSTD_getErrorName(frameLength)}`);
-  const bytes = new Uint8Array(unencodedLen);
-  const produced = lib.ZSTD_decompress(bytes, unencodedLen, data, frameLength);
+  const produced = lib.ZSTD_decompress(out, out.length, data, frameLength);
   if (lib.ZSTD_isError(produced)) throw new DecompressError(`zstd: ${lib.ZSTD_getErrorName(produced)}`);
-  return { bytes, produced: Number(produced) };
+  return Number(produced);
 }
 
 function le32(b: Uint8Array, at: number): number {
@@ -76,13 +83,13 @@ function le32(b: Uint8Array, at: number): number {
  * length and lzo1x data for one sector each; a segment header never straddles a sector, the
  * bytes left in a sector too short for one are padding.
  */
-function lzoExtent(data: Uint8Array, unencodedLen: number, sectorSize: number): { bytes: Uint8Array; produced: number } {
+function lzoExtent(data: Uint8Array, out: Uint8Array, sectorSize: number): number {
+  const unencodedLen = out.length;
   const lib = lzo.tryLoad();
   if (!lib) throw new DecompressError(`lzo data, but ${lzo.soname} is not installed (apt-get install ${lzo.aptPackage})`);
   if (data.length < 4) throw new DecompressError(`lzo header truncated: ${data.length} bytes`);
   const totalLength = le32(data, 0);
   if (totalLength > data.length) throw new DecompressError(`lzo total length ${totalLength} exceeds the ${data.length} bytes sent`);
-  const bytes = new Uint8Array(unencodedLen);
   const segmentOut = new BigUint64Array(1);
   let inPos = 4;
   let outPos = 0;
@@ -98,10 +105,10 @@ function lzoExtent(data: Uint8Array, unencodedLen: number, sectorSize: number): 
     if (segmentLength > totalLength - inPos) throw new DecompressError(`lzo segment at byte ${inPos - 4} claims ${segmentLength} bytes, ${totalLength - inPos} remain`);
     const room = Math.min(sectorSize, unencodedLen - outPos);
     segmentOut[0] = BigInt(room);
-    const rc = lib.lzo1x_decompress_safe(data.subarray(inPos, inPos + segmentLength), segmentLength, bytes.subarray(outPos), segmentOut, null);
+    const rc = lib.lzo1x_decompress_safe(data.subarray(inPos, inPos + segmentLength), segmentLength, out.subarray(outPos), segmentOut, null);
     if (rc !== 0) throw new DecompressError(`lzo1x_decompress_safe failed (${rc}) on the segment at byte ${inPos - 4}`);
     inPos += segmentLength;
     outPos += Number(segmentOut[0]);
   }
-  return { bytes, produced: outPos };
+  return outPos;
 }

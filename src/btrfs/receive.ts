@@ -2,29 +2,55 @@ import fs from "node:fs";
 import path from "node:path";
 import { ImageError, UsageError, describeLocation, printable } from "../errors.ts";
 import {
+  AT_REMOVEDIR,
   chmod,
+  chmodAt,
+  chownAt,
+  closeFd,
+  type EntryStat,
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FICLONE,
   libc,
   libcError,
+  linkAt,
   listXattrs,
-  lremovexattr,
   lsetxattr,
   lutimesNs,
+  mkdirAt,
   mknod,
+  mknodAt,
+  O_CLOEXEC,
+  O_CREAT,
+  O_DIRECTORY,
+  O_EXCL,
+  O_NOCTTY,
+  O_NOFOLLOW,
+  O_NONBLOCK,
+  O_RDONLY,
+  O_WRONLY,
+  openAt,
+  removexattrAt,
+  renameAt,
   S_IFDIR,
   S_IFIFO,
   S_IFLNK,
   S_IFMT,
+  S_IFREG,
   S_IFSOCK,
   SEEK_DATA,
   SEEK_HOLE,
+  setxattrAt,
+  statAt,
+  symlinkAt,
+  unlinkAt,
+  utimensAt,
 } from "../../native/libc.ts";
-import { DecompressError, decompressExtent } from "./decompress.ts";
+import { DecompressError, decompressExtent, MAX_COMPRESSED, MAX_UNCOMPRESSED } from "./decompress.ts";
 import { uuidText } from "./dump.ts";
 import { EncodedCompression } from "./protocol.ts";
 import type { SendCommand, SendStreamParser, Timespec, U64 } from "./stream.ts";
+import { PathRefusal, type Place, SubvolumeDir } from "./subvolume-dir.ts";
 
 /** Which received subvolume (by the sender's uuid) lives in which directory of DIR. */
 export const RECEIVED_INDEX = ".imgtool-received.json";
@@ -50,13 +76,16 @@ export interface ReceiveResult {
   /** subvolumes completed by an end command or the end of the input, in order */
   subvolumes: ReceivedSubvolume[];
   commands: number;
+  /** xattrs the destination file system refused (each warned once per file through `warn`), and on how many files */
+  refusedXattrs: { count: number; files: number };
 }
 
 /**
  * Apply a btrfs send stream to an ordinary directory, as `btrfs receive -f STREAM DIR` does on
  * btrfs: each subvolume becomes DIR/<name>, a snapshot starts as a copy of its parent (found
- * in DIR/.imgtool-received.json by the parent's received uuid). Paths never leave the
- * subvolume: `..`, absolute paths and paths through symlinks are refused.
+ * in DIR/.imgtool-received.json by the parent's received uuid). Every path is resolved from the
+ * subvolume's directory fd as the directory is at that command (SubvolumeDir): nothing outside
+ * DIR is read or written, whatever the stream renames, links or swaps.
  */
 export function receiveSendStream(parser: SendStreamParser, dir: string, options: ReceiveOptions = {}): ReceiveResult {
   const receiver = new Receiver(parser, dir, options);
@@ -74,7 +103,7 @@ export function receiveSendStream(parser: SendStreamParser, dir: string, options
   } finally {
     receiver.close();
   }
-  return { subvolumes: receiver.finished, commands: parser.count };
+  return { subvolumes: receiver.finished, commands: parser.count, refusedXattrs: receiver.refusedXattrs };
 }
 
 // ---- copying file ranges: reflink where the file system can, holes kept where it cannot ----
@@ -309,87 +338,44 @@ class ReceivedIndex {
   }
 }
 
-// ---- paths inside one subvolume ----
-
-/**
- * Stream paths resolved under a subvolume's directory. A path may not be absolute, hold `..`
- * or go through a symlink; directories already checked are remembered (by their path) until a
- * rename or rmdir moves them.
- */
-class SubvolumePaths {
-  private readonly checkedDirectories = new Set<string>();
-
-  constructor(readonly root: Buffer) {}
-
-  /** The absolute path of `relative`, or why it is refused. */
-  resolve(relative: Uint8Array): Buffer | string {
-    let end = relative.length;
-    while (end > 0 && relative[end - 1] === 0x2f) end--;
-    if (end === 0) return this.root;
-    const rel = relative.subarray(0, end);
-    if (rel[0] === 0x2f) return "absolute path";
-    if (rel.includes(0)) return "NUL byte in path";
-    let start = 0;
-    for (let i = 0; i <= rel.length; i++) {
-      if (i < rel.length && rel[i] !== 0x2f) continue;
-      const component = rel.subarray(start, i);
-      if (component.length === 2 && component[0] === 0x2e && component[1] === 0x2e) return "'..' in path";
-      if (i < rel.length && component.length > 0) {
-        const refusal = this.checkDirectory(rel.subarray(0, i));
-        if (refusal) return refusal;
-      }
-      start = i + 1;
-    }
-    return Buffer.concat([this.root, SLASH, rel]);
-  }
-
-  private checkDirectory(prefix: Uint8Array): string | undefined {
-    const key = Buffer.from(prefix).toString("latin1");
-    if (this.checkedDirectories.has(key)) return undefined;
-    let st: fs.Stats;
-    try {
-      st = fs.lstatSync(Buffer.concat([this.root, SLASH, prefix]));
-    } catch {
-      // missing: the operation itself fails with ENOENT
-      return undefined;
-    }
-    if (st.isSymbolicLink()) return `path goes through the symlink '${printable(prefix)}'`;
-    if (st.isDirectory()) this.checkedDirectories.add(key);
-    return undefined;
-  }
-
-  /** `relative` (a directory or not) no longer is where it was. */
-  moved(relative: Uint8Array): void {
-    let end = relative.length;
-    while (end > 0 && relative[end - 1] === 0x2f) end--;
-    const key = Buffer.from(relative.subarray(0, end)).toString("latin1");
-    if (!this.checkedDirectories.delete(key)) return;
-    const below = `${key}/`;
-    for (const k of this.checkedDirectories) if (k.startsWith(below)) this.checkedDirectories.delete(k);
-  }
-}
-
 // ---- the receiver ----
 
 interface CurrentSubvolume {
   name: Buffer;
-  paths: SubvolumePaths;
+  root: SubvolumeDir;
   receivedUuid: string;
   ctransid: string;
   parentUuid?: string;
   commands: number;
 }
 
+/** The file of the last write, kept open for the next one (btrfs receive does the same); known by its inode, not its path. */
+interface WriteFile {
+  fd: number;
+  dev: bigint;
+  ino: bigint;
+}
+
+const NO_PLACE_DETAIL = "a received path must stay inside its subvolume";
+const WRITE_FLAGS = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
+const READ_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
+/** uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown */
+const MAX_ID = 0xfffffffe;
+
 class Receiver {
   readonly finished: ReceivedSubvolume[] = [];
+  /** xattrs the destination file system refused (ENOSPC, E2BIG, EOPNOTSUPP), and on how many files */
+  readonly refusedXattrs = { count: 0, files: 0 };
   private readonly index: ReceivedIndex;
   private readonly dirBytes: Buffer;
+  private readonly dirFd: number;
   private current: CurrentSubvolume | undefined;
-  /** the file of the last write, kept open for the next one (btrfs receive does the same) */
-  private writeFd = -1;
-  private writePath: Buffer | undefined;
-  private readonly otherSubvolumes = new Map<string, SubvolumePaths>();
+  private write: WriteFile | undefined;
   private command: SendCommand | undefined;
+  /** per file (dev:ino) whose xattrs were refused: the names refused, so that their removal is not an error */
+  private readonly refusedXattrNames = new Map<string, Set<string>>();
+  /** the decoded bytes of one encoded_write: at most BTRFS_MAX_UNCOMPRESSED, reused */
+  private readonly unencoded = new Uint8Array(MAX_UNCOMPRESSED);
 
   constructor(
     private readonly parser: SendStreamParser,
@@ -405,6 +391,7 @@ class Receiver {
     if (!st.isDirectory()) throw new UsageError(`${dir}: not a directory`);
     this.index = new ReceivedIndex(dir);
     this.dirBytes = Buffer.from(path.resolve(dir));
+    this.dirFd = fs.openSync(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   }
 
   progress(): string {
@@ -415,6 +402,9 @@ class Receiver {
 
   close(): void {
     this.closeWriteFile();
+    this.current?.root.close();
+    this.current = undefined;
+    fs.closeSync(this.dirFd);
   }
 
   /** An ImageError at the current command: the stream asks for something that cannot be done. */
@@ -439,14 +429,29 @@ class Receiver {
     return this.current;
   }
 
-  private at(relative: Uint8Array): Buffer {
-    const resolved = this.subvolume().paths.resolve(relative);
-    if (typeof resolved === "string") this.refuse(`${resolved}: '${printable(relative)}'`, "a received path must stay inside its subvolume");
-    return resolved;
+  /** Run `body` at the place of `relative` in `root` (the current subvolume by default), as it is now. */
+  private at<T>(relative: Uint8Array, body: (place: Place) => T, root = this.subvolume().root, what = ""): T {
+    try {
+      return root.at(relative, body);
+    } catch (e) {
+      if (e instanceof PathRefusal) this.refuse(`${what}${e.message}: '${printable(relative)}'`, NO_PLACE_DETAIL);
+      throw e;
+    }
+  }
+
+  /** The last component of a place that must not be the subvolume root (which is never removed, renamed or replaced). */
+  private entry(place: Place, verb: string): Uint8Array {
+    if (place.name === null) this.refuse(`the subvolume root cannot be ${verb}: '${printable(place.path)}'`, NO_PLACE_DETAIL);
+    return place.name;
   }
 
   private offset(value: U64, what: string): number {
     if (typeof value === "bigint" || value > Number.MAX_SAFE_INTEGER) this.refuse(`${what} ${value} is too large`);
+    return value;
+  }
+
+  private id(value: U64, what: string): number {
+    if (typeof value === "bigint" || value > MAX_ID) this.refuse(`${what} ${value} is out of range (0 to ${MAX_ID})`);
     return value;
   }
 
@@ -469,47 +474,38 @@ class Receiver {
           uuid: uuidText(cmd.parentUuid),
           ctransid: String(cmd.parentCtransid),
         });
-      case "mkfile": {
-        const p = this.at(cmd.path);
-        this.closeWriteFile();
-        // kept open: its data, size and mode come next (after a rename from its orphan name)
-        this.writeFd = fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-        this.writePath = p;
-        return;
-      }
+      case "mkfile":
+        return this.at(cmd.path, (place) => {
+          const name = this.entry(place, "replaced");
+          this.closeWriteFile();
+          // kept open: its data, size and mode come next (after a rename from its orphan name)
+          this.holdWriteFile(openAt(place.dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600, place.path));
+        });
       case "mkdir":
-        fs.mkdirSync(this.at(cmd.path), 0o700);
-        return;
+        return this.at(cmd.path, (place) => mkdirAt(place.dir, this.entry(place, "replaced"), 0o700, place.path));
       case "mknod":
-        return mknod(this.at(cmd.path), Number(cmd.mode) & S_IFMT, cmd.rdev);
+        return this.at(cmd.path, (place) => mknodAt(place.dir, this.entry(place, "replaced"), Number(cmd.mode) & S_IFMT, cmd.rdev, place.path));
       case "mkfifo":
-        return mknod(this.at(cmd.path), S_IFIFO | 0o600, 0);
-      case "mksock":
-        return mknod(this.at(cmd.path), S_IFSOCK | 0o600, 0);
+      case "mksock": {
+        const kind = cmd.type === "mkfifo" ? S_IFIFO : S_IFSOCK;
+        return this.at(cmd.path, (place) => mknodAt(place.dir, this.entry(place, "replaced"), kind | 0o600, 0, place.path));
+      }
       case "symlink":
-        fs.symlinkSync(Buffer.from(cmd.target), this.at(cmd.path));
-        return;
-      case "rename": {
-        const from = this.at(cmd.path);
-        const to = this.at(cmd.to);
-        fs.renameSync(from, to);
-        this.subvolume().paths.moved(cmd.path);
-        this.renamedWriteFile(from, to);
-        return;
-      }
+        return this.at(cmd.path, (place) => symlinkAt(cmd.target, place.dir, this.entry(place, "replaced"), place.path));
+      case "rename":
+        return this.at(cmd.path, (from) => {
+          const fromName = this.entry(from, "renamed");
+          this.at(cmd.to, (to) => renameAt(from.dir, fromName, to.dir, this.entry(to, "replaced"), from.path));
+        });
       case "link":
-        fs.linkSync(this.at(cmd.target), this.at(cmd.path));
-        return;
-      case "unlink": {
-        const p = this.at(cmd.path);
-        if (this.writePath?.equals(p)) this.closeWriteFile();
-        fs.unlinkSync(p);
-        return;
-      }
+        return this.at(cmd.path, (link) => {
+          const linkName = this.entry(link, "replaced");
+          this.at(cmd.target, (target) => linkAt(target.dir, this.entry(target, "linked"), link.dir, linkName, link.path));
+        });
+      case "unlink":
+        return this.at(cmd.path, (place) => unlinkAt(place.dir, this.entry(place, "removed"), 0, place.path));
       case "rmdir":
-        fs.rmdirSync(this.at(cmd.path));
-        this.subvolume().paths.moved(cmd.path);
-        return;
+        return this.at(cmd.path, (place) => unlinkAt(place.dir, this.entry(place, "removed"), AT_REMOVEDIR, place.path));
       case "write":
         this.writeAt(this.writeFile(cmd.path), cmd.data, this.offset(cmd.fileOffset, "offset"));
         return;
@@ -520,27 +516,33 @@ class Receiver {
       case "truncate":
         fs.ftruncateSync(this.writeFile(cmd.path), this.offset(cmd.size, "size"));
         return;
-      case "chmod":
-        return this.chmod(cmd.path, Number(cmd.mode) & 0o7777);
-      case "chown":
-        fs.lchownSync(this.at(cmd.path), Number(cmd.uid), Number(cmd.gid));
+      case "chmod": {
+        const mode = Number(cmd.mode) & 0o7777;
+        // false for a symlink: Linux cannot change its mode, and chmod(2) would change what it points to
+        this.at(cmd.path, (place) => chmodAt(place.dir, place.name, mode, place.path));
         return;
+      }
+      case "chown": {
+        const uid = this.id(cmd.uid, "uid");
+        const gid = this.id(cmd.gid, "gid");
+        return this.at(cmd.path, (place) => chownAt(place.dir, place.name, uid, gid, place.path));
+      }
       case "utimes":
-        return lutimesNs(this.at(cmd.path), cmd.atime, cmd.mtime);
+        return this.at(cmd.path, (place) => utimensAt(place.dir, place.name, cmd.atime, cmd.mtime, place.path));
       case "set_xattr":
-        return lsetxattr(this.at(cmd.path), cmd.name, cmd.data);
+        return this.at(cmd.path, (place) => this.setXattr(place, cmd.name, cmd.data));
       case "remove_xattr":
-        return lremovexattr(this.at(cmd.path), cmd.name);
+        return this.at(cmd.path, (place) => this.removeXattr(place, cmd.name));
       case "fallocate":
         return this.fallocate(cmd.path, cmd.mode, this.offset(cmd.fileOffset, "offset"), this.offset(cmd.size, "size"));
       case "update_extent":
-        // a --no-data stream: the data is not in it (btrfs receive does nothing either)
-        return;
+        // a --no-data stream: the data is not in it (btrfs receive does nothing either); the path is still checked
+        return this.at(cmd.path, () => undefined);
       case "fileattr":
         // btrfs receive ignores it too: the value is btrfs inode flags, not chattr flags
-        return;
+        return this.at(cmd.path, () => undefined);
       case "enable_verity":
-        this.at(cmd.path);
+        this.at(cmd.path, () => undefined);
         this.options.warn?.(
           `command #${cmd.index} (enable_verity): fs-verity not enabled on '${printable(cmd.path)}' (a plain directory cannot hold it); going on`,
         );
@@ -559,8 +561,9 @@ class Receiver {
       this.refuse(`subvolume name '${printable(name)}' is not a single path component`);
     }
     const nameBytes = Buffer.from(name);
+    if (nameBytes.toString("latin1").startsWith(RECEIVED_INDEX)) this.refuse(`subvolume name '${printable(name)}' is the name of imgtool's index of received subvolumes`);
     const target = Buffer.concat([this.dirBytes, SLASH, nameBytes]);
-    if (fs.existsSync(target) || isSymlink(target)) throw new UsageError(`${printable(target)} already exists`);
+    if (statAt(this.dirFd, nameBytes, target)) throw new UsageError(`${printable(target)} already exists`);
     if (parent) {
       const parentName = this.index.find(parent.uuid, parent.ctransid);
       if (!parentName) {
@@ -568,13 +571,16 @@ class Receiver {
           `cannot find the parent subvolume of snapshot '${printable(name)}' (uuid ${parent.uuid}, ctransid ${parent.ctransid}) in ${path.join(this.index.dir, RECEIVED_INDEX)}: receive the stream that made it into this directory first`,
         );
       }
+      const parentPath = Buffer.concat([this.dirBytes, SLASH, parentName]);
+      if (!fs.lstatSync(parentPath).isDirectory()) throw new UsageError(`${printable(parentPath)}: the parent subvolume is not a directory`);
       this.options.onSubvolume?.("snapshot", printable(name));
-      copyTree(Buffer.concat([this.dirBytes, SLASH, parentName]), target);
+      copyTree(parentPath, target);
     } else {
       this.options.onSubvolume?.("subvol", printable(name));
-      fs.mkdirSync(target, 0o755);
+      mkdirAt(this.dirFd, nameBytes, 0o755, target);
     }
-    this.current = { name: nameBytes, paths: new SubvolumePaths(target), receivedUuid, ctransid, parentUuid: parent?.uuid, commands: 0 };
+    const root = SubvolumeDir.open(this.dirFd, nameBytes);
+    this.current = { name: nameBytes, root, receivedUuid, ctransid, parentUuid: parent?.uuid, commands: 0 };
   }
 
   /** Record the current subvolume as received (btrfs receive sets its received uuid then). */
@@ -583,115 +589,169 @@ class Receiver {
     const s = this.current;
     if (!s) return;
     this.current = undefined;
+    s.root.close();
     this.index.add(s.name, s.receivedUuid, s.ctransid, s.parentUuid);
     this.finished.push({ name: s.name, receivedUuid: s.receivedUuid, ctransid: s.ctransid });
   }
 
   private closeWriteFile(): void {
-    if (this.writeFd < 0) return;
-    fs.closeSync(this.writeFd);
-    this.writeFd = -1;
-    this.writePath = undefined;
+    if (!this.write) return;
+    closeFd(this.write.fd);
+    this.write = undefined;
   }
 
-  /** The open file at `relative`, never through a symlink. */
+  private holdWriteFile(fd: number): number {
+    const st = statAt(fd, null, EMPTY)!;
+    this.write = { fd, dev: st.dev, ino: st.ino };
+    return fd;
+  }
+
+  /**
+   * Open the regular file at `place` (never a symlink, device, fifo or socket: their open has
+   * effects outside DIR), checked before the open and again on the fd.
+   */
+  private openRegular(place: Place, flags: number): { fd: number; st: EntryStat } {
+    if (place.name === null) throw new PathRefusal("the subvolume root is not a regular file");
+    const st = statAt(place.dir, place.name, place.path);
+    if (!st) throw errnoError("ENOENT", `no such file '${printable(place.path)}'`);
+    if ((st.mode & S_IFMT) !== S_IFREG) throw new PathRefusal(`not a regular file (${kindName(st.mode)})`);
+    if (this.write && this.write.ino === st.ino && this.write.dev === st.dev && flags === WRITE_FLAGS) return { fd: this.write.fd, st };
+    const fd = openAt(place.dir, place.name, flags, 0, place.path);
+    const opened = statAt(fd, null, place.path)!;
+    if ((opened.mode & S_IFMT) !== S_IFREG) {
+      closeFd(fd);
+      throw new PathRefusal(`not a regular file (${kindName(opened.mode)})`);
+    }
+    return { fd, st: opened };
+  }
+
+  /** The open regular file at `relative`, resolved now (the one held open when it is the same inode). */
   private writeFile(relative: Uint8Array): number {
-    const p = this.at(relative);
-    if (this.writeFd >= 0 && this.writePath!.equals(p)) return this.writeFd;
-    this.closeWriteFile();
-    this.writeFd = fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW);
-    this.writePath = p;
-    return this.writeFd;
+    return this.at(relative, (place) => {
+      const { fd } = this.openRegular(place, WRITE_FLAGS);
+      if (this.write?.fd === fd) return fd;
+      this.closeWriteFile();
+      return this.holdWriteFile(fd);
+    });
   }
 
   private writeAt(fd: number, data: Uint8Array, position: number): void {
     for (let done = 0; done < data.length; ) done += fs.writeSync(fd, data, done, data.length - done, position + done);
   }
 
-  /** The open write file keeps its inode across a rename; a file renamed over it, or a directory above it, does not. */
-  private renamedWriteFile(from: Buffer, to: Buffer): void {
-    const open = this.writePath;
-    if (!open) return;
-    if (open.equals(from)) this.writePath = to;
-    else if (open.equals(to) || (open.length > from.length && open[from.length] === 0x2f && open.subarray(0, from.length).equals(from))) {
-      this.closeWriteFile();
+  /**
+   * An xattr the destination file system cannot hold (ext4 keeps about 4 KB per inode; some
+   * file systems none) does not stop the receive: warned once per file, counted, reported at the end.
+   */
+  private setXattr(place: Place, name: Uint8Array, value: Uint8Array): void {
+    try {
+      setxattrAt(place.dir, place.name, name, value, place.path);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== "ENOSPC" && code !== "E2BIG" && code !== "EOPNOTSUPP" && code !== "ENOTSUP" && code !== "ERANGE") throw e;
+      const key = this.fileKey(place);
+      let names = this.refusedXattrNames.get(key);
+      if (!names) {
+        names = new Set();
+        this.refusedXattrNames.set(key, names);
+        this.refusedXattrs.files++;
+        this.options.warn?.(
+          `command #${this.command!.index} (set_xattr): '${printable(place.path)}': the file system refused the xattr '${printable(name)}' (${value.length} bytes, ${code}); going on (further refused xattrs of this file are only counted)`,
+        );
+      }
+      names.add(Buffer.from(name).toString("latin1"));
+      this.refusedXattrs.count++;
     }
   }
 
-  /** chmod(2) follows a symlink: refused for one, as it would change the file it points to. */
-  private chmod(relative: Uint8Array, mode: number): void {
-    const p = this.at(relative);
-    if (this.writePath?.equals(p)) {
-      if (libc().fchmod(this.writeFd, mode) !== 0) throw libcError("fchmod", p);
-      return;
+  private removeXattr(place: Place, name: Uint8Array): void {
+    try {
+      removexattrAt(place.dir, place.name, name, place.path);
+    } catch (e) {
+      // never set because the file system refused it: nothing to remove
+      if ((e as NodeJS.ErrnoException).code === "ENODATA" && this.refusedXattrNames.get(this.fileKey(place))?.delete(Buffer.from(name).toString("latin1"))) return;
+      throw e;
     }
-    if (isSymlink(p)) this.refuse(`'${printable(relative)}' is a symlink`, "it would change the file it points to");
-    chmod(p, mode);
+  }
+
+  private fileKey(place: Place): string {
+    const st = statAt(place.dir, place.name, place.path);
+    return st ? `${st.dev}:${st.ino}` : `path:${Buffer.from(place.path).toString("latin1")}`;
   }
 
   private encodedWrite(cmd: Extract<SendCommand, { type: "encoded_write" }>): void {
     if (cmd.encryption !== 0) this.refuse(`encryption ${cmd.encryption} is not supported`, "btrfs receive cannot either");
-    const fd = this.writeFile(cmd.path);
     const offset = this.offset(cmd.fileOffset, "offset");
     const fileLength = this.offset(cmd.unencodedFileLen, "unencoded_file_len");
     const unencodedLength = this.offset(cmd.unencodedLen, "unencoded_len");
     const unencodedOffset = this.offset(cmd.unencodedOffset, "unencoded_offset");
+    // every length checked before anything is decoded: the buffer is bounded, as the kernel bounds an extent
+    if (unencodedLength > MAX_UNCOMPRESSED) this.refuse(`unencoded_len ${unencodedLength} exceeds ${MAX_UNCOMPRESSED}`, "BTRFS_MAX_UNCOMPRESSED");
+    if (cmd.data.length > MAX_COMPRESSED) this.refuse(`${cmd.data.length} bytes of encoded data exceed ${MAX_COMPRESSED}`, "BTRFS_MAX_COMPRESSED");
     if (unencodedOffset + fileLength > unencodedLength) {
       this.refuse(`unencoded_offset ${unencodedOffset} + unencoded_file_len ${fileLength} exceed unencoded_len ${unencodedLength}`);
     }
-    let unencoded: { bytes: Uint8Array; produced: number };
+    const fd = this.writeFile(cmd.path);
+    let unencoded: Uint8Array;
+    let produced: number;
     if (cmd.compression === EncodedCompression.NONE) {
-      unencoded = { bytes: cmd.data, produced: cmd.data.length };
+      unencoded = cmd.data;
+      produced = cmd.data.length;
     } else {
+      unencoded = this.unencoded.subarray(0, unencodedLength);
       try {
-        unencoded = decompressExtent(cmd.compression, cmd.data, unencodedLength);
+        produced = decompressExtent(cmd.compression, cmd.data, unencoded);
       } catch (e) {
         if (e instanceof DecompressError) this.refuse(`cannot decompress ${cmd.data.length} bytes of compression ${cmd.compression}`, e.message);
         throw e;
       }
     }
-    if (unencoded.produced < unencodedOffset + fileLength) {
-      this.refuse(
-        `extent decompresses to ${unencoded.produced} bytes`,
-        `unencoded_offset ${unencodedOffset} + unencoded_file_len ${fileLength} need ${unencodedOffset + fileLength}`,
-      );
+    if (produced < unencodedOffset + fileLength) {
+      this.refuse(`extent decompresses to ${produced} bytes`, `unencoded_offset ${unencodedOffset} + unencoded_file_len ${fileLength} need ${unencodedOffset + fileLength}`);
     }
-    this.writeAt(fd, unencoded.bytes.subarray(unencodedOffset, unencodedOffset + fileLength), offset);
+    this.writeAt(fd, unencoded.subarray(unencodedOffset, unencodedOffset + fileLength), offset);
   }
 
+  /** BTRFS_IOC_CLONE_RANGE's effect; the source resolved inside its own subvolume as every other path. */
   private clone(cmd: Extract<SendCommand, { type: "clone" }>): void {
     const dst = this.writeFile(cmd.path);
+    const srcOffset = this.offset(cmd.cloneOffset, "clone offset");
+    const dstOffset = this.offset(cmd.fileOffset, "offset");
+    let length = this.offset(cmd.length, "length");
     const s = this.subvolume();
     const uuid = uuidText(cmd.cloneUuid);
-    let paths: SubvolumePaths;
-    if (uuid === s.receivedUuid) {
-      paths = s.paths;
-    } else {
+    let root = s.root;
+    if (uuid !== s.receivedUuid) {
       const name = this.index.find(uuid, String(cmd.cloneCtransid));
       if (!name) this.refuse(`clone source subvolume ${uuid} (ctransid ${cmd.cloneCtransid}) was not received into this directory`);
-      const key = name.toString("latin1");
-      paths = this.otherSubvolumes.get(key) ?? new SubvolumePaths(Buffer.concat([this.dirBytes, SLASH, name]));
-      this.otherSubvolumes.set(key, paths);
+      root = SubvolumeDir.open(this.dirFd, name);
     }
-    const source = paths.resolve(cmd.clonePath);
-    if (typeof source === "string") this.refuse(`clone source: ${source}: '${printable(cmd.clonePath)}'`, "a received path must stay inside its subvolume");
-    const src = fs.openSync(source, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     try {
-      const sameFile = fs.fstatSync(src).ino === fs.fstatSync(dst).ino;
-      const srcOffset = this.offset(cmd.cloneOffset, "clone offset");
-      let length = this.offset(cmd.length, "length");
-      // BTRFS_IOC_CLONE_RANGE: a length of 0 means up to the end of the source
-      if (length === 0) length = Math.max(fs.fstatSync(src).size - srcOffset, 0);
-      cloneRange(src, srcOffset, dst, this.offset(cmd.fileOffset, "offset"), length, sameFile);
+      this.at(
+        cmd.clonePath,
+        (place) => {
+          const { fd: src, st } = this.openRegular(place, READ_FLAGS);
+          try {
+            const sameFile = this.write !== undefined && st.ino === this.write.ino && st.dev === this.write.dev;
+            // BTRFS_IOC_CLONE_RANGE: a length of 0 means up to the end of the source
+            if (length === 0) length = Math.max(fs.fstatSync(src).size - srcOffset, 0);
+            cloneRange(src, srcOffset, dst, dstOffset, length, sameFile);
+          } finally {
+            closeFd(src);
+          }
+        },
+        root,
+        "clone source: ",
+      );
     } finally {
-      fs.closeSync(src);
+      if (root !== s.root) root.close();
     }
   }
 
   private fallocate(relative: Uint8Array, mode: number, offset: number, length: number): void {
     const fd = this.writeFile(relative);
     if (libc().fallocate(fd, mode, offset, length) === 0) return;
-    const err = libcError("fallocate", this.at(relative));
+    const err = libcError("fallocate", relative);
     if (err.code !== "EOPNOTSUPP" && err.code !== "ENOTSUP") throw err;
     // a file system without fallocate: the same bytes, without the allocation
     if (mode & FALLOC_FL_PUNCH_HOLE) punchOrZero(fd, offset, length);
@@ -699,14 +759,33 @@ class Receiver {
   }
 }
 
+const EMPTY = new Uint8Array(0);
+
 function commandName(cmd: SendCommand): string {
   return cmd.type === "unknown" ? `number ${cmd.number}` : cmd.type;
 }
 
-function isSymlink(p: Buffer): boolean {
-  try {
-    return fs.lstatSync(p).isSymbolicLink();
-  } catch {
-    return false;
+function kindName(mode: number): string {
+  switch (mode & S_IFMT) {
+    case S_IFLNK:
+      return "a symlink";
+    case S_IFDIR:
+      return "a directory";
+    case S_IFIFO:
+      return "a fifo";
+    case S_IFSOCK:
+      return "a socket";
+    case 0o020000:
+      return "a character device";
+    case 0o060000:
+      return "a block device";
+    default:
+      return `mode ${mode.toString(8)}`;
   }
+}
+
+function errnoError(code: string, message: string): NodeJS.ErrnoException {
+  const err = new Error(`${code}: ${message}`) as NodeJS.ErrnoException;
+  err.code = code;
+  return err;
 }

@@ -1,6 +1,7 @@
 import { defineCommand } from "citty";
 import { receiveSendStream } from "../btrfs/receive.ts";
 import { openSendStream } from "../btrfs/stream.ts";
+import { EXIT } from "../errors.ts";
 import { Progress } from "../output/progress.ts";
 import { guard } from "./run.ts";
 
@@ -24,7 +25,7 @@ export const btrfsReceiveCommand = defineCommand({
       const parser = openSendStream(args.stream, { allStreams: !args.e });
       const progress = new Progress(parser.reader.source.size, "receive", args.quiet ? false : undefined);
       try {
-        receiveSendStream(parser, args.dir, {
+        const result = receiveSendStream(parser, args.dir, {
           onProgress: (bytes) => progress.update(bytes),
           onSubvolume: (kind, name) => {
             if (!args.quiet) process.stderr.write(`${process.stderr.isTTY ? "\r\x1b[K" : ""}At ${kind} ${name}\n`);
@@ -32,6 +33,12 @@ export const btrfsReceiveCommand = defineCommand({
           warn: (line) => process.stderr.write(`imgtool: warning: ${line}\n`),
         });
         progress.finish(parser.reader.position);
+        const refused = result.refusedXattrs;
+        if (refused.count === 0) return EXIT.OK;
+        process.stderr.write(
+          `imgtool: warning: the file system of ${args.dir} refused ${refused.count} xattr${refused.count === 1 ? "" : "s"} of ${refused.files} file${refused.files === 1 ? "" : "s"}; everything else was received\n`,
+        );
+        return EXIT.PARTIAL;
       } finally {
         parser.reader.close();
       }

@@ -1,0 +1,106 @@
+// bun bench/btrfs-receive.ts: imgtool btrfs-receive against btrfs receive, and the machine's floor
+// (cp -a of the received tree), in one run, one table. All three write into one loop-mounted btrfs.
+// Makes (once, cached in .bench/) two send streams: FILES small files in nested directories (every
+// command resolves its path from the subvolume's directory fd) and DATA_MB MB of data.
+// Needs root, btrfs-progs and /usr/bin/time.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+const ROOT = path.join(import.meta.dir, "..");
+const WORK = path.join(ROOT, ".bench");
+const CLI = process.env.BENCH_IMGTOOL_CLI ?? path.join(ROOT, "src", "cli", "main.ts");
+const BUN = path.join(ROOT, "node_modules", ".bin", "bun");
+const FILES = Number(process.env.BENCH_RECEIVE_FILES ?? 20_000);
+const DATA_MB = Number(process.env.BENCH_RECEIVE_DATA_MB ?? 256);
+const TARGETS = { small: 2, data: 1.5, rssMiB: 128 };
+
+function sh(cmd: string): string {
+  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
+  return r.stdout.toString();
+}
+
+interface Timing {
+  seconds: number;
+  rssMiB: number;
+}
+
+function time(argv: string[]): Timing {
+  const r = Bun.spawnSync(["/usr/bin/time", "-f", "%e %M", ...argv], { stdout: "ignore", stderr: "pipe" });
+  const lines = r.stderr.toString().trim().split("\n");
+  if (r.exitCode !== 0) throw new Error(`bench: ${argv.join(" ")} failed:\n${lines.join("\n")}`);
+  const [seconds, kib] = lines.at(-1)!.split(" ").map(Number);
+  return { seconds: seconds!, rssMiB: kib! / 1024 };
+}
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-receive-bench-"));
+const vol = path.join(tmp, "vol");
+const mnt = path.join(tmp, "mnt");
+fs.mkdirSync(mnt);
+fs.mkdirSync(WORK, { recursive: true });
+sh(`truncate -s ${Math.ceil((DATA_MB * 4) / 1024) + 4}G ${vol} && mkfs.btrfs -q -f ${vol} && mount -o loop ${vol} ${mnt}`);
+const rows: string[][] = [["stream", "tool", "seconds", "rate", "peak RSS MiB", "imgtool/btrfs", "target"]];
+try {
+  const small = path.join(WORK, `receive-small-${FILES}.btrfs-send`);
+  const data = path.join(WORK, `receive-data-${DATA_MB}m.btrfs-send`);
+  if (!fs.existsSync(`${small}.done`)) {
+    console.error(`bench: making a send stream of ${FILES} small files (once; cached in .bench/)`);
+    sh(`btrfs -q subvolume create ${mnt}/small`);
+    sh(`python3 -c "
+import os, random
+r = random.Random(4)
+root = '${mnt}/small'
+for i in range(${FILES}):
+    d = '%s/d%03d/e%03d/f%02d' % (root, i // 10000, (i // 100) % 100, (i // 10) % 10)
+    if i % 10 == 0: os.makedirs(d, exist_ok=True)
+    with open('%s/file-%06d.txt' % (d, i), 'wb') as f: f.write(b'x' * r.randint(20, 200))
+"`);
+    sh(`btrfs -q subvolume snapshot -r ${mnt}/small ${mnt}/small.s && btrfs send -q -f ${small} ${mnt}/small.s`);
+    fs.writeFileSync(`${small}.done`, "");
+  }
+  if (!fs.existsSync(`${data}.done`)) {
+    console.error(`bench: making a send stream of ${DATA_MB} MB of data (once; cached in .bench/)`);
+    sh(`btrfs -q subvolume create ${mnt}/data && head -c ${DATA_MB}M /dev/urandom > ${mnt}/data/random.bin`);
+    sh(`btrfs -q subvolume snapshot -r ${mnt}/data ${mnt}/data.s && btrfs send -q -f ${data} ${mnt}/data.s`);
+    fs.writeFileSync(`${data}.done`, "");
+  }
+  let n = 0;
+  const fresh = () => {
+    const d = path.join(mnt, `run${n++}`);
+    fs.mkdirSync(d);
+    return d;
+  };
+  for (const [file, kind] of [
+    [small, "small"],
+    [data, "data"],
+  ] as const) {
+    const mb = fs.statSync(file).size / 1e6;
+    const theirsDir = fresh();
+    const theirs = time(["btrfs", "receive", "-f", file, theirsDir]);
+    const ours = time([BUN, CLI, "btrfs-receive", "-q", file, fresh()]);
+    sh("sync");
+    const subvolume = fs.readdirSync(theirsDir)[0]!;
+    const floor = time(["cp", "-a", "--reflink=never", path.join(theirsDir, subvolume), path.join(fresh(), subvolume)]);
+    const rate = (t: Timing) => (kind === "small" ? `${Math.round(FILES / t.seconds)} files/s` : `${Math.round(mb / t.seconds)} MB/s`);
+    const ratio = ours.seconds / theirs.seconds;
+    const target = TARGETS[kind];
+    const name = kind === "small" ? `${FILES} small files (${Math.round(mb)} MB stream)` : `data (${Math.round(mb)} MB stream)`;
+    rows.push([name, "btrfs receive", theirs.seconds.toFixed(2), rate(theirs), theirs.rssMiB.toFixed(1), "", ""]);
+    rows.push([
+      name,
+      "imgtool btrfs-receive",
+      ours.seconds.toFixed(2),
+      rate(ours),
+      ours.rssMiB.toFixed(1),
+      `${ratio.toFixed(2)}x`,
+      `<= ${target}x ${ratio <= target ? "met" : "MISSED"}; RSS <= ${TARGETS.rssMiB} ${ours.rssMiB <= TARGETS.rssMiB ? "met" : "MISSED"}`,
+    ]);
+    rows.push([name, "floor: cp -a of the tree", floor.seconds.toFixed(2), rate(floor), floor.rssMiB.toFixed(1), "", ""]);
+  }
+} finally {
+  sh(`umount ${mnt}`);
+  fs.rmSync(tmp, { recursive: true, force: true });
+}
+const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd());
