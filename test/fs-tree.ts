@@ -1,0 +1,73 @@
+// The tree listing of ../shared/fixtures/clonezilla/*.tree.txt (path, type, mode, uid:gid, size, mtime in
+// ns, nlink, sha256 or link target), from a FileSystem of ours or from a directory the kernel mounted.
+import fs from "node:fs";
+import path from "node:path";
+import type { FileSystem, FsNode } from "../src/fs/filesystem.ts";
+
+const TYPE: Record<FsNode["kind"], string> = {
+  file: "f", directory: "d", symlink: "l", "char-device": "c", "block-device": "b", fifo: "p", socket: "s",
+};
+const decoder = new TextDecoder();
+
+function line(p: string, type: string, mode: number, uid: number, gid: number, size: number | string, mtimeNs: bigint, nlink: number, content: string): string {
+  return [p, type, (mode & 0o7777).toString(8).padStart(4, "0"), `${uid}:${gid}`, size, mtimeNs, nlink, content].join("\t");
+}
+
+/** Every node under the root of `fsys`, sorted by path; directories' sizes as 0 (they differ by driver). */
+export function treeOf(fsys: FileSystem): string[] {
+  const out: string[] = [];
+  const walk = (dir: FsNode, prefix: string) => {
+    for (const { name, node } of fsys.list(dir)) {
+      const p = prefix + decoder.decode(name);
+      let content = "-";
+      if (node.kind === "file") {
+        const h = new Bun.CryptoHasher("sha256");
+        const buf = new Uint8Array(1 << 20);
+        for (let at = 0; at < node.size; ) {
+          const n = fsys.readFile(node, at, buf);
+          if (n === 0) throw new Error(`${p}: short read at ${at}`);
+          h.update(buf.subarray(0, n));
+          at += n;
+        }
+        content = h.digest("hex");
+      } else if (node.kind === "symlink") content = decoder.decode(fsys.readlink(node));
+      const size = node.kind === "directory" ? 0 : node.kind === "char-device" || node.kind === "block-device" ? `${node.rdev?.major},${node.rdev?.minor}` : node.size;
+      out.push(line(p, TYPE[node.kind], node.mode, node.uid, node.gid, size, BigInt(node.mtime.sec) * 1_000_000_000n + BigInt(node.mtime.nsec), node.links, content));
+      if (node.kind === "directory") walk(node, `${p}/`);
+    }
+  };
+  walk(fsys.root(), "");
+  return out.sort();
+}
+
+/** The same listing of a mounted directory; symlink targets under `stripPrefix` lose it. */
+export function treeOfDirectory(root: string, stripPrefix?: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: string, prefix: string) => {
+    for (const name of fs.readdirSync(dir)) {
+      const full = path.join(dir, name);
+      const st = fs.lstatSync(full, { bigint: true });
+      const p = prefix + name;
+      const mode = Number(st.mode);
+      let type = "f";
+      let content = "-";
+      let size: number | string = Number(st.size);
+      if (st.isDirectory()) (type = "d"), (size = 0);
+      else if (st.isSymbolicLink()) {
+        type = "l";
+        content = fs.readlinkSync(full);
+        if (stripPrefix && content.startsWith(stripPrefix)) content = content.slice(stripPrefix.length);
+        size = Buffer.byteLength(content);
+      } else if (st.isFIFO()) type = "p";
+      else if (st.isSocket()) type = "s";
+      else if (st.isCharacterDevice() || st.isBlockDevice()) {
+        type = st.isCharacterDevice() ? "c" : "b";
+        size = `${Number(st.rdev) >> 8},${Number(st.rdev) & 0xff}`;
+      } else content = new Bun.CryptoHasher("sha256").update(fs.readFileSync(full)).digest("hex");
+      out.push(line(p, type, mode, Number(st.uid), Number(st.gid), size, st.mtimeNs, Number(st.nlink), content));
+      if (type === "d") walk(full, `${p}/`);
+    }
+  };
+  walk(root, "");
+  return out.sort();
+}
