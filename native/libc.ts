@@ -1,6 +1,7 @@
 // libc through bun:ffi: what node:fs lacks (xattrs, mknod, nanosecond lutimes, set-id chmod,
-// fallocate, reflinks, holes, writeback control, pipe size).
-import { FFIType, dlopen, read } from "bun:ffi";
+// fallocate, reflinks, holes, writeback control, pipe size, linking unnamed files, no-replace renames,
+// device sizes, blocking pipes).
+import { FFIType, dlopen, ptr, read } from "bun:ffi";
 import os from "node:os";
 import { printable } from "../src/errors.ts";
 
@@ -15,6 +16,17 @@ export const FALLOC_FL_PUNCH_HOLE = 0x02;
 const SYNC_FILE_RANGE_WAIT_BEFORE = 1;
 const SYNC_FILE_RANGE_WRITE = 2;
 const F_SETPIPE_SZ = 1031;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
+const AT_SYMLINK_FOLLOW = 0x400;
+const AT_EMPTY_PATH = 0x1000;
+const RENAME_NOREPLACE = 1;
+/** _IOR(0x12, 114, size_t) */
+const BLKGETSIZE64 = 0x80081272;
+const POLLOUT = 4;
+/** open(2) flag: an unnamed file in the given directory, freed when closed unless linked (linux/fcntl.h) */
+export const O_TMPFILE = 0o20200000;
 export const S_IFMT = 0o170000;
 export const S_IFSOCK = 0o140000;
 export const S_IFIFO = 0o010000;
@@ -39,6 +51,9 @@ function loadLibc() {
     copy_file_range: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.u32], returns: FFIType.i64 },
     sync_file_range: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.u32], returns: FFIType.i32 },
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    linkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+    renameat2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
@@ -133,4 +148,54 @@ export function startWriteback(fd: number, offset: number, length: number): void
 /** Ask for a larger pipe buffer (fewer, larger reads); harmless where fd is not a pipe. */
 export function growPipe(fd: number, bytes: number): void {
   libc().fcntl(fd, F_SETPIPE_SZ, bytes);
+}
+
+/**
+ * Give the unnamed file open on `fd` (O_TMPFILE) the name `to`; fails with EEXIST rather than
+ * replace anything. Through /proc/self/fd (no privilege needed), else AT_EMPTY_PATH (root).
+ */
+export function linkUnnamed(fd: number, to: string): void {
+  const target = cPath(Buffer.from(to));
+  if (libc().linkat(AT_FDCWD, cPath(Buffer.from(`/proc/self/fd/${fd}`)), AT_FDCWD, target, AT_SYMLINK_FOLLOW) === 0) return;
+  const err = libcError("linkat", Buffer.from(to));
+  if (err.code !== "ENOENT") throw err;
+  // no /proc mounted
+  if (libc().linkat(fd, cPath(new Uint8Array(0)), AT_FDCWD, target, AT_EMPTY_PATH) !== 0) throw libcError("linkat", Buffer.from(to));
+}
+
+/**
+ * rename(2) that fails with EEXIST instead of replacing `to`; false where the file system cannot
+ * promise that (EINVAL), so the caller can fall back.
+ */
+export function renameNoReplace(from: string, to: string): boolean {
+  if (libc().renameat2(AT_FDCWD, cPath(Buffer.from(from)), AT_FDCWD, cPath(Buffer.from(to)), RENAME_NOREPLACE) === 0) return true;
+  const err = libcError("renameat2", Buffer.from(to));
+  if (err.code === "EINVAL" || err.code === "ENOSYS") return false;
+  throw err;
+}
+
+/** The size in bytes of the block device open on fd. */
+export function blockDeviceSize(fd: number, name: string): number {
+  const size = new BigUint64Array(1);
+  if (libc().ioctl(fd, BLKGETSIZE64, ptr(size)) !== 0) throw libcError("ioctl BLKGETSIZE64", Buffer.from(name));
+  return Number(size[0]);
+}
+
+/** Make writes to fd block rather than fail with EAGAIN; returns the flags to put back with restoreFlags. */
+export function makeBlocking(fd: number): number {
+  const flags = libc().fcntl(fd, F_GETFL, 0);
+  if (flags >= 0 && flags & O_NONBLOCK) libc().fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  return flags;
+}
+
+export function restoreFlags(fd: number, flags: number): void {
+  if (flags >= 0) libc().fcntl(fd, F_SETFL, flags);
+}
+
+const pollFd = new Int32Array(2);
+/** Wait until fd can take a write (after EAGAIN on a non-blocking pipe). */
+export function waitWritable(fd: number): void {
+  pollFd[0] = fd;
+  pollFd[1] = POLLOUT;
+  libc().poll(ptr(pollFd), 1, -1);
 }

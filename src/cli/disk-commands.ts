@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
 import { catRange } from "../commands/cat.ts";
-import { restoreImage } from "../commands/restore.ts";
+import { restoreImageInterruptibly } from "../commands/restore.ts";
 import { verifyImage } from "../commands/verify.ts";
 import { EXIT, UsageError, withCommas } from "../errors.ts";
 import { openImage } from "../formats/detect.ts";
@@ -65,12 +65,15 @@ export const restoreCommand = defineCommand({
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
-    guard(() => {
+    guard(async () => {
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
       const image = openImage(args.image);
       try {
         const started = performance.now();
-        const r = restoreImage(image, args.output, {
+        const r = await restoreImageInterruptibly(image, args.output, {
+          input: args.image,
+          // for a file system whose O_TMPFILE misbehaves: write a visible OUT.partial instead
+          unnamed: process.env.IMGTOOL_TMPFILE === "0" ? false : undefined,
           sparse: args.sparse,
           force: args.force,
           verify: args.verify,

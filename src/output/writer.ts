@@ -1,5 +1,5 @@
 import fs from "node:fs";
-import { punchHole, startWriteback } from "../../native/libc.ts";
+import { punchHole, startWriteback, waitWritable } from "../../native/libc.ts";
 import { withCommas } from "../errors.ts";
 import type { DataRun } from "../formats/image.ts";
 
@@ -108,7 +108,7 @@ export function writeFully(fd: number, bytes: Uint8Array): void {
   writeAll(fd, [bytes], bytes.length, null);
 }
 
-/** writev until every byte is out (a pipe may take less; a non-blocking one may say EAGAIN). */
+/** writev until every byte is out (a pipe may take less; a non-blocking one may say EAGAIN: then wait in poll). */
 function writeAll(fd: number, bufs: Uint8Array[], total: number, position: number | null): void {
   let done = 0;
   while (done < total) {
@@ -118,7 +118,7 @@ function writeAll(fd: number, bufs: Uint8Array[], total: number, position: numbe
       n = position === null ? fs.writevSync(fd, pending) : fs.writevSync(fd, pending, position + done);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "EAGAIN") {
-        Bun.sleepSync(1);
+        waitWritable(fd);
         continue;
       }
       throw e;
