@@ -359,6 +359,30 @@ describe("block devices", () => {
       expect(sha256File(file)).toBe(REF.sha256);
     });
   }, 60_000);
+
+  test.skipIf(why !== undefined)("a mounted device is refused (opened exclusively)", () => {
+    const mkfs = which("mkfs.ext4");
+    if (!mkfs) {
+      console.log("skip: mounted device test: needs mkfs.ext4 (e2fsprogs)");
+      return;
+    }
+    withLoop(16 << 20, (dev, file) => {
+      expect(spawnSync(mkfs, ["-q", "-F", dev]).status).toBe(0);
+      const mnt = tempDir();
+      if (spawnSync("mount", [dev, mnt]).status !== 0) {
+        console.log("skip: mounted device test: cannot mount here");
+        return;
+      }
+      try {
+        const before = sha256File(file);
+        const r = runCli(["restore", IMG, "-o", dev, "--force"]);
+        expect([r.code, r.stderr]).toEqual([2, `imgtool: ${dev}: the device is in use (mounted, or held by another program)\n`]);
+        expect(sha256File(file)).toBe(before);
+      } finally {
+        spawnSync("umount", [mnt]);
+      }
+    });
+  }, 60_000);
 });
 
 describe("stdout", () => {

@@ -1,4 +1,5 @@
 import { defineCommand } from "citty";
+import { growPipe, makeBlocking } from "../../native/libc.ts";
 import { catRange } from "../commands/cat.ts";
 import { restoreImageInterruptibly } from "../commands/restore.ts";
 import { verifyImage } from "../commands/verify.ts";
@@ -127,6 +128,8 @@ export const catCommand = defineCommand({
   run: ({ args }) =>
     guard(() => {
       if (process.stdout.isTTY) throw new UsageError("refusing to write volume bytes to a terminal; redirect stdout");
+      makeBlocking(1);
+      growPipe(1, 1 << 20);
       const offset = parseBytes(args.offset, "--offset");
       const image = openImage(args.image);
       try {
