@@ -137,6 +137,11 @@ export function punchHole(fd: number, offset: number, length: number): boolean {
   return libc().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) === 0;
 }
 
+/** Reserve [offset, offset+length) of a regular file as unwritten extents (reads as zeros, writes nothing); false where the file system cannot. */
+export function allocateRange(fd: number, offset: number, length: number): boolean {
+  return libc().fallocate(fd, 0, offset, length) === 0;
+}
+
 /**
  * Start writeback of [offset, offset+length) now, after waiting for any writeback already running
  * there: the final fsync then has little left to do, and dirty pages stay bounded.

@@ -126,7 +126,7 @@ function newFileTarget(out: string, opts: OutputOptions): OutputTarget {
 }
 
 function unnamedFileTarget(out: string, fd: number, opts: OutputOptions): OutputTarget {
-  const writer = new VolumeWriter(out, fd, opts.sparse ? "skip" : "zeros", opts.outputOffset);
+  const writer = new VolumeWriter(out, fd, opts.sparse ? "skip" : "allocate", opts.outputOffset);
   let open = true;
   return {
     writer,
@@ -188,7 +188,7 @@ function partialFileTarget(out: string, opts: OutputOptions): OutputTarget {
     throw new OutputError(`${partial}: cannot create it: ${code ?? (e as Error).message}`);
   }
   const mine = fs.fstatSync(fd);
-  const writer = new VolumeWriter(out, fd, opts.sparse ? "skip" : "zeros", opts.outputOffset);
+  const writer = new VolumeWriter(out, fd, opts.sparse ? "skip" : "allocate", opts.outputOffset);
   let open = true;
   let named = false;
   return {
