@@ -1,5 +1,6 @@
 // libc through bun:ffi: what node:fs lacks (xattrs, mknod, nanosecond lutimes, set-id chmod,
-// fallocate, reflinks, holes, writeback control, pipe size, the *at calls relative to a directory fd).
+// fallocate, reflinks, holes, writeback control, pipe size, the *at calls relative to a directory fd,
+// linking unnamed files, no-replace renames, device sizes, blocking pipes).
 import { FFIType, dlopen, ptr, read } from "bun:ffi";
 import os from "node:os";
 import { printable } from "../src/errors.ts";
@@ -35,6 +36,16 @@ export const FALLOC_FL_PUNCH_HOLE = 0x02;
 const SYNC_FILE_RANGE_WAIT_BEFORE = 1;
 const SYNC_FILE_RANGE_WRITE = 2;
 const F_SETPIPE_SZ = 1031;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const AT_SYMLINK_FOLLOW = 0x400;
+const AT_EMPTY_PATH = 0x1000;
+const RENAME_NOREPLACE = 1;
+/** _IOR(0x12, 114, size_t) */
+const BLKGETSIZE64 = 0x80081272;
+const POLLOUT = 4;
+/** open(2) flag: an unnamed file in the given directory, freed when closed unless linked (linux/fcntl.h) */
+export const O_TMPFILE = 0o20200000;
 export const S_IFMT = 0o170000;
 export const S_IFSOCK = 0o140000;
 export const S_IFIFO = 0o010000;
@@ -79,6 +90,8 @@ function loadLibc() {
     fremovexattr: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
     setxattr: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
     removexattr: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+    renameat2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
@@ -160,6 +173,11 @@ export function chmod(p: Buffer, mode: number): void {
 /** Deallocate [offset, offset+length) of a regular file, keeping its size; false where the file system cannot. */
 export function punchHole(fd: number, offset: number, length: number): boolean {
   return libc().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) === 0;
+}
+
+/** Reserve [offset, offset+length) of a regular file as unwritten extents (reads as zeros, writes nothing); false where the file system cannot. */
+export function allocateRange(fd: number, offset: number, length: number): boolean {
+  return libc().fallocate(fd, 0, offset, length) === 0;
 }
 
 /**
@@ -330,7 +348,6 @@ export interface EntryStat {
 
 // statx(2): STATX_TYPE | STATX_MODE | STATX_INO; struct statx from linux/stat.h
 const STATX_WANTED = 0x1 | 0x2 | 0x100;
-const AT_EMPTY_PATH = 0x1000;
 const statxBytes = new Uint8Array(256);
 const statxView = new DataView(statxBytes.buffer);
 
@@ -356,4 +373,54 @@ export function statAt(dirfd: number, name: Uint8Array | null, display: Uint8Arr
 function errnoName(): string {
   const errno = read.i32(libc().__errno_location()!, 0);
   return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+}
+
+/**
+ * Give the unnamed file open on `fd` (O_TMPFILE) the name `to`; fails with EEXIST rather than
+ * replace anything. Through /proc/self/fd (no privilege needed), else AT_EMPTY_PATH (root).
+ */
+export function linkUnnamed(fd: number, to: string): void {
+  const target = cPath(Buffer.from(to));
+  if (libc().linkat(AT_FDCWD, cPath(Buffer.from(`/proc/self/fd/${fd}`)), AT_FDCWD, target, AT_SYMLINK_FOLLOW) === 0) return;
+  const err = libcError("linkat", Buffer.from(to));
+  if (err.code !== "ENOENT") throw err;
+  // no /proc mounted
+  if (libc().linkat(fd, cPath(new Uint8Array(0)), AT_FDCWD, target, AT_EMPTY_PATH) !== 0) throw libcError("linkat", Buffer.from(to));
+}
+
+/**
+ * rename(2) that fails with EEXIST instead of replacing `to`; false where the file system cannot
+ * promise that (EINVAL), so the caller can fall back.
+ */
+export function renameNoReplace(from: string, to: string): boolean {
+  if (libc().renameat2(AT_FDCWD, cPath(Buffer.from(from)), AT_FDCWD, cPath(Buffer.from(to)), RENAME_NOREPLACE) === 0) return true;
+  const err = libcError("renameat2", Buffer.from(to));
+  if (err.code === "EINVAL" || err.code === "ENOSYS") return false;
+  throw err;
+}
+
+/** The size in bytes of the block device open on fd. */
+export function blockDeviceSize(fd: number, name: string): number {
+  const size = new BigUint64Array(1);
+  if (libc().ioctl(fd, BLKGETSIZE64, ptr(size)) !== 0) throw libcError("ioctl BLKGETSIZE64", Buffer.from(name));
+  return Number(size[0]);
+}
+
+/** Make writes to fd block rather than fail with EAGAIN; returns the flags to put back with restoreFlags. */
+export function makeBlocking(fd: number): number {
+  const flags = libc().fcntl(fd, F_GETFL, 0);
+  if (flags >= 0 && flags & O_NONBLOCK) libc().fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  return flags;
+}
+
+export function restoreFlags(fd: number, flags: number): void {
+  if (flags >= 0) libc().fcntl(fd, F_SETFL, flags);
+}
+
+const pollFd = new Int32Array(2);
+/** Wait until fd can take a write (after EAGAIN on a non-blocking pipe). */
+export function waitWritable(fd: number): void {
+  pollFd[0] = fd;
+  pollFd[1] = POLLOUT;
+  libc().poll(ptr(pollFd), 1, -1);
 }

@@ -1,6 +1,7 @@
 import { defineCommand } from "citty";
+import { growPipe, makeBlocking } from "../../native/libc.ts";
 import { catRange } from "../commands/cat.ts";
-import { restoreImage } from "../commands/restore.ts";
+import { restoreImageInterruptibly } from "../commands/restore.ts";
 import { verifyImage } from "../commands/verify.ts";
 import { EXIT, UsageError, withCommas } from "../errors.ts";
 import { openImage } from "../formats/detect.ts";
@@ -65,12 +66,15 @@ export const restoreCommand = defineCommand({
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
-    guard(() => {
+    guard(async () => {
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
       const image = openImage(args.image);
       try {
         const started = performance.now();
-        const r = restoreImage(image, args.output, {
+        const r = await restoreImageInterruptibly(image, args.output, {
+          input: args.image,
+          // for a file system whose O_TMPFILE misbehaves: write a visible OUT.partial instead
+          unnamed: process.env.IMGTOOL_TMPFILE === "0" ? false : undefined,
           sparse: args.sparse,
           force: args.force,
           verify: args.verify,
@@ -124,6 +128,8 @@ export const catCommand = defineCommand({
   run: ({ args }) =>
     guard(() => {
       if (process.stdout.isTTY) throw new UsageError("refusing to write volume bytes to a terminal; redirect stdout");
+      makeBlocking(1);
+      growPipe(1, 1 << 20);
       const offset = parseBytes(args.offset, "--offset");
       const image = openImage(args.image);
       try {

@@ -28,8 +28,12 @@ const main = defineCommand({
 
 const rawArgs = process.argv.slice(2);
 const onlyArg = rawArgs.length === 1 ? rawArgs[0] : undefined;
-const wantsHelpOrVersion = rawArgs.length === 0 || rawArgs.some((x) => x === "--help" || x === "-h") || onlyArg === "--version" || onlyArg === "-v";
-if (wantsHelpOrVersion) {
+if (rawArgs.length === 0) {
+  process.stderr.write(`imgtool: no command given; one of ${Object.keys(main.subCommands as object).join(", ")} (see: imgtool --help)\n`);
+  process.exit(EXIT.USAGE);
+} else if (onlyArg === "--version" || onlyArg === "-v" || onlyArg === "-V") {
+  process.stdout.write(`${pkg.version}\n`);
+} else if (rawArgs.some((x) => x === "--help" || x === "-h")) {
   await runMain(main);
 } else {
   try {
@@ -38,6 +42,10 @@ if (wantsHelpOrVersion) {
     // what reaches here is citty's: an unknown command or option value, a missing argument (the
     // commands report their own errors through guard())
     const command = rawArgs.find((x) => !x.startsWith("-"));
+    if (command === undefined) {
+      process.stderr.write(`imgtool: unknown option ${rawArgs[0]} and no command given (see: imgtool --help)\n`);
+      process.exit(EXIT.USAGE);
+    }
     const known = command !== undefined && command in (main.subCommands as object);
     process.stderr.write(`imgtool: ${(e as Error).message} (see: imgtool ${known ? `${command} ` : ""}--help)\n`);
     process.exit(EXIT.USAGE);

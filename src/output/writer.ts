@@ -1,5 +1,5 @@
 import fs from "node:fs";
-import { punchHole, startWriteback } from "../../native/libc.ts";
+import { allocateRange, punchHole, startWriteback, waitWritable } from "../../native/libc.ts";
 import { withCommas } from "../errors.ts";
 import type { DataRun } from "../formats/image.ts";
 
@@ -15,10 +15,18 @@ export type GapPolicy =
   /** write zeros */
   | "zeros"
   /** deallocate them (fallocate PUNCH_HOLE), zeros where the file system cannot */
-  | "punch";
+  | "punch"
+  /**
+   * a new file: reserve them as unwritten extents (fallocate), which read as zeros and take their
+   * space as written zeros would, without the kernel copying and writing back zeros; zeros where
+   * the file system cannot
+   */
+  | "allocate";
 
 const ZEROS = new Uint8Array(1 << 20);
 const MAX_IOV = 1024;
+/** gaps shorter than this are written as zeros even where they could be allocated */
+const MIN_ALLOCATE = 256 << 10;
 /** how much written data may wait before its writeback is started (positional outputs only) */
 const WRITEBACK_STEP = 64 << 20;
 
@@ -63,9 +71,11 @@ export class VolumeWriter {
 
   private gap(to: number): void {
     const length = to - this.cursor;
-    if (this.gaps !== "zeros") {
+    // a short gap costs less as zeros inside the writev than as a flush and a syscall of its own
+    if (this.gaps !== "zeros" && !(this.gaps === "allocate" && length < MIN_ALLOCATE)) {
       this.flush();
-      if (this.gaps === "skip" || punchHole(this.fd, this.base! + this.cursor, length)) {
+      const at = this.base! + this.cursor;
+      if (this.gaps === "skip" || (this.gaps === "punch" ? punchHole(this.fd, at, length) : allocateRange(this.fd, at, length))) {
         this.cursor = to;
         this.iovStart = to;
         return;
@@ -108,7 +118,7 @@ export function writeFully(fd: number, bytes: Uint8Array): void {
   writeAll(fd, [bytes], bytes.length, null);
 }
 
-/** writev until every byte is out (a pipe may take less; a non-blocking one may say EAGAIN). */
+/** writev until every byte is out (a pipe may take less; a non-blocking one may say EAGAIN: then wait in poll). */
 function writeAll(fd: number, bufs: Uint8Array[], total: number, position: number | null): void {
   let done = 0;
   while (done < total) {
@@ -118,7 +128,7 @@ function writeAll(fd: number, bufs: Uint8Array[], total: number, position: numbe
       n = position === null ? fs.writevSync(fd, pending) : fs.writevSync(fd, pending, position + done);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "EAGAIN") {
-        Bun.sleepSync(1);
+        waitWritable(fd);
         continue;
       }
       throw e;
