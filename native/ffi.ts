@@ -256,6 +256,8 @@ export abstract class NativeDecoder implements ChunkSource {
   }
 
   protected truncated(): never {
+    const missing = this.input.missingPiece?.();
+    if (missing) throw missing;
     throw new ImageError(
       this.compressedLocation(),
       `truncated ${this.kind} data`,
@@ -265,6 +267,10 @@ export abstract class NativeDecoder implements ChunkSource {
 
   locate(offset: number): Location {
     return { file: this.input.name, offset, decoded: this.kind };
+  }
+
+  missingPiece(): ImageError | undefined {
+    return this.input.missingPiece?.();
   }
 
   close(): void {

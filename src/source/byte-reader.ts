@@ -93,6 +93,11 @@ export class ByteReader {
 
   /** Throw an ImageError at `offset` (default: the next unread byte). */
   fail(field: string, detail?: string, offset = this.position): never {
+    if (field.startsWith("truncated")) {
+      // the bytes end early because a piece of the split set is missing: say that instead
+      const missing = this.source.missingPiece?.();
+      if (missing) throw missing;
+    }
     throw new ImageError(this.locate(offset), field, detail);
   }
 
