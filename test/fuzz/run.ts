@@ -13,7 +13,7 @@ const seed = Number(args[1] ?? 1);
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-fuzz-"));
 try {
   let done = 0;
-  const t = runAll(count, seed, scratch, (m, v) => {
+  const t = await runAll(count, seed, scratch, (m, v) => {
     done++;
     if (v.problems.length > 0) {
       console.log(`BROKE ${m.what}\n  ${v.problems.join("\n  ")}\n  ${v.runs.map((r) => `${r.argv[0]} → ${r.code} ${r.seconds.toFixed(1)}s ${r.rssMiB.toFixed(0)}MiB: ${r.stderr.trim().split("\n")[0]}`).join("\n  ")}`);
