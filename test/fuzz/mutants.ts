@@ -616,9 +616,10 @@ export async function runAll(count: number, baseSeed: number, scratch: string, o
   return t;
 }
 
-/** Two commands at once on two cores, up to four where there are more. */
+/** Two commands at once on two cores, up to four where there are more (IMGTOOL_FUZZ_JOBS to choose). */
 export function defaultConcurrency(): number {
-  return Math.max(1, Math.min(4, navigator.hardwareConcurrency ?? 2));
+  const jobs = Number(process.env.IMGTOOL_FUZZ_JOBS);
+  return jobs >= 1 ? jobs : Math.max(1, Math.min(4, navigator.hardwareConcurrency ?? 2));
 }
 
 export function summary(t: Tally): string {
