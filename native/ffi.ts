@@ -150,6 +150,20 @@ const MAX_U32 = 0xffffffff;
 
 // ---- the decoder loop shared by every library ----
 
+/** The default window a decoder may allocate: 128 MiB, what zstd -d allows without --memory. */
+const DEFAULT_DECODE_WINDOW = 128 << 20;
+
+/**
+ * The largest window (history) a decoder may allocate because its input says so: 128 MiB, or
+ * IMGTOOL_DECODE_MEMORY in MiB (a power of two is used as is, anything else rounds down to one).
+ */
+export function decodeMemoryLimit(): { window: number; text: string } {
+  const mib = Number(process.env.IMGTOOL_DECODE_MEMORY);
+  const wanted = Number.isFinite(mib) && mib >= 1 ? Math.min(mib, 2048) * (1 << 20) : DEFAULT_DECODE_WINDOW;
+  const window = 2 ** Math.floor(Math.log2(wanted));
+  return { window, text: `${window / (1 << 20)} MiB` };
+}
+
 /** What one call into the library did. */
 export interface StepResult {
   /** compressed bytes consumed */
@@ -255,7 +269,14 @@ export abstract class NativeDecoder implements ChunkSource {
     throw new ImageError(this.compressedLocation(consumed), `corrupt ${this.kind} data`, detail);
   }
 
+  /** The input asks for more memory than decoders may take (see decodeMemoryLimit). */
+  protected tooLarge(detail: string, consumed = 0): never {
+    throw new ImageError(this.compressedLocation(consumed), `${this.kind} data needs too much memory to decode`, `${detail}; to allow more, set IMGTOOL_DECODE_MEMORY=<MiB> (as zstd -d --memory)`);
+  }
+
   protected truncated(): never {
+    const missing = this.input.missingPiece?.();
+    if (missing) throw missing;
     throw new ImageError(
       this.compressedLocation(),
       `truncated ${this.kind} data`,
@@ -265,6 +286,10 @@ export abstract class NativeDecoder implements ChunkSource {
 
   locate(offset: number): Location {
     return { file: this.input.name, offset, decoded: this.kind };
+  }
+
+  missingPiece(): ImageError | undefined {
+    return this.input.missingPiece?.();
   }
 
   close(): void {

@@ -1,6 +1,6 @@
 import type { Pointer } from "bun:ffi";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
-import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, structLayout, streamCall } from "./ffi.ts";
+import { decodeMemoryLimit, LazyLibrary, NativeDecoder, NativeStruct, type StepResult, structLayout, streamCall } from "./ffi.ts";
 
 const lzma = new LazyLibrary("liblzma.so.5", "liblzma5", {
   lzma_stream_decoder: { args: ["ptr", "u64", "u32"], returns: "i32" },
@@ -31,11 +31,13 @@ const LZMA_STREAM = structLayout({
 const LZMA_OK = 0;
 const LZMA_STREAM_END = 1;
 const LZMA_BUF_ERROR = 10;
+const LZMA_MEMLIMIT_ERROR = 6;
+/** liblzma's state besides the dictionary (lzma_raw_decoder_memusage adds about this much) */
+const DECODER_OVERHEAD = 1 << 20;
 const LZMA_RUN = 0;
 const LZMA_FINISH = 3;
 /** decode .xz streams one after another until the input ends (as xz -d does) */
 const LZMA_CONCATENATED = 0x08;
-const NO_MEMLIMIT = 0xffffffffffffffffn;
 /** lzma_ret values from lzma/base.h, as xz words them */
 const LZMA_ERRORS: Record<number, string> = {
   2: "LZMA_NO_CHECK",
@@ -63,10 +65,12 @@ export class LzmaDecoder extends NativeDecoder {
   ) {
     super(input, format, "stream");
     this.lib = lzma.load(input.locate(0), `${format} data`);
+    // the dictionary size comes from the input: bound what a header can make liblzma allocate
+    const memlimit = BigInt(decodeMemoryLimit().window + DECODER_OVERHEAD);
     const rc =
       format === "xz"
-        ? this.lib.lzma_stream_decoder(this.strm.address, NO_MEMLIMIT, LZMA_CONCATENATED)
-        : this.lib.lzma_alone_decoder(this.strm.address, NO_MEMLIMIT);
+        ? this.lib.lzma_stream_decoder(this.strm.address, memlimit, LZMA_CONCATENATED)
+        : this.lib.lzma_alone_decoder(this.strm.address, memlimit);
     if (rc !== LZMA_OK) throw new Error(`liblzma decoder init: ${LZMA_ERRORS[rc] ?? rc}`);
   }
 
@@ -75,6 +79,7 @@ export class LzmaDecoder extends NativeDecoder {
     const rc = streamCall(s, 64, inAddress, inLength, outAddress, outLength, r, () => this.lib.lzma_code(s.address, this.inputEnded ? LZMA_FINISH : LZMA_RUN));
     if (rc === LZMA_STREAM_END) r.ended = true;
     else if (rc === LZMA_BUF_ERROR && this.inputEnded) this.truncated();
+    else if (rc === LZMA_MEMLIMIT_ERROR) this.tooLarge(`the ${this.format} dictionary needs more than ${decodeMemoryLimit().text}`, r.consumed);
     else if (rc !== LZMA_OK && rc !== LZMA_BUF_ERROR) this.corrupt(LZMA_ERRORS[rc] ?? `lzma_code error ${rc}`, r.consumed);
   }
 

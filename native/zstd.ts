@@ -1,6 +1,6 @@
 import { FFIType, type Pointer } from "bun:ffi";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
-import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, readCString, structLayout } from "./ffi.ts";
+import { decodeMemoryLimit, LazyLibrary, NativeDecoder, NativeStruct, type StepResult, readCString, structLayout } from "./ffi.ts";
 
 const zstd = new LazyLibrary("libzstd.so.1", "libzstd1", {
   ZSTD_createDStream: { args: [], returns: "ptr" },
@@ -8,7 +8,11 @@ const zstd = new LazyLibrary("libzstd.so.1", "libzstd1", {
   ZSTD_decompressStream: { args: ["ptr", "ptr", "ptr"], returns: FFIType.u64_fast },
   ZSTD_isError: { args: ["u64"], returns: "u32" },
   ZSTD_getErrorName: { args: ["u64"], returns: "ptr" },
+  ZSTD_DCtx_setParameter: { args: ["ptr", "i32", "i32"], returns: FFIType.u64_fast },
 });
+
+/** ZSTD_d_windowLogMax in zstd.h */
+const ZSTD_D_WINDOW_LOG_MAX = 100;
 
 // ZSTD_inBuffer and ZSTD_outBuffer from zstd.h, both { buffer pointer, size_t size, size_t pos }
 const BUFFER = structLayout({ ptr: "ptr", size: "size_t", pos: "size_t" });
@@ -29,6 +33,11 @@ export class ZstdDecoder extends NativeDecoder {
     const d = this.lib.ZSTD_createDStream();
     if (!d) throw new Error("ZSTD_createDStream: out of memory");
     this.dstream = d;
+    // a frame header may ask for any window up to 2 GiB (3.75 TiB in theory): allow what zstd -d
+    // allows without --memory, so a few bytes of input cannot take gigabytes
+    const windowLog = Math.log2(decodeMemoryLimit().window);
+    const rc = this.lib.ZSTD_DCtx_setParameter(d, ZSTD_D_WINDOW_LOG_MAX, Math.floor(windowLog));
+    if (this.lib.ZSTD_isError(rc)) throw new Error(`ZSTD_d_windowLogMax: ${readCString(this.lib.ZSTD_getErrorName(rc))}`);
   }
 
   protected step(inAddress: Pointer, inLength: number, outAddress: Pointer, outLength: number, r: StepResult): void {
@@ -43,7 +52,11 @@ export class ZstdDecoder extends NativeDecoder {
     const rc = this.lib.ZSTD_decompressStream(this.dstream, o.address, i.address);
     r.consumed = i.get64("pos");
     r.produced = o.get64("pos");
-    if (this.lib.ZSTD_isError(rc)) this.corrupt(readCString(this.lib.ZSTD_getErrorName(rc)), r.consumed);
+    if (this.lib.ZSTD_isError(rc)) {
+      const name = readCString(this.lib.ZSTD_getErrorName(rc));
+      if (/too much memory/i.test(name)) this.tooLarge(`the frame's window is larger than ${decodeMemoryLimit().text}`, r.consumed);
+      this.corrupt(name, r.consumed);
+    }
     r.ended = rc === 0;
   }
 

@@ -5,14 +5,18 @@ import { Progress } from "../output/progress.ts";
 export interface VerifyResult {
   ok: boolean;
   dataBytes: number;
-  /** the first checksum that failed, and header facts that disagree with the data */
+  /** the first checksum that failed (one line, naming file, offset and field) */
   problems: string[];
 }
 
-/** Read every block and check every checksum and count, as partclone.chkimg does. */
+/**
+ * Read every block and check every checksum and count, as partclone.chkimg does. A checksum
+ * that fails is the result (exit 4); with every checksum good, a header count that disagrees
+ * with the bitmap is thrown as the ImageError naming its field (exit 3): one problem, one line.
+ */
 export function verifyImage(image: Image, opts: { progress?: boolean } = {}): VerifyResult {
   const { info } = image;
-  const problems = image.consistencyProblems?.() ?? [];
+  const problems: string[] = [];
   const progress = new Progress(info.usedBlocks * info.blockSize, "verify", opts.progress);
   let dataBytes = 0;
   try {
@@ -25,5 +29,7 @@ export function verifyImage(image: Image, opts: { progress?: boolean } = {}): Ve
     problems.push(e.message);
   }
   progress.finish(dataBytes);
+  const inconsistent = problems.length === 0 ? image.consistencyProblems?.()[0] : undefined;
+  if (inconsistent) throw inconsistent;
   return { ok: problems.length === 0, dataBytes, problems };
 }

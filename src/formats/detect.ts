@@ -1,5 +1,6 @@
 import { ImageError } from "../errors.ts";
 import { openStream, type OpenedStream } from "../source/open.ts";
+import { pieceAfter } from "../source/split.ts";
 import type { Image } from "./image.ts";
 import { detectNtfsclone, openNtfsclone } from "./ntfsclone.ts";
 import { detectPartclone, openPartclone } from "./partclone.ts";
@@ -29,10 +30,28 @@ export function openImage(input: string | number): Image {
     if (!handler) {
       throw new ImageError(stream.reader.locate(0), "not a partclone, partimage or ntfsclone image", describeContent(head, stream));
     }
-    return handler.open(stream);
+    const image = handler.open(stream);
+    confirmSetComplete(stream);
+    return image;
   } catch (e) {
     stream.reader.close();
     throw e;
+  }
+}
+
+/**
+ * A compressed split set whose last piece is full-size may have lost the pieces after it, and
+ * nothing before the end of the stream tells: decode it to the end once, so that even `info`
+ * names a missing piece (the decoder reports it as such; see SplitSource.missingPiece).
+ */
+function confirmSetComplete(stream: OpenedStream): void {
+  if (stream.compression.length === 0 || !pieceAfter(stream.pieces)) return;
+  const again = openStream(stream.pieces[0]!, { threads: false });
+  try {
+    const buf = new Uint8Array(1 << 20);
+    while (again.reader.source.read(buf) > 0);
+  } finally {
+    again.reader.close();
   }
 }
 

@@ -1,4 +1,4 @@
-import { withCommas } from "../errors.ts";
+import { ImageError, type Location, withCommas } from "../errors.ts";
 import type { Compression } from "../source/sniff.ts";
 import type { UsedBitmap } from "./bitmap.ts";
 
@@ -76,8 +76,8 @@ export interface Image {
   dataRuns(opts?: ReadOptions): Generator<DataRun, void, undefined>;
   /** the same as dataRuns, as a callback: fn(offset, bytes), strictly ascending */
   blockReader(fn: (offset: number, bytes: Uint8Array) => void, opts?: ReadOptions): void;
-  /** header facts that disagree with what was read (e.g. a used-block count against the bitmap) */
-  consistencyProblems?(): string[];
+  /** header facts that disagree with what was read (e.g. a used-block count against the bitmap), each naming file, offset and field */
+  consistencyProblems?(): ImageError[];
   /** random access into the volume (unused blocks read as zeros); only where the source is seekable */
   read?(offset: number, length: number): Uint8Array;
   close(): void;
@@ -105,6 +105,8 @@ export abstract class BitmapImage extends ImageBase {
   abstract readonly bitmap: UsedBitmap;
   /** the header's own used-block count, where it has one that must agree with the bitmap */
   protected abstract readonly headerUsedBlocks: number | undefined;
+  /** where that count is stored, and the field's name */
+  protected abstract headerUsedBlocksField(): { at: Location; name: string };
 
   isUsed(block: number): boolean {
     return this.bitmap.isUsed(block);
@@ -115,9 +117,11 @@ export abstract class BitmapImage extends ImageBase {
   }
 
   /** The header's count against the bitmap's (the real tools trust the bitmap; verify says so). */
-  consistencyProblems(): string[] {
+  consistencyProblems(): ImageError[] {
     const header = this.headerUsedBlocks;
     const used = this.info.usedBlocks;
-    return header === undefined || header === used ? [] : [`header says ${withCommas(header)} used blocks, the bitmap has ${withCommas(used)}`];
+    if (header === undefined || header === used) return [];
+    const { at, name } = this.headerUsedBlocksField();
+    return [new ImageError(at, `${name} disagrees with the bitmap`, `the header says ${withCommas(header)} used blocks, the bitmap has ${withCommas(used)}`)];
   }
 }

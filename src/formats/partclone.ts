@@ -1,7 +1,7 @@
 // partclone image formats 0001 and 0002: partclone IMAGE_FORMATS.md and src/partclone.h
 // (image_desc_v1, image_desc_v2), bitmaps as src/partclone.c load_image_bitmap reads them.
 import { PARTCLONE_CRC_SEED, partcloneCrc32 } from "../checksum/crc32.ts";
-import { ChecksumError, withCommas } from "../errors.ts";
+import { ChecksumError, type Location, withCommas } from "../errors.ts";
 import type { ByteReader } from "../source/byte-reader.ts";
 import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
@@ -42,6 +42,8 @@ export interface PartcloneHeader {
   bitmapMode: "NONE" | "BIT" | "BYTE";
   headerCrc: number | undefined;
   headerSize: number;
+  /** stream offset of the header's first byte */
+  headerStart: number;
 }
 
 function ascii(b: Uint8Array, start: number, len: number): string {
@@ -102,6 +104,7 @@ function readHeader(r: ByteReader): PartcloneHeader {
     bitmapMode: bitmapMode as PartcloneHeader["bitmapMode"],
     headerCrc: storedCrc,
     headerSize: V2_HEADER_SIZE,
+    headerStart: start,
   };
   if (h.checksum !== "NONE" && h.blocksPerChecksum === 0) r.fail("blocks per checksum is 0 with a checksum", undefined, start + 100);
   checkGeometry(r, h, start, { blockSize: 84, totalBlocks: 60, usedBlocks: 76, deviceSize: 52 });
@@ -131,6 +134,7 @@ function readHeaderV1(r: ByteReader, start: number, head: Uint8Array): Partclone
     bitmapMode: "BYTE",
     headerCrc: undefined,
     headerSize: V1_HEADER_SIZE,
+    headerStart: start,
   };
   checkGeometry(r, h, start, { blockSize: 36, totalBlocks: 48, usedBlocks: 56, deviceSize: 40 });
   return h;
@@ -160,16 +164,12 @@ function hex32(v: number): string {
 /** The bitmap section: its bytes on disk and, for BIT mode, the stored crc. */
 function readBitmap(r: ByteReader, h: PartcloneHeader): { bitmap: UsedBitmap; crc: number | undefined; bytes: number } {
   const total = h.totalBlocks;
-  if (h.bitmapMode === "NONE") {
-    const bitmap = UsedBitmap.empty(total);
-    bitmap.setRange(0, total);
-    return { bitmap, crc: undefined, bytes: 0 };
-  }
+  if (h.bitmapMode === "NONE") return { bitmap: UsedBitmap.full(total), crc: undefined, bytes: 0 };
   if (h.bitmapMode === "BIT") {
     const size = Math.ceil(total / 8);
     checkRoom(r, size + 4, "bitmap");
     const at = r.position;
-    const bits = r.view(size, "bitmap").slice();
+    const bits = readGrowing(r, size, "bitmap");
     const stored32 = le32(r.view(4, "bitmap crc"));
     const crc = partcloneCrc32(PARTCLONE_CRC_SEED, bits);
     if (crc !== stored32) {
@@ -181,13 +181,38 @@ function readBitmap(r: ByteReader, h: PartcloneHeader): { bitmap: UsedBitmap; cr
   checkRoom(r, total + V1_BITMAP_MAGIC.length, "bitmap");
   const bitmap = UsedBitmap.empty(total);
   for (let done = 0; done < total; ) {
-    const piece = r.view(Math.min(total - done, 1 << 20), "bitmap");
+    const piece = r.chunk(Math.min(total - done, PIECE));
+    if (piece.length === 0) r.fail("truncated bitmap", `block ${withCommas(done)} of ${withCommas(total)}`);
     for (let i = 0; i < piece.length; i++) if (piece[i] === 1) bitmap.set(done + i);
     done += piece.length;
   }
   const magicAt = r.position;
   if (ascii(r.view(8, "bitmap magic"), 0, 8) !== V1_BITMAP_MAGIC) r.fail("bitmap magic BiTmAgIc missing", undefined, magicAt);
   return { bitmap, crc: undefined, bytes: total + 8 };
+}
+
+const PIECE = 1 << 20;
+
+/**
+ * `size` bytes into a buffer of their own that grows as they arrive, so that a length from a
+ * header costs memory only as far as the stream really goes (a pipe's size is not known before).
+ */
+function readGrowing(r: ByteReader, size: number, field: string): Uint8Array {
+  if (size <= PIECE) return r.view(size, field).slice();
+  let buf = new Uint8Array(PIECE);
+  let have = 0;
+  while (have < size) {
+    const piece = r.chunk(Math.min(size - have, PIECE));
+    if (piece.length === 0) r.fail(`truncated ${field}`, `needs ${withCommas(size)} bytes, the stream ends after ${withCommas(have)}`);
+    if (have + piece.length > buf.length) {
+      const bigger = new Uint8Array(Math.min(size, Math.max(buf.length * 2, have + piece.length)));
+      bigger.set(buf.subarray(0, have));
+      buf = bigger;
+    }
+    buf.set(piece, have);
+    have += piece.length;
+  }
+  return buf;
 }
 
 function le32(b: Uint8Array): number {
@@ -273,6 +298,11 @@ export class PartcloneImage extends BitmapImage {
       pieces: stream.pieces,
       fields,
     };
+  }
+
+  protected headerUsedBlocksField(): { at: Location; name: string } {
+    // only format 0002 has a count of its own (at 76, after the super-block's at 68)
+    return { at: this.stream.reader.locate(this.header.headerStart + 76), name: "header field fs used blocks (bitmap)" };
   }
 
   *dataBatches(opts: ReadOptions = {}): Generator<DataRun[], void, undefined> {

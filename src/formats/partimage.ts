@@ -287,6 +287,8 @@ export interface PartimageMainHeader {
 }
 
 export interface PartimageLocalHeader {
+  /** stream offset of the struct */
+  at: number;
   blockSize: number;
   usedBlocks: number;
   blocksCount: number;
@@ -367,6 +369,7 @@ function readLocalHeader(p: Parser): PartimageLocalHeader {
   const dv = new DataView(b.buffer);
   const fail = (field: string, detail: string, offset: number): never => p.r.fail(field, detail, offset);
   const h: PartimageLocalHeader = {
+    at,
     blockSize: u64(dv, 0, fail, "partimage local header qwBlockSize", at),
     usedBlocks: u64(dv, 8, fail, "partimage local header qwUsedBlocks", at),
     blocksCount: u64(dv, 16, fail, "partimage local header qwBlocksCount", at),
@@ -498,6 +501,10 @@ export class PartimageImage extends BitmapImage {
 
   protected get headerUsedBlocks(): number {
     return this.local.usedBlocks;
+  }
+
+  protected headerUsedBlocksField(): { at: Location; name: string } {
+    return { at: this.parser.r.locate(this.local.at + 8), name: "partimage local header qwUsedBlocks" };
   }
 
   /**

@@ -93,6 +93,11 @@ export class ByteReader {
 
   /** Throw an ImageError at `offset` (default: the next unread byte). */
   fail(field: string, detail?: string, offset = this.position): never {
+    if (field.startsWith("truncated")) {
+      // the bytes end early because a piece of the split set is missing: say that instead
+      const missing = this.source.missingPiece?.();
+      if (missing) throw missing;
+    }
     throw new ImageError(this.locate(offset), field, detail);
   }
 
@@ -102,32 +107,37 @@ export class ByteReader {
 
   private fill(n: number, field: string): void {
     if (n > MAX_VIEW) this.fail(field, `length ${n} is beyond any sane size`);
+    // a length the input cannot hold fails before anything is read or allocated
+    const size = this.source.size;
+    if (size !== undefined && this.position + n > size) this.truncated(field, n, size - this.position);
     this.refill(n);
     if (this.end - this.start < n) this.truncated(field, n);
   }
 
-  private truncated(field: string, wanted: number): never {
-    const have = this.end - this.start;
+  private truncated(field: string, wanted: number, have = this.end - this.start): never {
     this.fail(`truncated ${field}`, `needed ${wanted} bytes, the stream ends after ${have}`);
   }
 
-  /** Make at least n bytes available unless the stream ends first. */
+  /**
+   * Make at least n bytes available unless the stream ends first. The buffer grows as bytes
+   * arrive (doubling), never to n at once: a length from a header costs memory only as far as
+   * the stream really goes.
+   */
   private refill(n: number): void {
     const have = this.end - this.start;
     const tailRoom = this.buf.length - this.end;
     if (this.start + n > this.buf.length || (this.start > 0 && tailRoom < this.buf.length >> 2)) {
-      if (n > this.buf.length) {
-        const bigger = new Uint8Array(Math.max(n, this.buf.length * 2));
-        bigger.set(this.buf.subarray(this.start, this.end));
-        this.buf = bigger;
-      } else if (have > 0) {
-        this.buf.copyWithin(0, this.start, this.end);
-      }
+      if (have > 0) this.buf.copyWithin(0, this.start, this.end);
       this.base += this.start;
       this.start = 0;
       this.end = have;
     }
     while (this.end - this.start < n && !this.ended) {
+      if (this.end === this.buf.length) {
+        const bigger = new Uint8Array(Math.min(Math.max(n, this.buf.length), this.buf.length * 2));
+        bigger.set(this.buf.subarray(0, this.end));
+        this.buf = bigger;
+      }
       const got = this.source.read(this.buf.subarray(this.end));
       if (got === 0) this.ended = true;
       this.end += got;

@@ -1,4 +1,4 @@
-import type { Location } from "../errors.ts";
+import type { ImageError, Location } from "../errors.ts";
 
 /**
  * The lowest layer: a pull-based byte stream (a file, a pipe, a split set, a decompressor).
@@ -15,6 +15,11 @@ export interface ChunkSource {
   /** Total length in bytes when known without reading (plain files, split sets). */
   readonly size: number | undefined;
   close(): void;
+  /**
+   * When these bytes come from a split set that looks cut short (see split.ts): the error naming
+   * the missing piece, which explains any "truncated" error better than the truncation itself.
+   */
+  missingPiece?(): ImageError | undefined;
 }
 
 /** A ChunkSource that can also read at any offset (plain files and split sets, not pipes or decoders). */

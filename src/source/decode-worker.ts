@@ -2,25 +2,28 @@
 // shared ring (see threaded-decode.ts) until the end of the stream.
 import { ImageError } from "../errors.ts";
 import { decodeLayers, openRaw, type RawSpec } from "./open.ts";
-import { CTL, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
 
 declare const self: Worker;
 
 self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec }>) => {
   const { shared, spec } = event.data;
   const ctl = new Int32Array(shared, 0, CTL.words);
-  const message = new Uint8Array(shared, CTL.words * 4, MESSAGE_BYTES);
-  const slots = new Uint8Array(shared, CTL.words * 4 + MESSAGE_BYTES);
-  const say = (text: string) => {
-    const bytes = new TextEncoder().encode(text).subarray(0, MESSAGE_BYTES);
-    message.set(bytes);
-    Atomics.store(ctl, CTL.messageLength, bytes.length);
+  const message = new Uint8Array(shared, CTL.words * 4, 2 * MESSAGE_BYTES);
+  const slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);
+  // each message has its own area, written once and then announced by the state word
+  const say = (which: number, value: unknown) => {
+    const bytes = new TextEncoder().encode(JSON.stringify(value));
+    if (bytes.length > MESSAGE_BYTES) throw new Error(`decode worker message of ${bytes.length} bytes`);
+    message.set(bytes, which * MESSAGE_BYTES);
+    Atomics.store(ctl, CTL.messageLength(which), bytes.length);
   };
   let slot = 0;
+  let decoded = 0;
   try {
     const { raw } = openRaw(spec);
     const { source, compression } = decodeLayers(raw);
-    say(JSON.stringify({ compression, name: source.name }));
+    say(MESSAGE.ready, { compression, name: source.name });
     Atomics.store(ctl, CTL.state, STATE.ready);
     Atomics.notify(ctl, CTL.state);
     for (;;) {
@@ -34,20 +37,43 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec
         if (n === 0) break;
         filled += n;
       }
+      if (filled === 0) {
+        // the end: if it is the end of a split set that looks cut short, leave the error naming
+        // the missing piece where the reader finds it (it asks only after this end)
+        const missing = source.missingPiece?.();
+        if (missing) say(MESSAGE.failure, failureOf(missing));
+      }
       Atomics.store(ctl, CTL.slotLength(slot), filled);
       Atomics.store(ctl, flag, SLOT.full);
       Atomics.notify(ctl, flag);
       if (filled === 0) break;
+      decoded += filled;
       slot = (slot + 1) % SLOT_COUNT;
     }
     source.close();
   } catch (e) {
-    const failure: WorkerFailure =
-      e instanceof ImageError ? { message: e.message, where: e.where, field: e.field, detail: e.detail } : { message: String((e as Error)?.message ?? e) };
-    say(JSON.stringify(failure));
+    say(MESSAGE.failure, failureOf(e, spec, decoded));
     Atomics.store(ctl, CTL.state, STATE.failed);
     Atomics.notify(ctl, CTL.state);
     // wake the reader wherever it waits
     for (let i = 0; i < SLOT_COUNT; i++) Atomics.notify(ctl, CTL.slotFlag(i));
   }
 };
+
+/**
+ * What to hand over for an error. An error that is not an ImageError (the runtime out of memory,
+ * a library refusing) still happened while decoding this input: it is reported as bad input at
+ * the decoded offset reached, so the user learns which file and where.
+ */
+function failureOf(e: unknown, spec?: RawSpec, decoded = 0): WorkerFailure {
+  if (e instanceof ImageError) return { message: e.message, where: e.where, field: e.field, detail: clip(e.detail) };
+  const message = clip(String((e as Error)?.message ?? e))!;
+  if (!spec) return { message };
+  const file = "fd" in spec ? spec.name : spec.pieces[0]!;
+  return { message, where: { file, offset: decoded, decoded: "decompressed" }, field: "cannot decompress", detail: message };
+}
+
+/** Details come from input bytes (names, paths): keep the failure message within its area. */
+function clip(text: string | undefined): string | undefined {
+  return text !== undefined && text.length > 4096 ? `${text.slice(0, 4096)}…` : text;
+}

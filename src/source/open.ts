@@ -5,7 +5,7 @@ import { type ChunkSource, type RandomAccessSource, isRandomAccess } from "./chu
 import { createDecoder } from "./decode.ts";
 import { openFileSource, StreamSource } from "./file.ts";
 import { type Compression, sniffCompression } from "./sniff.ts";
-import { findSplitPieces, SplitSource } from "./split.ts";
+import { findSplitPieces, pieceAfter, SplitSource } from "./split.ts";
 import { ThreadedDecodeSource, WorkerDidNotStart } from "./threaded-decode.ts";
 
 /** What `openStream` found: the decoded bytes and how it got to them. */
@@ -61,7 +61,7 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
 export function openRaw(input: string | number | RawSpec): { raw: ChunkSource; pieces: string[] } {
   if (typeof input === "object") {
     if ("fd" in input) return { raw: new ReplaySource(input.head, new StreamSource(input.name, input.fd, false)), pieces: [input.name] };
-    const raw = input.pieces.length > 1 ? SplitSource.open(input.pieces) : openFileSource(input.pieces[0]!);
+    const raw = input.pieces.length > 1 || pieceAfter(input.pieces) ? SplitSource.open(input.pieces) : openFileSource(input.pieces[0]!);
     return { raw, pieces: input.pieces };
   }
   if (typeof input === "number") {
@@ -70,7 +70,7 @@ export function openRaw(input: string | number | RawSpec): { raw: ChunkSource; p
     return { raw, pieces: [raw.name] };
   }
   const split = input === "-" ? undefined : findSplitPieces(input);
-  if (split && split.length > 1) return { raw: SplitSource.open(split), pieces: split };
+  if (split && (split.length > 1 || pieceAfter(split))) return { raw: SplitSource.open(split), pieces: split };
   const raw = openFileSource(split?.[0] ?? input);
   if (raw instanceof StreamSource) growPipe(raw.fd, PIPE_BYTES);
   return { raw, pieces: [raw.name] };
@@ -127,6 +127,9 @@ class ReplaySource implements ChunkSource {
   }
   locate(offset: number): Location {
     return this.rest.locate(offset);
+  }
+  missingPiece(): ImageError | undefined {
+    return this.rest.missingPiece?.();
   }
   close(): void {
     this.rest.close();

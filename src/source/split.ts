@@ -1,4 +1,5 @@
 import fs from "node:fs";
+import path from "node:path";
 import { ImageError, type Location } from "../errors.ts";
 import type { RandomAccessSource } from "./chunk-source.ts";
 import { FileSource, openFileSource } from "./file.ts";
@@ -59,11 +60,46 @@ export function findSplitPieces(p: string): string[] | undefined {
   return pieces;
 }
 
+/**
+ * The piece that would follow `pieces` when the set looks cut short, judged from its naming: a
+ * last piece exactly as large as the first (`split -b` fills every piece but the last), or a lone
+ * first piece (`split` names a single piece .aa only when the input was that small).
+ */
+export function pieceAfter(pieces: string[]): string | undefined {
+  if (pieces.length === 0) return undefined;
+  const last = pieces[pieces.length - 1]!;
+  const m = SUFFIX.exec(last);
+  if (!m) return undefined;
+  const base = last.slice(0, m.index);
+  if (pieces[0] !== `${base}.${splitSuffix(0)}`) return undefined;
+  let first: number;
+  let end: number;
+  try {
+    first = fs.statSync(pieces[0]!).size;
+    end = fs.statSync(last).size;
+  } catch {
+    return undefined;
+  }
+  const full = pieces.length === 1 || end === first;
+  return full ? `${base}.${splitSuffix(pieces.length)}` : undefined;
+}
+
+/** The error for a set that ends at `last` while more was expected: `next` is missing. */
+export function missingPieceError(last: string, next: string, lastSize: number, lone: boolean): ImageError {
+  return new ImageError(
+    { file: last, offset: lastSize },
+    `the split set ends at ${path.basename(last)}; ${path.basename(next)} is missing`,
+    `the data goes on past the end of ${path.basename(last)}, ${lone ? "its first piece" : "which is as large as a full piece"}`,
+  );
+}
+
 export interface SplitOptions {
   /** bytes at the start of every piece that are not part of the joined stream (a volume header) */
   pieceHeader?: number;
   /** every piece but the last has the first one's size, as `split -b` makes them (default true) */
   equalPieces?: boolean;
+  /** the name of the piece after the last, when the set looks cut short (see pieceAfter) */
+  nextPiece?: string;
 }
 
 /** Pieces read as one stream: positional reads across them. */
@@ -73,6 +109,7 @@ export class SplitSource implements RandomAccessSource {
   /** offset in the joined stream of each piece's first byte after its header */
   private readonly starts: number[] = [];
   private readonly header: number;
+  private readonly nextPiece: string | undefined;
   private pos = 0;
 
   constructor(
@@ -80,6 +117,7 @@ export class SplitSource implements RandomAccessSource {
     options: SplitOptions = {},
   ) {
     this.header = options.pieceHeader ?? 0;
+    this.nextPiece = options.nextPiece;
     this.name = pieces.length > 1 ? `${pieces[0]!.name} (+${pieces.length - 1} pieces)` : pieces[0]!.name;
     let total = 0;
     for (const [i, piece] of pieces.entries()) {
@@ -99,7 +137,13 @@ export class SplitSource implements RandomAccessSource {
       if (!(s instanceof FileSource)) throw new ImageError({ file: n }, "a piece of a split set must be a regular file");
       opened.push(s);
     }
-    return new SplitSource(opened);
+    return new SplitSource(opened, { nextPiece: pieceAfter(names) });
+  }
+
+  missingPiece(): ImageError | undefined {
+    if (this.nextPiece === undefined) return undefined;
+    const last = this.pieces[this.pieces.length - 1]!;
+    return missingPieceError(last.name, this.nextPiece, last.size, this.pieces.length === 1);
   }
 
   get pieceNames(): string[] {

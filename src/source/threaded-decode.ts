@@ -7,12 +7,18 @@ import type { Compression } from "./sniff.ts";
 // decoded bytes while this thread parses and writes the previous ones (two cores, two jobs).
 export const SLOT_COUNT = 4;
 export const SLOT_BYTES = 2 << 20;
-export const MESSAGE_BYTES = 64 << 10;
-/** Int32 control words: the worker's state, then [flag, length] per slot, then the message length. */
+/**
+ * Two message areas of this size: the worker's ready message and its failure message. Each is
+ * written once, before the state word that announces it, so a failure right after "ready" cannot
+ * overwrite the ready message while this thread still reads it.
+ */
+export const MESSAGE_BYTES = 32 << 10;
+export const MESSAGE = { ready: 0, failure: 1 } as const;
+/** Int32 control words: the worker's state, the two message lengths, then [flag, length] per slot. */
 export const CTL = {
   state: 0,
   closed: 1,
-  messageLength: 2,
+  messageLength: (which: number) => 2 + which,
   slotFlag: (i: number) => 4 + 2 * i,
   slotLength: (i: number) => 5 + 2 * i,
   words: 4 + 2 * SLOT_COUNT,
@@ -61,10 +67,10 @@ export class ThreadedDecodeSource implements ChunkSource {
   private firstName: string;
 
   constructor(spec: RawSpec) {
-    const shared = new SharedArrayBuffer(CTL.words * 4 + MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
+    const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
     this.ctl = new Int32Array(shared, 0, CTL.words);
-    this.message = new Uint8Array(shared, CTL.words * 4, MESSAGE_BYTES);
-    this.slots = new Uint8Array(shared, CTL.words * 4 + MESSAGE_BYTES);
+    this.message = new Uint8Array(shared, CTL.words * 4, 2 * MESSAGE_BYTES);
+    this.slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);
     this.firstName = "fd" in spec ? spec.name : spec.pieces[0]!;
     this.worker = new Worker(workerUrl());
     this.worker.postMessage({ shared, spec });
@@ -77,7 +83,7 @@ export class ThreadedDecodeSource implements ChunkSource {
       Atomics.wait(this.ctl, CTL.state, STATE.starting, 100);
     }
     if (Atomics.load(this.ctl, CTL.state) === STATE.failed) this.rethrow();
-    const ready = JSON.parse(this.readMessage()) as { compression: Compression[]; name: string };
+    const ready = JSON.parse(this.readMessage(MESSAGE.ready)) as { compression: Compression[]; name: string };
     this.compression = ready.compression;
     this.name = ready.name;
   }
@@ -121,14 +127,27 @@ export class ThreadedDecodeSource implements ChunkSource {
     this.worker.terminate();
   }
 
-  private readMessage(): string {
-    return new TextDecoder().decode(this.message.slice(0, Atomics.load(this.ctl, CTL.messageLength)));
+  private readMessage(which: number): string {
+    const start = which * MESSAGE_BYTES;
+    return new TextDecoder().decode(this.message.slice(start, start + Atomics.load(this.ctl, CTL.messageLength(which))));
+  }
+
+  /** After the end: the worker's verdict that a piece of the split set is missing, if it found one. */
+  missingPiece(): ImageError | undefined {
+    if (!this.ended || Atomics.load(this.ctl, CTL.messageLength(MESSAGE.failure)) === 0) return undefined;
+    const e = this.failure();
+    return e instanceof ImageError ? e : undefined;
+  }
+
+  private failure(): Error {
+    const failure = JSON.parse(this.readMessage(MESSAGE.failure)) as WorkerFailure;
+    if (failure.where && failure.field) return new ImageError(failure.where, failure.field, failure.detail);
+    return new Error(failure.message);
   }
 
   private rethrow(): never {
-    const failure = JSON.parse(this.readMessage()) as WorkerFailure;
+    const e = this.failure();
     this.worker.terminate();
-    if (failure.where && failure.field) throw new ImageError(failure.where, failure.field, failure.detail);
-    throw new Error(failure.message);
+    throw e;
   }
 }
