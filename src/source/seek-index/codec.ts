@@ -37,6 +37,8 @@ export interface CodecIndex {
   points: SeekPoint[];
   /** set when the stream has no resumable point past the start (one-block xz, linked lz4 blocks) */
   notResumable?: string;
+  /** candidate points that decoded wrongly from themselves in verification, and were dropped */
+  rejected?: number;
 }
 
 export interface BuildOptions {

@@ -27,6 +27,8 @@ export interface BuiltIndex {
   path: string;
   bytes: number;
   checkpoints: number;
+  /** candidate points dropped by verification */
+  rejected: number;
   seconds: number;
   decodedSize: number;
   compressedSize: number;
@@ -53,7 +55,7 @@ export function buildSeekIndex(raw: RandomAccessSource, pieces: string[], codec:
     bytes = writeIndex(target, codec.compression, index, key, raw.size, spacing);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (target === paths.cache || !(code === "EACCES" || code === "EROFS" || code === "EPERM")) throw e;
+    if (target === paths.cache || !(code === "EACCES" || code === "EROFS" || code === "EPERM" || code === "ENOENT")) throw e;
     target = paths.cache;
     bytes = writeIndex(target, codec.compression, index, key, raw.size, spacing);
   }
@@ -61,6 +63,7 @@ export function buildSeekIndex(raw: RandomAccessSource, pieces: string[], codec:
     path: target,
     bytes,
     checkpoints: index.points.length,
+    rejected: index.rejected ?? 0,
     seconds: (performance.now() - started) / 1000,
     decodedSize: index.decodedSize,
     compressedSize: raw.size,

@@ -217,6 +217,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     // extend the verified range of the point before it (the verifier decoded through it from there)
     let previous: SeekPoint | undefined;
     let previousFrame = -1;
+    let rejected = 0;
     for (const [i, { job, frameIndex: f }] of sent.entries()) {
       const r: VerifyResult = results[i]!;
       if (r.windowLength >= 0) {
@@ -233,14 +234,14 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         points.push(p);
         previous = p;
         previousFrame = f;
-      } else if (r.extended && previous && previousFrame === f && previous.verifiedEnd === job.decoded) {
-        previous.verifiedEnd = job.spanEnd;
       } else {
-        previous = undefined;
+        rejected++;
+        if (r.extended && previous && previousFrame === f && previous.verifiedEnd === job.decoded) previous.verifiedEnd = job.spanEnd;
+        else previous = undefined;
       }
     }
     points.sort((a, b) => a.decoded - b.decoded || a.compressed - b.compressed);
-    return { decodedSize: decoded, points, notResumable };
+    return { decodedSize: decoded, points, notResumable, rejected };
   } finally {
     verifier.close();
     lib.ZSTD_freeDCtx(dctx);
