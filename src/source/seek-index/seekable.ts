@@ -5,9 +5,17 @@ import { type LoadedIndex, type StoredPoint, seekPointOf } from "./index-file.ts
 
 /** Decoded bytes are cached in spans of this size, aligned to it. */
 export const SPAN_BYTES = 1 << 20;
-/** Spans kept (LRU): with the decoder's window and buffers, well under 128 MiB in all. */
-const CACHED_SPANS = 48;
+/** Spans kept (LRU): with the decoders' windows and buffers, well under 128 MiB in all. */
+const CACHED_SPANS = 16;
+/** Live decoders kept: several readers (nbdcopy's connections) each going forward in their own region. */
+const CURSORS = 2;
+/**
+ * A decoder this close behind a wanted span decodes the spans between into the cache instead of
+ * skipping them: readers with many requests in flight ask for them next.
+ */
+const KEEP_SKIPPED = 4 * SPAN_BYTES;
 const SKIP_BYTES = 1 << 20;
+const GC_EVERY_SPANS = 64;
 
 /** A decoder resumed at a point, and how far it has got. */
 interface Cursor {
@@ -29,7 +37,10 @@ export class SeekableSource implements RandomAccessSource {
   readonly name: string;
   readonly size: number;
   private readonly cache = new Map<number, Uint8Array>();
-  private cursor: Cursor | undefined;
+  /** least recently used first */
+  private cursors: Cursor[] = [];
+  /** a buffer of an evicted span, for the next one */
+  private spare: Uint8Array | undefined;
   private readonly skip = new Uint8Array(SKIP_BYTES);
   private pos = 0;
   /** counters for the curious (bench): spans decoded, and resumes from a point */
@@ -73,11 +84,22 @@ export class SeekableSource implements RandomAccessSource {
       this.stats.cacheHits++;
       return hit;
     }
-    const bytes = new Uint8Array(Math.min(SPAN_BYTES, this.size - first));
+    const behind = this.liveCursor(first);
+    if (behind && first - behind.at <= KEEP_SKIPPED && behind.at % SPAN_BYTES === 0) {
+      for (let s = behind.at; s < first; s += SPAN_BYTES) if (!this.cache.has(s)) this.decodeSpan(s);
+    }
+    return this.decodeSpan(first);
+  }
+
+  private decodeSpan(first: number): Uint8Array {
+    const length = Math.min(SPAN_BYTES, this.size - first);
+    const reuse = this.spare && this.spare.length === length ? this.spare : undefined;
+    this.spare = undefined;
+    const bytes = reuse ?? new Uint8Array(length);
     let at = first;
-    while (at < first + bytes.length) {
+    while (at < first + length) {
       const c = this.cursorFor(at);
-      const end = Math.min(first + bytes.length, c.validEnd);
+      const end = Math.min(first + length, c.validEnd);
       while (at < end) {
         const n = c.decoder.read(bytes.subarray(at - first, end - first));
         if (n === 0) throw this.shortStream(at);
@@ -86,22 +108,41 @@ export class SeekableSource implements RandomAccessSource {
       }
     }
     this.stats.spansDecoded++;
+    // the decoders' and the readers' buffers are garbage soon, but a lazy collector lets tens of MiB
+    // of them pile up: collect now and then so the reader's memory stays bounded
+    if (this.stats.spansDecoded % GC_EVERY_SPANS === 0) Bun.gc(false);
     this.cache.set(first, bytes);
-    if (this.cache.size > CACHED_SPANS) this.cache.delete(this.cache.keys().next().value!);
+    if (this.cache.size > CACHED_SPANS) {
+      const oldest = this.cache.keys().next().value!;
+      this.spare = this.cache.get(oldest);
+      this.cache.delete(oldest);
+    }
     return bytes;
   }
 
-  /** A decoder positioned at `at`: the live one when it is no further back than the best point. */
-  private cursorFor(at: number): Cursor {
+  /** The live decoder furthest along at or before `at` that is no further back than the best point. */
+  private liveCursor(at: number): Cursor | undefined {
     const best = this.pointFor(at);
-    const c = this.cursor;
-    if (!(c && c.at <= at && at < c.validEnd && c.at >= best.decoded)) {
-      c?.decoder.close();
+    let found: Cursor | undefined;
+    for (const c of this.cursors) {
+      if (c.at <= at && at < c.validEnd && c.at >= best.decoded && (!found || c.at > found.at)) found = c;
+    }
+    return found;
+  }
+
+  /** A decoder positioned at `at`: a live one when one is near enough, else one resumed at the best point. */
+  private cursorFor(at: number): Cursor {
+    let cur = this.liveCursor(at);
+    if (cur) {
+      this.cursors.splice(this.cursors.indexOf(cur), 1);
+    } else {
+      const best = this.pointFor(at);
+      if (this.cursors.length >= CURSORS) this.cursors.shift()!.decoder.close();
       this.stats.resumes++;
       const decoder = this.codec.resume(this.raw, seekPointOf(this.index, best));
-      this.cursor = { decoder, at: best.decoded, validEnd: best.verifiedEnd ?? this.size, from: best.decoded };
+      cur = { decoder, at: best.decoded, validEnd: best.verifiedEnd ?? this.size, from: best.decoded };
     }
-    const cur = this.cursor!;
+    this.cursors.push(cur);
     while (cur.at < at) {
       const n = cur.decoder.read(this.skip.subarray(0, Math.min(this.skip.length, at - cur.at)));
       if (n === 0) throw this.shortStream(cur.at);
@@ -136,8 +177,9 @@ export class SeekableSource implements RandomAccessSource {
   }
 
   close(): void {
-    this.cursor?.decoder.close();
-    this.cursor = undefined;
+    if (process.env.IMGTOOL_SEEK_STATS === "1") process.stderr.write(`imgtool: ${this.name}: seek stats ${JSON.stringify(this.stats)}\n`);
+    for (const c of this.cursors) c.decoder.close();
+    this.cursors = [];
     this.cache.clear();
     this.index.close();
     this.raw.close();
