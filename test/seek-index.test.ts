@@ -342,6 +342,48 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
   });
 });
 
+describe.skipIf(!ZSTD)("checksums on random reads", () => {
+  /** the volume offset of the used block of rank `n` */
+  function usedBlockOffset(image: ReturnType<typeof openImage>, n: number): number {
+    let seen = 0;
+    for (const { firstBlock, blockCount } of image.usedRuns()) {
+      if (n < seen + blockCount) return (firstBlock + n - seen) * image.info.blockSize;
+      seen += blockCount;
+    }
+    throw new Error("no such used block");
+  }
+
+  test("a read touching a damaged checksum strip fails with a checksum error; other strips read fine (plain and .zst)", () => {
+    const truth = ntfsImage();
+    const plain = openImage(fixture("ntfs.ntfs-ptcl-img.aa"));
+    const dataStart = plain.info.fields.find((f) => f.key === "blocksSection")!.value as number;
+    const perStrip = plain.info.fields.find((f) => f.key === "blocksPerChecksum")!.value as number;
+    const bs = plain.info.blockSize;
+    const inStrip0 = usedBlockOffset(plain, 3);
+    const inStrip1 = usedBlockOffset(plain, perStrip + 5);
+    plain.close();
+    // one byte of the used block of rank perStrip + 5 (strip 1: one 4-byte CRC before it)
+    const damaged = truth.slice();
+    damaged[dataStart + (perStrip + 5) * bs + 4 + 100]! ^= 0x20;
+    const dir = tempDir();
+    const files = [write(dir, "damaged.ptcl-img", damaged), write(dir, "damaged.ptcl-img.zst", zstd(damaged, "-T2", "-3"))];
+    for (const file of files) {
+      const image = openImage(file, { seekIndex: { mode: "build", spacing: SPACING, progress: false } });
+      try {
+        expect(image.read).toBeDefined();
+        expect(image.read!(inStrip0, 4096).length).toBe(4096);
+        expect(() => image.read!(inStrip1, 512)).toThrow("CRC32 checksum mismatch");
+      } finally {
+        image.close();
+      }
+      const r = runCli(["cat", file, "--offset", String(inStrip1), "--length", "4096"]);
+      expect(r.code).toBe(4);
+      expect(r.stderr.trimEnd().split("\n").length).toBe(1);
+      expect(r.stderr).toContain("CRC32 checksum mismatch");
+    }
+  });
+});
+
 describe.skipIf(!ZSTD)("serve, mount and cat on compressed images", () => {
   const clonezilla = ["loop0p1.ext4-ptcl-img.zst.aa", "loop0p2.ntfs-ptcl-img.zst.aa"];
   const RESTORED: Record<string, string> = {

@@ -11,7 +11,7 @@ import { SeekableSource } from "./seekable.ts";
 export type SeekIndexMode = "build" | "use-if-present" | "never";
 
 /** Decoded bytes between points unless told otherwise (`--spacing`): the README gives the trade-off. */
-export const DEFAULT_SPACING = 32 << 20;
+export const DEFAULT_SPACING = 16 << 20;
 
 export interface SeekIndexOptions {
   mode: SeekIndexMode;

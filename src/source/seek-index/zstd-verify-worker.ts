@@ -45,6 +45,8 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: strin
     answer[2] = packed.length;
     Atomics.add(ctl, VCTL.done, 1);
     Atomics.notify(ctl, VCTL.done);
+    // each job leaves a few MiB of decoder buffers behind: collect them before the next
+    Bun.gc(true);
   } catch (e) {
     fail(e);
   }

@@ -49,7 +49,7 @@ export class SpanVerifier {
     let accepted = -1;
     let acceptedDecoder: ChunkSource | undefined;
     for (const length of tries) {
-      const prefix = length > 0 ? job.window.slice(full - length) : undefined;
+      const prefix = length > 0 ? job.window.subarray(full - length) : undefined;
       const d = new ZstdDecoder(new SpliceSource(this.raw, [job.header, { from: job.compressed, to: this.raw.size }]), prefix);
       const outcome = this.decodeSpan(d, job);
       if (outcome === "same") {
@@ -102,6 +102,8 @@ export class SpanVerifier {
 
 export interface Verifier {
   submit(job: VerifyJob): void;
+  /** the stored bytes of the windows accepted so far (answers already in) */
+  readonly packedBytes: number;
   /** every answer, in the order submitted */
   finish(): VerifyResult[];
   close(): void;
@@ -119,11 +121,14 @@ export function createVerifier(raw: RandomAccessSource, pieces: string[] | undef
 class InlineVerifier implements Verifier {
   private readonly verifier: SpanVerifier;
   private readonly results: VerifyResult[] = [];
+  packedBytes = 0;
   constructor(raw: RandomAccessSource) {
     this.verifier = new SpanVerifier(raw);
   }
   submit(job: VerifyJob): void {
-    this.results.push(this.verifier.run(job));
+    const r = this.verifier.run(job);
+    this.packedBytes += r.packedWindow?.length ?? 0;
+    this.results.push(r);
   }
   finish(): VerifyResult[] {
     return this.results;
@@ -138,7 +143,7 @@ export const VCTL = { state: 0, done: 1, messageLength: 2, words: 4 } as const;
 export const VSTATE = { starting: 0, ready: 1, failed: 2 } as const;
 export const VMESSAGE_BYTES = 16 << 10;
 /** candidates in flight: each holds a window copy (at most the frame's window size) */
-const IN_FLIGHT = 3;
+const IN_FLIGHT = 2;
 const WORKER_START_MS = 20_000;
 
 function workerUrl(): string {
@@ -164,6 +169,7 @@ class WorkerVerifier implements Verifier {
   private harvested = 0;
   private readonly pending: SharedArrayBuffer[] = [];
   private readonly results: VerifyResult[] = [];
+  packedBytes = 0;
 
   private constructor(
     private readonly worker: Worker,
@@ -199,6 +205,7 @@ class WorkerVerifier implements Verifier {
   }
 
   submit(job: VerifyJob): void {
+    while (this.harvested < Atomics.load(this.ctl, VCTL.done)) this.harvestOne();
     while (this.submitted - this.harvested >= IN_FLIGHT) this.harvestOne();
     // room for the packed window too: zstd's bound is the size plus a little
     const bound = job.window.length + (job.window.length >> 7) + 1024;
@@ -221,6 +228,7 @@ class WorkerVerifier implements Verifier {
     const answer = new Int32Array(shared, 0, 3);
     const windowLength = answer[0]!;
     const packedLength = answer[2]!;
+    if (windowLength > 0) this.packedBytes += packedLength;
     this.results.push({
       windowLength,
       extended: answer[1] === 1,

@@ -14,6 +14,11 @@ export const MAX_INDEXED_WINDOW = 64 << 20;
 const FRAME_POINT_SPACING = 1 << 20;
 const INPUT_BYTES = 4 << 20;
 const PROGRESS_EVERY = 32 << 20;
+/**
+ * Points that need a window are taken no closer than `spacing`, and only while the windows kept so
+ * far stay under this share of the compressed bytes read: where windows are large they thin out.
+ */
+export const WINDOW_BUDGET = 0.01;
 
 /**
  * zstd: every frame start is a point; inside a frame, block boundaries about `spacing` apart are
@@ -168,6 +173,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
           spanHash: digest.slice(),
         };
         verifier.submit(job);
+        Bun.gc(true);
         const { window: _w, ...kept } = job;
         sent.push({ job: kept, frameIndex });
         candidate = undefined;
@@ -179,7 +185,13 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         const want = Number(lib.ZSTD_nextSrcSizeToDecompress(dctx));
         const kind = lib.ZSTD_nextInputType(dctx);
         if (want === 0) break;
-        if (kind === ZSTD_INPUT.blockHeader && insideFrame && decoded > frameDecodedStart && decoded - lastCandidate >= opts.spacing) {
+        if (
+          kind === ZSTD_INPUT.blockHeader &&
+          insideFrame &&
+          decoded > frameDecodedStart &&
+          decoded - lastCandidate >= opts.spacing &&
+          verifier.packedBytes <= WINDOW_BUDGET * pos
+        ) {
           closeCandidate();
           hash.reset();
           candidate = { decoded, compressed: pos, window: windowOf(Math.min(frame.windowSize, decoded - frameDecodedStart)) };
