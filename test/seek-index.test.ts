@@ -222,6 +222,14 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     }
   });
 
+  test("a frame with a window too large to index is refused in one line", () => {
+    const r1 = spawnSync("zstd", ["-q", "--long=27", "-c"], { input: ntfsImage().subarray(0, 300_000), maxBuffer: 1 << 26 });
+    const file = write(tempDir(), "long.zst", new Uint8Array(r1.stdout));
+    const r = runCli(["index", file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`imgtool: ${file}: the zstd frame at offset 0 has a 134,217,728-byte window; imgtool indexes windows up to 64 MiB; use imgtool restore\n`);
+  });
+
   test("a changed image makes its index stale: detected and built again", () => {
     const truth = ntfsImage();
     const dir = tempDir();
@@ -411,6 +419,23 @@ describe.skipIf(!ZSTD)("serve, mount and cat on compressed images", () => {
       }
     });
   }
+
+  test("an ntfsclone image compressed with zstd: random reads of the volume equal restore", () => {
+    const plain = openImage(fixture("ntfs.ntfsclone-img"));
+    const volume = restoreToBuffer(plain);
+    plain.close();
+    const file = write(tempDir(), "ntfs.ntfsclone-img.zst", zstd(new Uint8Array(fs.readFileSync(fixture("ntfs.ntfsclone-img"))), "-T2", "-3"));
+    const image = openImage(file, { seekIndex: { mode: "build", spacing: SPACING, progress: false } });
+    try {
+      expect(image.read).toBeDefined();
+      expect(image.info.deviceSize).toBe(volume.length);
+      for (const [offset, length] of ranges(volume.length, [], 40, 8)) {
+        expect(sha256(image.read!(offset, length))).toBe(sha256(volume.subarray(offset, offset + length)));
+      }
+    } finally {
+      image.close();
+    }
+  });
 
   test("imgtool cat of a .zst image equals restore, through the index it builds", () => {
     const file = path.join(tempDir(), clonezilla[0]!);

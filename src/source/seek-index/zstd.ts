@@ -1,5 +1,5 @@
 import { type Pointer, ptr } from "bun:ffi";
-import { ImageError, withCommas } from "../../errors.ts";
+import { ImageError, UsageError, withCommas } from "../../errors.ts";
 import { Xxh64State } from "../../../native/xxhash.ts";
 import { ZSTD_INPUT, ZstdDecoder, zstdError, zstdLibrary } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
@@ -8,7 +8,7 @@ import { SpliceSource } from "./splice.ts";
 import { BLOCK_SIZE_MAX, parseFrameHeader, resumeHeader, skippableFrameSize } from "./zstd-frame.ts";
 import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
 
-/** Frames whose window is larger cannot be indexed inside (the build would hold the window twice). */
+/** Frames whose window is larger are not indexed (the build holds the window in memory). */
 export const MAX_INDEXED_WINDOW = 64 << 20;
 /** A frame start is a free point (no window); closer ones than this are not kept. */
 const FRAME_POINT_SPACING = 1 << 20;
@@ -106,7 +106,6 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
   let lastPoint = -Infinity;
   let nextProgress = PROGRESS_EVERY;
   let frameIndex = -1;
-  let notResumable: string | undefined;
 
   const fail = (what: string, at: number): never => {
     throw new ImageError(raw.locate(at), "corrupt zstd data", what);
@@ -125,9 +124,11 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
       const frame = parseFrameHeader(head, raw.locate(pos));
       frameIndex++;
       const frameDecodedStart = decoded;
-      const insideFrame = frame.windowSize <= MAX_INDEXED_WINDOW;
-      if (!insideFrame && !notResumable) {
-        notResumable = `a zstd frame at offset ${withCommas(pos)} has a ${withCommas(frame.windowSize)}-byte window; it is indexed at frame starts only`;
+      if (frame.windowSize > MAX_INDEXED_WINDOW) {
+        // decoding it here would hold the whole window in memory (zstd --long=27 and up)
+        throw new UsageError(
+          `${raw.locate(pos).file}: the zstd frame at offset ${withCommas(pos)} has a ${withCommas(frame.windowSize)}-byte window; imgtool indexes windows up to ${MAX_INDEXED_WINDOW >> 20} MiB; use imgtool restore`,
+        );
       }
       // a frame start is always a good point; after a frame with points inside, keep it
       const previousInside = sent.length > 0 && sent[sent.length - 1]!.frameIndex === frameIndex - 1;
@@ -187,8 +188,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         if (want === 0) break;
         if (
           kind === ZSTD_INPUT.blockHeader &&
-          insideFrame &&
-          decoded > frameDecodedStart &&
+                    decoded > frameDecodedStart &&
           decoded - lastCandidate >= opts.spacing &&
           verifier.packedBytes <= WINDOW_BUDGET * pos
         ) {
@@ -253,7 +253,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
       }
     }
     points.sort((a, b) => a.decoded - b.decoded || a.compressed - b.compressed);
-    return { decodedSize: decoded, points, notResumable, rejected };
+    return { decodedSize: decoded, points, rejected };
   } finally {
     verifier.close();
     lib.ZSTD_freeDCtx(dctx);
