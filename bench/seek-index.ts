@@ -55,13 +55,19 @@ for i in range(${files}):
   return img;
 }
 
-/** wall seconds and peak RSS of a shell command */
-function timed(cmd: string): { seconds: number; rssMiB: number; stdout: string } {
+/** wall seconds, CPU seconds (user + system, all threads) and peak RSS of a shell command */
+function timed(cmd: string): { seconds: number; cpu: number; rssMiB: number; stdout: string } {
   const out = path.join(WORK, "timed.out");
-  const r = Bun.spawnSync(["bash", "-c", `/usr/bin/time -o ${out}.time -f '%e %M' bash -c '${cmd.replaceAll("'", "'\\''")}' > ${out}`], { stdout: "pipe", stderr: "pipe" });
+  const r = Bun.spawnSync(["bash", "-c", `/usr/bin/time -o ${out}.time -f '%e %U %S %M' bash -c '${cmd.replaceAll("'", "'\\''")}' > ${out}`], { stdout: "pipe", stderr: "pipe" });
   if (r.exitCode !== 0) throw new Error(`bench: ${cmd}: ${r.stderr}`);
-  const [s, kb] = fs.readFileSync(`${out}.time`, "utf8").trim().split("\n").pop()!.split(/\s+/).map(Number);
-  return { seconds: s!, rssMiB: kb! / 1024, stdout: fs.readFileSync(out, "utf8") };
+  const [s, user, sys, kb] = fs.readFileSync(`${out}.time`, "utf8").trim().split("\n").pop()!.split(/\s+/).map(Number);
+  return { seconds: s!, cpu: user! + sys!, rssMiB: kb! / 1024, stdout: fs.readFileSync(out, "utf8") };
+}
+
+/** CPU seconds a process has used so far (utime + stime) */
+function cpuOf(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 /** qemu-img bench's own figure: "Run completed in X seconds." */
@@ -85,20 +91,26 @@ async function main() {
   }
   const img = makeImage();
   const imgBytes = fs.statSync(img).size;
-  const decodedBytes = Number(sh(`zstd -lv ${img} | sed -n 's/.*Decompressed Size:.*(\\([0-9]*\\) B).*/\\1/p'`).trim()) || 0;
   const bun = process.execPath;
   const rows: [string, string, string][] = [];
   const indexFile = `${img}.imgtool-index`;
   sh(`cat ${img} > /dev/null`);
 
   const floor = timed(`zstd -dc ${img} > /dev/null`);
-  const decodeMBps = (decodedBytes || 0) / 1e6 / floor.seconds;
-  rows.push(["floor: zstd -dc image.zst > /dev/null", `${floor.seconds.toFixed(2)} s (${decodeMBps.toFixed(0)} MB/s decoded)`, `${floor.rssMiB.toFixed(1)}`]);
-
   fs.rmSync(indexFile, { force: true });
   const built = timed(`${bun} ${CLI} index ${img} --json`);
-  const j = JSON.parse(built.stdout) as { bytes: number; checkpoints: number; rejected: number; seconds: number; spacing: number };
-  rows.push([`imgtool index (spacing ${j.spacing >> 20} MiB)`, `${built.seconds.toFixed(2)} s = ${(built.seconds / floor.seconds).toFixed(2)}x zstd -dc`, `${built.rssMiB.toFixed(1)}`]);
+  const j = JSON.parse(built.stdout) as { bytes: number; checkpoints: number; rejected: number; seconds: number; spacing: number; decodedSize: number };
+  const decodedBytes = j.decodedSize;
+  rows.push([
+    "floor: zstd -dc image.zst > /dev/null",
+    `${floor.seconds.toFixed(2)} s, ${floor.cpu.toFixed(2)} s CPU (${(decodedBytes / 1e6 / floor.seconds).toFixed(0)} MB/s decoded)`,
+    `${floor.rssMiB.toFixed(1)}`,
+  ]);
+  rows.push([
+    `imgtool index (spacing ${j.spacing >> 20} MiB; decode + verify, 2 threads)`,
+    `${built.seconds.toFixed(2)} s = ${(built.seconds / floor.seconds).toFixed(2)}x; CPU ${built.cpu.toFixed(2)} s = ${(built.cpu / floor.cpu).toFixed(2)}x`,
+    `${built.rssMiB.toFixed(1)}`,
+  ]);
   rows.push(["index size", `${j.bytes} B = ${((100 * j.bytes) / imgBytes).toFixed(2)}% of ${(imgBytes / 1e6).toFixed(0)} MB; ${j.checkpoints} points (${j.rejected} dropped)`, ""]);
 
   const socket = path.join(WORK, `seek-${process.pid}.sock`);
@@ -111,14 +123,16 @@ async function main() {
     const count = 400;
     const step = Math.floor(size / count / 4096) * 4096;
     const cold = qemuBench(uri, `-c ${count} -d 1 -s 4096 -S ${step}`);
-    rows.push([`serve: cold 4 KiB reads, qd1, ${count} spread over the volume`, `${(count / cold).toFixed(1)} reads/s`, ""]);
+    rows.push([`serve: cold 4 KiB reads, qd1, ${count} spread over the volume`, `${(count / cold).toFixed(1)} reads/s (${cold.toFixed(2)} s)`, ""]);
     const cachedCount = 20000;
     const cached = qemuBench(uri, `-c ${cachedCount} -d 1 -s 4096 -S 512 -o ${step * 200}`);
     rows.push(["serve: 4 KiB reads in cached spans, qd1", `${(cachedCount / cached).toFixed(0)} reads/s`, ""]);
+    const serverCpu = cpuOf(server.pid);
     const copy = timed(`nbdcopy '${uri}' null:`);
+    const copyCpu = cpuOf(server.pid) - serverCpu;
     rows.push([
       "serve: nbdcopy of the volume to null:",
-      `${copy.seconds.toFixed(2)} s (${(size / 1e6 / copy.seconds).toFixed(0)} MB/s of volume) = ${(floor.seconds / copy.seconds).toFixed(2)}x decompression speed`,
+      `${copy.seconds.toFixed(2)} s = ${(floor.seconds / copy.seconds).toFixed(2)}x zstd -dc speed; server CPU ${copyCpu.toFixed(2)} s`,
       "",
     ]);
     const hwm = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${server.pid}/status`, "utf8"));
@@ -128,7 +142,23 @@ async function main() {
     await server.exited;
   }
 
-  console.log(`\nimage: ${path.basename(img)}, ${(imgBytes / 1e6).toFixed(0)} MB zstd (one frame, -T2 -3) of a ${(decodedBytes / 1e6).toFixed(0)} MB partclone image of a ${VOLUME_GIB} GiB volume\n`);
+  // the same volume served from the uncompressed image: what the NBD path itself costs
+  const plainImg = img.replace(/\.zst$/, "");
+  if (!fs.existsSync(plainImg)) sh(`zstd -q -dc ${img} > ${plainImg}.tmp && mv ${plainImg}.tmp ${plainImg}`);
+  const plainSocket = path.join(WORK, `seek-plain-${process.pid}.sock`);
+  const plainServer = Bun.spawn([bun, CLI, "serve", plainImg, "--socket", plainSocket], { stdout: "pipe", stderr: "inherit" });
+  try {
+    await plainServer.stdout.getReader().read();
+    const before = cpuOf(plainServer.pid);
+    const copy = timed(`nbdcopy 'nbd+unix:///?socket=${plainSocket}' null:`);
+    rows.push(["peer floor: nbdcopy of the same volume served uncompressed", `${copy.seconds.toFixed(2)} s; server CPU ${(cpuOf(plainServer.pid) - before).toFixed(2)} s`, ""]);
+  } finally {
+    plainServer.kill("SIGTERM");
+    await plainServer.exited;
+  }
+
+  const load = fs.readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+  console.log(`\nimage: ${path.basename(img)}, ${(imgBytes / 1e6).toFixed(0)} MB zstd (one frame, -T2 -3) of a ${(decodedBytes / 1e6).toFixed(0)} MB partclone image of a ${VOLUME_GIB} GiB volume; load average ${load}\n`);
   console.log(`| ${"run".padEnd(58)} | ${"result".padEnd(60)} | peak RSS MiB |`);
   console.log(`|${"-".repeat(60)}|${"-".repeat(62)}|--------------|`);
   for (const [a, b, c] of rows) console.log(`| ${a.padEnd(58)} | ${b.padEnd(60)} | ${c.padStart(12)} |`);

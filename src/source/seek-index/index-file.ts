@@ -232,7 +232,7 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
       if ((windowOffset as number) < HEADER_BYTES && (windowStored as number) > 0) bad(`${where}: its window overlaps the header`);
       if (!isCount(windowSize, MAX_WINDOW)) bad(`${where}: window size out of range`);
       if (typeof windowHash !== "string" || !/^[0-9a-f]{16}$/.test(windowHash)) bad(`${where}: malformed window checksum`);
-      if (typeof extra !== "string" || extra.length > 1024) bad(`${where}: malformed state`);
+      if (typeof extra !== "string" || extra.length > 65536) bad(`${where}: malformed state`);
       if (verifiedEnd !== null && (!isCount(verifiedEnd, decodedSize) || (verifiedEnd as number) < (decoded as number))) bad(`${where}: verified range out of range`);
       if (i === 0 ? decoded !== 0 : (decoded as number) < points[i - 1]!.decoded) bad(`${where}: points out of order`);
       points.push({
