@@ -5,6 +5,7 @@ const scripts = [
   "btrfs.ts",
   "btrfs-receive.ts",
   "pipe.ts",
+  "seek-index.ts",
 ];
 for (const script of scripts) {
   console.log(`\n## bench/${script}\n`);

@@ -1,4 +1,5 @@
-import { FFIType, type Pointer } from "bun:ffi";
+import { FFIType, type Pointer, ptr } from "bun:ffi";
+import { ImageError, type Location } from "../src/errors.ts";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
 import { decodeMemoryLimit, LazyLibrary, NativeDecoder, NativeStruct, type StepResult, readCString, structLayout } from "./ffi.ts";
 
@@ -9,10 +10,58 @@ const zstd = new LazyLibrary("libzstd.so.1", "libzstd1", {
   ZSTD_isError: { args: ["u64"], returns: "u32" },
   ZSTD_getErrorName: { args: ["u64"], returns: "ptr" },
   ZSTD_DCtx_setParameter: { args: ["ptr", "i32", "i32"], returns: FFIType.u64_fast },
+  // the buffer-less API, to see block boundaries while decoding (seek-index/zstd.ts)
+  ZSTD_createDCtx: { args: [], returns: "ptr" },
+  ZSTD_freeDCtx: { args: ["ptr"], returns: FFIType.u64_fast },
+  ZSTD_decompressBegin: { args: ["ptr"], returns: FFIType.u64_fast },
+  ZSTD_nextSrcSizeToDecompress: { args: ["ptr"], returns: FFIType.u64_fast },
+  ZSTD_nextInputType: { args: ["ptr"], returns: "u32" },
+  ZSTD_decompressContinue: { args: ["ptr", "ptr", "u64", "ptr", "u64"], returns: FFIType.u64_fast },
+  // resuming inside a frame: the bytes before the resume point as a raw-content prefix
+  ZSTD_DCtx_refPrefix: { args: ["ptr", "ptr", "u64"], returns: FFIType.u64_fast },
+  // one-shot, for the windows an index stores
+  ZSTD_compress: { args: ["ptr", "u64", "ptr", "u64", "i32"], returns: FFIType.u64_fast },
+  ZSTD_compressBound: { args: ["u64"], returns: FFIType.u64_fast },
+  ZSTD_decompress: { args: ["ptr", "u64", "ptr", "u64"], returns: FFIType.u64_fast },
 });
 
 /** ZSTD_d_windowLogMax in zstd.h */
 const ZSTD_D_WINDOW_LOG_MAX = 100;
+
+/** libzstd's symbols, or an ImageError at `where` naming the package to install. */
+export function zstdLibrary(where: Location): ReturnType<typeof zstd.load> {
+  return zstd.load(where, "zstd data");
+}
+
+/** ZSTD_nextInputType's answers (zstd.h, ZSTD_nextInputType_e). */
+export const ZSTD_INPUT = { frameHeader: 0, blockHeader: 1, block: 2, lastBlock: 3, checksum: 4, skippableFrame: 5 } as const;
+
+/** The library's error name when `rc` is an error code, else undefined. */
+export function zstdError(lib: ReturnType<typeof zstd.load>, rc: number | bigint): string | undefined {
+  return lib.ZSTD_isError(rc) ? readCString(lib.ZSTD_getErrorName(rc)) : undefined;
+}
+
+/** zstd-compress `data` in one call (for small blobs such as an index's windows). */
+export function zstdCompress(data: Uint8Array, level: number): Uint8Array {
+  const lib = zstd.load({ file: "libzstd" }, "zstd compression");
+  const out = new Uint8Array(Number(lib.ZSTD_compressBound(data.length)));
+  const rc = lib.ZSTD_compress(ptr(out), out.length, data.length ? ptr(data) : null, data.length, level);
+  const err = zstdError(lib, rc);
+  if (err) throw new Error(`ZSTD_compress: ${err}`);
+  return out.slice(0, Number(rc));
+}
+
+/** Undo zstdCompress: exactly `size` bytes, or an error naming what went wrong. */
+export function zstdDecompress(packed: Uint8Array, size: number, where: Location): Uint8Array {
+  const lib = zstd.load(where, "zstd data");
+  const out = new Uint8Array(size);
+  if (size === 0 && packed.length === 0) return out;
+  const rc = lib.ZSTD_decompress(size ? ptr(out) : null, size, packed.length ? ptr(packed) : null, packed.length);
+  const err = zstdError(lib, rc);
+  if (err) throw new ImageError(where, "corrupt stored window", err);
+  if (Number(rc) !== size) throw new ImageError(where, "corrupt stored window", `${rc} bytes instead of ${size}`);
+  return out;
+}
 
 // ZSTD_inBuffer and ZSTD_outBuffer from zstd.h, both { buffer pointer, size_t size, size_t pos }
 const BUFFER = structLayout({ ptr: "ptr", size: "size_t", pos: "size_t" });
@@ -27,7 +76,14 @@ export class ZstdDecoder extends NativeDecoder {
   private readonly inDesc = new NativeStruct(BUFFER);
   private readonly outDesc = new NativeStruct(BUFFER);
 
-  constructor(input: ChunkSource) {
+  /**
+   * `prefix`: the bytes that came before `input` in the original stream, which the first frame's
+   * matches may reach into (resuming inside a frame); kept referenced for the decoder's lifetime.
+   */
+  constructor(
+    input: ChunkSource,
+    readonly prefix?: Uint8Array,
+  ) {
     super(input, "zstd", "frame");
     this.lib = zstd.load(input.locate(0), "zstd data");
     const d = this.lib.ZSTD_createDStream();
@@ -38,6 +94,10 @@ export class ZstdDecoder extends NativeDecoder {
     const windowLog = Math.log2(decodeMemoryLimit().window);
     const rc = this.lib.ZSTD_DCtx_setParameter(d, ZSTD_D_WINDOW_LOG_MAX, Math.floor(windowLog));
     if (this.lib.ZSTD_isError(rc)) throw new Error(`ZSTD_d_windowLogMax: ${readCString(this.lib.ZSTD_getErrorName(rc))}`);
+    if (prefix && prefix.length > 0) {
+      const rc = this.lib.ZSTD_DCtx_refPrefix(d, ptr(prefix), prefix.length);
+      if (this.lib.ZSTD_isError(rc)) throw new Error(`ZSTD_DCtx_refPrefix: ${readCString(this.lib.ZSTD_getErrorName(rc))}`);
+    }
   }
 
   protected step(inAddress: Pointer, inLength: number, outAddress: Pointer, outLength: number, r: StepResult): void {

@@ -9,7 +9,7 @@ import type { ImageInfo } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { Progress } from "../output/progress.ts";
 import { writeFully } from "../output/writer.ts";
-import { guard, parseBytes } from "./run.ts";
+import { BUILD_SEEK_INDEX, guard, parseBytes } from "./run.ts";
 
 const imageArg = { type: "positional", description: "image file, any piece of a split set, or - for stdin", required: true } as const;
 
@@ -131,7 +131,7 @@ export const catCommand = defineCommand({
       makeBlocking(1);
       growPipe(1, 1 << 20);
       const offset = parseBytes(args.offset, "--offset");
-      const image = openImage(args.image);
+      const image = openImage(args.image, args.image === "-" ? {} : BUILD_SEEK_INDEX);
       try {
         const length = args.length === undefined ? image.info.deviceSize - offset : parseBytes(args.length, "--length");
         const progress = new Progress(Math.max(0, Math.min(length, image.info.deviceSize - offset)), "cat");

@@ -22,6 +22,7 @@ const main = defineCommand({
     "btrfs-dump": () => import("./btrfs-dump.ts").then((m) => m.btrfsDumpCommand),
     serve: () => import("./serve.ts").then((m) => m.serveCommand),
     mount: () => import("./mount.ts").then((m) => m.mountCommand),
+    index: () => import("./index-command.ts").then((m) => m.indexCommand),
     "btrfs-receive": () => import("./btrfs-receive.ts").then((m) => m.btrfsReceiveCommand),
   },
 });

@@ -6,12 +6,12 @@ import { openImage } from "../formats/detect.ts";
 import type { Image } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { mountVolume } from "../serve/fuse.ts";
-import { guard, refuseWithoutRandomAccess } from "./run.ts";
+import { BUILD_SEEK_INDEX, guard, refuseWithoutRandomAccess } from "./run.ts";
 
 export const mountCommand = defineCommand({
   meta: { name: "mount", description: "Show the restored volume as one read-only file in a FUSE mount, without restoring it" },
   args: {
-    image: { type: "positional", description: "uncompressed image file or any piece of a split set", required: true },
+    image: { type: "positional", description: "image file or any piece of a split set (a compressed one is indexed on first use)", required: true },
     mountpoint: { type: "positional", description: "an existing directory", required: true },
     name: { type: "string", description: "the file's name in the mount (default: the image's name plus .raw)" },
     "allow-other": { type: "boolean", description: "let other users read it too (root, or user_allow_other in /etc/fuse.conf)" },
@@ -21,7 +21,7 @@ export const mountCommand = defineCommand({
     guard(() => {
       if (args.name !== undefined) checkFileName(args.name);
       checkMountpoint(args.mountpoint);
-      const image = openImage(args.image);
+      const image = openImage(args.image, BUILD_SEEK_INDEX);
       try {
         refuseWithoutRandomAccess(image, args.image, "mount");
         // builds the block index now, so that a damaged image fails before anything is mounted

@@ -6,7 +6,7 @@ import { openImage } from "../formats/detect.ts";
 import { humanSize } from "../formats/units.ts";
 import { imageExport } from "../serve/image-export.ts";
 import { serveNbd, type NbdServer } from "../serve/nbd.ts";
-import { guard, refuseWithoutRandomAccess } from "./run.ts";
+import { BUILD_SEEK_INDEX, guard, refuseWithoutRandomAccess } from "./run.ts";
 
 /** the IANA port of NBD */
 const NBD_PORT = 10809;
@@ -15,7 +15,7 @@ const LOOPBACK = "127.0.0.1";
 export const serveCommand = defineCommand({
   meta: { name: "serve", description: "Export the restored volume read-only over NBD, without restoring it" },
   args: {
-    image: { type: "positional", description: "uncompressed image file or any piece of a split set", required: true },
+    image: { type: "positional", description: "image file or any piece of a split set (a compressed one is indexed on first use)", required: true },
     port: { type: "string", description: `TCP port (default ${NBD_PORT}; 0 picks a free one)` },
     bind: { type: "string", description: `address to listen on (default ${LOOPBACK}: this machine only)` },
     socket: { type: "string", description: "listen on this Unix socket instead (and on TCP too if --port or --bind is given)" },
@@ -26,7 +26,7 @@ export const serveCommand = defineCommand({
     guard(async () => {
       const port = parsePort(args.port);
       if (args.socket !== undefined && fs.existsSync(args.socket)) throw new UsageError(`--socket: ${args.socket} exists; remove it first`);
-      const image = openImage(args.image);
+      const image = openImage(args.image, BUILD_SEEK_INDEX);
       let server: NbdServer | undefined;
       // before listening, so that a signal right after the line below still stops it cleanly
       const signalled = untilSignal();

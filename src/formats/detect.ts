@@ -1,5 +1,5 @@
 import { ImageError } from "../errors.ts";
-import { openStream, type OpenedStream } from "../source/open.ts";
+import { type OpenOptions, openStream, type OpenedStream } from "../source/open.ts";
 import { pieceAfter } from "../source/split.ts";
 import type { Image } from "./image.ts";
 import { detectNtfsclone, openNtfsclone } from "./ntfsclone.ts";
@@ -21,9 +21,12 @@ export const formats: FormatHandler[] = [
 
 const HEAD_BYTES = 2048;
 
-/** Open a disk image (partclone, partimage or ntfsclone) from a path, "-" (stdin) or an fd. */
-export function openImage(input: string | number): Image {
-  const stream = openStream(input);
+/**
+ * Open a disk image (partclone, partimage or ntfsclone) from a path, "-" (stdin) or an fd.
+ * `opts.seekIndex` makes a compressed one readable at any offset (serve, mount, cat).
+ */
+export function openImage(input: string | number, opts: OpenOptions = {}): Image {
+  const stream = openStream(input, opts);
   try {
     const head = stream.reader.peek(HEAD_BYTES);
     const handler = formats.find((f) => f.detect(head));

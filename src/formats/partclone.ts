@@ -1,7 +1,7 @@
 // partclone image formats 0001 and 0002: partclone IMAGE_FORMATS.md and src/partclone.h
 // (image_desc_v1, image_desc_v2), bitmaps as src/partclone.c load_image_bitmap reads them.
 import { PARTCLONE_CRC_SEED, partcloneCrc32 } from "../checksum/crc32.ts";
-import { ChecksumError, type Location, withCommas } from "../errors.ts";
+import { ChecksumError, ImageError, type Location, withCommas } from "../errors.ts";
 import type { ByteReader } from "../source/byte-reader.ts";
 import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
@@ -391,12 +391,56 @@ export class PartcloneImage extends BitmapImage {
     return -1;
   }
 
-  /** Random access, where the image is an uncompressed file or split set. Checksums are not checked here. */
+  /**
+   * Random access, where the image is a file or split set, plain or through a seek index. The
+   * checksum strips holding the blocks a read touches are checked (each once) where a strip's
+   * checksum stands alone (reseeded: every image since partclone 0.3 by default).
+   */
   readonly read?: (offset: number, length: number) => Uint8Array;
+  /** one bit per checksum strip already found good */
+  private verifiedStrips: Uint8Array | undefined;
 
   private readAt(source: RandomAccessSource, offset: number, length: number): Uint8Array {
     this.locator ??= new BlockLocator(this.bitmap, this.header.blockSize, this.dataStart, this.header.checksum === "NONE" ? 0 : this.checksumSize, this.header.blocksPerChecksum);
+    this.verifyStrips(this.locator, source, offset, length);
     return this.locator.read(source, offset, length, this.info.deviceSize);
+  }
+
+  private verifyStrips(locator: BlockLocator, source: RandomAccessSource, offset: number, length: number): void {
+    const h = this.header;
+    if (h.checksum === "NONE" || !h.reseedChecksum) return;
+    const bs = h.blockSize;
+    const end = Math.min(this.info.deviceSize, offset + length);
+    if (end <= offset) return;
+    const first = locator.rank(Math.floor(offset / bs));
+    const after = locator.rank(Math.min(h.totalBlocks, Math.ceil(end / bs)));
+    if (after <= first) return;
+    const per = h.blocksPerChecksum;
+    const used = this.info.usedBlocks;
+    const csSize = this.checksumSize;
+    this.verifiedStrips ??= new Uint8Array(Math.ceil(Math.ceil(used / per) / 8));
+    const check = createStripChecksum(h.checksum, bs)!;
+    for (let strip = Math.floor(first / per); strip <= Math.floor((after - 1) / per); strip++) {
+      if (this.verifiedStrips[strip >> 3]! & (1 << (strip & 7))) continue;
+      const blocks = Math.min(per, used - strip * per);
+      const at = this.dataStart + strip * (per * bs + csSize);
+      const bytes = new Uint8Array(blocks * bs + csSize);
+      if (source.readAt(bytes, at) < bytes.length) {
+        throw new ImageError(source.locate(at), "truncated image data", `short read: checksum strip ${withCommas(strip)} ends early`);
+      }
+      check.reset();
+      check.update(bytes.subarray(0, blocks * bs));
+      const stored = bytes.subarray(blocks * bs, blocks * bs + Math.min(csSize, 16));
+      if (!check.matches(stored)) {
+        const firstBlock = this.blockNumberOfUsed(strip * per);
+        throw new ChecksumError(
+          source.locate(at + blocks * bs),
+          `${h.checksum} checksum mismatch`,
+          `blocks ${withCommas(firstBlock)}..${withCommas(this.blockNumberOfUsed(strip * per + blocks - 1))} (volume offset ${withCommas(firstBlock * bs)}); stored ${hexBytes(stored)}, computed ${check.hex()}`,
+        );
+      }
+      this.verifiedStrips[strip >> 3]! |= 1 << (strip & 7);
+    }
   }
 
   close(): void {

@@ -4,6 +4,7 @@ import { ByteReader } from "./byte-reader.ts";
 import { type ChunkSource, type RandomAccessSource, isRandomAccess } from "./chunk-source.ts";
 import { createDecoder } from "./decode.ts";
 import { openFileSource, StreamSource } from "./file.ts";
+import { openSeekable, type SeekIndexOptions } from "./seek-index/open-index.ts";
 import { type Compression, sniffCompression } from "./sniff.ts";
 import { findSplitPieces, pieceAfter, SplitSource } from "./split.ts";
 import { ThreadedDecodeSource, WorkerDidNotStart } from "./threaded-decode.ts";
@@ -15,7 +16,10 @@ export interface OpenedStream {
   compression: Compression[];
   /** the files read, in order (one unless a split set) */
   pieces: string[];
-  /** the undecoded source when it allows reads at any offset (plain file or split set) */
+  /**
+   * reads at any offset: the file or split set itself when not compressed; the decoded stream
+   * through a seek index when compressed and asked for (`seekIndex`)
+   */
   randomAccess?: RandomAccessSource;
 }
 
@@ -28,6 +32,11 @@ const PIPE_BYTES = 1 << 20;
 export interface OpenOptions {
   /** decompress in a worker thread, overlapping with the caller's work (default: yes) */
   threads?: boolean;
+  /**
+   * compressed files and split sets: read the decoded stream through a seek index, found or built
+   * (default: never, read in order)
+   */
+  seekIndex?: SeekIndexOptions;
 }
 
 /**
@@ -37,8 +46,22 @@ export interface OpenOptions {
 export function openStream(input: string | number, opts: OpenOptions = {}): OpenedStream {
   const { raw, pieces } = openRaw(input);
   const head = readHead(raw);
-  if (!sniffCompression(head.bytes)) {
+  const kind = sniffCompression(head.bytes);
+  if (!kind) {
     return { reader: new ByteReader(head.source), compression: [], pieces, randomAccess: isRandomAccess(raw) ? raw : undefined };
+  }
+  if (opts.seekIndex && opts.seekIndex.mode !== "never" && isRandomAccess(raw)) {
+    const seekable = openSeekable(raw, pieces, kind, opts.seekIndex);
+    if (seekable) {
+      const inner = new Uint8Array(SNIFF_BYTES);
+      const n = seekable.readAt(inner, 0);
+      // compressed twice over: the index covers the outer layer only, so read in order
+      if (!sniffCompression(inner.subarray(0, n))) {
+        return { reader: new ByteReader(seekable), compression: [kind], pieces, randomAccess: seekable };
+      }
+      seekable.close();
+      return openStream(input, { ...opts, seekIndex: undefined });
+    }
   }
   if (opts.threads !== false && process.env.IMGTOOL_THREADS !== "0") {
     const spec: RawSpec = raw instanceof StreamSource ? { fd: raw.fd, name: raw.name, head: head.bytes } : { pieces };

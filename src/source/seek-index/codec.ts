@@ -18,6 +18,16 @@ export interface SeekPoint {
   window: Uint8Array;
   /** codec-specific state (a zstd frame header to synthesize, a bzip2 block size, ...) */
   extra: Uint8Array;
+  /**
+   * When set, `window` holds the zstd-compressed form of this many bytes (a codec that packs its
+   * windows as it goes keeps the build's memory small); unset: `window` is the raw history.
+   */
+  packedWindowSize?: number;
+  /**
+   * Decoding from this point was verified up to this decoded offset only (past it, resume from a
+   * later point or from one with no bound); unset: good to the end of the stream.
+   */
+  verifiedEnd?: number;
 }
 
 /** What one codec's build pass hands back. */
@@ -27,6 +37,8 @@ export interface CodecIndex {
   points: SeekPoint[];
   /** set when the stream has no resumable point past the start (one-block xz, linked lz4 blocks) */
   notResumable?: string;
+  /** candidate points that decoded wrongly from themselves in verification, and were dropped */
+  rejected?: number;
 }
 
 export interface BuildOptions {
@@ -34,6 +46,8 @@ export interface BuildOptions {
   spacing: number;
   /** called now and then with the compressed bytes consumed */
   onProgress?: (compressedBytes: number) => void;
+  /** the files `raw` was opened from, so that a codec may verify its points in a worker thread */
+  pieces?: string[];
 }
 
 /** One per compression (zstd.ts, gzip.ts, bzip2.ts, xz.ts, lz4.ts in this folder). */
@@ -41,6 +55,6 @@ export interface SeekCodec {
   readonly compression: Compression;
   /** decode the whole stream once, keeping verified points; errors as the streaming decoder gives them */
   build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex;
-  /** the decoded bytes from `point` on (to the end of the stream, or until the caller stops reading) */
+  /** the decoded bytes from `point` on (to the end of the stream, or until the caller stops reading); `window` is raw here */
   resume(raw: RandomAccessSource, point: SeekPoint): ChunkSource;
 }

@@ -1,0 +1,168 @@
+// bun bench/seek-index.ts (part of npm run bench): random access into a Clonezilla-style zstd image
+// (partclone | zstd -T2 -3: one frame, 2 MiB window) against the decompression floor, one table.
+// Makes (once, cached in .bench/) a 2 GiB ext4 volume with ~1.2 GB used, half incompressible, and its
+// partclone image compressed so. Needs root (loop mount), partclone, zstd, qemu-utils, libnbd-bin.
+import fs from "node:fs";
+import path from "node:path";
+
+const ROOT = path.join(import.meta.dir, "..");
+const WORK = path.join(ROOT, ".bench");
+const CLI = path.join(ROOT, "src", "cli", "main.ts");
+const VOLUME_GIB = Number(process.env.BENCH_SEEK_VOLUME_GIB ?? 2);
+const USED_MB = Number(process.env.BENCH_SEEK_USED_MB ?? 1200);
+
+function sh(cmd: string): string {
+  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
+  return r.stdout.toString();
+}
+
+function need(tool: string): boolean {
+  return Bun.spawnSync(["bash", "-c", `command -v ${tool}`], { stdout: "ignore", env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } }).exitCode === 0;
+}
+
+/** The partclone image of a volume half random, half text, compressed as Clonezilla's -z9p does. */
+function makeImage(): string {
+  fs.mkdirSync(WORK, { recursive: true });
+  const vol = path.join(WORK, `seek-ext4-${VOLUME_GIB}g.vol`);
+  const img = path.join(WORK, `seek-ext4-${VOLUME_GIB}g.ptcl-img.zst`);
+  if (fs.existsSync(`${img}.done`)) return img;
+  console.error(`bench: making a ${VOLUME_GIB} GiB ext4 volume with ~${USED_MB} MB used, and its partclone | zstd -T2 -3 image (once; cached in .bench/)`);
+  const mnt = path.join(WORK, "seek-mnt");
+  fs.mkdirSync(mnt, { recursive: true });
+  sh(`rm -f ${vol} && truncate -s ${VOLUME_GIB}G ${vol} && mkfs.ext4 -q -F -O ^has_journal ${vol} && mount -o loop ${vol} ${mnt}`);
+  try {
+    const files = Math.max(1, Math.floor(USED_MB / 2 / 64));
+    sh(`for i in $(seq 1 ${files}); do head -c 64M /dev/urandom > ${mnt}/random$i.bin; done`);
+    sh(`python3 -c "
+import random
+r = random.Random(1)
+words = [('w%d' % i).encode() for i in range(5000)]
+line = lambda: b' '.join(r.choice(words) for _ in range(12)) + b'\\n'
+block = b''.join(line() for _ in range(200000))
+for i in range(${files}):
+    with open('${mnt}/text%d.txt' % i, 'wb') as f:
+        n = 0
+        while n < 64 << 20:
+            f.write(block); n += len(block)
+"`);
+  } finally {
+    sh(`umount ${mnt}`);
+  }
+  sh(`partclone.ext4 -q -c -s ${vol} -O - 2>/dev/null | zstd -q -T2 -3 -c > ${img}`);
+  fs.rmSync(vol, { force: true });
+  fs.writeFileSync(`${img}.done`, "");
+  return img;
+}
+
+/** wall seconds, CPU seconds (user + system, all threads) and peak RSS of a shell command */
+function timed(cmd: string): { seconds: number; cpu: number; rssMiB: number; stdout: string } {
+  const out = path.join(WORK, "timed.out");
+  const r = Bun.spawnSync(["bash", "-c", `/usr/bin/time -o ${out}.time -f '%e %U %S %M' bash -c '${cmd.replaceAll("'", "'\\''")}' > ${out}`], { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}: ${r.stderr}`);
+  const [s, user, sys, kb] = fs.readFileSync(`${out}.time`, "utf8").trim().split("\n").pop()!.split(/\s+/).map(Number);
+  return { seconds: s!, cpu: user! + sys!, rssMiB: kb! / 1024, stdout: fs.readFileSync(out, "utf8") };
+}
+
+/** CPU seconds a process has used so far (utime + stime) */
+function cpuOf(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** qemu-img bench's own figure: "Run completed in X seconds." */
+function qemuBench(uri: string, args: string): number {
+  const text = sh(`qemu-img bench -f raw ${args} '${uri}'`);
+  const m = /Run completed in ([\d.]+) seconds/.exec(text);
+  if (!m) throw new Error(`bench: qemu-img bench said: ${text}`);
+  return Number(m[1]);
+}
+
+async function main() {
+  for (const t of ["partclone.ext4", "zstd", "qemu-img", "nbdcopy", "mkfs.ext4"]) {
+    if (!need(t)) {
+      console.log(`bench: skipped: ${t} is not installed (apt-get install partclone zstd qemu-utils libnbd-bin e2fsprogs)`);
+      return;
+    }
+  }
+  if (process.getuid?.() !== 0) {
+    console.log("bench: skipped: making the volume needs root (loop mount)");
+    return;
+  }
+  const img = makeImage();
+  const imgBytes = fs.statSync(img).size;
+  const bun = process.execPath;
+  const rows: [string, string, string][] = [];
+  const indexFile = `${img}.imgtool-index`;
+  sh(`cat ${img} > /dev/null`);
+
+  const floor = timed(`zstd -dc ${img} > /dev/null`);
+  fs.rmSync(indexFile, { force: true });
+  const built = timed(`${bun} ${CLI} index ${img} --json`);
+  const j = JSON.parse(built.stdout) as { bytes: number; checkpoints: number; rejected: number; seconds: number; spacing: number; decodedSize: number };
+  const decodedBytes = j.decodedSize;
+  rows.push([
+    "floor: zstd -dc image.zst > /dev/null",
+    `${floor.seconds.toFixed(2)} s, ${floor.cpu.toFixed(2)} s CPU (${(decodedBytes / 1e6 / floor.seconds).toFixed(0)} MB/s decoded)`,
+    `${floor.rssMiB.toFixed(1)}`,
+  ]);
+  rows.push([
+    `imgtool index (spacing ${j.spacing >> 20} MiB; decode + verify, 2 threads)`,
+    `${built.seconds.toFixed(2)} s = ${(built.seconds / floor.seconds).toFixed(2)}x; CPU ${built.cpu.toFixed(2)} s = ${(built.cpu / floor.cpu).toFixed(2)}x`,
+    `${built.rssMiB.toFixed(1)}`,
+  ]);
+  rows.push(["index size", `${j.bytes} B = ${((100 * j.bytes) / imgBytes).toFixed(2)}% of ${(imgBytes / 1e6).toFixed(0)} MB; ${j.checkpoints} points (${j.rejected} dropped)`, ""]);
+
+  const socket = path.join(WORK, `seek-${process.pid}.sock`);
+  const uri = `nbd+unix:///?socket=${socket}`;
+  const server = Bun.spawn([bun, CLI, "serve", img, "--socket", socket], { stdout: "pipe", stderr: "inherit" });
+  try {
+    const reader = server.stdout.getReader();
+    await reader.read(); // the "serving ..." line: it listens
+    const size = Number(/"virtual-size": (\d+)/.exec(sh(`qemu-img info -f raw --output=json '${uri}'`))![1]);
+    const count = 400;
+    const step = Math.floor(size / count / 4096) * 4096;
+    const cold = qemuBench(uri, `-c ${count} -d 1 -s 4096 -S ${step}`);
+    rows.push([`serve: cold 4 KiB reads, qd1, ${count} spread over the volume`, `${(count / cold).toFixed(1)} reads/s (${cold.toFixed(2)} s)`, ""]);
+    const cachedCount = 20000;
+    const cached = qemuBench(uri, `-c ${cachedCount} -d 1 -s 4096 -S 512 -o ${step * 200}`);
+    rows.push(["serve: 4 KiB reads in cached spans, qd1", `${(cachedCount / cached).toFixed(0)} reads/s`, ""]);
+    const serverCpu = cpuOf(server.pid);
+    const copy = timed(`nbdcopy '${uri}' null:`);
+    const copyCpu = cpuOf(server.pid) - serverCpu;
+    rows.push([
+      "serve: nbdcopy of the volume to null:",
+      `${copy.seconds.toFixed(2)} s = ${(floor.seconds / copy.seconds).toFixed(2)}x zstd -dc speed; server CPU ${copyCpu.toFixed(2)} s`,
+      "",
+    ]);
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${server.pid}/status`, "utf8"));
+    rows.push(["serve: peak RSS after all of the above", "", hwm ? (Number(hwm[1]) / 1024).toFixed(1) : "?"]);
+  } finally {
+    server.kill("SIGTERM");
+    await server.exited;
+  }
+
+  // the same volume served from the uncompressed image: what the NBD path itself costs
+  const plainImg = img.replace(/\.zst$/, "");
+  if (!fs.existsSync(plainImg)) sh(`zstd -q -dc ${img} > ${plainImg}.tmp && mv ${plainImg}.tmp ${plainImg}`);
+  const plainSocket = path.join(WORK, `seek-plain-${process.pid}.sock`);
+  const plainServer = Bun.spawn([bun, CLI, "serve", plainImg, "--socket", plainSocket], { stdout: "pipe", stderr: "inherit" });
+  try {
+    await plainServer.stdout.getReader().read();
+    const before = cpuOf(plainServer.pid);
+    const copy = timed(`nbdcopy 'nbd+unix:///?socket=${plainSocket}' null:`);
+    rows.push(["peer floor: nbdcopy of the same volume served uncompressed", `${copy.seconds.toFixed(2)} s; server CPU ${(cpuOf(plainServer.pid) - before).toFixed(2)} s`, ""]);
+  } finally {
+    plainServer.kill("SIGTERM");
+    await plainServer.exited;
+  }
+
+  const load = fs.readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+  console.log(`\nimage: ${path.basename(img)}, ${(imgBytes / 1e6).toFixed(0)} MB zstd (one frame, -T2 -3) of a ${(decodedBytes / 1e6).toFixed(0)} MB partclone image of a ${VOLUME_GIB} GiB volume; load average ${load}\n`);
+  console.log(`| ${"run".padEnd(58)} | ${"result".padEnd(60)} | peak RSS MiB |`);
+  console.log(`|${"-".repeat(60)}|${"-".repeat(62)}|--------------|`);
+  for (const [a, b, c] of rows) console.log(`| ${a.padEnd(58)} | ${b.padEnd(60)} | ${c.padStart(12)} |`);
+  console.log("\ntargets (issue 8): index ≤ 1.25x zstd -dc; index ≤ 2% of the image; cold ≥ 20 reads/s; cached ≥ 5,000 reads/s; nbdcopy ≥ 0.8x decompression; RSS ≤ 128 MiB");
+}
+
+await main();

@@ -1,0 +1,107 @@
+import { UsageError, withCommas } from "../../errors.ts";
+import { Progress } from "../../output/progress.ts";
+import type { RandomAccessSource } from "../chunk-source.ts";
+import type { Compression } from "../sniff.ts";
+import type { SeekCodec } from "./codec.ts";
+import { seekCodecs } from "./codecs.ts";
+import { currentKey, indexPaths, type LoadedIndex, readIndex, writeIndex } from "./index-file.ts";
+import { SeekableSource } from "./seekable.ts";
+
+/** build: use the index or build it; use-if-present: only an index already there; never: read in order. */
+export type SeekIndexMode = "build" | "use-if-present" | "never";
+
+/** Decoded bytes between points unless told otherwise (`--spacing`): the README gives the trade-off. */
+export const DEFAULT_SPACING = 16 << 20;
+
+export interface SeekIndexOptions {
+  mode: SeekIndexMode;
+  /** decoded bytes between points when building */
+  spacing?: number;
+  /** progress bar while building (default: when stderr is a terminal) */
+  progress?: boolean;
+  /** build anew even when a valid index is there (`imgtool index`) */
+  rebuild?: boolean;
+}
+
+export interface BuiltIndex {
+  path: string;
+  bytes: number;
+  checkpoints: number;
+  /** candidate points dropped by verification */
+  rejected: number;
+  seconds: number;
+  decodedSize: number;
+  compressedSize: number;
+  notResumable?: string;
+}
+
+/** The seek codec of a compression, or undefined when imgtool has none for it. */
+export function seekCodecFor(compression: Compression): SeekCodec | undefined {
+  return seekCodecs[compression];
+}
+
+/** Build the index of `raw` and write it where it belongs; what was built. */
+export function buildSeekIndex(raw: RandomAccessSource, pieces: string[], codec: SeekCodec, opts: { spacing?: number; progress?: boolean }): BuiltIndex {
+  const spacing = opts.spacing ?? DEFAULT_SPACING;
+  const started = performance.now();
+  const key = currentKey(raw, pieces);
+  const progress = new Progress(raw.size, `indexing ${codec.compression}`, opts.progress ?? process.stderr.isTTY === true);
+  const index = codec.build(raw, { spacing, pieces, onProgress: (n) => progress.update(n) });
+  progress.finish(raw.size);
+  const paths = indexPaths(pieces[0]!);
+  let target = paths.preferred;
+  let bytes: number;
+  try {
+    bytes = writeIndex(target, codec.compression, index, key, raw.size, spacing);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (target === paths.cache || !(code === "EACCES" || code === "EROFS" || code === "EPERM" || code === "ENOENT")) throw e;
+    target = paths.cache;
+    bytes = writeIndex(target, codec.compression, index, key, raw.size, spacing);
+  }
+  return {
+    path: target,
+    bytes,
+    checkpoints: index.points.length,
+    rejected: index.rejected ?? 0,
+    seconds: (performance.now() - started) / 1000,
+    decodedSize: index.decodedSize,
+    compressedSize: raw.size,
+    notResumable: index.notResumable,
+  };
+}
+
+/** A valid index of `raw` as it is now, beside the image or in the cache; undefined when there is none (or it is stale). */
+export function findSeekIndex(raw: RandomAccessSource, pieces: string[], compression: Compression): LoadedIndex | undefined {
+  const key = currentKey(raw, pieces);
+  const paths = indexPaths(pieces[0]!);
+  for (const p of [paths.beside, paths.cache]) {
+    const found = readIndex(p, raw, key, compression);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/**
+ * The decoded stream of `raw` read at any offset, through its index (found, or built when
+ * `mode` is "build"); undefined when there is no codec or no index to use. Refuses, in one line,
+ * a stream whose index has no point to resume from but its start.
+ */
+export function openSeekable(raw: RandomAccessSource, pieces: string[], compression: Compression, opts: SeekIndexOptions): SeekableSource | undefined {
+  const codec = seekCodecFor(compression);
+  if (!codec || opts.mode === "never") return undefined;
+  let index = opts.rebuild ? undefined : findSeekIndex(raw, pieces, compression);
+  if (!index) {
+    if (opts.mode !== "build") return undefined;
+    buildSeekIndex(raw, pieces, codec, opts);
+    index = findSeekIndex(raw, pieces, compression);
+    if (!index) throw new Error(`the seek index of ${pieces[0]} was written but cannot be read back`);
+  }
+  if (index.notResumable && index.points.length === 1 && index.decodedSize > (index.spacing || DEFAULT_SPACING)) {
+    index.close();
+    throw new UsageError(
+      `${pieces[0]}: no point to resume ${compression} decoding from but its start (${index.notResumable}; ${withCommas(index.decodedSize)} bytes); use imgtool restore`,
+    );
+  }
+  return new SeekableSource(raw, codec, index);
+}

@@ -1,0 +1,187 @@
+import { ImageError, type Location } from "../../errors.ts";
+import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
+import type { SeekCodec } from "./codec.ts";
+import { type LoadedIndex, type StoredPoint, seekPointOf } from "./index-file.ts";
+
+/** Decoded bytes are cached in spans of this size, aligned to it. */
+export const SPAN_BYTES = 1 << 20;
+/** Spans kept (LRU): with the decoders' windows and buffers, well under 128 MiB in all. */
+const CACHED_SPANS = 12;
+/** Live decoders kept: several readers (nbdcopy's connections) each going forward in their own region. */
+const CURSORS = 2;
+/**
+ * A decoder this close behind a wanted span decodes the spans between into the cache instead of
+ * skipping them: readers with many requests in flight ask for them next.
+ */
+const KEEP_SKIPPED = 4 * SPAN_BYTES;
+const SKIP_BYTES = 1 << 20;
+const GC_EVERY_SPANS = 32;
+
+/** A decoder resumed at a point, and how far it has got. */
+interface Cursor {
+  decoder: ChunkSource;
+  at: number;
+  /** past this decoded offset its output was not verified */
+  validEnd: number;
+  /** the point it started from */
+  from: number;
+}
+
+/**
+ * The decoded stream of a compressed file (or split set), read at any offset through its seek
+ * index: from the nearest point at or before the offset, the codec resumes and decodes forward.
+ * A small LRU cache of decoded spans serves repeated and neighbouring reads; one live decoder
+ * serves reads that go forward (a sequential copy decodes the stream once).
+ */
+export class SeekableSource implements RandomAccessSource {
+  readonly name: string;
+  readonly size: number;
+  private readonly cache = new Map<number, Uint8Array>();
+  /** least recently used first */
+  private cursors: Cursor[] = [];
+  /** a buffer of an evicted span, for the next one */
+  private spare: Uint8Array | undefined;
+  private readonly skip = new Uint8Array(SKIP_BYTES);
+  private pos = 0;
+  /** counters for the curious (bench): spans decoded, and resumes from a point */
+  readonly stats = { spansDecoded: 0, resumes: 0, cacheHits: 0 };
+
+  constructor(
+    private readonly raw: RandomAccessSource,
+    private readonly codec: SeekCodec,
+    readonly index: LoadedIndex,
+  ) {
+    this.name = `${raw.name} (${codec.compression})`;
+    this.size = index.decodedSize;
+  }
+
+  read(into: Uint8Array): number {
+    const n = this.readAt(into, this.pos);
+    this.pos += n;
+    return n;
+  }
+
+  readAt(into: Uint8Array, offset: number): number {
+    let done = 0;
+    while (done < into.length && offset + done < this.size) {
+      const at = offset + done;
+      const first = Math.floor(at / SPAN_BYTES) * SPAN_BYTES;
+      const span = this.span(first);
+      const from = at - first;
+      const n = Math.min(into.length - done, span.length - from);
+      if (n <= 0) break;
+      into.set(span.subarray(from, from + n), done);
+      done += n;
+    }
+    return done;
+  }
+
+  private span(first: number): Uint8Array {
+    const hit = this.cache.get(first);
+    if (hit) {
+      this.cache.delete(first);
+      this.cache.set(first, hit);
+      this.stats.cacheHits++;
+      return hit;
+    }
+    const behind = this.liveCursor(first);
+    if (behind && first - behind.at <= KEEP_SKIPPED && behind.at % SPAN_BYTES === 0) {
+      for (let s = behind.at; s < first; s += SPAN_BYTES) if (!this.cache.has(s)) this.decodeSpan(s);
+    }
+    return this.decodeSpan(first);
+  }
+
+  private decodeSpan(first: number): Uint8Array {
+    const length = Math.min(SPAN_BYTES, this.size - first);
+    const reuse = this.spare && this.spare.length === length ? this.spare : undefined;
+    this.spare = undefined;
+    const bytes = reuse ?? new Uint8Array(length);
+    let at = first;
+    while (at < first + length) {
+      const c = this.cursorFor(at);
+      const end = Math.min(first + length, c.validEnd);
+      while (at < end) {
+        const n = c.decoder.read(bytes.subarray(at - first, end - first));
+        if (n === 0) throw this.shortStream(at);
+        at += n;
+        c.at = at;
+      }
+    }
+    this.stats.spansDecoded++;
+    // the decoders' and the readers' buffers are garbage soon, but a lazy collector lets tens of MiB
+    // of them pile up: collect now and then so the reader's memory stays bounded
+    if (this.stats.spansDecoded % GC_EVERY_SPANS === 0) Bun.gc(true);
+    this.cache.set(first, bytes);
+    if (this.cache.size > CACHED_SPANS) {
+      const oldest = this.cache.keys().next().value!;
+      this.spare = this.cache.get(oldest);
+      this.cache.delete(oldest);
+    }
+    return bytes;
+  }
+
+  /** The live decoder furthest along at or before `at` that is no further back than the best point. */
+  private liveCursor(at: number): Cursor | undefined {
+    const best = this.pointFor(at);
+    let found: Cursor | undefined;
+    for (const c of this.cursors) {
+      if (c.at <= at && at < c.validEnd && c.at >= best.decoded && (!found || c.at > found.at)) found = c;
+    }
+    return found;
+  }
+
+  /** A decoder positioned at `at`: a live one when one is near enough, else one resumed at the best point. */
+  private cursorFor(at: number): Cursor {
+    let cur = this.liveCursor(at);
+    if (cur) {
+      this.cursors.splice(this.cursors.indexOf(cur), 1);
+    } else {
+      const best = this.pointFor(at);
+      if (this.cursors.length >= CURSORS) this.cursors.shift()!.decoder.close();
+      this.stats.resumes++;
+      const decoder = this.codec.resume(this.raw, seekPointOf(this.index, best));
+      cur = { decoder, at: best.decoded, validEnd: best.verifiedEnd ?? this.size, from: best.decoded };
+    }
+    this.cursors.push(cur);
+    while (cur.at < at) {
+      const n = cur.decoder.read(this.skip.subarray(0, Math.min(this.skip.length, at - cur.at)));
+      if (n === 0) throw this.shortStream(cur.at);
+      cur.at += n;
+    }
+    return cur;
+  }
+
+  /** The last point at or before `at` whose verified range covers it (the stream's start always does). */
+  private pointFor(at: number): StoredPoint {
+    const points = this.index.points;
+    let lo = 0;
+    let hi = points.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (points[mid]!.decoded <= at) lo = mid;
+      else hi = mid - 1;
+    }
+    for (let i = lo; i >= 0; i--) {
+      const p = points[i]!;
+      if (p.decoded <= at && (p.verifiedEnd === undefined || p.verifiedEnd > at)) return p;
+    }
+    return points[0]!;
+  }
+
+  private shortStream(at: number): ImageError {
+    return new ImageError(this.locate(at), `truncated ${this.codec.compression} data`, `the seek index says ${this.size} decompressed bytes`);
+  }
+
+  locate(offset: number): Location {
+    return { file: this.raw.name, offset, decoded: this.codec.compression };
+  }
+
+  close(): void {
+    if (process.env.IMGTOOL_SEEK_STATS === "1") process.stderr.write(`imgtool: ${this.name}: seek stats ${JSON.stringify(this.stats)}\n`);
+    for (const c of this.cursors) c.decoder.close();
+    this.cursors = [];
+    this.cache.clear();
+    this.index.close();
+    this.raw.close();
+  }
+}

@@ -1,0 +1,53 @@
+// The zstd index's verify worker: opens the compressed pieces again and decodes each candidate's
+// span from the candidate alone while the build's pass goes on (see zstd-verify.ts).
+import { openRaw } from "../open.ts";
+import type { RandomAccessSource } from "../chunk-source.ts";
+import { ANSWER_BYTES, SpanVerifier, VCTL, VMESSAGE_BYTES, VSTATE, type WorkerJob } from "./zstd-verify.ts";
+
+declare const self: Worker;
+
+let ctl: Int32Array;
+let message: Uint8Array;
+let verifier: SpanVerifier;
+
+function fail(e: unknown): void {
+  const bytes = new TextEncoder().encode(String((e as Error)?.message ?? e)).subarray(0, VMESSAGE_BYTES);
+  message.set(bytes);
+  Atomics.store(ctl, VCTL.messageLength, bytes.length);
+  Atomics.store(ctl, VCTL.state, VSTATE.failed);
+  Atomics.notify(ctl, VCTL.state);
+  Atomics.notify(ctl, VCTL.done);
+}
+
+self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob>) => {
+  const data = event.data;
+  if ("pieces" in data) {
+    ctl = new Int32Array(data.shared, 0, VCTL.words);
+    message = new Uint8Array(data.shared, VCTL.words * 4, VMESSAGE_BYTES);
+    try {
+      const { raw } = openRaw({ pieces: data.pieces });
+      verifier = new SpanVerifier(raw as RandomAccessSource);
+      Atomics.store(ctl, VCTL.state, VSTATE.ready);
+      Atomics.notify(ctl, VCTL.state);
+    } catch (e) {
+      fail(e);
+    }
+    return;
+  }
+  try {
+    const window = new Uint8Array(data.shared, ANSWER_BYTES, data.windowLength).slice();
+    const r = verifier.run({ ...data.job, window });
+    const answer = new Int32Array(data.shared, 0, 3);
+    const packed = r.packedWindow ?? new Uint8Array(0);
+    new Uint8Array(data.shared, ANSWER_BYTES, packed.length).set(packed);
+    answer[0] = r.windowLength;
+    answer[1] = r.extended ? 1 : 0;
+    answer[2] = packed.length;
+    Atomics.add(ctl, VCTL.done, 1);
+    Atomics.notify(ctl, VCTL.done);
+    // each job leaves a few MiB of decoder buffers behind: collect them before the next
+    Bun.gc(true);
+  } catch (e) {
+    fail(e);
+  }
+};

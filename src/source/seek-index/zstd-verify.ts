@@ -1,0 +1,254 @@
+import { Xxh64State } from "../../../native/xxhash.ts";
+import { ZstdDecoder, zstdCompress } from "../../../native/zstd.ts";
+import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
+import { SpliceSource } from "./splice.ts";
+
+/** A candidate point inside a zstd frame and what decoding from it must reproduce. */
+export interface VerifyJob {
+  decoded: number;
+  compressed: number;
+  /** the synthesized frame header */
+  header: Uint8Array;
+  /** the frame's bytes before the candidate (up to its window size) */
+  window: Uint8Array;
+  /** the candidate's span ends here (the next candidate, or the frame's end) */
+  spanEnd: number;
+  /** XXH64 of the decoded bytes [decoded, spanEnd) as the build's pass produced them */
+  spanHash: Uint8Array;
+}
+
+export interface VerifyResult {
+  /** the prefix length that decodes the span right (0 = none needed), or -1: rejected */
+  windowLength: number;
+  /** the accepted prefix, zstd-compressed */
+  packedWindow?: Uint8Array;
+  /** rejected, but the decoder from the last accepted candidate reproduced this span too */
+  extended: boolean;
+}
+
+const WINDOW_PACK_LEVEL = 3;
+
+/**
+ * Decodes each candidate's span again from the candidate alone (synthesized header, prefix of
+ * increasing length: none first, since a point with no window costs nothing to store) and
+ * compares the span's hash. A prefix too short makes the library fail (a match reaching before
+ * it); stale entropy tables fail too; repeat offsets from before the boundary decode wrongly
+ * and are caught by the hash.
+ */
+export class SpanVerifier {
+  private chain: { decoder: ChunkSource; at: number } | undefined;
+  private readonly scratch = new Uint8Array(1 << 20);
+  private readonly hash = new Xxh64State();
+  private readonly digest = new Uint8Array(8);
+
+  constructor(private readonly raw: RandomAccessSource) {}
+
+  run(job: VerifyJob): VerifyResult {
+    const full = job.window.length;
+    const tries = [...new Set([0, full >> 6, full >> 4, full >> 3, full >> 2, full >> 1, full])].filter((n) => n === 0 || n >= 1024 || n === full);
+    let accepted = -1;
+    let acceptedDecoder: ChunkSource | undefined;
+    for (const length of tries) {
+      const prefix = length > 0 ? job.window.subarray(full - length) : undefined;
+      const d = new ZstdDecoder(new SpliceSource(this.raw, [job.header, { from: job.compressed, to: this.raw.size }]), prefix);
+      const outcome = this.decodeSpan(d, job);
+      if (outcome === "same") {
+        accepted = length;
+        acceptedDecoder = d;
+        break;
+      }
+      d.close();
+      // a prefix long enough to decode without error but giving other bytes: more history will not help
+      if (outcome === "different") break;
+    }
+    let extended = false;
+    if (acceptedDecoder) {
+      this.chain?.decoder.close();
+      this.chain = { decoder: acceptedDecoder, at: job.spanEnd };
+    } else if (this.chain && this.chain.at === job.decoded && this.decodeSpan(this.chain.decoder, job) === "same") {
+      extended = true;
+      this.chain.at = job.spanEnd;
+    } else {
+      this.chain?.decoder.close();
+      this.chain = undefined;
+    }
+    const packedWindow = accepted > 0 ? zstdCompress(job.window.subarray(full - accepted), WINDOW_PACK_LEVEL) : undefined;
+    return { windowLength: accepted, packedWindow, extended };
+  }
+
+  private decodeSpan(d: ChunkSource, job: VerifyJob): "same" | "different" | "error" {
+    this.hash.reset();
+    let left = job.spanEnd - job.decoded;
+    try {
+      while (left > 0) {
+        const n = d.read(this.scratch.subarray(0, Math.min(this.scratch.length, left)));
+        if (n === 0) return "different";
+        this.hash.update(this.scratch.subarray(0, n));
+        left -= n;
+      }
+    } catch {
+      return "error";
+    }
+    this.hash.digestInto(this.digest);
+    for (let i = 0; i < 8; i++) if (this.digest[i] !== job.spanHash[i]) return "different";
+    return "same";
+  }
+
+  close(): void {
+    this.chain?.decoder.close();
+    this.chain = undefined;
+  }
+}
+
+export interface Verifier {
+  submit(job: VerifyJob): void;
+  /** the stored bytes of the windows accepted so far (answers already in) */
+  readonly packedBytes: number;
+  /** every answer, in the order submitted */
+  finish(): VerifyResult[];
+  close(): void;
+}
+
+/** In a worker thread when the raw source can be opened again by name (two cores: decode and verify at once). */
+export function createVerifier(raw: RandomAccessSource, pieces: string[] | undefined): Verifier {
+  if (pieces && pieces.length > 0 && process.env.IMGTOOL_THREADS !== "0") {
+    const w = WorkerVerifier.start(pieces);
+    if (w) return w;
+  }
+  return new InlineVerifier(raw);
+}
+
+class InlineVerifier implements Verifier {
+  private readonly verifier: SpanVerifier;
+  private readonly results: VerifyResult[] = [];
+  packedBytes = 0;
+  constructor(raw: RandomAccessSource) {
+    this.verifier = new SpanVerifier(raw);
+  }
+  submit(job: VerifyJob): void {
+    const r = this.verifier.run(job);
+    this.packedBytes += r.packedWindow?.length ?? 0;
+    this.results.push(r);
+  }
+  finish(): VerifyResult[] {
+    return this.results;
+  }
+  close(): void {
+    this.verifier.close();
+  }
+}
+
+// Shared control words between the build and its verify worker.
+export const VCTL = { state: 0, done: 1, messageLength: 2, words: 4 } as const;
+export const VSTATE = { starting: 0, ready: 1, failed: 2 } as const;
+export const VMESSAGE_BYTES = 16 << 10;
+/** candidates in flight: each holds a window copy (at most the frame's window size) */
+const IN_FLIGHT = 2;
+const WORKER_START_MS = 20_000;
+
+function workerUrl(): string {
+  return import.meta.url.startsWith("file:///$bunfs/") ? "./source/seek-index/zstd-verify-worker.ts" : new URL("./zstd-verify-worker.ts", import.meta.url).href;
+}
+
+/** What travels to the worker: the job, with its window in shared memory that the answer reuses. */
+export interface WorkerJob {
+  index: number;
+  job: Omit<VerifyJob, "window">;
+  windowLength: number;
+  /** window bytes in, packed window out; also [windowLength, extended, packedLength] in its first words */
+  shared: SharedArrayBuffer;
+}
+
+/** Bytes before the window in a job's shared buffer: the answer's three Int32 words. */
+export const ANSWER_BYTES = 16;
+
+class WorkerVerifier implements Verifier {
+  private readonly ctl: Int32Array;
+  private readonly message: Uint8Array;
+  private submitted = 0;
+  private harvested = 0;
+  private readonly pending: SharedArrayBuffer[] = [];
+  private readonly results: VerifyResult[] = [];
+  packedBytes = 0;
+
+  private constructor(
+    private readonly worker: Worker,
+    shared: SharedArrayBuffer,
+  ) {
+    this.ctl = new Int32Array(shared, 0, VCTL.words);
+    this.message = new Uint8Array(shared, VCTL.words * 4, VMESSAGE_BYTES);
+  }
+
+  static start(pieces: string[]): WorkerVerifier | undefined {
+    const shared = new SharedArrayBuffer(VCTL.words * 4 + VMESSAGE_BYTES);
+    let worker: Worker;
+    try {
+      worker = new Worker(workerUrl());
+    } catch {
+      return undefined;
+    }
+    worker.postMessage({ shared, pieces });
+    const v = new WorkerVerifier(worker, shared);
+    const deadline = performance.now() + WORKER_START_MS;
+    while (Atomics.load(v.ctl, VCTL.state) === VSTATE.starting) {
+      if (performance.now() > deadline) {
+        worker.terminate();
+        return undefined;
+      }
+      Atomics.wait(v.ctl, VCTL.state, VSTATE.starting, 100);
+    }
+    if (Atomics.load(v.ctl, VCTL.state) === VSTATE.failed) {
+      worker.terminate();
+      return undefined;
+    }
+    return v;
+  }
+
+  submit(job: VerifyJob): void {
+    while (this.harvested < Atomics.load(this.ctl, VCTL.done)) this.harvestOne();
+    while (this.submitted - this.harvested >= IN_FLIGHT) this.harvestOne();
+    // room for the packed window too: zstd's bound is the size plus a little
+    const bound = job.window.length + (job.window.length >> 7) + 1024;
+    const shared = new SharedArrayBuffer(ANSWER_BYTES + bound);
+    new Uint8Array(shared, ANSWER_BYTES, job.window.length).set(job.window);
+    const { window: _w, ...rest } = job;
+    const message: WorkerJob = { index: this.submitted, job: rest, windowLength: job.window.length, shared };
+    this.pending.push(shared);
+    this.worker.postMessage(message);
+    this.submitted++;
+  }
+
+  private harvestOne(): void {
+    const want = this.harvested + 1;
+    while (Atomics.load(this.ctl, VCTL.done) < want) {
+      if (Atomics.load(this.ctl, VCTL.state) === VSTATE.failed) this.rethrow();
+      Atomics.wait(this.ctl, VCTL.done, want - 1, 200);
+    }
+    const shared = this.pending.shift()!;
+    const answer = new Int32Array(shared, 0, 3);
+    const windowLength = answer[0]!;
+    const packedLength = answer[2]!;
+    if (windowLength > 0) this.packedBytes += packedLength;
+    this.results.push({
+      windowLength,
+      extended: answer[1] === 1,
+      packedWindow: windowLength > 0 ? new Uint8Array(shared, ANSWER_BYTES, packedLength).slice() : undefined,
+    });
+    this.harvested++;
+  }
+
+  finish(): VerifyResult[] {
+    while (this.harvested < this.submitted) this.harvestOne();
+    return this.results;
+  }
+
+  private rethrow(): never {
+    const text = new TextDecoder().decode(this.message.slice(0, Atomics.load(this.ctl, VCTL.messageLength)));
+    this.worker.terminate();
+    throw new Error(`zstd index verifier: ${text}`);
+  }
+
+  close(): void {
+    this.worker.terminate();
+  }
+}

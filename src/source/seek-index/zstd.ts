@@ -1,0 +1,261 @@
+import { type Pointer, ptr } from "bun:ffi";
+import { ImageError, UsageError, withCommas } from "../../errors.ts";
+import { Xxh64State } from "../../../native/xxhash.ts";
+import { ZSTD_INPUT, ZstdDecoder, zstdError, zstdLibrary } from "../../../native/zstd.ts";
+import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
+import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
+import { SpliceSource } from "./splice.ts";
+import { BLOCK_SIZE_MAX, parseFrameHeader, resumeHeader, skippableFrameSize } from "./zstd-frame.ts";
+import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
+
+/** Frames whose window is larger are not indexed (the build holds the window in memory). */
+export const MAX_INDEXED_WINDOW = 64 << 20;
+/** A frame start is a free point (no window); closer ones than this are not kept. */
+const FRAME_POINT_SPACING = 1 << 20;
+const INPUT_BYTES = 4 << 20;
+const PROGRESS_EVERY = 32 << 20;
+/**
+ * Points that need a window are taken no closer than `spacing`, and only while the windows kept so
+ * far stay under this share of the compressed bytes read: where windows are large they thin out.
+ */
+export const WINDOW_BUDGET = 0.01;
+
+/**
+ * zstd: every frame start is a point; inside a frame, block boundaries about `spacing` apart are
+ * candidates, each resumed from a synthesized frame header with the original window descriptor
+ * and the bytes before it as a prefix (ZSTD_DCtx_refPrefix), and kept only when decoding from it
+ * reproduces the span up to the next candidate (checked by zstd-verify.ts, in a worker thread).
+ */
+export const zstdCodec: SeekCodec = {
+  compression: "zstd",
+  build: buildZstdIndex,
+  resume: resumeZstd,
+};
+
+/** What a point inside a frame carries in `extra`: the header to synthesize and where the frame's blocks end. */
+function packExtra(header: Uint8Array, blocksEnd: number, frameEnd: number): Uint8Array {
+  const out = new Uint8Array(1 + header.length + 16);
+  const v = new DataView(out.buffer);
+  out[0] = header.length;
+  out.set(header, 1);
+  v.setBigUint64(1 + header.length, BigInt(blocksEnd), true);
+  v.setBigUint64(9 + header.length, BigInt(frameEnd), true);
+  return out;
+}
+
+function unpackExtra(extra: Uint8Array, raw: RandomAccessSource): { header: Uint8Array; blocksEnd: number; frameEnd: number } {
+  const bad = () => new ImageError({ file: raw.name }, "corrupt seek index", "a zstd point's state does not parse");
+  if (extra.length < 1) throw bad();
+  const n = extra[0]!;
+  if (n < 6 || n > 18 || extra.length !== 1 + n + 16) throw bad();
+  const v = new DataView(extra.buffer, extra.byteOffset, extra.length);
+  const blocksEnd = Number(v.getBigUint64(1 + n, true));
+  const frameEnd = Number(v.getBigUint64(9 + n, true));
+  if (blocksEnd > frameEnd || frameEnd > raw.size) throw bad();
+  return { header: extra.slice(1, 1 + n), blocksEnd, frameEnd };
+}
+
+function resumeZstd(raw: RandomAccessSource, point: SeekPoint): ChunkSource {
+  if (point.extra.length === 0) {
+    return new ZstdDecoder(new SpliceSource(raw, [{ from: point.compressed, to: raw.size }]));
+  }
+  const { header, blocksEnd, frameEnd } = unpackExtra(point.extra, raw);
+  if (point.compressed > blocksEnd) throw new ImageError({ file: raw.name }, "corrupt seek index", "a zstd point lies past its frame's end");
+  const input = new SpliceSource(raw, [header, { from: point.compressed, to: blocksEnd }, { from: frameEnd, to: raw.size }]);
+  return new ZstdDecoder(input, point.window);
+}
+
+/** Compressed input read in order, handed to the library in exactly the pieces it asks for. */
+class InputWindow {
+  readonly buf = new Uint8Array(INPUT_BYTES);
+  readonly address = ptr(this.buf);
+  /** raw offset of buf[0] */
+  base = 0;
+  end = 0;
+  constructor(private readonly raw: RandomAccessSource) {}
+
+  /** At least `n` bytes from raw offset `at` in buf (fewer only at the end); returns the index in buf. */
+  need(at: number, n: number): number {
+    if (at >= this.base && at + n <= this.base + this.end) return at - this.base;
+    if (n > this.buf.length) throw new Error(`zstd index: ${n} bytes in one piece`);
+    this.base = at;
+    this.end = this.raw.readAt(this.buf, at);
+    return 0;
+  }
+  available(at: number): number {
+    return Math.max(0, this.base + this.end - at);
+  }
+}
+
+function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
+  const lib = zstdLibrary(raw.locate(0));
+  const dctx = lib.ZSTD_createDCtx();
+  if (!dctx) throw new Error("ZSTD_createDCtx: out of memory");
+  const input = new InputWindow(raw);
+  const hash = new Xxh64State();
+  const digest = new Uint8Array(8);
+  const points: SeekPoint[] = [];
+  const verifier = createVerifier(raw, opts.pieces);
+  /** candidates sent to the verifier, in order, with what they become once answered */
+  const sent: { job: Omit<VerifyJob, "window">; frameIndex: number }[] = [];
+  const frameEnds: { blocksEnd: number; frameEnd: number }[] = [];
+  let ring = new Uint8Array(0);
+  let ringAddress = 0 as unknown as Pointer;
+  let pos = 0;
+  let decoded = 0;
+  let lastPoint = -Infinity;
+  let nextProgress = PROGRESS_EVERY;
+  let frameIndex = -1;
+
+  const fail = (what: string, at: number): never => {
+    throw new ImageError(raw.locate(at), "corrupt zstd data", what);
+  };
+
+  try {
+    while (pos < raw.size) {
+      const headAt = input.need(pos, 18);
+      const head = input.buf.subarray(headAt, headAt + Math.min(18, input.available(pos)));
+      const skip = skippableFrameSize(head);
+      if (skip !== undefined) {
+        if (pos + skip > raw.size) fail("the stream ends inside a skippable frame", pos);
+        pos += skip;
+        continue;
+      }
+      const frame = parseFrameHeader(head, raw.locate(pos));
+      frameIndex++;
+      const frameDecodedStart = decoded;
+      if (frame.windowSize > MAX_INDEXED_WINDOW) {
+        // decoding it here would hold the whole window in memory (zstd --long=27 and up)
+        throw new UsageError(
+          `${raw.locate(pos).file}: the zstd frame at offset ${withCommas(pos)} has a ${withCommas(frame.windowSize)}-byte window; imgtool indexes windows up to ${MAX_INDEXED_WINDOW >> 20} MiB; use imgtool restore`,
+        );
+      }
+      // a frame start is always a good point; after a frame with points inside, keep it
+      const previousInside = sent.length > 0 && sent[sent.length - 1]!.frameIndex === frameIndex - 1;
+      if (decoded - lastPoint >= FRAME_POINT_SPACING || previousInside || points.length === 0) {
+        points.push({ decoded, compressed: pos, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0) });
+        lastPoint = decoded;
+      }
+      const ringSize = Math.max(frame.windowSize, 1 << 10) + 4 * BLOCK_SIZE_MAX;
+      if (ring.length < ringSize) {
+        ring = new Uint8Array(ringSize);
+        ringAddress = ptr(ring);
+      }
+      let ringPos = 0;
+      let prevEnd = 0;
+      const header = resumeHeader(frame.windowDescriptor);
+      let candidate: { decoded: number; compressed: number; window: Uint8Array } | undefined;
+      let lastCandidate = decoded;
+      hash.reset();
+      /** the last `n` decoded bytes of this frame, from the ring */
+      const windowOf = (n: number): Uint8Array => {
+        const w = new Uint8Array(n);
+        if (ringPos >= n) w.set(ring.subarray(ringPos - n, ringPos));
+        else {
+          w.set(ring.subarray(prevEnd - (n - ringPos), prevEnd), 0);
+          w.set(ring.subarray(0, ringPos), n - ringPos);
+        }
+        return w;
+      };
+      const closeCandidate = () => {
+        if (!candidate) return;
+        if (candidate.decoded === decoded) {
+          // an empty last block: nothing to resume to
+          candidate = undefined;
+          return;
+        }
+        hash.digestInto(digest);
+        const job: VerifyJob = {
+          decoded: candidate.decoded,
+          compressed: candidate.compressed,
+          header,
+          window: candidate.window,
+          spanEnd: decoded,
+          spanHash: digest.slice(),
+        };
+        verifier.submit(job);
+        Bun.gc(true);
+        const { window: _w, ...kept } = job;
+        sent.push({ job: kept, frameIndex });
+        candidate = undefined;
+      };
+
+      lib.ZSTD_decompressBegin(dctx);
+      let blocksEnd = pos;
+      for (;;) {
+        const want = Number(lib.ZSTD_nextSrcSizeToDecompress(dctx));
+        const kind = lib.ZSTD_nextInputType(dctx);
+        if (want === 0) break;
+        if (
+          kind === ZSTD_INPUT.blockHeader &&
+                    decoded > frameDecodedStart &&
+          decoded - lastCandidate >= opts.spacing &&
+          verifier.packedBytes <= WINDOW_BUDGET * pos
+        ) {
+          closeCandidate();
+          hash.reset();
+          candidate = { decoded, compressed: pos, window: windowOf(Math.min(frame.windowSize, decoded - frameDecodedStart)) };
+          lastCandidate = decoded;
+        }
+        if (kind === ZSTD_INPUT.checksum) blocksEnd = pos;
+        const at = input.need(pos, want);
+        if (input.available(pos) < want) fail(`the stream ends inside a frame, after ${withCommas(decoded)} decompressed bytes`, pos);
+        if (ringPos + BLOCK_SIZE_MAX > ring.length) {
+          prevEnd = ringPos;
+          ringPos = 0;
+        }
+        const result = lib.ZSTD_decompressContinue(dctx, (ringAddress + ringPos) as Pointer, ring.length - ringPos, (input.address + at) as Pointer, want);
+        const err = zstdError(lib, result);
+        if (err) fail(err, pos);
+        const rc = Number(result);
+        pos += want;
+        if (kind !== ZSTD_INPUT.checksum) blocksEnd = pos;
+        if (rc > 0) {
+          hash.update(ring.subarray(ringPos, ringPos + rc));
+          ringPos += rc;
+          decoded += rc;
+        }
+        if (pos >= nextProgress) {
+          opts.onProgress?.(pos);
+          nextProgress = pos + PROGRESS_EVERY;
+        }
+      }
+      closeCandidate();
+      frameEnds[frameIndex] = { blocksEnd, frameEnd: pos };
+    }
+    opts.onProgress?.(pos);
+    const results = verifier.finish();
+    // answers in the order sent: accepted candidates become points; a rejected one may still
+    // extend the verified range of the point before it (the verifier decoded through it from there)
+    let previous: SeekPoint | undefined;
+    let previousFrame = -1;
+    let rejected = 0;
+    for (const [i, { job, frameIndex: f }] of sent.entries()) {
+      const r: VerifyResult = results[i]!;
+      if (r.windowLength >= 0) {
+        const { blocksEnd, frameEnd } = frameEnds[f]!;
+        const p: SeekPoint = {
+          decoded: job.decoded,
+          compressed: job.compressed,
+          bits: 0,
+          window: r.packedWindow ?? new Uint8Array(0),
+          packedWindowSize: r.windowLength,
+          extra: packExtra(job.header, blocksEnd, frameEnd),
+          verifiedEnd: job.spanEnd,
+        };
+        points.push(p);
+        previous = p;
+        previousFrame = f;
+      } else {
+        rejected++;
+        if (r.extended && previous && previousFrame === f && previous.verifiedEnd === job.decoded) previous.verifiedEnd = job.spanEnd;
+        else previous = undefined;
+      }
+    }
+    points.sort((a, b) => a.decoded - b.decoded || a.compressed - b.compressed);
+    return { decodedSize: decoded, points, rejected };
+  } finally {
+    verifier.close();
+    lib.ZSTD_freeDCtx(dctx);
+  }
+}

@@ -1,0 +1,503 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { openImage } from "../src/formats/detect.ts";
+import { openRaw, openStream } from "../src/source/open.ts";
+import type { RandomAccessSource } from "../src/source/chunk-source.ts";
+import { CorruptIndex, currentKey, indexPaths, readIndex, seekPointOf } from "../src/source/seek-index/index-file.ts";
+import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
+import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
+import { zstdCodec } from "../src/source/seek-index/zstd.ts";
+import { Xxh64State } from "../native/xxhash.ts";
+import { CLI, fixture, restoreToBuffer, runCli, sha256, tempDir, which } from "./helpers.ts";
+
+const ZSTD = which("zstd");
+const SPACING = 256 << 10;
+
+/** the ntfs partclone fixture, its three split pieces joined: 2.4 MB of image */
+function ntfsImage(): Uint8Array {
+  return Buffer.concat(["aa", "ab", "ac"].map((s) => fs.readFileSync(fixture(`ntfs.ntfs-ptcl-img.${s}`))));
+}
+
+function zstd(data: Uint8Array, ...args: string[]): Uint8Array {
+  const r = spawnSync("zstd", ["-q", "-c", ...args], { input: data, maxBuffer: 1 << 28 });
+  if (r.status !== 0) throw new Error(`zstd ${args.join(" ")}: ${r.stderr}`);
+  return new Uint8Array(r.stdout);
+}
+
+function write(dir: string, name: string, data: Uint8Array): string {
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, data);
+  return file;
+}
+
+/** mulberry32: the same ranges on every run */
+function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** random ranges, plus ranges straddling each of `edges` (points, pieces, spans) */
+function ranges(size: number, edges: number[], count: number, seed: number): [number, number][] {
+  const random = seededRandom(seed);
+  const out: [number, number][] = [[0, 1], [size - 1, 1], [0, size]];
+  for (const e of edges) if (e > 0 && e < size) out.push([Math.max(0, e - 700), Math.min(1400, size - Math.max(0, e - 700))]);
+  while (out.length < count + edges.length + 3) {
+    const offset = Math.floor(random() * size);
+    out.push([offset, Math.min(size - offset, 1 + Math.floor(random() * 400_000))]);
+  }
+  return out;
+}
+
+function expectReadsEqual(source: RandomAccessSource, truth: Uint8Array, edges: number[], seed: number): void {
+  expect(source.size).toBe(truth.length);
+  // backwards, forwards and jumping: every order a client may use
+  for (const [offset, length] of ranges(truth.length, edges, 60, seed)) {
+    const got = new Uint8Array(length);
+    expect(source.readAt(got, offset)).toBe(length);
+    if (sha256(got) !== sha256(truth.subarray(offset, offset + length))) throw new Error(`bytes differ in [${offset}, ${offset + length})`);
+  }
+}
+
+let savedCache: string | undefined;
+beforeAll(() => {
+  savedCache = process.env.XDG_CACHE_HOME;
+  process.env.XDG_CACHE_HOME = tempDir();
+});
+afterAll(() => {
+  if (savedCache === undefined) delete process.env.XDG_CACHE_HOME;
+  else process.env.XDG_CACHE_HOME = savedCache;
+});
+
+function openIndexed(file: string, spacing = SPACING) {
+  const { raw, pieces } = openRaw(file);
+  const source = openSeekable(raw as RandomAccessSource, pieces, "zstd", { mode: "build", spacing, progress: false });
+  if (!source) throw new Error("no seekable source");
+  return source;
+}
+
+describe.skipIf(!ZSTD)("zstd seek index", () => {
+  if (!ZSTD) console.log("skipped: zstd is not installed (apt-get install zstd)");
+
+  test("one frame as Clonezilla writes it (zstd -T2 -3): random reads equal the decoded stream", () => {
+    const truth = ntfsImage();
+    const file = write(tempDir(), "ntfs.zst", zstd(truth, "-T2", "-3"));
+    const source = openIndexed(file);
+    try {
+      const points = source.index.points;
+      expect(points.length).toBeGreaterThan(3);
+      expect(points.some((p) => p.extra.length > 0)).toBe(true);
+      expectReadsEqual(source, truth, points.map((p) => p.decoded), 1);
+    } finally {
+      source.close();
+    }
+  });
+
+  test("several frames with a skippable frame between: points at frame starts, reads equal", () => {
+    const truth = ntfsImage();
+    const cuts = [0, 700_000, 1_500_000, truth.length];
+    const skippable = Uint8Array.of(0x5a, 0x2a, 0x4d, 0x18, 5, 0, 0, 0, 1, 2, 3, 4, 5);
+    const parts: Uint8Array[] = [];
+    for (let i = 0; i < 3; i++) {
+      parts.push(zstd(truth.subarray(cuts[i]!, cuts[i + 1]!), "-3", "--no-check"));
+      if (i === 0) parts.push(skippable);
+    }
+    const file = write(tempDir(), "multi.zst", Buffer.concat(parts));
+    const source = openIndexed(file);
+    try {
+      const frameStarts = source.index.points.filter((p) => p.extra.length === 0).map((p) => p.decoded);
+      expect(frameStarts).toEqual([0, 700_000, 1_500_000]);
+      expectReadsEqual(source, truth, [...cuts, ...source.index.points.map((p) => p.decoded)], 2);
+    } finally {
+      source.close();
+    }
+  });
+
+  test("compressed then split (x.zst.aa, .ab, ...): reads across pieces, and the image's random reads equal restore", () => {
+    const truth = ntfsImage();
+    const dir = tempDir();
+    const packed = zstd(truth, "-T2", "-3");
+    const piece = 60_000;
+    const names: string[] = [];
+    for (let at = 0, i = 0; at < packed.length; at += piece, i++) names.push(write(dir, `ntfs.zst.a${String.fromCharCode(97 + i)}`, packed.subarray(at, at + piece)));
+    expect(names.length).toBeGreaterThan(2);
+    const stream = openStream(names[1]!, { seekIndex: { mode: "build", spacing: SPACING, progress: false } });
+    try {
+      expect(stream.pieces).toEqual(names);
+      expect(stream.randomAccess).toBeDefined();
+      expectReadsEqual(stream.randomAccess!, truth, [], 3);
+    } finally {
+      stream.reader.close();
+    }
+    const plain = openImage(fixture("ntfs.ntfs-ptcl-img.aa"));
+    const volume = restoreToBuffer(plain);
+    plain.close();
+    const image = openImage(names[0]!, { seekIndex: { mode: "use-if-present" } });
+    try {
+      expect(image.read).toBeDefined();
+      for (const [offset, length] of ranges(volume.length, [], 40, 4)) {
+        expect(sha256(image.read!(offset, length))).toBe(sha256(volume.subarray(offset, offset + length)));
+      }
+    } finally {
+      image.close();
+    }
+  });
+
+  test("every kept point decodes its verified range right by itself", () => {
+    const truth = fs.readFileSync(path.join(import.meta.dir, "..", "fixtures", "clonezilla-mbr-zstd", "loop0p1.ext4-ptcl-img.zst.aa"));
+    const file = write(tempDir(), "p1.zst", truth);
+    const source = openIndexed(file, 1 << 20);
+    const decoded = spawnSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 }).stdout as Buffer;
+    try {
+      const { raw } = openRaw(file);
+      const points = source.index.points;
+      expect(points.filter((p) => p.extra.length > 0).length).toBeGreaterThan(3);
+      for (const p of points) {
+        const end = p.verifiedEnd ?? decoded.length;
+        const d = zstdCodec.resume(raw as RandomAccessSource, seekPointOf(source.index, p));
+        const got = new Uint8Array(end - p.decoded);
+        for (let at = 0; at < got.length; ) {
+          const n = d.read(got.subarray(at));
+          expect(n).toBeGreaterThan(0);
+          at += n;
+        }
+        d.close();
+        expect(sha256(got)).toBe(sha256(decoded.subarray(p.decoded, end)));
+      }
+      raw.close();
+    } finally {
+      source.close();
+    }
+  });
+
+  test("verification drops points that decode wrongly: a wrong window, a wrong offset, a stream whose boundaries use the block before's state", () => {
+    const truth = fs.readFileSync(path.join(import.meta.dir, "..", "fixtures", "clonezilla-mbr-zstd", "loop0p1.ext4-ptcl-img.zst.aa"));
+    const decoded = new Uint8Array(spawnSync("zstd", ["-dc"], { input: truth, maxBuffer: 1 << 28 }).stdout as Buffer);
+    const file = write(tempDir(), "p1.zst", truth);
+    const source = openIndexed(file, 1 << 20);
+    const { raw } = openRaw(file);
+    try {
+      const p = source.index.points.find((q) => q.extra.length > 0 && q.windowSize > 0)!;
+      expect(p).toBeDefined();
+      const window = source.index.window(p);
+      const end = p.verifiedEnd!;
+      const hash = new Xxh64State();
+      hash.update(decoded.subarray(p.decoded, end));
+      const spanHash = new Uint8Array(8);
+      hash.digestInto(spanHash);
+      const full = decoded.slice(Math.max(0, p.decoded - (2 << 20)), p.decoded);
+      const job = { decoded: p.decoded, compressed: p.compressed, header: p.extra.slice(1, 1 + p.extra[0]!), window: full, spanEnd: end, spanHash };
+      const verifier = new SpanVerifier(raw as RandomAccessSource);
+      // the true history: accepted, with the window the index kept
+      expect(verifier.run(job).windowLength).toBe(window.length);
+      // the history with bytes changed where the kept window lies: it decodes, to other bytes
+      const wrong = full.slice();
+      for (let i = wrong.length - window.length; i < wrong.length; i += 97) wrong[i]! ^= 0x55;
+      expect(verifier.run({ ...job, window: wrong }).windowLength).toBe(-1);
+      // a boundary one byte off
+      expect(verifier.run({ ...job, compressed: p.compressed + 1 }).windowLength).toBe(-1);
+      verifier.close();
+    } finally {
+      raw.close();
+      source.close();
+    }
+    // single-threaded zstd carries repeat offsets and entropy tables across blocks: candidates fail
+    const single = write(tempDir(), "single.zst", zstd(decoded, "-3", "--single-thread"));
+    const { raw: raw2, pieces } = openRaw(single);
+    const built = buildSeekIndex(raw2 as RandomAccessSource, pieces, zstdCodec, { spacing: 256 << 10, progress: false });
+    raw2.close();
+    expect(built.rejected).toBeGreaterThan(0);
+    const again = openIndexed(single, 256 << 10);
+    try {
+      expectReadsEqual(again, decoded, again.index.points.map((q) => q.decoded), 5);
+    } finally {
+      again.close();
+    }
+  });
+
+  test("a frame with a window too large to index is refused in one line", () => {
+    const r1 = spawnSync("zstd", ["-q", "--long=27", "-c"], { input: ntfsImage().subarray(0, 300_000), maxBuffer: 1 << 26 });
+    const file = write(tempDir(), "long.zst", new Uint8Array(r1.stdout));
+    const r = runCli(["index", file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`imgtool: ${file}: the zstd frame at offset 0 has a 134,217,728-byte window; imgtool indexes windows up to 64 MiB; use imgtool restore\n`);
+  });
+
+  test("a changed image makes its index stale: detected and built again", () => {
+    const truth = ntfsImage();
+    const dir = tempDir();
+    const file = write(dir, "ntfs.zst", zstd(truth, "-T2", "-3"));
+    openIndexed(file).close();
+    const indexFile = `${file}.imgtool-index`;
+    expect(fs.existsSync(indexFile)).toBe(true);
+    const { raw, pieces } = openRaw(file);
+    expect(findSeekIndex(raw as RandomAccessSource, pieces, "zstd")).toBeDefined();
+    raw.close();
+    // other content, same size and mtime: the hash of the last MiB tells
+    const changed = zstd(truth.map((b, i) => (i > truth.length - 5000 ? b ^ 1 : b)), "-T2", "-3");
+    const stat = fs.statSync(file);
+    const sameSize = Buffer.alloc(stat.size);
+    Buffer.from(changed).copy(sameSize);
+    fs.writeFileSync(file, sameSize);
+    fs.utimesSync(file, stat.atime, stat.mtime);
+    const reopened = openRaw(file);
+    expect(findSeekIndex(reopened.raw as RandomAccessSource, reopened.pieces, "zstd")).toBeUndefined();
+    reopened.raw.close();
+    // a new image in its place: built again, and read right
+    const newer = truth.map((b, i) => (i < 1000 ? 0 : b));
+    fs.writeFileSync(file, zstd(newer, "-T2", "-3"));
+    const before = fs.readFileSync(indexFile);
+    const source = openIndexed(file);
+    try {
+      expect(Buffer.compare(before, fs.readFileSync(indexFile))).not.toBe(0);
+      expectReadsEqual(source, newer, [], 6);
+    } finally {
+      source.close();
+    }
+  });
+
+  test("a corrupt or truncated index is refused in one line, never trusted", () => {
+    const dir = tempDir();
+    const file = write(dir, "ntfs.zst", zstd(ntfsImage(), "-T2", "-3"));
+    const r0 = runCli(["index", file, "--json", "--spacing", "1M"]);
+    expect(r0.code).toBe(0);
+    const built = JSON.parse(r0.stdout.toString());
+    expect(built.path).toBe(`${file}.imgtool-index`);
+    expect(built.bytes).toBe(fs.statSync(built.path).size);
+    expect(built.checkpoints).toBeGreaterThan(1);
+    expect(typeof built.seconds).toBe("number");
+    const good = fs.readFileSync(built.path);
+    const damages: [string, Buffer][] = [
+      ["no imgtool index magic", Buffer.concat([Buffer.from("X"), good.subarray(1)])],
+      ["does not end the file", good.subarray(0, good.length - 10)],
+      ["checksum does not match", Buffer.from(good.map((b, i) => (i === good.length - 20 ? b ^ 4 : b)))],
+      ["shorter than its header", good.subarray(0, 20)],
+    ];
+    for (const [what, bytes] of damages) {
+      fs.writeFileSync(built.path, bytes);
+      const r = runCli(["cat", file, "--length", "4096"]);
+      expect(r.code).toBe(3);
+      const lines = r.stderr.trimEnd().split("\n");
+      expect(lines.length).toBe(1);
+      expect(lines[0]).toContain(`imgtool: ${built.path}: corrupt seek index (`);
+      expect(lines[0]).toContain(what);
+      expect(r.stdout.length).toBe(0);
+    }
+    // a window's bytes damaged: the table is sound, the read through that window is refused
+    fs.writeFileSync(built.path, good);
+    const { raw, pieces } = openRaw(file);
+    const index = readIndex(built.path, raw as RandomAccessSource, currentKey(raw as RandomAccessSource, pieces), "zstd")!;
+    const withWindow = index.points.find((p) => p.windowStored > 0);
+    index.close();
+    raw.close();
+    expect(withWindow).toBeDefined();
+    const damaged = Buffer.from(good);
+    damaged[withWindow!.windowOffset + 3]! ^= 0xff;
+    fs.writeFileSync(built.path, damaged);
+    const { raw: raw2, pieces: p2 } = openRaw(file);
+    const source = openSeekable(raw2 as RandomAccessSource, p2, "zstd", { mode: "use-if-present" })!;
+    expect(() => source.readAt(new Uint8Array(4096), withWindow!.decoded)).toThrow(`${built.path}: offset ${withWindow!.windowOffset.toLocaleString("en-US")}: corrupt seek index (a stored window's checksum does not match)`);
+    source.close();
+    const { raw: raw3, pieces: p3 } = openRaw(file);
+    fs.writeFileSync(built.path, good.subarray(0, 100));
+    expect(() => readIndex(built.path, raw3 as RandomAccessSource, currentKey(raw3 as RandomAccessSource, p3), "zstd")).toThrow(CorruptIndex);
+    raw3.close();
+  });
+
+  const asNobody = process.getuid?.() === 0 && which("setpriv") !== undefined;
+  test.skipIf(!asNobody)("the index goes to the cache directory, keyed by the image's path, when beside the image is not writable", () => {
+    const dir = tempDir();
+    const cache = tempDir();
+    for (let d = dir; d !== path.dirname(d) && d.startsWith(path.dirname(path.dirname(dir))); d = path.dirname(d)) fs.chmodSync(d, 0o755);
+    fs.chmodSync(cache, 0o777);
+    const file = write(dir, "ntfs.zst", zstd(ntfsImage(), "-T2", "-3"));
+    fs.chmodSync(file, 0o644);
+    fs.chmodSync(dir, 0o555);
+    const as = (args: string[]) =>
+      spawnSync("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, CLI, ...args], { env: { ...process.env, XDG_CACHE_HOME: cache, HOME: "/nonexistent" } });
+    const r = as(["index", file, "--json"]);
+    expect(r.stderr.toString()).toBe("");
+    const built = JSON.parse(r.stdout.toString());
+    expect(path.dirname(built.path)).toBe(path.join(cache, "imgtool"));
+    expect(path.basename(built.path)).toBe(path.basename(indexPaths(file).cache));
+    expect(fs.existsSync(`${file}.imgtool-index`)).toBe(false);
+    // and is found there: cat uses it rather than building another
+    const before = fs.statSync(built.path).mtimeMs;
+    const cat = as(["cat", file, "--length", "1M"]);
+    expect(cat.status).toBe(0);
+    expect(cat.stdout.length).toBe(1 << 20);
+    expect(fs.statSync(built.path).mtimeMs).toBe(before);
+    expect(fs.readdirSync(path.join(cache, "imgtool"))).toEqual([path.basename(built.path)]);
+    fs.chmodSync(dir, 0o755);
+  });
+
+  test("never through a symlink: a symlink where the index goes is replaced, not written through", () => {
+    const dir = tempDir();
+    const file = write(dir, "ntfs.zst", zstd(ntfsImage(), "-T2", "-3"));
+    const victim = write(dir, "victim", Buffer.from("keep me"));
+    fs.symlinkSync(victim, `${file}.imgtool-index`);
+    const r = runCli(["index", file, "--json"], { env: { XDG_CACHE_HOME: tempDir() } });
+    expect(r.code).toBe(0);
+    expect(fs.readFileSync(victim, "utf8")).toBe("keep me");
+    expect(fs.lstatSync(`${file}.imgtool-index`).isFile()).toBe(true);
+  });
+});
+
+describe.skipIf(!ZSTD)("checksums on random reads", () => {
+  /** the volume offset of the used block of rank `n` */
+  function usedBlockOffset(image: ReturnType<typeof openImage>, n: number): number {
+    let seen = 0;
+    for (const { firstBlock, blockCount } of image.usedRuns()) {
+      if (n < seen + blockCount) return (firstBlock + n - seen) * image.info.blockSize;
+      seen += blockCount;
+    }
+    throw new Error("no such used block");
+  }
+
+  test("a read touching a damaged checksum strip fails with a checksum error; other strips read fine (plain and .zst)", () => {
+    const truth = ntfsImage();
+    const plain = openImage(fixture("ntfs.ntfs-ptcl-img.aa"));
+    const dataStart = plain.info.fields.find((f) => f.key === "blocksSection")!.value as number;
+    const perStrip = plain.info.fields.find((f) => f.key === "blocksPerChecksum")!.value as number;
+    const bs = plain.info.blockSize;
+    const inStrip0 = usedBlockOffset(plain, 3);
+    const inStrip1 = usedBlockOffset(plain, perStrip + 5);
+    plain.close();
+    // one byte of the used block of rank perStrip + 5 (strip 1: one 4-byte CRC before it)
+    const damaged = truth.slice();
+    damaged[dataStart + (perStrip + 5) * bs + 4 + 100]! ^= 0x20;
+    const dir = tempDir();
+    const files = [write(dir, "damaged.ptcl-img", damaged), write(dir, "damaged.ptcl-img.zst", zstd(damaged, "-T2", "-3"))];
+    for (const file of files) {
+      const image = openImage(file, { seekIndex: { mode: "build", spacing: SPACING, progress: false } });
+      try {
+        expect(image.read).toBeDefined();
+        expect(image.read!(inStrip0, 4096).length).toBe(4096);
+        expect(() => image.read!(inStrip1, 512)).toThrow("CRC32 checksum mismatch");
+      } finally {
+        image.close();
+      }
+      const r = runCli(["cat", file, "--offset", String(inStrip1), "--length", "4096"]);
+      expect(r.code).toBe(4);
+      expect(r.stderr.trimEnd().split("\n").length).toBe(1);
+      expect(r.stderr).toContain("CRC32 checksum mismatch");
+    }
+  });
+});
+
+describe.skipIf(!ZSTD)("serve, mount and cat on compressed images", () => {
+  const clonezilla = ["loop0p1.ext4-ptcl-img.zst.aa", "loop0p2.ntfs-ptcl-img.zst.aa"];
+  const RESTORED: Record<string, string> = {
+    // partclone.restore of `zstd -dc` of each (fixtures/MAKE-extra.md)
+    "loop0p1.ext4-ptcl-img.zst.aa": "ba58435eb3ee66415e0a75d99a26ea0f6439be5353922c3a6e99c7bad470bb5b",
+    "loop0p2.ntfs-ptcl-img.zst.aa": "795c5cf5bfa369d82f620c907bf2514664eb6f1fc65bf2f193601a0e07cb5357",
+  };
+
+  for (const name of clonezilla) {
+    test(`Clonezilla's ${name} (zstdmt, one frame): random reads of the volume equal restore`, () => {
+      const file = path.join(tempDir(), name);
+      fs.copyFileSync(path.join(import.meta.dir, "..", "fixtures", "clonezilla-mbr-zstd", name), file);
+      const plain = openImage(file);
+      const volume = restoreToBuffer(plain);
+      plain.close();
+      expect(sha256(volume)).toBe(RESTORED[name]!);
+      const image = openImage(file, { seekIndex: { mode: "build", spacing: 1 << 20, progress: false } });
+      try {
+        expect(image.read).toBeDefined();
+        for (const [offset, length] of ranges(volume.length, [], 80, 7)) {
+          expect(sha256(image.read!(offset, length))).toBe(sha256(volume.subarray(offset, offset + length)));
+        }
+      } finally {
+        image.close();
+      }
+    });
+  }
+
+  test("an ntfsclone image compressed with zstd: random reads of the volume equal restore", () => {
+    const plain = openImage(fixture("ntfs.ntfsclone-img"));
+    const volume = restoreToBuffer(plain);
+    plain.close();
+    const file = write(tempDir(), "ntfs.ntfsclone-img.zst", zstd(new Uint8Array(fs.readFileSync(fixture("ntfs.ntfsclone-img"))), "-T2", "-3"));
+    const image = openImage(file, { seekIndex: { mode: "build", spacing: SPACING, progress: false } });
+    try {
+      expect(image.read).toBeDefined();
+      expect(image.info.deviceSize).toBe(volume.length);
+      for (const [offset, length] of ranges(volume.length, [], 40, 8)) {
+        expect(sha256(image.read!(offset, length))).toBe(sha256(volume.subarray(offset, offset + length)));
+      }
+    } finally {
+      image.close();
+    }
+  });
+
+  test("imgtool cat of a .zst image equals restore, through the index it builds", () => {
+    const file = path.join(tempDir(), clonezilla[0]!);
+    fs.copyFileSync(path.join(import.meta.dir, "..", "fixtures", "clonezilla-mbr-zstd", clonezilla[0]!), file);
+    const r = runCli(["cat", file]);
+    expect(r.code).toBe(0);
+    expect(sha256(r.stdout)).toBe(RESTORED[clonezilla[0]!]!);
+    expect(fs.existsSync(`${file}.imgtool-index`)).toBe(true);
+    const part = runCli(["cat", file, "--offset", "50M", "--length", "1M"]);
+    expect(sha256(part.stdout)).toBe(sha256(r.stdout.subarray(50 << 20, 51 << 20)));
+  });
+
+  test.skipIf(!which("qemu-img"))("qemu-img convert of a served .zst image equals restore", async () => {
+    const dir = tempDir();
+    const file = path.join(dir, clonezilla[1]!);
+    fs.copyFileSync(path.join(import.meta.dir, "..", "fixtures", "clonezilla-mbr-zstd", clonezilla[1]!), file);
+    const socket = path.join(dir, "nbd.sock");
+    const proc = Bun.spawn([process.execPath, CLI, "serve", file, "--socket", socket], { stdout: "pipe", stderr: "pipe", env: { ...process.env } });
+    try {
+      const reader = proc.stdout.getReader();
+      const { value } = await reader.read();
+      expect(new TextDecoder().decode(value)).toContain("serving");
+      const out = path.join(dir, "out.raw");
+      const q = spawnSync("qemu-img", ["convert", "-f", "raw", "-O", "raw", `nbd+unix:///?socket=${socket}`, out], { encoding: "utf8" });
+      expect(q.stderr).toBe("");
+      expect(q.status).toBe(0);
+      expect(sha256(fs.readFileSync(out))).toBe(RESTORED[clonezilla[1]!]!);
+    } finally {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    }
+  }, 60_000);
+
+  const fuseSkip = !which("fusermount3") || !fs.existsSync("/dev/fuse");
+  test.skipIf(fuseSkip)("the mounted file of a .zst image equals restore", async () => {
+    const dir = tempDir();
+    const file = path.join(dir, clonezilla[0]!);
+    fs.copyFileSync(path.join(import.meta.dir, "..", "fixtures", "clonezilla-mbr-zstd", clonezilla[0]!), file);
+    const mountpoint = path.join(dir, "mnt");
+    fs.mkdirSync(mountpoint);
+    const proc = Bun.spawn([process.execPath, CLI, "mount", file, mountpoint, "--name", "vol.raw"], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    try {
+      const reader = proc.stdout.getReader();
+      const { value } = await reader.read();
+      expect(new TextDecoder().decode(value)).toContain("mounted");
+      const h = new Bun.CryptoHasher("sha256");
+      h.update(fs.readFileSync(path.join(mountpoint, "vol.raw")));
+      expect(h.digest("hex")).toBe(RESTORED[clonezilla[0]!]!);
+    } finally {
+      spawnSync("fusermount3", ["-u", mountpoint]);
+      await proc.exited;
+    }
+  }, 60_000);
+
+  test.skipIf(!which("xz"))("a compression with no seek index is refused in one line naming what to do", () => {
+    const dir = tempDir();
+    const lzma = spawnSync("xz", ["--format=lzma", "-c", fixture("ext4.ext4-ptcl-img")], { maxBuffer: 1 << 26 }).stdout as Buffer;
+    const file = write(dir, "ext4.ptcl.lzma", lzma);
+    const r = runCli(["serve", file, "--port", "0"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(
+      `imgtool: ${file}: serve cannot read this lzma image at any offset (imgtool has no seek index for lzma data yet); decompress it first (lzma -d) or use imgtool restore\n`,
+    );
+  });
+});
