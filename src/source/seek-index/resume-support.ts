@@ -19,6 +19,8 @@ export class PartsSource implements ChunkSource {
   /** offset in this stream where the current part starts */
   private partBase = 0;
   private readonly starts: number[] = [];
+  /** bytes read so far (the build's progress) */
+  handedOut = 0;
 
   constructor(
     private readonly raw: RandomAccessSource,
@@ -41,6 +43,7 @@ export class PartsSource implements ChunkSource {
         if ("bytes" in p) into.set(p.bytes.subarray(this.done, this.done + n));
         else if (this.raw.readAt(into.subarray(0, n), p.start + this.done) !== n) return 0;
         this.done += n;
+        this.handedOut += n;
         return n;
       }
       this.partBase += length;
@@ -76,6 +79,8 @@ export class PointVerifier {
   readonly kept: SeekPoint[] = [];
   dropped = 0;
   private decoded = 0;
+  /** points are complete only later (bzip2 learns a stream's end after its blocks): check nothing until release() */
+  holding = false;
 
   constructor(
     private readonly codec: SeekCodec,
@@ -89,6 +94,14 @@ export class PointVerifier {
     this.pending.push({ point, expected: new Uint8Array(this.span), have: 0 });
   }
 
+  /** Forget pending points that turned out unusable (counted as dropped). */
+  discard(points: SeekPoint[]): void {
+    const before = this.pending.length;
+    const gone = new Set(points);
+    this.pending.splice(0, this.pending.length, ...this.pending.filter((p) => !gone.has(p.point)));
+    this.dropped += before - this.pending.length;
+  }
+
   /** The next decoded bytes of the pass. */
   feed(bytes: Uint8Array): void {
     this.decoded += bytes.length;
@@ -98,6 +111,12 @@ export class PointVerifier {
       if (n > 0) p.expected.set(bytes.subarray(0, n), p.have);
       p.have += n;
     }
+    this.release();
+  }
+
+  /** Check the pending points whose bytes are all in (unless holding). */
+  release(): void {
+    if (this.holding) return;
     while (this.pending.length > 0 && this.pending[0]!.have >= this.span) this.check(this.pending.shift()!);
   }
 
