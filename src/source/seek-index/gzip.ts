@@ -78,9 +78,11 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
         out.copyWithin(0, outPos - WINDOW, outPos);
         outPos = WINDOW;
       }
-      const flush = decoded - lastPoint >= spacing ? Z_BLOCK : Z_NO_FLUSH;
+      // up to the spacing plainly, then on to the next block end
+      const toSpacing = lastPoint + spacing - decoded;
+      const flush = toSpacing <= 0 ? Z_BLOCK : Z_NO_FLUSH;
       const avail = inEnd - inStart;
-      const room = out.length - outPos;
+      const room = Math.min(out.length - outPos, toSpacing > 0 ? toSpacing : Infinity);
       const rc = inf.inflate((inAddress + inStart) as Pointer, avail, (outAddress + outPos) as Pointer, room, flush);
       const consumed = avail - inf.availIn;
       const produced = room - inf.availOut;
