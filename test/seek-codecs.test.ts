@@ -9,7 +9,7 @@ import { bzip2SeekCodec } from "../src/source/seek-index/bzip2.ts";
 import type { CodecIndex, SeekCodec, SeekPoint } from "../src/source/seek-index/codec.ts";
 import { gzipSeekCodec } from "../src/source/seek-index/gzip.ts";
 import { lz4SeekCodec } from "../src/source/seek-index/lz4.ts";
-import { resumesTo } from "../src/source/seek-index/resume-support.ts";
+import { PointVerifier, resumesTo } from "../src/source/seek-index/resume-support.ts";
 import { SplitSource } from "../src/source/split.ts";
 import { lzmaSeekCodec, xzSeekCodec } from "../src/source/seek-index/xz.ts";
 import { fixture, tempDir, which } from "./helpers.ts";
@@ -168,7 +168,7 @@ describe("seek codecs on streams made by the real tools", () => {
     });
   }
 
-  test("gzip: a member start is a point without window; other points carry up to 32 KiB of history", () => {
+  test("gzip: a member start is a point without window; other points carry 32 KiB of history unless what follows never refers back", () => {
     if (!which("gzip")) return console.log("skipped: gzip is not installed");
     const data = sampleData(99);
     const half = data.length >> 1;
@@ -177,7 +177,15 @@ describe("seek codecs on streams made by the real tools", () => {
     const index = gzipSeekCodec.build(raw, { spacing: 256 << 10 });
     const member = index.points.find((p) => p.decoded === half);
     expect(member?.window.length).toBe(0);
-    expect(index.points.filter((p) => p.decoded !== 0 && p.decoded !== half).every((p) => p.window.length > 0 && p.window.length <= 32768)).toBe(true);
+    const inner = index.points.filter((p) => p.decoded !== 0 && p.decoded !== half);
+    expect(inner.every((p) => p.window.length === 0 || p.window.length === 32768)).toBe(true);
+    // the sample has text (refers back: window kept) and random stretches (stored blocks: none needed)
+    expect(inner.some((p) => p.window.length === 32768)).toBe(true);
+    expect(inner.some((p) => p.window.length === 0)).toBe(true);
+    // a windowless point that is not a member start resumes as raw deflate with no history at all
+    for (const p of inner.filter((q) => q.window.length === 0)) {
+      expect(resumesTo(gzipSeekCodec, raw, p, data.subarray(p.decoded, p.decoded + 100_000))).toBe(true);
+    }
     raw.close();
   });
 
@@ -219,6 +227,28 @@ describe("verification", () => {
       expect(resumesTo(gzipSeekCodec, raw, shifted, expected)).toBe(false);
     }
     expect(caught).toBeGreaterThan(0);
+    raw.close();
+  });
+  test("the build's verifier drops a point that decodes wrongly and keeps the others", () => {
+    if (!which("gzip")) return console.log("skipped: gzip is not installed");
+    const data = sampleData(21);
+    const file = fileOf(compress("gzip -9 -c", data), "d.gz");
+    const raw = open(file);
+    const index = gzipSeekCodec.build(raw, { spacing: 256 << 10 });
+    const withWindow = index.points.findIndex((p) => p.window.length === 32768);
+    expect(withWindow).toBeGreaterThan(0);
+    const points = index.points.map((p, i) => (i === withWindow ? { ...p, bits: (p.bits + 3) % 8 } : p));
+    const verifier = new PointVerifier(gzipSeekCodec, raw, 64 << 10);
+    let at = 0;
+    for (const p of points) {
+      verifier.feed(data.subarray(at, p.decoded));
+      at = p.decoded;
+      verifier.add(p);
+    }
+    verifier.feed(data.subarray(at));
+    const kept = verifier.finish();
+    expect(verifier.dropped).toBe(1);
+    expect(kept.map((p) => p.decoded)).toEqual(index.points.filter((_, i) => i !== withWindow).map((p) => p.decoded));
     raw.close();
   });
 });

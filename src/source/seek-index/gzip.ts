@@ -22,7 +22,7 @@ const WINDOW = 32768;
 /** `extra[0]` of a point at the start of a gzip member: decode it with its header, no history */
 const MEMBER_START = 1;
 /** decoded bytes after each point that the build re-decodes through `resume` and compares */
-export const GZIP_VERIFY_SPAN = 64 * 1024;
+export const GZIP_VERIFY_SPAN = 64 * 1024; // ≥ WINDOW: see the windowless check in build
 const BUILD_IN = 1 << 20;
 const BUILD_OUT = 1 << 20;
 const RESUME_IN = 128 * 1024;
@@ -41,7 +41,10 @@ function truncated(raw: RandomAccessSource, offset: number, decoded: number): ne
 
 function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
   const spacing = Math.max(1, opts.spacing);
-  const verifier = new PointVerifier(gzipSeekCodec, raw, GZIP_VERIFY_SPAN);
+  // a point needs no window when what follows never refers back past it: raw inflate without a
+  // dictionary fails ("invalid distance too far back") on any such reference, and past the first
+  // 32 KiB none can reach it, so decoding the span (≥ 32 KiB) without the window proves it
+  const verifier = new PointVerifier(gzipSeekCodec, raw, GZIP_VERIFY_SPAN, (p) => (p.window.length > 0 ? { ...p, window: EMPTY } : undefined));
   const inf = new Inflater(raw.locate(0), GZIP_WINDOW_BITS);
   const inBuf = new Uint8Array(BUILD_IN);
   const inAddress = ptr(inBuf);

@@ -86,6 +86,12 @@ export class PointVerifier {
     private readonly codec: SeekCodec,
     private readonly raw: RandomAccessSource,
     private readonly span: number,
+    /**
+     * A cheaper form of a point to try first (gzip: the same point without its window). Kept
+     * when it resumes to the same bytes: a stream that referred back past the point would fail
+     * or differ within the span.
+     */
+    private readonly lighter?: (point: SeekPoint) => SeekPoint | undefined,
   ) {}
 
   /** A new point at the current decoded offset (the pass has produced exactly `point.decoded` bytes). */
@@ -128,7 +134,10 @@ export class PointVerifier {
   }
 
   private check(p: { point: SeekPoint; expected: Uint8Array; have: number }): void {
-    if (resumesTo(this.codec, this.raw, p.point, p.expected.subarray(0, p.have))) this.kept.push(p.point);
+    const expected = p.expected.subarray(0, p.have);
+    const light = this.lighter?.(p.point);
+    if (light && resumesTo(this.codec, this.raw, light, expected)) this.kept.push(light);
+    else if (resumesTo(this.codec, this.raw, p.point, expected)) this.kept.push(p.point);
     else this.dropped++;
   }
 }
