@@ -75,7 +75,11 @@ export function rawFrom(raw: RandomAccessSource, start: number): PartsSource {
  * codec's own `resume` and the bytes compared. Points that fail are dropped.
  */
 export class PointVerifier {
-  private readonly pending: { point: SeekPoint; expected: Uint8Array; have: number }[] = [];
+  /**
+   * Points whose span is still coming in hold its bytes; once complete only a hash of them is
+   * kept, so that points held until their stream ends (bzip2, lz4) cost no memory to speak of.
+   */
+  private readonly pending: { point: SeekPoint; expected: Uint8Array | null; have: number; hash: bigint }[] = [];
   readonly kept: SeekPoint[] = [];
   dropped = 0;
   private decoded = 0;
@@ -97,7 +101,7 @@ export class PointVerifier {
   /** A new point at the current decoded offset (the pass has produced exactly `point.decoded` bytes). */
   add(point: SeekPoint): void {
     if (point.decoded !== this.decoded) throw new Error(`seek index: point at ${point.decoded} added at ${this.decoded}`);
-    this.pending.push({ point, expected: new Uint8Array(this.span), have: 0 });
+    this.pending.push({ point, expected: new Uint8Array(this.span), have: 0, hash: 0n });
   }
 
   /** Forget pending points that turned out unusable (counted as dropped). */
@@ -112,52 +116,73 @@ export class PointVerifier {
   feed(bytes: Uint8Array): void {
     this.decoded += bytes.length;
     if (this.pending.length === 0) return;
-    for (const p of this.pending) {
+    for (let i = this.pending.length - 1; i >= 0; i--) {
+      const p = this.pending[i]!;
+      if (!p.expected) break;
       const n = Math.min(bytes.length, this.span - p.have);
       if (n > 0) p.expected.set(bytes.subarray(0, n), p.have);
       p.have += n;
+      if (p.have >= this.span) this.seal(p);
     }
     this.release();
+  }
+
+  private seal(p: { expected: Uint8Array | null; have: number; hash: bigint }): void {
+    if (!p.expected) return;
+    p.hash = BigInt(Bun.hash(p.expected.subarray(0, p.have)));
+    p.expected = null;
   }
 
   /** Check the pending points whose bytes are all in (unless holding). */
   release(): void {
     if (this.holding) return;
-    while (this.pending.length > 0 && this.pending[0]!.have >= this.span) this.check(this.pending.shift()!);
+    while (this.pending.length > 0 && this.pending[0]!.expected === null) this.check(this.pending.shift()!);
   }
 
   /** The pass has ended: check what is still pending against what it got. */
   finish(): SeekPoint[] {
-    for (const p of this.pending.splice(0)) this.check(p);
+    for (const p of this.pending.splice(0)) {
+      this.seal(p);
+      this.check(p);
+    }
     this.kept.sort((a, b) => a.decoded - b.decoded);
     return this.kept;
   }
 
-  private check(p: { point: SeekPoint; expected: Uint8Array; have: number }): void {
-    const expected = p.expected.subarray(0, p.have);
+  private check(p: { point: SeekPoint; have: number; hash: bigint }): void {
     const light = this.lighter?.(p.point);
-    if (light && resumesTo(this.codec, this.raw, light, expected)) this.kept.push(light);
-    else if (resumesTo(this.codec, this.raw, p.point, expected)) this.kept.push(p.point);
+    if (light && resumesToHash(this.codec, this.raw, light, p.have, p.hash)) this.kept.push(light);
+    else if (resumesToHash(this.codec, this.raw, p.point, p.have, p.hash)) this.kept.push(p.point);
     else this.dropped++;
   }
 }
 
-/** True when resuming at `point` yields exactly `expected` first (errors count as a mismatch). */
-export function resumesTo(codec: SeekCodec, raw: RandomAccessSource, point: SeekPoint, expected: Uint8Array): boolean {
+function resumeBytes(codec: SeekCodec, raw: RandomAccessSource, point: SeekPoint, length: number): Uint8Array | undefined {
   let source: ChunkSource | undefined;
   try {
     source = codec.resume(raw, point);
-    const got = new Uint8Array(expected.length);
+    const got = new Uint8Array(length);
     let n = 0;
     while (n < got.length) {
       const k = source.read(got.subarray(n));
       if (k === 0) break;
       n += k;
     }
-    return n === expected.length && Buffer.compare(got, expected) === 0;
+    return n === length ? got : undefined;
   } catch {
-    return false;
+    return undefined;
   } finally {
     source?.close();
   }
+}
+
+function resumesToHash(codec: SeekCodec, raw: RandomAccessSource, point: SeekPoint, length: number, hash: bigint): boolean {
+  const got = resumeBytes(codec, raw, point, length);
+  return got !== undefined && BigInt(Bun.hash(got)) === hash;
+}
+
+/** True when resuming at `point` yields exactly `expected` first (errors count as a mismatch). */
+export function resumesTo(codec: SeekCodec, raw: RandomAccessSource, point: SeekPoint, expected: Uint8Array): boolean {
+  const got = resumeBytes(codec, raw, point, expected.length);
+  return got !== undefined && Buffer.compare(got, expected) === 0;
 }
