@@ -76,7 +76,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
       if ((magic & 0xfffffff0) === SKIPPABLE_MAGIC) {
         const size = u32At(raw, pos + 4, decoded);
         if (pos + 8 + size > raw.size) truncated(raw, pos + 4, decoded);
-        feed(pos, pos + 8 + size);
+        // nothing for the decoder: it expects the next frame either way
         pos += 8 + size;
         continue;
       }

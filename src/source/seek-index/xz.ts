@@ -88,11 +88,14 @@ export function readXzLayout(raw: RandomAccessSource): XzStream[] {
   const streams: XzStream[] = [];
   let pos = raw.size;
   while (pos > 0) {
-    // stream padding: null bytes in multiples of four
-    while (pos >= 4) {
-      const w = readExactly(raw, pos - 4, 4);
-      if (w[0] || w[1] || w[2] || w[3]) break;
-      pos -= 4;
+    // stream padding: null bytes in multiples of four, read back in 64 KiB steps
+    for (let zeros = true; zeros && pos >= 4; ) {
+      const n = Math.min(pos, 64 * 1024) & ~3;
+      const w = readExactly(raw, pos - n, n);
+      let i = n;
+      while (i >= 4 && !(w[i - 1] || w[i - 2] || w[i - 3] || w[i - 4])) i -= 4;
+      zeros = i === 0;
+      pos -= n - i;
     }
     if (pos === 0) break;
     if (pos % 4 !== 0 || pos < HEADER_SIZE + FOOTER_SIZE) bad(raw, pos, "no xz stream footer at the end (truncated file?)");
