@@ -21,7 +21,7 @@ function need(tool: string): boolean {
   return Bun.spawnSync(["bash", "-c", `command -v ${tool}`], { stdout: "ignore", env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } }).exitCode === 0;
 }
 
-function makeFixtures(): string {
+export function makeFixtures(): string {
   fs.mkdirSync(WORK, { recursive: true });
   const vol = path.join(WORK, `ext4-${VOLUME_GIB}g.vol`);
   const img = path.join(WORK, `ext4-${VOLUME_GIB}g.ptcl-img`);
@@ -134,4 +134,4 @@ function main() {
   console.log(`| imgtool peak RSS ≤ 96 MiB | ${peakRss.toFixed(1)} MiB | 96 | ${peakRss <= 96 ? "met" : "MISSED"} |`);
 }
 
-main();
+if (import.meta.main) main();

@@ -6,6 +6,7 @@ const scripts = [
   "btrfs-receive.ts",
   "pipe.ts",
   "seek-index.ts",
+  "seek-codecs.ts",
 ];
 for (const script of scripts) {
   console.log(`\n## bench/${script}\n`);
