@@ -2,7 +2,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { ImageError } from "../errors.ts";
-import { openImage } from "../formats/detect.ts";
+import { formats, openImage } from "../formats/detect.ts";
 import { openStream } from "../source/open.ts";
 import { splitSuffix } from "../source/split.ts";
 import type { DiskLayout, DiskPartition, PartitionContent, RawStream, TableBytes } from "./disk-volume.ts";
@@ -18,6 +18,7 @@ const MAX_TEXT = 1 << 20;
 const MAX_HIDDEN = 64 << 20;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._+:-]{0,200}$/;
 const COMPRESSIONS = "gz|bz2|lzo|lzma|xz|lzip|lrz|lz4|lz4mt|zst|zstmt|uncomp";
+const HEAD_BYTES = 2048;
 const CHECKSUM_FILES = ["MD5SUMS", "SHA1SUMS", "SHA256SUMS", "SHA512SUMS", "B2SUMS"] as const;
 
 export interface ImageFile {
@@ -350,23 +351,8 @@ function partitionContent(listing: FolderListing, name: string, size: number, is
   const image = images.find((i) => i.partition === name);
   if (image) {
     const pieces = image.pieces;
-    if (image.tool === "dd") {
-      // sdXN.dd-img is partclone.dd output for newer Clonezilla, raw dd bytes for older ones
-      let partclone: boolean | undefined;
-      const isPartclone = () => {
-        if (partclone === undefined) {
-          try {
-            openImage(pieces[0]!).close();
-            partclone = true;
-          } catch {
-            partclone = false;
-          }
-        }
-        return partclone;
-      };
-      if (isPartclone()) return { kind: "image", pieces, fs: "dd", tool: "partclone.dd", open: () => openImage(pieces[0]!) };
-      return { kind: "dd", pieces, open: () => openRawStream(pieces[0]!) };
-    }
+    // sdXN.dd-img and sdXN.dd-ptcl-img hold partclone.dd output or, with -q1, the raw bytes of dd
+    if ((image.tool === "dd" || image.fs === "dd") && !holdsImageFormat(pieces[0]!)) return { kind: "dd", pieces, open: () => openRawStream(pieces[0]!) };
     return { kind: "image", pieces, fs: image.fs, tool: image.tool, open: () => openImage(pieces[0]!) };
   }
   if (listing.has(swapInfo)) {
@@ -375,6 +361,17 @@ function partitionContent(listing: FolderListing, name: string, size: number, is
   }
   if (parts.includes(name)) return { kind: "absent", reason: `in parts but its image file is missing` };
   return { kind: "absent", reason: devFs.has(name) ? `not saved (${devFs.get(name)})` : "not saved" };
+}
+
+/** Whether the decoded stream starts like a partclone, partimage or ntfsclone image. */
+function holdsImageFormat(file: string): boolean {
+  const s = openStream(file, { threads: false });
+  try {
+    const head = s.reader.peek(HEAD_BYTES);
+    return formats.some((f) => f.detect(head));
+  } finally {
+    s.reader.close();
+  }
 }
 
 /** A raw dd stream: decompressed sequentially, or read at any offset when a plain file. */
