@@ -31,7 +31,7 @@ export function parseSwapInfo(text: string, file: string): SwapInfo {
 
 /**
  * The first page of a swap partition of `size` bytes: zeroed boot bits, version 1, last page,
- * UUID (byte order of its text), label (cut at 16 bytes), "SWAPSPACE2" at the page's end.
+ * UUID (byte order of its text), label (cut at 15 bytes and NUL-terminated, as mkswap does), "SWAPSPACE2" at the page's end.
  */
 export function swapHeader(size: number, info: SwapInfo, pageSize = SWAP_PAGE_SIZE): Uint8Array {
   const pages = Math.floor(size / pageSize);
@@ -46,7 +46,7 @@ export function swapHeader(size: number, info: SwapInfo, pageSize = SWAP_PAGE_SI
     const hex = info.uuid.replace(/-/g, "");
     for (let i = 0; i < 16; i++) page[HEADER_AT + 12 + i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
   }
-  if (info.label) page.set(new TextEncoder().encode(info.label).subarray(0, LABEL_BYTES), HEADER_AT + 28);
+  if (info.label) page.set(new TextEncoder().encode(info.label).subarray(0, LABEL_BYTES - 1), HEADER_AT + 28);
   page.set(Array.from(SIGNATURE, (c) => c.charCodeAt(0)), pageSize - SIGNATURE.length);
   return page;
 }
