@@ -98,8 +98,9 @@ describe("restore DIR: Clonezilla folders back to the original disk, byte for by
     const f = folders().find((x) => x.name === "clonezilla-gpt-gzip")!;
     const whole = path.join(tempDir(), "whole.raw");
     expect(runCli(["restore", path.join(CZ, f.name), "-o", whole, "--sparse"]).code).toBe(0);
+    const outDir = tempDir();
     for (const [name, start, sectors] of [["loop0p3", 288768, 184320], ["loop0p4", 473088, 141279]] as const) {
-      const out = path.join(tempDir(), `${name}.raw`);
+      const out = path.join(outDir, `${name}.raw`);
       const r = runCli(["restore", `${path.join(CZ, f.name)}@${name}`, "-o", out]);
       expect(r.stderr).toBe("");
       const fd = fs.openSync(whole, "r");
@@ -108,7 +109,7 @@ describe("restore DIR: Clonezilla folders back to the original disk, byte for by
       fs.closeSync(fd);
       expect(sha256File(out)).toBe(sha256(expected));
     }
-    const ntfs = fs.readFileSync(path.join(tempDir(), "loop0p3.raw"));
+    const ntfs = fs.readFileSync(path.join(outDir, "loop0p3.raw"));
     expect(ntfs.subarray(ntfs.length - 512).equals(ntfs.subarray(0, 512))).toBe(true);
     expect(ntfs.subarray(3, 11).toString()).toBe("NTFS    ");
   }, 120_000);

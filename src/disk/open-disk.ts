@@ -3,7 +3,7 @@ import path from "node:path";
 import { ImageError, UsageError } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
 import { type ClonezillaFolder, looksLikeClonezillaFolder, readClonezillaFolder } from "./clonezilla.ts";
-import { bytesVolume, composeVolume, diskPieces, type DiskLayout, type DiskPartition, partitionVolume, type Region } from "./disk-volume.ts";
+import { bytesVolume, composeVolume, diskPieces, type DiskLayout, type DiskPartition, partitionVolume, type Region, sliceVolume } from "./disk-volume.ts";
 import { openRawDisk } from "./raw-disk.ts";
 
 export interface DiskPartitionVolume extends Volume {
@@ -53,8 +53,8 @@ export function openDisk(input: string): OpenedDisk {
 function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void): OpenedDisk {
   const lazies: LazyVolume[] = [];
   const disks: DiskVolume[] = layouts.map((layout) => {
-    const parts: DiskPartitionVolume[] = [];
     const regions: Region[] = [];
+    const lazyOf = new Map<DiskPartition, LazyVolume>();
     for (const piece of diskPieces(layout)) {
       if (piece.kind === "table") {
         regions.push({ offset: piece.offset, volume: bytesVolume(piece.table.what, piece.table.bytes, layout.sectorSize) });
@@ -63,12 +63,14 @@ function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, o
       const p = piece.partition;
       const lazy = new LazyVolume(`${layout.name} ${p.name}`, p.size, layout.sectorSize, () => partitionVolume(layout, p));
       lazies.push(lazy);
-      parts.push(Object.assign(lazy.asVolume(), { partition: p, disk: layout.name }));
+      lazyOf.set(p, lazy);
       if (p.content.kind !== "absent") regions.push({ offset: piece.offset, volume: lazy.asVolume() });
     }
-    // logical partitions come after the extended one in the list, in number order
-    parts.sort((a, b) => a.partition.number - b.partition.number);
     const volume = composeVolume(layout.name, layout.size, layout.sectorSize, regions);
+    // an extended partition reads as what the disk holds there: its EBRs and the logical partitions
+    const parts: DiskPartitionVolume[] = layout.partitions
+      .map((p) => Object.assign(lazyOf.get(p)?.asVolume() ?? sliceVolume(volume, p.start, p.size, `${layout.name} ${p.name}`), { partition: p, disk: layout.name }))
+      .sort((a, b) => a.partition.number - b.partition.number);
     return Object.assign(volume, { layout, partitions: parts });
   });
   return {
