@@ -19,6 +19,8 @@ interface Folder {
   label: string;
   sha256: string;
   size: number;
+  /** --disk for a folder with several */
+  disk?: string;
 }
 
 function folders(): Folder[] {
@@ -31,7 +33,7 @@ function folders(): Folder[] {
     for (const row of rows) {
       const v = row.split("\t");
       const get = (c: string) => v[cols.indexOf(c)]!;
-      out.push({ name: get("folder"), label: get("label"), sha256: get("original_disk_sha256"), size: Number(get("disk_size")) });
+      out.push({ name: get("folder"), label: get("label"), sha256: get("original_disk_sha256"), size: Number(get("disk_size")), disk: cols.includes("disk") && get("disk") ? get("disk") : undefined });
     }
   }
   return out;
@@ -75,11 +77,11 @@ function rewriteNames(dir: string, from: string, to: (partOrDisk: string) => str
 
 describe("restore DIR: Clonezilla folders back to the original disk, byte for byte", () => {
   for (const f of folders()) {
-    test(`${f.name} (${f.label})`, () => {
+    test(`${f.name}${f.disk ? ` --disk ${f.disk}` : ""} (${f.label})`, () => {
       const dir = path.join(CZ, f.name);
       if (!fs.existsSync(dir)) return void console.log(`skipped: ${dir} is not here`);
       const out = path.join(tempDir(), "disk.raw");
-      const r = runCli(["restore", dir, "-o", out, "--sparse"]);
+      const r = runCli(["restore", dir, "-o", out, "--sparse", ...(f.disk ? ["--disk", f.disk] : [])]);
       expect(r.stderr).toBe("");
       expect(r.code).toBe(0);
       expect(fs.statSync(out).size).toBe(f.size);
@@ -326,6 +328,16 @@ describe("info and verify", () => {
     expect(bad.code).toBe(which("md5sum") ? 4 : 0);
     if (which("md5sum")) expect(bad.stderr).toMatch(/^imgtool: loop0-mbr: md5 does not match MD5SUMS$/m);
   }, 120_000);
+
+  test("verify: the MD5SUMS and B2SUMS Clonezilla wrote (-gm -gb) for a folder of two disks", () => {
+    const r = runCli(["verify", path.join(CZ, "dk-two")]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const out = r.stdout.toString();
+    expect(out).toMatch(/^MD5SUMS: (\d+) of \1 files match$/m);
+    expect(out).toMatch(/^B2SUMS: (\d+) of \1 files match$/m);
+    expect(out.match(/ OK \(CRC32 checksums\)/g)?.length).toBe(4);
+  }, 60_000);
 
   test("verify names a missing image and a missing split piece", () => {
     const dir = copyFolder("clonezilla-gpt-gzip");

@@ -50,8 +50,10 @@ export function restoreDisk(layout: DiskLayout, out: string, opts: DiskRestoreOp
   }
   checkDeviceSize(out, size);
   const target = openOutput(out, { sparse: opts.sparse ?? false, force: opts.force ?? false, outputOffset: 0 });
+  const showProgress = opts.progress ?? process.stderr.isTTY === true;
   const total = pieces.reduce((n, x) => n + (x.kind === "table" ? x.table.bytes.length : 0), 0);
-  const progress = new Progress(Math.max(1, total + usedBytesEstimate(layout, pieces)), "restore", opts.progress);
+  // the estimate opens every image header once more: only for a bar someone sees
+  const progress = new Progress(showProgress ? Math.max(1, total + usedBytesEstimate(layout, pieces)) : undefined, "restore", showProgress);
   let dataBytes = 0;
   const write = (runs: DataRun[]) => {
     target.writer.writeBatch(runs);
