@@ -190,6 +190,16 @@ describe("the disk as a Volume (openDisk)", () => {
       fs.closeSync(fd);
       expect(sha256(onePart.stdout)).toBe(sha256(want));
       expect(runCli(["verify", raw]).code).toBe(0);
+      // the whole raw disk through restore and the Volume: tables and gaps included
+      const again = path.join(tempDir(), "again.raw");
+      expect(runCli(["restore", raw, "-o", again, "--sparse"]).code).toBe(0);
+      expect(sha256File(again)).toBe(f.sha256);
+      const whole = openDisk(raw);
+      try {
+        expect(sha256(whole.disks[0]!.read(0, 1 << 20))).toBe(sha256(fs.readFileSync(raw).subarray(0, 1 << 20)));
+      } finally {
+        whole.close();
+      }
     }
   }, 180_000);
 });

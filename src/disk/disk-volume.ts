@@ -55,6 +55,8 @@ export interface DiskLayout {
   label: "gpt" | "dos";
   tables: TableBytes[];
   partitions: DiskPartition[];
+  /** the disk's bytes as they are (a raw disk image): what the disk reads as, tables and gaps included */
+  backing?: Volume;
 }
 
 /** Everything that occupies bytes of the disk, ascending; overlaps are an error naming both. */

@@ -66,7 +66,7 @@ function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, o
       lazyOf.set(p, lazy);
       if (p.content.kind !== "absent") regions.push({ offset: piece.offset, volume: lazy.asVolume() });
     }
-    const volume = composeVolume(layout.name, layout.size, layout.sectorSize, regions);
+    const volume = layout.backing ? sliceVolume(layout.backing, 0, layout.size, layout.name, layout.sectorSize) : composeVolume(layout.name, layout.size, layout.sectorSize, regions);
     // an extended partition reads as what the disk holds there: its EBRs and the logical partitions
     const parts: DiskPartitionVolume[] = layout.partitions
       .map((p) => Object.assign(lazyOf.get(p)?.asVolume() ?? sliceVolume(volume, p.start, p.size, `${layout.name} ${p.name}`), { partition: p, disk: layout.name }))

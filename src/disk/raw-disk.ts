@@ -35,7 +35,7 @@ export function readRawDiskLayout(volume: Volume): DiskLayout {
       const size = (e.end - e.start + 1) * SECTOR;
       partitions.push({ name: `${path.basename(name)}@${e.number}`, number: e.number, start, size, type: e.type, content: { kind: "volume", volume: slice(e.number, start, size) } });
     }
-    return { name, size: volume.size, sectorSize: SECTOR, label: "gpt", tables: [], partitions };
+    return { name, size: volume.size, sectorSize: SECTOR, label: "gpt", tables: [], partitions, backing: volume };
   }
   if (!looksLikeMbr(mbr, sectors)) throw new ImageError({ file: name }, "no partition table (no MBR or GPT)");
   for (const e of readMbrPartitions(mbr, sectors, (lba) => volume.read(lba * SECTOR, SECTOR), name)) {
@@ -44,7 +44,7 @@ export function readRawDiskLayout(volume: Volume): DiskLayout {
     const container = e.number <= 4 && EXTENDED_TYPES.has(e.type);
     partitions.push({ name: `${path.basename(name)}@${e.number}`, number: e.number, start, size, type: hex(e.type).slice(2), content: container ? { kind: "container" } : { kind: "volume", volume: slice(e.number, start, size) } });
   }
-  return { name, size: volume.size, sectorSize: SECTOR, label: "dos", tables: [], partitions };
+  return { name, size: volume.size, sectorSize: SECTOR, label: "dos", tables: [], partitions, backing: volume };
 }
 
 export function openRawDisk(file: string): { volume: Volume; layout: DiskLayout } {

@@ -41,6 +41,10 @@ export function restoreDisk(layout: DiskLayout, out: string, opts: DiskRestoreOp
     pieces = pieces.filter((x) => x.kind === "partition" && x.partition === p);
     base = p.start;
     size = p.size;
+  } else if (layout.backing) {
+    // a raw disk image: all of it, tables and gaps included
+    const whole: DiskPartition = { name: layout.name, number: 0, start: 0, size: layout.size, type: "", content: { kind: "volume", volume: layout.backing } };
+    pieces = [{ kind: "partition", partition: whole, offset: 0, end: layout.size }];
   }
   for (const x of pieces) {
     if (x.kind === "partition" && x.partition.content.kind === "absent") {
