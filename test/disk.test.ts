@@ -495,3 +495,34 @@ describe("served and mounted partitions hold the original files", () => {
     expect(checked.length).toBeGreaterThanOrEqual(3);
   }, 240_000);
 });
+
+describe("mount DIR", () => {
+  test("the whole disk as one file in a FUSE mount reads as the original disk; DIR@N as the partition", async () => {
+    if (!fs.existsSync("/dev/fuse") || !which("fusermount3") || !isRoot) return void console.log("skipped: FUSE mounts need /dev/fuse, fusermount3 (apt: fuse3) and root");
+    const f = folders().find((x) => x.name === "clonezilla-gpt-gzip")!;
+    const dir = uncompressedCopy(f.name);
+    for (const [input, name, expected] of [[dir, "clonezilla-gpt-gzip.raw", f.sha256], [`${dir}@loop0p4`, "clonezilla-gpt-gzip@loop0p4.raw", undefined]] as const) {
+      const mnt = fs.mkdtempSync(path.join(tempDir(), "mnt"));
+      const child = spawn(process.execPath, [CLI, "mount", input, mnt], { stdio: ["ignore", "pipe", "pipe"] });
+      let out = "";
+      child.stdout.on("data", (d: Buffer) => void (out += d.toString()));
+      child.stderr.on("data", (d: Buffer) => void (out += d.toString()));
+      try {
+        for (let i = 0; i < 200 && !out.includes("mounted "); i++) await Bun.sleep(50);
+        expect(out).toMatch(/^mounted /);
+        const file = path.join(mnt, name);
+        if (expected) expect(sha256File(file)).toBe(expected);
+        else {
+          // the swap partition: the header mkswap wrote, then zeros
+          const head = fs.readFileSync(file).subarray(0, 8192);
+          expect(head.subarray(4086, 4096).toString()).toBe("SWAPSPACE2");
+          expect(head.subarray(1024 + 28, 1024 + 31).toString()).toBe("swp");
+          expect(fs.statSync(file).size).toBe(141279 * 512);
+        }
+      } finally {
+        spawnSync("fusermount3", ["-u", mnt]);
+        await new Promise((resolve) => (child.exitCode !== null ? resolve(null) : child.on("exit", resolve)));
+      }
+    }
+  }, 120_000);
+});
