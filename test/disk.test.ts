@@ -381,6 +381,7 @@ describe("hostile folders", () => {
   });
 
   const cases: [string, string, (d: string) => void, RegExp][] = [
+    ["a symlinked later piece of a split set", "clonezilla-gpt-gzip", (d) => fs.symlinkSync("/etc/passwd", path.join(d, "loop0p2.ext4-ptcl-img.gz.ab")), /loop0p2\.ext4-ptcl-img\.gz\.ab: a piece of a split set that is not a regular file/],
     ["a device name that climbs out", "clonezilla-gpt-gzip", (d) => fs.writeFileSync(path.join(d, "parts"), "../../etc/passwd\n"), /parts: not a device name/],
     ["a partition past the end of the disk", "clonezilla-mbr-zstd", (d) => fs.appendFileSync(path.join(d, "loop0-pt.sf"), "/dev/loop0p4 : start=614000, size=1000, type=83\n"), /past the disk's 614400 sectors/],
     ["overlapping partitions", "clonezilla-gpt-gzip", (d) => {

@@ -64,6 +64,8 @@ export interface ClonezillaFolder {
 class FolderListing {
   readonly files = new Map<string, number>();
   readonly refused: string[] = [];
+  /** names that are there but not regular files (symlinks, directories, ...) */
+  readonly notFiles = new Set<string>();
 
   constructor(readonly dir: string) {
     let st: fs.Stats;
@@ -77,7 +79,10 @@ class FolderListing {
     if (dirents.length > MAX_FILES) throw new ImageError({ file: dir }, `more than ${MAX_FILES} files: not a Clonezilla image folder`);
     for (const d of dirents) {
       if (d.isFile()) this.files.set(d.name, fs.lstatSync(path.join(dir, d.name)).size);
-      else this.refused.push(`${d.name}${d.isSymbolicLink() ? " (a symlink: not followed)" : d.isDirectory() ? "/" : " (not a regular file)"}`);
+      else {
+        this.notFiles.add(d.name);
+        this.refused.push(`${d.name}${d.isSymbolicLink() ? " (a symlink: not followed)" : d.isDirectory() ? "/" : " (not a regular file)"}`);
+      }
     }
   }
 
@@ -209,6 +214,11 @@ function findImages(listing: FolderListing, used: Set<string>): ImageFile[] {
         if (!set.has(s)) throw new ImageError({ file: path.join(listing.dir, `${e.base}.${s}`) }, "missing piece of the split set", `${e.suffixes.length} pieces found`);
         e.pieces.push(`${e.base}.${s}`);
       }
+    }
+    // the image reader finds the pieces of a split set by name: one that is a symlink must not join them
+    for (let i = 0; i <= e.pieces.length + 3; i++) {
+      const name = `${e.base}.${splitSuffix(i)}`;
+      if (listing.notFiles.has(name)) throw new ImageError({ file: path.join(listing.dir, name) }, "a piece of a split set that is not a regular file (a symlink is not followed)");
     }
     out.push({ partition: e.partition, tool: e.tool, fs: e.fs, compression: e.compression, pieces: e.pieces.map((p) => listing.path(p)) });
   }
