@@ -85,7 +85,7 @@ function clonezillaRestore(name: string, dir: string, size: number): number | st
   const log = path.join(WORK, "ocs-restore.log");
   try {
     const t = performance.now();
-    sh(`( ocs-sr -b -e1 auto -e2 -j2 -icds -scr -p true restoredisk ${imageName} ${dev} > ${log} 2>&1; echo rc=$? >> ${log} ) & for i in $(seq 600); do partx -a ${loop} 2>/dev/null; ${nodes}; grep -aq '^rc=' ${log} && break; sleep 0.2; done`);
+    sh(`( ocs-sr -b -e1 auto -e2 -j2 -icds -scr -p true restoredisk ${imageName} ${dev} > ${log} 2>&1; echo rc=$? >> ${log} ) & for i in $(seq 1800); do partx -a ${loop} 2>/dev/null; ${nodes}; grep -aq '^rc=' ${log} && break; sleep 0.5; done`);
     const seconds = (performance.now() - t) / 1000;
     const rc = /^rc=(\d+)/m.exec(fs.readFileSync(log, "utf8"))?.[1];
     return rc === "0" ? seconds : `ocs-sr ended with rc=${rc} (see ${log})`;
