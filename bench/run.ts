@@ -7,6 +7,7 @@ const scripts = [
   "pipe.ts",
   "seek-index.ts",
   "seek-codecs.ts",
+  "disk.ts",
 ];
 for (const script of scripts) {
   console.log(`\n## bench/${script}\n`);

@@ -9,3 +9,5 @@ export { openSendStream, SendStreamParser, type SendCommand, type CommandType, t
 export { dumpSendStream, type DumpFormat } from "./btrfs/dump.ts";
 export { jsonSendStream } from "./btrfs/json.ts";
 export { receiveSendStream, type ReceiveOptions, type ReceiveResult } from "./btrfs/receive.ts";
+export { openDisk, type OpenedDisk, type DiskVolume, type DiskPartitionVolume } from "./disk/open-disk.ts";
+export type { DiskLayout, DiskPartition, PartitionContent } from "./disk/disk-volume.ts";

@@ -9,19 +9,23 @@ import type { ImageInfo } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { Progress } from "../output/progress.ts";
 import { writeFully } from "../output/writer.ts";
+import { diskArg, diskCat, diskInfo, diskInputOf, diskRestore, diskVerify, partitionArg } from "./disk-input.ts";
 import { BUILD_SEEK_INDEX, guard, parseBytes } from "./run.ts";
 
-const imageArg = { type: "positional", description: "image file, any piece of a split set, or - for stdin", required: true } as const;
+const imageArg = { type: "positional", description: "image file, any piece of a split set, - for stdin, a Clonezilla image folder or a raw disk image (DISK@N: one partition)", required: true } as const;
 
 export const infoCommand = defineCommand({
   meta: { name: "info", description: "Print the image header (like partclone.info)" },
   args: {
     image: imageArg,
     json: { type: "boolean", description: "print one JSON object" },
+    partition: partitionArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
     guard(() => {
+      const disk = diskInputOf(args.image, args.partition);
+      if (disk) return diskInfo(disk, args.json === true);
       const image = openImage(args.image);
       try {
         process.stdout.write(args.json ? `${JSON.stringify(infoJson(image.info), null, 2)}\n` : infoText(image.info));
@@ -63,10 +67,14 @@ export const restoreCommand = defineCommand({
     verify: { type: "boolean", default: true, description: "check checksums on the way", negativeDescription: "do not check checksums" },
     "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
+    partition: partitionArg,
+    disk: diskArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
     guard(async () => {
+      const disk = diskInputOf(args.image, args.partition);
+      if (disk) return diskRestore(disk, args);
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
       const image = openImage(args.image);
       try {
@@ -95,9 +103,11 @@ export const restoreCommand = defineCommand({
 
 export const verifyCommand = defineCommand({
   meta: { name: "verify", description: "Check every checksum and count in the image (like partclone.chkimg)" },
-  args: { image: imageArg, quiet: { type: "boolean", alias: "q", description: "print nothing on success" }, debug: { type: "boolean", description: "show stack traces of errors" } },
+  args: { image: imageArg, quiet: { type: "boolean", alias: "q", description: "print nothing on success" }, partition: partitionArg, debug: { type: "boolean", description: "show stack traces of errors" } },
   run: ({ args }) =>
     guard(() => {
+      const disk = diskInputOf(args.image, args.partition);
+      if (disk) return diskVerify(disk, args.quiet === true);
       const image = openImage(args.image);
       try {
         const r = verifyImage(image, { progress: args.quiet ? false : undefined });
@@ -123,10 +133,13 @@ export const catCommand = defineCommand({
     image: imageArg,
     offset: { type: "string", description: "first byte (K/M/G suffixes)", default: "0" },
     length: { type: "string", description: "number of bytes (default: to the end of the volume)" },
+    partition: partitionArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
     guard(() => {
+      const disk = diskInputOf(args.image, args.partition);
+      if (disk) return diskCat(disk, args);
       if (process.stdout.isTTY) throw new UsageError("refusing to write volume bytes to a terminal; redirect stdout");
       makeBlocking(1);
       growPipe(1, 1 << 20);

@@ -6,6 +6,8 @@ import { openImage } from "../formats/detect.ts";
 import type { Image } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { mountVolume } from "../serve/fuse.ts";
+import { diskInputOf, partitionArg, diskArg } from "./disk-input.ts";
+import { mountDisk } from "./disk-serve.ts";
 import { BUILD_SEEK_INDEX, guard, refuseWithoutRandomAccess } from "./run.ts";
 
 export const mountCommand = defineCommand({
@@ -15,12 +17,16 @@ export const mountCommand = defineCommand({
     mountpoint: { type: "positional", description: "an existing directory", required: true },
     name: { type: "string", description: "the file's name in the mount (default: the image's name plus .raw)" },
     "allow-other": { type: "boolean", description: "let other users read it too (root, or user_allow_other in /etc/fuse.conf)" },
+    partition: partitionArg,
+    disk: diskArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
     guard(() => {
       if (args.name !== undefined) checkFileName(args.name);
       checkMountpoint(args.mountpoint);
+      const disk = diskInputOf(args.image, args.partition);
+      if (disk) return mountDisk(disk, args);
       const image = openImage(args.image, BUILD_SEEK_INDEX);
       try {
         refuseWithoutRandomAccess(image, args.image, "mount");
@@ -70,7 +76,7 @@ function defaultFileName(image: Image): string {
  * one clear line saying what to do instead.
  */
 
-function mountedLine(mountpoint: string, name: string, size: number): string {
+export function mountedLine(mountpoint: string, name: string, size: number): string {
   const file = path.join(mountpoint, name);
   return `mounted ${file} (${humanSize(size)}, read-only) until unmounted; unmount with: fusermount3 -u ${mountpoint} (or Ctrl-C here)`;
 }

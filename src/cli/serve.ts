@@ -6,6 +6,8 @@ import { openImage } from "../formats/detect.ts";
 import { humanSize } from "../formats/units.ts";
 import { imageExport } from "../serve/image-export.ts";
 import { serveNbd, type NbdServer } from "../serve/nbd.ts";
+import { diskInputOf, partitionArg, diskArg } from "./disk-input.ts";
+import { serveDisk } from "./disk-serve.ts";
 import { BUILD_SEEK_INDEX, guard, refuseWithoutRandomAccess } from "./run.ts";
 
 /** the IANA port of NBD */
@@ -20,12 +22,16 @@ export const serveCommand = defineCommand({
     bind: { type: "string", description: `address to listen on (default ${LOOPBACK}: this machine only)` },
     socket: { type: "string", description: "listen on this Unix socket instead (and on TCP too if --port or --bind is given)" },
     "export-name": { type: "string", description: "the export's name (default: the image's file name; the empty name always works)" },
+    partition: partitionArg,
+    disk: diskArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
     guard(async () => {
       const port = parsePort(args.port);
       if (args.socket !== undefined && fs.existsSync(args.socket)) throw new UsageError(`--socket: ${args.socket} exists; remove it first`);
+      const disk = diskInputOf(args.image, args.partition);
+      if (disk) return serveDisk(disk, args, port);
       const image = openImage(args.image, BUILD_SEEK_INDEX);
       let server: NbdServer | undefined;
       // before listening, so that a signal right after the line below still stops it cleanly
@@ -50,7 +56,7 @@ export const serveCommand = defineCommand({
     }),
 });
 
-function parsePort(text: string | undefined): number {
+export function parsePort(text: string | undefined): number {
   if (text === undefined) return NBD_PORT;
   const port = Number(text);
   if (!/^\d+$/.test(text) || port > 65535) throw new UsageError(`--port: not a port number: ${JSON.stringify(text)}`);
@@ -60,7 +66,7 @@ function parsePort(text: string | undefined): number {
 /** Serving needs reads at any offset: a compressed image or a pipe must be made a plain file first. */
 
 /** Where the server listens and how a client connects, on one line. */
-function listeningLine(server: NbdServer, bind: string, name: string, size: number): string {
+export function listeningLine(server: NbdServer, bind: string, name: string, size: number): string {
   const uris: string[] = [];
   let examples = "";
   if (server.port !== undefined) {
@@ -78,7 +84,7 @@ function listeningLine(server: NbdServer, bind: string, name: string, size: numb
 }
 
 /** Resolves on SIGINT or SIGTERM; `forget` puts the default handling back. */
-function untilSignal(): { promise: Promise<void>; forget(): void } {
+export function untilSignal(): { promise: Promise<void>; forget(): void } {
   let stop = () => {};
   const promise = new Promise<void>((resolve) => {
     stop = () => resolve();

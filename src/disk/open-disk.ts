@@ -1,0 +1,141 @@
+import fs from "node:fs";
+import path from "node:path";
+import { ImageError, UsageError } from "../errors.ts";
+import type { Volume } from "../volume/volume.ts";
+import { type ClonezillaFolder, looksLikeClonezillaFolder, readClonezillaFolder } from "./clonezilla.ts";
+import { bytesVolume, composeVolume, diskPieces, type DiskLayout, type DiskPartition, partitionVolume, type Region, sliceVolume } from "./disk-volume.ts";
+import { openRawDisk } from "./raw-disk.ts";
+
+export interface DiskPartitionVolume extends Volume {
+  readonly partition: DiskPartition;
+  /** the disk it belongs to */
+  readonly disk: string;
+}
+
+export interface DiskVolume extends Volume {
+  readonly layout: DiskLayout;
+  readonly partitions: DiskPartitionVolume[];
+}
+
+export interface OpenedDisk {
+  disks: DiskVolume[];
+  /** the partitions of every disk, in order */
+  partitions: DiskPartitionVolume[];
+  /** set when the input was a Clonezilla folder */
+  folder?: ClonezillaFolder;
+  /** open every partition now: throws (naming the partition) where one has no random access */
+  openAll(): void;
+  close(): void;
+}
+
+/**
+ * A Clonezilla image folder or a raw whole-disk image as disks and partitions, each a random-
+ * access Volume. A partition's image is opened on first use; one without random access (a
+ * compressed image with no seek index) throws then, naming the partition.
+ */
+export function openDisk(input: string): OpenedDisk {
+  if (looksLikeClonezillaFolder(input)) {
+    const folder = readClonezillaFolder(input);
+    if (folder.disks.length === 0) throw new ImageError({ file: input }, "the folder holds partitions but no disk (a saveparts image); pick one with --partition");
+    return assemble(folder.disks.map((d) => d.layout), folder, () => {});
+  }
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(input);
+  } catch (e) {
+    throw new ImageError({ file: input }, (e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file or directory" : (e as Error).message);
+  }
+  if (st.isDirectory()) throw new ImageError({ file: input }, "not a Clonezilla image folder (no parts or disk file)");
+  const raw = openRawDisk(input);
+  return assemble([raw.layout], undefined, () => raw.volume.close());
+}
+
+function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void): OpenedDisk {
+  const lazies: LazyVolume[] = [];
+  const disks: DiskVolume[] = layouts.map((layout) => {
+    const regions: Region[] = [];
+    const lazyOf = new Map<DiskPartition, LazyVolume>();
+    for (const piece of diskPieces(layout)) {
+      if (piece.kind === "table") {
+        regions.push({ offset: piece.offset, volume: bytesVolume(piece.table.what, piece.table.bytes, layout.sectorSize) });
+        continue;
+      }
+      const p = piece.partition;
+      const lazy = new LazyVolume(`${layout.name} ${p.name}`, p.size, layout.sectorSize, () => partitionVolume(layout, p));
+      lazies.push(lazy);
+      lazyOf.set(p, lazy);
+      if (p.content.kind !== "absent") regions.push({ offset: piece.offset, volume: lazy.asVolume() });
+    }
+    const volume = layout.backing ? sliceVolume(layout.backing, 0, layout.size, layout.name, layout.sectorSize) : composeVolume(layout.name, layout.size, layout.sectorSize, regions);
+    // an extended partition reads as what the disk holds there: its EBRs and the logical partitions
+    const parts: DiskPartitionVolume[] = layout.partitions
+      .map((p) => Object.assign(lazyOf.get(p)?.asVolume() ?? sliceVolume(volume, p.start, p.size, `${layout.name} ${p.name}`), { partition: p, disk: layout.name }))
+      .sort((a, b) => a.partition.number - b.partition.number);
+    return Object.assign(volume, { layout, partitions: parts });
+  });
+  return {
+    disks,
+    partitions: disks.flatMap((d) => d.partitions),
+    folder,
+    openAll() {
+      for (const l of lazies) l.open();
+    },
+    close() {
+      for (const l of lazies) l.close();
+      onClose();
+    },
+  };
+}
+
+class LazyVolume {
+  private inner: Volume | undefined;
+  constructor(
+    readonly name: string,
+    readonly size: number,
+    readonly blockSize: number,
+    private readonly opener: () => Volume,
+  ) {}
+
+  open(): Volume {
+    this.inner ??= this.opener();
+    return this.inner;
+  }
+
+  close(): void {
+    this.inner?.close();
+    this.inner = undefined;
+  }
+
+  asVolume(): Volume {
+    const self = this;
+    return {
+      name: this.name,
+      size: this.size,
+      blockSize: this.blockSize,
+      read: (offset, length) => self.open().read(offset, length),
+      extents: (offset, length) => self.open().extents(offset, length),
+      // the disk owns its partitions: OpenedDisk.close closes them once
+      close() {},
+    };
+  }
+}
+
+/** "DISK@N" → DISK and N, when DISK exists and DISK@N does not. */
+export function splitPartitionSuffix(input: string): { input: string; partition?: string } {
+  const at = input.lastIndexOf("@");
+  if (at <= 0 || fs.existsSync(input)) return { input };
+  const base = input.slice(0, at);
+  const partition = input.slice(at + 1);
+  if (!/^[A-Za-z0-9._+:-]{1,64}$/.test(partition) || !fs.existsSync(base)) return { input };
+  return { input: base, partition };
+}
+
+/** One partition of an opened disk by number ("2") or name ("sda2"). */
+export function findPartition(opened: OpenedDisk, which: string, diskName?: string): DiskPartitionVolume {
+  const candidates = opened.partitions.filter((p) => diskName === undefined || p.disk === diskName);
+  const found = candidates.filter((p) => p.partition.name === which || String(p.partition.number) === which || p.partition.name === `${path.basename(p.disk)}@${which}`);
+  if (found.length === 1) return found[0]!;
+  const list = candidates.map((p) => (opened.disks.length > 1 ? `${p.partition.name} (${p.disk})` : p.partition.name)).join(", ");
+  if (found.length > 1) throw new UsageError(`partition ${which} is ambiguous (several disks); name it: ${list}`);
+  throw new UsageError(`no partition ${which}; the partitions are: ${list || "none"}`);
+}
