@@ -1,3 +1,4 @@
+import { ImageError } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
 
 export type NodeKind = "file" | "directory" | "symlink" | "char-device" | "block-device" | "fifo" | "socket";
@@ -31,6 +32,23 @@ export interface FsNode {
 export interface DirEntry {
   name: Uint8Array;
   node: FsNode;
+  /** the entry names something unreadable (a bad inode): `node` holds only what the entry says */
+  damage?: FsError;
+}
+
+/**
+ * Damage inside a file system: the volume offset of the bad structure and what is wrong with it.
+ * Readers do not know paths; the walker (ls, extract) names the path with `describeFsError`.
+ */
+export class FsError extends ImageError {
+  constructor(
+    readonly volumeName: string,
+    readonly volumeOffset: number | undefined,
+    readonly problem: string,
+  ) {
+    super({ file: volumeName, offset: volumeOffset }, problem);
+    this.name = "FsError";
+  }
 }
 
 /**
@@ -44,8 +62,11 @@ export interface FileSystem {
   root(): FsNode;
   /** the node a path names, walking from the root without following symlinks; undefined if absent */
   lookup(path: Uint8Array): FsNode | undefined;
-  /** the entries of a directory, without "." and ".." */
-  list(dir: FsNode): Iterable<DirEntry>;
+  /**
+   * The entries of a directory, without "." and "..". Damage to part of it (one bad directory
+   * block) goes to `onDamage` and the rest is still listed; without `onDamage` it throws.
+   */
+  list(dir: FsNode, onDamage?: (e: FsError) => void): Iterable<DirEntry>;
   /** file bytes [offset, offset + into.length) into `into`; returns how many (short only at the end) */
   readFile(file: FsNode, offset: number, into: Uint8Array): number;
   /** the data (not hole) runs of a file, ascending, for sparse extraction */
