@@ -39,6 +39,15 @@ function loadLibc() {
     copy_file_range: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.u32], returns: FFIType.i64 },
     sync_file_range: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.u32], returns: FFIType.i32 },
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    openat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.u32], returns: FFIType.i32 },
+    mkdirat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    symlinkat: { args: [FFIType.ptr, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    linkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+    mknodat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
+    fchownat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32, FFIType.u32, FFIType.i32], returns: FFIType.i32 },
+    fchmodat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32, FFIType.i32], returns: FFIType.i32 },
+    futimens: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    unlinkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
@@ -133,4 +142,68 @@ export function startWriteback(fd: number, offset: number, length: number): void
 /** Ask for a larger pipe buffer (fewer, larger reads); harmless where fd is not a pipe. */
 export function growPipe(fd: number, bytes: number): void {
   libc().fcntl(fd, F_SETPIPE_SZ, bytes);
+}
+
+// ---- *at(2) calls on held directory fds: extraction never resolves a path through a symlink ----
+
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_NOFOLLOW = 0o400000;
+export const O_DIRECTORY = 0o200000;
+export const O_CLOEXEC = 0o2000000;
+const AT_REMOVEDIR = 0x200;
+
+/** openat(2); throws an errno Error naming `name`. */
+export function openat(dirFd: number, name: Uint8Array, flags: number, mode = 0): number {
+  const fd = libc().openat(dirFd, cPath(name), flags, mode);
+  if (fd < 0) throw libcError("openat", name);
+  return fd;
+}
+
+export function mkdirat(dirFd: number, name: Uint8Array, mode: number): void {
+  if (libc().mkdirat(dirFd, cPath(name), mode) !== 0) throw libcError("mkdirat", name);
+}
+
+export function symlinkat(target: Uint8Array, dirFd: number, name: Uint8Array): void {
+  if (libc().symlinkat(cPath(target), dirFd, cPath(name)) !== 0) throw libcError("symlinkat", name);
+}
+
+/** A hard link; never follows a symlink at `oldName` (flags 0). */
+export function linkat(oldDirFd: number, oldName: Uint8Array, newDirFd: number, newName: Uint8Array): void {
+  if (libc().linkat(oldDirFd, cPath(oldName), newDirFd, cPath(newName), 0) !== 0) throw libcError("linkat", newName);
+}
+
+export function mknodat(dirFd: number, name: Uint8Array, mode: number, rdev: number): void {
+  if (libc().mknodat(dirFd, cPath(name), mode, rdev) !== 0) throw libcError("mknodat", name);
+}
+
+/** Owner of `name` (not following a symlink), or of `dirFd` itself when name is empty. */
+export function fchownat(dirFd: number, name: Uint8Array, uid: number, gid: number): void {
+  const AT_EMPTY_PATH = 0x1000;
+  const flags = name.length === 0 ? AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW : AT_SYMLINK_NOFOLLOW;
+  if (libc().fchownat(dirFd, cPath(name), uid, gid, flags) !== 0) throw libcError("fchownat", name);
+}
+
+/** chmod of an fd with the set-id and sticky bits. */
+export function fchmod(fd: number, mode: number): void {
+  if (libc().fchmod(fd, mode) !== 0) throw libcError("fchmod", new Uint8Array(0));
+}
+
+/** chmod of a name in dirFd; `name` must not be a symlink (the caller knows: it just made it). */
+export function fchmodat(dirFd: number, name: Uint8Array, mode: number): void {
+  if (libc().fchmodat(dirFd, cPath(name), mode, 0) !== 0) throw libcError("fchmodat", name);
+}
+
+/** atime and mtime to the nanosecond of `name` in dirFd (not following a symlink), or of dirFd itself when name is empty. */
+export function utimensat(dirFd: number, name: Uint8Array, atime: { sec: number; nsec: number }, mtime: { sec: number; nsec: number }): void {
+  const times = new BigInt64Array([BigInt(atime.sec), BigInt(atime.nsec), BigInt(mtime.sec), BigInt(mtime.nsec)]);
+  // glibc's utimensat refuses a NULL path: futimens for the fd itself
+  const ok = name.length === 0 ? libc().futimens(dirFd, times) : libc().utimensat(dirFd, cPath(name), times, AT_SYMLINK_NOFOLLOW);
+  if (ok !== 0) throw libcError("utimensat", name);
+}
+
+export function unlinkat(dirFd: number, name: Uint8Array, directory = false): void {
+  if (libc().unlinkat(dirFd, cPath(name), directory ? AT_REMOVEDIR : 0) !== 0) throw libcError("unlinkat", name);
 }

@@ -54,6 +54,8 @@ export const EXIT = {
   BAD_INPUT: 3,
   /** a checksum did not match */
   CHECKSUM: 4,
+  /** partial: some entries could not be extracted or listed (each named on stderr); the rest is done */
+  PARTIAL: 5,
 } as const;
 
 /** Bytes for a message: printable ASCII as is, backslash doubled, the rest as \xNN (as lstree.py). */

@@ -23,6 +23,9 @@ const main = defineCommand({
     serve: () => import("./serve.ts").then((m) => m.serveCommand),
     mount: () => import("./mount.ts").then((m) => m.mountCommand),
     "btrfs-receive": () => import("./btrfs-receive.ts").then((m) => m.btrfsReceiveCommand),
+    ls: () => import("./fs-commands.ts").then((m) => m.lsCommand),
+    get: () => import("./fs-commands.ts").then((m) => m.getCommand),
+    extract: () => import("./fs-commands.ts").then((m) => m.extractCommand),
   },
 });
 
