@@ -1,6 +1,6 @@
 import fs from "node:fs";
 import { defineCommand } from "citty";
-import { EXIT, UsageError, printable } from "../errors.ts";
+import { EXIT, UsageError, printable, withCommas } from "../errors.ts";
 import { openImage } from "../formats/detect.ts";
 import { extractTree, joinPath, resolveFollowing } from "../fs/extract.ts";
 import type { DirEntry, FileSystem, FsNode } from "../fs/filesystem.ts";
@@ -74,13 +74,13 @@ export const lsCommand = defineCommand({
 function listing(fsys: FileSystem, path: Uint8Array, node: FsNode, o: { long: boolean; recursive: boolean; json: boolean }): number {
   let problems = 0;
   const json: Record<string, unknown>[] = [];
-  const report = (p: Uint8Array, message: string) => {
+  const report = (p: Uint8Array, message: string, offset?: number) => {
     problems++;
-    process.stderr.write(`imgtool: ${fsys.volume.name}: ${printable(p)}: ${message}\n`);
+    process.stderr.write(`${problemLine(fsys, p, message, offset)}\n`);
   };
   const show = (dirPath: Uint8Array, e: DirEntry, relative: Uint8Array) => {
     const full = joinPath([dirPath, e.name]);
-    if (e.damage) report(full, e.damage.problem);
+    if (e.damage) report(full, e.damage.problem, e.damage.volumeOffset);
     if (o.json) json.push(jsonEntry(fsys, full, e));
     else if (o.long) writeOut(`${longLine(fsys, e, escapeName(relative))}\n`);
     else writeOut(concat(relative, NEWLINE));
@@ -94,7 +94,7 @@ function listing(fsys: FileSystem, path: Uint8Array, node: FsNode, o: { long: bo
     const walk = (dir: FsNode, dirPath: Uint8Array, prefix: Uint8Array | undefined) => {
       active.add(dir.id);
       try {
-        for (const e of fsys.list(dir, (err) => report(dirPath, err.problem))) {
+        for (const e of fsys.list(dir, (err) => report(dirPath, err.problem, err.volumeOffset))) {
           const relative = prefix ? concat(prefix, SLASH, e.name) : e.name;
           show(dirPath, e, relative);
           if (o.recursive && e.node.kind === "directory" && !e.damage) {
@@ -111,6 +111,12 @@ function listing(fsys: FileSystem, path: Uint8Array, node: FsNode, o: { long: bo
   }
   if (o.json) writeOut(`${JSON.stringify(json, null, 1)}\n`);
   return problems;
+}
+
+/** `imgtool: IMG: offset N: /path: problem`, the offset where the damage is when known. */
+function problemLine(fsys: FileSystem, path: Uint8Array, message: string, offset: number | undefined): string {
+  const where = offset === undefined ? "" : `offset ${withCommas(offset)}: `;
+  return `imgtool: ${fsys.volume.name}: ${where}${printable(path)}: ${message}`;
 }
 
 const NEWLINE = new Uint8Array([0x0a]);
@@ -171,7 +177,7 @@ export const extractCommand = defineCommand({
       try {
         const summary = extractTree(fsys, sources, args.output, {
           force: args.force === true,
-          onProblem: (p) => process.stderr.write(`imgtool: ${fsys.volume.name}: ${printable(p.path)}: ${p.message}\n`),
+          onProblem: (p) => process.stderr.write(`${problemLine(fsys, p.path, p.message, p.volumeOffset)}\n`),
         });
         const links = summary.hardLinks ? `, ${summary.hardLinks} hard links` : "";
         const special = summary.special ? `, ${summary.special} devices/fifos/sockets` : "";

@@ -171,10 +171,9 @@ class ExtFileSystem implements FileSystem {
         const offset = (run.physical + i) * this.blockSize;
         const data = this.volume.read(offset, this.blockSize);
         const logical = run.logical + i;
-        if (this.isIndexNode(ino, logical, data)) {
-          // an htree interior block: its entries are the leaves' hashes; the leaves are read in order anyway
-          if (logical !== 0) continue;
-        }
+        // htree root and interior blocks hold hashes of the leaves (and "." and ".." in the root), and
+        // maybe stale bytes of the block they replaced; the leaves are read in order anyway
+        if (this.isIndexNode(ino, logical, data)) continue;
         if (this.csumSeed !== undefined && hasDirentTail(data)) {
           const want = view(data).getUint32(data.length - 4, true);
           const got = crc32c(data.subarray(0, data.length - 12), this.inodeSeed(ino));

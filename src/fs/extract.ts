@@ -13,6 +13,8 @@ import { splitPath } from "./path.ts";
 export interface Problem {
   path: Uint8Array;
   message: string;
+  /** where in the volume the damage is, when it is damage */
+  volumeOffset?: number;
 }
 
 export interface ExtractSummary {
@@ -102,9 +104,9 @@ class Extractor {
     this.progress = new Progress(undefined, "extract", options.progress ?? process.stderr.isTTY === true);
   }
 
-  private problem(path: Uint8Array, message: string): void {
+  private problem(path: Uint8Array, message: string, volumeOffset?: number): void {
     this.summary.problems++;
-    this.options.onProblem({ path, message });
+    this.options.onProblem({ path, message, volumeOffset });
   }
 
   extractSource(source: Uint8Array): void {
@@ -117,7 +119,7 @@ class Extractor {
       node = this.fsys.lookup(source);
     } catch (e) {
       if (!(e instanceof FsError)) throw e;
-      this.problem(display, e.problem);
+      this.problem(display, e.problem, e.volumeOffset);
       return;
     }
     if (!node) throw new UsageError(`${printable(display)}: no such file or directory in the image`);
@@ -133,17 +135,17 @@ class Extractor {
     this.activeDirs.add(dir.id);
     this.seenDirs.add(dir.id);
     try {
-      for (const e of this.fsys.list(dir, (err) => this.problem(path, err.problem))) {
+      for (const e of this.fsys.list(dir, (err) => this.problem(path, err.problem, err.volumeOffset))) {
         const childPath = joinPath([path, e.name]);
         if (e.damage) {
-          this.problem(childPath, e.damage.problem);
+          this.problem(childPath, e.damage.problem, e.damage.volumeOffset);
           continue;
         }
         this.entry(e.name, e.node, dirFd, childPath, at);
       }
     } catch (e) {
       if (!(e instanceof FsError)) throw e;
-      this.problem(path, `${e.problem}; the rest of this directory is skipped`);
+      this.problem(path, `${e.problem}; the rest of this directory is skipped`, e.volumeOffset);
     } finally {
       this.activeDirs.delete(dir.id);
     }
@@ -185,7 +187,7 @@ class Extractor {
 
   private reportError(path: Uint8Array, e: unknown): void {
     if (e instanceof FsError) {
-      this.problem(path, e.problem);
+      this.problem(path, e.problem, e.volumeOffset);
       return;
     }
     const err = e as NodeJS.ErrnoException;
