@@ -266,6 +266,20 @@ describe("ext4 features (fixtures/ext4-features.ext4-ptcl-img)", () => {
   });
 });
 
+test("FAT: modes as Linux's vfat shows them with umask 022 (read-only attribute clears the write bits), long and case-flagged names", () => {
+  const x = extract(fixture("fat32.vfat-ptcl-img"), "/sub");
+  expect(x.code).toBe(0);
+  const sub = path.join(x.dest, "sub");
+  expect(fs.statSync(path.join(sub, "ro.txt")).mode & 0o7777).toBe(0o555);
+  expect(fs.statSync(path.join(sub, "lower.txt")).mode & 0o7777).toBe(0o755);
+  expect(fs.statSync(sub).mode & 0o7777).toBe(0o755);
+  expect(fs.readdirSync(sub).sort()).toEqual(["Long File Name With Spaces.txt", "MiXeD.TxT", "README", "deeper", "lower.txt", "ro.txt", "ünïcødé-名前.txt"].sort());
+  expect(fs.statSync(path.join(sub, "README")).mtime.getTime()).toBe(new Date(2021, 2, 4, 5, 6, 8).getTime());
+  const bad = runCli(["ls", fixture("fat32.vfat-ptcl-img"), "--codepage", "cp9999"]);
+  expect(bad.code).toBe(2);
+  expect(bad.stderr).toContain("--codepage: unknown code page");
+});
+
 describe("damaged file systems: one line naming the path and the problem, the rest still extracted, exit 5", () => {
   const dir = path.join(import.meta.dir, "failure", "fs");
   const cases: [string, string, RegExp][] = [
