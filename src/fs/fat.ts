@@ -43,6 +43,9 @@ interface FatNodeInfo {
   entryOffset: number;
 }
 
+// A node's id is the volume offset of its 32-byte directory entry (the root, which has none, is 1):
+// its first cluster is read back from there, so nothing is kept per listed entry.
+
 class FatFileSystem implements FileSystem {
   readonly type: string;
   private readonly bytesPerSector: number;
@@ -57,7 +60,6 @@ class FatFileSystem implements FileSystem {
   private readonly bits: 12 | 16 | 32;
   private readonly decodeShort: (b: Uint8Array) => string;
   private readonly umask: number;
-  private readonly info = new Map<number, FatNodeInfo>();
   private readonly fatChunks = new Map<number, Uint8Array>();
   private chainCache: { first: number; clusters: number[] } | undefined;
   private readonly encoder = new TextEncoder();
@@ -104,7 +106,6 @@ class FatFileSystem implements FileSystem {
     if (this.bits === 32 && !this.validCluster(this.rootCluster)) throw new FsError(volume.name, 0x2c, `root directory cluster ${this.rootCluster} is outside clusters 2..${this.clusterCount + 1}`);
     this.decodeShort = shortNameDecoder(options.codepage ?? "cp437");
     this.umask = options.umask ?? 0o022;
-    this.info.set(ROOT_ID, { firstCluster: this.rootCluster, entryOffset: 0 });
   }
 
   root(): FsNode {
@@ -183,7 +184,6 @@ class FatFileSystem implements FileSystem {
         let mode = 0o777 & ~this.umask;
         if (!isDir && attr & ATTR_READ_ONLY) mode &= ~0o222;
         const node: FsNode = { id: entryOffset, kind: isDir ? "directory" : "file", mode, uid: 0, gid: 0, size: isDir ? 0 : size, links: isDir ? 2 : 1, mtime, atime, ctime };
-        this.info.set(entryOffset, { firstCluster, entryOffset });
         const entry: DirEntry = { name: this.encoder.encode(name), node };
         if (isDir && firstCluster === 0) {
           entry.damage = new FsError(this.volume.name, entryOffset + 26, "a directory entry with no first cluster");
@@ -230,9 +230,9 @@ class FatFileSystem implements FileSystem {
   }
 
   private nodeInfo(node: FsNode): FatNodeInfo {
-    const info = this.info.get(node.id);
-    if (!info) throw new Error(`FAT: node ${node.id} was not listed by this file system`);
-    return info;
+    if (node.id === ROOT_ID) return { firstCluster: this.rootCluster, entryOffset: 0 };
+    const e = view(this.volume.read(node.id, ENTRY));
+    return { firstCluster: (this.bits === 32 ? e.getUint16(20, true) * 65536 : 0) + e.getUint16(26, true), entryOffset: node.id };
   }
 
   private validCluster(c: number): boolean {
