@@ -304,6 +304,16 @@ describe("damaged file systems: one line naming the path and the problem, the re
       expect(fs.existsSync(path.join(x.dest, badPath))).toBe(file.includes("checksum") || file.includes("does-not-fit"));
     });
   }
+  test("ls -R names the damage on stderr, lists the rest, exits 5", () => {
+    const r = runCli(["ls", path.join(dir, "loop-in-the-directory-entries.ext4-ptcl-img"), "-R"]);
+    expect(r.code).toBe(5);
+    expect(r.stderr).toMatch(/^imgtool: .*: \/a\/b\/loop: directory \(inode \d+\) contains itself: a loop in the directory entries; not followed\n$/);
+    expect(r.stdout.toString().split("\n")).toContain("docs/note3.txt");
+    const c = runCli(["ls", path.join(dir, "directory-block-checksum-mismatch.ext4-ptcl-img"), "/docs"]);
+    expect(c.code).toBe(5);
+    expect(c.stderr).toMatch(/^imgtool: .*: offset [\d,]+: \/docs: directory block 0 .* has checksum/);
+  });
+
   test("a partial file is removed, not left looking complete", () => {
     const x = extract(path.join(dir, "inode-points-past-the-end-of-the-volume.ext4-ptcl-img"));
     expect(fs.existsSync(path.join(x.dest, "a/b/big.txt"))).toBe(false);
