@@ -246,8 +246,9 @@ class ExtFileSystem implements FileSystem {
     while (done < want) {
       const pos = offset + done;
       const logical = Math.floor(pos / bs);
-      const run = findRun(runs, logical);
-      const runEnd = run ? (run.logical + run.count) * bs : nextRunStart(runs, logical) * bs;
+      const next = runAtOrAfter(runs, logical);
+      const run = next && next.logical <= logical ? next : undefined;
+      const runEnd = run ? (run.logical + run.count) * bs : next ? next.logical * bs : Number.MAX_SAFE_INTEGER;
       const n = Math.min(want - done, runEnd - pos);
       if (!run || run.physical === 0 || run.unwritten) {
         into.fill(0, done, done + n);
@@ -577,20 +578,16 @@ function placeholderNode(id: number, direntType: number): FsNode {
   return { id, kind: DIRENT_KINDS[direntType] ?? "file", mode: 0, uid: 0, gid: 0, size: 0, links: 0, mtime: zero, atime: zero };
 }
 
-function findRun(runs: BlockRun[], logical: number): BlockRun | undefined {
+/** The first run that ends after file block `logical` (binary search; runs are ascending). */
+function runAtOrAfter(runs: BlockRun[], logical: number): BlockRun | undefined {
   let lo = 0;
-  let hi = runs.length - 1;
-  while (lo <= hi) {
+  let hi = runs.length;
+  while (lo < hi) {
     const mid = (lo + hi) >> 1;
     const r = runs[mid]!;
-    if (logical < r.logical) hi = mid - 1;
-    else if (logical >= r.logical + r.count) lo = mid + 1;
-    else return r;
+    if (r.logical + r.count <= logical) lo = mid + 1;
+    else hi = mid;
   }
-  return undefined;
+  return runs[lo];
 }
 
-function nextRunStart(runs: BlockRun[], logical: number): number {
-  for (const r of runs) if (r.logical > logical) return r.logical;
-  return Number.MAX_SAFE_INTEGER;
-}
