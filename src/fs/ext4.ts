@@ -20,7 +20,9 @@ const INCOMPAT_KNOWN =
   INCOMPAT_EXTENTS | INCOMPAT_64BIT | 0x100 /* mmp */ | 0x200 /* flex_bg */ | 0x400 /* ea_inode */ | 0x1000 /* dirdata */ |
   INCOMPAT_CSUM_SEED | 0x4000 /* large_dir */ | INCOMPAT_INLINE_DATA | 0x10000 /* encrypt */ | 0x20000; /* casefold */
 const INCOMPAT_META_BG = 0x10;
+const RO_COMPAT_SPARSE_SUPER = 0x1;
 const RO_COMPAT_HUGE_FILE = 0x8;
+const COMPAT_SPARSE_SUPER2 = 0x200;
 const RO_COMPAT_METADATA_CSUM = 0x400;
 
 const FL_INDEX = 0x1000;
@@ -70,6 +72,10 @@ class ExtFileSystem implements FileSystem {
   private readonly groupCount: number;
   private readonly descSize: number;
   private readonly descTableBlock: number;
+  /** with meta_bg, descriptor blocks from this index on sit in their own meta group */
+  private readonly firstMetaBg: number;
+  private readonly backupGroups: number[] | undefined;
+  private readonly compat: number;
   private readonly incompat: number;
   private readonly roCompat: number;
   private readonly firstDataBlock: number;
@@ -88,6 +94,7 @@ class ExtFileSystem implements FileSystem {
     const logBlock = v.getUint32(0x18, true);
     if (logBlock > 6) throw new FsError(volume.name, at(0x18), `block size 2^${10 + logBlock} is not one ext4 uses (1 KiB to 64 KiB)`);
     this.blockSize = 1024 << logBlock;
+    this.compat = v.getUint32(0x5c, true);
     this.incompat = v.getUint32(0x60, true);
     this.roCompat = v.getUint32(0x64, true);
     const unknown = this.incompat & ~INCOMPAT_KNOWN;
@@ -119,8 +126,9 @@ class ExtFileSystem implements FileSystem {
     if (this.inodesCount > this.groupCount * this.inodesPerGroup) {
       throw new FsError(volume.name, at(0x0), `inode count ${this.inodesCount} is more than ${this.groupCount} groups of ${this.inodesPerGroup} hold`);
     }
-    if (this.incompat & INCOMPAT_META_BG) throw new FsError(volume.name, at(0x60), "the meta_bg layout of group descriptors is not supported yet (try: imgtool mount + the kernel)");
     this.descTableBlock = this.firstDataBlock + 1;
+    this.firstMetaBg = this.incompat & INCOMPAT_META_BG ? v.getUint32(0x104, true) : Number.MAX_SAFE_INTEGER;
+    this.backupGroups = this.compat & COMPAT_SPARSE_SUPER2 ? [v.getUint32(0x24c, true), v.getUint32(0x250, true)] : undefined;
     if (this.roCompat & RO_COMPAT_METADATA_CSUM) {
       this.csumSeed = this.incompat & INCOMPAT_CSUM_SEED ? v.getUint32(0x270, true) : crc32c(sb.subarray(0x68, 0x78), 0xffffffff);
     }
@@ -307,7 +315,8 @@ class ExtFileSystem implements FileSystem {
   private inodeTable(group: number): number {
     let table = this.inodeTableCache.get(group);
     if (table !== undefined) return table;
-    const descOffset = this.descTableBlock * this.blockSize + group * this.descSize;
+    const perBlock = this.blockSize / this.descSize;
+    const descOffset = this.descriptorBlock(Math.floor(group / perBlock)) * this.blockSize + (group % perBlock) * this.descSize;
     const d = this.volume.read(descOffset, this.descSize);
     const v = view(d);
     table = v.getUint32(0x8, true) + (this.descSize >= 64 ? v.getUint32(0x28, true) * 2 ** 32 : 0);
@@ -317,6 +326,27 @@ class ExtFileSystem implements FileSystem {
     }
     this.inodeTableCache.set(group, table);
     return table;
+  }
+
+  /** Where descriptor block `index` is: after the superblock, or with meta_bg, in the first group of its meta group (after its backup superblock). */
+  private descriptorBlock(index: number): number {
+    if (index < this.firstMetaBg) return this.descTableBlock + index;
+    const group = index * (this.blockSize / this.descSize);
+    return this.firstDataBlock + group * this.blocksPerGroup + (this.hasSuperblock(group) ? 1 : 0);
+  }
+
+  /** Does group g hold a superblock backup (sparse_super: 0, 1 and powers of 3, 5, 7; sparse_super2: the two named)? */
+  private hasSuperblock(g: number): boolean {
+    if (g === 0) return true;
+    if (this.backupGroups) return this.backupGroups.includes(g);
+    if (g <= 1 || !(this.roCompat & RO_COMPAT_SPARSE_SUPER)) return true;
+    if (g % 2 === 0) return false;
+    for (const base of [3, 5, 7]) {
+      let p = base;
+      while (p < g) p *= base;
+      if (p === g) return true;
+    }
+    return false;
   }
 
   private inode(number: number): Inode {

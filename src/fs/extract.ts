@@ -204,6 +204,10 @@ class Extractor {
         this.problem(path, "already exists in the destination; not overwritten");
         return;
     }
+    if (err.code === "EPERM" && err.message.includes(": mknodat ")) {
+      this.problem(path, "creating a device node needs root (EPERM); skipped");
+      return;
+    }
     switch (err.code) {
       case "EPERM":
       case "EACCES":
