@@ -111,7 +111,7 @@ function restoreVolume(img: string): string {
 function kernelTree(vol: string, isFat: boolean, o: SnapshotOptions): Map<string, Entry> {
   const mnt = path.join(tempDir(), "mnt");
   fs.mkdirSync(mnt);
-  const opts = `ro,loop,noatime${isFat ? ",umask=022,shortname=mixed" : ""}`;
+  const opts = `ro,loop,noatime${isFat ? ",umask=022,shortname=mixed,iocharset=utf8" : ""}`;
   const m = Bun.spawnSync(["mount", "-o", opts, vol, mnt], { stderr: "pipe" });
   if (m.exitCode !== 0) throw new Error(`mount: ${m.stderr.toString()}`);
   try {
