@@ -1,4 +1,7 @@
 // ext2/ext3/ext4 read-only, layout per the kernel's Documentation/filesystems/ext4/ (e2fsprogs lib/ext2fs/ext2_fs.h).
+// Our own rather than libext2fs: bench/ext2fs-eval.ts measured libext2fs 1.47.0 through a JSCallback
+// io_manager over the same Volume 3.6x slower on a 1 GiB image, and returning 60 bytes for inline-data
+// files shorter than that.
 import { crc32c } from "../../native/crc32c.ts";
 import { withCommas } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";

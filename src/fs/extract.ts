@@ -170,7 +170,14 @@ class Extractor {
           return;
         case "symlink":
           if (node.links > 1 && this.hardLink(name, node, dirFd, at)) return;
-          symlinkat(this.fsys.readlink(node), dirFd, name);
+          {
+            const target = this.fsys.readlink(node);
+            if (target.includes(0)) {
+              this.problem(path, `the symlink target '${printable(target)}' contains a NUL byte; skipped`);
+              return;
+            }
+            symlinkat(target, dirFd, name);
+          }
           this.summary.symlinks++;
           break;
         default:
