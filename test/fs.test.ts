@@ -17,8 +17,8 @@ const enc = new TextEncoder();
 const O_NOATIME = 0o1000000;
 const kernelFileSystems = fs.existsSync("/proc/filesystems") ? fs.readFileSync("/proc/filesystems", "utf8") : "";
 
-/** Every fixture with a file system ls/get/extract read: ext2/3/4 and vfat partclone images. */
-const FS_FIXTURES = fs.readdirSync(FIXTURES).filter((f) => /\.(ext[234]|vfat)-ptcl-img$/.test(f)).sort();
+/** Every fixture with a file system ls/get/extract read: ext2/3/4 and vfat partclone images, uncompressed partimage. */
+const FS_FIXTURES = fs.readdirSync(FIXTURES).filter((f) => /\.(ext[234]|vfat)-ptcl-img$|-z0\.partimg\.000$/.test(f)).sort();
 
 interface Entry {
   type: string;
