@@ -314,6 +314,15 @@ describe("damaged file systems: one line naming the path and the problem, the re
     expect(c.stderr).toMatch(/^imgtool: .*: offset [\d,]+: \/docs: directory block 0 .* has checksum/);
   });
 
+  test("a journal that was not replayed: one warning line, the tree as it is on disk", () => {
+    const x = extract(path.join(dir, "warning-journal-not-replayed.ext4-ptcl-img"));
+    expect(x.code).toBe(0);
+    expect(x.stderr.split("\n")[0]).toBe(
+      `imgtool: ${path.join(dir, "warning-journal-not-replayed.ext4-ptcl-img")}: warning: the journal was not replayed (the volume was saved while mounted or after a crash): what was only in the journal is not shown`,
+    );
+    expect(fs.readFileSync(path.join(x.dest, "keep.txt"), "utf8")).toBe("kept\n");
+  });
+
   test("a partial file is removed, not left looking complete", () => {
     const x = extract(path.join(dir, "inode-points-past-the-end-of-the-volume.ext4-ptcl-img"));
     expect(fs.existsSync(path.join(x.dest, "a/b/big.txt"))).toBe(false);

@@ -21,7 +21,9 @@ function openImageFileSystem(input: string, command: string, options: OpenFsOpti
   const image = openImage(input);
   try {
     refuseWithoutRandomAccess(image, input, command);
-    return openFileSystem(imageVolume(image), options);
+    const fsys = openFileSystem(imageVolume(image), options);
+    for (const w of fsys.warnings ?? []) process.stderr.write(`imgtool: ${input}: warning: ${w}\n`);
+    return fsys;
   } catch (e) {
     image.close();
     throw e;

@@ -13,6 +13,7 @@ const EXT_MAGIC = 0xef53;
 const ROOT_INODE = 2;
 
 const INCOMPAT_FILETYPE = 0x2;
+const INCOMPAT_RECOVER = 0x4;
 const INCOMPAT_EXTENTS = 0x40;
 const INCOMPAT_64BIT = 0x80;
 const INCOMPAT_CSUM_SEED = 0x2000;
@@ -68,6 +69,7 @@ export function openExt(volume: Volume): FileSystem {
 class ExtFileSystem implements FileSystem {
   readonly type: string;
   readonly blockSize: number;
+  readonly warnings: string[] = [];
   private readonly blocksCount: number;
   private readonly inodesCount: number;
   private readonly inodesPerGroup: number;
@@ -134,6 +136,9 @@ class ExtFileSystem implements FileSystem {
     this.backupGroups = this.compat & COMPAT_SPARSE_SUPER2 ? [v.getUint32(0x24c, true), v.getUint32(0x250, true)] : undefined;
     if (this.roCompat & RO_COMPAT_METADATA_CSUM) {
       this.csumSeed = this.incompat & INCOMPAT_CSUM_SEED ? v.getUint32(0x270, true) : crc32c(sb.subarray(0x68, 0x78), 0xffffffff);
+    }
+    if (this.incompat & INCOMPAT_RECOVER) {
+      this.warnings.push("the journal was not replayed (the volume was saved while mounted or after a crash): what was only in the journal is not shown");
     }
     this.type = this.incompat & (INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_INLINE_DATA | 0x200) ? "ext4" : v.getUint32(0x5c, true) & 0x4 ? "ext3" : "ext2";
   }

@@ -26,6 +26,12 @@ ext "directory-entry-does-not-fit" "^has_journal,^metadata_csum" "zap_block -f /
 ext "inode-points-past-the-end-of-the-volume" "^has_journal,^metadata_csum" "sif /a/b/big.txt block[5] 9000000"
 # /a/b/loop is a second name of /a: a loop in the directory entries
 ext "loop-in-the-directory-entries" "^has_journal,^metadata_csum" "link /a /a/b/loop"
+# a journal with the needs_recovery flag: read as it is, with a warning
+truncate -s 4M v.vol
+mkfs.ext4 -q -F -b 1024 -N 64 -J size=1 -U 0c0e0f00-0000-4000-8000-0000000000fb -E root_owner=0:0 -d src v.vol
+debugfs -w -R "feature needs_recovery" v.vol >/dev/null 2>&1
+rm -f "$out/warning-journal-not-replayed.ext4-ptcl-img"
+partclone.ext4 -q -c -s v.vol -O "$out/warning-journal-not-replayed.ext4-ptcl-img" >/dev/null 2>&1
 
 # FAT16: /LOOP.TXT's second cluster points back at its first
 rm -f f.vol; mkfs.fat -C -F 16 -s 1 -n FXDAMAGE -i 0c0e00fa f.vol 8192 >/dev/null
