@@ -527,9 +527,12 @@ class ExtFileSystem implements FileSystem {
       else runs.push({ logical, physical, count: 1, unwritten: false });
     };
     for (let i = 0; i < 12; i++) add(i, v.getUint32(0x28 + i * 4, true), ino.offset + 0x28 + i * 4);
+    // a damaged inode may claim a huge size over indirect blocks of garbage: no file maps more blocks than the volume has
+    let visited = 0;
     const indirect = (block: number, level: number, firstLogical: number, at: number) => {
       if (block === 0 || firstLogical >= maxBlocks) return;
       this.checkRun(ino, block, 1, at);
+      if (++visited + runs.length > this.blocksCount) throw this.error(at, `inode ${ino.number}: its block map holds more blocks than the volume (a loop or garbage)`);
       const offset = block * this.blockSize;
       const data = view(this.volume.read(offset, this.blockSize));
       const span = perBlock ** (level - 1);
