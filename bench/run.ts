@@ -8,6 +8,7 @@ const scripts = [
   "seek-index.ts",
   "seek-codecs.ts",
   "disk.ts",
+  "fs.ts",
 ];
 for (const script of scripts) {
   console.log(`\n## bench/${script}\n`);

@@ -54,7 +54,7 @@ export const EXIT = {
   BAD_INPUT: 3,
   /** a checksum did not match */
   CHECKSUM: 4,
-  /** partial: the command finished, but some metadata could not be applied (btrfs-receive: xattrs the file system refused) */
+  /** partial: the command finished, but some entries or metadata could not be written (each named on stderr) */
   PARTIAL: 5,
 } as const;
 

@@ -24,6 +24,9 @@ const main = defineCommand({
     mount: () => import("./mount.ts").then((m) => m.mountCommand),
     index: () => import("./index-command.ts").then((m) => m.indexCommand),
     "btrfs-receive": () => import("./btrfs-receive.ts").then((m) => m.btrfsReceiveCommand),
+    ls: () => import("./fs-commands.ts").then((m) => m.lsCommand),
+    get: () => import("./fs-commands.ts").then((m) => m.getCommand),
+    extract: () => import("./fs-commands.ts").then((m) => m.extractCommand),
   },
 });
 

@@ -72,6 +72,8 @@ export interface FileSystem {
   /** the data (not hole) runs of a file, ascending, for sparse extraction */
   fileExtents(file: FsNode): Iterable<{ offset: number; length: number }>;
   readlink(link: FsNode): Uint8Array;
+  /** what the user should know before trusting the tree (a journal not replayed), one line each */
+  readonly warnings?: readonly string[];
   /** extra named data streams (NTFS alternate data streams), listed by `ls -l` */
   streams?(file: FsNode): Iterable<{ name: Uint8Array; size: number }>;
   close(): void;

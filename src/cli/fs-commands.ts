@@ -1,0 +1,195 @@
+import fs from "node:fs";
+import { defineCommand } from "citty";
+import { EXIT, UsageError, printable, withCommas } from "../errors.ts";
+import { openImage } from "../formats/detect.ts";
+import { extractTree, joinPath, resolveFollowing } from "../fs/extract.ts";
+import type { DirEntry, FileSystem, FsNode } from "../fs/filesystem.ts";
+import { escapeName, jsonEntry, longLine } from "../fs/listing.ts";
+import { type OpenFsOptions, openFileSystem } from "../fs/open.ts";
+import { splitPath } from "../fs/path.ts";
+import { imageVolume } from "../volume/volume.ts";
+import { guard, refuseWithoutRandomAccess } from "./run.ts";
+
+const imageArg = { type: "positional", description: "image (any piece of a split set) with random access", required: true } as const;
+const fsArgs = {
+  codepage: { type: "string", description: "FAT: code page of 8.3 names (default cp437; cp850, or a label like ibm866)" },
+  debug: { type: "boolean", description: "show stack traces of errors" },
+} as const;
+
+/** The file system inside IMG, read through the image's random access (the one place `--partition` will plug in). */
+function openImageFileSystem(input: string, command: string, options: OpenFsOptions): FileSystem {
+  const image = openImage(input);
+  try {
+    refuseWithoutRandomAccess(image, input, command);
+    const fsys = openFileSystem(imageVolume(image), options);
+    for (const w of fsys.warnings ?? []) process.stderr.write(`imgtool: ${input}: warning: ${w}\n`);
+    return fsys;
+  } catch (e) {
+    image.close();
+    throw e;
+  }
+}
+
+function fsOptions(args: { codepage?: string }): OpenFsOptions {
+  if (args.codepage === undefined) return {};
+  try {
+    new TextDecoder(args.codepage as "utf-8");
+  } catch {
+    if (!["cp437", "cp850"].includes(args.codepage.toLowerCase())) throw new UsageError(`--codepage: unknown code page ${JSON.stringify(args.codepage)} (cp437, cp850 or a WHATWG encoding label)`);
+  }
+  return { fat: { codepage: args.codepage } };
+}
+
+const encoder = new TextEncoder();
+const pathBytes = (p: string) => encoder.encode(p);
+
+function writeOut(data: Uint8Array | string): void {
+  const bytes = typeof data === "string" ? encoder.encode(data) : data;
+  for (let done = 0; done < bytes.length; ) done += fs.writeSync(1, bytes, done, bytes.length - done);
+}
+
+export const lsCommand = defineCommand({
+  meta: { name: "ls", description: "List a directory of the file system inside an image, without restoring it" },
+  args: {
+    image: imageArg,
+    path: { type: "positional", description: "directory or file inside the image (default /)", required: false },
+    long: { type: "boolean", alias: "l", description: "mode, links, owner, group, size, mtime, symlink target (names escaped as ls -b)" },
+    recursive: { type: "boolean", alias: "R", description: "everything below PATH, one path per line" },
+    json: { type: "boolean", description: "one JSON array of entries (names that are not UTF-8 as name_base64)" },
+    ...fsArgs,
+  },
+  run: ({ args }) =>
+    guard(() => {
+      const fsys = openImageFileSystem(args.image, "ls", fsOptions(args));
+      try {
+        const path = pathBytes(args.path ?? "/");
+        const node = fsys.lookup(path);
+        if (!node) throw new UsageError(`${args.path}: no such file or directory in the image`);
+        const problems = listing(fsys, path, node, { long: args.long === true, recursive: args.recursive === true, json: args.json === true });
+        return problems > 0 ? EXIT.PARTIAL : EXIT.OK;
+      } finally {
+        fsys.close();
+      }
+    }),
+});
+
+function listing(fsys: FileSystem, path: Uint8Array, node: FsNode, o: { long: boolean; recursive: boolean; json: boolean }): number {
+  let problems = 0;
+  const json: Record<string, unknown>[] = [];
+  const report = (p: Uint8Array, message: string, offset?: number) => {
+    problems++;
+    process.stderr.write(`${problemLine(fsys, p, message, offset)}\n`);
+  };
+  const show = (dirPath: Uint8Array, e: DirEntry, relative: Uint8Array) => {
+    const full = joinPath([dirPath, e.name]);
+    if (e.damage) report(full, e.damage.problem, e.damage.volumeOffset);
+    if (o.json) json.push(jsonEntry(fsys, full, e));
+    else if (o.long) writeOut(`${longLine(fsys, e, escapeName(relative))}\n`);
+    else writeOut(concat(relative, NEWLINE));
+  };
+  const root = splitPath(path);
+  if (node.kind !== "directory") {
+    const name = root[root.length - 1] ?? new Uint8Array(0);
+    show(joinPath(root.slice(0, -1)), { name, node }, name);
+  } else {
+    const active = new Set<number>();
+    const walk = (dir: FsNode, dirPath: Uint8Array, prefix: Uint8Array | undefined) => {
+      active.add(dir.id);
+      try {
+        for (const e of fsys.list(dir, (err) => report(dirPath, err.problem, err.volumeOffset))) {
+          const relative = prefix ? concat(prefix, SLASH, e.name) : e.name;
+          show(dirPath, e, relative);
+          if (o.recursive && e.node.kind === "directory" && !e.damage) {
+            const childPath = joinPath([dirPath, e.name]);
+            if (active.has(e.node.id)) report(childPath, `directory (inode ${e.node.id}) contains itself: a loop in the directory entries; not followed`);
+            else walk(e.node, childPath, relative);
+          }
+        }
+      } finally {
+        active.delete(dir.id);
+      }
+    };
+    walk(node, joinPath(root), undefined);
+  }
+  if (o.json) writeOut(`${JSON.stringify(json, null, 1)}\n`);
+  return problems;
+}
+
+/** `imgtool: IMG: offset N: /path: problem`, the offset where the damage is when known. */
+function problemLine(fsys: FileSystem, path: Uint8Array, message: string, offset: number | undefined): string {
+  const where = offset === undefined ? "" : `offset ${withCommas(offset)}: `;
+  return `imgtool: ${fsys.volume.name}: ${where}${printable(path)}: ${message}`;
+}
+
+const NEWLINE = new Uint8Array([0x0a]);
+const SLASH = new Uint8Array([0x2f]);
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+export const getCommand = defineCommand({
+  meta: { name: "get", description: "Write one file of the file system inside an image to stdout (symlinks followed inside the image)" },
+  args: {
+    image: imageArg,
+    path: { type: "positional", description: "file inside the image", required: true },
+    ...fsArgs,
+  },
+  run: ({ args }) =>
+    guard(() => {
+      const fsys = openImageFileSystem(args.image, "get", fsOptions(args));
+      try {
+        const node = resolveFollowing(fsys, pathBytes(args.path));
+        if (!node) throw new UsageError(`${args.path}: no such file in the image`);
+        if (node.kind === "directory") throw new UsageError(`${args.path}: is a directory; use imgtool extract IMG ${args.path} -o DEST`);
+        if (node.kind !== "file") throw new UsageError(`${args.path}: is a ${node.kind}, not a regular file`);
+        const buffer = new Uint8Array(1 << 20);
+        for (let pos = 0; pos < node.size; ) {
+          const n = fsys.readFile(node, pos, buffer);
+          if (n === 0) break;
+          writeOut(buffer.subarray(0, n));
+          pos += n;
+        }
+      } finally {
+        fsys.close();
+      }
+    }),
+});
+
+export const extractCommand = defineCommand({
+  meta: { name: "extract", description: "Extract files and trees of the file system inside an image into a directory, without restoring it" },
+  args: {
+    image: imageArg,
+    paths: { type: "positional", description: "paths inside the image (default /: everything)", required: false },
+    output: { type: "string", alias: "o", description: "destination directory (created, or empty; see --force)", required: true },
+    force: { type: "boolean", description: "extract into a directory that already holds files (never overwrites any)" },
+    ...fsArgs,
+  },
+  run: ({ args }) =>
+    guard(() => {
+      const paths = (args._ as string[]).slice(1);
+      const sources = (paths.length > 0 ? paths : ["/"]).map(pathBytes);
+      const fsys = openImageFileSystem(args.image, "extract", fsOptions(args));
+      try {
+        const summary = extractTree(fsys, sources, args.output, {
+          force: args.force === true,
+          onProblem: (p) => process.stderr.write(`${problemLine(fsys, p.path, p.message, p.volumeOffset)}\n`),
+        });
+        const links = summary.hardLinks ? `, ${summary.hardLinks} hard links` : "";
+        const special = summary.special ? `, ${summary.special} devices/fifos/sockets` : "";
+        const problems = summary.problems ? `; ${summary.problems} entries could not be extracted (see above)` : "";
+        process.stderr.write(
+          `extracted ${summary.files} files (${summary.bytes} bytes), ${summary.directories} directories, ${summary.symlinks} symlinks${links}${special} into ${args.output}${problems}\n`,
+        );
+        return summary.problems > 0 ? EXIT.PARTIAL : EXIT.OK;
+      } finally {
+        fsys.close();
+      }
+    }),
+});

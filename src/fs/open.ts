@@ -1,0 +1,55 @@
+import { ImageError } from "../errors.ts";
+import type { Volume } from "../volume/volume.ts";
+import { detectExt, openExt } from "./ext4.ts";
+import { type FatOptions, detectFat, openFat } from "./fat.ts";
+import type { FileSystem } from "./filesystem.ts";
+
+export interface OpenFsOptions {
+  fat?: FatOptions;
+}
+
+/** Enough of the volume's start for every signature below (btrfs's superblock is at 64 KiB). */
+const HEAD_BYTES = 0x10000 + 0x1000;
+
+interface FsKind {
+  name: string;
+  detect(head: Uint8Array): boolean;
+  /** absent: recognised but not readable by imgtool */
+  open?(volume: Volume, options: OpenFsOptions): FileSystem;
+}
+
+const ascii = (head: Uint8Array, at: number, text: string) => head.length >= at + text.length && [...text].every((c, i) => head[at + i] === c.charCodeAt(0));
+
+/** One line per file system, most specific signatures first (NTFS and exFAT boot sectors look like FAT's). */
+const FILE_SYSTEMS: FsKind[] = [
+  { name: "NTFS", detect: (h) => ascii(h, 3, "NTFS    ") },
+  { name: "exFAT", detect: (h) => ascii(h, 3, "EXFAT   ") },
+  { name: "ext2/3/4", detect: detectExt, open: (v) => openExt(v) },
+  { name: "vfat", detect: detectFat, open: (v, o) => openFat(v, o.fat) },
+  { name: "btrfs", detect: (h) => ascii(h, 0x10040, "_BHRfS_M") },
+  { name: "xfs", detect: (h) => ascii(h, 0, "XFSB") },
+  { name: "f2fs", detect: (h) => h.length > 0x404 && h[0x400] === 0x10 && h[0x401] === 0x20 && h[0x402] === 0xf5 && h[0x403] === 0xf2 },
+  { name: "reiserfs", detect: (h) => ascii(h, 0x10034, "ReIsEr") },
+  { name: "jfs", detect: (h) => ascii(h, 0x8000, "JFS1") },
+  { name: "HFS+", detect: (h) => ascii(h, 0x400, "H+") || ascii(h, 0x400, "HX") },
+  { name: "ISO 9660", detect: (h) => ascii(h, 0x8001, "CD001") },
+  { name: "squashfs", detect: (h) => ascii(h, 0, "hsqs") },
+  { name: "LUKS (encrypted)", detect: (h) => ascii(h, 0, "LUKS\xba\xbe") },
+  { name: "LVM physical volume", detect: (h) => ascii(h, 0x218, "LVM2 001") },
+  { name: "Linux swap", detect: (h) => ascii(h, 4086, "SWAPSPACE2") || ascii(h, 4086, "SWAP-SPACE") },
+];
+
+/** The file system on a volume, ready for ls/get/extract; one clear line for what cannot be read. */
+export function openFileSystem(volume: Volume, options: OpenFsOptions = {}): FileSystem {
+  const head = volume.read(0, Math.min(HEAD_BYTES, volume.size));
+  const kind = FILE_SYSTEMS.find((k) => k.detect(head));
+  if (!kind) throw new ImageError({ file: volume.name, offset: 0 }, "no file system imgtool recognises on this volume");
+  if (!kind.open) {
+    const pointer = kind.name === "NTFS" ? "NTFS: not yet readable by ls/get/extract" : `imgtool cannot read ${kind.name}`;
+    throw new ImageError(
+      { file: volume.name },
+      `the volume holds ${kind.name}; ${pointer}: show the volume with \`imgtool mount IMG DIR\`, then mount DIR/*.raw read-only through the kernel (mount -o ro,loop)`,
+    );
+  }
+  return kind.open(volume, options);
+}
