@@ -8,7 +8,7 @@ import { escapeName, jsonEntry, longLine } from "../fs/listing.ts";
 import { type OpenFsOptions, openFileSystem } from "../fs/open.ts";
 import { splitPath } from "../fs/path.ts";
 import { imageVolume } from "../volume/volume.ts";
-import { guard, refuseWithoutRandomAccess } from "./run.ts";
+import { BUILD_SEEK_INDEX, guard, refuseWithoutRandomAccess } from "./run.ts";
 
 const imageArg = { type: "positional", description: "image (any piece of a split set) with random access", required: true } as const;
 const fsArgs = {
@@ -18,7 +18,7 @@ const fsArgs = {
 
 /** The file system inside IMG, read through the image's random access (the one place `--partition` will plug in). */
 function openImageFileSystem(input: string, command: string, options: OpenFsOptions): FileSystem {
-  const image = openImage(input);
+  const image = openImage(input, input === "-" ? {} : BUILD_SEEK_INDEX);
   try {
     refuseWithoutRandomAccess(image, input, command);
     const fsys = openFileSystem(imageVolume(image), options);

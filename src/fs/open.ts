@@ -3,6 +3,7 @@ import type { Volume } from "../volume/volume.ts";
 import { detectExt, openExt } from "./ext4.ts";
 import { type FatOptions, detectFat, openFat } from "./fat.ts";
 import type { FileSystem } from "./filesystem.ts";
+import { detectNtfs, openNtfs } from "./ntfs.ts";
 
 export interface OpenFsOptions {
   fat?: FatOptions;
@@ -22,7 +23,7 @@ const ascii = (head: Uint8Array, at: number, text: string) => head.length >= at 
 
 /** One line per file system, most specific signatures first (NTFS and exFAT boot sectors look like FAT's). */
 const FILE_SYSTEMS: FsKind[] = [
-  { name: "NTFS", detect: (h) => ascii(h, 3, "NTFS    ") },
+  { name: "NTFS", detect: detectNtfs, open: (v) => openNtfs(v) },
   { name: "exFAT", detect: (h) => ascii(h, 3, "EXFAT   ") },
   { name: "ext2/3/4", detect: detectExt, open: (v) => openExt(v) },
   { name: "vfat", detect: detectFat, open: (v, o) => openFat(v, o.fat) },
@@ -45,10 +46,9 @@ export function openFileSystem(volume: Volume, options: OpenFsOptions = {}): Fil
   const kind = FILE_SYSTEMS.find((k) => k.detect(head));
   if (!kind) throw new ImageError({ file: volume.name, offset: 0 }, "no file system imgtool recognises on this volume");
   if (!kind.open) {
-    const pointer = kind.name === "NTFS" ? "NTFS: not yet readable by ls/get/extract" : `imgtool cannot read ${kind.name}`;
     throw new ImageError(
       { file: volume.name },
-      `the volume holds ${kind.name}; ${pointer}: show the volume with \`imgtool mount IMG DIR\`, then mount DIR/*.raw read-only through the kernel (mount -o ro,loop)`,
+      `the volume holds ${kind.name}; imgtool cannot read ${kind.name}: show the volume with \`imgtool mount IMG DIR\`, then mount DIR/*.raw read-only through the kernel (mount -o ro,loop)`,
     );
   }
   return kind.open(volume, options);
