@@ -39,6 +39,7 @@ function loadLibc() {
     copy_file_range: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.u32], returns: FFIType.i64 },
     sync_file_range: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.u32], returns: FFIType.i32 },
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
@@ -128,6 +129,14 @@ export function punchHole(fd: number, offset: number, length: number): boolean {
  */
 export function startWriteback(fd: number, offset: number, length: number): void {
   libc().sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE);
+}
+
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+
+/** An exclusive flock(2) on an open file, not waiting: false when another holder has it. */
+export function lockFile(fd: number): boolean {
+  return libc().flock(fd, LOCK_EX | LOCK_NB) === 0;
 }
 
 /** Ask for a larger pipe buffer (fewer, larger reads); harmless where fd is not a pipe. */

@@ -427,8 +427,10 @@ describe("NBD server, spoken to by a client written here", () => {
       expect((await client.optionReply(OPT.LIST)).type).toBe(REP.ACK);
       await client.option(OPT.LIST, new Uint8Array(3));
       expect((await client.optionReply(OPT.LIST)).type).toBe(REP.ERR_INVALID);
-      await client.option(OPT.STRUCTURED_REPLY);
-      expect((await client.optionReply(OPT.STRUCTURED_REPLY)).type).toBe(REP.ERR_UNSUP);
+      await client.option(OPT.STRUCTURED_REPLY, new Uint8Array(1));
+      expect((await client.optionReply(OPT.STRUCTURED_REPLY)).type).toBe(REP.ERR_INVALID);
+      await client.option(4242);
+      expect((await client.optionReply(4242)).type).toBe(REP.ERR_UNSUP);
       // option data past what the server holds is skipped, and haggling goes on after it
       await client.option(99, new Uint8Array(200_000).fill(0x49));
       expect((await client.optionReply(99)).type).toBe(REP.ERR_TOO_BIG);

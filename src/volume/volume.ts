@@ -1,4 +1,6 @@
+import fs from "node:fs";
 import { ImageError } from "../errors.ts";
+import { UsedBitmap } from "../formats/bitmap.ts";
 import type { Image } from "../formats/image.ts";
 
 /** A stretch of a volume that holds data, or that is a hole (reads as zeros, was never written). */
@@ -25,6 +27,11 @@ export interface Volume {
   read(offset: number, length: number): Uint8Array;
   /** data and hole runs covering [offset, offset + length) clipped to size, ascending, neighbours of one kind merged */
   extents(offset: number, length: number): Iterable<Extent>;
+  /**
+   * What identifies the bytes behind the volume (sizes and mtimes of its files), so that an
+   * overlay made for one volume is refused on another; absent: name and size stand for it
+   */
+  readonly identity?: string;
   close(): void;
 }
 
@@ -48,11 +55,24 @@ export function checkRange(volume: Pick<Volume, "size" | "name">, offset: number
 export function imageVolume(image: Image, name = image.info.pieces[0] ?? "image"): Volume {
   const read = image.read;
   if (!read) throw new Error("imageVolume needs an image with random access");
-  const { deviceSize: size, blockSize } = image.info;
+  const { deviceSize: size, blockSize, format, pieces } = image.info;
+  // ntfsclone builds its bitmap on first use; partclone and partimage hold theirs from the start
+  if (image.info.totalBlocks > 0) image.isUsed(0);
+  const bitmap = (image as { bitmap?: unknown }).bitmap;
+  const blockUsed = bitmap instanceof UsedBitmap ? undefined : (block: number) => image.isUsed(block);
   return {
     size,
     name,
     blockSize,
+    identity: JSON.stringify({
+      format,
+      size,
+      blockSize,
+      pieces: pieces.map((p) => {
+        const st = fs.statSync(p);
+        return { size: st.size, mtimeMs: st.mtimeMs };
+      }),
+    }),
     read(offset, length) {
       checkRange(this, offset, length);
       return read.call(image, offset, length);
@@ -61,21 +81,46 @@ export function imageVolume(image: Image, name = image.info.pieces[0] ?? "image"
       checkRange(this, offset, length);
       const end = offset + length;
       let pos = offset;
-      let kind: boolean | undefined;
-      let start = offset;
       while (pos < end) {
         const block = Math.floor(pos / blockSize);
-        const next = Math.min(end, (block + 1) * blockSize);
-        const used = image.isUsed(block);
-        if (kind !== undefined && used !== kind) {
-          yield { offset: start, length: pos - start, data: kind };
-          start = pos;
+        const lastBlock = Math.ceil(end / blockSize);
+        let used: boolean;
+        let next: number;
+        if (blockUsed) {
+          used = blockUsed(block);
+          next = block + 1;
+          while (next < lastBlock && blockUsed(next) === used) next++;
+        } else {
+          ({ used, next } = sameRun(bitmap as UsedBitmap, block, lastBlock));
         }
-        kind = used;
-        pos = next;
+        const stop = Math.min(end, next * blockSize);
+        yield { offset: pos, length: stop - pos, data: used };
+        pos = stop;
       }
-      if (kind !== undefined) yield { offset: start, length: end - start, data: kind };
     },
     close: () => image.close(),
   };
+}
+
+/**
+ * The run of blocks in the state of `block`, up to `limit`: whole bytes of the bitmap (8 blocks)
+ * are stepped at once; blocks past the bitmap's end are unused.
+ */
+function sameRun(bitmap: UsedBitmap, block: number, limit: number): { used: boolean; next: number } {
+  const { bits, totalBlocks } = bitmap;
+  if (block >= totalBlocks) return { used: false, next: limit };
+  const used = bitmap.isUsed(block);
+  const whole = used ? 0xff : 0;
+  const stop = Math.min(limit, totalBlocks);
+  let b = block + 1;
+  while (b < stop) {
+    if ((b & 7) === 0 && b + 8 <= stop && bits[b >>> 3] === whole) {
+      b += 8;
+      continue;
+    }
+    if (((bits[b >>> 3]! >>> (b & 7)) & 1) !== (used ? 1 : 0)) break;
+    b++;
+  }
+  if (b >= totalBlocks && !used) b = limit;
+  return { used, next: b };
 }
