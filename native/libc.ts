@@ -40,6 +40,7 @@ function loadLibc() {
     sync_file_range: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.u32], returns: FFIType.i32 },
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    sigaction: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
@@ -129,6 +130,25 @@ export function punchHole(fd: number, offset: number, length: number): boolean {
  */
 export function startWriteback(fd: number, offset: number, length: number): void {
   libc().sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE);
+}
+
+/** struct sigaction of glibc on x86_64: handler, 128-byte mask, flags, restorer */
+const SIGACTION_SIZE = 152;
+
+/**
+ * Put the default action back for `signals` (a handler of the runtime's, such as the one Bun
+ * installs for SIGINT on a terminal, is set aside); the function returned puts the old ones back.
+ */
+export function defaultSignalActions(signals: number[]): () => void {
+  const saved = signals.map((signal) => {
+    const old = new Uint8Array(SIGACTION_SIZE);
+    // all zeros: SIG_DFL, empty mask, no flags
+    libc().sigaction(signal, new Uint8Array(SIGACTION_SIZE), old);
+    return { signal, old };
+  });
+  return () => {
+    for (const { signal, old } of saved) libc().sigaction(signal, old, null);
+  };
 }
 
 const LOCK_EX = 2;

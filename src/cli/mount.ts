@@ -6,14 +6,18 @@ import { openImage } from "../formats/detect.ts";
 import type { Image } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { mountVolume } from "../serve/fuse.ts";
+import { openImageVolume } from "../serve/image-export.ts";
+import { openOverlay, type OverlayVolume } from "../volume/overlay.ts";
+import type { Volume } from "../volume/volume.ts";
 import { guard, refuseWithoutRandomAccess } from "./run.ts";
 
 export const mountCommand = defineCommand({
-  meta: { name: "mount", description: "Show the restored volume as one read-only file in a FUSE mount, without restoring it" },
+  meta: { name: "mount", description: "Show the restored volume as one file in a FUSE mount without restoring it: read-only, or writable through an overlay file" },
   args: {
     image: { type: "positional", description: "uncompressed image file or any piece of a split set", required: true },
     mountpoint: { type: "positional", description: "an existing directory", required: true },
     name: { type: "string", description: "the file's name in the mount (default: the image's name plus .raw)" },
+    overlay: { type: "string", description: "make the file writable: writes go to this file (created if missing), never to the image" },
     "allow-other": { type: "boolean", description: "let other users read it too (root, or user_allow_other in /etc/fuse.conf)" },
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
@@ -22,21 +26,30 @@ export const mountCommand = defineCommand({
       if (args.name !== undefined) checkFileName(args.name);
       checkMountpoint(args.mountpoint);
       const image = openImage(args.image);
+      let volume: Volume | undefined;
       try {
         refuseWithoutRandomAccess(image, args.image, "mount");
-        // builds the block index now, so that a damaged image fails before anything is mounted
-        image.read!(0, 0);
         const name = args.name ?? defaultFileName(image);
         const mountpoint = path.resolve(args.mountpoint);
-        mountVolume(image, mountpoint, {
+        // builds the block index now, so that a damaged image fails before anything is mounted
+        const base = openImageVolume(image, name);
+        let overlay: OverlayVolume | undefined;
+        if (args.overlay !== undefined) overlay = openOverlay(args.overlay, base, { inputs: image.info.pieces });
+        volume = overlay ?? base;
+        mountVolume(base, mountpoint, {
           name,
+          source: path.resolve(image.info.pieces[0]!),
+          mtimeMs: fs.statSync(image.info.pieces[0]!).mtimeMs,
+          writable: overlay,
           allowOther: args["allow-other"] === true,
           // fs.writeSync: the event loop does not run again until the mount is gone
-          onMounted: () => fs.writeSync(1, `${mountedLine(mountpoint, name, image.info.deviceSize)}\n`),
-          onReadError: (e) => fs.writeSync(2, `imgtool: reading ${name}: ${(e as Error).message} (the reader got EIO)\n`),
+          onMounted: () => fs.writeSync(1, `${mountedLine(mountpoint, name, base.size, overlay)}\n`),
+          onReadError: (e) => fs.writeSync(2, `imgtool: ${name}: ${(e as Error).message} (the caller got EIO)\n`),
         });
       } finally {
-        image.close();
+        // an overlay flushes what it holds on close
+        if (volume) volume.close();
+        else image.close();
       }
     }),
 });
@@ -52,7 +65,9 @@ function checkMountpoint(mountpoint: string): void {
   try {
     stat = fs.statSync(mountpoint);
   } catch (e) {
-    throw new UsageError(`${mountpoint}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory; create it first" : (e as Error).message}`);
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOTCONN") throw new UsageError(`${mountpoint}: a dead FUSE mount is there (its server was killed); remove it with fusermount3 -u ${mountpoint}`);
+    throw new UsageError(`${mountpoint}: ${code === "ENOENT" ? "no such directory; create it first" : (e as Error).message}`);
   }
   if (!stat.isDirectory()) throw new UsageError(`${mountpoint}: not a directory`);
 }
@@ -70,7 +85,8 @@ function defaultFileName(image: Image): string {
  * one clear line saying what to do instead.
  */
 
-function mountedLine(mountpoint: string, name: string, size: number): string {
+function mountedLine(mountpoint: string, name: string, size: number, overlay: OverlayVolume | undefined): string {
   const file = path.join(mountpoint, name);
-  return `mounted ${file} (${humanSize(size)}, read-only) until unmounted; unmount with: fusermount3 -u ${mountpoint} (or Ctrl-C here)`;
+  const mode = overlay ? `writable, changes in ${overlay.file}${overlay.created ? " (new)" : ""}` : "read-only";
+  return `mounted ${file} (${humanSize(size)}, ${mode}) until unmounted; unmount with: fusermount3 -u ${mountpoint} (or Ctrl-C here)`;
 }
