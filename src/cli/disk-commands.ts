@@ -4,10 +4,12 @@ import { restoreImage } from "../commands/restore.ts";
 import { verifyImage } from "../commands/verify.ts";
 import { EXIT, UsageError, withCommas } from "../errors.ts";
 import { openImage } from "../formats/detect.ts";
-import type { ImageInfo } from "../formats/image.ts";
+import type { Image, ImageInfo } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { Progress } from "../output/progress.ts";
 import { writeFully } from "../output/writer.ts";
+import { identityVolume, openOverlay, type OverlayVolume } from "../volume/overlay.ts";
+import { imageIdentity } from "../volume/volume.ts";
 import { guard, parseBytes } from "./run.ts";
 
 const imageArg = { type: "positional", description: "image file, any piece of a split set, or - for stdin", required: true } as const;
@@ -61,6 +63,7 @@ export const restoreCommand = defineCommand({
     force: { type: "boolean", description: "overwrite an existing output" },
     verify: { type: "boolean", default: true, description: "check checksums on the way", negativeDescription: "do not check checksums" },
     "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
+    overlay: { type: "string", description: "merge the changes kept in this overlay file (serve/mount --overlay)" },
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
@@ -68,9 +71,12 @@ export const restoreCommand = defineCommand({
     guard(() => {
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
       const image = openImage(args.image);
+      let overlay: OverlayVolume | undefined;
       try {
+        if (args.overlay !== undefined) overlay = openRestoreOverlay(args.overlay, image);
         const started = performance.now();
         const r = restoreImage(image, args.output, {
+          overlay,
           sparse: args.sparse,
           force: args.force,
           verify: args.verify,
@@ -84,10 +90,18 @@ export const restoreCommand = defineCommand({
           );
         }
       } finally {
+        overlay?.close();
         image.close();
       }
     }),
 });
+
+/** The overlay restore merges: it must exist and must have been made for this image. */
+function openRestoreOverlay(file: string, image: Image): OverlayVolume {
+  const { deviceSize, blockSize, pieces } = image.info;
+  const identity = identityVolume(pieces[0] ?? file, deviceSize, blockSize, imageIdentity(image));
+  return openOverlay(file, identity, { inputs: pieces, mustExist: true });
+}
 
 export const verifyCommand = defineCommand({
   meta: { name: "verify", description: "Check every checksum and count in the image (like partclone.chkimg)" },

@@ -1,12 +1,15 @@
 import type { Image } from "../formats/image.ts";
 import { Progress } from "../output/progress.ts";
 import { openOutput, type OutputOptions } from "../output/target.ts";
+import { mergeOverlay, type OverlayVolume } from "../volume/overlay.ts";
 
 export interface RestoreOptions extends Partial<OutputOptions> {
   /** check checksums on the way (default true) */
   verify?: boolean;
   /** show a progress bar (default: when stderr is a terminal) */
   progress?: boolean;
+  /** lay this overlay's changes (serve/mount --overlay) over the image's data */
+  overlay?: OverlayVolume;
 }
 
 export interface RestoreResult {
@@ -27,7 +30,8 @@ export function restoreImage(image: Image, out: string, opts: RestoreOptions = {
   const progress = new Progress(info.usedBlocks * info.blockSize, "restore", opts.progress);
   let dataBytes = 0;
   try {
-    for (const batch of image.dataBatches({ verify: opts.verify !== false })) {
+    const batches = image.dataBatches({ verify: opts.verify !== false });
+    for (const batch of opts.overlay ? mergeOverlay(batches, opts.overlay) : batches) {
       target.writer.writeBatch(batch);
       for (const run of batch) dataBytes += run.data.length;
       progress.update(dataBytes);

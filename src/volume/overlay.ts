@@ -18,6 +18,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { lockFile, punchHole } from "../../native/libc.ts";
 import { ImageError, UsageError, withCommas } from "../errors.ts";
+import type { DataRun } from "../formats/image.ts";
 import { checkRange, type Extent, type Volume, type WritableVolume } from "./volume.ts";
 
 const MAGIC = "imgtool-overlay\n";
@@ -145,6 +146,8 @@ function createOverlayFile(file: string, volume: Volume): void {
 export interface OverlayOptions {
   /** the image's files: the overlay is refused if it is one of them */
   inputs?: string[];
+  /** refuse a missing file instead of creating it (restore merges an overlay, never makes one) */
+  mustExist?: boolean;
 }
 
 /**
@@ -159,6 +162,7 @@ export function openOverlay(file: string, base: Volume, opts: OverlayOptions = {
       isLink = fs.lstatSync(file).isSymbolicLink();
     } catch {}
     if (isLink) throw new UsageError(`${file}: a symlink to nothing; an overlay is never created through a symlink`);
+    if (opts.mustExist) throw new UsageError(`${file}: no such overlay file`);
     createOverlayFile(file, base);
     created = true;
   }
@@ -268,6 +272,21 @@ export class OverlayVolume implements WritableVolume {
       b++;
     }
     return { state, next: b };
+  }
+
+  /** The stretches the overlay holds, ascending: written here, or zeroed. */
+  *changes(): Generator<{ offset: number; length: number; zero: boolean }> {
+    const bs = this.overlayBlock;
+    const blocks = Math.ceil(this.size / bs);
+    let block = 0;
+    while (block < blocks) {
+      const { state, next } = this.run(block, blocks);
+      if (state !== BASE) {
+        const offset = block * bs;
+        yield { offset, length: Math.min(this.size, next * bs) - offset, zero: state === ZEROS };
+      }
+      block = next;
+    }
   }
 
   read(offset: number, length: number): Uint8Array {
@@ -406,4 +425,80 @@ export class OverlayVolume implements WritableVolume {
       this.base.close();
     }
   }
+}
+
+/** the most of an overlay's own data one merged run carries */
+const MERGE_PIECE = 4 << 20;
+
+/**
+ * The used data of an image (ascending batches, as restore writes them) with an overlay's changes
+ * laid over it: changed bytes inside a run are replaced, written stretches outside the image's
+ * runs become runs of their own, zeroed ones outside stay holes.
+ */
+export function* mergeOverlay(batches: Iterable<DataRun[]>, overlay: OverlayVolume): Generator<DataRun[], void, undefined> {
+  const changes = overlay.changes();
+  let change = nextChange(changes);
+  const own = (offset: number, end: number, out: DataRun[]) => {
+    for (let at = offset; at < end; at += MERGE_PIECE) out.push({ offset: at, data: overlay.read(at, Math.min(MERGE_PIECE, end - at)) });
+  };
+  for (const batch of batches) {
+    const out: DataRun[] = [];
+    for (const run of batch) {
+      const runEnd = run.offset + run.data.length;
+      while (change && change.offset < runEnd) {
+        const changeEnd = change.offset + change.length;
+        if (change.offset < run.offset) {
+          // the part before this run lies where the image has no data
+          const stop = Math.min(changeEnd, run.offset);
+          if (!change.zero) own(change.offset, stop, out);
+          if (changeEnd <= run.offset) {
+            change = nextChange(changes);
+            continue;
+          }
+          change = { offset: run.offset, length: changeEnd - run.offset, zero: change.zero };
+          continue;
+        }
+        break;
+      }
+      if (!change || change.offset >= runEnd) {
+        out.push(run);
+        continue;
+      }
+      const data = run.data.slice();
+      while (change && change.offset < runEnd) {
+        const stop = Math.min(change.offset + change.length, runEnd);
+        if (change.zero) data.fill(0, change.offset - run.offset, stop - run.offset);
+        else data.set(overlay.read(change.offset, stop - change.offset), change.offset - run.offset);
+        if (stop < change.offset + change.length) {
+          change = { offset: stop, length: change.offset + change.length - stop, zero: change.zero };
+          break;
+        }
+        change = nextChange(changes);
+      }
+      out.push({ offset: run.offset, data });
+    }
+    yield out;
+  }
+  while (change) {
+    const out: DataRun[] = [];
+    if (!change.zero) own(change.offset, change.offset + change.length, out);
+    change = nextChange(changes);
+    if (out.length > 0) yield out;
+  }
+}
+
+function nextChange(changes: Iterator<{ offset: number; length: number; zero: boolean }>) {
+  const r = changes.next();
+  return r.done ? undefined : { ...r.value };
+}
+
+/**
+ * A stand-in for an image's volume when only the overlay's own data is read (restore streams the
+ * image itself): it identifies the image and refuses reads.
+ */
+export function identityVolume(name: string, size: number, blockSize: number, identity: string): Volume {
+  const refuse = (): never => {
+    throw new Error("this volume only identifies an image");
+  };
+  return { name, size, blockSize, identity, read: refuse, extents: refuse, close: () => {} };
 }

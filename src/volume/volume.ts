@@ -55,7 +55,7 @@ export function checkRange(volume: Pick<Volume, "size" | "name">, offset: number
 export function imageVolume(image: Image, name = image.info.pieces[0] ?? "image"): Volume {
   const read = image.read;
   if (!read) throw new Error("imageVolume needs an image with random access");
-  const { deviceSize: size, blockSize, format, pieces } = image.info;
+  const { deviceSize: size, blockSize } = image.info;
   // ntfsclone builds its bitmap on first use; partclone and partimage hold theirs from the start
   if (image.info.totalBlocks > 0) image.isUsed(0);
   const bitmap = (image as { bitmap?: unknown }).bitmap;
@@ -64,15 +64,7 @@ export function imageVolume(image: Image, name = image.info.pieces[0] ?? "image"
     size,
     name,
     blockSize,
-    identity: JSON.stringify({
-      format,
-      size,
-      blockSize,
-      pieces: pieces.map((p) => {
-        const st = fs.statSync(p);
-        return { size: st.size, mtimeMs: st.mtimeMs };
-      }),
-    }),
+    identity: imageIdentity(image),
     read(offset, length) {
       checkRange(this, offset, length);
       return read.call(image, offset, length);
@@ -100,6 +92,20 @@ export function imageVolume(image: Image, name = image.info.pieces[0] ?? "image"
     },
     close: () => image.close(),
   };
+}
+
+/** What an overlay records of an image: its format, sizes, and each piece's size and mtime. */
+export function imageIdentity(image: Image): string {
+  const { format, deviceSize: size, blockSize, pieces } = image.info;
+  return JSON.stringify({
+    format,
+    size,
+    blockSize,
+    pieces: pieces.map((p) => {
+      const st = fs.statSync(p);
+      return { size: st.size, mtimeMs: st.mtimeMs };
+    }),
+  });
 }
 
 /**
