@@ -198,7 +198,7 @@ describe.skipIf(skipReason !== undefined)("imgtool mount", () => {
       expect(() => readRange(m.file, 0, fs.statSync(m.file).size)).toThrow(expect.objectContaining({ code: "EIO" }));
       expect(fs.readdirSync(m.mountpoint)).toEqual(["cut.ext4-ptcl-img.raw"]);
       await unmount(m);
-      expect(await new Response(m.child.stderr).text()).toMatch(/^imgtool: reading cut\.ext4-ptcl-img\.raw: .*short read.* \(the reader got EIO\)\n/);
+      expect(await new Response(m.child.stderr).text()).toMatch(/^imgtool: cut\.ext4-ptcl-img\.raw: .*short read.* \(the caller got EIO\)\n/);
     },
     TEST_TIMEOUT_MS,
   );
