@@ -838,6 +838,16 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
   const open = new Set<Connection>();
   let refusedOpen = 0;
   let lastRefusalLogged = 0;
+  // once clients have gone, collect what they held so that the memory goes back to the system
+  let collect: Timer | undefined;
+  const collectSoon = () => {
+    if (collect) return;
+    collect = setTimeout(() => {
+      collect = undefined;
+      Bun.gc(true);
+    }, 200);
+    collect.unref();
+  };
   const handler: SocketHandler<Connection | undefined> = {
     open(socket) {
       let refusal: string | undefined;
@@ -872,6 +882,7 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
       socket.data = undefined;
       if (open.has(c)) open.delete(c);
       else refusedOpen--;
+      collectSoon();
     },
     error(socket, error) {
       opts.onError?.(`${socket.remoteAddress || "client"}: ${error.message}`);
@@ -914,6 +925,7 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
       stopped = true;
       for (const l of listeners) l.stop(true);
       for (const c of open) c.closeHard();
+      if (collect) clearTimeout(collect);
       if (opts.unix) fs.rmSync(opts.unix, { force: true });
     },
   };
