@@ -1,6 +1,6 @@
 // npm run bench: every benchmark, each comparing imgtool with the peer tool and the machine's floor
 // in the same run and printing its table.
-for (const script of ["restore.ts", "btrfs.ts"]) {
+for (const script of ["restore.ts", "btrfs.ts", "serve.ts"]) {
   console.log(`\n## bench/${script}\n`);
   const r = Bun.spawnSync([process.execPath, `${import.meta.dir}/${script}`], { stdout: "inherit", stderr: "inherit" });
   if (r.exitCode !== 0) process.exit(r.exitCode ?? 1);
