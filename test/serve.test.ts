@@ -851,7 +851,9 @@ describe("structured replies and block status, spoken to by a client written her
       expect((await client.info(OPT.GO, "")).final).toBe(REP.ACK);
       const { bytes, cookie } = client.request(CMD_BLOCK_STATUS, 0, 4096);
       await client.send(bytes);
-      expect((await client.reply(cookie, 0)).error).toBe(EINVAL);
+      const [err] = await readChunks(client, cookie);
+      expect(err!.type).toBe(CHUNK.ERROR);
+      expect(dv(err!.payload).getUint32(0)).toBe(EINVAL);
       client.close();
     } finally {
       server.stop();

@@ -124,6 +124,8 @@ const EOVERFLOW = 75;
 export const MAX_PAYLOAD = 1 << 25;
 /** replies are read from the volume and sent in pieces of this size: the most one client holds */
 export const REPLY_PIECE = 256 << 10;
+/** data up to this size is copied behind its header and sent in one write; larger goes as it is */
+const SMALL_REPLY = 64 << 10;
 /** clients served at once unless told otherwise */
 export const DEFAULT_MAX_CONNECTIONS = 64;
 /** the descriptors of one block status reply (the spec lets a server answer fewer) */
@@ -515,7 +517,7 @@ class Connection {
         });
       }
       case CMD_BLOCK_STATUS:
-        if (!this.structured || this.metaContext === 0) return this.simpleReply(cookie, EINVAL);
+        if (this.metaContext === 0) return this.simpleOrError(cookie, EINVAL, "no meta context was chosen (NBD_OPT_SET_META_CONTEXT base:allocation)");
         if (length === 0 || !inRange) return this.simpleOrError(cookie, EINVAL, "block status past the end of the export or of no length");
         return this.blockStatus(cookie, flags, offset, length);
       default:
@@ -633,10 +635,19 @@ class Connection {
         while (pos < extentEnd) {
           const n = Math.min(REPLY_PIECE, extentEnd - pos);
           const data = this.readVolume(pos, n);
-          out.set(this.chunkHeader(cookie, pos + n === end ? REPLY_FLAG_DONE : 0, REPLY_TYPE_OFFSET_DATA, 8 + n), 0);
-          dv.setBigUint64(CHUNK_HEADER, BigInt(pos));
-          out.set(data, CHUNK_HEADER + 8);
-          yield out.subarray(0, CHUNK_HEADER + 8 + n);
+          const header = this.chunkHeader(cookie, pos + n === end ? REPLY_FLAG_DONE : 0, REPLY_TYPE_OFFSET_DATA, 8 + n);
+          if (n <= SMALL_REPLY) {
+            // one write for a small reply
+            out.set(header, 0);
+            dv.setBigUint64(CHUNK_HEADER, BigInt(pos));
+            out.set(data, CHUNK_HEADER + 8);
+            yield out.subarray(0, CHUNK_HEADER + 8 + n);
+          } else {
+            out.set(header, 0);
+            dv.setBigUint64(CHUNK_HEADER, BigInt(pos));
+            yield out.subarray(0, CHUNK_HEADER + 8);
+            yield data;
+          }
           pos += n;
         }
       }
