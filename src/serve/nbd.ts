@@ -606,8 +606,13 @@ class Connection {
     dv.setUint32(0, SIMPLE_REPLY_MAGIC);
     dv.setUint32(4, 0);
     out.set(cookie, 8);
-    out.set(data, SIMPLE_HEADER);
-    yield out.subarray(0, SIMPLE_HEADER + first);
+    if (first <= SMALL_REPLY) {
+      out.set(data, SIMPLE_HEADER);
+      yield out.subarray(0, SIMPLE_HEADER + first);
+    } else {
+      yield out.subarray(0, SIMPLE_HEADER);
+      yield data;
+    }
     for (let pos = offset + first; pos < offset + length; pos += REPLY_PIECE) {
       yield this.readVolume(pos, Math.min(REPLY_PIECE, offset + length - pos));
     }
