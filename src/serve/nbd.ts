@@ -122,8 +122,16 @@ const EOVERFLOW = 75;
 
 /** the largest read or write answered, the spec's interoperable maximum payload (2^25) */
 export const MAX_PAYLOAD = 1 << 25;
-/** replies are read from the volume and sent in pieces of this size: the most one client holds */
-export const REPLY_PIECE = 256 << 10;
+/**
+ * Replies are read from the volume and sent in pieces: a client holds at most one piece the socket
+ * has not taken. Few clients get large pieces (fewer turns of the event loop); many share
+ * REPLY_BUDGET, down to the smallest piece.
+ */
+export const MAX_PIECE = 1 << 20;
+const MIN_PIECE = 128 << 10;
+const REPLY_BUDGET = 64 << 20;
+/** writes are passed to the volume in pieces of this size as their payload arrives */
+const WRITE_PIECE = 256 << 10;
 /** data up to this size is copied behind its header and sent in one write; larger goes as it is */
 const SMALL_REPLY = 64 << 10;
 /** clients served at once unless told otherwise */
@@ -171,8 +179,8 @@ class Connection {
   private unsent: Uint8Array[] = [];
   /** the reply being sent, one piece at a time as the socket takes them */
   private current: Iterator<Uint8Array> | undefined;
-  /** one piece of a reply is built here; free again once the socket took it */
   private out: Uint8Array | undefined;
+  private staging: Uint8Array | undefined;
   private paused = false;
 
   constructor(
@@ -181,6 +189,8 @@ class Connection {
     private readonly onError: ((message: string) => void) | undefined,
     /** set when the server has no room: every option is refused with this text */
     private readonly refusal: string | undefined,
+    /** how large a piece of a reply may be now, from the number of clients */
+    private readonly pieceSize: () => number,
   ) {}
 
   private get flags(): number {
@@ -544,7 +554,7 @@ class Connection {
       return this.expectPayload(length, discardThen(() => this.simpleReply(cookie, refuse)));
     }
     // written through in pieces as the payload arrives: a client never has more than a piece here
-    const staging = this.pieceBuffer();
+    const staging = this.stagingBuffer();
     let staged = 0;
     let written = offset;
     let failure: Error | undefined;
@@ -564,11 +574,11 @@ class Connection {
       take: (bytes) => {
         let at = 0;
         while (at < bytes.length) {
-          const n = Math.min(REPLY_PIECE - staged, bytes.length - at);
+          const n = Math.min(WRITE_PIECE - staged, bytes.length - at);
           staging.set(bytes.subarray(at, at + n), staged);
           staged += n;
           at += n;
-          if (staged === REPLY_PIECE) flushStaged();
+          if (staged === WRITE_PIECE) flushStaged();
         }
       },
       done: () => {
@@ -586,16 +596,23 @@ class Connection {
     });
   }
 
+  /** headers and small replies are built here; free again once the socket took them */
   private pieceBuffer(): Uint8Array {
-    this.out ??= new Uint8Array(CHUNK_HEADER + 8 + REPLY_PIECE);
+    this.out ??= new Uint8Array(CHUNK_HEADER + 8 + SMALL_REPLY);
     return this.out;
+  }
+
+  /** a write's payload is gathered here (never while a reply is built: requests are taken one at a time) */
+  private stagingBuffer(): Uint8Array {
+    this.staging ??= new Uint8Array(WRITE_PIECE);
+    return this.staging;
   }
 
   /** Header, then the data in pieces; a piece that fails after the header went ends the connection. */
   private *simpleRead(cookie: Uint8Array, offset: number, length: number): Generator<Uint8Array> {
     const out = this.pieceBuffer();
     const dv = new DataView(out.buffer);
-    const first = Math.min(length, REPLY_PIECE);
+    const first = Math.min(length, this.pieceSize());
     let data: Uint8Array;
     try {
       data = this.readVolume(offset, first);
@@ -613,8 +630,10 @@ class Connection {
       yield out.subarray(0, SIMPLE_HEADER);
       yield data;
     }
-    for (let pos = offset + first; pos < offset + length; pos += REPLY_PIECE) {
-      yield this.readVolume(pos, Math.min(REPLY_PIECE, offset + length - pos));
+    for (let pos = offset + first; pos < offset + length; ) {
+      const n = Math.min(this.pieceSize(), offset + length - pos);
+      yield this.readVolume(pos, n);
+      pos += n;
     }
   }
 
@@ -638,7 +657,7 @@ class Connection {
           continue;
         }
         while (pos < extentEnd) {
-          const n = Math.min(REPLY_PIECE, extentEnd - pos);
+          const n = Math.min(this.pieceSize(), extentEnd - pos);
           const data = this.readVolume(pos, n);
           const header = this.chunkHeader(cookie, pos + n === end ? REPLY_FLAG_DONE : 0, REPLY_TYPE_OFFSET_DATA, 8 + n);
           if (n <= SMALL_REPLY) {
@@ -769,11 +788,13 @@ class Connection {
     this.stashedBytes = 0;
     this.current = undefined;
     this.out = undefined;
+    this.staging = undefined;
     this.sink = undefined;
   }
 }
 
 const REPLY_TYPE_ERROR = (1 << 15) + 1;
+const PER_CONNECTION_BUFFERS = CHUNK_HEADER + 8 + SMALL_REPLY + WRITE_PIECE + RECEIVE_BUFFER + MAX_STASHED;
 
 /** Drop a payload as it arrives, then answer. */
 function discardThen(answer: () => void): PayloadSink {
@@ -852,6 +873,7 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
   if (!opts.tcp && !opts.unix) throw new Error("serveNbd needs a TCP address or a Unix socket path");
   const maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   const open = new Set<Connection>();
+  const pieceSize = () => Math.max(MIN_PIECE, Math.min(MAX_PIECE, Math.floor(REPLY_BUDGET / Math.max(1, open.size) / MIN_PIECE) * MIN_PIECE));
   let refusedOpen = 0;
   let lastRefusalLogged = 0;
   // once clients have gone, collect what they held so that the memory goes back to the system
@@ -879,7 +901,7 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
           opts.onError?.(`${socket.remoteAddress || "client"}: refused: ${maxConnections} clients connected already (--max-connections)`);
         }
       }
-      const c = new Connection(socket, exported, opts.onError, refusal);
+      const c = new Connection(socket, exported, opts.onError, refusal, pieceSize);
       socket.data = c;
       if (refusal) refusedOpen++;
       else open.add(c);
@@ -930,10 +952,10 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
     get connections() {
       return open.size;
     },
-    // a piece and its chunk header, plus what arrived while the replies waited
+    // a piece of a reply, the buffers for small replies and writes, what arrived while replies waited
     limits: {
-      perConnection: CHUNK_HEADER + 8 + REPLY_PIECE + RECEIVE_BUFFER + MAX_STASHED,
-      total: maxConnections * (CHUNK_HEADER + 8 + REPLY_PIECE + RECEIVE_BUFFER + MAX_STASHED),
+      perConnection: MAX_PIECE + PER_CONNECTION_BUFFERS,
+      total: Math.max(REPLY_BUDGET, maxConnections * MIN_PIECE) + maxConnections * PER_CONNECTION_BUFFERS,
       connections: maxConnections,
     },
     stop() {
