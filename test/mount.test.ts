@@ -309,6 +309,23 @@ describe.skipIf(skipReason !== undefined)("imgtool mount: holes and --overlay", 
     TEST_TIMEOUT_MS,
   );
 
+  test(
+    "a mount point left dead by a killed server is named, with the command that clears it",
+    async () => {
+      const m = await mount(fixture("ext4.ext4-ptcl-img"), "ext4.ext4-ptcl-img.raw");
+      m.child.kill("SIGKILL");
+      await m.child.exited;
+      try {
+        const r = runCli(["mount", fixture("ext4.ext4-ptcl-img"), m.mountpoint]);
+        expect(r.code).toBe(2);
+        expect(r.stderr).toBe(`imgtool: ${m.mountpoint}: a dead FUSE mount is there (its server was killed); remove it with fusermount3 -u ${m.mountpoint}\n`);
+      } finally {
+        spawnSync("fusermount3", ["-uz", m.mountpoint]);
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
   for (const how of ["Ctrl-C", "SIGTERM"] as const) {
     test(
       `on a terminal, ${how} unmounts cleanly and the next mount works`,
