@@ -100,7 +100,7 @@ describe("overlay volume", () => {
     overlay.close();
     // the image is only ever read
     expect(sha256File(file)).toBe(imageSha);
-  });
+  }, 60_000);
 
   test("the restore merge equals reading the overlay volume whole", () => {
     const file = imageCopy();

@@ -260,7 +260,10 @@ export class PartcloneImage extends BitmapImage {
     fields.push(f("blocksSection", "blocks_section", `at ${withCommas(this.dataStart)} ${where}`, this.dataStart));
 
     const source = stream.randomAccess;
-    if (source) this.read = (offset, length) => this.readAt(source, offset, length);
+    if (source) {
+      this.read = (offset, length) => this.readAt(source, offset, length);
+      this.readInto = (offset, into) => this.locate().readInto(source, offset, into, this.info.deviceSize);
+    }
     this.info = {
       format: "partclone",
       fsType: h.fsType,
@@ -363,10 +366,15 @@ export class PartcloneImage extends BitmapImage {
 
   /** Random access, where the image is an uncompressed file or split set. Checksums are not checked here. */
   readonly read?: (offset: number, length: number) => Uint8Array;
+  readonly readInto?: (offset: number, into: Uint8Array) => void;
+
+  private locate(): BlockLocator {
+    this.locator ??= new BlockLocator(this.bitmap, this.header.blockSize, this.dataStart, this.header.checksum === "NONE" ? 0 : this.checksumSize, this.header.blocksPerChecksum);
+    return this.locator;
+  }
 
   private readAt(source: RandomAccessSource, offset: number, length: number): Uint8Array {
-    this.locator ??= new BlockLocator(this.bitmap, this.header.blockSize, this.dataStart, this.header.checksum === "NONE" ? 0 : this.checksumSize, this.header.blocksPerChecksum);
-    return this.locator.read(source, offset, length, this.info.deviceSize);
+    return this.locate().read(source, offset, length, this.info.deviceSize);
   }
 
   close(): void {

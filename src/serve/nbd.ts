@@ -125,11 +125,11 @@ export const MAX_PAYLOAD = 1 << 25;
 /**
  * Replies are read from the volume and sent in pieces: a client holds at most one piece the socket
  * has not taken. Few clients get large pieces (fewer turns of the event loop); many share
- * REPLY_BUDGET, down to the smallest piece.
+ * REPLY_BUDGET, down to the smallest piece. Piece buffers kept for reuse stay within it too.
  */
 export const MAX_PIECE = 1 << 20;
 const MIN_PIECE = 128 << 10;
-const REPLY_BUDGET = 64 << 20;
+const REPLY_BUDGET = 32 << 20;
 /** writes are passed to the volume in pieces of this size as their payload arrives */
 const WRITE_PIECE = 256 << 10;
 /** data up to this size is copied behind its header and sent in one write; larger goes as it is */
@@ -181,6 +181,8 @@ class Connection {
   private current: Iterator<Uint8Array> | undefined;
   private out: Uint8Array | undefined;
   private staging: Uint8Array | undefined;
+  /** where pieces of replies are read to, reused from one to the next */
+  private pieceData: Uint8Array | undefined;
   private paused = false;
 
   constructor(
@@ -191,7 +193,15 @@ class Connection {
     private readonly refusal: string | undefined,
     /** how large a piece of a reply may be now, from the number of clients */
     private readonly pieceSize: () => number,
+    /** the bytes of piece buffers all clients keep, within REPLY_BUDGET */
+    private readonly kept: { bytes: number },
   ) {}
+
+  private dropPieceData(): void {
+    if (!this.pieceData) return;
+    this.kept.bytes -= this.pieceData.length;
+    this.pieceData = undefined;
+  }
 
   private get flags(): number {
     return this.exported.writable ? WRITABLE_FLAGS : READ_ONLY_FLAGS;
@@ -689,8 +699,29 @@ class Connection {
     }
   }
 
+  /**
+   * Bytes of the volume for one piece: into this client's own piece buffer where the volume can
+   * (kept while the server's budget allows: no allocation per piece), else freshly read.
+   */
   private readVolume(offset: number, length: number): Uint8Array {
-    const data = this.exported.volume.read(offset, length);
+    const volume = this.exported.volume;
+    if (volume.readInto && length > SMALL_REPLY) {
+      let buffer = this.pieceData;
+      if (!buffer || buffer.length < length) {
+        this.dropPieceData();
+        const size = Math.max(length, this.pieceSize());
+        if (this.kept.bytes + size <= REPLY_BUDGET) {
+          buffer = this.pieceData = new Uint8Array(size);
+          this.kept.bytes += size;
+        } else buffer = undefined;
+      }
+      if (buffer) {
+        const part = buffer.subarray(0, length);
+        volume.readInto(offset, part);
+        return part;
+      }
+    }
+    const data = volume.read(offset, length);
     if (data.length !== length) throw new Error(`read ${data.length} bytes of ${length}`);
     return data;
   }
@@ -789,6 +820,7 @@ class Connection {
     this.current = undefined;
     this.out = undefined;
     this.staging = undefined;
+    this.dropPieceData();
     this.sink = undefined;
   }
 }
@@ -873,6 +905,7 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
   if (!opts.tcp && !opts.unix) throw new Error("serveNbd needs a TCP address or a Unix socket path");
   const maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   const open = new Set<Connection>();
+  const kept = { bytes: 0 };
   const pieceSize = () => Math.max(MIN_PIECE, Math.min(MAX_PIECE, Math.floor(REPLY_BUDGET / Math.max(1, open.size) / MIN_PIECE) * MIN_PIECE));
   let refusedOpen = 0;
   let lastRefusalLogged = 0;
@@ -901,7 +934,7 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
           opts.onError?.(`${socket.remoteAddress || "client"}: refused: ${maxConnections} clients connected already (--max-connections)`);
         }
       }
-      const c = new Connection(socket, exported, opts.onError, refusal, pieceSize);
+      const c = new Connection(socket, exported, opts.onError, refusal, pieceSize, kept);
       socket.data = c;
       if (refusal) refusedOpen++;
       else open.add(c);
@@ -955,7 +988,8 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
     // a piece of a reply, the buffers for small replies and writes, what arrived while replies waited
     limits: {
       perConnection: MAX_PIECE + PER_CONNECTION_BUFFERS,
-      total: Math.max(REPLY_BUDGET, maxConnections * MIN_PIECE) + maxConnections * PER_CONNECTION_BUFFERS,
+      // the kept piece buffers, and a piece each in flight
+      total: REPLY_BUDGET + Math.max(REPLY_BUDGET, maxConnections * MIN_PIECE) + maxConnections * PER_CONNECTION_BUFFERS,
       connections: maxConnections,
     },
     stop() {

@@ -292,11 +292,16 @@ export class OverlayVolume implements WritableVolume {
   read(offset: number, length: number): Uint8Array {
     checkRange(this, offset, length);
     const out = new Uint8Array(length);
-    this.readInto(out, offset);
+    this.fill(out, offset);
     return out;
   }
 
-  private readInto(out: Uint8Array, offset: number): void {
+  readInto(offset: number, into: Uint8Array): void {
+    checkRange(this, offset, into.length);
+    this.fill(into, offset);
+  }
+
+  private fill(out: Uint8Array, offset: number): void {
     const bs = this.overlayBlock;
     const end = offset + out.length;
     const limit = Math.ceil(end / bs);
@@ -305,7 +310,11 @@ export class OverlayVolume implements WritableVolume {
       const { state, next } = this.run(Math.floor(pos / bs), limit);
       const stop = Math.min(end, next * bs);
       const at = pos - offset;
-      if (state === BASE) out.set(this.base.read(pos, stop - pos), at);
+      if (state === BASE) {
+        const part = out.subarray(at, at + stop - pos);
+        if (this.base.readInto) this.base.readInto(pos, part);
+        else part.set(this.base.read(pos, stop - pos));
+      }
       else if (state === WRITTEN) this.readData(out.subarray(at, at + stop - pos), pos);
       else out.fill(0, at, at + stop - pos);
       pos = stop;
@@ -373,7 +382,7 @@ export class OverlayVolume implements WritableVolume {
       else {
         // a part of a block not yet here: the rest of the block comes along from what it reads now
         const whole = new Uint8Array(blockEnd - blockStart);
-        this.readInto(whole, blockStart);
+        this.fill(whole, blockStart);
         whole.set(part, pos - blockStart);
         this.writeData(whole, blockStart);
         this.setState(block, WRITTEN);

@@ -25,6 +25,8 @@ export interface Volume {
   readonly blockSize: number;
   /** bytes [offset, offset + length) of the volume; the caller keeps them (a fresh array) */
   read(offset: number, length: number): Uint8Array;
+  /** the same into a buffer the caller reuses (no allocation per read); optional */
+  readInto?(offset: number, into: Uint8Array): void;
   /** data and hole runs covering [offset, offset + length) clipped to size, ascending, neighbours of one kind merged */
   extents(offset: number, length: number): Iterable<Extent>;
   /**
@@ -69,6 +71,12 @@ export function imageVolume(image: Image, name = image.info.pieces[0] ?? "image"
       checkRange(this, offset, length);
       return read.call(image, offset, length);
     },
+    readInto: image.readInto
+      ? function (this: Volume, offset: number, into: Uint8Array) {
+          checkRange(this, offset, into.length);
+          image.readInto!(offset, into);
+        }
+      : undefined,
     *extents(offset, length) {
       checkRange(this, offset, length);
       const end = offset + length;
