@@ -9,6 +9,7 @@ const scripts = [
   "seek-codecs.ts",
   "disk.ts",
   "fs.ts",
+  "serve.ts",
 ];
 for (const script of scripts) {
   console.log(`\n## bench/${script}\n`);

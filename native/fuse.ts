@@ -4,6 +4,7 @@
 import { CFunction, FFIType, JSCallback, type Pointer, ptr, toArrayBuffer } from "bun:ffi";
 import os from "node:os";
 import { type CType, LazyLibrary, type StructLayout, cstr, readCString, structLayout } from "./ffi.ts";
+import { defaultSignalActions } from "./libc.ts";
 
 const fuse3 = new LazyLibrary("libfuse3.so.3", "libfuse3-3", {
   // the default version of the symbol is fuse_new_31: (args, op, op_size, private_data)
@@ -56,7 +57,7 @@ const FILE_INFO_FLAGS_OFFSET = 0;
 const O_ACCMODE = 3;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
-const { EIO } = os.constants.errno;
+const { EIO, EROFS } = os.constants.errno;
 
 /** What getattr reports; the binding fills struct stat from it. */
 export interface FuseAttributes {
@@ -76,6 +77,7 @@ export interface FuseStatfs {
   blocks: number;
   files: number;
   nameMax: number;
+  readOnly: boolean;
 }
 
 /**
@@ -91,6 +93,14 @@ export interface FuseFileSystem {
   /** up to `length` bytes at `offset`, fewer (or none) at the end of the file */
   read(path: string, offset: number, length: number): Uint8Array | number;
   statfs(): FuseStatfs;
+  /** bytes written (all of `data`), or -errno; absent: EROFS */
+  write?(path: string, offset: number, data: Uint8Array): number;
+  /** a change of size: 0 or -errno; absent: EROFS */
+  truncate?(path: string, size: number): number;
+  /** make what was written durable: 0 or -errno */
+  fsync?(path: string): number;
+  /** SEEK_DATA / SEEK_HOLE: the offset found, or -errno (-ENXIO past the last data) */
+  seek?(path: string, offset: number, whence: number): number;
 }
 
 export interface FuseMountOptions {
@@ -136,6 +146,10 @@ export function runFuse(mountpoint: string, fs: FuseFileSystem, opts: FuseMountO
     lib.fuse_opt_free_args(args);
     if (!fuse) throw new Error("libfuse refused the options (its message is above)");
     const session = lib.fuse_get_session(fuse);
+    // libfuse installs its handlers only where the action is the default; on a terminal Bun has
+    // its own for SIGINT, which would kill the process and leave a dead mount behind
+    const { SIGINT, SIGTERM, SIGHUP } = os.constants.signals;
+    const restoreSignals = defaultSignalActions([SIGINT, SIGTERM, SIGHUP]);
     try {
       if (lib.fuse_set_signal_handlers(session) !== 0) throw new Error("libfuse could not install its signal handlers");
       try {
@@ -152,6 +166,7 @@ export function runFuse(mountpoint: string, fs: FuseFileSystem, opts: FuseMountO
         lib.fuse_remove_signal_handlers(session);
       }
     } finally {
+      restoreSignals();
       lib.fuse_destroy(fuse);
     }
   } finally {
@@ -165,6 +180,44 @@ function errnoName(errno: number): string {
 
 /** The JSCallbacks of the operations implemented; the others stay NULL (ENOSYS). */
 function operationCallbacks(fs: FuseFileSystem, onError: (error: unknown) => void): Record<string, JSCallback> {
+  const callbacks = readCallbacks(fs, onError);
+  const guarded =
+    <A extends unknown[]>(body: (...a: A) => number) =>
+    (...a: A): number => {
+      try {
+        return body(...a);
+      } catch (e) {
+        onError(e);
+        return -EIO;
+      }
+    };
+  callbacks.write = new JSCallback(
+    guarded((path: Pointer, from: Pointer, size: number | bigint, offset: number | bigint) => {
+      if (!fs.write) return -EROFS;
+      const n = Number(size);
+      return fs.write(readCString(path), Number(offset), n > 0 ? new Uint8Array(toArrayBuffer(from, 0, n)) : new Uint8Array(0));
+    }),
+    { args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.i64, FFIType.ptr], returns: FFIType.i32 },
+  );
+  callbacks.truncate = new JSCallback(
+    guarded((path: Pointer, size: number | bigint) => (fs.truncate ? fs.truncate(readCString(path), Number(size)) : -EROFS)),
+    { args: [FFIType.ptr, FFIType.i64, FFIType.ptr], returns: FFIType.i32 },
+  );
+  callbacks.fsync = new JSCallback(
+    guarded((path: Pointer) => (fs.fsync ? fs.fsync(readCString(path)) : 0)),
+    { args: [FFIType.ptr, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+  );
+  if (fs.seek) {
+    const seek = fs.seek.bind(fs);
+    callbacks.lseek = new JSCallback(
+      guarded((path: Pointer, offset: number | bigint, whence: number) => seek(readCString(path), Number(offset), whence)),
+      { args: [FFIType.ptr, FFIType.i64, FFIType.i32, FFIType.ptr], returns: FFIType.i64 },
+    );
+  }
+  return callbacks;
+}
+
+function readCallbacks(fs: FuseFileSystem, onError: (error: unknown) => void): Record<string, JSCallback> {
   const guarded =
     <A extends unknown[]>(body: (...a: A) => number) =>
     (...a: A): number => {
@@ -230,7 +283,7 @@ function operationCallbacks(fs: FuseFileSystem, onError: (error: unknown) => voi
           f_frsize: s.blockSize,
           f_blocks: s.blocks,
           f_files: s.files,
-          f_flag: ST_RDONLY,
+          f_flag: s.readOnly ? ST_RDONLY : 0,
           f_namemax: s.nameMax,
         });
         return 0;

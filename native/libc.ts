@@ -92,6 +92,8 @@ function loadLibc() {
     removexattr: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     renameat2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
+    flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    sigaction: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
@@ -186,6 +188,33 @@ export function allocateRange(fd: number, offset: number, length: number): boole
  */
 export function startWriteback(fd: number, offset: number, length: number): void {
   libc().sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE);
+}
+
+/** struct sigaction of glibc on x86_64: handler, 128-byte mask, flags, restorer */
+const SIGACTION_SIZE = 152;
+
+/**
+ * Put the default action back for `signals` (a handler of the runtime's, such as the one Bun
+ * installs for SIGINT on a terminal, is set aside); the function returned puts the old ones back.
+ */
+export function defaultSignalActions(signals: number[]): () => void {
+  const saved = signals.map((signal) => {
+    const old = new Uint8Array(SIGACTION_SIZE);
+    // all zeros: SIG_DFL, empty mask, no flags
+    libc().sigaction(signal, new Uint8Array(SIGACTION_SIZE), old);
+    return { signal, old };
+  });
+  return () => {
+    for (const { signal, old } of saved) libc().sigaction(signal, old, null);
+  };
+}
+
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+
+/** An exclusive flock(2) on an open file, not waiting: false when another holder has it. */
+export function lockFile(fd: number): boolean {
+  return libc().flock(fd, LOCK_EX | LOCK_NB) === 0;
 }
 
 /** Ask for a larger pipe buffer (fewer, larger reads); harmless where fd is not a pipe. */

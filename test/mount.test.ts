@@ -5,6 +5,7 @@ import path from "node:path";
 import type { Subprocess } from "bun";
 import { openImage } from "../src/formats/detect.ts";
 import { humanSize } from "../src/formats/units.ts";
+import { SEEK_DATA, SEEK_HOLE, libc } from "../native/libc.ts";
 import { CLI, fixture, manifest, restoreToBuffer, runCli, sha256, sha256File, tempDir, throughFifo, which } from "./helpers.ts";
 
 /** The fixtures with random access, and the file name `mount` gives each by default. */
@@ -198,7 +199,7 @@ describe.skipIf(skipReason !== undefined)("imgtool mount", () => {
       expect(() => readRange(m.file, 0, fs.statSync(m.file).size)).toThrow(expect.objectContaining({ code: "EIO" }));
       expect(fs.readdirSync(m.mountpoint)).toEqual(["cut.ext4-ptcl-img.raw"]);
       await unmount(m);
-      expect(await new Response(m.child.stderr).text()).toMatch(/^imgtool: reading cut\.ext4-ptcl-img\.raw: .*short read.* \(the reader got EIO\)\n/);
+      expect(await new Response(m.child.stderr).text()).toMatch(/^imgtool: cut\.ext4-ptcl-img\.raw: .*short read.* \(the caller got EIO\)\n/);
     },
     TEST_TIMEOUT_MS,
   );
@@ -223,6 +224,157 @@ describe.skipIf(skipReason !== undefined)("imgtool mount", () => {
     },
     TEST_TIMEOUT_MS,
   );
+});
+
+/** lseek(2) with SEEK_DATA/SEEK_HOLE: the offset, or the errno's negation */
+function seek(fd: number, offset: number, whence: number): number {
+  const r = Number(libc().lseek(fd, offset, whence));
+  return r >= 0 ? r : -1;
+}
+
+describe.skipIf(skipReason !== undefined)("imgtool mount: holes and --overlay", () => {
+  test(
+    "SEEK_DATA and SEEK_HOLE follow the bitmap",
+    async () => {
+      const name = "ntfs.ntfs-ptcl-img.aa";
+      const image = openImage(fixture(name));
+      const m = await mount(fixture(name), "ntfs.ntfs-ptcl-img.raw");
+      try {
+        const { blockSize, totalBlocks, deviceSize } = image.info;
+        const fd = fs.openSync(m.file, "r");
+        try {
+          // walk data and holes with lseek as cp --sparse=auto and tar do, and compare with the bitmap
+          const found: [number, number][] = [];
+          let at = 0;
+          while (at < deviceSize) {
+            const data = seek(fd, at, SEEK_DATA);
+            if (data < 0) break;
+            const hole = seek(fd, data, SEEK_HOLE);
+            found.push([data, hole]);
+            at = hole;
+          }
+          const expected: [number, number][] = [];
+          for (let b = 0; b < totalBlocks; b++) {
+            if (!image.isUsed(b)) continue;
+            const last = expected[expected.length - 1];
+            if (last && last[1] === b * blockSize) last[1] += blockSize;
+            else expected.push([b * blockSize, (b + 1) * blockSize]);
+          }
+          expect(found).toEqual(expected);
+          expect(found.length).toBeGreaterThan(1);
+          expect(seek(fd, deviceSize, SEEK_DATA)).toBe(-1);
+        } finally {
+          fs.closeSync(fd);
+        }
+      } finally {
+        image.close();
+      }
+      await unmount(m);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "--overlay: writes land in the overlay, survive a remount, truncate is refused, the image is untouched",
+    async () => {
+      const dir = tempDir();
+      const imageFile = path.join(dir, "ext4.ext4-ptcl-img");
+      fs.copyFileSync(fixture("ext4.ext4-ptcl-img"), imageFile);
+      const imageSha = sha256File(imageFile);
+      const overlay = path.join(dir, "changes.ovl");
+      let m = await mount(imageFile, "ext4.ext4-ptcl-img.raw", ["--overlay", overlay]);
+      expect(mountOptions(m.mountpoint)).not.toContain("ro");
+      expect(spawnSync("ls", ["-l", m.file], { encoding: "utf8" }).stdout).toStartWith("-rw-r--r-- ");
+      const pattern = new Uint8Array(300_000).map((_, i) => (i * 7) & 0xff);
+      const fd = fs.openSync(m.file, "r+");
+      fs.writeSync(fd, pattern, 0, pattern.length, 5_000_001);
+      fs.fsyncSync(fd);
+      expect(() => fs.ftruncateSync(fd, 4096)).toThrow(expect.objectContaining({ code: "EPERM" }));
+      // a write past the end of the volume
+      expect(() => fs.writeSync(fd, new Uint8Array(10), 0, 10, 8388608)).toThrow(expect.objectContaining({ code: "EFBIG" }));
+      fs.closeSync(fd);
+      const e2fsck = which("e2fsck");
+      if (e2fsck) expect(spawnSync(e2fsck, ["-fn", m.file]).status).toBe(0);
+      await unmount(m);
+      expect(await new Response(m.child.stdout).text()).toContain(`writable, changes in ${overlay} (new)`);
+
+      m = await mount(imageFile, "ext4.ext4-ptcl-img.raw", ["--overlay", overlay]);
+      expect(sha256(readRange(m.file, 5_000_001, pattern.length))).toBe(sha256(pattern));
+      const volume = restored("ext4.ext4-ptcl-img");
+      volume.set(pattern, 5_000_001);
+      expect(sha256File(m.file)).toBe(sha256(volume));
+      await unmount(m);
+      expect(sha256File(imageFile)).toBe(imageSha);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "a mount point left dead by a killed server is named, with the command that clears it",
+    async () => {
+      const m = await mount(fixture("ext4.ext4-ptcl-img"), "ext4.ext4-ptcl-img.raw");
+      m.child.kill("SIGKILL");
+      await m.child.exited;
+      try {
+        const r = runCli(["mount", fixture("ext4.ext4-ptcl-img"), m.mountpoint]);
+        expect(r.code).toBe(2);
+        expect(r.stderr).toBe(`imgtool: ${m.mountpoint}: a dead FUSE mount is there (its server was killed); remove it with fusermount3 -u ${m.mountpoint}\n`);
+      } finally {
+        spawnSync("fusermount3", ["-uz", m.mountpoint]);
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  for (const how of ["Ctrl-C", "SIGTERM"] as const) {
+    test(
+      `on a terminal, ${how} unmounts cleanly and the next mount works`,
+      async () => {
+        const script = which("script");
+        if (!script) return console.log("skipped: script (util-linux) is not installed");
+        const mountpoint = tempDir();
+        const command = [process.execPath, CLI, "mount", fixture("ext4.ext4-ptcl-img"), mountpoint].map((a) => `'${a}'`).join(" ");
+        // script gives the command a pseudo-terminal; what is written to its stdin is typed there
+        const child = Bun.spawn([script, "-qfec", command, "/dev/null"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+        const file = path.join(mountpoint, "ext4.ext4-ptcl-img.raw");
+        try {
+          const deadline = Date.now() + MOUNT_WAIT_MS;
+          while (!fs.existsSync(file)) {
+            if (Date.now() > deadline) throw new Error("the mount did not appear");
+            await Bun.sleep(50);
+          }
+          if (how === "Ctrl-C") {
+            child.stdin.write("\x03");
+            child.stdin.flush();
+          } else {
+            // the imgtool process under script's terminal: the one whose command line names this mount point
+            const pid = fs
+              .readdirSync("/proc")
+              .filter((p) => /^\d+$/.test(p) && Number(p) !== child.pid)
+              .find((p) => {
+                try {
+                  const argv = fs.readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0");
+                  return argv.includes(mountpoint) && argv.includes(CLI);
+                } catch {
+                  return false;
+                }
+              });
+            expect(pid).toBeDefined();
+            process.kill(Number(pid), "SIGTERM");
+          }
+          expect(await exitCode(child, EXIT_WAIT_MS)).toBe(0);
+          expect(inMounts(mountpoint)).toBe(false);
+          expect(fs.readdirSync(mountpoint)).toEqual([]);
+        } finally {
+          if (inMounts(mountpoint)) spawnSync("fusermount3", ["-uz", mountpoint]);
+          child.kill("SIGKILL");
+        }
+        const again = await mount(fixture("ext4.ext4-ptcl-img"), "ext4.ext4-ptcl-img.raw");
+        await unmount(again);
+      },
+      TEST_TIMEOUT_MS,
+    );
+  }
 });
 
 describe("imgtool mount refuses before mounting", () => {

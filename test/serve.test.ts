@@ -4,7 +4,9 @@ import path from "node:path";
 import type { Socket } from "bun";
 import { openImage } from "../src/formats/detect.ts";
 import type { Image } from "../src/formats/image.ts";
-import { imageExport } from "../src/serve/image-export.ts";
+import { spawnSync } from "node:child_process";
+import { imageExport, openImageVolume, volumeExport } from "../src/serve/image-export.ts";
+import { openOverlay } from "../src/volume/overlay.ts";
 import { MAX_PAYLOAD, type NbdServer, serveNbd } from "../src/serve/nbd.ts";
 import { CLI, fixture, manifest, restoreToBuffer, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
@@ -427,8 +429,10 @@ describe("NBD server, spoken to by a client written here", () => {
       expect((await client.optionReply(OPT.LIST)).type).toBe(REP.ACK);
       await client.option(OPT.LIST, new Uint8Array(3));
       expect((await client.optionReply(OPT.LIST)).type).toBe(REP.ERR_INVALID);
-      await client.option(OPT.STRUCTURED_REPLY);
-      expect((await client.optionReply(OPT.STRUCTURED_REPLY)).type).toBe(REP.ERR_UNSUP);
+      await client.option(OPT.STRUCTURED_REPLY, new Uint8Array(1));
+      expect((await client.optionReply(OPT.STRUCTURED_REPLY)).type).toBe(REP.ERR_INVALID);
+      await client.option(4242);
+      expect((await client.optionReply(4242)).type).toBe(REP.ERR_UNSUP);
       // option data past what the server holds is skipped, and haggling goes on after it
       await client.option(99, new Uint8Array(200_000).fill(0x49));
       expect((await client.optionReply(99)).type).toBe(REP.ERR_TOO_BIG);
@@ -630,4 +634,513 @@ describe("imgtool serve", () => {
       proc.kill("SIGKILL");
     }
   }, 30_000);
+});
+
+// ---- structured replies, block status, overlays, limits (doc/proto.md)
+
+const OPT_LIST_META_CONTEXT = 9;
+const OPT_SET_META_CONTEXT = 10;
+const REP_META_CONTEXT = 4;
+const CMD_BLOCK_STATUS = 7;
+const CMD_FLAG_FUA = 1;
+const CMD_FLAG_REQ_ONE = 8;
+const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+const CHUNK = { NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: 32769, ERROR_OFFSET: 32770 };
+const ENOSPC = 28;
+
+/** The used and unused stretches of an image from its bitmap, block by block, neighbours merged. */
+function bitmapMap(image: Image): { offset: number; length: number; data: boolean }[] {
+  const { blockSize, totalBlocks, deviceSize } = image.info;
+  const out: { offset: number; length: number; data: boolean }[] = [];
+  // past the bitmap's last block (a volume not a whole number of them) is unused
+  for (let b = 0; b < Math.ceil(deviceSize / blockSize); b++) {
+    const data = b < totalBlocks && image.isUsed(b);
+    const last = out[out.length - 1];
+    const length = Math.min(blockSize, deviceSize - b * blockSize);
+    if (last && last.data === data) last.length += length;
+    else out.push({ offset: b * blockSize, length, data });
+  }
+  return out;
+}
+
+function metaContextData(name: string, queries: string[]): Uint8Array {
+  const enc = new TextEncoder();
+  const nameBytes = enc.encode(name);
+  const q = queries.map((s) => enc.encode(s));
+  const out = new Uint8Array(8 + nameBytes.length + q.reduce((n, b) => n + 4 + b.length, 0));
+  const v = dv(out);
+  v.setUint32(0, nameBytes.length);
+  out.set(nameBytes, 4);
+  v.setUint32(4 + nameBytes.length, q.length);
+  let at = 8 + nameBytes.length;
+  for (const b of q) {
+    v.setUint32(at, b.length);
+    out.set(b, at + 4);
+    at += 4 + b.length;
+  }
+  return out;
+}
+
+interface Chunk {
+  flags: number;
+  type: number;
+  cookie: bigint;
+  payload: Uint8Array;
+}
+
+async function readChunk(client: TestClient): Promise<Chunk> {
+  const head = dv(await client.take(20));
+  expect(head.getUint32(0)).toBe(STRUCTURED_REPLY_MAGIC);
+  const length = head.getUint32(16);
+  return { flags: head.getUint16(4), type: head.getUint16(6), cookie: head.getBigUint64(8), payload: await client.take(length) };
+}
+
+/** Every chunk of one structured reply, up to the one flagged DONE. */
+async function readChunks(client: TestClient, cookie: bigint): Promise<Chunk[]> {
+  const chunks: Chunk[] = [];
+  for (;;) {
+    const c = await readChunk(client);
+    expect(c.cookie).toBe(cookie);
+    chunks.push(c);
+    if (c.flags & 1) return chunks;
+  }
+}
+
+/** Handshake with structured replies and base:allocation. */
+async function structuredGo(client: TestClient): Promise<number> {
+  await client.greeting();
+  await client.option(OPT.STRUCTURED_REPLY);
+  expect((await client.optionReply(OPT.STRUCTURED_REPLY)).type).toBe(REP.ACK);
+  await client.option(OPT_SET_META_CONTEXT, metaContextData("", ["base:allocation"]));
+  const ctx = await client.optionReply(OPT_SET_META_CONTEXT);
+  expect(ctx.type).toBe(REP_META_CONTEXT);
+  expect(new TextDecoder().decode(ctx.data.subarray(4))).toBe("base:allocation");
+  expect((await client.optionReply(OPT_SET_META_CONTEXT)).type).toBe(REP.ACK);
+  const { final, infos } = await client.info(OPT.GO, "");
+  expect(final).toBe(REP.ACK);
+  expect(dv(ctx.data).getUint32(0)).toBe(1);
+  return Number(infos.get(0)!.getBigUint64(2));
+}
+
+async function spawnTool(argv: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const proc = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
+/** `imgtool serve` in a child on a Unix socket, once it says it listens. */
+async function serveCli(image: string, extra: string[] = []) {
+  const socketPath = path.join(tempDir(), "s.sock");
+  const proc = Bun.spawn([process.execPath, CLI, "serve", image, "--socket", socketPath, ...extra], { stdout: "pipe", stderr: "pipe" });
+  const killer = setTimeout(() => proc.kill("SIGKILL"), 120_000);
+  const first = await proc.stdout.getReader().read();
+  const line = new TextDecoder().decode(first.value ?? new Uint8Array(0));
+  if (!line.startsWith("serving")) {
+    clearTimeout(killer);
+    throw new Error(`imgtool serve did not start: ${line}${await new Response(proc.stderr).text()}`);
+  }
+  return {
+    proc,
+    line,
+    uri: `nbd+unix:///?socket=${socketPath}`,
+    async stop(): Promise<number> {
+      proc.kill("SIGINT");
+      const code = await proc.exited;
+      clearTimeout(killer);
+      return code;
+    },
+  };
+}
+
+describe("structured replies and block status, spoken to by a client written here", () => {
+  test("reads come as data and hole chunks that rebuild the volume; block status follows the bitmap", async () => {
+    const image = openImage(fixture("ext4.ext4-ptcl-img"));
+    const volume = restored(fixture("ext4.ext4-ptcl-img"));
+    const server = serve(image);
+    try {
+      const client = await TestClient.connect(server);
+      const size = await structuredGo(client);
+      expect(size).toBe(volume.length);
+      // the whole volume: more than one piece, and its holes
+      for (const [offset, length] of [[0, size], [300_000, 1_000_000], [4096, 4096], [size - 5000, 5000]] as [number, number][]) {
+        const { bytes, cookie } = client.request(CMD.READ, offset, length);
+        await client.send(bytes);
+        const chunks = await readChunks(client, cookie);
+        const rebuilt = new Uint8Array(length).fill(0x55);
+        let covered = 0;
+        for (const c of chunks) {
+          const p = dv(c.payload);
+          if (c.type === CHUNK.OFFSET_DATA) {
+            const at = Number(p.getBigUint64(0)) - offset;
+            rebuilt.set(c.payload.subarray(8), at);
+            covered += c.payload.length - 8;
+          } else if (c.type === CHUNK.OFFSET_HOLE) {
+            const at = Number(p.getBigUint64(0)) - offset;
+            const n = p.getUint32(8);
+            rebuilt.fill(0, at, at + n);
+            covered += n;
+            // a hole only where the bitmap says unused
+            expect(image.isUsed(Math.floor((offset + at) / 4096))).toBe(false);
+          } else expect(c.type).toBe(CHUNK.NONE);
+        }
+        expect(covered).toBe(length);
+        expect(equalBytes(rebuilt, volume.subarray(offset, offset + length))).toBe(true);
+        if (length === size) expect(chunks.some((c) => c.type === CHUNK.OFFSET_HOLE)).toBe(true);
+      }
+
+      const status = async (offset: number, length: number, flags = 0) => {
+        const { bytes, cookie } = client.request(CMD_BLOCK_STATUS, offset, length);
+        dv(bytes).setUint16(4, flags);
+        await client.send(bytes);
+        const [c] = await readChunks(client, cookie);
+        expect(c!.type).toBe(CHUNK.BLOCK_STATUS);
+        const p = dv(c!.payload);
+        expect(p.getUint32(0)).toBe(1);
+        const out: { offset: number; length: number; data: boolean }[] = [];
+        let at = offset;
+        for (let i = 4; i < c!.payload.length; i += 8) {
+          const state = p.getUint32(i + 4);
+          expect([0, 3]).toContain(state);
+          out.push({ offset: at, length: p.getUint32(i), data: state === 0 });
+          at += p.getUint32(i);
+        }
+        return out;
+      };
+      expect(await status(0, size)).toEqual(bitmapMap(image));
+      const one = await status(100, size - 100, CMD_FLAG_REQ_ONE);
+      expect(one.length).toBe(1);
+      expect(one[0]!.length).toBeGreaterThan(0);
+      // past the end: an error chunk, and the session goes on
+      const { bytes, cookie } = client.request(CMD_BLOCK_STATUS, size - 10, 11);
+      await client.send(bytes);
+      const [err] = await readChunks(client, cookie);
+      expect(err!.type).toBe(CHUNK.ERROR);
+      expect(dv(err!.payload).getUint32(0)).toBe(EINVAL);
+      expect((await status(0, 4096)).length).toBe(1);
+      client.close();
+    } finally {
+      server.stop();
+      image.close();
+    }
+  });
+
+  test("meta contexts: LIST names base:allocation; SET needs structured replies; no context, no block status", async () => {
+    const image = openImage(fixture("ext4.ext4-ptcl-img"));
+    const server = serve(image);
+    try {
+      const client = await TestClient.connect(server);
+      await client.greeting();
+      await client.option(OPT_SET_META_CONTEXT, metaContextData("", ["base:allocation"]));
+      expect((await client.optionReply(OPT_SET_META_CONTEXT)).type).toBe(REP.ERR_INVALID);
+      for (const queries of [[], ["base:"], ["base:allocation", "qemu:dirty-bitmap:x"]]) {
+        await client.option(OPT_LIST_META_CONTEXT, metaContextData("vol", queries));
+        const r = await client.optionReply(OPT_LIST_META_CONTEXT);
+        expect(r.type).toBe(REP_META_CONTEXT);
+        expect(new TextDecoder().decode(r.data.subarray(4))).toBe("base:allocation");
+        expect((await client.optionReply(OPT_LIST_META_CONTEXT)).type).toBe(REP.ACK);
+      }
+      await client.option(OPT_LIST_META_CONTEXT, metaContextData("", ["qemu:"]));
+      expect((await client.optionReply(OPT_LIST_META_CONTEXT)).type).toBe(REP.ACK);
+      await client.option(OPT_LIST_META_CONTEXT, metaContextData("other", []));
+      expect((await client.optionReply(OPT_LIST_META_CONTEXT)).type).toBe(REP.ERR_UNKNOWN);
+      // a query count past the data
+      await client.option(OPT_LIST_META_CONTEXT, new Uint8Array([0, 0, 0, 0, 0, 0, 0, 9]));
+      expect((await client.optionReply(OPT_LIST_META_CONTEXT)).type).toBe(REP.ERR_INVALID);
+      await client.option(OPT.STRUCTURED_REPLY);
+      expect((await client.optionReply(OPT.STRUCTURED_REPLY)).type).toBe(REP.ACK);
+      expect((await client.info(OPT.GO, "")).final).toBe(REP.ACK);
+      const { bytes, cookie } = client.request(CMD_BLOCK_STATUS, 0, 4096);
+      await client.send(bytes);
+      const [err] = await readChunks(client, cookie);
+      expect(err!.type).toBe(CHUNK.ERROR);
+      expect(dv(err!.payload).getUint32(0)).toBe(EINVAL);
+      client.close();
+    } finally {
+      server.stop();
+      image.close();
+    }
+  });
+
+  test("an overlay export takes writes, trims, zeroes and flushes; the image is untouched", async () => {
+    const dir = tempDir();
+    const file = path.join(dir, "ext4.ext4-ptcl-img");
+    fs.copyFileSync(fixture("ext4.ext4-ptcl-img"), file);
+    const imageSha = sha256File(file);
+    const model = restored(file);
+    const image = openImage(file);
+    const base = openImageVolume(image, "vol");
+    const overlay = openOverlay(path.join(dir, "o.ovl"), base, { inputs: [file] });
+    const server = serveNbd(volumeExport(base, "vol", "test", overlay), { tcp: { hostname: "127.0.0.1", port: 0 } });
+    try {
+      const client = await TestClient.connect(server);
+      const { size, flags } = await client.go();
+      expect(flags & FLAG_READ_ONLY).toBe(0);
+      const random = seededRandom(3);
+      for (let i = 0; i < 60; i++) {
+        const offset = Math.floor(random() * size);
+        const length = Math.min(size - offset, 1 + Math.floor(random() * (i % 10 === 0 ? 2_000_000 : 20_000)));
+        const kind = random();
+        if (kind < 0.6) {
+          const data = new Uint8Array(length).map(() => Math.floor(random() * 256));
+          const { bytes, cookie } = client.request(CMD.WRITE, offset, length, data);
+          if (i % 7 === 0) dv(bytes).setUint16(4, CMD_FLAG_FUA);
+          await client.send(bytes);
+          expect((await client.reply(cookie, 0)).error).toBe(0);
+          model.set(data, offset);
+        } else {
+          expect((await client.command(kind < 0.8 ? CMD.TRIM : CMD.WRITE_ZEROES, offset, length)).error).toBe(0);
+          model.fill(0, offset, offset + length);
+        }
+        if (i % 10 === 0) expect((await client.command(CMD.FLUSH, 0, 0)).error).toBe(0);
+      }
+      const whole = await client.command(CMD.READ, 0, size);
+      expect(sha256(whole.data)).toBe(sha256(model));
+      expect((await client.command(CMD.WRITE, size - 1, 2, new Uint8Array(2))).error).toBe(ENOSPC);
+      expect((await client.command(CMD.WRITE_ZEROES, size, 1)).error).toBe(ENOSPC);
+      client.close();
+    } finally {
+      server.stop();
+      overlay.close();
+    }
+    expect(sha256File(file)).toBe(imageSha);
+    const again = openOverlay(path.join(dir, "o.ovl"), openImageVolume(openImage(file), "vol"));
+    expect(sha256(again.read(0, again.size))).toBe(sha256(model));
+    again.close();
+  });
+
+  test("a full server refuses more clients with a reason, and takes them again once one goes", async () => {
+    const image = openImage(fixture("ext4.ext4-ptcl-img"));
+    const server = serveNbd(imageExport(image, "vol"), { tcp: { hostname: "127.0.0.1", port: 0 }, maxConnections: 2 });
+    try {
+      const a = await TestClient.connect(server);
+      await a.go();
+      const b = await TestClient.connect(server);
+      await b.go();
+      const c = await TestClient.connect(server);
+      await c.greeting();
+      const refused = await c.info(OPT.GO, "");
+      expect(refused.final).toBe(REP_ERR_POLICY);
+      await c.option(OPT.LIST);
+      const why = await c.optionReply(OPT.LIST);
+      expect(new TextDecoder().decode(why.data)).toContain("2 clients already");
+      c.close();
+      // qemu prints what the server said; libnbd only in its debug output
+      if (which("qemu-img")) {
+        const r = await spawnTool(["qemu-img", "info", `nbd://127.0.0.1:${server.port}`]);
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toContain("server reported: the server has 2 clients already (imgtool serve --max-connections); try again later");
+      }
+      a.close();
+      await a.waitClosed();
+      for (let i = 0; i < 50 && server.connections > 1; i++) await Bun.sleep(20);
+      const d = await TestClient.connect(server);
+      expect((await d.go()).size).toBe(image.info.deviceSize);
+      d.close();
+      b.close();
+    } finally {
+      server.stop();
+      image.close();
+    }
+  });
+});
+
+const REP_ERR_POLICY = 0x80000002;
+
+describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mkfs and fsck", () => {
+  const MAPPED = ["ext4.ext4-ptcl-img", "ntfs.ntfs-ptcl-img.aa", "ntfs.ntfsclone-img", "ext2-z0.partimg.000"];
+  for (const name of MAPPED) {
+    test(`nbdinfo --map of ${name}: used blocks are data, the rest hole,zero`, async () => {
+      if (!which("nbdinfo")) return console.log("skipped: nbdinfo is not installed (apt: libnbd-bin)");
+      const image = openImage(fixture(name));
+      const server = serve(image);
+      try {
+        const r = await spawnTool(["nbdinfo", "--map", "--json", `nbd://127.0.0.1:${server.port}`]);
+        expect(r.stderr).toBe("");
+        expect(r.code).toBe(0);
+        const map = (JSON.parse(r.stdout) as { offset: number; length: number; type: number; description: string }[]).map((e) => ({
+          offset: e.offset,
+          length: e.length,
+          data: e.type === 0,
+          description: e.description,
+        }));
+        for (const e of map) expect(e.description).toBe(e.data ? "data" : "hole,zero");
+        expect(map.map(({ description: _d, ...e }) => e)).toEqual(bitmapMap(image));
+        expect(map.some((e) => !e.data)).toBe(true);
+      } finally {
+        server.stop();
+        image.close();
+      }
+    }, 40_000);
+  }
+
+  test("qemu-img convert -O qcow2 of the export compares equal to restore, holding only the used data", async () => {
+    if (!which("qemu-img")) return console.log("skipped: qemu-img is not installed (apt: qemu-utils)");
+    const name = "ntfs.ntfs-ptcl-img.aa";
+    const image = openImage(fixture(name));
+    const server = serve(image);
+    try {
+      const dir = tempDir();
+      const qcow2 = path.join(dir, "copy.qcow2");
+      const r = await spawnTool(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", `nbd://127.0.0.1:${server.port}`, qcow2]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      const raw = path.join(dir, "restored.raw");
+      expect(runCli(["restore", fixture(name), "-o", raw]).code).toBe(0);
+      const cmp = await spawnTool(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", qcow2, raw]);
+      expect(cmp.stdout).toContain("Images are identical");
+      expect(cmp.code).toBe(0);
+      // allocated clusters of the copy: no more than the used data rounded to 64 KiB clusters
+      const info = JSON.parse((await spawnTool(["qemu-img", "map", "--output=json", qcow2])).stdout) as { length: number; data: boolean }[];
+      const copied = info.filter((e) => e.data).reduce((n, e) => n + e.length, 0);
+      const used = image.info.usedBlocks * image.info.blockSize;
+      expect(copied).toBeLessThanOrEqual(Math.ceil(used / 65536) * 65536 + bitmapMap(image).length * 65536);
+      expect(copied).toBeLessThan(image.info.deviceSize / 2);
+    } finally {
+      server.stop();
+      image.close();
+    }
+  }, 60_000);
+
+  test("nbdcopy uses several connections at once (multi-conn) and copies the volume exactly", async () => {
+    if (!which("nbdcopy")) return console.log("skipped: nbdcopy is not installed (apt: libnbd-bin)");
+    const name = "ext4.ext4-ptcl-img";
+    const image = openImage(fixture(name));
+    const server = serve(image);
+    let most = 0;
+    const sampler = setInterval(() => {
+      most = Math.max(most, server.connections);
+    }, 1);
+    try {
+      const out = path.join(tempDir(), "copy.raw");
+      const r = await spawnTool(["nbdcopy", "--connections=4", "--request-size=65536", `nbd://127.0.0.1:${server.port}`, out]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(sha256File(out)).toBe(restoredSha256(name));
+      expect(most).toBeGreaterThanOrEqual(2);
+    } finally {
+      clearInterval(sampler);
+      server.stop();
+      image.close();
+    }
+  }, 60_000);
+
+  test("qemu-io writes a pattern through --overlay; a restarted server reads it back; restore --overlay has it; the image is unchanged", async () => {
+    if (!which("qemu-io")) return console.log("skipped: qemu-io is not installed (apt: qemu-utils)");
+    const dir = tempDir();
+    const file = path.join(dir, "ntfs.ntfsclone-img");
+    fs.copyFileSync(fixture("ntfs.ntfsclone-img"), file);
+    const imageSha = sha256File(file);
+    const overlayFile = path.join(dir, "changes.ovl");
+    let server = await serveCli(file, ["--overlay", overlayFile]);
+    expect(server.line).toContain(`writable, changes in ${overlayFile} (new)`);
+    let r = await spawnTool(["qemu-io", "-f", "raw", "-c", "write -P 0xab 1M 300k", "-c", "write -z 2M 64k", "-c", "flush", server.uri]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("wrote 307200/307200 bytes");
+    expect(await server.stop()).toBe(0);
+
+    server = await serveCli(file, ["--overlay", overlayFile]);
+    expect(server.line).not.toContain("(new)");
+    r = await spawnTool(["qemu-io", "-f", "raw", "-r", "-c", "read -P 0xab 1M 300k", "-c", "read -P 0 2M 64k", server.uri]);
+    expect(r.stdout).not.toContain("Pattern verification failed");
+    expect(r.stdout).toContain("read 307200/307200 bytes");
+    expect(r.code).toBe(0);
+    expect(await server.stop()).toBe(0);
+    expect(sha256File(file)).toBe(imageSha);
+
+    const out = path.join(dir, "merged.raw");
+    expect(runCli(["restore", file, "--overlay", overlayFile, "-o", out]).code).toBe(0);
+    const merged = fs.readFileSync(out);
+    expect(merged.subarray(1 << 20, (1 << 20) + 300 * 1024).every((b) => b === 0xab)).toBe(true);
+    expect(merged.subarray(2 << 20, (2 << 20) + 65536).every((b) => b === 0)).toBe(true);
+    const original = restored(file);
+    expect(equalBytes(merged.subarray(0, 1 << 20), original.subarray(0, 1 << 20))).toBe(true);
+  }, 60_000);
+
+  test("mkfs.ext4 and e2fsck -fy on an overlay export (nbd-client where /dev/nbd0 exists, else nbdfuse)", async () => {
+    const nbdDevice = fs.existsSync("/sys/block/nbd0") && which("nbd-client") && process.getuid?.() === 0;
+    const missing = !which("mkfs.ext4") || !which("e2fsck") ? "e2fsprogs is not installed" : !nbdDevice && !which("nbdfuse") ? "neither the nbd module nor nbdfuse (apt: nbdfuse) is here" : !fs.existsSync("/dev/fuse") && !nbdDevice ? "/dev/fuse is missing" : undefined;
+    if (missing) return console.log(`skipped: ${missing}`);
+    const dir = tempDir();
+    const file = path.join(dir, "ext4.ext4-ptcl-img");
+    fs.copyFileSync(fixture("ext4.ext4-ptcl-img"), file);
+    const imageSha = sha256File(file);
+    const overlayFile = path.join(dir, "fs.ovl");
+    const server = await serveCli(file, ["--overlay", overlayFile]);
+    const mnt = path.join(dir, "mnt");
+    fs.mkdirSync(mnt);
+    let device: string;
+    let fuse: ReturnType<typeof Bun.spawn> | undefined;
+    if (nbdDevice) {
+      device = "/dev/nbd0";
+      expect((await spawnTool(["nbd-client", "-unix", server.uri.split("socket=")[1]!, device])).code).toBe(0);
+    } else {
+      fuse = Bun.spawn(["nbdfuse", mnt, server.uri], { stdout: "ignore", stderr: "pipe" });
+      device = path.join(mnt, "nbd");
+      for (let i = 0; i < 200 && !fs.existsSync(device); i++) await Bun.sleep(25);
+    }
+    try {
+      // the image's own file system first: fsck through the overlay finds it clean
+      let r = await spawnTool(["e2fsck", "-fy", device]);
+      expect(r.code).toBe(0);
+      r = await spawnTool(["mkfs.ext4", "-F", "-q", "-L", "overlaid", "-U", "11111111-2222-3333-4444-555555555555", device]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      r = await spawnTool(["e2fsck", "-fy", device]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain("overlaid");
+    } finally {
+      if (nbdDevice) await spawnTool(["nbd-client", "-d", device]);
+      else {
+        spawnSync("fusermount3", ["-u", mnt]);
+        await fuse?.exited;
+      }
+    }
+    expect(await server.stop()).toBe(0);
+    expect(sha256File(file)).toBe(imageSha);
+    // the new file system is in the overlay, and restore --overlay writes it
+    const out = path.join(dir, "merged.raw");
+    expect(runCli(["restore", file, "--overlay", overlayFile, "-o", out]).code).toBe(0);
+    const r = await spawnTool(["e2fsck", "-fn", out]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("overlaid");
+  }, 120_000);
+
+  test("150 clients asking for 4 × 4 MiB and never reading: the server's memory stays bounded and comes back", async () => {
+    if (!which("python3")) return console.log("skipped: python3 is needed for the stalled clients");
+    // a volume that is nearly all data: zeros the server never writes cost no memory and would hide a leak
+    const server = await serveCli(fixture("ntfs.ntfsclone-img"), ["--max-connections", "200"]);
+    const pid = server.proc.pid;
+    const memory = (field: "VmRSS" | "VmHWM") => Number(new RegExp(`${field}:\\s*(\\d+) kB`).exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+    const before = memory("VmRSS");
+    const stall = Bun.spawn(["python3", path.join(import.meta.dir, "stalled-nbd-clients.py"), server.uri.split("socket=")[1]!, "150", String(4 << 20), "4", "3"], { stdout: "pipe", stderr: "pipe" });
+    try {
+      const reader = stall.stdout.getReader();
+      let text = "";
+      const until = async (word: string) => {
+        while (!text.includes(word)) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          text += new TextDecoder().decode(value);
+        }
+      };
+      await until("stalled 150\n");
+      await Bun.sleep(1500);
+      expect(text).toContain("stalled 150");
+      const peak = memory("VmHWM");
+      // 150 whole 4 MiB replies would be 600 MiB (the server before pieces took 360 MiB more); a piece each is 150 × 256 KiB
+      console.log(`stalled clients: RSS before ${(before / 2 ** 20).toFixed(0)} MiB, peak ${(peak / 2 ** 20).toFixed(0)} MiB`);
+      expect(peak - before).toBeLessThan(120 * 2 ** 20);
+      await until("closed");
+      expect(text).toContain("closed");
+      await Bun.sleep(2000);
+      const after = memory("VmRSS");
+      console.log(`stalled clients: RSS after they went ${(after / 2 ** 20).toFixed(0)} MiB`);
+      expect(after - before).toBeLessThan(40 * 2 ** 20);
+    } finally {
+      stall.kill("SIGKILL");
+      expect(await server.stop()).toBe(0);
+    }
+  }, 60_000);
 });

@@ -5,12 +5,14 @@ import { restoreImageInterruptibly } from "../commands/restore.ts";
 import { verifyImage } from "../commands/verify.ts";
 import { EXIT, UsageError, withCommas } from "../errors.ts";
 import { openImage } from "../formats/detect.ts";
-import type { ImageInfo } from "../formats/image.ts";
+import type { Image, ImageInfo } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { Progress } from "../output/progress.ts";
 import { writeFully } from "../output/writer.ts";
 import { diskArg, diskCat, diskInfo, diskInputOf, diskRestore, diskVerify, partitionArg } from "./disk-input.ts";
 import { BUILD_SEEK_INDEX, guard, parseBytes } from "./run.ts";
+import { identityVolume, openOverlay, type OverlayVolume } from "../volume/overlay.ts";
+import { imageIdentity } from "../volume/volume.ts";
 
 const imageArg = { type: "positional", description: "image file, any piece of a split set, - for stdin, a Clonezilla image folder or a raw disk image (DISK@N: one partition)", required: true } as const;
 
@@ -66,6 +68,7 @@ export const restoreCommand = defineCommand({
     force: { type: "boolean", description: "overwrite an existing output" },
     verify: { type: "boolean", default: true, description: "check checksums on the way", negativeDescription: "do not check checksums" },
     "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
+    overlay: { type: "string", description: "merge the changes kept in this overlay file (serve/mount --overlay)" },
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
     partition: partitionArg,
     disk: diskArg,
@@ -77,12 +80,15 @@ export const restoreCommand = defineCommand({
       if (disk) return diskRestore(disk, args);
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
       const image = openImage(args.image);
+      let overlay: OverlayVolume | undefined;
       try {
+        if (args.overlay !== undefined) overlay = openRestoreOverlay(args.overlay, image);
         const started = performance.now();
         const r = await restoreImageInterruptibly(image, args.output, {
           input: args.image,
           // for a file system whose O_TMPFILE misbehaves: write a visible OUT.partial instead
           unnamed: process.env.IMGTOOL_TMPFILE === "0" ? false : undefined,
+          overlay,
           sparse: args.sparse,
           force: args.force,
           verify: args.verify,
@@ -96,10 +102,18 @@ export const restoreCommand = defineCommand({
           );
         }
       } finally {
+        overlay?.close();
         image.close();
       }
     }),
 });
+
+/** The overlay restore merges: it must exist and must have been made for this image. */
+function openRestoreOverlay(file: string, image: Image): OverlayVolume {
+  const { deviceSize, blockSize, pieces } = image.info;
+  const identity = identityVolume(pieces[0] ?? file, deviceSize, blockSize, imageIdentity(image));
+  return openOverlay(file, identity, { inputs: pieces, mustExist: true });
+}
 
 export const verifyCommand = defineCommand({
   meta: { name: "verify", description: "Check every checksum and count in the image (like partclone.chkimg)" },

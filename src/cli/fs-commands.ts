@@ -1,31 +1,32 @@
 import fs from "node:fs";
 import { defineCommand } from "citty";
 import { EXIT, UsageError, printable, withCommas } from "../errors.ts";
-import { openImage } from "../formats/detect.ts";
 import { extractTree, joinPath, resolveFollowing } from "../fs/extract.ts";
 import type { DirEntry, FileSystem, FsNode } from "../fs/filesystem.ts";
 import { escapeName, jsonEntry, longLine } from "../fs/listing.ts";
 import { type OpenFsOptions, openFileSystem } from "../fs/open.ts";
 import { splitPath } from "../fs/path.ts";
-import { imageVolume } from "../volume/volume.ts";
-import { BUILD_SEEK_INDEX, guard, refuseWithoutRandomAccess } from "./run.ts";
+import { diskArg, partitionArg } from "./disk-input.ts";
+import { openInputVolume } from "./input-volume.ts";
+import { guard } from "./run.ts";
 
-const imageArg = { type: "positional", description: "image (any piece of a split set) with random access", required: true } as const;
+const imageArg = { type: "positional", description: "image (any piece of a split set; compressed ones are indexed on first use), or a disk (Clonezilla folder, raw disk) with --partition or DISK@N", required: true } as const;
 const fsArgs = {
+  partition: partitionArg,
+  disk: diskArg,
   codepage: { type: "string", description: "FAT: code page of 8.3 names (default cp437; cp850, or a label like ibm866)" },
   debug: { type: "boolean", description: "show stack traces of errors" },
 } as const;
 
-/** The file system inside IMG, read through the image's random access (the one place `--partition` will plug in). */
-function openImageFileSystem(input: string, command: string, options: OpenFsOptions): FileSystem {
-  const image = openImage(input, input === "-" ? {} : BUILD_SEEK_INDEX);
+/** The file system inside IMG (an image, a disk's partition with --partition or DISK@N), read at random. */
+function openImageFileSystem(input: string, command: string, args: { partition?: string; disk?: string; codepage?: string }): FileSystem {
+  const { volume } = openInputVolume(input, command, args);
   try {
-    refuseWithoutRandomAccess(image, input, command);
-    const fsys = openFileSystem(imageVolume(image), options);
+    const fsys = openFileSystem(volume, fsOptions(args));
     for (const w of fsys.warnings ?? []) process.stderr.write(`imgtool: ${input}: warning: ${w}\n`);
     return fsys;
   } catch (e) {
-    image.close();
+    volume.close();
     throw e;
   }
 }
@@ -60,7 +61,7 @@ export const lsCommand = defineCommand({
   },
   run: ({ args }) =>
     guard(() => {
-      const fsys = openImageFileSystem(args.image, "ls", fsOptions(args));
+      const fsys = openImageFileSystem(args.image, "ls", args);
       try {
         const path = pathBytes(args.path ?? "/");
         const node = fsys.lookup(path);
@@ -143,7 +144,7 @@ export const getCommand = defineCommand({
   },
   run: ({ args }) =>
     guard(() => {
-      const fsys = openImageFileSystem(args.image, "get", fsOptions(args));
+      const fsys = openImageFileSystem(args.image, "get", args);
       try {
         const node = resolveFollowing(fsys, pathBytes(args.path));
         if (!node) throw new UsageError(`${args.path}: no such file in the image`);
@@ -175,7 +176,7 @@ export const extractCommand = defineCommand({
     guard(() => {
       const paths = (args._ as string[]).slice(1);
       const sources = (paths.length > 0 ? paths : ["/"]).map(pathBytes);
-      const fsys = openImageFileSystem(args.image, "extract", fsOptions(args));
+      const fsys = openImageFileSystem(args.image, "extract", args);
       try {
         const summary = extractTree(fsys, sources, args.output, {
           force: args.force === true,

@@ -2,20 +2,20 @@ import fs from "node:fs";
 import path from "node:path";
 import { defineCommand } from "citty";
 import { UsageError } from "../errors.ts";
-import { openImage } from "../formats/detect.ts";
-import type { Image } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { mountVolume } from "../serve/fuse.ts";
-import { diskInputOf, partitionArg, diskArg } from "./disk-input.ts";
-import { mountDisk } from "./disk-serve.ts";
-import { BUILD_SEEK_INDEX, guard, refuseWithoutRandomAccess } from "./run.ts";
+import { openOverlay, type OverlayVolume } from "../volume/overlay.ts";
+import { diskArg, partitionArg } from "./disk-input.ts";
+import { openInputVolume } from "./input-volume.ts";
+import { guard } from "./run.ts";
 
 export const mountCommand = defineCommand({
-  meta: { name: "mount", description: "Show the restored volume as one read-only file in a FUSE mount, without restoring it" },
+  meta: { name: "mount", description: "Show the restored volume as one file in a FUSE mount without restoring it: read-only, or writable through an overlay file" },
   args: {
     image: { type: "positional", description: "image file or any piece of a split set (a compressed one is indexed on first use)", required: true },
     mountpoint: { type: "positional", description: "an existing directory", required: true },
     name: { type: "string", description: "the file's name in the mount (default: the image's name plus .raw)" },
+    overlay: { type: "string", description: "make the file writable: writes go to this file (created if missing), never to the image" },
     "allow-other": { type: "boolean", description: "let other users read it too (root, or user_allow_other in /etc/fuse.conf)" },
     partition: partitionArg,
     disk: diskArg,
@@ -25,24 +25,26 @@ export const mountCommand = defineCommand({
     guard(() => {
       if (args.name !== undefined) checkFileName(args.name);
       checkMountpoint(args.mountpoint);
-      const disk = diskInputOf(args.image, args.partition);
-      if (disk) return mountDisk(disk, args);
-      const image = openImage(args.image, BUILD_SEEK_INDEX);
+      const input = openInputVolume(args.image, "mount", { partition: args.partition, disk: args.disk });
+      let overlay: OverlayVolume | undefined;
       try {
-        refuseWithoutRandomAccess(image, args.image, "mount");
-        // builds the block index now, so that a damaged image fails before anything is mounted
-        image.read!(0, 0);
-        const name = args.name ?? defaultFileName(image);
+        const name = args.name ?? `${input.baseName}.raw`;
         const mountpoint = path.resolve(args.mountpoint);
-        mountVolume(image, mountpoint, {
+        if (args.overlay !== undefined) overlay = openOverlay(args.overlay, input.volume, { inputs: input.inputs });
+        mountVolume(input.volume, mountpoint, {
           name,
+          source: input.source,
+          mtimeMs: input.mtimeMs,
+          writable: overlay,
           allowOther: args["allow-other"] === true,
           // fs.writeSync: the event loop does not run again until the mount is gone
-          onMounted: () => fs.writeSync(1, `${mountedLine(mountpoint, name, image.info.deviceSize)}\n`),
-          onReadError: (e) => fs.writeSync(2, `imgtool: reading ${name}: ${(e as Error).message} (the reader got EIO)\n`),
+          onMounted: () => fs.writeSync(1, `${mountedLine(mountpoint, name, input.volume.size, overlay)}\n`),
+          onReadError: (e) => fs.writeSync(2, `imgtool: ${name}: ${(e as Error).message} (the caller got EIO)\n`),
         });
       } finally {
-        image.close();
+        // an overlay flushes what it holds on close
+        overlay?.close();
+        input.close();
       }
     }),
 });
@@ -58,25 +60,21 @@ function checkMountpoint(mountpoint: string): void {
   try {
     stat = fs.statSync(mountpoint);
   } catch (e) {
-    throw new UsageError(`${mountpoint}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory; create it first" : (e as Error).message}`);
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOTCONN") throw new UsageError(`${mountpoint}: a dead FUSE mount is there (its server was killed); remove it with fusermount3 -u ${mountpoint}`);
+    throw new UsageError(`${mountpoint}: ${code === "ENOENT" ? "no such directory; create it first" : (e as Error).message}`);
   }
   if (!stat.isDirectory()) throw new UsageError(`${mountpoint}: not a directory`);
 }
 
 /** The image's file name plus .raw, without the suffix that numbers a piece (.aa of a split set, .000 of partimage). */
-function defaultFileName(image: Image): string {
-  const { format, pieces } = image.info;
-  const first = path.basename(pieces[0]!);
-  const pieceSuffix = format === "partimage" ? /\.\d{3}$/ : pieces.length > 1 ? /\.[a-z]+$/ : undefined;
-  return `${pieceSuffix ? first.replace(pieceSuffix, "") : first}.raw`;
-}
-
 /**
  * Commands that read the volume at any offset (serve, mount) need an uncompressed regular file:
  * one clear line saying what to do instead.
  */
 
-export function mountedLine(mountpoint: string, name: string, size: number): string {
+function mountedLine(mountpoint: string, name: string, size: number, overlay: OverlayVolume | undefined): string {
   const file = path.join(mountpoint, name);
-  return `mounted ${file} (${humanSize(size)}, read-only) until unmounted; unmount with: fusermount3 -u ${mountpoint} (or Ctrl-C here)`;
+  const mode = overlay ? `writable, changes in ${overlay.file}${overlay.created ? " (new)" : ""}` : "read-only";
+  return `mounted ${file} (${humanSize(size)}, ${mode}) until unmounted; unmount with: fusermount3 -u ${mountpoint} (or Ctrl-C here)`;
 }

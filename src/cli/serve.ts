@@ -2,20 +2,20 @@ import fs from "node:fs";
 import path from "node:path";
 import { defineCommand } from "citty";
 import { UsageError } from "../errors.ts";
-import { openImage } from "../formats/detect.ts";
 import { humanSize } from "../formats/units.ts";
-import { imageExport } from "../serve/image-export.ts";
-import { serveNbd, type NbdServer } from "../serve/nbd.ts";
-import { diskInputOf, partitionArg, diskArg } from "./disk-input.ts";
-import { serveDisk } from "./disk-serve.ts";
-import { BUILD_SEEK_INDEX, guard, refuseWithoutRandomAccess } from "./run.ts";
+import { diskArg, partitionArg } from "./disk-input.ts";
+import { openInputVolume } from "./input-volume.ts";
+import { volumeExport } from "../serve/image-export.ts";
+import { DEFAULT_MAX_CONNECTIONS, serveNbd, type NbdServer } from "../serve/nbd.ts";
+import { openOverlay, type OverlayVolume } from "../volume/overlay.ts";
+import { guard } from "./run.ts";
 
 /** the IANA port of NBD */
 const NBD_PORT = 10809;
 const LOOPBACK = "127.0.0.1";
 
 export const serveCommand = defineCommand({
-  meta: { name: "serve", description: "Export the restored volume read-only over NBD, without restoring it" },
+  meta: { name: "serve", description: "Export the restored volume over NBD without restoring it: read-only, or writable through an overlay file" },
   args: {
     image: { type: "positional", description: "image file or any piece of a split set (a compressed one is indexed on first use)", required: true },
     port: { type: "string", description: `TCP port (default ${NBD_PORT}; 0 picks a free one)` },
@@ -24,39 +24,51 @@ export const serveCommand = defineCommand({
     "export-name": { type: "string", description: "the export's name (default: the image's file name; the empty name always works)" },
     partition: partitionArg,
     disk: diskArg,
+    overlay: { type: "string", description: "make the export writable: writes go to this file (created if missing), never to the image" },
+    "max-connections": { type: "string", description: `clients served at once; more are refused with a reason (default ${DEFAULT_MAX_CONNECTIONS})` },
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
     guard(async () => {
       const port = parsePort(args.port);
       if (args.socket !== undefined && fs.existsSync(args.socket)) throw new UsageError(`--socket: ${args.socket} exists; remove it first`);
-      const disk = diskInputOf(args.image, args.partition);
-      if (disk) return serveDisk(disk, args, port);
-      const image = openImage(args.image, BUILD_SEEK_INDEX);
-      let server: NbdServer | undefined;
+      const maxConnections = parseCount(args["max-connections"], "--max-connections", DEFAULT_MAX_CONNECTIONS);
       // before listening, so that a signal right after the line below still stops it cleanly
       const signalled = untilSignal();
+      let server: NbdServer | undefined;
+      let overlay: OverlayVolume | undefined;
+      const input = openInputVolume(args.image, "serve", { partition: args.partition, disk: args.disk });
       try {
-        refuseWithoutRandomAccess(image, args.image, "serve");
         const name = args["export-name"] ?? path.basename(args.image);
-        const exported = imageExport(image, name);
+        if (args.overlay !== undefined) overlay = openOverlay(args.overlay, input.volume, { inputs: input.inputs });
+        const exported = volumeExport(input.volume, name, input.description, overlay);
         const tcp = args.socket === undefined || args.port !== undefined || args.bind !== undefined;
         server = serveNbd(exported, {
           tcp: tcp ? { hostname: args.bind ?? LOOPBACK, port } : undefined,
           unix: args.socket,
+          maxConnections,
           onError: (message) => process.stderr.write(`imgtool: ${message}\n`),
         });
-        process.stdout.write(`${listeningLine(server, args.bind ?? LOOPBACK, name, exported.size)}\n`);
+        process.stdout.write(`${listeningLine(server, args.bind ?? LOOPBACK, name, input.volume.size, overlay)}\n`);
         await signalled.promise;
       } finally {
         signalled.forget();
         server?.stop();
-        image.close();
+        // an overlay flushes what it holds on close
+        overlay?.close();
+        input.close();
       }
     }),
 });
 
-export function parsePort(text: string | undefined): number {
+function parseCount(text: string | undefined, option: string, fallback: number): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1 || n > 100_000) throw new UsageError(`${option}: not a count from 1 to 100000: ${JSON.stringify(text)}`);
+  return n;
+}
+
+function parsePort(text: string | undefined): number {
   if (text === undefined) return NBD_PORT;
   const port = Number(text);
   if (!/^\d+$/.test(text) || port > 65535) throw new UsageError(`--port: not a port number: ${JSON.stringify(text)}`);
@@ -66,21 +78,22 @@ export function parsePort(text: string | undefined): number {
 /** Serving needs reads at any offset: a compressed image or a pipe must be made a plain file first. */
 
 /** Where the server listens and how a client connects, on one line. */
-export function listeningLine(server: NbdServer, bind: string, name: string, size: number): string {
+function listeningLine(server: NbdServer, bind: string, name: string, size: number, overlay: OverlayVolume | undefined): string {
   const uris: string[] = [];
   let examples = "";
   if (server.port !== undefined) {
     const host = bind.includes(":") ? `[${bind}]` : bind;
     const uri = `nbd://${host}:${server.port}`;
     uris.push(uri);
-    examples = `nbdcopy ${uri} out.img | qemu-img convert -O raw ${uri} out.img | nbd-client ${bind} ${server.port} /dev/nbd0 -readonly`;
+    examples = `nbdcopy ${uri} out.img | qemu-img convert -O raw ${uri} out.img | nbd-client ${bind} ${server.port} /dev/nbd0${overlay ? "" : " -readonly"}`;
   }
   if (server.unix !== undefined) {
     const uri = `nbd+unix:///?socket=${server.unix}`;
     uris.push(uri);
-    examples ||= `nbdcopy '${uri}' out.img | qemu-img convert -O raw 'nbd+unix:///?socket=${server.unix}' out.img | nbd-client -unix ${server.unix} /dev/nbd0 -readonly`;
+    examples ||= `nbdcopy '${uri}' out.img | qemu-img convert -O raw 'nbd+unix:///?socket=${server.unix}' out.img | nbd-client -unix ${server.unix} /dev/nbd0${overlay ? "" : " -readonly"}`;
   }
-  return `serving ${JSON.stringify(name)} (${humanSize(size)}, read-only) on ${uris.join(" and ")} until Ctrl-C; connect with: ${examples}`;
+  const mode = overlay ? `writable, changes in ${overlay.file}${overlay.created ? " (new)" : ""}` : "read-only";
+  return `serving ${JSON.stringify(name)} (${humanSize(size)}, ${mode}) on ${uris.join(" and ")} until Ctrl-C; connect with: ${examples}`;
 }
 
 /** Resolves on SIGINT or SIGTERM; `forget` puts the default handling back. */

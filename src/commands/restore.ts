@@ -2,6 +2,7 @@ import fs from "node:fs";
 import type { Image } from "../formats/image.ts";
 import { Progress } from "../output/progress.ts";
 import { openOutput, type OutputOptions, type OutputTarget } from "../output/target.ts";
+import { mergeOverlay, type OverlayVolume } from "../volume/overlay.ts";
 
 export interface RestoreOptions extends Partial<Omit<OutputOptions, "volumeSize" | "inputs">> {
   /** check checksums on the way (default true) */
@@ -10,6 +11,8 @@ export interface RestoreOptions extends Partial<Omit<OutputOptions, "volumeSize"
   progress?: boolean;
   /** how the image was named on the command line ("-" for stdin): the output must not be it */
   input?: string;
+  /** lay this overlay's changes (serve/mount --overlay) over the image's data */
+  overlay?: OverlayVolume;
 }
 
 export interface RestoreResult {
@@ -100,7 +103,8 @@ function* restoreSteps(image: Image, out: string, opts: RestoreOptions, opened: 
     opened(target);
     const progress = new Progress(usedBytes, "restore", opts.progress);
     let dataBytes = 0;
-    for (const batch of image.dataBatches({ verify: opts.verify !== false })) {
+    const batches = image.dataBatches({ verify: opts.verify !== false });
+    for (const batch of opts.overlay ? mergeOverlay(batches, opts.overlay) : batches) {
       target.writer.writeBatch(batch);
       for (const run of batch) dataBytes += run.data.length;
       progress.update(dataBytes);

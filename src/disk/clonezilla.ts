@@ -363,7 +363,7 @@ function partitionContent(listing: FolderListing, name: string, size: number, is
     const pieces = image.pieces;
     // sdXN.dd-img and sdXN.dd-ptcl-img hold partclone.dd output or, with -q1, the raw bytes of dd
     if ((image.tool === "dd" || image.fs === "dd") && !holdsImageFormat(pieces[0]!)) return { kind: "dd", pieces, open: () => openRawStream(pieces[0]!) };
-    return { kind: "image", pieces, fs: image.fs, tool: image.tool, open: () => openImage(pieces[0]!) };
+    return { kind: "image", pieces, fs: image.fs, tool: image.tool, open: (opts) => openImage(pieces[0]!, opts) };
   }
   if (listing.has(swapInfo)) {
     const info = parseSwapInfo(listing.text(swapInfo, 4096)!, listing.path(swapInfo));

@@ -1,13 +1,14 @@
 import fs from "node:fs";
 import { ImageError, UsageError } from "../errors.ts";
 import type { Image } from "../formats/image.ts";
+import type { OpenOptions } from "../source/open.ts";
 import { checkRange, type Extent, imageVolume, type Volume } from "../volume/volume.ts";
 import { ntfsBackupBootSector } from "./ntfs-boot.ts";
 
 /** What a partition of a disk holds, as far as the backup knows. */
 export type PartitionContent =
   /** a partclone/ntfsclone/partimage image (any compression, split or not) */
-  | { kind: "image"; pieces: string[]; fs: string; tool: string; open(): Image }
+  | { kind: "image"; pieces: string[]; fs: string; tool: string; open(opts?: OpenOptions): Image }
   /** a raw `dd` of the partition, maybe compressed (Clonezilla's sdXN.dd-img) */
   | { kind: "dd"; pieces: string[]; open(): RawStream }
   /** not imaged: its first page written from the saved UUID and label */
@@ -271,7 +272,8 @@ export function partitionVolume(layout: DiskLayout, p: DiskPartition): Volume {
       return raw;
     }
     case "image": {
-      const image = c.open();
+      // read at random: a compressed image through its seek index, built on first use
+      const image = c.open({ seekIndex: { mode: "build" } });
       if (!image.read) {
         image.close();
         throw new UsageError(`${p.name}: ${c.pieces[0]} has no random access (${image.info.compression.join(" inside ") || "not seekable"}); decompress it or use imgtool restore`);

@@ -27,6 +27,26 @@ export class UsedBitmap {
     return block >= 0 && block < this.totalBlocks && i < this.bytes.length && (this.bytes[i]! & (1 << (block & 7))) !== 0;
   }
 
+  /** The first block after `block` (at most `limit`) whose state differs from `block`'s; free past the bytes and past totalBlocks. */
+  runEnd(block: number, limit: number): number {
+    const used = this.isUsed(block);
+    const whole = used ? 0xff : 0;
+    const bytes = this.bytes;
+    const stop = Math.min(limit, this.totalBlocks);
+    let b = block + 1;
+    while (b < stop) {
+      const i = b >>> 3;
+      if (!used && i >= bytes.length) return limit;
+      if ((b & 7) === 0 && b + 8 <= stop && bytes[i] === whole) {
+        b += 8;
+        continue;
+      }
+      if (this.isUsed(b) !== used) return b;
+      b++;
+    }
+    return used ? stop : limit;
+  }
+
   set(block: number): void {
     const i = Math.floor(block / 8);
     if (i >= this.bytes.length) this.grow(i + 1);
@@ -95,6 +115,9 @@ class FullBitmap extends UsedBitmap {
   }
   override isUsed(block: number): boolean {
     return block >= 0 && block < this.totalBlocks;
+  }
+  override runEnd(block: number, limit: number): number {
+    return block < this.totalBlocks ? Math.min(limit, this.totalBlocks) : limit;
   }
   override set(): void {}
   override setRange(): void {}

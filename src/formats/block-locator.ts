@@ -46,8 +46,14 @@ export class BlockLocator {
 
   /** Volume bytes [offset, offset+length), unused blocks as zeros, clipped to the volume size. */
   read(source: RandomAccessSource, offset: number, length: number, volumeSize: number): Uint8Array {
-    const end = Math.min(volumeSize, offset + length);
-    const out = new Uint8Array(Math.max(0, end - offset));
+    const out = new Uint8Array(Math.max(0, Math.min(volumeSize, offset + length) - offset));
+    this.readInto(source, offset, out, volumeSize, true);
+    return out;
+  }
+
+  /** The same into `out` (its length, clipped to the volume); `zeroed`: out holds zeros already. */
+  readInto(source: RandomAccessSource, offset: number, out: Uint8Array, volumeSize: number, zeroed = false): void {
+    const end = Math.min(volumeSize, offset + out.length);
     const bs = this.blockSize;
     let pos = offset;
     while (pos < end) {
@@ -66,9 +72,9 @@ export class BlockLocator {
         if (got < bytes) throw new Error(`${source.name}: short read at offset ${at}`);
         pos += bytes;
       } else {
+        if (!zeroed) out.fill(0, pos - offset, pos - offset + n);
         pos += n;
       }
     }
-    return out;
   }
 }

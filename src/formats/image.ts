@@ -80,6 +80,8 @@ export interface Image {
   consistencyProblems?(): ImageError[];
   /** random access into the volume (unused blocks read as zeros); only where the source is seekable */
   read?(offset: number, length: number): Uint8Array;
+  /** the same into a buffer the caller reuses (no allocation per read); only where `read` is */
+  readInto?(offset: number, into: Uint8Array): void;
   close(): void;
 }
 

@@ -285,7 +285,14 @@ export class PartcloneImage extends BitmapImage {
     fields.push(f("blocksSection", "blocks_section", `at ${withCommas(this.dataStart)} ${where}`, this.dataStart));
 
     const source = stream.randomAccess;
-    if (source) this.read = (offset, length) => this.readAt(source, offset, length);
+    if (source) {
+      this.read = (offset, length) => this.readAt(source, offset, length);
+      this.readInto = (offset, into) => {
+        const locator = this.locate();
+        this.verifyStrips(locator, source, offset, into.length);
+        locator.readInto(source, offset, into, this.info.deviceSize);
+      };
+    }
     this.info = {
       format: "partclone",
       fsType: h.fsType,
@@ -397,13 +404,19 @@ export class PartcloneImage extends BitmapImage {
    * checksum stands alone (reseeded: every image since partclone 0.3 by default).
    */
   readonly read?: (offset: number, length: number) => Uint8Array;
+  readonly readInto?: (offset: number, into: Uint8Array) => void;
   /** one bit per checksum strip already found good */
   private verifiedStrips: Uint8Array | undefined;
 
-  private readAt(source: RandomAccessSource, offset: number, length: number): Uint8Array {
+  private locate(): BlockLocator {
     this.locator ??= new BlockLocator(this.bitmap, this.header.blockSize, this.dataStart, this.header.checksum === "NONE" ? 0 : this.checksumSize, this.header.blocksPerChecksum);
-    this.verifyStrips(this.locator, source, offset, length);
-    return this.locator.read(source, offset, length, this.info.deviceSize);
+    return this.locator;
+  }
+
+  private readAt(source: RandomAccessSource, offset: number, length: number): Uint8Array {
+    const locator = this.locate();
+    this.verifyStrips(locator, source, offset, length);
+    return locator.read(source, offset, length, this.info.deviceSize);
   }
 
   private verifyStrips(locator: BlockLocator, source: RandomAccessSource, offset: number, length: number): void {

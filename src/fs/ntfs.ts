@@ -152,6 +152,7 @@ class NtfsFileSystem implements FileSystem {
 
   close(): void {
     this.mount.close();
+    this.volume.close();
   }
 
   /** The entries ntfs-3g lists: no DOS names, no "." or "..", no system files but the root's own. */
