@@ -6,7 +6,7 @@ import { type LoadedIndex, type StoredPoint, seekPointOf } from "./index-file.ts
 /** Decoded bytes are cached in spans of this size, aligned to it. */
 export const SPAN_BYTES = 1 << 20;
 /** Spans kept (LRU): with the decoders' windows and buffers, well under 128 MiB in all. */
-const CACHED_SPANS = 12;
+const CACHED_SPANS = 8;
 /** Live decoders kept: several readers (nbdcopy's connections) each going forward in their own region. */
 const CURSORS = 2;
 /**
@@ -15,7 +15,7 @@ const CURSORS = 2;
  */
 const KEEP_SKIPPED = 4 * SPAN_BYTES;
 const SKIP_BYTES = 1 << 20;
-const GC_EVERY_SPANS = 32;
+const GC_EVERY_SPANS = 16;
 
 /** A decoder resumed at a point, and how far it has got. */
 interface Cursor {
