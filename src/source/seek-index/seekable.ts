@@ -2,6 +2,7 @@ import { ImageError, type Location } from "../../errors.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { SeekCodec } from "./codec.ts";
 import { type LoadedIndex, type StoredPoint, seekPointOf } from "./index-file.ts";
+import { collectIfLarge } from "./memory.ts";
 
 /** Decoded bytes are cached in spans of this size, aligned to it. */
 export const SPAN_BYTES = 1 << 20;
@@ -110,7 +111,7 @@ export class SeekableSource implements RandomAccessSource {
     this.stats.spansDecoded++;
     // the decoders' and the readers' buffers are garbage soon, but a lazy collector lets tens of MiB
     // of them pile up: collect now and then so the reader's memory stays bounded
-    if (this.stats.spansDecoded % GC_EVERY_SPANS === 0) Bun.gc(true);
+    if (this.stats.spansDecoded % GC_EVERY_SPANS === 0) collectIfLarge();
     this.cache.set(first, bytes);
     if (this.cache.size > CACHED_SPANS) {
       const oldest = this.cache.keys().next().value!;
