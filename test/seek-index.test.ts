@@ -335,6 +335,17 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     expect(cat.stdout.length).toBe(1 << 20);
     expect(fs.statSync(built.path).mtimeMs).toBe(before);
     expect(fs.readdirSync(path.join(cache, "imgtool"))).toEqual([path.basename(built.path)]);
+    // no cache it can write either: an index in memory for this run only
+    fs.rmSync(built.path);
+    const closed = tempDir();
+    fs.chmodSync(closed, 0o755);
+    const r2 = spawnSync("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, CLI, "cat", file, "--length", "1M"], {
+      env: { ...process.env, XDG_CACHE_HOME: closed, HOME: "/nonexistent" },
+    });
+    expect(r2.stderr.toString()).toBe("");
+    expect(r2.stdout.length).toBe(1 << 20);
+    expect(fs.readdirSync(closed)).toEqual([]);
+    expect(sha256(r2.stdout)).toBe(sha256(cat.stdout));
     fs.chmodSync(dir, 0o755);
   });
 

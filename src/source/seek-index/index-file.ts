@@ -278,6 +278,42 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
   }
 }
 
+/**
+ * An index kept in memory only, for a run that can write it nowhere (a read-only image directory and
+ * no writable cache): the windows stay packed, so it takes about what the file would.
+ */
+export function memoryIndex(index: CodecIndex, compression: Compression, compressedSize: number, spacing: number): LoadedIndex {
+  const windows: Uint8Array[] = [];
+  const points: StoredPoint[] = index.points.map((p, i) => {
+    const packed = p.packedWindowSize !== undefined;
+    const stored = packed || p.window.length === 0 ? p.window : zstdCompress(p.window, WINDOW_PACK_LEVEL);
+    windows.push(stored);
+    return {
+      decoded: p.decoded,
+      compressed: p.compressed,
+      bits: p.bits,
+      windowOffset: i,
+      windowStored: stored.length,
+      windowSize: packed ? p.packedWindowSize! : p.window.length,
+      windowHash: "",
+      extra: p.extra,
+      verifiedEnd: p.verifiedEnd,
+    };
+  });
+  return {
+    path: "(memory)",
+    compression,
+    decodedSize: index.decodedSize,
+    compressedSize,
+    spacing,
+    notResumable: index.notResumable,
+    points,
+    bytes: windows.reduce((n, w) => n + w.length, 0),
+    window: (p) => (p.windowStored === 0 ? new Uint8Array(0) : zstdDecompress(windows[p.windowOffset]!, p.windowSize, { file: "seek index in memory" })),
+    close() {},
+  };
+}
+
 /** A stored point as a codec's resume wants it (the window read from the file and unpacked). */
 export function seekPointOf(index: LoadedIndex, p: StoredPoint): SeekPoint {
   return { decoded: p.decoded, compressed: p.compressed, bits: p.bits, window: index.window(p), extra: p.extra, verifiedEnd: p.verifiedEnd };

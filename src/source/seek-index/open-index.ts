@@ -4,7 +4,7 @@ import type { RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
 import type { SeekCodec } from "./codec.ts";
 import { seekCodecs } from "./codecs.ts";
-import { currentKey, indexPaths, type LoadedIndex, readIndex, writeIndex } from "./index-file.ts";
+import { currentKey, indexPaths, type LoadedIndex, memoryIndex, readIndex, writeIndex } from "./index-file.ts";
 import { SeekableSource } from "./seekable.ts";
 
 /** build: use the index or build it; use-if-present: only an index already there; never: read in order. */
@@ -42,6 +42,16 @@ export function seekCodecFor(compression: Compression): SeekCodec | undefined {
 
 /** Build the index of `raw` and write it where it belongs; what was built. */
 export function buildSeekIndex(raw: RandomAccessSource, pieces: string[], codec: SeekCodec, opts: { spacing?: number; progress?: boolean }): BuiltIndex {
+  return buildAndKeep(raw, pieces, codec, opts).built;
+}
+
+/** Build the index and write it beside the image, else in the cache; `kept` when neither can be written. */
+function buildAndKeep(
+  raw: RandomAccessSource,
+  pieces: string[],
+  codec: SeekCodec,
+  opts: { spacing?: number; progress?: boolean; keepInMemory?: boolean },
+): { built: BuiltIndex; kept?: LoadedIndex } {
   const spacing = opts.spacing ?? DEFAULT_SPACING;
   const started = performance.now();
   const key = currentKey(raw, pieces);
@@ -49,19 +59,22 @@ export function buildSeekIndex(raw: RandomAccessSource, pieces: string[], codec:
   const index = codec.build(raw, { spacing, pieces, onProgress: (n) => progress.update(n) });
   progress.finish(raw.size);
   const paths = indexPaths(pieces[0]!);
-  let target = paths.preferred;
-  let bytes: number;
-  try {
-    bytes = writeIndex(target, codec.compression, index, key, raw.size, spacing);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (target === paths.cache || !(code === "EACCES" || code === "EROFS" || code === "EPERM" || code === "ENOENT")) throw e;
-    target = paths.cache;
-    bytes = writeIndex(target, codec.compression, index, key, raw.size, spacing);
+  const targets = [...new Set([paths.preferred, paths.cache])];
+  let written: { path: string; bytes: number } | undefined;
+  for (const [i, target] of targets.entries()) {
+    try {
+      written = { path: target, bytes: writeIndex(target, codec.compression, index, key, raw.size, spacing) };
+      break;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const cannotWrite = code === "EACCES" || code === "EROFS" || code === "EPERM" || code === "ENOENT";
+      if (!cannotWrite || (i === targets.length - 1 && !opts.keepInMemory)) throw e;
+    }
   }
-  return {
-    path: target,
-    bytes,
+  const kept = written ? undefined : memoryIndex(index, codec.compression, raw.size, spacing);
+  const built: BuiltIndex = {
+    path: written?.path ?? kept!.path,
+    bytes: written?.bytes ?? kept!.bytes,
     checkpoints: index.points.length,
     rejected: index.rejected ?? 0,
     seconds: (performance.now() - started) / 1000,
@@ -69,6 +82,7 @@ export function buildSeekIndex(raw: RandomAccessSource, pieces: string[], codec:
     compressedSize: raw.size,
     notResumable: index.notResumable,
   };
+  return { built, kept };
 }
 
 /** A valid index of `raw` as it is now, beside the image or in the cache; undefined when there is none (or it is stale). */
@@ -93,8 +107,8 @@ export function openSeekable(raw: RandomAccessSource, pieces: string[], compress
   let index = opts.rebuild ? undefined : findSeekIndex(raw, pieces, compression);
   if (!index) {
     if (opts.mode !== "build") return undefined;
-    buildSeekIndex(raw, pieces, codec, opts);
-    index = findSeekIndex(raw, pieces, compression);
+    // where it can be written nowhere, it lives as long as this run
+    index = buildAndKeep(raw, pieces, codec, { ...opts, keepInMemory: true }).kept ?? findSeekIndex(raw, pieces, compression);
     if (!index) throw new Error(`the seek index of ${pieces[0]} was written but cannot be read back`);
   }
   if (index.notResumable && index.points.length === 1 && index.decodedSize > (index.spacing || DEFAULT_SPACING)) {

@@ -2,11 +2,12 @@ import { ImageError, type Location } from "../../errors.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { SeekCodec } from "./codec.ts";
 import { type LoadedIndex, type StoredPoint, seekPointOf } from "./index-file.ts";
+import { collectIfLarge } from "./memory.ts";
 
 /** Decoded bytes are cached in spans of this size, aligned to it. */
 export const SPAN_BYTES = 1 << 20;
 /** Spans kept (LRU): with the decoders' windows and buffers, well under 128 MiB in all. */
-const CACHED_SPANS = 12;
+const CACHED_SPANS = 8;
 /** Live decoders kept: several readers (nbdcopy's connections) each going forward in their own region. */
 const CURSORS = 2;
 /**
@@ -15,7 +16,7 @@ const CURSORS = 2;
  */
 const KEEP_SKIPPED = 4 * SPAN_BYTES;
 const SKIP_BYTES = 1 << 20;
-const GC_EVERY_SPANS = 32;
+const GC_EVERY_SPANS = 16;
 
 /** A decoder resumed at a point, and how far it has got. */
 interface Cursor {
@@ -110,7 +111,7 @@ export class SeekableSource implements RandomAccessSource {
     this.stats.spansDecoded++;
     // the decoders' and the readers' buffers are garbage soon, but a lazy collector lets tens of MiB
     // of them pile up: collect now and then so the reader's memory stays bounded
-    if (this.stats.spansDecoded % GC_EVERY_SPANS === 0) Bun.gc(true);
+    if (this.stats.spansDecoded % GC_EVERY_SPANS === 0) collectIfLarge();
     this.cache.set(first, bytes);
     if (this.cache.size > CACHED_SPANS) {
       const oldest = this.cache.keys().next().value!;

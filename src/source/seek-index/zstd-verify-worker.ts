@@ -2,6 +2,7 @@
 // span from the candidate alone while the build's pass goes on (see zstd-verify.ts).
 import { openRaw } from "../open.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
+import { collectIfLarge } from "./memory.ts";
 import { ANSWER_BYTES, SpanVerifier, VCTL, VMESSAGE_BYTES, VSTATE, type WorkerJob } from "./zstd-verify.ts";
 
 declare const self: Worker;
@@ -45,8 +46,8 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: strin
     answer[2] = packed.length;
     Atomics.add(ctl, VCTL.done, 1);
     Atomics.notify(ctl, VCTL.done);
-    // each job leaves a few MiB of decoder buffers behind: collect them before the next
-    Bun.gc(true);
+    // each job leaves a few MiB of decoder buffers behind
+    collectIfLarge();
   } catch (e) {
     fail(e);
   }

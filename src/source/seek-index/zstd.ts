@@ -4,6 +4,7 @@ import { Xxh64State } from "../../../native/xxhash.ts";
 import { ZSTD_INPUT, ZstdDecoder, zstdError, zstdLibrary } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
+import { collectIfLarge } from "./memory.ts";
 import { SpliceSource } from "./splice.ts";
 import { BLOCK_SIZE_MAX, parseFrameHeader, resumeHeader, skippableFrameSize } from "./zstd-frame.ts";
 import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
@@ -174,7 +175,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
           spanHash: digest.slice(),
         };
         verifier.submit(job);
-        Bun.gc(true);
+        collectIfLarge();
         const { window: _w, ...kept } = job;
         sent.push({ job: kept, frameIndex });
         candidate = undefined;
