@@ -89,11 +89,14 @@ function main() {
   fs.rmSync(restored, { force: true });
   sh(`${process.execPath} ${CLI} restore ${img} -o ${restored} -q`);
   const size = fs.statSync(restored).size;
-  const commands = [
+  const commands: [string, string][] = [
     ["imgtool restore IMG -o - | sha256sum", `${process.execPath} ${CLI} restore ${img} -o - | sha256sum`],
     ["sha256sum FILE (the restored file)", `sha256sum ${restored}`],
     ["cat FILE | sha256sum (pipe floor)", `cat ${restored} | sha256sum`],
-  ] as const;
+  ];
+  // BENCH_PIPE_BASELINE=DIR: the same pipe through another checkout of imgtool (e.g. before a change)
+  const baseline = process.env.BENCH_PIPE_BASELINE;
+  if (baseline) commands.push([`baseline ${baseline}: restore -o - | sha256sum`, `${process.execPath} ${path.join(baseline, "src", "cli", "main.ts")} restore ${img} -o - | sha256sum`]);
   const timings = timedInTurns(commands.map(([, cmd]) => cmd));
   const rows = commands.map(([name], k) => ({ name, ...timings[k]! }));
   fs.rmSync(restored);
