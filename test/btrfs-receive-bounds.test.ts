@@ -37,12 +37,22 @@ function encodedWrite(fileOffset: number, unencodedLen: number | bigint, compres
   ];
 }
 
+/**
+ * Runs the command given in PEAK_RSS_ARGV and prints its exit code, stderr and peak RSS: from a
+ * fresh process, whose children's rusage holds this one child only (the test runner's holds every
+ * child it ever ran).
+ */
+const PEAK_RSS = `const r = Bun.spawnSync(JSON.parse(process.env.PEAK_RSS_ARGV), { stdout: "ignore", stderr: "pipe" });
+process.stdout.write(JSON.stringify({ code: r.exitCode, stderr: r.stderr.toString(), maxRssKb: r.resourceUsage.maxRSS }));`;
+
 /** The CLI on a stream: exit code, stderr, peak RSS in KiB. */
 function receive(bytes: Uint8Array, dir = tempDir()) {
   const file = path.join(tempDir(), "stream.btrfs-send");
   fs.writeFileSync(file, bytes);
-  const r = Bun.spawnSync([process.execPath, CLI, "btrfs-receive", "-q", file, dir], { stdout: "pipe", stderr: "pipe" });
-  return { code: r.exitCode, stderr: r.stderr.toString(), maxRssKb: r.resourceUsage.maxRSS, dir, file };
+  const argv = [process.execPath, CLI, "btrfs-receive", "-q", file, dir];
+  const r = Bun.spawnSync([process.execPath, "-e", PEAK_RSS], { stdout: "pipe", stderr: "inherit", env: { ...process.env, PEAK_RSS_ARGV: JSON.stringify(argv) } });
+  const { code, stderr, maxRssKb } = JSON.parse(r.stdout.toString()) as { code: number; stderr: string; maxRssKb: number };
+  return { code, stderr, maxRssKb, dir, file };
 }
 
 describe("btrfs-receive: encoded_write is bounded as btrfs bounds an extent (BTRFS_MAX_UNCOMPRESSED, 128 KiB)", () => {
