@@ -3,7 +3,7 @@
  * allocation, in bounded memory (peak RSS of the CLI, measured); ids out of range; and xattrs the
  * destination file system refuses (a small ext4 loop mount), which must not stop the receive.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test as bunTest } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { deflateSync } from "node:zlib";
@@ -12,6 +12,12 @@ import { Attr, Cmd, EncodedCompression } from "../src/btrfs/protocol.ts";
 import { EXIT } from "../src/errors.ts";
 import { CLI, tempDir, which } from "./helpers.ts";
 import { type Attribute, SendStreamWriter, bytesOf, u32, u64 } from "./send-stream-writer.ts";
+
+// each test runs the CLI (a second or more on a loaded machine), some several times
+const TIMEOUT = 60_000;
+function test(name: string, body: () => void, timeout = TIMEOUT): void {
+  bunTest(name, body, timeout);
+}
 
 const UUID = new Uint8Array(16).fill(0x5a);
 const p = (v: string): Attribute => [Attr.PATH, bytesOf(v)];
@@ -178,5 +184,5 @@ describe.skipIf(skipReason !== undefined)("btrfs-receive: xattrs the destination
     expect(listXattrs(Buffer.from(path.join(mountPoint, "sv/f"))).map(([n, v]) => `${n}=${v}`)).toEqual(["user.ok=fine"]);
     // recorded as received: the data is all there
     expect(fs.existsSync(path.join(mountPoint, ".imgtool-received.json"))).toBe(true);
-  }, 60_000);
+  });
 });

@@ -7,7 +7,7 @@
  * bytes, mode, owner, times (ctime catches any change of its inode, atime a read), link counts,
  * xattrs, entries; and that the error is one line naming the command by index and the path.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, test as bunTest } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { deflateSync } from "node:zlib";
@@ -16,6 +16,12 @@ import { Attr, Cmd, EncodedCompression } from "../src/btrfs/protocol.ts";
 import { EXIT } from "../src/errors.ts";
 import { runCli, sha256, tempDir } from "./helpers.ts";
 import { type Attribute, SendStreamWriter, bytesOf, timespec, u32, u64 } from "./send-stream-writer.ts";
+
+// each test runs the CLI (a second or more on a loaded machine), some several times
+const TIMEOUT = 60_000;
+function test(name: string, body: () => void, timeout = TIMEOUT): void {
+  bunTest(name, body, timeout);
+}
 
 const ROOT = process.getuid?.() === 0;
 const UUID_A = new Uint8Array(16).fill(0xa1);
@@ -213,7 +219,7 @@ for (const [resolver, env] of [
           expect(run.code).toBe(EXIT.BAD_INPUT);
           expectOneLineError(run.stderr, 8, kind, /path goes through the symlink 'd': '[^']*' \(a received path must stay inside its subvolume\); sv is incomplete/);
           expectCanaryUntouched(s);
-        }, 20_000);
+        });
       }
     }
   });
@@ -289,7 +295,7 @@ describe("btrfs-receive containment: a final component that is a symlink to outs
     expectCanaryUntouched(s);
   });
 
-  test.skipIf(!ROOT)("a write to a device node the stream made is refused (it would write to the device)", () => {
+  bunTest.skipIf(!ROOT)("a write to a device node the stream made is refused (it would write to the device)", () => {
     const s = setup();
     const run = receive(
       s,
@@ -301,7 +307,7 @@ describe("btrfs-receive containment: a final component that is a symlink to outs
     );
     expect(run.code).toBe(EXIT.BAD_INPUT);
     expectOneLineError(run.stderr, 3, "write", /not a regular file \(a character device\): 'null'/);
-  });
+  }, TIMEOUT);
 
   test("a write to a fifo the stream made is refused at once (its open would wait for a reader)", () => {
     const s = setup();
