@@ -494,3 +494,35 @@ describe("hostile streams of test/failure/btrfs-receive: each refused with the e
     });
   }
 });
+
+describe("btrfs-receive: rename and link between two directories below the root", () => {
+  test("a/b/x → c/d/y, then a hard link c/d/y → a/b/z, then chown, chmod, utimes of both", () => {
+    const s = setup();
+    const dirs = ["a", "a/b", "c", "c/d"].map((d, i) => [Cmd.MKDIR, [p(d), ino(257 + i)]] as const);
+    let w = subvol(new SendStreamWriter(1));
+    for (const [cmd, attrs] of dirs) w = w.command(cmd, [...attrs]);
+    const stream = w
+      .command(Cmd.MKFILE, [p("a/b/x"), ino(270)])
+      .command(Cmd.WRITE, [p("a/b/x"), [Attr.FILE_OFFSET, u64(0)], [Attr.DATA, bytesOf("moved")]])
+      .command(Cmd.RENAME, [p("a/b/x"), [Attr.PATH_TO, bytesOf("c/d/y")]])
+      .command(Cmd.LINK, [p("./a/b/z"), [Attr.PATH_LINK, bytesOf("c/d/y")]])
+      .command(Cmd.CHMOD, [p("a/b/z"), [Attr.MODE, u64(0o640)]])
+      .command(Cmd.UTIMES, [p("c/d/y"), [Attr.ATIME, timespec(5)], [Attr.MTIME, timespec(6, 7)], [Attr.CTIME, timespec(0)]])
+      .command(Cmd.RMDIR, [p("c/d")])
+      .command(Cmd.END, [])
+      .bytes();
+    const run = receive(s, stream);
+    // c/d is not empty: rmdir fails with ENOTEMPTY, after everything before it was applied
+    expect(run.code).toBe(EXIT.FAILURE);
+    expectOneLineError(run.stderr, 12, "rmdir", /ENOTEMPTY: rmdir 'c\/d'/);
+    const y = fs.statSync(path.join(s.dir, "sv/c/d/y"), { bigint: true });
+    const z = fs.statSync(path.join(s.dir, "sv/a/b/z"), { bigint: true });
+    expect(fs.readFileSync(path.join(s.dir, "sv/c/d/y"), "utf8")).toBe("moved");
+    expect(y.ino).toBe(z.ino);
+    expect(y.nlink).toBe(2n);
+    expect(Number(y.mode) & 0o7777).toBe(0o640);
+    expect(y.mtimeNs).toBe(6_000_000_007n);
+    expect(fs.existsSync(path.join(s.dir, "sv/a/b/x"))).toBe(false);
+    expectCanaryUntouched(s);
+  });
+});
