@@ -7,7 +7,7 @@
  * bytes, mode, owner, times (ctime catches any change of its inode, atime a read), link counts,
  * xattrs, entries; and that the error is one line naming the command by index and the path.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, test as bunTest } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { deflateSync } from "node:zlib";
@@ -16,6 +16,12 @@ import { Attr, Cmd, EncodedCompression } from "../src/btrfs/protocol.ts";
 import { EXIT } from "../src/errors.ts";
 import { runCli, sha256, tempDir } from "./helpers.ts";
 import { type Attribute, SendStreamWriter, bytesOf, timespec, u32, u64 } from "./send-stream-writer.ts";
+
+// each test runs the CLI (a second or more on a loaded machine), some several times
+const TIMEOUT = 60_000;
+function test(name: string, body: () => void, timeout = TIMEOUT): void {
+  bunTest(name, body, timeout);
+}
 
 const ROOT = process.getuid?.() === 0;
 const UUID_A = new Uint8Array(16).fill(0xa1);
@@ -213,7 +219,7 @@ for (const [resolver, env] of [
           expect(run.code).toBe(EXIT.BAD_INPUT);
           expectOneLineError(run.stderr, 8, kind, /path goes through the symlink 'd': '[^']*' \(a received path must stay inside its subvolume\); sv is incomplete/);
           expectCanaryUntouched(s);
-        }, 20_000);
+        });
       }
     }
   });
@@ -289,7 +295,7 @@ describe("btrfs-receive containment: a final component that is a symlink to outs
     expectCanaryUntouched(s);
   });
 
-  test.skipIf(!ROOT)("a write to a device node the stream made is refused (it would write to the device)", () => {
+  bunTest.skipIf(!ROOT)("a write to a device node the stream made is refused (it would write to the device)", () => {
     const s = setup();
     const run = receive(
       s,
@@ -301,7 +307,7 @@ describe("btrfs-receive containment: a final component that is a symlink to outs
     );
     expect(run.code).toBe(EXIT.BAD_INPUT);
     expectOneLineError(run.stderr, 3, "write", /not a regular file \(a character device\): 'null'/);
-  });
+  }, TIMEOUT);
 
   test("a write to a fifo the stream made is refused at once (its open would wait for a reader)", () => {
     const s = setup();
@@ -487,4 +493,36 @@ describe("hostile streams of test/failure/btrfs-receive: each refused with the e
       expectCanaryUntouched(s);
     });
   }
+});
+
+describe("btrfs-receive: rename and link between two directories below the root", () => {
+  test("a/b/x → c/d/y, then a hard link c/d/y → a/b/z, then chown, chmod, utimes of both", () => {
+    const s = setup();
+    const dirs = ["a", "a/b", "c", "c/d"].map((d, i) => [Cmd.MKDIR, [p(d), ino(257 + i)]] as const);
+    let w = subvol(new SendStreamWriter(1));
+    for (const [cmd, attrs] of dirs) w = w.command(cmd, [...attrs]);
+    const stream = w
+      .command(Cmd.MKFILE, [p("a/b/x"), ino(270)])
+      .command(Cmd.WRITE, [p("a/b/x"), [Attr.FILE_OFFSET, u64(0)], [Attr.DATA, bytesOf("moved")]])
+      .command(Cmd.RENAME, [p("a/b/x"), [Attr.PATH_TO, bytesOf("c/d/y")]])
+      .command(Cmd.LINK, [p("./a/b/z"), [Attr.PATH_LINK, bytesOf("c/d/y")]])
+      .command(Cmd.CHMOD, [p("a/b/z"), [Attr.MODE, u64(0o640)]])
+      .command(Cmd.UTIMES, [p("c/d/y"), [Attr.ATIME, timespec(5)], [Attr.MTIME, timespec(6, 7)], [Attr.CTIME, timespec(0)]])
+      .command(Cmd.RMDIR, [p("c/d")])
+      .command(Cmd.END, [])
+      .bytes();
+    const run = receive(s, stream);
+    // c/d is not empty: rmdir fails with ENOTEMPTY, after everything before it was applied
+    expect(run.code).toBe(EXIT.FAILURE);
+    expectOneLineError(run.stderr, 12, "rmdir", /ENOTEMPTY: rmdir 'c\/d'/);
+    const y = fs.statSync(path.join(s.dir, "sv/c/d/y"), { bigint: true });
+    const z = fs.statSync(path.join(s.dir, "sv/a/b/z"), { bigint: true });
+    expect(fs.readFileSync(path.join(s.dir, "sv/c/d/y"), "utf8")).toBe("moved");
+    expect(y.ino).toBe(z.ino);
+    expect(y.nlink).toBe(2n);
+    expect(Number(y.mode) & 0o7777).toBe(0o640);
+    expect(y.mtimeNs).toBe(6_000_000_007n);
+    expect(fs.existsSync(path.join(s.dir, "sv/a/b/x"))).toBe(false);
+    expectCanaryUntouched(s);
+  });
 });

@@ -357,6 +357,8 @@ interface WriteFile {
 }
 
 const NO_PLACE_DETAIL = "a received path must stay inside its subvolume";
+/** the commands that create, link, rename or remove names: after each, every path is resolved afresh */
+const NAMESPACE_COMMANDS = new Set<SendCommand["type"]>(["mkfile", "mkdir", "mknod", "mkfifo", "mksock", "symlink", "rename", "link", "unlink", "rmdir"]);
 const WRITE_FLAGS = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 const READ_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 /** uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown */
@@ -466,6 +468,17 @@ class Receiver {
   }
 
   private dispatch(cmd: SendCommand): void {
+    if (NAMESPACE_COMMANDS.has(cmd.type)) {
+      try {
+        return this.applyCommand(cmd);
+      } finally {
+        this.current?.root.changed();
+      }
+    }
+    return this.applyCommand(cmd);
+  }
+
+  private applyCommand(cmd: SendCommand): void {
     switch (cmd.type) {
       case "subvol":
         return this.startSubvolume(cmd.path, uuidText(cmd.uuid), String(cmd.ctransid));

@@ -40,13 +40,22 @@ const DOT = 0x2e;
 
 /**
  * One subvolume's directory, held open: every stream path is resolved from this fd, as the
- * directory is now, on every call (nothing is remembered that a rename or a new symlink could
- * make wrong). The kernel walks the directories with openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS
+ * directory is now. The kernel walks the directories with openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS
  * (an O_NOFOLLOW|O_DIRECTORY openat per component where the kernel has no openat2); a path with
  * `..`, an absolute path, or one whose directories include a symlink is refused. The path "" (or
  * "/") is the root itself, which callers must not remove, rename or replace.
+ *
+ * The directory of the last path is kept open for the next command with the same directory path
+ * (btrfs send gives chown, chmod and utimes of one file in a row) only until the caller reports a
+ * change of names (`changed`: any create, link, rename or removal); without one, resolving the
+ * same path again gives the same directory, so nothing a rename or a new symlink makes can be
+ * stale.
  */
 export class SubvolumeDir {
+  private held: { path: Buffer; fd: number } | undefined;
+  /** how many `at` bodies are running: a nested one (rename's target) must not close the outer one's directory */
+  private depth = 0;
+
   private constructor(
     /** O_RDONLY|O_DIRECTORY fd of the root: fchmod, fchown, futimens, fsetxattr work on it */
     readonly fd: number,
@@ -58,23 +67,44 @@ export class SubvolumeDir {
   }
 
   close(): void {
+    this.changed();
     closeFd(this.fd);
   }
 
-  /**
-   * Run `body` with the place of `path`: the directory that holds its last component, open for
-   * the length of the call only.
-   */
+  /** Names under the root were created, linked, renamed or removed: every path is resolved afresh. */
+  changed(): void {
+    if (!this.held) return;
+    closeFd(this.held.fd);
+    this.held = undefined;
+  }
+
+  /** Run `body` with the place of `path`: the directory that holds its last component. */
   at<T>(path: Uint8Array, body: (place: Place) => T): T {
     const components = pathComponents(path);
     if (components.length === 0) return body({ dir: this.fd, name: null, path });
     const name = components[components.length - 1]!;
     if (components.length === 1) return body({ dir: this.fd, name, path });
-    const dir = this.openDirectory(components.slice(0, -1), path);
+    const directory = joinedPrefix(components, components.length - 1);
+    if (this.held?.path.equals(directory)) return this.within(body, { dir: this.held.fd, name, path });
+    const fd = this.openDirectory(components.slice(0, -1), directory, path);
+    if (this.depth > 0) {
+      try {
+        return this.within(body, { dir: fd, name, path });
+      } finally {
+        closeFd(fd);
+      }
+    }
+    this.changed();
+    this.held = { path: directory, fd };
+    return this.within(body, { dir: fd, name, path });
+  }
+
+  private within<T>(body: (place: Place) => T, place: Place): T {
+    this.depth++;
     try {
-      return body({ dir, name, path });
+      return body(place);
     } finally {
-      closeFd(dir);
+      this.depth--;
     }
   }
 
@@ -84,9 +114,8 @@ export class SubvolumeDir {
   }
 
   /** fd (O_PATH) of the directory `components` below the root; never through a symlink or out of the root. */
-  private openDirectory(components: Uint8Array[], path: Uint8Array): number {
+  private openDirectory(components: Uint8Array[], joined: Buffer, path: Uint8Array): number {
     if (!noOpenat2) {
-      const joined = Buffer.from(components.flatMap((c, i) => (i ? [SLASH, ...c] : [...c])));
       try {
         const fd = openat2(this.fd, joined, O_PATH | O_DIRECTORY | O_CLOEXEC, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, path);
         if (fd !== undefined) return fd;
@@ -124,8 +153,18 @@ function errnoError(code: string, message: string): NodeJS.ErrnoException {
   return err;
 }
 
-function joinedPrefix(components: Uint8Array[], count: number): Uint8Array {
-  return Buffer.from(components.slice(0, count).flatMap((c, i) => (i ? [SLASH, ...c] : [...c])));
+/** The first `count` components joined by "/". */
+function joinedPrefix(components: Uint8Array[], count: number): Buffer {
+  let length = count - 1;
+  for (let i = 0; i < count; i++) length += components[i]!.length;
+  const out = Buffer.allocUnsafe(length);
+  let at = 0;
+  for (let i = 0; i < count; i++) {
+    if (i) out[at++] = SLASH;
+    out.set(components[i]!, at);
+    at += components[i]!.length;
+  }
+  return out;
 }
 
 /**
