@@ -1,4 +1,5 @@
-import type { Pointer } from "bun:ffi";
+import { type Pointer, read } from "bun:ffi";
+import type { Location } from "../src/errors.ts";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
 import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, structLayout, streamCall } from "./ffi.ts";
 
@@ -64,6 +65,64 @@ export class Bzip2Decoder extends NativeDecoder {
   }
 
   protected release(): void {
+    this.lib.BZ2_bzDecompressEnd(this.strm.address);
+  }
+}
+
+/**
+ * libbz2's decoder state while it waits for the first byte of a block header (bzlib_private.h:
+ * BZ_X_BLKHDR_1). The state is the second field of its DState (after a pointer), unchanged
+ * across libbz2 1.0.x; the seek index uses it only to confirm a block start that its own
+ * verification then decodes.
+ */
+const BZ_X_BLKHDR_1 = 14;
+const DSTATE_STATE_OFFSET = 8;
+export { BZ_OK, BZ_STREAM_END, BZ_ERRORS };
+
+/** One bz_stream driven by the caller (the bzip2 seek index): decompress calls and a look at where the decoder waits. */
+export class BzipStream {
+  private readonly lib: ReturnType<typeof bz2.load>;
+  private readonly strm = new NativeStruct(BZ_STREAM);
+  private live = false;
+
+  constructor(where: Location) {
+    this.lib = bz2.load(where, "bzip2 data");
+    this.init();
+  }
+
+  init(): void {
+    if (this.live) this.lib.BZ2_bzDecompressEnd(this.strm.address);
+    this.strm.clear();
+    const rc = this.lib.BZ2_bzDecompressInit(this.strm.address, 0, 0);
+    if (rc !== BZ_OK) throw new Error(`BZ2_bzDecompressInit: ${BZ_ERRORS[rc] ?? rc}`);
+    this.live = true;
+  }
+
+  decompress(inAddress: Pointer, inLength: number, outAddress: Pointer, outLength: number): number {
+    const s = this.strm;
+    s.set64("next_in", inAddress);
+    s.set32("avail_in", inLength);
+    s.set64("next_out", outAddress);
+    s.set32("avail_out", outLength);
+    return this.lib.BZ2_bzDecompress(s.address);
+  }
+
+  get availIn(): number {
+    return this.strm.get32("avail_in");
+  }
+  get availOut(): number {
+    return this.strm.get32("avail_out");
+  }
+
+  /** The decoder has finished a block's output and waits for the next block (or end-of-stream) magic. */
+  waitsForBlockHeader(): boolean {
+    const state = this.strm.get64("state");
+    return state !== 0 && read.i32(state as Pointer, DSTATE_STATE_OFFSET) === BZ_X_BLKHDR_1;
+  }
+
+  end(): void {
+    if (!this.live) return;
+    this.live = false;
     this.lib.BZ2_bzDecompressEnd(this.strm.address);
   }
 }

@@ -1,4 +1,5 @@
 import { FFIType, type Pointer } from "bun:ffi";
+import type { Location } from "../src/errors.ts";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
 import { LazyLibrary, NativeDecoder, NativeStruct, type StepResult, readCString, structLayout } from "./ffi.ts";
 
@@ -47,6 +48,40 @@ export class Lz4Decoder extends NativeDecoder {
   protected restart(): void {}
 
   protected release(): void {
+    this.lib.LZ4F_freeDecompressionContext(this.dctx);
+  }
+}
+
+/** One LZ4F decompression context driven by the caller (the lz4 seek index feeds it block by block). */
+export class Lz4FrameStream {
+  private readonly lib: ReturnType<typeof lz4.load>;
+  private readonly args = new NativeStruct(ARGS);
+  private readonly dctx: Pointer;
+  private live = true;
+  consumed = 0;
+  produced = 0;
+
+  constructor(where: Location) {
+    this.lib = lz4.load(where, "lz4 data");
+    const rc = this.lib.LZ4F_createDecompressionContext(this.args.fieldAddress("dctx"), LZ4F_VERSION);
+    if (this.lib.LZ4F_isError(rc)) throw new Error(`LZ4F_createDecompressionContext: ${readCString(this.lib.LZ4F_getErrorName(rc))}`);
+    this.dctx = this.args.get64("dctx") as Pointer;
+  }
+
+  /** One LZ4F_decompress call; sets `consumed` and `produced`; returns the error text or undefined. */
+  decompress(inAddress: Pointer, inLength: number, outAddress: Pointer, outLength: number): string | undefined {
+    const a = this.args;
+    a.set64("srcSize", inLength);
+    a.set64("dstSize", outLength);
+    const rc = this.lib.LZ4F_decompress(this.dctx, outAddress, a.fieldAddress("dstSize"), inAddress, a.fieldAddress("srcSize"), null);
+    this.consumed = a.get64("srcSize");
+    this.produced = a.get64("dstSize");
+    return this.lib.LZ4F_isError(rc) ? readCString(this.lib.LZ4F_getErrorName(rc)) : undefined;
+  }
+
+  end(): void {
+    if (!this.live) return;
+    this.live = false;
     this.lib.LZ4F_freeDecompressionContext(this.dctx);
   }
 }
