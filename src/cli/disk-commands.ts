@@ -1,3 +1,4 @@
+import os from "node:os";
 import { defineCommand } from "citty";
 import { catRange } from "../commands/cat.ts";
 import { restoreImage } from "../commands/restore.ts";
@@ -9,6 +10,19 @@ import { humanSize } from "../formats/units.ts";
 import { Progress } from "../output/progress.ts";
 import { writeFully } from "../output/writer.ts";
 import { BUILD_SEEK_INDEX, guard, parseBytes } from "./run.ts";
+
+const threadsArg = {
+  type: "string",
+  description: "decode on this many cores where a seek index of the compressed image exists (default: all)",
+} as const;
+
+/** --threads N: 1 to 256; unset, the machine's cores. */
+function parseThreads(value: string | undefined): number {
+  if (value === undefined) return os.availableParallelism();
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 256) throw new UsageError(`--threads takes a whole number from 1 to 256, not '${value}'`);
+  return n;
+}
 
 const imageArg = { type: "positional", description: "image file, any piece of a split set, or - for stdin", required: true } as const;
 
@@ -61,13 +75,14 @@ export const restoreCommand = defineCommand({
     force: { type: "boolean", description: "overwrite an existing output" },
     verify: { type: "boolean", default: true, description: "check checksums on the way", negativeDescription: "do not check checksums" },
     "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
+    threads: threadsArg,
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
     guard(() => {
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
-      const image = openImage(args.image);
+      const image = openImage(args.image, { decodeThreads: parseThreads(args.threads) });
       try {
         const started = performance.now();
         const r = restoreImage(image, args.output, {
@@ -91,10 +106,15 @@ export const restoreCommand = defineCommand({
 
 export const verifyCommand = defineCommand({
   meta: { name: "verify", description: "Check every checksum and count in the image (like partclone.chkimg)" },
-  args: { image: imageArg, quiet: { type: "boolean", alias: "q", description: "print nothing on success" }, debug: { type: "boolean", description: "show stack traces of errors" } },
+  args: {
+    image: imageArg,
+    threads: threadsArg,
+    quiet: { type: "boolean", alias: "q", description: "print nothing on success" },
+    debug: { type: "boolean", description: "show stack traces of errors" },
+  },
   run: ({ args }) =>
     guard(() => {
-      const image = openImage(args.image);
+      const image = openImage(args.image, { decodeThreads: parseThreads(args.threads) });
       try {
         const r = verifyImage(image, { progress: args.quiet ? false : undefined });
         if (!r.ok) {
