@@ -1,3 +1,4 @@
+import os from "node:os";
 import { defineCommand } from "citty";
 import { growPipe, makeBlocking } from "../../native/libc.ts";
 import { catRange } from "../commands/cat.ts";
@@ -13,6 +14,19 @@ import { diskArg, diskCat, diskInfo, diskInputOf, diskRestore, diskVerify, parti
 import { BUILD_SEEK_INDEX, guard, parseBytes } from "./run.ts";
 import { identityVolume, openOverlay, type OverlayVolume } from "../volume/overlay.ts";
 import { imageIdentity } from "../volume/volume.ts";
+
+const threadsArg = {
+  type: "string",
+  description: "decode on this many cores where a seek index of the compressed image exists (default: all)",
+} as const;
+
+/** --threads N: 1 to 256; unset, the machine's cores. */
+function parseThreads(value: string | undefined): number {
+  if (value === undefined) return os.availableParallelism();
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 256) throw new UsageError(`--threads takes a whole number from 1 to 256, not '${value}'`);
+  return n;
+}
 
 const imageArg = { type: "positional", description: "image file, any piece of a split set, - for stdin, a Clonezilla image folder or a raw disk image (DISK@N: one partition)", required: true } as const;
 
@@ -69,6 +83,7 @@ export const restoreCommand = defineCommand({
     verify: { type: "boolean", default: true, description: "check checksums on the way", negativeDescription: "do not check checksums" },
     "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
     overlay: { type: "string", description: "merge the changes kept in this overlay file (serve/mount --overlay)" },
+    threads: threadsArg,
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
     partition: partitionArg,
     disk: diskArg,
@@ -81,6 +96,7 @@ export const restoreCommand = defineCommand({
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
       const image = openImage(args.image);
       let overlay: OverlayVolume | undefined;
+      const image = openImage(args.image, { decodeThreads: parseThreads(args.threads) });
       try {
         if (args.overlay !== undefined) overlay = openRestoreOverlay(args.overlay, image);
         const started = performance.now();
@@ -117,12 +133,18 @@ function openRestoreOverlay(file: string, image: Image): OverlayVolume {
 
 export const verifyCommand = defineCommand({
   meta: { name: "verify", description: "Check every checksum and count in the image (like partclone.chkimg)" },
-  args: { image: imageArg, quiet: { type: "boolean", alias: "q", description: "print nothing on success" }, partition: partitionArg, debug: { type: "boolean", description: "show stack traces of errors" } },
+  args: {
+    image: imageArg,
+    threads: threadsArg,
+    quiet: { type: "boolean", alias: "q", description: "print nothing on success" },
+    partition: partitionArg,
+    debug: { type: "boolean", description: "show stack traces of errors" },
+  },
   run: ({ args }) =>
     guard(() => {
       const disk = diskInputOf(args.image, args.partition);
       if (disk) return diskVerify(disk, args.quiet === true);
-      const image = openImage(args.image);
+      const image = openImage(args.image, { decodeThreads: parseThreads(args.threads) });
       try {
         const r = verifyImage(image, { progress: args.quiet ? false : undefined });
         if (!r.ok) {

@@ -4,6 +4,7 @@ import { ByteReader } from "./byte-reader.ts";
 import { type ChunkSource, type RandomAccessSource, isRandomAccess } from "./chunk-source.ts";
 import { createDecoder } from "./decode.ts";
 import { openFileSource, StreamSource } from "./file.ts";
+import { openParallelDecode } from "./parallel-decode.ts";
 import { openSeekable, type SeekIndexOptions } from "./seek-index/open-index.ts";
 import { type Compression, sniffCompression } from "./sniff.ts";
 import { findSplitPieces, pieceAfter, SplitSource } from "./split.ts";
@@ -37,6 +38,11 @@ export interface OpenOptions {
    * (default: never, read in order)
    */
   seekIndex?: SeekIndexOptions;
+  /**
+   * decode on this many cores at once where a seek index is already there (restore, verify);
+   * 1 or unset: one decoder, as without an index
+   */
+  decodeThreads?: number;
 }
 
 /**
@@ -61,6 +67,14 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
       }
       seekable.close();
       return openStream(input, { ...opts, seekIndex: undefined });
+    }
+  }
+  if ((opts.decodeThreads ?? 1) > 1 && isRandomAccess(raw)) {
+    const parallel = openParallelDecode(raw, pieces, kind, opts.decodeThreads!);
+    if (parallel) {
+      raw.close();
+      const decoded = decodeLayers(parallel);
+      return { reader: new ByteReader(decoded.source), compression: [kind, ...decoded.compression], pieces };
     }
   }
   if (opts.threads !== false && process.env.IMGTOOL_THREADS !== "0") {

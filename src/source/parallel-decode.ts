@@ -1,0 +1,218 @@
+import { ImageError, type Location } from "../errors.ts";
+import type { ChunkSource, RandomAccessSource } from "./chunk-source.ts";
+import { findSeekIndex } from "./seek-index/open-index.ts";
+import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
+import type { Compression } from "./sniff.ts";
+import { CTL, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
+
+/** A span is decoded by one worker from one seek point on; shorter spans are joined up to this. */
+export const MIN_SPAN_BYTES = 8 << 20;
+
+/** What a parallel decode worker is told: where the raw bytes and the index are, and its share. */
+export interface SpanJob {
+  pieces: string[];
+  compression: Compression;
+  /** decoded offsets where spans start (seek points), ascending, and the decoded size */
+  starts: number[];
+  decodedSize: number;
+  worker: number;
+  workers: number;
+}
+
+/** A seek point as planning needs it: where it starts, and how far decoding from it was verified. */
+export interface SpanPoint {
+  decoded: number;
+  /** decoding from this point is right up to here (undefined: to the end) */
+  verifiedEnd?: number;
+}
+
+/**
+ * Where spans start: points at least `minSpan` apart, each span ending where decoding from its
+ * start is still verified (a zstd checkpoint resumes only up to the next one). Undefined when the
+ * points leave a stretch no point covers: such a stream decodes in order.
+ */
+export function planSpans(points: readonly SpanPoint[], decodedSize: number, minSpan = MIN_SPAN_BYTES): number[] | undefined {
+  if (points.length === 0 || points[0]!.decoded !== 0) return undefined;
+  const reachOf = (p: SpanPoint) => p.verifiedEnd ?? Number.POSITIVE_INFINITY;
+  const starts = [0];
+  let current = points[0]!;
+  let passed: SpanPoint | undefined;
+  const cutAt = (p: SpanPoint) => {
+    starts.push(p.decoded);
+    current = p;
+    passed = undefined;
+  };
+  for (const p of points.slice(1)) {
+    if (p.decoded > reachOf(current)) {
+      if (!passed || p.decoded > reachOf(passed)) return undefined;
+      cutAt(passed);
+    }
+    if (p.decoded - current.decoded >= minSpan) cutAt(p);
+    else passed = p;
+  }
+  if (reachOf(current) < decodedSize) {
+    if (!passed || reachOf(passed) < decodedSize) return undefined;
+    cutAt(passed);
+  }
+  const last = starts[starts.length - 1]!;
+  if (starts.length > 1 && decodedSize - last < minSpan / 2) {
+    const before = points.find((p) => p.decoded === starts[starts.length - 2])!;
+    if (reachOf(before) >= decodedSize) starts.pop();
+  }
+  return starts;
+}
+
+/**
+ * Decoding on `threads` cores from the seek index beside `raw`, when there is one with at least
+ * two spans; undefined otherwise (the caller decodes in order).
+ */
+export function openParallelDecode(
+  raw: RandomAccessSource,
+  pieces: string[],
+  compression: Compression,
+  threads: number,
+  minSpan = MIN_SPAN_BYTES,
+): ParallelDecodeSource | undefined {
+  const index = findSeekIndex(raw, pieces, compression);
+  if (!index) return undefined;
+  try {
+    const starts = planSpans(index.points, index.decodedSize, minSpan);
+    if (!starts || starts.length < 2) return undefined;
+    const checks = streamChecks(raw, compression, index, starts);
+    if (!checks) return undefined;
+    return new ParallelDecodeSource({ pieces, compression, starts, decodedSize: index.decodedSize }, threads, checks);
+  } finally {
+    index.close();
+  }
+}
+
+function workerUrl(): string {
+  return import.meta.url.startsWith("file:///$bunfs/") ? "./source/parallel-decode-worker.ts" : new URL("./parallel-decode-worker.ts", import.meta.url).href;
+}
+
+interface Ring {
+  worker: Worker;
+  ctl: Int32Array;
+  message: Uint8Array;
+  slots: Uint8Array;
+  slot: number;
+  consumedInSlot: number;
+}
+
+/**
+ * The decoded stream of an indexed compressed file, decoded by several workers at once: worker w
+ * decodes spans w, w + n, w + 2n, ... from their seek points into its own ring, and this reader takes
+ * the spans in order, so the bytes (and the first error, at its place) are those of one decoder.
+ * Memory: n rings of SLOT_COUNT × SLOT_BYTES.
+ */
+export class ParallelDecodeSource implements ChunkSource {
+  readonly size = undefined;
+  readonly name: string;
+  private readonly rings: Ring[] = [];
+  private span = 0;
+  private leftInSpan: number;
+  private readonly starts: number[];
+  private readonly decodedSize: number;
+  private readonly compression: Compression;
+
+  /** decoded bytes handed out so far */
+  private position = 0;
+
+  constructor(
+    job: Omit<SpanJob, "worker" | "workers">,
+    workers: number,
+    /** whole-frame checks the workers cannot make, in order */
+    private readonly checks: StreamCheck[] = [],
+  ) {
+    this.name = job.pieces[0]!;
+    this.starts = job.starts;
+    this.decodedSize = job.decodedSize;
+    this.compression = job.compression;
+    const n = Math.max(1, Math.min(workers, job.starts.length));
+    for (let w = 0; w < n; w++) {
+      const shared = new SharedArrayBuffer(CTL.words * 4 + MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
+      const worker = new Worker(workerUrl());
+      worker.postMessage({ shared, job: { ...job, worker: w, workers: n } satisfies SpanJob });
+      this.rings.push({
+        worker,
+        ctl: new Int32Array(shared, 0, CTL.words),
+        message: new Uint8Array(shared, CTL.words * 4, MESSAGE_BYTES),
+        slots: new Uint8Array(shared, CTL.words * 4 + MESSAGE_BYTES),
+        slot: 0,
+        consumedInSlot: 0,
+      });
+    }
+    this.leftInSpan = this.spanLength(0);
+  }
+
+  read(into: Uint8Array): number {
+    while (this.leftInSpan === 0) {
+      if (this.span + 1 >= this.starts.length) return 0;
+      this.span++;
+      this.leftInSpan = this.spanLength(this.span);
+    }
+    const ring = this.rings[this.span % this.rings.length]!;
+    const flag = CTL.slotFlag(ring.slot);
+    while (Atomics.load(ring.ctl, flag) !== SLOT.full) {
+      if (Atomics.load(ring.ctl, CTL.state) === STATE.failed) this.rethrow(ring);
+      Atomics.wait(ring.ctl, flag, SLOT.empty, 200);
+    }
+    const length = Atomics.load(ring.ctl, CTL.slotLength(ring.slot));
+    const start = ring.slot * SLOT_BYTES + ring.consumedInSlot;
+    const n = Math.min(into.length, length - ring.consumedInSlot);
+    into.set(ring.slots.subarray(start, start + n));
+    ring.consumedInSlot += n;
+    this.leftInSpan -= n;
+    if (this.checks.length) this.check(into.subarray(0, n));
+    this.position += n;
+    if (ring.consumedInSlot === length) {
+      ring.consumedInSlot = 0;
+      Atomics.store(ring.ctl, flag, SLOT.empty);
+      Atomics.notify(ring.ctl, flag);
+      ring.slot = (ring.slot + 1) % SLOT_COUNT;
+    }
+    return n;
+  }
+
+  locate(offset: number): Location {
+    return { file: this.name, offset, decoded: this.compression };
+  }
+
+  close(): void {
+    for (const ring of this.rings) {
+      Atomics.store(ring.ctl, CTL.closed, 1);
+      for (let i = 0; i < SLOT_COUNT; i++) {
+        Atomics.store(ring.ctl, CTL.slotFlag(i), SLOT.empty);
+        Atomics.notify(ring.ctl, CTL.slotFlag(i));
+      }
+      ring.worker.terminate();
+    }
+    this.rings.length = 0;
+  }
+
+  /** Feed the bytes at `position` to the checks they fall in; finish those that end here. */
+  private check(bytes: Uint8Array): void {
+    const end = this.position + bytes.length;
+    while (this.checks.length) {
+      const c = this.checks[0]!;
+      if (c.start >= end) return;
+      const from = Math.max(c.start, this.position);
+      const to = Math.min(c.end, end);
+      if (to > from) c.update(bytes.subarray(from - this.position, to - this.position));
+      if (c.end > end) return;
+      this.checks.shift();
+      c.finish();
+    }
+  }
+
+  private spanLength(i: number): number {
+    return (this.starts[i + 1] ?? this.decodedSize) - this.starts[i]!;
+  }
+
+  private rethrow(ring: Ring): never {
+    const failure = JSON.parse(new TextDecoder().decode(ring.message.slice(0, Atomics.load(ring.ctl, CTL.messageLength)))) as WorkerFailure;
+    this.close();
+    if (failure.where && failure.field) throw new ImageError(failure.where, failure.field, failure.detail);
+    throw new Error(failure.message);
+  }
+}

@@ -1,0 +1,152 @@
+import { describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { ImageError } from "../src/errors.ts";
+import type { ChunkSource, RandomAccessSource } from "../src/source/chunk-source.ts";
+import { decodeLayers, openRaw } from "../src/source/open.ts";
+import { openParallelDecode, planSpans } from "../src/source/parallel-decode.ts";
+import { buildSeekIndex, seekCodecFor } from "../src/source/seek-index/open-index.ts";
+import { sniffCompression } from "../src/source/sniff.ts";
+import { fixture, restoredReference, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
+
+function drain(source: ChunkSource): Uint8Array {
+  const parts: Uint8Array[] = [];
+  const buf = new Uint8Array(300_001);
+  for (let n; (n = source.read(buf)) > 0; ) parts.push(buf.slice(0, n));
+  return Buffer.concat(parts);
+}
+
+/** A copy of a fixture in a scratch directory with a dense seek index beside it. */
+function indexedCopy(name: string, spacing: number): { file: string; raw: RandomAccessSource } {
+  const file = path.join(tempDir(), name);
+  fs.copyFileSync(fixture(name), file);
+  return indexed(file, spacing);
+}
+
+function indexed(file: string, spacing: number): { file: string; raw: RandomAccessSource } {
+  const { raw } = openRaw(file);
+  const head = new Uint8Array(64);
+  (raw as RandomAccessSource).readAt(head, 0);
+  const codec = seekCodecFor(sniffCompression(head)!)!;
+  buildSeekIndex(raw as RandomAccessSource, [file], codec, { spacing, progress: false });
+  return { file, raw: raw as RandomAccessSource };
+}
+
+describe("parallel decoding from a seek index", () => {
+  test("spans join points closer than the minimum and keep the last one long enough", () => {
+    const at = (...d: number[]) => d.map((decoded) => ({ decoded }));
+    expect(planSpans(at(0, 1, 2, 10, 11, 25), 30, 8)).toEqual([0, 10, 25]);
+    expect(planSpans(at(0, 10, 20), 22, 8)).toEqual([0, 10]);
+    expect(planSpans(at(0), 100, 8)).toEqual([0]);
+  });
+
+  test("a span never runs past where decoding from its start was verified", () => {
+    const chain = [{ decoded: 0 }, { decoded: 4, verifiedEnd: 8 }, { decoded: 8, verifiedEnd: 12 }, { decoded: 12, verifiedEnd: 30 }];
+    expect(planSpans(chain, 30, 6)).toEqual([0, 8, 12]);
+    // 20..24 is covered by no point but the first, and the first span is already cut: decode in order
+    const gap = [{ decoded: 0 }, { decoded: 10, verifiedEnd: 20 }, { decoded: 24, verifiedEnd: 40 }];
+    expect(planSpans(gap, 40, 8)).toBeUndefined();
+    expect(planSpans([{ decoded: 0 }, { decoded: 10, verifiedEnd: 20 }], 40, 8)).toBeUndefined();
+  });
+
+  // the partclone image inside the fixtures, compressed so that it has resume points all along
+  const made: Record<string, string> = {
+    "pzstd-like multi-frame zstd": "split -b 256K -d --filter='zstd -q -3 -c' IN > OUT",
+    "pigz --fast -b 128": "pigz --fast -b 128 -c IN > OUT",
+    "bzip2 -1 (100 kB blocks)": "bzip2 -1 -c IN > OUT",
+    "xz with 256 KiB blocks": "xz -T2 -3 --block-size=256KiB -c IN > OUT",
+    "lz4 (independent blocks)": "lz4 -q -B4 -c IN > OUT",
+  };
+  const tools = ["zstd", "pigz", "bzip2", "xz", "lz4", "split"].filter((t) => !which(t));
+  for (const [how, command] of Object.entries(made)) {
+    test.skipIf(tools.length > 0)(`${how}: the same bytes as one decoder, on 1, 2 and 3 workers`, () => {
+      const dir = tempDir();
+      const plain = path.join(dir, "ntfs.ntfs-ptcl-img");
+      fs.writeFileSync(plain, Buffer.concat(["aa", "ab", "ac"].map((s) => fs.readFileSync(fixture(`ntfs.ntfs-ptcl-img.${s}`)))));
+      const file = path.join(dir, "image.compressed");
+      expect(spawnSync("sh", ["-c", command.replace("IN", plain).replace("OUT", file)]).status).toBe(0);
+      const { raw } = indexed(file, 64 << 10);
+      const sequential = sha256(drain(decodeLayers(openRaw(file).raw).source));
+      for (const threads of [1, 2, 3]) {
+        const parallel = openParallelDecode(raw, [file], sniffCompression(readHead(file))!, threads, 128 << 10)!;
+        expect(parallel).toBeDefined();
+        expect(sha256(drain(parallel))).toBe(sequential);
+        parallel.close();
+      }
+    });
+  }
+  if (tools.length) console.log(`skip: parallel decoding of generated streams needs ${tools.join(", ")}`);
+
+  for (const name of ["ntfs.ntfs-ptcl-img.zst", "ntfs.ntfs-ptcl-img.xz", "ntfs.ntfs-ptcl-img.bz2"]) {
+    test(`${name}: where points leave a stretch uncovered (or there are none), one decoder; else the same bytes`, () => {
+      const { file, raw } = indexedCopy(name, 64 << 10);
+      const parallel = openParallelDecode(raw, [file], sniffCompression(readHead(file))!, 2, 128 << 10);
+      if (parallel) {
+        expect(sha256(drain(parallel))).toBe(sha256(drain(decodeLayers(openRaw(file).raw).source)));
+        parallel.close();
+      }
+      // and restore gives the manifest's bytes either way
+      const out = path.join(path.dirname(file), "vol.raw");
+      expect(runCli(["restore", file, "-o", out, "--threads", "2"]).code).toBe(0);
+      expect(sha256File(out)).toBe(restoredReference("ntfs.ntfs-ptcl-img.aa").sha256);
+    });
+  }
+
+  test("restore --threads 2 with an index writes what restore without one writes", () => {
+    const { file } = indexedCopy("ntfs.ntfs-ptcl-img.gz", 64 << 10);
+    const dir = path.dirname(file);
+    expect(runCli(["restore", file, "-o", path.join(dir, "a.raw"), "--threads", "2"]).code).toBe(0);
+    expect(runCli(["restore", fixture("ntfs.ntfs-ptcl-img.gz"), "-o", path.join(dir, "b.raw"), "--threads", "1"]).code).toBe(0);
+    expect(sha256File(path.join(dir, "a.raw"))).toBe(sha256File(path.join(dir, "b.raw")));
+    expect(runCli(["verify", file, "--threads", "2"]).code).toBe(0);
+    expect(runCli(["verify", file, "--threads", "0"]).stderr).toMatch(/^imgtool: --threads takes a whole number/);
+  });
+
+  test.skipIf(!which("zstd"))("a damaged span is reported where one decoder reports it", () => {
+    const dir = tempDir();
+    const plain = path.join(dir, "data");
+    const text = Buffer.from(Array.from({ length: 400_000 }, (_, i) => `line ${i}\n`).join(""));
+    const noise = randomBytes(3 << 20);
+    fs.writeFileSync(plain, Buffer.concat([text, noise, text]));
+    const file = path.join(dir, "data.zst");
+    expect(spawnSync("sh", ["-c", `split -b 256K -d --filter='zstd -q -1 -c' ${plain} > ${file}`]).status).toBe(0);
+    const { raw } = indexed(file, 64 << 10);
+    // damage the middle of the compressed bytes (outside the first and last MiB the index is keyed by)
+    const bytes = fs.readFileSync(file);
+    expect(bytes.length).toBeGreaterThan(3 << 20);
+    const mtimeNs = fs.statSync(file, { bigint: true }).mtimeNs;
+    const at = bytes.length >> 1;
+    for (let i = 0; i < 64; i++) bytes[at + i]! ^= 0x5a;
+    fs.writeFileSync(file, bytes);
+    const mtime = `@${mtimeNs / 1_000_000_000n}.${(mtimeNs % 1_000_000_000n).toString().padStart(9, "0")}`;
+    expect(spawnSync("touch", ["-m", "-d", mtime, file]).status).toBe(0);
+    const oneDecoder = errorOf(() => drain(decodeLayers(openRaw(file).raw).source));
+    const parallel = openParallelDecode(raw, [file], "zstd", 2, 128 << 10)!;
+    expect(parallel).toBeDefined();
+    const inParallel = errorOf(() => drain(parallel));
+    // the same file and the same complaint; each decoder names the compressed offset it stood at when
+    // it found the frame's checksum wrong, which depends on how its input was cut into reads
+    expect([inParallel.where.file, inParallel.field, inParallel.detail]).toEqual([oneDecoder.where.file, oneDecoder.field, oneDecoder.detail]);
+    for (const e of [inParallel, oneDecoder]) expect(Math.abs(e.where.offset! - at)).toBeLessThan(1 << 20);
+  });
+});
+
+function readHead(file: string): Uint8Array {
+  const fd = fs.openSync(file, "r");
+  const b = new Uint8Array(64);
+  fs.readSync(fd, b, 0, 64, 0);
+  fs.closeSync(fd);
+  return b;
+}
+
+function errorOf(f: () => unknown): ImageError {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof ImageError) return e;
+    throw e;
+  }
+  throw new Error("no error");
+}
