@@ -94,9 +94,8 @@ export const restoreCommand = defineCommand({
       const disk = diskInputOf(args.image, args.partition);
       if (disk) return diskRestore(disk, args);
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
-      const image = openImage(args.image);
-      let overlay: OverlayVolume | undefined;
       const image = openImage(args.image, { decodeThreads: parseThreads(args.threads) });
+      let overlay: OverlayVolume | undefined;
       try {
         if (args.overlay !== undefined) overlay = openRestoreOverlay(args.overlay, image);
         const started = performance.now();

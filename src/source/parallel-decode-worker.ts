@@ -6,15 +6,15 @@ import { openRaw } from "./open.ts";
 import type { SpanJob } from "./parallel-decode.ts";
 import { findSeekIndex, seekCodecFor } from "./seek-index/open-index.ts";
 import { seekPointOf } from "./seek-index/index-file.ts";
-import { CTL, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
 
 declare const self: Worker;
 
 self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob }>) => {
   const { shared, job } = event.data;
   const ctl = new Int32Array(shared, 0, CTL.words);
-  const message = new Uint8Array(shared, CTL.words * 4, MESSAGE_BYTES);
-  const slots = new Uint8Array(shared, CTL.words * 4 + MESSAGE_BYTES);
+  const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
+  const slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);
   let slot = 0;
   const probe = new Uint8Array(1);
   try {
@@ -58,7 +58,7 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob 
       e instanceof ImageError ? { message: e.message, where: e.where, field: e.field, detail: e.detail } : { message: String((e as Error)?.message ?? e) };
     const bytes = new TextEncoder().encode(JSON.stringify(failure)).subarray(0, MESSAGE_BYTES);
     message.set(bytes);
-    Atomics.store(ctl, CTL.messageLength, bytes.length);
+    Atomics.store(ctl, CTL.messageLength(MESSAGE.failure), bytes.length);
     Atomics.store(ctl, CTL.state, STATE.failed);
     for (let i = 0; i < SLOT_COUNT; i++) Atomics.notify(ctl, CTL.slotFlag(i));
   }

@@ -3,7 +3,7 @@ import type { ChunkSource, RandomAccessSource } from "./chunk-source.ts";
 import { findSeekIndex } from "./seek-index/open-index.ts";
 import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
 import type { Compression } from "./sniff.ts";
-import { CTL, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
 
 /** A span is decoded by one worker from one seek point on; shorter spans are joined up to this. */
 export const MIN_SPAN_BYTES = 8 << 20;
@@ -130,14 +130,14 @@ export class ParallelDecodeSource implements ChunkSource {
     this.compression = job.compression;
     const n = Math.max(1, Math.min(workers, job.starts.length));
     for (let w = 0; w < n; w++) {
-      const shared = new SharedArrayBuffer(CTL.words * 4 + MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
+      const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
       const worker = new Worker(workerUrl());
       worker.postMessage({ shared, job: { ...job, worker: w, workers: n } satisfies SpanJob });
       this.rings.push({
         worker,
         ctl: new Int32Array(shared, 0, CTL.words),
-        message: new Uint8Array(shared, CTL.words * 4, MESSAGE_BYTES),
-        slots: new Uint8Array(shared, CTL.words * 4 + MESSAGE_BYTES),
+        message: new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES),
+        slots: new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES),
         slot: 0,
         consumedInSlot: 0,
       });
@@ -210,7 +210,7 @@ export class ParallelDecodeSource implements ChunkSource {
   }
 
   private rethrow(ring: Ring): never {
-    const failure = JSON.parse(new TextDecoder().decode(ring.message.slice(0, Atomics.load(ring.ctl, CTL.messageLength)))) as WorkerFailure;
+    const failure = JSON.parse(new TextDecoder().decode(ring.message.slice(0, Atomics.load(ring.ctl, CTL.messageLength(MESSAGE.failure))))) as WorkerFailure;
     this.close();
     if (failure.where && failure.field) throw new ImageError(failure.where, failure.field, failure.detail);
     throw new Error(failure.message);
