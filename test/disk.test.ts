@@ -527,3 +527,55 @@ describe("mount DIR", () => {
     }
   }, 120_000);
 });
+
+describe("hostile raw disks", () => {
+  const disk = (sectors: number, edit: (b: Buffer) => void): string => {
+    const file = path.join(tempDir(), "hostile.raw");
+    const b = Buffer.alloc(sectors * 512);
+    edit(b);
+    fs.writeFileSync(file, b);
+    return file;
+  };
+  const slot = (b: Buffer, sector: number, i: number, type: number, start: number, size: number) => {
+    const at = sector * 512 + 446 + i * 16;
+    b[at + 4] = type;
+    b.writeUInt32LE(start, at + 8);
+    b.writeUInt32LE(size, at + 12);
+    b[sector * 512 + 510] = 0x55;
+    b[sector * 512 + 511] = 0xaa;
+  };
+
+  test("an EBR chain that loops back is an error, not a hang", () => {
+    const file = disk(4096, (b) => {
+      slot(b, 0, 0, 0x05, 100, 2000);
+      slot(b, 100, 0, 0x83, 10, 50);
+      slot(b, 100, 1, 0x05, 0, 200); // the link points at the first EBR again
+    });
+    const r = runCli(["info", file]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/the EBR chain loops/);
+  });
+
+  test("a logical partition outside its extended one", () => {
+    const file = disk(4096, (b) => {
+      slot(b, 0, 0, 0x05, 100, 200);
+      slot(b, 100, 0, 0x83, 10, 1000);
+    });
+    expect(runCli(["info", file]).stderr).toMatch(/logical partition 5 lies outside the extended partition/);
+  });
+
+  test("GPT entries whose CRC does not hold", () => {
+    if (!which("sfdisk")) return void console.log("skipped: sfdisk is not installed (apt: fdisk)");
+    const file = path.join(tempDir(), "gpt.raw");
+    fs.writeFileSync(file, "");
+    fs.truncateSync(file, 8 << 20);
+    expect(spawnSync("sfdisk", ["-q", file], { input: "label: gpt\nstart=2048, size=4096\n" }).status).toBe(0);
+    expect(runCli(["info", file]).code).toBe(0);
+    const b = fs.readFileSync(file);
+    b[1024 + 40] = b[1024 + 40]! ^ 1;
+    fs.writeFileSync(file, b);
+    const r = runCli(["info", `${file}@1`]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/offset 1,024: GPT entry array CRC32 does not match/);
+  }, 60_000);
+});
