@@ -245,6 +245,21 @@ describe("names and several disks", () => {
   }, 180_000);
 });
 
+test("cciss-style names (a / in the device name, - in the file names)", () => {
+  const f = folders().find((x) => x.name === "clonezilla-mbr-zstd")!;
+  const dir = copyFolder(f.name);
+  rewriteNames(dir, "loop0", (p) => `cciss-c0d0${p}`);
+  for (const file of ["loop0-pt.sf", "disk", "parts"].map((n) => path.join(dir, n.replace("loop0", "cciss-c0d0")))) {
+    fs.writeFileSync(file, fs.readFileSync(file, "utf8").replaceAll("cciss-c0d0", "cciss/c0d0"));
+  }
+  const info = JSON.parse(runCli(["info", dir, "--json"]).stdout.toString());
+  expect(info.disks[0].partitions.map((p: { name: string }) => p.name)).toEqual(["cciss-c0d0p1", "cciss-c0d0p2", "cciss-c0d0p3", "cciss-c0d0p5", "cciss-c0d0p6"]);
+  expect(info.problems).toEqual([]);
+  const out = path.join(tempDir(), "cciss.raw");
+  expect(runCli(["restore", dir, "-o", out, "--sparse"]).stderr).toBe("");
+  expect(sha256File(out)).toBe(f.sha256);
+}, 60_000);
+
 describe("tables and headers against the real tools", () => {
   test("EBR chain as sfdisk writes it from pt.sf", () => {
     if (!which("sfdisk")) return void console.log("skipped: sfdisk is not installed (apt: fdisk)");
