@@ -594,3 +594,41 @@ describe("hostile raw disks", () => {
     expect(r.stderr).toMatch(/offset 1,024: GPT entry array CRC32 does not match/);
   }, 60_000);
 });
+
+describe("restore DIR to a block device", () => {
+  test("refused when smaller than the disk; the exact disk when large enough", () => {
+    if (!isRoot || !which("losetup")) return void console.log("skipped: block devices need root and losetup");
+    const f = folders().find((x) => x.name === "clonezilla-mbr-zstd")!;
+    const small = path.join(tempDir(), "small.img");
+    const big = path.join(tempDir(), "big.img");
+    fs.writeFileSync(small, "");
+    fs.truncateSync(small, 10 << 20);
+    fs.writeFileSync(big, "");
+    fs.truncateSync(big, f.size + (1 << 20));
+    const attach = (file: string) => spawnSync("losetup", ["-f", "--show", file]).stdout.toString().trim();
+    const a = attach(small);
+    const b = attach(big);
+    try {
+      expect(a).toMatch(/^\/dev\/loop\d+$/);
+      const refused = runCli(["restore", path.join(CZ, f.name), "-o", a, "--force"]);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toBe(`imgtool: ${a}: the device has ${10 << 20} bytes, the disk needs ${f.size}\n`);
+      const r = runCli(["restore", path.join(CZ, f.name), "-o", b, "--force"]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      const fd = fs.openSync(b, "r");
+      const h = new Bun.CryptoHasher("sha256");
+      const buf = new Uint8Array(8 << 20);
+      for (let done = 0; done < f.size; ) {
+        const n = fs.readSync(fd, buf, 0, Math.min(buf.length, f.size - done), done);
+        h.update(buf.subarray(0, n));
+        done += n;
+      }
+      fs.closeSync(fd);
+      expect(h.digest("hex")).toBe(f.sha256);
+    } finally {
+      spawnSync("losetup", ["-d", a]);
+      spawnSync("losetup", ["-d", b]);
+    }
+  }, 120_000);
+});
