@@ -53,6 +53,7 @@ function main() {
     sh(`cat ${dir}/* > /dev/null`);
     const decompressor = (f: string) => (f.includes(".zst") ? "zstd -dc" : f.includes(".gz") ? "pigz -dc" : "cat");
     add("floor: decompress every image > /dev/null", images.map((i) => `cat ${i.pieces.join(" ")} | ${decompressor(i.first)} > /dev/null`).join(" && "));
+    add("floor: dd the disk's size of zeros, fsync", `dd if=/dev/zero of=${out} bs=4M count=${Math.ceil(layout.size / (4 << 20))} conv=fsync status=none`, "what writing every byte costs here");
     add("imgtool restore DIR --sparse", `${bun} ${CLI} restore ${dir} -o ${out} --sparse -q`, "whole disk, holes for unused");
     add("imgtool restore DIR (zeros written)", `${bun} ${CLI} restore ${dir} -o ${out} -q`, "whole disk, every byte written");
     add("sum: imgtool restore of each partition image", images.map((i) => `${bun} ${CLI} restore ${i.first} -o ${WORK}/part-${i.name} --sparse -q`).join(" && "), `${images.length} processes, no table, no padding`);

@@ -130,8 +130,11 @@ export function looksLikeClonezillaFolder(dir: string): boolean {
 
 function names(text: string | undefined, file: string): string[] {
   if (text === undefined) return [];
-  const out = text.split(/\s+/).filter(Boolean);
-  for (const n of out) if (!NAME.test(n) || n.includes("..")) throw new ImageError({ file }, "not a device name", JSON.stringify(n.slice(0, 40)));
+  const raw = text.split(/\s+/).filter(Boolean);
+  for (const n of raw) if (n.includes("..")) throw new ImageError({ file }, "not a device name", JSON.stringify(n.slice(0, 40)));
+  // "cciss/c0d0" as the device is named; its files are named "cciss-c0d0"
+  const out = raw.map((n) => deviceFileName(n));
+  for (const n of out) if (!NAME.test(n)) throw new ImageError({ file }, "not a device name", JSON.stringify(n.slice(0, 40)));
   return [...new Set(out)];
 }
 

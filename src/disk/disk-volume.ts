@@ -191,9 +191,9 @@ export function sliceVolume(volume: Volume, offset: number, size: number, name: 
   };
 }
 
-/** A regular file or block device read at any offset; every byte counts as data. */
+/** A regular file or block device read at any offset; every byte counts as data. The user named it: a symlink (/dev/disk/by-id/...) is followed. */
 export function fileVolume(path: string, name = path): Volume & { fd: number } {
-  const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  const fd = fs.openSync(path, fs.constants.O_RDONLY);
   const st = fs.fstatSync(fd);
   const size = st.isBlockDevice() ? blockDeviceSize(st) : st.size;
   return {
