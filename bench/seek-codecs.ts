@@ -119,7 +119,7 @@ function main(): void {
   if (SLOW_MB > 0 && !fs.existsSync(slice)) sh(`head -c ${SLOW_MB * 1_000_000} ${img} > ${slice}.tmp && mv ${slice}.tmp ${slice}`);
   const inputs = variants.map((v) => (v.slow && SLOW_MB > 0 ? slice : img));
   const files = variants.map((v, i) => `${inputs[i]}.${v.ext}`);
-  const missing = variants.map((v, i) => ({ v, input: inputs[i]!, file: files[i]! })).filter((m) => !fs.existsSync(m.file));
+  const missing = variants.map((v, i) => ({ v, input: inputs[i]!, file: files[i]! })).filter((m) => !fs.existsSync(m.file) && (!ONLY || ONLY.includes(m.v.ext)));
   if (missing.length > 0) {
     console.error(`bench: compressing as ${missing.map((m) => m.v.ext).join(", ")} (once; cached in .bench/)`);
     sh(missing.map((m) => `(${m.v.make} ${m.input} > ${m.file}.tmp && mv ${m.file}.tmp ${m.file}) &`).join(" ") + " wait");
