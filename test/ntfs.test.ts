@@ -72,12 +72,11 @@ describe("NTFS through libntfs-3g, read from the image", () => {
   });
 
   test("a damaged MFT record is one entry's problem, named, and the rest still lists", () => {
-    const image = openImage(fixture(RICH));
-    const volume = imageVolume(image);
-    const clean = openNtfs(volume);
+    const clean = openFixture(RICH);
     const victim = clean.lookup(new TextEncoder().encode("/docs/random.bin"))!;
-    const mftOffset = mftRecordOffset(volume, victim.id);
+    const mftOffset = mftRecordOffset(clean.volume, victim.id);
     clean.close();
+    const volume = imageVolume(openImage(fixture(RICH)));
     const damaged: Volume = {
       ...volume,
       read(offset, length) {

@@ -50,7 +50,8 @@ export function openInputVolume(arg: string, command: string, opts: { partition?
     refuseWithoutRandomAccess(image, arg, command);
     const baseName = imageBaseName(image.info.format, image.info.pieces);
     // builds the block index now, so that a damaged image fails before anything starts
-    const volume = closingWith(openImageVolume(image, baseName), () => image.close());
+    // messages name the image as it lies on disk
+    const volume = closingWith(openImageVolume(image, image.info.pieces[0]!), () => image.close());
     const source = path.resolve(image.info.pieces[0]!);
     return {
       volume,
