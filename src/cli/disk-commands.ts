@@ -21,7 +21,7 @@ export const infoCommand = defineCommand({
   },
   run: ({ args }) =>
     guard(() => {
-      const image = openImage(args.image);
+      const image = openImage(args.image, { confirmWholeSet: true });
       try {
         process.stdout.write(args.json ? `${JSON.stringify(infoJson(image.info), null, 2)}\n` : infoText(image.info));
       } finally {
