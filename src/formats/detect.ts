@@ -45,6 +45,9 @@ export function openImage(input: string | number, opts: OpenImageOptions = {}): 
     return image;
   } catch (e) {
     stream.reader.close();
+    // every length is checked before it is allocated; should one still get through, the user
+    // learns which file and where, not only the runtime's "Out of memory"
+    if (e instanceof RangeError) throw new ImageError(stream.reader.locate(), "the input asks for more memory than can be had", e.message);
     throw e;
   }
 }
