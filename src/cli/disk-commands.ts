@@ -42,7 +42,7 @@ export const infoCommand = defineCommand({
     guard(() => {
       const disk = diskInputOf(args.image, args.partition);
       if (disk) return diskInfo(disk, args.json === true);
-      const image = openImage(args.image);
+      const image = openImage(args.image, { confirmWholeSet: true });
       try {
         process.stdout.write(args.json ? `${JSON.stringify(infoJson(image.info), null, 2)}\n` : infoText(image.info));
       } finally {

@@ -23,8 +23,7 @@ export class BlockLocator {
     let rank = 0;
     for (let s = 0; s < slots - 1; s++) {
       this.rankAt[s] = rank;
-      const end = Math.min(bitmap.totalBlocks, (s + 1) * BLOCKS_PER_RANK);
-      for (let b = s * BLOCKS_PER_RANK; b < end; b++) if (bitmap.isUsed(b)) rank++;
+      rank += bitmap.countIn(s * BLOCKS_PER_RANK, (s + 1) * BLOCKS_PER_RANK);
     }
     this.rankAt[slots - 1] = rank;
   }

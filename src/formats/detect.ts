@@ -21,11 +21,21 @@ export const formats: FormatHandler[] = [
 
 const HEAD_BYTES = 2048;
 
+export interface OpenImageOptions extends OpenOptions {
+  /**
+   * For a command that reads only the header (info): when the input is a compressed split set
+   * that may have lost pieces after its full-size last one, decode it to the end once so that a
+   * missing piece is named rather than the header printed. Commands that read all the data find
+   * out on the way and need not.
+   */
+  confirmWholeSet?: boolean;
+}
+
 /**
  * Open a disk image (partclone, partimage or ntfsclone) from a path, "-" (stdin) or an fd.
  * `opts.seekIndex` makes a compressed one readable at any offset (serve, mount, cat).
  */
-export function openImage(input: string | number, opts: OpenOptions = {}): Image {
+export function openImage(input: string | number, opts: OpenImageOptions = {}): Image {
   const stream = openStream(input, opts);
   try {
     const head = stream.reader.peek(HEAD_BYTES);
@@ -34,21 +44,25 @@ export function openImage(input: string | number, opts: OpenOptions = {}): Image
       throw new ImageError(stream.reader.locate(0), "not a partclone, partimage or ntfsclone image", describeContent(head, stream));
     }
     const image = handler.open(stream);
-    confirmSetComplete(stream);
+    if (opts.confirmWholeSet) confirmSetComplete(stream);
     return image;
   } catch (e) {
     stream.reader.close();
+    // every length is checked before it is allocated; should one still get through, the user
+    // learns which file and where, not only the runtime's "Out of memory"
+    if (e instanceof RangeError) throw new ImageError(stream.reader.locate(), "the input asks for more memory than can be had", e.message);
     throw e;
   }
 }
 
 /**
  * A compressed split set whose last piece is full-size may have lost the pieces after it, and
- * nothing before the end of the stream tells: decode it to the end once, so that even `info`
+ * nothing before the end of the stream tells: decode it to the end once, so that `info` too
  * names a missing piece (the decoder reports it as such; see SplitSource.missingPiece).
  */
 function confirmSetComplete(stream: OpenedStream): void {
-  if (stream.compression.length === 0 || !pieceAfter(stream.pieces)) return;
+  // a lone .aa is the common case of a set that fitted in one piece: not decoded twice for it
+  if (stream.compression.length === 0 || stream.pieces.length < 2 || !pieceAfter(stream.pieces)) return;
   const again = openStream(stream.pieces[0]!, { threads: false });
   try {
     const buf = new Uint8Array(1 << 20);

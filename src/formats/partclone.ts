@@ -17,6 +17,7 @@ const V2_HEADER_SIZE = 110;
 const V1_BITMAP_MAGIC = "BiTmAgIc";
 const ENDIAN_LITTLE = 0xc0de;
 const MAX_BLOCK_SIZE = 64 << 20;
+const MAX_VOLUME = 2 ** 52;
 const BITMAP_MODES: Record<number, string> = { 0x00: "NONE", 0x01: "BIT", 0x08: "BYTE" };
 
 export function detectPartclone(head: Uint8Array): boolean {
@@ -147,6 +148,8 @@ function checkGeometry(
   at: { blockSize: number; totalBlocks: number; usedBlocks: number; deviceSize: number },
 ): void {
   if (h.blockSize <= 0 || h.blockSize > MAX_BLOCK_SIZE) r.fail("invalid block size", `${h.blockSize}`, start + at.blockSize);
+  // files and devices are sized in 52 bits here (node:fs), and no partclone'd file system is near
+  if (h.deviceSize > MAX_VOLUME) r.fail("fs total size is beyond the 4 PiB imgtool can restore", withCommas(h.deviceSize), start + at.deviceSize);
   if (h.usedBlocks > h.totalBlocks) {
     r.fail("used blocks exceed total blocks", `${withCommas(h.usedBlocks)} > ${withCommas(h.totalBlocks)}`, start + at.usedBlocks);
   }
