@@ -1,5 +1,5 @@
-import fs from "node:fs";
 import { defineCommand } from "citty";
+import { writeFully } from "../output/writer.ts";
 import { EXIT, UsageError, printable, withCommas } from "../errors.ts";
 import { extractTree, joinPath, resolveFollowing } from "../fs/extract.ts";
 import type { DirEntry, FileSystem, FsNode } from "../fs/filesystem.ts";
@@ -44,9 +44,9 @@ function fsOptions(args: { codepage?: string }): OpenFsOptions {
 const encoder = new TextEncoder();
 const pathBytes = (p: string) => encoder.encode(p);
 
+/** stdout may be a non-blocking pipe (EAGAIN): writeFully waits for it */
 function writeOut(data: Uint8Array | string): void {
-  const bytes = typeof data === "string" ? encoder.encode(data) : data;
-  for (let done = 0; done < bytes.length; ) done += fs.writeSync(1, bytes, done, bytes.length - done);
+  writeFully(1, typeof data === "string" ? encoder.encode(data) : data);
 }
 
 export const lsCommand = defineCommand({
