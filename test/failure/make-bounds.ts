@@ -48,7 +48,7 @@ write("truncated-image.bitmap-mode-NONE-2^43-blocks.ext4-ptcl-img", noBitmap);
 write("truncated-image.bitmap-mode-NONE-2^43-blocks.ext4-ptcl-img.gz", compress(["gzip", "-c", "-n"], noBitmap));
 // format 0001, byte bitmap: one byte per block of 2^40
 const v1Huge = v1.slice(0, 16384);
-new DataView(v1Huge.buffer).setBigUint64(40, (1n << 53n) - 1n, true);
+new DataView(v1Huge.buffer).setBigUint64(40, 1n << 52n, true);
 new DataView(v1Huge.buffer).setBigUint64(48, 1n << 40n, true);
 write("truncated-bitmap.0001-2^40-blocks.ext4-ptcl-img", v1Huge);
 write("truncated-bitmap.0001-2^40-blocks.ext4-ptcl-img.xz", compress(["xz", "-c", "-1"], v1Huge));
