@@ -68,6 +68,18 @@ export function tempDir(): string {
   return fs.mkdtempSync(path.join(scratch, "t-"));
 }
 
+/** mulberry32: the same "random" numbers in [0, 1) on every run of a seed */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 export function sha256File(file: string): string {
   const h = new Bun.CryptoHasher("sha256");
   const fd = fs.openSync(file, "r");

@@ -6,21 +6,9 @@ import { openImage } from "../src/formats/detect.ts";
 import { openImageVolume } from "../src/serve/image-export.ts";
 import { mergeOverlay, openOverlay } from "../src/volume/overlay.ts";
 import type { Extent, Volume } from "../src/volume/volume.ts";
-import { errorOf, fixture, restoreToBuffer, runCli, sha256, sha256File, tempDir } from "./helpers.ts";
+import { errorOf, fixture, restoreToBuffer, runCli, seededRandom, sha256, sha256File, tempDir } from "./helpers.ts";
 
 const IMAGE = "ext4.ext4-ptcl-img";
-
-/** mulberry32: the same "random" operations on every run */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function imageCopy(name = IMAGE): string {
   const copy = path.join(tempDir(), name);

@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { imageExport, openImageVolume, volumeExport } from "../src/serve/image-export.ts";
 import { openOverlay } from "../src/volume/overlay.ts";
 import { MAX_PAYLOAD, type NbdServer, serveNbd } from "../src/serve/nbd.ts";
-import { CLI, fixture, manifest, restoreToBuffer, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
+import { CLI, fixture, manifest, restoreToBuffer, runCli, seededRandom, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
 // wire values from the NBD project's doc/proto.md
 const NBDMAGIC = 0x4e42444d41474943n;
@@ -50,18 +50,6 @@ function restored(file: string): Uint8Array {
   } finally {
     image.close();
   }
-}
-
-/** mulberry32: the same "random" ranges on every run */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function randomRanges(size: number, count: number, seed: number): [number, number][] {

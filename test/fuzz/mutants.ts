@@ -6,6 +6,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { partcloneCrc32, PARTCLONE_CRC_SEED } from "../../src/checksum/crc32.ts";
 import { crc32c } from "../../native/crc32c.ts";
+import { seededRandom } from "../helpers.ts";
 
 const ROOT = path.join(import.meta.dir, "..", "..");
 const FIXTURES = path.join(ROOT, "fixtures");
@@ -125,17 +126,9 @@ export function subjects(): Subject[] {
 // ---- seeded randomness ----
 
 export class Rng {
-  private s: number;
+  readonly next: () => number;
   constructor(seed: number) {
-    this.s = seed >>> 0 || 0x9e3779b9;
-  }
-  /** mulberry32 */
-  next(): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    this.next = seededRandom(seed >>> 0 || 0x9e3779b9);
   }
   int(n: number): number {
     return Math.floor(this.next() * n);
