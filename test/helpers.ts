@@ -5,6 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
 import { ImageError } from "../src/errors.ts";
+import { openImage } from "../src/formats/detect.ts";
 
 export const FIXTURES = path.join(import.meta.dir, "..", "fixtures");
 export const CLI = path.join(import.meta.dir, "..", "src", "cli", "main.ts");
@@ -18,6 +19,16 @@ export interface ManifestRow {
   usedBlocks: string;
   blockSize: string;
   notes: string;
+}
+
+/** The volume an image file restores to, in memory. */
+export function restoredBytes(file: string): Uint8Array {
+  const image = openImage(file);
+  try {
+    return restoreToBuffer(image);
+  } finally {
+    image.close();
+  }
 }
 
 /** Rows of fixtures/manifest.tsv (and manifest-extra.tsv when present). */
