@@ -6,7 +6,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { CLI as MAIN_TS, type Measured, ROOT, WORK, measure, sh } from "./common.ts";
+import { CLI as MAIN_TS, type Measured, ROOT, WORK, measure, printColumns, sh } from "./common.ts";
 
 const CLI = process.env.BENCH_IMGTOOL_CLI ?? MAIN_TS;
 const BUN = path.join(ROOT, "node_modules", ".bin", "bun");
@@ -82,5 +82,4 @@ for i in range(${FILES}):
   sh(`umount ${mnt}`);
   fs.rmSync(tmp, { recursive: true, force: true });
 }
-const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd());
+printColumns(rows);

@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { CLI, type Measured, ROOT, WORK, measure, sh } from "./common.ts";
+import { CLI, type Measured, ROOT, WORK, measure, printColumns, sh } from "./common.ts";
 
 const BUN = path.join(ROOT, "node_modules", ".bin", "bun");
 const FILES = Number(process.env.BENCH_BTRFS_FILES ?? 200_000);
@@ -91,5 +91,4 @@ for (const [label, file, kind] of [
     `<= ${target}x ${ratio <= target ? "met" : "MISSED"}; RSS <= ${TARGETS.rssMiB} ${ours.rssMiB <= TARGETS.rssMiB ? "met" : "MISSED"}`,
   ]);
 }
-const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd());
+printColumns(rows);

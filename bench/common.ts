@@ -80,3 +80,9 @@ for i in range(${count}):
             f.write(block); n += len(block)
 "`);
 }
+
+/** Rows of cells as columns padded to their widest cell, two spaces apart. */
+export function printColumns(rows: string[][]): void {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd());
+}
