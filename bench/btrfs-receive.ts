@@ -6,33 +6,13 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { CLI as MAIN_TS, type Measured, ROOT, WORK, measure, printColumns, sh } from "./common.ts";
 
-const ROOT = path.join(import.meta.dir, "..");
-const WORK = path.join(ROOT, ".bench");
-const CLI = process.env.BENCH_IMGTOOL_CLI ?? path.join(ROOT, "src", "cli", "main.ts");
+const CLI = process.env.BENCH_IMGTOOL_CLI ?? MAIN_TS;
 const BUN = path.join(ROOT, "node_modules", ".bin", "bun");
 const FILES = Number(process.env.BENCH_RECEIVE_FILES ?? 20_000);
 const DATA_MB = Number(process.env.BENCH_RECEIVE_DATA_MB ?? 256);
 const TARGETS = { small: 2, data: 1.5, rssMiB: 128 };
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
-
-interface Timing {
-  seconds: number;
-  rssMiB: number;
-}
-
-function time(argv: string[]): Timing {
-  const r = Bun.spawnSync(["/usr/bin/time", "-f", "%e %M", ...argv], { stdout: "ignore", stderr: "pipe" });
-  const lines = r.stderr.toString().trim().split("\n");
-  if (r.exitCode !== 0) throw new Error(`bench: ${argv.join(" ")} failed:\n${lines.join("\n")}`);
-  const [seconds, kib] = lines.at(-1)!.split(" ").map(Number);
-  return { seconds: seconds!, rssMiB: kib! / 1024 };
-}
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-receive-bench-"));
 const vol = path.join(tmp, "vol");
@@ -77,12 +57,12 @@ for i in range(${FILES}):
   ] as const) {
     const mb = fs.statSync(file).size / 1e6;
     const theirsDir = fresh();
-    const theirs = time(["btrfs", "receive", "-f", file, theirsDir]);
-    const ours = time([BUN, CLI, "btrfs-receive", "-q", file, fresh()]);
+    const theirs = measure(["btrfs", "receive", "-f", file, theirsDir], "ignore");
+    const ours = measure([BUN, CLI, "btrfs-receive", "-q", file, fresh()], "ignore");
     sh("sync");
     const subvolume = fs.readdirSync(theirsDir)[0]!;
-    const floor = time(["cp", "-a", "--reflink=never", path.join(theirsDir, subvolume), path.join(fresh(), subvolume)]);
-    const rate = (t: Timing) => (kind === "small" ? `${Math.round(FILES / t.seconds)} files/s` : `${Math.round(mb / t.seconds)} MB/s`);
+    const floor = measure(["cp", "-a", "--reflink=never", path.join(theirsDir, subvolume), path.join(fresh(), subvolume)], "ignore");
+    const rate = (t: Measured) => (kind === "small" ? `${Math.round(FILES / t.seconds)} files/s` : `${Math.round(mb / t.seconds)} MB/s`);
     const ratio = ours.seconds / theirs.seconds;
     const target = TARGETS[kind];
     const name = kind === "small" ? `${FILES} small files (${Math.round(mb)} MB stream)` : `data (${Math.round(mb)} MB stream)`;
@@ -102,5 +82,4 @@ for i in range(${FILES}):
   sh(`umount ${mnt}`);
   fs.rmSync(tmp, { recursive: true, force: true });
 }
-const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd());
+printColumns(rows);

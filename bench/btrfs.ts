@@ -5,21 +5,13 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { CLI, type Measured, ROOT, WORK, measure, printColumns, sh } from "./common.ts";
 
-const ROOT = path.join(import.meta.dir, "..");
-const WORK = path.join(ROOT, ".bench");
-const CLI = path.join(ROOT, "src", "cli", "main.ts");
 const BUN = path.join(ROOT, "node_modules", ".bin", "bun");
 const FILES = Number(process.env.BENCH_BTRFS_FILES ?? 200_000);
 const DATA_MB = Number(process.env.BENCH_BTRFS_DATA_MB ?? 1024);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const TARGETS = { small: 0.7, data: 1.5, rssMiB: 96 };
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
 
 /** Both streams, made once on a throw-away btrfs in a temp dir. */
 function makeStreams(): { small: string; data: string } {
@@ -59,20 +51,11 @@ for i in range(${FILES}):
   return { small, data };
 }
 
-interface Timing {
-  seconds: number;
-  rssMiB: number;
-}
-
 /** Best wall time of RUNS, with the peak RSS of that run, stdout to /dev/null. */
-function time(argv: string[]): Timing {
-  let best: Timing | undefined;
+function time(argv: string[]): Measured {
+  let best: Measured | undefined;
   for (let i = 0; i < RUNS; i++) {
-    const r = Bun.spawnSync(["/usr/bin/time", "-f", "%e %M", ...argv], { stdout: "ignore", stderr: "pipe" });
-    const lines = r.stderr.toString().trim().split("\n");
-    if (r.exitCode !== 0) throw new Error(`bench: ${argv.join(" ")} failed:\n${lines.join("\n")}`);
-    const [seconds, kib] = lines.at(-1)!.split(" ").map(Number);
-    const t = { seconds: seconds!, rssMiB: kib! / 1024 };
+    const t = measure(argv, "ignore");
     if (!best || t.seconds < best.seconds) best = t;
   }
   return best!;
@@ -93,7 +76,7 @@ for (const [label, file, kind] of [
   const mb = fs.statSync(file).size / 1e6;
   const theirs = time(["btrfs", "receive", "--dump", "-f", file]);
   const ours = time([BUN, CLI, "btrfs-dump", file]);
-  const rate = (t: Timing) => (kind === "small" ? `${Math.round(commands / t.seconds / 1000)}k cmd/s` : `${Math.round(mb / t.seconds)} MB/s`);
+  const rate = (t: Measured) => (kind === "small" ? `${Math.round(commands / t.seconds / 1000)}k cmd/s` : `${Math.round(mb / t.seconds)} MB/s`);
   const ratio = ours.seconds / theirs.seconds;
   const target = TARGETS[kind];
   const name = `${label} (${commands.toLocaleString("en-US")} cmds, ${Math.round(mb)} MB)`;
@@ -108,5 +91,4 @@ for (const [label, file, kind] of [
     `<= ${target}x ${ratio <= target ? "met" : "MISSED"}; RSS <= ${TARGETS.rssMiB} ${ours.rssMiB <= TARGETS.rssMiB ? "met" : "MISSED"}`,
   ]);
 }
-const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd());
+printColumns(rows);

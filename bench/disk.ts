@@ -3,30 +3,16 @@
 // floor (decompressing every image to /dev/null), in one run, one table. Uses fixtures/clonezilla (300 MiB disks).
 import fs from "node:fs";
 import path from "node:path";
+import { CLI, ROOT, WORK as BENCH_WORK, need, sh, wall } from "./common.ts";
 import { readClonezillaFolder } from "../src/disk/clonezilla.ts";
 
-const ROOT = path.join(import.meta.dir, "..");
-const WORK = path.join(ROOT, ".bench", "disk");
-const CLI = path.join(ROOT, "src", "cli", "main.ts");
+const WORK = path.join(BENCH_WORK, "disk");
 const FOLDERS = (process.env.BENCH_DISK_FOLDERS ?? "clonezilla-gpt-gzip,clonezilla-mbr-zstd").split(",");
-const PATH = `${process.env.PATH}:/usr/sbin:/sbin`;
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe", env: { ...process.env, PATH } });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
-
-function need(tool: string): boolean {
-  return Bun.which(tool, { PATH }) !== null;
-}
 
 /** wall seconds of a shell command (all its processes) */
 function timed(cmd: string): number {
   sh("sync");
-  const t = performance.now();
-  sh(cmd);
-  return (performance.now() - t) / 1000;
+  return wall(cmd);
 }
 
 function main() {

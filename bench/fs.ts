@@ -4,21 +4,13 @@
 // and 3,000 small files in 30 directories; its partclone image. Needs root (loop mount), partclone.
 import fs from "node:fs";
 import path from "node:path";
+import { CLI, WORK, sh, wall, withExt4Volume, writeRandomFiles } from "./common.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { openFileSystem } from "../src/fs/open.ts";
 import { resolveFollowing } from "../src/fs/extract.ts";
 import { imageVolume } from "../src/volume/volume.ts";
 
-const ROOT = path.join(import.meta.dir, "..");
-const WORK = path.join(ROOT, ".bench");
-const CLI = path.join(ROOT, "src", "cli", "main.ts");
 const TARGET = "/small/d17/file-0042.txt";
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
 
 function makeImage(): string {
   fs.mkdirSync(WORK, { recursive: true });
@@ -26,15 +18,11 @@ function makeImage(): string {
   const img = path.join(WORK, "fs-2g.ext4-ptcl-img");
   if (fs.existsSync(`${img}.done`)) return img;
   console.error("bench: making a 2 GiB ext4 volume with ~1.1 GiB used and its partclone image (once; cached in .bench/)");
-  const mnt = path.join(WORK, "fs-mnt");
-  fs.mkdirSync(mnt, { recursive: true });
-  sh(`rm -f ${vol} && truncate -s 2G ${vol} && mkfs.ext4 -q -F -O ^has_journal ${vol} && mount -o loop ${vol} ${mnt}`);
-  try {
-    sh(`mkdir ${mnt}/big && for i in $(seq 1 16); do head -c 64M /dev/urandom > ${mnt}/big/random$i.bin; done`);
+  withExt4Volume(vol, "2G", path.join(WORK, "fs-mnt"), (mnt) => {
+    sh(`mkdir ${mnt}/big`);
+    writeRandomFiles(`${mnt}/big`, 16);
     sh(`cd ${mnt} && mkdir small && for d in $(seq 0 29); do mkdir small/d$d; for f in $(seq -w 0 99); do printf 'file %s of dir %s\\n%.0s' $f $d $(seq 1 $((RANDOM % 200 + 1))) > small/d$d/file-00$f.txt; done; done`);
-  } finally {
-    sh(`umount ${mnt}`);
-  }
+  });
   sh(`partclone.ext4 -q -c -s ${vol} -O ${img} 2>/dev/null`);
   fs.rmSync(vol);
   fs.writeFileSync(`${img}.done`, "");
@@ -44,12 +32,6 @@ function makeImage(): string {
 /** Bytes this process has read through read(2)-family calls so far. */
 function rchar(): number {
   return Number(/rchar: (\d+)/.exec(fs.readFileSync("/proc/self/io", "utf8"))![1]);
-}
-
-function wall(cmd: string): number {
-  const t = performance.now();
-  sh(cmd);
-  return (performance.now() - t) / 1000;
 }
 
 interface Row {

@@ -4,24 +4,12 @@
 // image. Needs root (loop mount), partclone.ext4, mkfs.ext4, sha256sum.
 import fs from "node:fs";
 import path from "node:path";
+import { CLI, WORK, measure, need, sh, withExt4Volume, writeRandomFiles } from "./common.ts";
 
-const ROOT = path.join(import.meta.dir, "..");
-const WORK = path.join(ROOT, ".bench");
-const CLI = path.join(ROOT, "src", "cli", "main.ts");
 const VOLUME_MIB = Number(process.env.BENCH_PIPE_VOLUME_MIB ?? 1024);
 const USED_MB = Number(process.env.BENCH_PIPE_USED_MB ?? 512);
 /** each command runs this many times; the table shows the fastest (the machine is shared) */
 const RUNS = Number(process.env.BENCH_PIPE_RUNS ?? 3);
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
-
-function need(tool: string): boolean {
-  return Bun.spawnSync(["bash", "-c", `command -v ${tool}`], { stdout: "ignore", env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } }).exitCode === 0;
-}
 
 function makeImage(): string {
   fs.mkdirSync(WORK, { recursive: true });
@@ -29,15 +17,7 @@ function makeImage(): string {
   const img = path.join(WORK, `pipe-ext4-${VOLUME_MIB}m.ptcl-img`);
   if (fs.existsSync(`${img}.done`)) return img;
   console.error(`bench: making a ${VOLUME_MIB} MiB ext4 volume with ~${USED_MB} MB used (once; cached in .bench/)`);
-  const mnt = path.join(WORK, "pipe-mnt");
-  fs.mkdirSync(mnt, { recursive: true });
-  sh(`rm -f ${vol} && truncate -s ${VOLUME_MIB}M ${vol} && mkfs.ext4 -q -F -O ^has_journal ${vol} && mount -o loop ${vol} ${mnt}`);
-  try {
-    const files = Math.max(1, Math.floor(USED_MB / 64));
-    sh(`for i in $(seq 1 ${files}); do head -c 64M /dev/urandom > ${mnt}/random$i.bin; done`);
-  } finally {
-    sh(`umount ${mnt}`);
-  }
+  withExt4Volume(vol, `${VOLUME_MIB}M`, path.join(WORK, "pipe-mnt"), (mnt) => writeRandomFiles(mnt, Math.max(1, Math.floor(USED_MB / 64))));
   sh(`partclone.ext4 -q -c -s ${vol} -O ${img} 2>/dev/null`);
   fs.rmSync(vol);
   fs.writeFileSync(`${img}.done`, "");
@@ -53,10 +33,8 @@ interface Timing {
 
 /** One run of `cmd` under /usr/bin/time: wall and CPU seconds, and the hash it printed. */
 function timedOnce(cmd: string): Timing {
-  const r = Bun.spawnSync(["/usr/bin/time", "-f", "%e %U %S", "bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  const [wall, user, sys] = r.stderr.toString().trim().split("\n").pop()!.split(" ").map(Number);
-  return { seconds: wall!, cpu: user! + sys!, hash: r.stdout.toString().trim().split(/\s+/)[0]! };
+  const { seconds, cpu, stdout } = measure(cmd);
+  return { seconds, cpu, hash: stdout.trim().split(/\s+/)[0]! };
 }
 
 /** Each command RUNS times, taking turns (so a burst of load from others hits all alike); the fastest of each. */

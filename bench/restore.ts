@@ -3,23 +3,11 @@
 // its partclone image plain and compressed. Needs root (loop mount), partclone, zstd, pigz, lz4.
 import fs from "node:fs";
 import path from "node:path";
+import { CLI, WORK, measure, need, sh, withExt4Volume, writeRandomFiles, writeTextFiles } from "./common.ts";
 
-const ROOT = path.join(import.meta.dir, "..");
-const WORK = path.join(ROOT, ".bench");
-const CLI = path.join(ROOT, "src", "cli", "main.ts");
 const VOLUME_GIB = Number(process.env.BENCH_VOLUME_GIB ?? 4);
 const USED_MB = Number(process.env.BENCH_USED_MB ?? 1800);
 const OUT = path.join(WORK, "out.raw");
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
-
-function need(tool: string): boolean {
-  return Bun.spawnSync(["bash", "-c", `command -v ${tool}`], { stdout: "ignore", env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } }).exitCode === 0;
-}
 
 export function makeFixtures(): string {
   fs.mkdirSync(WORK, { recursive: true });
@@ -27,29 +15,12 @@ export function makeFixtures(): string {
   const img = path.join(WORK, `ext4-${VOLUME_GIB}g.ptcl-img`);
   if (fs.existsSync(`${img}.done`)) return img;
   console.error(`bench: making a ${VOLUME_GIB} GiB ext4 volume with ~${USED_MB} MB used (once; cached in .bench/)`);
-  const mnt = path.join(WORK, "mnt");
-  fs.mkdirSync(mnt, { recursive: true });
-  sh(`rm -f ${vol} && truncate -s ${VOLUME_GIB}G ${vol} && mkfs.ext4 -q -F -O ^has_journal ${vol} && mount -o loop ${vol} ${mnt}`);
-  try {
-    const half = Math.floor(USED_MB / 2);
-    const files = Math.max(1, Math.floor(half / 64));
+  withExt4Volume(vol, `${VOLUME_GIB}G`, path.join(WORK, "mnt"), (mnt) => {
+    const files = Math.max(1, Math.floor(USED_MB / 2 / 64));
     // incompressible half: random 64 MB files; compressible half: text with some entropy
-    sh(`for i in $(seq 1 ${files}); do head -c 64M /dev/urandom > ${mnt}/random$i.bin; done`);
-    sh(`python3 -c "
-import random
-r = random.Random(1)
-words = [('w%d' % i).encode() for i in range(5000)]
-line = lambda: b' '.join(r.choice(words) for _ in range(12)) + b'\\n'
-block = b''.join(line() for _ in range(200000))
-for i in range(${files}):
-    with open('${mnt}/text%d.txt' % i, 'wb') as f:
-        n = 0
-        while n < 64 << 20:
-            f.write(block); n += len(block)
-"`);
-  } finally {
-    sh(`umount ${mnt}`);
-  }
+    writeRandomFiles(mnt, files);
+    writeTextFiles(mnt, files);
+  });
   sh(`partclone.ext4 -q -c -s ${vol} -O ${img} 2>/dev/null`);
   sh(`zstd -q -T0 -3 -f -o ${img}.zst ${img} && pigz -6 -c ${img} > ${img}.gz && lz4 -q -f ${img} ${img}.lz4`);
   fs.writeFileSync(`${img}.done`, "");
@@ -62,17 +33,6 @@ interface Row {
   mbps: number;
   rssMiB: number;
   note: string;
-}
-
-/** Run a shell command under /usr/bin/time; returns wall seconds and peak RSS. */
-function timed(cmd: string): { seconds: number; rssMiB: number } {
-  const r = Bun.spawnSync(["bash", "-c", `/usr/bin/time -f '%e %M' bash -c '${cmd.replaceAll("'", "'\\''")}' 2>&1 >/dev/null | tail -1`], {
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [s, kb] = r.stdout.toString().trim().split(/\s+/).map(Number);
-  if (r.exitCode !== 0 || !Number.isFinite(s)) throw new Error(`bench: ${cmd}: ${r.stdout}${r.stderr}`);
-  return { seconds: s!, rssMiB: kb! / 1024 };
 }
 
 function main() {
@@ -94,7 +54,7 @@ function main() {
   const run = (name: string, cmd: string, note = "") => {
     fs.rmSync(OUT, { force: true });
     sh("sync");
-    const { seconds, rssMiB } = timed(cmd);
+    const { seconds, rssMiB } = measure(cmd, "ignore");
     rows.push({ name, seconds, mbps: mb / seconds, rssMiB, note });
     console.error(`bench: ${name}: ${seconds.toFixed(2)} s`);
   };

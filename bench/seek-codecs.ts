@@ -4,6 +4,7 @@
 // Needs root (restore.ts's loop mount), partclone, pigz, bzip2, xz, lz4, zstd.
 import fs from "node:fs";
 import path from "node:path";
+import { measure, need, sh } from "./common.ts";
 import { FileSource, openFileSource } from "../src/source/file.ts";
 import { bzip2SeekCodec } from "../src/source/seek-index/bzip2.ts";
 import type { SeekCodec } from "../src/source/seek-index/codec.ts";
@@ -35,23 +36,6 @@ const variants: Variant[] = [
   { ext: "z5p.xz", slow: true, codec: xzSeekCodec, make: "xz -T0 -3 -c", decode: "xz -dc" },
   { ext: "lz4", codec: lz4SeekCodec, make: "lz4 -q -c", decode: "lz4 -dc" },
 ];
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
-
-/** wall seconds, CPU seconds (user + system) and the command's stdout */
-function timed(cmd: string): { seconds: number; cpu: number; out: string } {
-  const r = Bun.spawnSync(["bash", "-c", `/usr/bin/time -o /dev/fd/3 -f '%e %U %S' bash -c '${cmd.replaceAll("'", "'\\''")}' 3>&2 2>/dev/null`], {
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [s, u, sy] = r.stderr.toString().trim().split("\n").at(-1)!.split(/\s+/).map(Number);
-  if (r.exitCode !== 0 || !Number.isFinite(s)) throw new Error(`bench: ${cmd}: ${r.stderr}`);
-  return { seconds: s!, cpu: u! + sy!, out: r.stdout.toString() };
-}
 
 /** The child: build one index and time cold resumes; prints one JSON line. */
 function child(codecName: string, file: string): void {
@@ -105,7 +89,7 @@ function child(codecName: string, file: string): void {
 
 function main(): void {
   for (const t of ["partclone.ext4", "pigz", "bzip2", "xz", "lz4", "zstd"]) {
-    if (!Bun.which(t, { PATH: `${process.env.PATH}:/usr/sbin:/sbin` })) {
+    if (!need(t)) {
       console.log(`bench: skipped: ${t} is not installed (apt-get install partclone pigz bzip2 xz-utils lz4 zstd)`);
       return;
     }
@@ -131,9 +115,9 @@ function main(): void {
     const size = fs.statSync(file).size;
     sh(`cat ${file} > /dev/null`);
     if (ONLY && !ONLY.includes(v.ext)) continue;
-    const peer = timed(`${v.decode} ${file} > /dev/null`);
-    const ours = timed(`${process.execPath} ${import.meta.path} --child ${v.codec.compression} ${file}`);
-    const r = JSON.parse(ours.out.trim().split("\n").at(-1)!);
+    const peer = measure(`${v.decode} ${file} > /dev/null`);
+    const ours = measure(`${process.execPath} ${import.meta.path} --child ${v.codec.compression} ${file}`);
+    const r = JSON.parse(ours.stdout.trim().split("\n").at(-1)!);
     console.error(`bench: ${v.ext}: ${v.decode} ${peer.seconds} s, build ${r.buildSeconds.toFixed(2)} s`);
     rows.push(
       `| ${v.ext.padEnd(7)} | ${(r.decodedSize / 1e6).toFixed(0).padStart(6)} | ${(size / 1e6).toFixed(0).padStart(6)} | ${`${v.decode}`.padEnd(9)} ${peer.seconds.toFixed(2).padStart(6)} s (cpu ${peer.cpu.toFixed(2)}) | ${r.buildSeconds.toFixed(2).padStart(6)} s (cpu ${r.buildCpu.toFixed(2)}) | ${(r.buildSeconds / peer.seconds).toFixed(2).padStart(5)} / ${(r.buildCpu / peer.cpu).toFixed(2)} | ${String(r.points).padStart(6)} | ${(r.indexBytes / 1e3).toFixed(0).padStart(7)} kB = ${((100 * r.indexBytes) / size).toFixed(3)}% | ${r.coldMeanMs.toFixed(1).padStart(6)} / ${r.coldP90Ms.toFixed(1).padStart(6)} | ${r.notResumable || "-"} |`,

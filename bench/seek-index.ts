@@ -4,22 +4,10 @@
 // partclone image compressed so. Needs root (loop mount), partclone, zstd, qemu-utils, libnbd-bin.
 import fs from "node:fs";
 import path from "node:path";
+import { CLI, WORK, measure, need, sh, withExt4Volume, writeRandomFiles, writeTextFiles } from "./common.ts";
 
-const ROOT = path.join(import.meta.dir, "..");
-const WORK = path.join(ROOT, ".bench");
-const CLI = path.join(ROOT, "src", "cli", "main.ts");
 const VOLUME_GIB = Number(process.env.BENCH_SEEK_VOLUME_GIB ?? 2);
 const USED_MB = Number(process.env.BENCH_SEEK_USED_MB ?? 1200);
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
-
-function need(tool: string): boolean {
-  return Bun.spawnSync(["bash", "-c", `command -v ${tool}`], { stdout: "ignore", env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } }).exitCode === 0;
-}
 
 /** The partclone image of a volume half random, half text, compressed as Clonezilla's -z9p does. */
 function makeImage(): string {
@@ -28,40 +16,15 @@ function makeImage(): string {
   const img = path.join(WORK, `seek-ext4-${VOLUME_GIB}g.ptcl-img.zst`);
   if (fs.existsSync(`${img}.done`)) return img;
   console.error(`bench: making a ${VOLUME_GIB} GiB ext4 volume with ~${USED_MB} MB used, and its partclone | zstd -T2 -3 image (once; cached in .bench/)`);
-  const mnt = path.join(WORK, "seek-mnt");
-  fs.mkdirSync(mnt, { recursive: true });
-  sh(`rm -f ${vol} && truncate -s ${VOLUME_GIB}G ${vol} && mkfs.ext4 -q -F -O ^has_journal ${vol} && mount -o loop ${vol} ${mnt}`);
-  try {
+  withExt4Volume(vol, `${VOLUME_GIB}G`, path.join(WORK, "seek-mnt"), (mnt) => {
     const files = Math.max(1, Math.floor(USED_MB / 2 / 64));
-    sh(`for i in $(seq 1 ${files}); do head -c 64M /dev/urandom > ${mnt}/random$i.bin; done`);
-    sh(`python3 -c "
-import random
-r = random.Random(1)
-words = [('w%d' % i).encode() for i in range(5000)]
-line = lambda: b' '.join(r.choice(words) for _ in range(12)) + b'\\n'
-block = b''.join(line() for _ in range(200000))
-for i in range(${files}):
-    with open('${mnt}/text%d.txt' % i, 'wb') as f:
-        n = 0
-        while n < 64 << 20:
-            f.write(block); n += len(block)
-"`);
-  } finally {
-    sh(`umount ${mnt}`);
-  }
+    writeRandomFiles(mnt, files);
+    writeTextFiles(mnt, files);
+  });
   sh(`partclone.ext4 -q -c -s ${vol} -O - 2>/dev/null | zstd -q -T2 -3 -c > ${img}`);
   fs.rmSync(vol, { force: true });
   fs.writeFileSync(`${img}.done`, "");
   return img;
-}
-
-/** wall seconds, CPU seconds (user + system, all threads) and peak RSS of a shell command */
-function timed(cmd: string): { seconds: number; cpu: number; rssMiB: number; stdout: string } {
-  const out = path.join(WORK, "timed.out");
-  const r = Bun.spawnSync(["bash", "-c", `/usr/bin/time -o ${out}.time -f '%e %U %S %M' bash -c '${cmd.replaceAll("'", "'\\''")}' > ${out}`], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}: ${r.stderr}`);
-  const [s, user, sys, kb] = fs.readFileSync(`${out}.time`, "utf8").trim().split("\n").pop()!.split(/\s+/).map(Number);
-  return { seconds: s!, cpu: user! + sys!, rssMiB: kb! / 1024, stdout: fs.readFileSync(out, "utf8") };
 }
 
 /** CPU seconds a process has used so far (utime + stime) */
@@ -96,9 +59,9 @@ async function main() {
   const indexFile = `${img}.imgtool-index`;
   sh(`cat ${img} > /dev/null`);
 
-  const floor = timed(`zstd -dc ${img} > /dev/null`);
+  const floor = measure(`zstd -dc ${img} > /dev/null`);
   fs.rmSync(indexFile, { force: true });
-  const built = timed(`${bun} ${CLI} index ${img} --json`);
+  const built = measure(`${bun} ${CLI} index ${img} --json`);
   const j = JSON.parse(built.stdout) as { bytes: number; checkpoints: number; rejected: number; seconds: number; spacing: number; decodedSize: number };
   const decodedBytes = j.decodedSize;
   rows.push([
@@ -134,7 +97,7 @@ async function main() {
     const cached = qemuBench(uri, `-c ${cachedCount} -d 1 -s 4096 -S 512 -o ${step * 200}`);
     rows.push(["serve: 4 KiB reads in cached spans, qd1", `${(cachedCount / cached).toFixed(0)} reads/s`, ""]);
     const serverCpu = cpuOf(server.pid);
-    const copy = timed(`nbdcopy '${uri}' null:`);
+    const copy = measure(`nbdcopy '${uri}' null:`);
     const copyCpu = cpuOf(server.pid) - serverCpu;
     rows.push([
       "serve: nbdcopy of the volume to null:",
@@ -156,7 +119,7 @@ async function main() {
   try {
     await plainServer.stdout.getReader().read();
     const before = cpuOf(plainServer.pid);
-    const copy = timed(`nbdcopy 'nbd+unix:///?socket=${plainSocket}' null:`);
+    const copy = measure(`nbdcopy 'nbd+unix:///?socket=${plainSocket}' null:`);
     rows.push(["peer floor: nbdcopy of the same volume served uncompressed", `${copy.seconds.toFixed(2)} s; server CPU ${(cpuOf(plainServer.pid) - before).toFixed(2)} s`, ""]);
   } finally {
     plainServer.kill("SIGTERM");

@@ -4,24 +4,12 @@
 // its partclone image. Needs root (loop mount), partclone, qemu-utils, libnbd-bin, nbdkit.
 import fs from "node:fs";
 import path from "node:path";
+import { CLI, WORK, need, sh, withExt4Volume, writeRandomFiles } from "./common.ts";
 import type { Subprocess } from "bun";
 
-const ROOT = path.join(import.meta.dir, "..");
-const WORK = path.join(ROOT, ".bench");
-const CLI = path.join(ROOT, "src", "cli", "main.ts");
 const VOLUME_GIB = Number(process.env.BENCH_SERVE_VOLUME_GIB ?? 2);
 const USED_MB = Number(process.env.BENCH_SERVE_USED_MB ?? 800);
 const READS = Number(process.env.BENCH_SERVE_READS ?? 100_000);
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
-
-function need(tool: string): boolean {
-  return Bun.spawnSync(["bash", "-c", `command -v ${tool}`], { stdout: "ignore", env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } }).exitCode === 0;
-}
 
 function makeFixtures(): { img: string; raw: string } {
   fs.mkdirSync(WORK, { recursive: true });
@@ -30,16 +18,11 @@ function makeFixtures(): { img: string; raw: string } {
   const raw = path.join(WORK, `serve-ext4-${VOLUME_GIB}g.restored.raw`);
   if (fs.existsSync(`${img}.done`)) return { img, raw };
   console.error(`bench: making a ${VOLUME_GIB} GiB ext4 volume with ~${USED_MB} MB used (once; cached in .bench/)`);
-  const mnt = path.join(WORK, "serve-mnt");
-  fs.mkdirSync(mnt, { recursive: true });
-  sh(`rm -f ${vol} && truncate -s ${VOLUME_GIB}G ${vol} && mkfs.ext4 -q -F -O ^has_journal ${vol} && mount -o loop ${vol} ${mnt}`);
-  try {
+  withExt4Volume(vol, `${VOLUME_GIB}G`, path.join(WORK, "serve-mnt"), (mnt) => {
     const files = Math.max(1, Math.floor(USED_MB / 2 / 64));
-    sh(`for i in $(seq 1 ${files}); do head -c 64M /dev/urandom > ${mnt}/random$i.bin; done`);
+    writeRandomFiles(mnt, files);
     sh(`for i in $(seq 1 ${files}); do yes "imgtool serve bench line $i" | head -c 64M > ${mnt}/text$i.txt; done`);
-  } finally {
-    sh(`umount ${mnt}`);
-  }
+  });
   sh(`partclone.ext4 -q -c -s ${vol} -O ${img} 2>/dev/null`);
   sh(`rm -f ${vol}`);
   sh(`${process.execPath} ${CLI} restore ${img} -o ${raw} --sparse`);

@@ -178,11 +178,9 @@ function errnoName(errno: number): string {
   return Object.entries(os.constants.errno).find(([, n]) => n === errno)?.[0] ?? `errno ${errno}`;
 }
 
-/** The JSCallbacks of the operations implemented; the others stay NULL (ENOSYS). */
-function operationCallbacks(fs: FuseFileSystem, onError: (error: unknown) => void): Record<string, JSCallback> {
-  const callbacks = readCallbacks(fs, onError);
-  const guarded =
-    <A extends unknown[]>(body: (...a: A) => number) =>
+/** Wraps an operation so that what it throws goes to onError and the kernel gets EIO. */
+function guardedBy(onError: (error: unknown) => void) {
+  return <A extends unknown[]>(body: (...a: A) => number) =>
     (...a: A): number => {
       try {
         return body(...a);
@@ -191,6 +189,12 @@ function operationCallbacks(fs: FuseFileSystem, onError: (error: unknown) => voi
         return -EIO;
       }
     };
+}
+
+/** The JSCallbacks of the operations implemented; the others stay NULL (ENOSYS). */
+function operationCallbacks(fs: FuseFileSystem, onError: (error: unknown) => void): Record<string, JSCallback> {
+  const callbacks = readCallbacks(fs, onError);
+  const guarded = guardedBy(onError);
   callbacks.write = new JSCallback(
     guarded((path: Pointer, from: Pointer, size: number | bigint, offset: number | bigint) => {
       if (!fs.write) return -EROFS;
@@ -218,16 +222,7 @@ function operationCallbacks(fs: FuseFileSystem, onError: (error: unknown) => voi
 }
 
 function readCallbacks(fs: FuseFileSystem, onError: (error: unknown) => void): Record<string, JSCallback> {
-  const guarded =
-    <A extends unknown[]>(body: (...a: A) => number) =>
-    (...a: A): number => {
-      try {
-        return body(...a);
-      } catch (e) {
-        onError(e);
-        return -EIO;
-      }
-    };
+  const guarded = guardedBy(onError);
   const fillers = new Map<number, ReturnType<typeof CFunction>>();
   const filler = (address: number) => {
     let f = fillers.get(address);

@@ -5,6 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
 import { ImageError } from "../src/errors.ts";
+import { openImage } from "../src/formats/detect.ts";
 
 export const FIXTURES = path.join(import.meta.dir, "..", "fixtures");
 export const CLI = path.join(import.meta.dir, "..", "src", "cli", "main.ts");
@@ -18,6 +19,16 @@ export interface ManifestRow {
   usedBlocks: string;
   blockSize: string;
   notes: string;
+}
+
+/** The volume an image file restores to, in memory. */
+export function restoredBytes(file: string): Uint8Array {
+  const image = openImage(file);
+  try {
+    return restoreToBuffer(image);
+  } finally {
+    image.close();
+  }
 }
 
 /** Rows of fixtures/manifest.tsv (and manifest-extra.tsv when present). */
@@ -66,6 +77,18 @@ export function tempDir(): string {
     process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
   }
   return fs.mkdtempSync(path.join(scratch, "t-"));
+}
+
+/** mulberry32: the same "random" numbers in [0, 1) on every run of a seed */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
 
 export function sha256File(file: string): string {

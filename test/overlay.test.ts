@@ -6,21 +6,9 @@ import { openImage } from "../src/formats/detect.ts";
 import { openImageVolume } from "../src/serve/image-export.ts";
 import { mergeOverlay, openOverlay } from "../src/volume/overlay.ts";
 import type { Extent, Volume } from "../src/volume/volume.ts";
-import { errorOf, fixture, restoreToBuffer, runCli, sha256, sha256File, tempDir } from "./helpers.ts";
+import { errorOf, fixture, restoredBytes, runCli, seededRandom, sha256, sha256File, tempDir } from "./helpers.ts";
 
 const IMAGE = "ext4.ext4-ptcl-img";
-
-/** mulberry32: the same "random" operations on every run */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function imageCopy(name = IMAGE): string {
   const copy = path.join(tempDir(), name);
@@ -31,15 +19,6 @@ function imageCopy(name = IMAGE): string {
 function baseVolume(file: string): Volume {
   const image = openImage(file);
   return openImageVolume(image, path.basename(file));
-}
-
-function restored(file: string): Uint8Array {
-  const image = openImage(file);
-  try {
-    return restoreToBuffer(image);
-  } finally {
-    image.close();
-  }
 }
 
 /** What extents say, as one flag per byte range, checked for order, coverage and merging. */
@@ -60,7 +39,7 @@ describe("overlay volume", () => {
   test("random writes, zeroes and trims read back as a model of them says, before and after reopening", () => {
     const file = imageCopy();
     const imageSha = sha256File(file);
-    const model = restored(file);
+    const model = restoredBytes(file);
     const overlayFile = path.join(tempDir(), "changes.ovl");
     const random = seededRandom(7);
     let overlay = openOverlay(overlayFile, baseVolume(file));
@@ -144,7 +123,7 @@ describe("overlay volume", () => {
     expect(sha256File(out)).toBe(expected);
     const plain = path.join(tempDir(), "plain.raw");
     expect(runCli(["restore", file, "-o", plain]).code).toBe(0);
-    expect(sha256File(plain)).toBe(sha256(restored(file)));
+    expect(sha256File(plain)).toBe(sha256(restoredBytes(file)));
     // restore never makes an overlay
     const missing = runCli(["restore", file, "--overlay", path.join(tempDir(), "none.ovl"), "-o", path.join(tempDir(), "x.raw")]);
     expect(missing.code).toBe(2);

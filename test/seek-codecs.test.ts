@@ -65,6 +65,19 @@ function open(file: string): RandomAccessSource {
 }
 
 /** What the streaming decoder (the one restore uses) makes of the file. */
+/** What building an index of `file` throws, if anything. */
+function buildError(codec: SeekCodec, file: string): unknown {
+  const raw = open(file);
+  try {
+    codec.build(raw, { spacing: 64 << 10 });
+  } catch (e) {
+    return e;
+  } finally {
+    raw.close();
+  }
+  return undefined;
+}
+
 function streamDecode(codec: SeekCodec, file: string): Uint8Array {
   const d = decoders[codec.compression]!(openFileSource(file));
   const parts: Uint8Array[] = [];
@@ -286,14 +299,7 @@ describe("damaged streams", () => {
       const mid = bad.length >> 1;
       for (let i = 0; i < 64; i++) bad[mid + i]! ^= 0x5a;
       const file = fileOf(bad, `bad-${name}`);
-      const raw = open(file);
-      let err: unknown;
-      try {
-        codec.build(raw, { spacing: 64 << 10 });
-      } catch (e) {
-        err = e;
-      }
-      raw.close();
+      const err = buildError(codec, file);
       expect(err).toBeInstanceOf(ImageError);
       expect((err as Error).message).toContain(file);
       expect((err as Error).message).toMatch(/offset [\d,]+/);
@@ -303,14 +309,7 @@ describe("damaged streams", () => {
       if (!which(tool)) return console.log(`skipped: ${tool} is not installed`);
       const good = compress(cmd, sampleData(13, 1 << 20));
       const file = fileOf(good.subarray(0, good.length - 1000), `short-${name}`);
-      const raw = open(file);
-      let err: unknown;
-      try {
-        codec.build(raw, { spacing: 64 << 10 });
-      } catch (e) {
-        err = e;
-      }
-      raw.close();
+      const err = buildError(codec, file);
       expect(err).toBeInstanceOf(ImageError);
       expect((err as Error).message).toContain(file);
     });

@@ -10,7 +10,7 @@ import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-
 import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
 import { zstdCodec } from "../src/source/seek-index/zstd.ts";
 import { Xxh64State } from "../native/xxhash.ts";
-import { CLI, fixture, restoreToBuffer, runCli, sha256, tempDir, which } from "./helpers.ts";
+import { CLI, fixture, restoreToBuffer, runCli, seededRandom, sha256, tempDir, which } from "./helpers.ts";
 
 const ZSTD = which("zstd");
 const SPACING = 256 << 10;
@@ -30,18 +30,6 @@ function write(dir: string, name: string, data: Uint8Array): string {
   const file = path.join(dir, name);
   fs.writeFileSync(file, data);
   return file;
-}
-
-/** mulberry32: the same ranges on every run */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** random ranges, plus ranges straddling each of `edges` (points, pieces, spans) */

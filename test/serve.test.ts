@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { imageExport, openImageVolume, volumeExport } from "../src/serve/image-export.ts";
 import { openOverlay } from "../src/volume/overlay.ts";
 import { MAX_PAYLOAD, type NbdServer, serveNbd } from "../src/serve/nbd.ts";
-import { CLI, fixture, manifest, restoreToBuffer, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
+import { CLI, fixture, manifest, restoreToBuffer, restoredBytes, runCli, seededRandom, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
 // wire values from the NBD project's doc/proto.md
 const NBDMAGIC = 0x4e42444d41474943n;
@@ -41,27 +41,6 @@ function plainMultiVolumeSet(): string {
     fs.writeFileSync(path.join(dir, `mv.${n}`), Bun.gunzipSync(fs.readFileSync(fixture(`ext2mv-z1-V1.partimg.gz.${n}`))));
   }
   return path.join(dir, "mv.000");
-}
-
-function restored(file: string): Uint8Array {
-  const image = openImage(file);
-  try {
-    return restoreToBuffer(image);
-  } finally {
-    image.close();
-  }
-}
-
-/** mulberry32: the same "random" ranges on every run */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function randomRanges(size: number, count: number, seed: number): [number, number][] {
@@ -265,7 +244,7 @@ describe("random access into ntfsclone and partimage images", () => {
   for (const [name, file] of cases) {
     test(`${name}: read of random ranges equals the restored volume`, () => {
       const input = file();
-      const volume = restored(input);
+      const volume = restoredBytes(input);
       const image = openImage(input);
       try {
         expect(image.read).toBeDefined();
@@ -311,7 +290,7 @@ describe("random access into ntfsclone and partimage images", () => {
 describe("NBD server, spoken to by a client written here", () => {
   for (const name of SERVED) {
     test(`${name}: reads of random ranges equal the restored volume`, async () => {
-      const volume = restored(fixture(name));
+      const volume = restoredBytes(fixture(name));
       expect(sha256(volume)).toBe(restoredSha256(name));
       const image = openImage(fixture(name));
       const server = serve(image);
@@ -337,7 +316,7 @@ describe("NBD server, spoken to by a client written here", () => {
   }
 
   test("out-of-range reads, writes, trims and unknown commands get errors and the session goes on", async () => {
-    const volume = restored(fixture("ext4.ext4-ptcl-img"));
+    const volume = restoredBytes(fixture("ext4.ext4-ptcl-img"));
     const image = openImage(fixture("ext4.ext4-ptcl-img"));
     const server = serve(image);
     try {
@@ -367,7 +346,7 @@ describe("NBD server, spoken to by a client written here", () => {
   });
 
   test("pipelined requests are answered in order with their cookies", async () => {
-    const volume = restored(fixture("ext4.ext4-ptcl-img"));
+    const volume = restoredBytes(fixture("ext4.ext4-ptcl-img"));
     const image = openImage(fixture("ext4.ext4-ptcl-img"));
     const server = serve(image);
     try {
@@ -392,7 +371,7 @@ describe("NBD server, spoken to by a client written here", () => {
   });
 
   test("several clients at once, interleaved", async () => {
-    const volume = restored(fixture("ntfs.ntfsclone-img"));
+    const volume = restoredBytes(fixture("ntfs.ntfsclone-img"));
     const image = openImage(fixture("ntfs.ntfsclone-img"));
     const server = serve(image);
     try {
@@ -758,7 +737,7 @@ async function serveCli(image: string, extra: string[] = []) {
 describe("structured replies and block status, spoken to by a client written here", () => {
   test("reads come as data and hole chunks that rebuild the volume; block status follows the bitmap", async () => {
     const image = openImage(fixture("ext4.ext4-ptcl-img"));
-    const volume = restored(fixture("ext4.ext4-ptcl-img"));
+    const volume = restoredBytes(fixture("ext4.ext4-ptcl-img"));
     const server = serve(image);
     try {
       const client = await TestClient.connect(server);
@@ -869,7 +848,7 @@ describe("structured replies and block status, spoken to by a client written her
     const file = path.join(dir, "ext4.ext4-ptcl-img");
     fs.copyFileSync(fixture("ext4.ext4-ptcl-img"), file);
     const imageSha = sha256File(file);
-    const model = restored(file);
+    const model = restoredBytes(file);
     const image = openImage(file);
     const base = openImageVolume(image, "vol");
     const overlay = openOverlay(path.join(dir, "o.ovl"), base, { inputs: [file] });
@@ -1055,7 +1034,7 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     const merged = fs.readFileSync(out);
     expect(merged.subarray(1 << 20, (1 << 20) + 300 * 1024).every((b) => b === 0xab)).toBe(true);
     expect(merged.subarray(2 << 20, (2 << 20) + 65536).every((b) => b === 0)).toBe(true);
-    const original = restored(file);
+    const original = restoredBytes(file);
     expect(equalBytes(merged.subarray(0, 1 << 20), original.subarray(0, 1 << 20))).toBe(true);
   }, 60_000);
 

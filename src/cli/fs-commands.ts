@@ -9,6 +9,7 @@ import { splitPath } from "../fs/path.ts";
 import { diskArg, partitionArg } from "./disk-input.ts";
 import { openInputVolume } from "./input-volume.ts";
 import { guard } from "./run.ts";
+import { concatBytes } from "../bytes.ts";
 
 const imageArg = { type: "positional", description: "image (any piece of a split set; compressed ones are indexed on first use), or a disk (Clonezilla folder, raw disk) with --partition or DISK@N", required: true } as const;
 const fsArgs = {
@@ -86,7 +87,7 @@ function listing(fsys: FileSystem, path: Uint8Array, node: FsNode, o: { long: bo
     if (e.damage) report(full, e.damage.problem, e.damage.volumeOffset);
     if (o.json) json.push(jsonEntry(fsys, full, e));
     else if (o.long) writeOut(`${longLine(fsys, e, escapeName(relative))}\n`);
-    else writeOut(concat(relative, NEWLINE));
+    else writeOut(concatBytes(relative, NEWLINE));
   };
   const root = splitPath(path);
   if (node.kind !== "directory") {
@@ -98,7 +99,7 @@ function listing(fsys: FileSystem, path: Uint8Array, node: FsNode, o: { long: bo
       active.add(dir.id);
       try {
         for (const e of fsys.list(dir, (err) => report(dirPath, err.problem, err.volumeOffset))) {
-          const relative = prefix ? concat(prefix, SLASH, e.name) : e.name;
+          const relative = prefix ? concatBytes(prefix, SLASH, e.name) : e.name;
           show(dirPath, e, relative);
           if (o.recursive && e.node.kind === "directory" && !e.damage) {
             const childPath = joinPath([dirPath, e.name]);
@@ -124,16 +125,6 @@ function problemLine(fsys: FileSystem, path: Uint8Array, message: string, offset
 
 const NEWLINE = new Uint8Array([0x0a]);
 const SLASH = new Uint8Array([0x2f]);
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 export const getCommand = defineCommand({
   meta: { name: "get", description: "Write one file of the file system inside an image to stdout (symlinks followed inside the image)" },

@@ -141,8 +141,7 @@ function unnamedFileTarget(out: string, fd: number, opts: OutputOptions): Output
         try {
           linkUnnamed(fd, out);
         } catch (e) {
-          if ((e as NodeJS.ErrnoException).code === "EEXIST") throw new UsageError(`${out} appeared while restoring; not overwriting it without --force`);
-          throw e;
+          throw appearedWhileRestoring(e, out);
         }
       }
       fs.closeSync(fd);
@@ -232,9 +231,14 @@ function renameWithoutReplacing(from: string, to: string): void {
     fs.linkSync(from, to);
     fs.unlinkSync(from);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "EEXIST") throw new UsageError(`${to} appeared while restoring; not overwriting it without --force`);
-    throw e;
+    throw appearedWhileRestoring(e, to);
   }
+}
+
+/** What to throw for `e` from naming the output `out`: an EEXIST means someone else made it meanwhile. */
+function appearedWhileRestoring(e: unknown, out: string): unknown {
+  if ((e as NodeJS.ErrnoException).code === "EEXIST") return new UsageError(`${out} appeared while restoring; not overwriting it without --force`);
+  return e;
 }
 
 /** Into an existing file at --output-offset: nothing to rename; unused blocks must not keep old bytes. */
@@ -246,23 +250,7 @@ function inPlaceTarget(out: string, st: fs.Stats, opts: OutputOptions): OutputTa
     );
   }
   const fd = fs.openSync(out, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
-  const writer = new VolumeWriter(out, fd, opts.sparse ? "punch" : "zeros", opts.outputOffset);
-  let open = true;
-  return {
-    writer,
-    name: out,
-    partialPath: undefined,
-    commit(size) {
-      writer.finish(size);
-      fs.fsyncSync(fd);
-      fs.closeSync(fd);
-      open = false;
-    },
-    abort() {
-      if (open) fs.closeSync(fd);
-      open = false;
-    },
-  };
+  return fdTarget(out, fd, new VolumeWriter(out, fd, opts.sparse ? "punch" : "zeros", opts.outputOffset), { fsync: true });
 }
 
 function deviceTarget(out: string, opts: OutputOptions): OutputTarget {
@@ -275,7 +263,6 @@ function deviceTarget(out: string, opts: OutputOptions): OutputTarget {
     if (code === "EBUSY") throw new UsageError(`${out}: the device is in use (mounted, or held by another program)`);
     throw new OutputError(`${out}: cannot open the device: ${code ?? (e as Error).message}`);
   }
-  let open = true;
   try {
     const capacity = blockDeviceSize(fd, out);
     const end = opts.outputOffset + (opts.volumeSize ?? 0);
@@ -289,22 +276,7 @@ function deviceTarget(out: string, opts: OutputOptions): OutputTarget {
     throw e;
   }
   const gaps: GapPolicy = opts.sparse ? "skip" : "zeros";
-  const writer = new VolumeWriter(out, fd, gaps, opts.outputOffset);
-  return {
-    writer,
-    name: out,
-    partialPath: undefined,
-    commit(size) {
-      writer.finish(size);
-      fs.fsyncSync(fd);
-      fs.closeSync(fd);
-      open = false;
-    },
-    abort() {
-      if (open) fs.closeSync(fd);
-      open = false;
-    },
-  };
+  return fdTarget(out, fd, new VolumeWriter(out, fd, gaps, opts.outputOffset), { fsync: true });
 }
 
 function streamTarget(opts: OutputOptions): OutputTarget {
@@ -336,7 +308,11 @@ function streamTargetAt(out: string, opts: OutputOptions): OutputTarget {
   const fd = fs.openSync(out, "w");
   makeBlocking(fd);
   growPipe(fd, PIPE_BYTES);
-  const writer = new VolumeWriter(out, fd, "zeros", null);
+  return fdTarget(out, fd, new VolumeWriter(out, fd, "zeros", null), { fsync: false });
+}
+
+/** A file or device written where it is: commit finishes (and with fsync, syncs) and closes; abort closes. */
+function fdTarget(out: string, fd: number, writer: VolumeWriter, o: { fsync: boolean }): OutputTarget {
   let open = true;
   return {
     writer,
@@ -344,6 +320,7 @@ function streamTargetAt(out: string, opts: OutputOptions): OutputTarget {
     partialPath: undefined,
     commit(size) {
       writer.finish(size);
+      if (o.fsync) fs.fsyncSync(fd);
       fs.closeSync(fd);
       open = false;
     },

@@ -4,6 +4,7 @@
 import fs from "node:fs";
 import type { Socket, SocketHandler } from "bun";
 import type { Extent, Volume, WritableVolume } from "../volume/volume.ts";
+import { concatBytes } from "../bytes.ts";
 
 /** What the server exports: a volume, writable when it is an overlay. */
 export interface NbdExport {
@@ -420,7 +421,7 @@ class Connection {
         const server = new Uint8Array(4 + name.length);
         new DataView(server.buffer).setUint32(0, name.length);
         server.set(name, 4);
-        return this.send(concat(optionReply(option, REP_SERVER, server), optionReply(option, REP_ACK)));
+        return this.send(concatBytes(optionReply(option, REP_SERVER, server), optionReply(option, REP_ACK)));
       }
       case OPT_INFO:
       case OPT_GO: {
@@ -438,7 +439,7 @@ class Connection {
         if (asked(INFO_DESCRIPTION)) replies.push(infoReply(option, INFO_DESCRIPTION, this.exported, this.flags));
         replies.push(optionReply(option, REP_ACK));
         if (option === OPT_GO) this.phase = "transmission";
-        return this.send(concat(...replies));
+        return this.send(concatBytes(...replies));
       }
       case OPT_STRUCTURED_REPLY:
         if (data.length !== 0) return this.send(optionReply(option, REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data"));
@@ -492,7 +493,7 @@ class Connection {
       replies.push(optionReply(option, REP_META_CONTEXT, payload));
     }
     replies.push(optionReply(option, REP_ACK));
-    this.send(concat(...replies));
+    this.send(concatBytes(...replies));
   }
 
   /** The empty name is the default export; any other must be its name. */
@@ -695,7 +696,7 @@ class Connection {
       pv.setUint16(4, text.length);
       payload.set(text, 6);
       pv.setBigUint64(6 + text.length, BigInt(pos));
-      return yield concat(this.chunkHeader(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR_OFFSET, payload.length), payload);
+      return yield concatBytes(this.chunkHeader(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR_OFFSET, payload.length), payload);
     }
   }
 
@@ -753,7 +754,7 @@ class Connection {
       dv.setUint32(4 + 8 * i, d.length);
       dv.setUint32(8 + 8 * i, d.data ? 0 : STATE_HOLE | STATE_ZERO);
     });
-    this.send(concat(this.chunkHeader(cookie, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, payload.length), payload));
+    this.send(concatBytes(this.chunkHeader(cookie, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, payload.length), payload));
   }
 
   private chunkHeader(cookie: Uint8Array, flags: number, type: number, length: number): Uint8Array {
@@ -789,7 +790,7 @@ class Connection {
     dv.setUint32(0, error);
     dv.setUint16(4, text.length);
     payload.set(text, 6);
-    this.send(concat(this.chunkHeader(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, payload.length), payload));
+    this.send(concatBytes(this.chunkHeader(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, payload.length), payload));
   }
 
   private send(bytes: Uint8Array): void {
@@ -835,16 +836,6 @@ function discardThen(answer: () => void): PayloadSink {
 
 function utf8(text: string): Uint8Array {
   return new TextEncoder().encode(text);
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** An option reply: magic, option, reply type, length, data (proto.md "Fixed newstyle negotiation"). */

@@ -1,8 +1,7 @@
 // The decode worker: opens the raw bytes again, decodes every compression layer, and fills the
 // shared ring (see threaded-decode.ts) until the end of the stream.
-import { ImageError } from "../errors.ts";
 import { decodeLayers, openRaw, type RawSpec } from "./open.ts";
-import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failureOf } from "./threaded-decode.ts";
 
 declare const self: Worker;
 
@@ -59,21 +58,3 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec
     for (let i = 0; i < SLOT_COUNT; i++) Atomics.notify(ctl, CTL.slotFlag(i));
   }
 };
-
-/**
- * What to hand over for an error. An error that is not an ImageError (the runtime out of memory,
- * a library refusing) still happened while decoding this input: it is reported as bad input at
- * the decoded offset reached, so the user learns which file and where.
- */
-function failureOf(e: unknown, spec?: RawSpec, decoded = 0): WorkerFailure {
-  if (e instanceof ImageError) return { message: e.message, where: e.where, field: e.field, detail: clip(e.detail) };
-  const message = clip(String((e as Error)?.message ?? e))!;
-  if (!spec) return { message };
-  const file = "fd" in spec ? spec.name : spec.pieces[0]!;
-  return { message, where: { file, offset: decoded, decoded: "decompressed" }, field: "cannot decompress", detail: message };
-}
-
-/** Details come from input bytes (names, paths): keep the failure message within its area. */
-function clip(text: string | undefined): string | undefined {
-  return text !== undefined && text.length > 4096 ? `${text.slice(0, 4096)}…` : text;
-}

@@ -6,7 +6,7 @@ import { openRaw } from "./open.ts";
 import type { SpanJob } from "./parallel-decode.ts";
 import { findSeekIndex, seekCodecFor } from "./seek-index/open-index.ts";
 import { seekPointOf } from "./seek-index/index-file.ts";
-import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failureOf } from "./threaded-decode.ts";
 
 declare const self: Worker;
 
@@ -54,9 +54,7 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob 
     index.close();
     raw.close();
   } catch (e) {
-    const failure: WorkerFailure =
-      e instanceof ImageError ? { message: e.message, where: e.where, field: e.field, detail: e.detail } : { message: String((e as Error)?.message ?? e) };
-    const bytes = new TextEncoder().encode(JSON.stringify(failure)).subarray(0, MESSAGE_BYTES);
+    const bytes = new TextEncoder().encode(JSON.stringify(failureOf(e))).subarray(0, MESSAGE_BYTES);
     message.set(bytes);
     Atomics.store(ctl, CTL.messageLength(MESSAGE.failure), bytes.length);
     Atomics.store(ctl, CTL.state, STATE.failed);

@@ -1,9 +1,9 @@
-import { ImageError, type Location } from "../errors.ts";
+import type { Location } from "../errors.ts";
 import type { ChunkSource, RandomAccessSource } from "./chunk-source.ts";
 import { findSeekIndex } from "./seek-index/open-index.ts";
 import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
 import type { Compression } from "./sniff.ts";
-import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, type WorkerFailure } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, workerFailure } from "./threaded-decode.ts";
 
 /** A span is decoded by one worker from one seek point on; shorter spans are joined up to this. */
 export const MIN_SPAN_BYTES = 8 << 20;
@@ -210,9 +210,8 @@ export class ParallelDecodeSource implements ChunkSource {
   }
 
   private rethrow(ring: Ring): never {
-    const failure = JSON.parse(new TextDecoder().decode(ring.message.slice(0, Atomics.load(ring.ctl, CTL.messageLength(MESSAGE.failure))))) as WorkerFailure;
+    const e = workerFailure(ring.ctl, ring.message);
     this.close();
-    if (failure.where && failure.field) throw new ImageError(failure.where, failure.field, failure.detail);
-    throw new Error(failure.message);
+    throw e;
   }
 }

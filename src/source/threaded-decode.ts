@@ -50,6 +50,31 @@ export interface WorkerFailure {
 }
 
 /**
+ * What a worker hands over for an error. An error that is not an ImageError (the runtime out of
+ * memory, a library refusing) still happened while decoding this input: given the input's spec it
+ * is reported as bad input at the decoded offset reached, so the user learns which file and where.
+ */
+export function failureOf(e: unknown, spec?: RawSpec, decoded = 0): WorkerFailure {
+  if (e instanceof ImageError) return { message: e.message, where: e.where, field: e.field, detail: clip(e.detail) };
+  const message = clip(String((e as Error)?.message ?? e))!;
+  if (!spec) return { message };
+  const file = "fd" in spec ? spec.name : spec.pieces[0]!;
+  return { message, where: { file, offset: decoded, decoded: "decompressed" }, field: "cannot decompress", detail: message };
+}
+
+/** Details come from input bytes (names, paths): keep the failure message within its area. */
+function clip(text: string | undefined): string | undefined {
+  return text !== undefined && text.length > 4096 ? `${text.slice(0, 4096)}…` : text;
+}
+
+/** The error a worker left in the failure message area (`area`: that area alone), rebuilt on this side. */
+export function workerFailure(ctl: Int32Array, area: Uint8Array): Error {
+  const failure = JSON.parse(new TextDecoder().decode(area.slice(0, Atomics.load(ctl, CTL.messageLength(MESSAGE.failure))))) as WorkerFailure;
+  if (failure.where && failure.field) return new ImageError(failure.where, failure.field, failure.detail);
+  return new Error(failure.message);
+}
+
+/**
  * A ChunkSource whose bytes are decompressed by a worker thread. The worker sniffs and decodes
  * every layer itself; `compression` is known once the constructor returns.
  */
@@ -140,9 +165,7 @@ export class ThreadedDecodeSource implements ChunkSource {
   }
 
   private failure(): Error {
-    const failure = JSON.parse(this.readMessage(MESSAGE.failure)) as WorkerFailure;
-    if (failure.where && failure.field) return new ImageError(failure.where, failure.field, failure.detail);
-    return new Error(failure.message);
+    return workerFailure(this.ctl, this.message.subarray(MESSAGE.failure * MESSAGE_BYTES));
   }
 
   private rethrow(): never {

@@ -6,6 +6,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { partcloneCrc32, PARTCLONE_CRC_SEED } from "../../src/checksum/crc32.ts";
 import { crc32c } from "../../native/crc32c.ts";
+import { concatBytes } from "../../src/bytes.ts";
+import { seededRandom } from "../helpers.ts";
 
 const ROOT = path.join(import.meta.dir, "..", "..");
 const FIXTURES = path.join(ROOT, "fixtures");
@@ -125,17 +127,9 @@ export function subjects(): Subject[] {
 // ---- seeded randomness ----
 
 export class Rng {
-  private s: number;
+  readonly next: () => number;
   constructor(seed: number) {
-    this.s = seed >>> 0 || 0x9e3779b9;
-  }
-  /** mulberry32 */
-  next(): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    this.next = seededRandom(seed >>> 0 || 0x9e3779b9);
   }
   int(n: number): number {
     return Math.floor(this.next() * n);
@@ -289,7 +283,7 @@ export function makeMutant(s: Subject, seed: number): Mutant {
     for (const later of s.files.slice(pieceIndex + 1)) files.set(later, null);
     what = `truncate ${file} to ${at}`;
   } else if (kind === "absurd" && s.fields.length > 0) {
-    const inner = s.compressor ? decoded(s).slice() : s.files.length > 1 ? concat(s.files.map(raw)) : original.slice();
+    const inner = s.compressor ? decoded(s).slice() : s.files.length > 1 ? concatBytes(...s.files.map(raw)) : original.slice();
     const f = rng.pick(s.fields);
     const old = getField(inner, f);
     const v = rng.pick([...ABSURD, old + 1n, old > 0n ? old - 1n : 3n, old * 2n, old * 1000n, BigInt(inner.length), BigInt(inner.length) * 8n]);
@@ -360,16 +354,6 @@ export function makeMutant(s: Subject, seed: number): Mutant {
 
 function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** Cut a joined stream back into pieces the sizes of the original ones. */
