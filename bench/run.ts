@@ -10,6 +10,7 @@ const scripts = [
   "disk.ts",
   "fs.ts",
   "serve.ts",
+  "parallel.ts",
 ];
 for (const script of scripts) {
   console.log(`\n## bench/${script}\n`);

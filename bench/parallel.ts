@@ -1,0 +1,254 @@
+// bun bench/parallel.ts (part of npm run bench): restore and verify decoding in parallel from a seek index,
+// per compression, against that compression's decoder alone (`X -dc > /dev/null`), into tmpfs and onto disk,
+// with --threads 1 and all cores; one table.
+// Makes (once, cached in .bench/) a 1.5 GiB ext4 volume with 1 GiB of files, half random, half text, and
+// its partclone image (1.12 GB) compressed with zstd, pzstd, pigz and lz4; xz and bzip2 (whose
+// compressors take ~20 min for that image on 2 loaded cores) get a 384 MiB volume with 256 MB of files
+// made the same way. Needs root (loop mount), partclone, zstd, pigz, xz, bzip2, lz4.
+// BENCH_PAR_ONLY=zstd,gzip limits the compressions.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+const ROOT = path.join(import.meta.dir, "..");
+const WORK = path.join(ROOT, ".bench");
+const CLI = path.join(ROOT, "src", "cli", "main.ts");
+const VOLUME_MIB = Number(process.env.BENCH_PAR_VOLUME_MIB ?? 1536);
+const USED_MB = Number(process.env.BENCH_PAR_USED_MB ?? 1024);
+const SLOW_VOLUME_MIB = Number(process.env.BENCH_PAR_SLOW_VOLUME_MIB ?? 384);
+const SLOW_USED_MB = Number(process.env.BENCH_PAR_SLOW_USED_MB ?? 256);
+const SHM = "/dev/shm";
+const CORES = os.availableParallelism();
+
+function sh(cmd: string): string {
+  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
+  return r.stdout.toString();
+}
+
+function need(tool: string): boolean {
+  return Bun.spawnSync(["bash", "-c", `command -v ${tool}`], { stdout: "ignore", env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } }).exitCode === 0;
+}
+
+/** Each compression as its tool makes it: the file's suffix, how it is made, and its decoder alone. */
+export const COMPRESSIONS = [
+  { name: "zstd one frame (zstd -T2 -3)", key: "zstd", suffix: "zst", make: "zstd -q -T2 -3 -c", decoder: "zstd -dc" },
+  { name: "zstd multi-frame (pzstd -p2 -3)", key: "pzstd", suffix: "pzstd.zst", make: "pzstd -q -p 2 -3 -c", decoder: "zstd -dc" },
+  { name: "gzip (pigz --fast -b 1024 --rsyncable)", key: "gzip", suffix: "gz", make: "pigz -q -p 2 --fast -b 1024 --rsyncable -c", decoder: "pigz -dc" },
+  { name: "xz (xz -T2 -3, multi-block)", key: "xz", suffix: "xz", make: "xz -q -T2 -3 -c", decoder: "xz -dc" },
+  { name: "bzip2 (bzip2 -9)", key: "bzip2", suffix: "bz2", make: "bzip2 -q -9 -c", decoder: "bzip2 -dc" },
+  { name: "lz4 (lz4 -1)", key: "lz4", suffix: "lz4", make: "lz4 -q -1 -c", decoder: "lz4 -dc" },
+] as const;
+type CompressionSpec = (typeof COMPRESSIONS)[number];
+const SLOW = new Set<string>(["xz", "bzip2"]);
+
+/** The partclone image of a volume half random, half text (the approach of bench/restore.ts), and its compressed copies. */
+export function makeImages(volumeMiB: number, usedMB: number, compressions: readonly CompressionSpec[]): string {
+  fs.mkdirSync(WORK, { recursive: true });
+  const vol = path.join(WORK, `par-ext4-${volumeMiB}m.vol`);
+  const img = path.join(WORK, `par-ext4-${volumeMiB}m.ptcl-img`);
+  if (fs.existsSync(`${img}.done`)) return img;
+  console.error(`bench: making a ${volumeMiB} MiB ext4 volume with ~${usedMB} MB used, its partclone image and its compressed copies (once; cached in .bench/)`);
+  if (!fs.existsSync(img)) {
+    const mnt = path.join(WORK, "par-mnt");
+    fs.mkdirSync(mnt, { recursive: true });
+    sh(`rm -f ${vol} && truncate -s ${volumeMiB}M ${vol} && mkfs.ext4 -q -F -O ^has_journal ${vol} && mount -o loop ${vol} ${mnt}`);
+    try {
+      const files = Math.max(1, Math.floor(usedMB / 2 / 64));
+      sh(`for i in $(seq 1 ${files}); do head -c 64M /dev/urandom > ${mnt}/random$i.bin; done`);
+      sh(`python3 -c "
+import random
+r = random.Random(1)
+words = [('w%d' % i).encode() for i in range(5000)]
+line = lambda: b' '.join(r.choice(words) for _ in range(12)) + b'\\n'
+block = b''.join(line() for _ in range(200000))
+for i in range(${files}):
+    with open('${mnt}/text%d.txt' % i, 'wb') as f:
+        n = 0
+        while n < 64 << 20:
+            f.write(block); n += len(block)
+"`);
+    } finally {
+      sh(`umount ${mnt}`);
+    }
+    sh(`partclone.ext4 -q -c -s ${vol} -O ${img}.tmp 2>/dev/null && mv ${img}.tmp ${img}`);
+    fs.rmSync(vol, { force: true });
+  }
+  // the compressors side by side: each uses at most 2 cores, and bzip2 one
+  const made = compressions.filter((c) => !fs.existsSync(`${img}.${c.suffix}`));
+  console.error(`bench: ${made.map((c) => c.make).join("; ")}`);
+  if (made.length) sh(made.map((c) => `(${c.make} ${img} > ${img}.${c.suffix}.tmp && mv ${img}.${c.suffix}.tmp ${img}.${c.suffix}) &`).join(" ") + " wait; " + made.map((c) => `test -f ${img}.${c.suffix}`).join(" && "));
+  fs.writeFileSync(`${img}.done`, "");
+  return img;
+}
+
+interface Timed {
+  seconds: number;
+  cpu: number;
+  rssMiB: number;
+}
+
+/** wall seconds, CPU seconds (user + system) and peak RSS of a shell command; throws on failure */
+function timed(cmd: string): Timed {
+  const t = path.join(WORK, `par-${process.pid}.time`);
+  const r = Bun.spawnSync(["/usr/bin/time", "-o", t, "-f", "%e %U %S %M", "bash", "-c", cmd], { stdout: "ignore", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`bench: ${cmd} failed (exit ${r.exitCode}): ${r.stderr.toString()}`);
+  const [s, user, sys, kb] = fs.readFileSync(t, "utf8").trim().split("\n").pop()!.split(/\s+/).map(Number);
+  fs.rmSync(t, { force: true });
+  return { seconds: s!, cpu: user! + sys!, rssMiB: kb! / 1024 };
+}
+
+function sha256(file: string): string {
+  return sh(`sha256sum ${file}`).split(" ")[0]!;
+}
+
+interface Row {
+  compression: string;
+  run: string;
+  t: Timed;
+  floor?: number;
+  same?: boolean;
+}
+
+function main() {
+  for (const t of ["partclone.ext4", "zstd", "pzstd", "pigz", "xz", "bzip2", "lz4", "mkfs.ext4", "sha256sum"]) {
+    if (!need(t)) {
+      console.log(`bench: skipped: ${t} is not installed (apt-get install partclone zstd pigz xz-utils bzip2 lz4 e2fsprogs)`);
+      return;
+    }
+  }
+  if (process.getuid?.() !== 0) {
+    console.log("bench: skipped: making the volume needs root (loop mount)");
+    return;
+  }
+  if (!fs.existsSync(SHM)) {
+    console.log(`bench: skipped: no tmpfs at ${SHM}`);
+    return;
+  }
+  const only = process.env.BENCH_PAR_ONLY?.split(",");
+  const wanted = COMPRESSIONS.filter((c) => !only || only.includes(c.key));
+  const sets = [
+    { volumeMiB: VOLUME_MIB, usedMB: USED_MB, compressions: wanted.filter((c) => !SLOW.has(c.key)) },
+    { volumeMiB: SLOW_VOLUME_MIB, usedMB: SLOW_USED_MB, compressions: wanted.filter((c) => SLOW.has(c.key)) },
+  ].filter((set, i) => i === 0 || set.compressions.length > 0);
+  const images = sets.map((set) => makeImages(set.volumeMiB, set.usedMB, set.compressions));
+  const bun = process.execPath;
+  const imgtool = process.env.BENCH_IMGTOOL ?? `${bun} ${CLI}`;
+  const shmOut = path.join(SHM, `imgtool-bench-par-${process.pid}.raw`);
+  const diskOut = path.join(WORK, "par-out.raw");
+  const rows: Row[] = [];
+  const failures: string[] = [];
+  const loadBefore = fs.readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+  const began = performance.now();
+
+  // the reference: the plain image's restore, whose output's sha256 every other restore of that image must give
+  let reference = "";
+  const restore = (compression: string, run: string, cmd: string, out: string, floor?: number) => {
+    fs.rmSync(out, { force: true });
+    sh("sync");
+    const t = timed(cmd);
+    const sum = sha256(out);
+    if (!reference) reference = sum;
+    const same = sum === reference;
+    if (!same) console.error(`bench: ${compression}: ${run}: sha256 ${sum} differs from the plain restore's ${reference}`);
+    fs.rmSync(out, { force: true });
+    rows.push({ compression, run, t, floor, same });
+    console.error(`bench: ${compression}: ${run}: ${t.seconds.toFixed(2)} s`);
+  };
+  const other = (compression: string, run: string, cmd: string, floor?: number) => {
+    const t = timed(cmd);
+    rows.push({ compression, run, t, floor });
+    console.error(`bench: ${compression}: ${run}: ${t.seconds.toFixed(2)} s`);
+  };
+
+  for (const [i, set] of sets.entries()) {
+    const img = images[i]!;
+    const plain = `none (${set.volumeMiB} MiB volume, plain)`;
+    reference = "";
+    sh(`cat ${img}* > /dev/null`); // warm the page cache for every reader alike
+    restore(plain, "restore → disk", `exec ${imgtool} restore ${img} -o ${diskOut} --sparse -q`, diskOut);
+    restore(plain, "restore → tmpfs", `exec ${imgtool} restore ${img} -o ${shmOut} --sparse -q`, shmOut);
+    other(plain, "floor: dd image → file, conv=fsync", `dd if=${img} of=${diskOut} bs=4M conv=fsync status=none; rm -f ${diskOut}`);
+
+    for (const c of set.compressions) {
+      try {
+        const file = `${img}.${c.suffix}`;
+        const index = `${file}.imgtool-index`;
+        fs.rmSync(index, { force: true });
+        const floor = timed(`${c.decoder} ${file} > /dev/null`);
+        rows.push({ compression: c.name, run: `floor: ${c.decoder} > /dev/null`, t: floor, floor: floor.seconds });
+        console.error(`bench: ${c.name}: floor ${floor.seconds.toFixed(2)} s`);
+        const f = floor.seconds;
+        restore(c.name, "restore, no index → tmpfs", `exec ${imgtool} restore ${file} -o ${shmOut} --sparse -q`, shmOut, f);
+        restore(c.name, "restore, no index → disk", `exec ${imgtool} restore ${file} -o ${diskOut} --sparse -q`, diskOut, f);
+        other(c.name, "imgtool index", `exec ${imgtool} index ${file}`, f);
+        if (!fs.existsSync(index)) throw new Error(`bench: imgtool index ${file} left no ${index}`);
+        for (const threads of [1, CORES]) {
+          restore(c.name, `restore --threads ${threads}, index → tmpfs`, `exec ${imgtool} restore ${file} -o ${shmOut} --sparse -q --threads ${threads}`, shmOut, f);
+          restore(c.name, `restore --threads ${threads}, index → disk`, `exec ${imgtool} restore ${file} -o ${diskOut} --sparse -q --threads ${threads}`, diskOut, f);
+        }
+        for (const threads of [1, CORES]) other(c.name, `verify --threads ${threads}, index`, `exec ${imgtool} verify ${file} -q --threads ${threads}`, f);
+      } catch (e) {
+        failures.push(`${c.name}: ${(e as Error).message}`);
+        console.error((e as Error).message);
+      }
+    }
+  }
+
+  const loadAfter = fs.readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+  console.log(
+    `\nimages: ${sets.map((set, i) => `${(fs.statSync(images[i]!).size / 1e6).toFixed(0)} MB partclone image of a ${set.volumeMiB} MiB ext4 volume (~${set.usedMB} MB of files, half random) for ${set.compressions.map((c) => c.key).join(", ") || "plain only"}`).join("; ")}; ` +
+      `${CORES} cores ("--threads ${CORES}" = all); tmpfs = ${SHM}, disk = ${diskOut} (restore fsyncs); ` +
+      `load average before ${loadBefore}, after ${loadAfter}; run took ${((performance.now() - began) / 1000).toFixed(0)} s\n`,
+  );
+  console.log("x floor = seconds / the decoder alone (`X -dc > /dev/null`) of the same file; same = output sha256 equals the plain restore's\n");
+  const w = [40, 40];
+  console.log(`| ${"compression".padEnd(w[0]!)} | ${"run".padEnd(w[1]!)} | seconds | x floor | CPU s | peak RSS MiB | same |`);
+  console.log(`|${"-".repeat(w[0]! + 2)}|${"-".repeat(w[1]! + 2)}|---------|---------|-------|--------------|------|`);
+  for (const r of rows) {
+    const ratio = r.floor && !r.run.startsWith("floor") ? (r.t.seconds / r.floor).toFixed(2) : "";
+    const same = r.same === undefined ? "" : r.same ? "yes" : "NO";
+    console.log(
+      `| ${r.compression.padEnd(w[0]!)} | ${r.run.padEnd(w[1]!)} | ${r.t.seconds.toFixed(2).padStart(7)} | ${ratio.padStart(7)} | ${r.t.cpu.toFixed(2).padStart(5)} | ${r.t.rssMiB.toFixed(1).padStart(12)} | ${same.padEnd(4)} |`,
+    );
+  }
+
+  const get = (compression: string, run: string) => rows.find((r) => r.compression.startsWith(compression) && r.run === run)?.t.seconds;
+  const plainDisk = get(`none (${VOLUME_MIB} MiB`, "restore → disk")!;
+  const checks: [string, number | undefined, number][] = [];
+  const zstd1 = COMPRESSIONS[0].name;
+  const zstdFloor = get(zstd1, "floor: zstd -dc > /dev/null");
+  if (zstdFloor) {
+    checks.push([`tmpfs: one-frame zstd restore, index, --threads ${CORES} ≤ 0.8x zstd -dc`, get(zstd1, `restore --threads ${CORES}, index → tmpfs`)! / zstdFloor, 0.8]);
+    checks.push([`one-frame zstd verify, index, --threads ${CORES} ≤ 0.7x zstd -dc`, get(zstd1, `verify --threads ${CORES}, index`)! / zstdFloor, 0.7]);
+    checks.push([`disk: one-frame zstd restore, index, --threads ${CORES} ≤ 0.8x zstd -dc (where the disk allows)`, get(zstd1, `restore --threads ${CORES}, index → disk`)! / zstdFloor, 0.8]);
+  }
+  for (const [prefix, floorRun] of [
+    ["zstd one frame", "floor: zstd -dc > /dev/null"],
+    ["zstd multi-frame", "floor: zstd -dc > /dev/null"],
+    ["gzip", "floor: pigz -dc > /dev/null"],
+  ] as const) {
+    const floor = get(prefix, floorRun);
+    if (!floor) continue;
+    const limit = Math.max(floor, plainDisk);
+    checks.push([`disk: ${prefix} restore, no index ≤ 1.25x max(decoder ${floor.toFixed(2)} s, plain restore ${plainDisk.toFixed(2)} s)`, get(prefix, "restore, no index → disk")! / limit, 1.25]);
+    checks.push([`disk: ${prefix} restore, index, --threads ${CORES} ≤ 1.25x max(decoder, plain restore)`, get(prefix, `restore --threads ${CORES}, index → disk`)! / limit, 1.25]);
+  }
+  const peakRss = Math.max(...rows.filter((r) => !r.run.startsWith("floor")).map((r) => r.t.rssMiB));
+  const allSame = rows.every((r) => r.same !== false);
+  console.log("\n| target | measured | limit | |\n|---|---|---|---|");
+  for (const [name, ratio, limit] of checks) {
+    if (ratio === undefined || !Number.isFinite(ratio)) continue;
+    console.log(`| ${name} | ${ratio.toFixed(2)}x | ${limit}x | ${ratio <= limit ? "met" : "MISSED"} |`);
+  }
+  console.log(`| imgtool peak RSS ≤ 128 MiB (every imgtool run) | ${peakRss.toFixed(1)} MiB | 128 | ${peakRss <= 128 ? "met" : "MISSED"} |`);
+  console.log(`| every restore's output = the plain restore's (sha256) | ${allSame ? "all equal" : "DIFFERENT"} | | ${allSame ? "met" : "MISSED"} |`);
+  for (const f of failures) console.log(`FAILED: ${f.split("\n")[0]}`);
+  if (failures.length) process.exit(1);
+  if (!allSame) {
+    console.error("bench: some restored output differs from the plain restore's (see the 'same' column)");
+    process.exit(1);
+  }
+}
+
+if (import.meta.main) main();
