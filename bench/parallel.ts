@@ -9,26 +9,14 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { CLI, type Measured, WORK, measure, need, sh, withExt4Volume, writeRandomFiles, writeTextFiles } from "./common.ts";
 
-const ROOT = path.join(import.meta.dir, "..");
-const WORK = path.join(ROOT, ".bench");
-const CLI = path.join(ROOT, "src", "cli", "main.ts");
 const VOLUME_MIB = Number(process.env.BENCH_PAR_VOLUME_MIB ?? 1536);
 const USED_MB = Number(process.env.BENCH_PAR_USED_MB ?? 1024);
 const SLOW_VOLUME_MIB = Number(process.env.BENCH_PAR_SLOW_VOLUME_MIB ?? 384);
 const SLOW_USED_MB = Number(process.env.BENCH_PAR_SLOW_USED_MB ?? 256);
 const SHM = "/dev/shm";
 const CORES = os.availableParallelism();
-
-function sh(cmd: string): string {
-  const r = Bun.spawnSync(["bash", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd}\n${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
-
-function need(tool: string): boolean {
-  return Bun.spawnSync(["bash", "-c", `command -v ${tool}`], { stdout: "ignore", env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } }).exitCode === 0;
-}
 
 /** Each compression as its tool makes it: the file's suffix, how it is made, and its decoder alone. */
 export const COMPRESSIONS = [
@@ -50,27 +38,11 @@ export function makeImages(volumeMiB: number, usedMB: number, compressions: read
   if (fs.existsSync(`${img}.done`)) return img;
   console.error(`bench: making a ${volumeMiB} MiB ext4 volume with ~${usedMB} MB used, its partclone image and its compressed copies (once; cached in .bench/)`);
   if (!fs.existsSync(img)) {
-    const mnt = path.join(WORK, "par-mnt");
-    fs.mkdirSync(mnt, { recursive: true });
-    sh(`rm -f ${vol} && truncate -s ${volumeMiB}M ${vol} && mkfs.ext4 -q -F -O ^has_journal ${vol} && mount -o loop ${vol} ${mnt}`);
-    try {
-      const files = Math.max(1, Math.floor(usedMB / 2 / 64));
-      sh(`for i in $(seq 1 ${files}); do head -c 64M /dev/urandom > ${mnt}/random$i.bin; done`);
-      sh(`python3 -c "
-import random
-r = random.Random(1)
-words = [('w%d' % i).encode() for i in range(5000)]
-line = lambda: b' '.join(r.choice(words) for _ in range(12)) + b'\\n'
-block = b''.join(line() for _ in range(200000))
-for i in range(${files}):
-    with open('${mnt}/text%d.txt' % i, 'wb') as f:
-        n = 0
-        while n < 64 << 20:
-            f.write(block); n += len(block)
-"`);
-    } finally {
-      sh(`umount ${mnt}`);
-    }
+    const files = Math.max(1, Math.floor(usedMB / 2 / 64));
+    withExt4Volume(vol, `${volumeMiB}M`, path.join(WORK, "par-mnt"), (mnt) => {
+      writeRandomFiles(mnt, files);
+      writeTextFiles(mnt, files);
+    });
     sh(`partclone.ext4 -q -c -s ${vol} -O ${img}.tmp 2>/dev/null && mv ${img}.tmp ${img}`);
     fs.rmSync(vol, { force: true });
   }
@@ -82,20 +54,11 @@ for i in range(${files}):
   return img;
 }
 
-interface Timed {
-  seconds: number;
-  cpu: number;
-  rssMiB: number;
-}
+type Timed = Omit<Measured, "stdout">;
 
 /** wall seconds, CPU seconds (user + system) and peak RSS of a shell command; throws on failure */
 function timed(cmd: string): Timed {
-  const t = path.join(WORK, `par-${process.pid}.time`);
-  const r = Bun.spawnSync(["/usr/bin/time", "-o", t, "-f", "%e %U %S %M", "bash", "-c", cmd], { stdout: "ignore", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`bench: ${cmd} failed (exit ${r.exitCode}): ${r.stderr.toString()}`);
-  const [s, user, sys, kb] = fs.readFileSync(t, "utf8").trim().split("\n").pop()!.split(/\s+/).map(Number);
-  fs.rmSync(t, { force: true });
-  return { seconds: s!, cpu: user! + sys!, rssMiB: kb! / 1024 };
+  return measure(cmd, "ignore");
 }
 
 function sha256(file: string): string {
