@@ -21,6 +21,11 @@ import { PointVerifier } from "./resume-support.ts";
 const WINDOW = 32768;
 /** `extra[0]` of a point at the start of a gzip member: decode it with its header, no history */
 const MEMBER_START = 1;
+
+/** Whether a gzip point is a member start (decoded with its header and no history). */
+export function isMemberStart(point: { extra: Uint8Array }): boolean {
+  return point.extra[0] === MEMBER_START;
+}
 /** decoded bytes after each point that the build re-decodes through `resume` and compares */
 export const GZIP_VERIFY_SPAN = 64 * 1024; // ≥ WINDOW: see the windowless check in build
 const BUILD_IN = 1 << 20;
@@ -156,7 +161,7 @@ class GzipResume implements ChunkSource {
     point: SeekPoint,
   ) {
     this.name = `${raw.name} (gzip)`;
-    this.rawMode = point.extra[0] !== MEMBER_START;
+    this.rawMode = !isMemberStart(point);
     this.inf = new Inflater(raw.locate(point.compressed), this.rawMode ? RAW_DEFLATE_WINDOW_BITS : GZIP_WINDOW_BITS);
     this.inBase = point.compressed;
     try {

@@ -7,6 +7,8 @@ import { ImageError, withCommas } from "../../errors.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
 import type { LoadedIndex, StoredPoint } from "./index-file.ts";
+import { isMemberStart } from "./gzip.ts";
+import { unpackExtra } from "./zstd.ts";
 import { parseFrameHeader } from "./zstd-frame.ts";
 
 /** One frame or member of the decoded stream whose check a parallel decode has to make itself. */
@@ -19,8 +21,6 @@ export interface StreamCheck {
   finish(): void;
 }
 
-/** `extra[0]` of a gzip point at a member start (seek-index/gzip.ts) */
-const GZIP_MEMBER_START = 1;
 
 /**
  * The checks to make for spans starting at `starts`: one per frame (zstd) or member (gzip) that a span
@@ -28,7 +28,7 @@ const GZIP_MEMBER_START = 1;
  */
 export function streamChecks(raw: RandomAccessSource, compression: Compression, index: LoadedIndex, starts: readonly number[]): StreamCheck[] | undefined {
   const byDecoded = new Map(index.points.map((p) => [p.decoded, p]));
-  const startsAt = (p: StoredPoint) => (compression === "zstd" ? p.extra.length === 0 : compression === "gzip" ? p.extra[0] === GZIP_MEMBER_START || p.decoded === 0 : true);
+  const startsAt = (p: StoredPoint) => (compression === "zstd" ? p.extra.length === 0 : compression === "gzip" ? isMemberStart(p) || p.decoded === 0 : true);
   const frameStarts = index.points.filter(startsAt);
   const checks: StreamCheck[] = [];
   for (const s of starts) {
@@ -56,9 +56,7 @@ function zstdCheck(raw: RandomAccessSource, frame: StoredPoint, inside: StoredPo
   const head = new Uint8Array(18);
   const header = parseFrameHeader(head.subarray(0, raw.readAt(head, frame.compressed)), raw.locate(frame.compressed));
   if (!header.checksum) return null;
-  // a point inside a frame keeps where the frame ends (seek-index/zstd.ts packExtra: n, header, blocksEnd, frameEnd)
-  const n = inside.extra[0]!;
-  const frameEnd = Number(new DataView(inside.extra.buffer, inside.extra.byteOffset).getBigUint64(9 + n, true));
+  const { frameEnd } = unpackExtra(inside.extra, raw);
   const stored = new Uint8Array(4);
   if (frameEnd < 4 || raw.readAt(stored, frameEnd - 4) !== 4) return undefined;
   const hash = new Xxh64State();

@@ -44,7 +44,7 @@ function packExtra(header: Uint8Array, blocksEnd: number, frameEnd: number): Uin
   return out;
 }
 
-function unpackExtra(extra: Uint8Array, raw: RandomAccessSource): { header: Uint8Array; blocksEnd: number; frameEnd: number } {
+export function unpackExtra(extra: Uint8Array, raw: RandomAccessSource): { header: Uint8Array; blocksEnd: number; frameEnd: number } {
   const bad = () => new ImageError({ file: raw.name }, "corrupt seek index", "a zstd point's state does not parse");
   if (extra.length < 1) throw bad();
   const n = extra[0]!;
