@@ -173,19 +173,17 @@ export class NtfsMount {
     }
   }
 
-  /** Open, describe and close an inode. */
-  inode(mftNo: number): NtfsInodeFacts {
-    return this.withInode(mftNo, (ni) => {
-      const mrec = read.ptr(ni, INODE_MREC) as Pointer;
-      const t = (i: number) => read.i64(ni, INODE_TIMES + 8 * i) as bigint;
-      return {
-        mftNo,
-        fileAttributes: read.u32(ni, INODE_FLAGS),
-        recordFlags: read.u16(mrec, MFT_RECORD_FLAGS),
-        linkCount: read.u16(mrec, MFT_RECORD_LINK_COUNT),
-        times: [BigInt(t(0)), BigInt(t(1)), BigInt(t(2)), BigInt(t(3))],
-      };
-    });
+  /** What an open inode's struct and MFT record say of it. */
+  inodeFacts(ni: Pointer, mftNo: number): NtfsInodeFacts {
+    const mrec = read.ptr(ni, INODE_MREC) as Pointer;
+    const t = (i: number) => read.i64(ni, INODE_TIMES + 8 * i) as bigint;
+    return {
+      mftNo,
+      fileAttributes: read.u32(ni, INODE_FLAGS),
+      recordFlags: read.u16(mrec, MFT_RECORD_FLAGS),
+      linkCount: read.u16(mrec, MFT_RECORD_LINK_COUNT),
+      times: [BigInt(t(0)), BigInt(t(1)), BigInt(t(2)), BigInt(t(3))],
+    };
   }
 
   withInode<T>(mftNo: number, fn: (ni: Pointer) => T): T {

@@ -3,7 +3,7 @@
 // system files below record 16 hidden, every mode 0777, owned by whoever reads, Interix files as
 // symlinks, fifos, sockets and devices, symlink and junction reparse points as symlinks.
 import type { Pointer } from "bun:ffi";
-import { AT_DATA, FILE_FIRST_USER, FILE_ROOT, MFT_RECORD_IS_DIRECTORY, NtfsCallError, NtfsMount } from "../../native/ntfs3g.ts";
+import { AT_DATA, FILE_FIRST_USER, FILE_ROOT, MFT_RECORD_IS_DIRECTORY, NtfsCallError, type NtfsInodeFacts, NtfsMount } from "../../native/ntfs3g.ts";
 import { ImageError } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
 import { type DirEntry, type FileSystem, FsError, type FsNode, type Timestamp } from "./filesystem.ts";
@@ -89,16 +89,17 @@ class NtfsFileSystem implements FileSystem {
       if (part === "" || part === ".") continue;
       if (node.kind !== "directory" || part === "..") return undefined;
       const want = utf8.encode(part);
-      const found = this.entries(node, "lookup").find((e) => equalBytes(e.name, want));
+      // only the entry named is described (opened): a directory of thousands costs one inode
+      const found = this.names(node, "searched").find((e) => equalBytes(e.name, want));
       if (!found) return undefined;
-      node = found.node;
+      node = this.describe(found.mftNo, found.text);
     }
     return node;
   }
 
   list(dir: FsNode, onDamage?: (e: FsError) => void): Iterable<DirEntry> {
     try {
-      return this.entries(dir, "list");
+      return this.entries(dir);
     } catch (e) {
       if (!onDamage || !(e instanceof FsError)) throw e;
       onDamage(e);
@@ -155,83 +156,95 @@ class NtfsFileSystem implements FileSystem {
     this.volume.close();
   }
 
-  /** The entries ntfs-3g lists: no DOS names, no "." or "..", no system files but the root's own. */
-  private entries(dir: FsNode, why: string): DirEntry[] {
+  /** The names ntfs-3g lists: no DOS names, no "." or "..", no system files but the root's own. */
+  private names(dir: FsNode, what: string): { name: Uint8Array; text: string; mftNo: number }[] {
     let raw;
     try {
       raw = this.mount.readdir(dir.id);
     } catch (e) {
-      throw this.damage(`directory inode ${dir.id}`, e, `cannot be ${why === "list" ? "listed" : "searched"}`);
+      throw this.damage(`directory inode ${dir.id}`, e, `cannot be ${what}`);
     }
-    const out: DirEntry[] = [];
+    const out: { name: Uint8Array; text: string; mftNo: number }[] = [];
     for (const e of raw) {
       if (e.nameType === FILE_NAME_DOS) continue;
       if (e.mftNo < FILE_FIRST_USER && e.mftNo !== FILE_ROOT) continue;
-      let name: string;
+      let text: string;
       try {
-        name = utf16.decode(e.name);
+        text = utf16.decode(e.name);
       } catch {
         throw this.damage(`directory inode ${dir.id}`, undefined, `holds a name that is not valid UTF-16 (inode ${e.mftNo})`);
       }
-      if (name === "." || name === "..") continue;
-      try {
-        out.push({ name: utf8.encode(name), node: this.describe(e.mftNo, name) });
-      } catch (err) {
-        if (!(err instanceof FsError)) throw err;
-        out.push({ name: utf8.encode(name), node: this.unreadable(e.mftNo), damage: err });
-      }
+      if (text === "." || text === "..") continue;
+      out.push({ name: utf8.encode(text), text, mftNo: e.mftNo });
     }
     return out;
+  }
+
+  /** The named entries, each described; an inode that cannot be read is that entry's damage. */
+  private entries(dir: FsNode): DirEntry[] {
+    return this.names(dir, "listed").map(({ name, text, mftNo }) => {
+      try {
+        return { name, node: this.describe(mftNo, text) };
+      } catch (err) {
+        if (!(err instanceof FsError)) throw err;
+        return { name, node: this.unreadable(mftNo), damage: err };
+      }
+    });
   }
 
   /** ntfs_fuse_getattr, for one inode. */
   private describe(mftNo: number, what: string): NtfsNode {
     try {
-      const facts = this.mount.inode(mftNo);
-      const [, mtime, ctime, atime] = facts.times.map(ntfsTime) as [Timestamp, Timestamp, Timestamp, Timestamp];
-      const node: NtfsNode = { id: mftNo, kind: "file", mode: 0o777, ...this.owner, size: 0, links: 1, mtime, atime, ctime };
-      this.mount.withInode(mftNo, (ni) => {
-        if (facts.fileAttributes & FILE_ATTR_REPARSE_POINT) {
-          const target = this.mount.reparseTarget(ni, this.mountPoint);
-          if (target !== undefined) {
-            node.kind = "symlink";
-            node.target = utf8.encode(target);
-            node.size = node.target.length;
-            return;
-          }
-        }
-        if (facts.recordFlags & MFT_RECORD_IS_DIRECTORY) {
-          node.kind = "directory";
-          node.size = this.mount.withAttr(ni, AT_INDEX_ALLOCATION, I30, (na) => this.mount.attrFacts(na, false).dataSize) ?? 0;
-          return;
-        }
-        node.links = facts.linkCount;
-        const data = this.mount.withAttr(ni, AT_DATA, new Uint16Array(0), (na) => {
-          const size = this.mount.attrFacts(na, false).dataSize;
-          const interix = facts.fileAttributes & FILE_ATTR_SYSTEM && size > 8 && size <= 8 + 2 * PATH_MAX;
-          const head = interix ? new Uint8Array(size) : undefined;
-          if (head && this.mount.pread(na, 0, head) !== size) throw new Error("short read of an Interix file");
-          return { size, head };
-        });
-        node.size = data?.size ?? 0;
-        if (!data || !(facts.fileAttributes & FILE_ATTR_SYSTEM)) return;
-        if (!(facts.fileAttributes & FILE_ATTR_HIDDEN) && data.size <= 1) node.kind = data.size === 0 ? "fifo" : "socket";
-        if (!data.head) return;
-        const magic = String.fromCharCode(...data.head.subarray(0, 8));
-        const dv = new DataView(data.head.buffer);
-        if ((magic === INTX_BLOCK_DEVICE || magic === INTX_CHARACTER_DEVICE) && data.size === INTX_DEVICE_SIZE) {
-          node.kind = magic === INTX_BLOCK_DEVICE ? "block-device" : "char-device";
-          node.rdev = { major: Number(dv.getBigUint64(8, true)), minor: Number(dv.getBigUint64(16, true)) };
-        } else if (magic === INTX_SYMBOLIC_LINK) {
-          node.kind = "symlink";
-          node.target = utf8.encode(utf16.decode(data.head.subarray(8, 8 + ((data.size - 8) & ~1))));
-          node.size = node.target.length;
-        }
+      return this.mount.withInode(mftNo, (ni) => {
+        const facts = this.mount.inodeFacts(ni, mftNo);
+        const [, mtime, ctime, atime] = facts.times.map(ntfsTime) as [Timestamp, Timestamp, Timestamp, Timestamp];
+        const node: NtfsNode = { id: mftNo, kind: "file", mode: 0o777, ...this.owner, size: 0, links: 1, mtime, atime, ctime };
+        this.fill(ni, facts, node);
+        return node;
       });
-      return node;
     } catch (e) {
       if (e instanceof FsError) throw e;
       throw this.damage(`${what} (inode ${mftNo})`, e, "cannot be read");
+    }
+  }
+
+  /** The kind, size, links and target of an open inode, as ntfs_fuse_getattr finds them. */
+  private fill(ni: Pointer, facts: NtfsInodeFacts, node: NtfsNode): void {
+    if (facts.fileAttributes & FILE_ATTR_REPARSE_POINT) {
+      const target = this.mount.reparseTarget(ni, this.mountPoint);
+      if (target !== undefined) {
+        node.kind = "symlink";
+        node.target = utf8.encode(target);
+        node.size = node.target.length;
+        return;
+      }
+    }
+    if (facts.recordFlags & MFT_RECORD_IS_DIRECTORY) {
+      node.kind = "directory";
+      node.size = this.mount.withAttr(ni, AT_INDEX_ALLOCATION, I30, (na) => this.mount.attrFacts(na, false).dataSize) ?? 0;
+      return;
+    }
+    node.links = facts.linkCount;
+    const data = this.mount.withAttr(ni, AT_DATA, new Uint16Array(0), (na) => {
+      const size = this.mount.attrFacts(na, false).dataSize;
+      const interix = facts.fileAttributes & FILE_ATTR_SYSTEM && size > 8 && size <= 8 + 2 * PATH_MAX;
+      const head = interix ? new Uint8Array(size) : undefined;
+      if (head && this.mount.pread(na, 0, head) !== size) throw new Error("short read of an Interix file");
+      return { size, head };
+    });
+    node.size = data?.size ?? 0;
+    if (!data || !(facts.fileAttributes & FILE_ATTR_SYSTEM)) return;
+    if (!(facts.fileAttributes & FILE_ATTR_HIDDEN) && data.size <= 1) node.kind = data.size === 0 ? "fifo" : "socket";
+    if (!data.head) return;
+    const magic = String.fromCharCode(...data.head.subarray(0, 8));
+    const dv = new DataView(data.head.buffer);
+    if ((magic === INTX_BLOCK_DEVICE || magic === INTX_CHARACTER_DEVICE) && data.size === INTX_DEVICE_SIZE) {
+      node.kind = magic === INTX_BLOCK_DEVICE ? "block-device" : "char-device";
+      node.rdev = { major: Number(dv.getBigUint64(8, true)), minor: Number(dv.getBigUint64(16, true)) };
+    } else if (magic === INTX_SYMBOLIC_LINK) {
+      node.kind = "symlink";
+      node.target = utf8.encode(utf16.decode(data.head.subarray(8, 8 + ((data.size - 8) & ~1))));
+      node.size = node.target.length;
     }
   }
 
