@@ -167,6 +167,19 @@ describe("the disk as a Volume (openDisk)", () => {
     expect(fs.readdirSync(dir).filter((f) => f.endsWith(".imgtool-index")).length).toBeGreaterThan(0);
   });
 
+  test("index DIR builds the seek index of every compressed partition image; DIR@N of one", () => {
+    const one = copyFolder("clonezilla-gpt-gzip");
+    const r1 = runCli(["index", `${one}@loop0p2`, "--json"]);
+    expect(r1.code).toBe(0);
+    expect(JSON.parse(r1.stdout.toString()).path).toBe(path.join(one, "loop0p2.ext4-ptcl-img.gz.aa.imgtool-index"));
+    expect(fs.readdirSync(one).filter((f) => f.endsWith(".imgtool-index"))).toEqual(["loop0p2.ext4-ptcl-img.gz.aa.imgtool-index"]);
+    const all = copyFolder("clonezilla-mbr-zstd");
+    const r = runCli(["index", all]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.toString().trim().split("\n").length).toBe(4);
+    expect(fs.readdirSync(all).filter((f) => f.endsWith(".imgtool-index")).length).toBe(4);
+  });
+
   test("a raw disk image opens as a disk: partitions from its MBR/GPT, DISK@N selects one", () => {
     for (const f of folders().filter((x) => x.name.startsWith("clonezilla-"))) {
       const raw = path.join(tempDir(), `${f.name}.raw`);

@@ -6,12 +6,14 @@ import { openRaw } from "../source/open.ts";
 import { buildSeekIndex, DEFAULT_SPACING, seekCodecFor } from "../source/seek-index/open-index.ts";
 import { seekCodecs } from "../source/seek-index/codecs.ts";
 import { sniffCompression } from "../source/sniff.ts";
+import { readClonezillaFolder } from "../disk/clonezilla.ts";
+import { diskInputOf } from "./disk-input.ts";
 import { guard, parseBytes } from "./run.ts";
 
 export const indexCommand = defineCommand({
   meta: { name: "index", description: "Build the seek index of a compressed image, so serve, mount and cat read it at any offset" },
   args: {
-    image: { type: "positional", description: "compressed image file or any piece of a split set", required: true },
+    image: { type: "positional", description: "compressed image file or any piece of a split set; or a Clonezilla folder (DIR@N: one partition)", required: true },
     spacing: { type: "string", description: `decoded bytes between resume points (default ${humanSize(DEFAULT_SPACING)}; smaller: faster cold reads, bigger index)` },
     json: { type: "boolean", description: "print one JSON object: path, bytes, checkpoints, seconds, ..." },
     debug: { type: "boolean", description: "show stack traces of errors" },
@@ -21,28 +23,51 @@ export const indexCommand = defineCommand({
       const spacing = args.spacing === undefined ? DEFAULT_SPACING : parseBytes(args.spacing, "--spacing");
       if (spacing < 1 << 20) throw new UsageError(`--spacing: at least 1M (got ${args.spacing})`);
       if (args.image === "-") throw new UsageError("index needs a file (or split set) it can read again, not stdin");
-      const { raw, pieces } = openRaw(args.image);
-      try {
-        if (!isRandomAccess(raw)) throw new UsageError(`${args.image}: index needs a regular file or split set, not a pipe`);
-        const head = new Uint8Array(64);
-        const kind = sniffCompression(head.subarray(0, raw.readAt(head, 0)));
-        if (!kind) throw new UsageError(`${args.image}: not compressed; serve, mount and cat read it at any offset without an index`);
-        const codec = seekCodecFor(kind);
-        if (!codec) {
-          throw new UsageError(`${args.image}: imgtool has no seek index for ${kind} data (it has for: ${Object.keys(seekCodecs).join(", ")}); decompress it first or use imgtool restore`);
+      const disk = diskInputOf(args.image);
+      if (!disk) {
+        if (!indexImage(args.image, spacing, args.json === true)) {
+          throw new UsageError(`${args.image}: not compressed; serve, mount and cat read it at any offset without an index`);
         }
-        const built = buildSeekIndex(raw, pieces, codec, { spacing });
-        if (args.json) {
-          process.stdout.write(`${JSON.stringify({ ...built, compression: kind, spacing, notResumable: built.notResumable ?? null })}\n`);
-          return;
-        }
-        const share = built.compressedSize > 0 ? ((100 * built.bytes) / built.compressedSize).toFixed(2) : "0";
-        process.stdout.write(
-          `${built.path}: ${withCommas(built.checkpoints)} points over ${humanSize(built.decodedSize)} decoded; ${humanSize(built.bytes)} (${share}% of ${humanSize(built.compressedSize)} ${kind}) in ${built.seconds.toFixed(1)} s\n`,
-        );
-        if (built.notResumable) process.stderr.write(`imgtool: ${args.image}: ${built.notResumable}\n`);
-      } finally {
-        raw.close();
+        return;
       }
+      if (disk.kind === "raw") throw new UsageError(`${args.image}: a raw disk image is read at any offset without an index`);
+      // a Clonezilla folder: every compressed partition image, one after the other
+      let indexed = 0;
+      for (const d of readClonezillaFolder(disk.path).disks) {
+        for (const p of d.layout.partitions) {
+          if (p.content.kind !== "image") continue;
+          if (disk.partition !== undefined && p.name !== disk.partition && String(p.number) !== disk.partition) continue;
+          if (indexImage(p.content.pieces[0]!, spacing, args.json === true)) indexed++;
+        }
+      }
+      if (indexed === 0 && !args.json) process.stdout.write(`${args.image}: no compressed partition image to index\n`);
     }),
 });
+
+/** Build the index of one image; false when it is not compressed. */
+function indexImage(image: string, spacing: number, json: boolean): boolean {
+  const { raw, pieces } = openRaw(image);
+  try {
+    if (!isRandomAccess(raw)) throw new UsageError(`${image}: index needs a regular file or split set, not a pipe`);
+    const head = new Uint8Array(64);
+    const kind = sniffCompression(head.subarray(0, raw.readAt(head, 0)));
+    if (!kind) return false;
+    const codec = seekCodecFor(kind);
+    if (!codec) {
+      throw new UsageError(`${image}: imgtool has no seek index for ${kind} data (it has for: ${Object.keys(seekCodecs).join(", ")}); decompress it first or use imgtool restore`);
+    }
+    const built = buildSeekIndex(raw, pieces, codec, { spacing });
+    if (json) {
+      process.stdout.write(`${JSON.stringify({ ...built, compression: kind, spacing, notResumable: built.notResumable ?? null })}\n`);
+      return true;
+    }
+    const share = built.compressedSize > 0 ? ((100 * built.bytes) / built.compressedSize).toFixed(2) : "0";
+    process.stdout.write(
+      `${built.path}: ${withCommas(built.checkpoints)} points over ${humanSize(built.decodedSize)} decoded; ${humanSize(built.bytes)} (${share}% of ${humanSize(built.compressedSize)} ${kind}) in ${built.seconds.toFixed(1)} s\n`,
+    );
+    if (built.notResumable) process.stderr.write(`imgtool: ${image}: ${built.notResumable}\n`);
+    return true;
+  } finally {
+    raw.close();
+  }
+}
