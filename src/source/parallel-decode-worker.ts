@@ -29,7 +29,8 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob 
       const stored = pointAt.get(job.starts[span]!);
       if (!stored) throw new Error(`the seek index of ${job.pieces[0]} changed`);
       const source = codec.resume(raw, seekPointOf(index, stored));
-      let left = (job.starts[span + 1] ?? job.decodedSize) - stored.decoded;
+      const spanEnd = job.starts[span + 1] ?? job.decodedSize;
+      let left = spanEnd - stored.decoded;
       while (left > 0) {
         const flag = CTL.slotFlag(slot);
         while (Atomics.load(ctl, flag) !== SLOT.empty) Atomics.wait(ctl, flag, SLOT.full);
@@ -38,7 +39,10 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob 
         let filled = 0;
         while (filled < view.length) {
           const n = source.read(view.subarray(filled));
-          if (n === 0) throw new ImageError(source.locate(stored.decoded + filled), `${job.compression} data ends early`, "the stream is truncated");
+          if (n === 0) {
+            const at = spanEnd - left + filled;
+            throw new ImageError({ file: job.pieces[0]!, offset: at, decoded: job.compression }, `${job.compression} data ends early`, `the seek index says ${job.decodedSize} decoded bytes`);
+          }
           filled += n;
         }
         Atomics.store(ctl, CTL.slotLength(slot), filled);
