@@ -63,8 +63,8 @@ function main() {
   const read = rchar() - before;
   rows.push({ what: `get ${TARGET} (in process)`, seconds, read: `${read.toLocaleString("en-US")} B = ${((read / imageBytes) * 100).toFixed(3)}%`, note: `${node.size} bytes` });
   const out = path.join(WORK, "fs-get.out");
-  rows.push({ what: "imgtool get (CLI, with Bun's start)", seconds: wall(`bun ${CLI} get ${img} ${TARGET} > ${out}`), read: "", note: "" });
-  const restoreOne = wall(`bun ${CLI} restore ${img} -o ${WORK}/fs-one.raw --sparse --force && mkdir -p ${WORK}/fs-m1 && mount -o ro,loop ${WORK}/fs-one.raw ${WORK}/fs-m1 && cp ${WORK}/fs-m1${TARGET} ${out}.ref && umount ${WORK}/fs-m1`);
+  rows.push({ what: "imgtool get (CLI, with Bun's start)", seconds: wall(`${process.execPath} ${CLI} get ${img} ${TARGET} > ${out}`), read: "", note: "" });
+  const restoreOne = wall(`${process.execPath} ${CLI} restore ${img} -o ${WORK}/fs-one.raw --sparse --force && mkdir -p ${WORK}/fs-m1 && mount -o ro,loop ${WORK}/fs-one.raw ${WORK}/fs-m1 && cp ${WORK}/fs-m1${TARGET} ${out}.ref && umount ${WORK}/fs-m1`);
   rows.push({ what: "restore --sparse + loop mount + cp (one file)", seconds: restoreOne, read: `${imageBytes.toLocaleString("en-US")} B = 100%`, note: "" });
   if (!fs.readFileSync(out).equals(fs.readFileSync(`${out}.ref`))) throw new Error("bench: imgtool get differs from the kernel's copy");
 
@@ -75,7 +75,7 @@ function main() {
     if (!fs.existsSync(`${zst}.done`)) sh(`zstd -q -f -T2 -3 ${img} -o ${zst} && touch ${zst}.done`);
     const zstBytes = fs.statSync(zst).size;
     fs.rmSync(`${zst}.imgtool-index`, { force: true });
-    rows.push({ what: "imgtool get from IMG.zst, no index yet (builds it)", seconds: wall(`bun ${CLI} get ${zst} ${TARGET} > ${out}.z`), read: "", note: `zstd image ${zstBytes.toLocaleString("en-US")} B` });
+    rows.push({ what: "imgtool get from IMG.zst, no index yet (builds it)", seconds: wall(`${process.execPath} ${CLI} get ${zst} ${TARGET} > ${out}.z`), read: "", note: `zstd image ${zstBytes.toLocaleString("en-US")} B` });
     if (!fs.readFileSync(`${out}.z`).equals(fs.readFileSync(out))) throw new Error("bench: imgtool get from the .zst differs");
     const zBefore = rchar();
     const z0 = performance.now();
@@ -85,7 +85,7 @@ function main() {
     zfs.close();
     const zRead = rchar() - zBefore;
     rows.push({ what: `get ${TARGET} from IMG.zst, index present (in process)`, seconds: (performance.now() - z0) / 1000, read: `${zRead.toLocaleString("en-US")} B = ${((zRead / zstBytes) * 100).toFixed(3)}%`, note: "target ≤ 2 s, ≤ 1%" });
-    rows.push({ what: "imgtool get from IMG.zst, index present (CLI, with Bun's start)", seconds: wall(`bun ${CLI} get ${zst} ${TARGET} > ${out}.z`), read: "", note: "" });
+    rows.push({ what: "imgtool get from IMG.zst, index present (CLI, with Bun's start)", seconds: wall(`${process.execPath} ${CLI} get ${zst} ${TARGET} > ${out}.z`), read: "", note: "" });
     rows.push({ what: "floor: zstd -dc IMG.zst > /dev/null", seconds: wall(`zstd -dc ${zst} > /dev/null`), read: "", note: "" });
     fs.rmSync(`${out}.z`, { force: true });
   }
@@ -95,8 +95,8 @@ function main() {
   const ref = path.join(WORK, "fs-cp");
   const rd = path.join(WORK, "fs-rdump");
   sh(`rm -rf ${dest} ${ref} ${rd}; mkdir -p ${rd}`);
-  rows.push({ what: "imgtool extract / -o DIR", seconds: wall(`bun ${CLI} extract ${img} -o ${dest}`), read: "", note: "" });
-  const restore = wall(`bun ${CLI} restore ${img} -o ${WORK}/fs-all.raw --sparse --force`);
+  rows.push({ what: "imgtool extract / -o DIR", seconds: wall(`${process.execPath} ${CLI} extract ${img} -o ${dest}`), read: "", note: "" });
+  const restore = wall(`${process.execPath} ${CLI} restore ${img} -o ${WORK}/fs-all.raw --sparse --force`);
   const mountCp = wall(`mkdir -p ${WORK}/fs-m2 && mount -o ro,loop ${WORK}/fs-all.raw ${WORK}/fs-m2 && cp -a ${WORK}/fs-m2 ${ref} && umount ${WORK}/fs-m2`);
   rows.push({ what: "restore --sparse + loop mount + cp -a", seconds: restore + mountCp, read: "", note: `restore ${restore.toFixed(2)} s + mount/cp -a ${mountCp.toFixed(2)} s` });
   const rdump = wall(`debugfs -R 'rdump / ${rd}' ${WORK}/fs-all.raw`);
