@@ -333,9 +333,11 @@ describe.skipIf(skipReason !== undefined)("imgtool mount: holes and --overlay", 
         const script = which("script");
         if (!script) return console.log("skipped: script (util-linux) is not installed");
         const mountpoint = tempDir();
-        const command = [process.execPath, CLI, "mount", fixture("ext4.ext4-ptcl-img"), mountpoint].map((a) => `'${a}'`).join(" ");
+        // exec: the shell script starts ($SHELL) must not stay in the terminal's foreground group,
+        // where a ^C would end it (and script -e with it) whatever imgtool does
+        const command = `exec ${[process.execPath, CLI, "mount", fixture("ext4.ext4-ptcl-img"), mountpoint].map((a) => `'${a}'`).join(" ")}`;
         // script gives the command a pseudo-terminal; what is written to its stdin is typed there
-        const child = Bun.spawn([script, "-qfec", command, "/dev/null"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+        const child = Bun.spawn([script, "-qfec", command, "/dev/null"], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, SHELL: "/bin/sh" } });
         const file = path.join(mountpoint, "ext4.ext4-ptcl-img.raw");
         try {
           const deadline = Date.now() + MOUNT_WAIT_MS;
@@ -362,7 +364,11 @@ describe.skipIf(skipReason !== undefined)("imgtool mount: holes and --overlay", 
             expect(pid).toBeDefined();
             process.kill(Number(pid), "SIGTERM");
           }
-          expect(await exitCode(child, EXIT_WAIT_MS)).toBe(0);
+          const code = await exitCode(child, EXIT_WAIT_MS);
+          if (code !== 0) child.kill("SIGKILL");
+          // what the terminal showed, so that a failure says why
+          const shown = code === 0 ? "" : await new Response(child.stdout).text();
+          expect(`exit ${code}${shown && `; the terminal showed: ${shown}`}`).toBe("exit 0");
           expect(inMounts(mountpoint)).toBe(false);
           expect(fs.readdirSync(mountpoint)).toEqual([]);
         } finally {

@@ -67,12 +67,6 @@ function checkMountpoint(mountpoint: string): void {
   if (!stat.isDirectory()) throw new UsageError(`${mountpoint}: not a directory`);
 }
 
-/** The image's file name plus .raw, without the suffix that numbers a piece (.aa of a split set, .000 of partimage). */
-/**
- * Commands that read the volume at any offset (serve, mount) need an uncompressed regular file:
- * one clear line saying what to do instead.
- */
-
 function mountedLine(mountpoint: string, name: string, size: number, overlay: OverlayVolume | undefined): string {
   const file = path.join(mountpoint, name);
   const mode = overlay ? `writable, changes in ${overlay.file}${overlay.created ? " (new)" : ""}` : "read-only";
