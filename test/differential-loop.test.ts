@@ -40,7 +40,8 @@ describe.skipIf(why !== "")("differential: the same bytes as partimage restore o
         return;
       }
       try {
-        const r = Bun.spawnSync([partimage!, "-b", "-f3", "restore", loop, path.join(dir, name)], { cwd: dir, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+        // partimage (newt) wants a terminal type that can clear the screen, even in batch mode
+        const r = Bun.spawnSync([partimage!, "-b", "-f3", "restore", loop, path.join(dir, name)], { cwd: dir, stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, TERM: process.env.TERM || "xterm" } });
         expect(r.exitCode).toBe(0);
       } finally {
         Bun.spawnSync([losetup!, "-d", loop]);

@@ -179,7 +179,7 @@ describe("extract / gives the tree debugfs rdump / mtools mcopy give from the re
       fs.mkdirSync(ref);
       // rdump makes hard links copies and skips devices and fifos; mcopy keeps no modes
       const r = isFat
-        ? Bun.spawnSync([mcopy!, "-s", "-p", "-m", "-i", vol, "::/", `${ref}/`], { stderr: "pipe" })
+        ? Bun.spawnSync([mcopy!, "-s", "-p", "-m", "-i", vol, "::/", `${ref}/`], { stderr: "pipe", env: { ...process.env, LC_ALL: "C.UTF-8" } })
         : Bun.spawnSync([debugfs!, "-R", `rdump / ${ref}`, vol], { stderr: "pipe" });
       expect(r.exitCode).toBe(0);
       const o: SnapshotOptions = isFat ? { mtimes: true } : { modes: true, modeMask: 0o777, skipTypes: ["fifo", "chr", "blk", "socket"] };
