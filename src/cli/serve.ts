@@ -75,8 +75,6 @@ function parsePort(text: string | undefined): number {
   return port;
 }
 
-/** Serving needs reads at any offset: a compressed image or a pipe must be made a plain file first. */
-
 /** Where the server listens and how a client connects, on one line. */
 function listeningLine(server: NbdServer, bind: string, name: string, size: number, overlay: OverlayVolume | undefined): string {
   const uris: string[] = [];
