@@ -1,6 +1,7 @@
 // libc through bun:ffi: what node:fs lacks (xattrs, mknod, nanosecond lutimes, set-id chmod,
 // fallocate, reflinks, holes, writeback control, pipe size, the *at calls relative to a directory fd,
-// linking unnamed files, no-replace renames, device sizes, blocking pipes).
+// linking unnamed files, no-replace renames, device sizes, blocking pipes, blocking socket I/O on
+// another thread).
 import { FFIType, dlopen, ptr, read } from "bun:ffi";
 import os from "node:os";
 import { printable } from "../src/errors.ts";
@@ -94,6 +95,10 @@ function loadLibc() {
     poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
     flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     sigaction: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+    dup: { args: [FFIType.i32], returns: FFIType.i32 },
+    recv: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i64 },
+    sendmsg: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i64 },
+    shutdown: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
@@ -452,4 +457,79 @@ export function waitWritable(fd: number): void {
   pollFd[0] = fd;
   pollFd[1] = POLLOUT;
   libc().poll(ptr(pollFd), 1, -1);
+}
+
+// ---- a connected socket served with blocking calls on a thread of its own ----
+
+const EINTR = 4;
+const MSG_NOSIGNAL = 0x4000;
+const SHUT_RDWR = 2;
+/** struct msghdr (sys/socket.h, x86_64): name, namelen, iov, iovlen, control, controllen, flags */
+const MSGHDR_SIZE = 56;
+const MAX_IOV = 64;
+
+/** A second descriptor of an open socket (the connection lives while either is open). */
+export function dupFd(fd: number): number {
+  const copy = libc().dup(fd);
+  if (copy < 0) throw libcError("dup", Buffer.from(String(fd)));
+  return copy;
+}
+
+/** Blocking reads into `into`: bytes read, 0 at the peer's end, -errno on failure. */
+export function recvInto(fd: number, into: Uint8Array): number {
+  for (;;) {
+    const n = Number(libc().recv(fd, ptr(into), into.length, 0));
+    if (n >= 0) return n;
+    const errno = read.i32(libc().__errno_location()!, 0);
+    if (errno !== EINTR) return -errno;
+  }
+}
+
+/**
+ * Sends all of `parts` in order with as few system calls as the kernel allows (one sendmsg for
+ * all of them when it takes them), never raising SIGPIPE; false when the peer is gone.
+ */
+export class SocketSender {
+  private readonly header = new Uint8Array(MSGHDR_SIZE);
+  private readonly headerView = new DataView(this.header.buffer);
+  private readonly iov = new BigUint64Array(2 * MAX_IOV);
+
+  constructor(private readonly fd: number) {
+    this.headerView.setBigUint64(16, BigInt(ptr(this.iov)), true);
+  }
+
+  send(parts: Uint8Array[]): boolean {
+    let first = 0;
+    let skip = 0;
+    while (first < parts.length) {
+      let count = 0;
+      for (let i = first; i < parts.length && count < MAX_IOV; i++) {
+        const part = i === first ? parts[i]!.subarray(skip) : parts[i]!;
+        if (part.length === 0) continue;
+        this.iov[2 * count] = BigInt(ptr(part));
+        this.iov[2 * count + 1] = BigInt(part.length);
+        count++;
+      }
+      if (count === 0) return true;
+      this.headerView.setBigUint64(24, BigInt(count), true);
+      let n = Number(libc().sendmsg(this.fd, ptr(this.header), MSG_NOSIGNAL));
+      if (n < 0) {
+        if (read.i32(libc().__errno_location()!, 0) === EINTR) continue;
+        return false;
+      }
+      // step past what was taken
+      while (first < parts.length && n >= parts[first]!.length - skip) {
+        n -= parts[first]!.length - skip;
+        first++;
+        skip = 0;
+      }
+      skip += n;
+    }
+    return true;
+  }
+}
+
+/** End both directions of a connection: a thread blocked reading it wakes up with its end. */
+export function shutdownSocket(fd: number): void {
+  libc().shutdown(fd, SHUT_RDWR);
 }

@@ -12,6 +12,7 @@ import { looksLikeRawDisk, openRawDisk } from "../disk/raw-disk.ts";
 import { restoreDisk } from "../disk/restore-disk.ts";
 import { verifyFolder } from "../disk/verify-disk.ts";
 import type { Volume } from "../volume/volume.ts";
+import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import { parseBytes } from "./run.ts";
 
 /** A command's input when it is a disk: a Clonezilla folder or a raw disk image, maybe one partition of it. */
@@ -284,8 +285,8 @@ export function diskVerify(d: DiskInput, quiet: boolean): number {
 // ---- random access: cat, serve, mount ----
 
 /** The disk (or the chosen partition) as a Volume; every partition it covers must have random access. */
-export function openDiskVolume(d: DiskInput, diskName?: string): { volume: Volume; opened: OpenedDisk; label: string } {
-  const opened = openDisk(d.path);
+export function openDiskVolume(d: DiskInput, diskName?: string, seekIndex?: SeekIndexOptions): { volume: Volume; opened: OpenedDisk; label: string } {
+  const opened = openDisk(d.path, seekIndex);
   try {
     if (d.partition !== undefined) {
       const p = findPartition(opened, d.partition, diskName);

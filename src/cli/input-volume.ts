@@ -5,6 +5,7 @@ import { imageDescription, openImageVolume } from "../serve/image-export.ts";
 import { closingWith, type Volume } from "../volume/volume.ts";
 import { diskInputOf, openDiskVolume } from "./disk-input.ts";
 import { BUILD_SEEK_INDEX, refuseWithoutRandomAccess } from "./run.ts";
+import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 
 /**
  * What serve, mount and ls/get/extract read at any offset: a partition image (plain, split, or
@@ -26,10 +27,11 @@ export interface InputVolume {
   close(): void;
 }
 
-export function openInputVolume(arg: string, command: string, opts: { partition?: string; disk?: string } = {}): InputVolume {
+/** `opts.seekIndex`: how a compressed image is read at random (default: its index built on first use). */
+export function openInputVolume(arg: string, command: string, opts: { partition?: string; disk?: string; seekIndex?: SeekIndexOptions } = {}): InputVolume {
   const disk = diskInputOf(arg, opts.partition);
   if (disk) {
-    const { volume: inDisk, opened, label } = openDiskVolume(disk, opts.disk);
+    const { volume: inDisk, opened, label } = openDiskVolume(disk, opts.disk, opts.seekIndex);
     const volume = closingWith(inDisk, () => {
       inDisk.close();
       opened.close();
@@ -45,7 +47,7 @@ export function openInputVolume(arg: string, command: string, opts: { partition?
       close: () => volume.close(),
     };
   }
-  const image = openImage(arg, arg === "-" ? {} : BUILD_SEEK_INDEX);
+  const image = openImage(arg, arg === "-" ? {} : opts.seekIndex ? { seekIndex: opts.seekIndex } : BUILD_SEEK_INDEX);
   try {
     refuseWithoutRandomAccess(image, arg, command);
     const baseName = imageBaseName(image.info.format, image.info.pieces);

@@ -1,4 +1,5 @@
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { defineCommand } from "citty";
 import { UsageError } from "../errors.ts";
@@ -6,7 +7,8 @@ import { humanSize } from "../formats/units.ts";
 import { diskArg, partitionArg } from "./disk-input.ts";
 import { openInputVolume } from "./input-volume.ts";
 import { volumeExport } from "../serve/image-export.ts";
-import { DEFAULT_MAX_CONNECTIONS, serveNbd, type NbdServer } from "../serve/nbd.ts";
+import { DEFAULT_MAX_CONNECTIONS, serveNbd, type NbdServer, type NbdThreads } from "../serve/nbd.ts";
+import { startNbdThreads } from "../serve/nbd-threads.ts";
 import { openOverlay, type OverlayVolume } from "../volume/overlay.ts";
 import { guard } from "./run.ts";
 
@@ -26,6 +28,7 @@ export const serveCommand = defineCommand({
     disk: diskArg,
     overlay: { type: "string", description: "make the export writable: writes go to this file (created if missing), never to the image" },
     "max-connections": { type: "string", description: `clients served at once; more are refused with a reason (default ${DEFAULT_MAX_CONNECTIONS})` },
+    threads: { type: "string", description: "threads that each serve a client of a read-only export, beside the main one (default: the cores; 0: none)" },
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
@@ -33,21 +36,31 @@ export const serveCommand = defineCommand({
       const port = parsePort(args.port);
       if (args.socket !== undefined && fs.existsSync(args.socket)) throw new UsageError(`--socket: ${args.socket} exists; remove it first`);
       const maxConnections = parseCount(args["max-connections"], "--max-connections", DEFAULT_MAX_CONNECTIONS);
+      const threadCount = args.threads === "0" ? 0 : parseCount(args.threads, "--threads", os.availableParallelism());
       // before listening, so that a signal right after the line below still stops it cleanly
       const signalled = untilSignal();
       let server: NbdServer | undefined;
       let overlay: OverlayVolume | undefined;
+      let threads: NbdThreads | undefined;
       const input = openInputVolume(args.image, "serve", { partition: args.partition, disk: args.disk });
       try {
         const name = args["export-name"] ?? path.basename(args.image);
         if (args.overlay !== undefined) overlay = openOverlay(args.overlay, input.volume, { inputs: input.inputs });
         const exported = volumeExport(input.volume, name, input.description, overlay);
         const tcp = args.socket === undefined || args.port !== undefined || args.bind !== undefined;
+        const onError = (message: string) => process.stderr.write(`imgtool: ${message}\n`);
+        // a writable export stays on one thread: every write goes through the one overlay open here
+        if (!overlay && threadCount > 0) {
+          const started = await startNbdThreads(Math.min(threadCount, maxConnections), { image: args.image, partition: args.partition, disk: args.disk, exportName: name }, onError);
+          if ("failed" in started) onError(`serving every client on one thread: a serving thread could not open the image (${started.failed})`);
+          else threads = started;
+        }
         server = serveNbd(exported, {
           tcp: tcp ? { hostname: args.bind ?? LOOPBACK, port } : undefined,
           unix: args.socket,
           maxConnections,
-          onError: (message) => process.stderr.write(`imgtool: ${message}\n`),
+          onError,
+          threads,
         });
         process.stdout.write(`${listeningLine(server, args.bind ?? LOOPBACK, name, input.volume.size, overlay)}\n`);
         await signalled.promise;

@@ -2,6 +2,7 @@ import fs from "node:fs";
 import { ImageError, UsageError } from "../errors.ts";
 import type { Image } from "../formats/image.ts";
 import type { OpenOptions } from "../source/open.ts";
+import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import { checkRange, type Extent, imageVolume, type Volume } from "../volume/volume.ts";
 import { ntfsBackupBootSector } from "./ntfs-boot.ts";
 
@@ -234,7 +235,7 @@ export function blockDeviceSize(st: fs.Stats): number {
  * One partition as a Volume: its image (random access needed) padded with zeros to the
  * partition's size, the NTFS backup boot sector where the image leaves the last sector unused.
  */
-export function partitionVolume(layout: DiskLayout, p: DiskPartition): Volume {
+export function partitionVolume(layout: DiskLayout, p: DiskPartition, seekIndex: SeekIndexOptions = BUILD_ON_FIRST_USE): Volume {
   const name = `${layout.name} ${p.name}`;
   const c = p.content;
   switch (c.kind) {
@@ -272,8 +273,8 @@ export function partitionVolume(layout: DiskLayout, p: DiskPartition): Volume {
       return raw;
     }
     case "image": {
-      // read at random: a compressed image through its seek index, built on first use
-      const image = c.open({ seekIndex: { mode: "build" } });
+      // read at random: a compressed image through its seek index
+      const image = c.open({ seekIndex });
       if (!image.read) {
         image.close();
         throw new UsageError(`${p.name}: ${c.pieces[0]} has no random access (${image.info.compression.join(" inside ") || "not seekable"}); decompress it or use imgtool restore`);
@@ -304,6 +305,8 @@ export function partitionVolume(layout: DiskLayout, p: DiskPartition): Volume {
     }
   }
 }
+
+const BUILD_ON_FIRST_USE: SeekIndexOptions = { mode: "build" };
 
 /** The whole disk as one Volume: table sectors, each partition at its start, zeros elsewhere. */
 export function diskVolume(layout: DiskLayout): Volume & { layout: DiskLayout } {

@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { ImageError, UsageError } from "../errors.ts";
+import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import type { Volume } from "../volume/volume.ts";
 import { type ClonezillaFolder, looksLikeClonezillaFolder, readClonezillaFolder } from "./clonezilla.ts";
 import { bytesVolume, composeVolume, diskPieces, type DiskLayout, type DiskPartition, partitionVolume, type Region, sliceVolume } from "./disk-volume.ts";
@@ -33,11 +34,12 @@ export interface OpenedDisk {
  * access Volume. A partition's image is opened on first use; one without random access (a
  * compressed image with no seek index) throws then, naming the partition.
  */
-export function openDisk(input: string): OpenedDisk {
+/** `seekIndex`: how compressed partition images are read at random (default: their index built on first use). */
+export function openDisk(input: string, seekIndex?: SeekIndexOptions): OpenedDisk {
   if (looksLikeClonezillaFolder(input)) {
     const folder = readClonezillaFolder(input);
     if (folder.disks.length === 0) throw new ImageError({ file: input }, "the folder holds partitions but no disk (a saveparts image); pick one with --partition");
-    return assemble(folder.disks.map((d) => d.layout), folder, () => {});
+    return assemble(folder.disks.map((d) => d.layout), folder, () => {}, seekIndex);
   }
   let st: fs.Stats;
   try {
@@ -47,10 +49,10 @@ export function openDisk(input: string): OpenedDisk {
   }
   if (st.isDirectory()) throw new ImageError({ file: input }, "not a Clonezilla image folder (no parts or disk file)");
   const raw = openRawDisk(input);
-  return assemble([raw.layout], undefined, () => raw.volume.close());
+  return assemble([raw.layout], undefined, () => raw.volume.close(), seekIndex);
 }
 
-function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void): OpenedDisk {
+function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void, seekIndex: SeekIndexOptions | undefined): OpenedDisk {
   const lazies: LazyVolume[] = [];
   const disks: DiskVolume[] = layouts.map((layout) => {
     const regions: Region[] = [];
@@ -61,7 +63,7 @@ function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, o
         continue;
       }
       const p = piece.partition;
-      const lazy = new LazyVolume(`${layout.name} ${p.name}`, p.size, layout.sectorSize, () => partitionVolume(layout, p));
+      const lazy = new LazyVolume(`${layout.name} ${p.name}`, p.size, layout.sectorSize, () => partitionVolume(layout, p, seekIndex));
       lazies.push(lazy);
       lazyOf.set(p, lazy);
       if (p.content.kind !== "absent") regions.push({ offset: piece.offset, volume: lazy.asVolume() });

@@ -2,9 +2,10 @@
 // meta context, and writes when the export has an overlay, as in the NBD project's doc/proto.md
 // (github.com/NetworkBlockDevice/nbd). Every multi-byte field is big-endian.
 import fs from "node:fs";
-import type { Socket, SocketHandler } from "bun";
+import type { SocketHandler } from "bun";
 import type { Extent, Volume, WritableVolume } from "../volume/volume.ts";
 import { concatBytes } from "../bytes.ts";
+import { closeFd, dupFd } from "../../native/libc.ts";
 
 /** What the server exports: a volume, writable when it is an overlay. */
 export interface NbdExport {
@@ -27,6 +28,26 @@ export interface NbdListenOptions {
   maxConnections?: number;
   /** told about requests that failed on the server's side (a read error of the image) */
   onError?: (message: string) => void;
+  /** threads that serve whole connections (read-only exports); a client goes to one when it is free */
+  threads?: NbdThreads;
+}
+
+/** Threads that each serve one connection at a time with blocking calls (src/serve/nbd-threads.ts). */
+export interface NbdThreads {
+  /** Serve the client whose socket `fd` is (a descriptor of its own) if a thread is free; `done` when it has gone. */
+  take(fd: number, remoteAddress: string, done: () => void): boolean;
+  /** End every connection the threads serve and the threads with them. */
+  stop(): void;
+}
+
+/** What a connection needs of its socket: Bun's on the event loop, or a blocking one on a thread of its own. */
+export interface NbdTransport {
+  /** bytes taken now (the rest waits for onDrain); negative when the socket is gone */
+  write(bytes: Uint8Array): number;
+  pause(): void;
+  resume(): void;
+  end(): void;
+  readonly remoteAddress: string;
 }
 
 export interface NbdServer {
@@ -162,7 +183,7 @@ interface PayloadSink {
 }
 
 /** One client: its bytes in, its replies out, and where it is in the protocol. */
-class Connection {
+export class NbdConnection {
   phase: Phase = "client-flags";
   private noZeroes = false;
   private structured = false;
@@ -187,7 +208,7 @@ class Connection {
   private paused = false;
 
   constructor(
-    readonly socket: Socket<Connection | undefined>,
+    readonly socket: NbdTransport,
     private readonly exported: NbdExport,
     private readonly onError: ((message: string) => void) | undefined,
     /** set when the server has no room: every option is refused with this text */
@@ -895,7 +916,7 @@ function withReason<T>(where: string, listen: () => T): T {
 export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer {
   if (!opts.tcp && !opts.unix) throw new Error("serveNbd needs a TCP address or a Unix socket path");
   const maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-  const open = new Set<Connection>();
+  const open = new Set<NbdConnection>();
   const kept = { bytes: 0 };
   const pieceSize = () => Math.max(MIN_PIECE, Math.min(MAX_PIECE, Math.floor(REPLY_BUDGET / Math.max(1, open.size) / MIN_PIECE) * MIN_PIECE));
   let refusedOpen = 0;
@@ -910,10 +931,17 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
     }, 200);
     collect.unref();
   };
-  const handler: SocketHandler<Connection | undefined> = {
+  // clients a thread serves (opts.threads): counted here, their sockets held there
+  let onThreads = 0;
+  const handler: SocketHandler<NbdConnection | undefined> = {
     open(socket) {
       let refusal: string | undefined;
-      if (open.size >= maxConnections) {
+      if (open.size + onThreads < maxConnections && opts.threads && handOff(socket)) {
+        // the event loop lets go of the socket without shutting it down; the thread's descriptor keeps it
+        socket.end();
+        return;
+      }
+      if (open.size + onThreads >= maxConnections) {
         // a refused client gets the handshake and a reason; beyond as many again, just the close
         if (refusedOpen >= maxConnections) {
           socket.end();
@@ -925,7 +953,7 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
           opts.onError?.(`${socket.remoteAddress || "client"}: refused: ${maxConnections} clients connected already (--max-connections)`);
         }
       }
-      const c = new Connection(socket, exported, opts.onError, refusal, pieceSize, kept);
+      const c = new NbdConnection(socket, exported, opts.onError, refusal, pieceSize, kept);
       socket.data = c;
       if (refusal) refusedOpen++;
       else open.add(c);
@@ -950,17 +978,30 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
       opts.onError?.(`${socket.remoteAddress || "client"}: ${error.message}`);
     },
   };
+  function handOff(socket: { remoteAddress: string }): boolean {
+    // Bun's sockets carry their descriptor (not in its types)
+    const fd = (socket as { fd?: unknown }).fd;
+    if (typeof fd !== "number" || fd < 0) return false;
+    const own = dupFd(fd);
+    const taken = opts.threads!.take(own, socket.remoteAddress, () => {
+      onThreads--;
+      collectSoon();
+    });
+    if (taken) onThreads++;
+    else closeFd(own);
+    return taken;
+  }
   const listeners: { stop(closeActiveConnections?: boolean): void }[] = [];
   let port: number | undefined;
   try {
     if (opts.unix) {
       const unix = opts.unix;
-      listeners.push(withReason(unix, () => Bun.listen<Connection | undefined>({ unix, socket: handler })));
+      listeners.push(withReason(unix, () => Bun.listen<NbdConnection | undefined>({ unix, socket: handler })));
     }
     if (opts.tcp) {
       const { hostname, port: asked } = opts.tcp;
       const where = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${asked}`;
-      const tcp = withReason(where, () => Bun.listen<Connection | undefined>({ hostname, port: asked, socket: handler }));
+      const tcp = withReason(where, () => Bun.listen<NbdConnection | undefined>({ hostname, port: asked, socket: handler }));
       port = tcp.port;
       listeners.push(tcp);
     }
@@ -974,7 +1015,7 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
     port,
     unix: opts.unix,
     get connections() {
-      return open.size;
+      return open.size + onThreads;
     },
     // a piece of a reply, the buffers for small replies and writes, what arrived while replies waited
     limits: {
@@ -988,6 +1029,7 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
       stopped = true;
       for (const l of listeners) l.stop(true);
       for (const c of open) c.closeHard();
+      opts.threads?.stop();
       if (collect) clearTimeout(collect);
       if (opts.unix) fs.rmSync(opts.unix, { force: true });
     },

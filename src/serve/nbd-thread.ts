@@ -1,0 +1,115 @@
+// A thread that serves NBD clients one at a time with blocking socket calls, so that the reads,
+// the decoding and the sends of several clients run on several cores. It opens the export again
+// (read-only; a compressed image only through the seek index the main thread left on disk).
+import { closeFd, makeBlocking, recvInto, SocketSender } from "../../native/libc.ts";
+import { openInputVolume } from "../cli/input-volume.ts";
+import { volumeExport } from "./image-export.ts";
+import { MAX_PIECE, type NbdExport, NbdConnection, type NbdTransport } from "./nbd.ts";
+
+declare const self: Worker;
+
+/** What to open: the serve command's input, as it was given. */
+export interface NbdThreadInput {
+  image: string;
+  partition?: string;
+  disk?: string;
+  exportName: string;
+}
+
+export type ToNbdThread = { open: NbdThreadInput } | { serve: number; remoteAddress: string };
+export type FromNbdThread = { ready: true } | { failed: string } | { done: number } | { error: string };
+
+/** Small replies and headers gathered into one send; a larger piece goes out with them at once. */
+const GATHER_BYTES = 256 << 10;
+const RECEIVE_BYTES = 256 << 10;
+
+class BlockingTransport implements NbdTransport {
+  private readonly sender: SocketSender;
+  private readonly gathered = new Uint8Array(GATHER_BYTES);
+  private gatheredLength = 0;
+  private gone = false;
+
+  constructor(
+    fd: number,
+    readonly remoteAddress: string,
+  ) {
+    this.sender = new SocketSender(fd);
+  }
+
+  write(bytes: Uint8Array): number {
+    if (this.gone) return -1;
+    if (bytes.length <= GATHER_BYTES - this.gatheredLength) {
+      this.gathered.set(bytes, this.gatheredLength);
+      this.gatheredLength += bytes.length;
+      return bytes.length;
+    }
+    const pending = this.gathered.subarray(0, this.gatheredLength);
+    this.gatheredLength = 0;
+    if (!this.sender.send([pending, bytes])) this.gone = true;
+    return this.gone ? -1 : bytes.length;
+  }
+
+  /** Send what was gathered: done after every batch of requests, so that no reply waits. */
+  flush(): void {
+    if (this.gone || this.gatheredLength === 0) return;
+    const pending = this.gathered.subarray(0, this.gatheredLength);
+    this.gatheredLength = 0;
+    if (!this.sender.send([pending])) this.gone = true;
+  }
+
+  // a blocking send never leaves anything behind: nothing to pause for
+  pause(): void {}
+  resume(): void {}
+
+  end(): void {
+    this.flush();
+  }
+}
+
+let exported: NbdExport | undefined;
+
+function post(message: FromNbdThread): void {
+  self.postMessage(message);
+}
+
+/** One client from its greeting to its end; the descriptor is closed here. */
+function serve(fd: number, remoteAddress: string): void {
+  const transport = new BlockingTransport(fd, remoteAddress);
+  const connection = new NbdConnection(transport, exported!, (message) => post({ error: message }), undefined, () => MAX_PIECE, { bytes: 0 });
+  try {
+    makeBlocking(fd);
+    connection.greet();
+    transport.flush();
+    const received = new Uint8Array(RECEIVE_BYTES);
+    while (connection.phase !== "closed") {
+      const n = recvInto(fd, received);
+      if (n <= 0) break;
+      connection.onData(received.subarray(0, n));
+      transport.flush();
+    }
+  } finally {
+    connection.release();
+    closeFd(fd);
+  }
+}
+
+self.onmessage = (event: MessageEvent<ToNbdThread>) => {
+  const message = event.data;
+  if ("open" in message) {
+    const { image, partition, disk, exportName } = message.open;
+    try {
+      const input = openInputVolume(image, "serve", { partition, disk, seekIndex: { mode: "use-if-present" } });
+      exported = volumeExport(input.volume, exportName, input.description);
+      post({ ready: true });
+    } catch (e) {
+      post({ failed: (e as Error).message });
+    }
+  } else {
+    try {
+      serve(message.serve, message.remoteAddress);
+    } catch (e) {
+      post({ error: `${message.remoteAddress || "client"}: ${(e as Error).message}` });
+    }
+    post({ done: message.serve });
+  }
+};

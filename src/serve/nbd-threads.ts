@@ -1,0 +1,75 @@
+// The threads of `serve` (src/serve/nbd-thread.ts): each opens the export itself and serves one
+// client at a time; the event loop's thread keeps the clients beyond them.
+import { shutdownSocket } from "../../native/libc.ts";
+import type { NbdThreads } from "./nbd.ts";
+import type { FromNbdThread, NbdThreadInput, ToNbdThread } from "./nbd-thread.ts";
+
+/**
+ * From source the worker sits next to this file; in the standalone executable (`bun build
+ * --compile` with the worker as another entry point) it is addressed from the bundle's root, src/.
+ */
+function workerUrl(): string {
+  return import.meta.url.startsWith("file:///$bunfs/") ? "./serve/nbd-thread.ts" : new URL("./nbd-thread.ts", import.meta.url).href;
+}
+
+interface Thread {
+  worker: Worker;
+  /** the socket it serves, with what to call when that client is gone */
+  serving?: { fd: number; done: () => void };
+}
+
+/**
+ * `count` threads, each with the export open; the reason instead where one could not open it, e.g.
+ * a compressed image whose seek index could only be kept in memory.
+ */
+export async function startNbdThreads(count: number, input: NbdThreadInput, onError: (message: string) => void): Promise<NbdThreads | { failed: string }> {
+  const threads: Thread[] = [];
+  let stopping = false;
+  const opened = await Promise.all(
+    Array.from({ length: count }, () => {
+      const worker = new Worker(workerUrl());
+      const thread: Thread = { worker };
+      threads.push(thread);
+      return new Promise<string | undefined>((resolve) => {
+        worker.onmessage = (event: MessageEvent<FromNbdThread>) => {
+          const message = event.data;
+          if ("ready" in message) resolve(undefined);
+          else if ("failed" in message) resolve(message.failed);
+          else if ("error" in message) onError(message.error);
+          else if (thread.serving) {
+            const { done } = thread.serving;
+            thread.serving = undefined;
+            done();
+            if (stopping) worker.terminate();
+          }
+        };
+        worker.onerror = (event) => resolve(event.message);
+        worker.postMessage({ open: input } satisfies ToNbdThread);
+      });
+    }),
+  );
+  const failed = opened.find((reason) => reason !== undefined);
+  if (failed !== undefined) {
+    for (const t of threads) t.worker.terminate();
+    return { failed };
+  }
+  // idle threads must not keep the process alive
+  for (const t of threads) t.worker.unref();
+  return {
+    take(fd, remoteAddress, done) {
+      const thread = threads.find((t) => !t.serving);
+      if (!thread) return false;
+      thread.serving = { fd, done };
+      thread.worker.postMessage({ serve: fd, remoteAddress } satisfies ToNbdThread);
+      return true;
+    },
+    stop() {
+      stopping = true;
+      for (const t of threads) {
+        // wakes a thread blocked reading its client: it closes the socket, says so, and is ended then
+        if (t.serving) shutdownSocket(t.serving.fd);
+        else t.worker.terminate();
+      }
+    },
+  };
+}
