@@ -734,6 +734,55 @@ async function serveCli(image: string, extra: string[] = []) {
   };
 }
 
+describe("imgtool serve: clients on threads of their own (--threads)", () => {
+  for (const threads of ["0", "1", "2"]) {
+    test(`--threads ${threads}: four clients at once, interleaved, each read what restore writes`, async () => {
+      const name = "ntfs.ntfsclone-img";
+      const volume = restoredBytes(fixture(name));
+      const server = await serveCli(fixture(name), ["--threads", threads]);
+      try {
+        const unix = server.uri.split("socket=")[1]!;
+        const clients = await Promise.all([1, 2, 3, 4].map(() => TestClient.connect({ unix })));
+        await Promise.all(clients.map((c) => c.go()));
+        const ranges = randomRanges(volume.length, 30, 7);
+        await Promise.all(
+          clients.map(async (c, k) => {
+            for (const [offset, length] of ranges.slice(k)) {
+              const r = await c.command(CMD.READ, offset, length);
+              expect(equalBytes(r.data, volume.subarray(offset, offset + length))).toBe(true);
+            }
+          }),
+        );
+        for (const c of clients) c.close();
+      } finally {
+        expect(await server.stop()).toBe(0);
+      }
+    }, 60_000);
+  }
+
+  test("a client that never reads its replies holds only its thread: the next one is served, and SIGINT still ends the server", async () => {
+    const name = "ntfs.ntfsclone-img";
+    const volume = restoredBytes(fixture(name));
+    if (!which("python3")) return console.log("skipped: python3 is needed for the stalled client");
+    const server = await serveCli(fixture(name), ["--threads", "1"]);
+    const unix = server.uri.split("socket=")[1]!;
+    // 4 × 4 MiB asked for and never taken: the thread blocks in its send
+    const stall = Bun.spawn(["python3", path.join(import.meta.dir, "stalled-nbd-clients.py"), unix, "1", String(4 << 20), "4", "30"], { stdout: "pipe", stderr: "pipe" });
+    try {
+      const said = await stall.stdout.getReader().read();
+      expect(new TextDecoder().decode(said.value)).toContain("stalled 1");
+      const other = await TestClient.connect({ unix });
+      await other.go();
+      const r = await other.command(CMD.READ, 4096, 65536);
+      expect(equalBytes(r.data, volume.subarray(4096, 4096 + 65536))).toBe(true);
+      other.close();
+    } finally {
+      expect(await server.stop()).toBe(0);
+      stall.kill("SIGKILL");
+    }
+  }, 60_000);
+});
+
 describe("structured replies and block status, spoken to by a client written here", () => {
   test("reads come as data and hole chunks that rebuild the volume; block status follows the bitmap", async () => {
     const image = openImage(fixture("ext4.ext4-ptcl-img"));

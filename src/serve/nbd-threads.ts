@@ -27,7 +27,7 @@ export async function startNbdThreads(count: number, input: NbdThreadInput, onEr
   let stopping = false;
   const opened = await Promise.all(
     Array.from({ length: count }, () => {
-      const worker = new Worker(workerUrl());
+      const worker = new Worker(workerUrl(), { smol: true });
       const thread: Thread = { worker };
       threads.push(thread);
       return new Promise<string | undefined>((resolve) => {
