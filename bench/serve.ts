@@ -1,7 +1,8 @@
 // bun bench/serve.ts (part of npm run bench): imgtool serve against qemu-nbd -r of the restored raw
 // file and the machine's floor, in one run, one table.
 // Makes (once, cached in .bench/) a 2 GiB ext4 volume with ~800 MB used, half incompressible, and
-// its partclone image. Needs root (loop mount), partclone, qemu-utils, libnbd-bin, nbdkit.
+// its partclone image; and an 8 GiB one with ~400 MB used (5%: partitions are mostly empty) for what
+// block status saves. Needs root (loop mount), partclone, qemu-utils, libnbd-bin, nbdkit.
 import fs from "node:fs";
 import path from "node:path";
 import { CLI, WORK, need, sh, withExt4Volume, writeRandomFiles } from "./common.ts";
@@ -9,17 +10,20 @@ import type { Subprocess } from "bun";
 
 const VOLUME_GIB = Number(process.env.BENCH_SERVE_VOLUME_GIB ?? 2);
 const USED_MB = Number(process.env.BENCH_SERVE_USED_MB ?? 800);
+const SPARSE_VOLUME_GIB = Number(process.env.BENCH_SERVE_SPARSE_VOLUME_GIB ?? 8);
+const SPARSE_USED_MB = Number(process.env.BENCH_SERVE_SPARSE_USED_MB ?? 400);
 const READS = Number(process.env.BENCH_SERVE_READS ?? 100_000);
 
-function makeFixtures(): { img: string; raw: string } {
+function makeFixtures(volumeGiB: number, usedMB: number): { img: string; raw: string } {
   fs.mkdirSync(WORK, { recursive: true });
-  const vol = path.join(WORK, `serve-ext4-${VOLUME_GIB}g.vol`);
-  const img = path.join(WORK, `serve-ext4-${VOLUME_GIB}g.ptcl-img`);
-  const raw = path.join(WORK, `serve-ext4-${VOLUME_GIB}g.restored.raw`);
+  const stem = path.join(WORK, `serve-ext4-${volumeGiB}g${usedMB === USED_MB ? "" : `-${usedMB}m`}`);
+  const vol = `${stem}.vol`;
+  const img = `${stem}.ptcl-img`;
+  const raw = `${stem}.restored.raw`;
   if (fs.existsSync(`${img}.done`)) return { img, raw };
-  console.error(`bench: making a ${VOLUME_GIB} GiB ext4 volume with ~${USED_MB} MB used (once; cached in .bench/)`);
-  withExt4Volume(vol, `${VOLUME_GIB}G`, path.join(WORK, "serve-mnt"), (mnt) => {
-    const files = Math.max(1, Math.floor(USED_MB / 2 / 64));
+  console.error(`bench: making a ${volumeGiB} GiB ext4 volume with ~${usedMB} MB used (once; cached in .bench/)`);
+  withExt4Volume(vol, `${volumeGiB}G`, path.join(WORK, "serve-mnt"), (mnt) => {
+    const files = Math.max(1, Math.floor(usedMB / 2 / 64));
     writeRandomFiles(mnt, files);
     sh(`for i in $(seq 1 ${files}); do yes "imgtool serve bench line $i" | head -c 64M > ${mnt}/text$i.txt; done`);
   });
@@ -86,7 +90,8 @@ async function main() {
       return;
     }
   }
-  const { img, raw } = makeFixtures();
+  const { img, raw } = makeFixtures(VOLUME_GIB, USED_MB);
+  const sparse = makeFixtures(SPARSE_VOLUME_GIB, SPARSE_USED_MB);
   const size = fs.statSync(raw).size;
   const mb = size / 1e6;
   const dir = fs.mkdtempSync(path.join(WORK, "serve-run-"));
@@ -94,7 +99,12 @@ async function main() {
   const qemuSock = path.join(dir, "qemu.sock");
   const proxySock = path.join(dir, "proxy.sock");
   const rows: Row[] = [];
+  const speedups: [string, number, string][] = [];
   const imgtool = await server([process.execPath, CLI, "serve", img, "--socket", imgtoolSock], imgtoolSock);
+  const oneThreadSock = path.join(dir, "imgtool-1.sock");
+  const oneThread = await server([process.execPath, CLI, "serve", img, "--socket", oneThreadSock, "--threads", "0"], oneThreadSock);
+  const sparseSock = path.join(dir, "imgtool-sparse.sock");
+  const sparseServer = await server([process.execPath, CLI, "serve", sparse.img, "--socket", sparseSock], sparseSock);
   const qemu = await server(["qemu-nbd", "-r", "-f", "raw", "-t", "-e", "8", "-k", qemuSock, raw], qemuSock);
   try {
     const imgtoolUri = `nbd+unix:///?socket=${imgtoolSock}`;
@@ -103,26 +113,41 @@ async function main() {
     sh(`cat ${img} ${raw} > /dev/null`);
     const floor = timed(["bash", "-c", `cat ${raw} > /dev/null`]);
     rows.push({ name: "floor: cat of the restored raw (page cache)", seconds: floor, rate: `${(mb / floor).toFixed(0)} MB/s`, note: "" });
-    for (const [name, uri] of [["nbdcopy from imgtool serve", imgtoolUri], ["nbdcopy from qemu-nbd -r (raw)", qemuUri]] as const) {
+    for (const [name, uri] of [
+      ["nbdcopy from imgtool serve", imgtoolUri],
+      ["nbdcopy from imgtool serve --threads 0", `nbd+unix:///?socket=${oneThreadSock}`],
+      ["nbdcopy from qemu-nbd -r (raw)", qemuUri],
+    ] as const) {
       // nbdcopy skips holes by block status: a copy of all bytes (--allocated off) to null: reads the data
       const s = timed(["nbdcopy", uri, "null:"]);
       rows.push({ name, seconds: s, rate: `${(mb / s).toFixed(0)} MB/s`, note: "4 connections (multi-conn)" });
     }
-    const copy = (name: string, uri: string, note: string) => {
+    const copy = (name: string, uri: string, note: string, volumeMB = mb) => {
       const out = path.join(dir, "copy.qcow2");
       const s = timed(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", uri, out], () => fs.rmSync(out, { force: true }));
-      rows.push({ name, seconds: s, rate: `${(mb / s).toFixed(0)} MB/s`, note: `${note}; qcow2 data ${(qcow2Data(out) / 1e6).toFixed(0)} MB, file ${(fs.statSync(out).size / 1e6).toFixed(0)} MB` });
+      rows.push({ name, seconds: s, rate: `${(volumeMB / s).toFixed(0)} MB/s`, note: `${note}; qcow2 data ${(qcow2Data(out) / 1e6).toFixed(0)} MB, file ${(fs.statSync(out).size / 1e6).toFixed(0)} MB` });
+      return s;
     };
     copy("qemu-img convert -O qcow2 from imgtool serve", imgtoolUri, "block status");
     // the same server behind nbdkit, with and without extents, so that only block status differs
-    for (const [filter, note] of [[[], "via nbdkit, block status"], [["--filter=noextents"], "via nbdkit --filter=noextents: no block status"]] as const) {
-      const proxy = await server(["nbdkit", "-f", "-U", proxySock, ...filter, "nbd", `socket=${imgtoolSock}`], proxySock);
-      try {
-        copy("qemu-img convert -O qcow2 from imgtool serve", `nbd+unix:///?socket=${proxySock}`, note);
-      } finally {
-        await stop(proxy);
+    const throughNbdkit = async (socket: string, name: string, volumeMB: number) => {
+      const seconds: number[] = [];
+      for (const [filter, note] of [[[], "via nbdkit, block status"], [["--filter=noextents"], "via nbdkit --filter=noextents: no block status"]] as const) {
+        const proxy = await server(["nbdkit", "-f", "-U", proxySock, ...filter, "nbd", `socket=${socket}`], proxySock);
+        try {
+          seconds.push(copy(name, `nbd+unix:///?socket=${proxySock}`, note, volumeMB));
+        } finally {
+          await stop(proxy);
+        }
       }
-    }
+      return seconds[1]! / seconds[0]!;
+    };
+    const dense = await throughNbdkit(imgtoolSock, "qemu-img convert -O qcow2 from imgtool serve", mb);
+    const sparseMB = fs.statSync(sparse.raw).size / 1e6;
+    const sparseShare = `${SPARSE_VOLUME_GIB} GiB volume, ${(fs.statSync(sparse.img).size / 1e6).toFixed(0)} MB image`;
+    const mostlyEmpty = await throughNbdkit(sparseSock, `qemu-img convert -O qcow2 from imgtool serve (${sparseShare})`, sparseMB);
+    speedups.push(["block status: qemu-img convert without ÷ with", dense, `${VOLUME_GIB} GiB volume, ${((fs.statSync(img).size / size) * 100).toFixed(0)}% used`]);
+    speedups.push(["block status: qemu-img convert without ÷ with", mostlyEmpty, sparseShare]);
     // 4 KiB reads at queue depth 16 spread over the whole volume (qemu-img bench steps by -S)
     const step = Math.floor(size / READS / 4096) * 4096;
     for (const [name, uri] of [["4 KiB reads qd16 from imgtool serve", imgtoolUri], ["4 KiB reads qd16 from qemu-nbd -r (raw)", qemuUri]] as const) {
@@ -138,6 +163,8 @@ async function main() {
     }
   } finally {
     await stop(imgtool);
+    await stop(oneThread);
+    await stop(sparseServer);
     await stop(qemu);
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -145,6 +172,12 @@ async function main() {
   console.log("| what | seconds | rate | note |");
   console.log("|---|---:|---:|---|");
   for (const r of rows) console.log(`| ${r.name} | ${r.seconds.toFixed(2)} | ${r.rate} | ${r.note} |`);
+  const seconds = (name: string) => rows.find((r) => r.name === name)!.seconds;
+  const qd16 = (name: string) => READS / seconds(name);
+  console.log("\ntargets (issue 10):");
+  console.log(`- nbdcopy from imgtool serve ≥ 0.8x the speed of qemu-nbd -r: ${(seconds("nbdcopy from qemu-nbd -r (raw)") / seconds("nbdcopy from imgtool serve")).toFixed(2)}x`);
+  for (const [what, ratio, on] of speedups) console.log(`- ${what} ≥ 2x: ${ratio.toFixed(2)}x (${on})`);
+  console.log(`- 4 KiB reads qd16 ≥ 30,000/s: ${Math.round(qd16("4 KiB reads qd16 from imgtool serve"))}/s`);
 }
 
 await main();
