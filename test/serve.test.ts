@@ -235,6 +235,23 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.length).equals(Buffer.from(b.buffer, b.byteOffset, b.length));
 }
 
+/** Four clients at once, each reading random ranges (the same list, from its own start) and comparing them with `volume`. */
+async function readInterleaved(server: { port?: number; unix?: string }, volume: Uint8Array, seed: number, whenConnected = () => {}): Promise<void> {
+  const clients = await Promise.all([1, 2, 3, 4].map(() => TestClient.connect(server)));
+  await Promise.all(clients.map((c) => c.go()));
+  whenConnected();
+  const ranges = randomRanges(volume.length, 30, seed);
+  await Promise.all(
+    clients.map(async (c, k) => {
+      for (const [offset, length] of ranges.slice(k)) {
+        const r = await c.command(CMD.READ, offset, length);
+        expect(equalBytes(r.data, volume.subarray(offset, offset + length))).toBe(true);
+      }
+    }),
+  );
+  for (const c of clients) c.close();
+}
+
 describe("random access into ntfsclone and partimage images", () => {
   const cases: [string, () => string][] = [
     ["ntfsclone", () => fixture("ntfs.ntfsclone-img")],
@@ -375,19 +392,7 @@ describe("NBD server, spoken to by a client written here", () => {
     const image = openImage(fixture("ntfs.ntfsclone-img"));
     const server = serve(image);
     try {
-      const clients = await Promise.all([1, 2, 3, 4].map(() => TestClient.connect(server)));
-      await Promise.all(clients.map((c) => c.go()));
-      expect(server.connections).toBe(4);
-      const ranges = randomRanges(volume.length, 30, 5);
-      await Promise.all(
-        clients.map(async (c, k) => {
-          for (const [offset, length] of ranges.slice(k)) {
-            const r = await c.command(CMD.READ, offset, length);
-            expect(equalBytes(r.data, volume.subarray(offset, offset + length))).toBe(true);
-          }
-        }),
-      );
-      for (const c of clients) c.close();
+      await readInterleaved(server, volume, 5, () => expect(server.connections).toBe(4));
     } finally {
       server.stop();
       image.close();
@@ -741,19 +746,7 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
       const volume = restoredBytes(fixture(name));
       const server = await serveCli(fixture(name), ["--threads", threads]);
       try {
-        const unix = server.uri.split("socket=")[1]!;
-        const clients = await Promise.all([1, 2, 3, 4].map(() => TestClient.connect({ unix })));
-        await Promise.all(clients.map((c) => c.go()));
-        const ranges = randomRanges(volume.length, 30, 7);
-        await Promise.all(
-          clients.map(async (c, k) => {
-            for (const [offset, length] of ranges.slice(k)) {
-              const r = await c.command(CMD.READ, offset, length);
-              expect(equalBytes(r.data, volume.subarray(offset, offset + length))).toBe(true);
-            }
-          }),
-        );
-        for (const c of clients) c.close();
+        await readInterleaved({ unix: server.uri.split("socket=")[1]! }, volume, 7);
       } finally {
         expect(await server.stop()).toBe(0);
       }
