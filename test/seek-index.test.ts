@@ -10,7 +10,7 @@ import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-
 import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
 import { zstdCodec } from "../src/source/seek-index/zstd.ts";
 import { Xxh64State } from "../native/xxhash.ts";
-import { CLI, fixture, restoreToBuffer, runCli, seededRandom, sha256, tempDir, which } from "./helpers.ts";
+import { CLI, fixture, restoredBytes, restoreToBuffer, runCli, seededRandom, sha256, tempDir, which } from "./helpers.ts";
 
 const ZSTD = which("zstd");
 const SPACING = 256 << 10;
@@ -105,6 +105,63 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       expectReadsEqual(source, truth, [...cuts, ...source.index.points.map((p) => p.decoded)], 2);
     } finally {
       source.close();
+    }
+  });
+
+  test("zstd's seekable format (made by zstd's contrib seekable_compression, 256 KiB frames): the points come from its seek table, nothing decoded; reads equal restore", () => {
+    const name = "ntfs-rich.ntfs-ptcl-img.seekable.zst";
+    const file = write(tempDir(), name, fs.readFileSync(fixture(name)));
+    const truth = new Uint8Array(fs.readFileSync(fixture("ntfs-rich.ntfs-ptcl-img")));
+    const { raw, pieces } = openRaw(file);
+    const built = buildSeekIndex(raw as RandomAccessSource, pieces, zstdCodec, { spacing: SPACING });
+    expect(built.fromSeekTable).toBe(true);
+    expect(built.decodedSize).toBe(truth.length);
+    const source = openIndexed(file);
+    try {
+      // every frame start 1 MiB or more from the last kept one: 0, 4 × 256 KiB, ...
+      expect(source.index.points.map((p) => [p.decoded, p.extra.length])).toEqual([0, 1, 2, 3].map((i) => [i * (1 << 20), 0]));
+      expectReadsEqual(source, truth, source.index.points.map((p) => p.decoded), 3);
+    } finally {
+      source.close();
+    }
+    const image = openImage(file, { seekIndex: { mode: "use-if-present" } });
+    try {
+      const restored = restoredBytes(fixture("ntfs-rich.ntfs-ptcl-img"));
+      for (const [offset, length] of ranges(restored.length, [], 20, 4)) expect(sha256(image.read!(offset, length))).toBe(sha256(restored.subarray(offset, offset + length)));
+    } finally {
+      image.close();
+    }
+  });
+
+  test("a seek table that does not describe its file (frame sizes that do not add up, a frame start that is no frame) is not used: the file is indexed by decoding it", () => {
+    const name = "ntfs-rich.ntfs-ptcl-img.seekable.zst";
+    const bytes = new Uint8Array(fs.readFileSync(fixture(name)));
+    const truth = new Uint8Array(fs.readFileSync(fixture("ntfs-rich.ntfs-ptcl-img")));
+    const view = new DataView(bytes.buffer);
+    const count = view.getUint32(bytes.length - 9, true);
+    // entries of 12 bytes where the descriptor's checksum flag is set (seekable_compression sets it)
+    const entryBytes = bytes[bytes.length - 5]! & 0x80 ? 12 : 8;
+    const firstEntry = bytes.length - 9 - count * entryBytes;
+    for (const [what, mutate] of [
+      ["a compressed size one byte longer", (v: DataView) => v.setUint32(firstEntry, v.getUint32(firstEntry, true) + 1, true)],
+      ["the first two compressed sizes moved by a byte", (v: DataView) => {
+        v.setUint32(firstEntry, v.getUint32(firstEntry, true) + 1, true);
+        v.setUint32(firstEntry + entryBytes, v.getUint32(firstEntry + entryBytes, true) - 1, true);
+      }],
+    ] as const) {
+      const copy = bytes.slice();
+      mutate(new DataView(copy.buffer));
+      const file = write(tempDir(), name, copy);
+      const { raw, pieces } = openRaw(file);
+      const built = buildSeekIndex(raw as RandomAccessSource, pieces, zstdCodec, { spacing: SPACING });
+      expect([what, built.fromSeekTable]).toEqual([what, false]);
+      expect(built.decodedSize).toBe(truth.length);
+      const source = openIndexed(file);
+      try {
+        expectReadsEqual(source, truth, source.index.points.map((p) => p.decoded), 5);
+      } finally {
+        source.close();
+      }
     }
   });
 

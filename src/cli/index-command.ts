@@ -63,7 +63,7 @@ function indexImage(image: string, spacing: number, json: boolean): boolean {
     }
     const share = built.compressedSize > 0 ? ((100 * built.bytes) / built.compressedSize).toFixed(2) : "0";
     process.stdout.write(
-      `${built.path}: ${withCommas(built.checkpoints)} points over ${humanSize(built.decodedSize)} decoded; ${humanSize(built.bytes)} (${share}% of ${humanSize(built.compressedSize)} ${kind}) in ${built.seconds.toFixed(1)} s\n`,
+      `${built.path}: ${withCommas(built.checkpoints)} points over ${humanSize(built.decodedSize)} decoded${built.fromSeekTable ? " (from the file's seek table)" : ""}; ${humanSize(built.bytes)} (${share}% of ${humanSize(built.compressedSize)} ${kind}) in ${built.seconds.toFixed(1)} s\n`,
     );
     if (built.notResumable) process.stderr.write(`imgtool: ${image}: ${built.notResumable}\n`);
     return true;

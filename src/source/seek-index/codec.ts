@@ -39,6 +39,8 @@ export interface CodecIndex {
   notResumable?: string;
   /** candidate points that decoded wrongly from themselves in verification, and were dropped */
   rejected?: number;
+  /** the points were read from the stream's own seek table (zstd's seekable format), not found by decoding it */
+  fromSeekTable?: boolean;
 }
 
 export interface BuildOptions {
@@ -53,7 +55,10 @@ export interface BuildOptions {
 /** One per compression (zstd.ts, gzip.ts, bzip2.ts, xz.ts, lz4.ts in this folder). */
 export interface SeekCodec {
   readonly compression: Compression;
-  /** decode the whole stream once, keeping verified points; errors as the streaming decoder gives them */
+  /**
+   * decode the whole stream once, keeping verified points; errors as the streaming decoder gives
+   * them (a stream carrying its own seek table may be indexed from it instead)
+   */
   build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex;
   /** the decoded bytes from `point` on (to the end of the stream, or until the caller stops reading); `window` is raw here */
   resume(raw: RandomAccessSource, point: SeekPoint): ChunkSource;

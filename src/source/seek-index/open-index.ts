@@ -33,6 +33,8 @@ export interface BuiltIndex {
   decodedSize: number;
   compressedSize: number;
   notResumable?: string;
+  /** read from the stream's own seek table, nothing decoded */
+  fromSeekTable: boolean;
 }
 
 /** The seek codec of a compression, or undefined when imgtool has none for it. */
@@ -81,6 +83,7 @@ function buildAndKeep(
     decodedSize: index.decodedSize,
     compressedSize: raw.size,
     notResumable: index.notResumable,
+    fromSeekTable: index.fromSeekTable === true,
   };
   return { built, kept };
 }

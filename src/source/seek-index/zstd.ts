@@ -7,6 +7,7 @@ import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts"
 import { collectIfLarge } from "./memory.ts";
 import { SpliceSource } from "./splice.ts";
 import { BLOCK_SIZE_MAX, parseFrameHeader, resumeHeader, skippableFrameSize } from "./zstd-frame.ts";
+import { readSeekTable } from "./zstd-seek-table.ts";
 import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
 
 /** Frames whose window is larger are not indexed (the build holds the window in memory). */
@@ -22,7 +23,8 @@ const PROGRESS_EVERY = 32 << 20;
 export const WINDOW_BUDGET = 0.01;
 
 /**
- * zstd: every frame start is a point; inside a frame, block boundaries about `spacing` apart are
+ * zstd: every frame start is a point (read from the seek table where the file has one, zstd's
+ * seekable format; else found by the pass); inside a frame, block boundaries about `spacing` apart are
  * candidates, each resumed from a synthesized frame header with the original window descriptor
  * and the bytes before it as a prefix (ZSTD_DCtx_refPrefix), and kept only when decoding from it
  * reproduces the span up to the next candidate (checked by zstd-verify.ts, in a worker thread).
@@ -54,6 +56,17 @@ export function unpackExtra(extra: Uint8Array, raw: RandomAccessSource): { heade
   const frameEnd = Number(v.getBigUint64(9 + n, true));
   if (blocksEnd > frameEnd || frameEnd > raw.size) throw bad();
   return { header: extra.slice(1, 1 + n), blocksEnd, frameEnd };
+}
+
+/** Frame starts at least FRAME_POINT_SPACING apart (the first always); none needs a window. */
+function frameStartPoints(frames: { compressed: number; decoded: number }[]): SeekPoint[] {
+  const points: SeekPoint[] = [];
+  for (const f of frames) {
+    if (points.length > 0 && f.decoded - points[points.length - 1]!.decoded < FRAME_POINT_SPACING) continue;
+    points.push({ decoded: f.decoded, compressed: f.compressed, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0) });
+  }
+  if (points.length === 0) points.push({ decoded: 0, compressed: 0, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0) });
+  return points;
 }
 
 function resumeZstd(raw: RandomAccessSource, point: SeekPoint): ChunkSource {
@@ -89,6 +102,11 @@ class InputWindow {
 }
 
 function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
+  const table = readSeekTable(raw);
+  if (table) {
+    opts.onProgress?.(raw.size);
+    return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
+  }
   const lib = zstdLibrary(raw.locate(0));
   const dctx = lib.ZSTD_createDCtx();
   if (!dctx) throw new Error("ZSTD_createDCtx: out of memory");
