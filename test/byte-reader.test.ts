@@ -23,6 +23,41 @@ describe("ByteReader", () => {
     });
   }
 
+  test("chunks come straight from a source that lends its memory; views, skips and positions agree with the data", () => {
+    const source = memorySource(data, 300);
+    let lent = 0;
+    let pos = 0;
+    source.borrow = (max) => {
+      const n = Math.min(max, 300, data.length - pos);
+      lent += n;
+      pos += n;
+      return data.subarray(pos - n, pos);
+    };
+    source.read = (into) => {
+      const n = Math.min(into.length, 300, data.length - pos);
+      into.set(data.subarray(pos, pos + n));
+      pos += n;
+      return n;
+    };
+    const r = new ByteReader(source, 64);
+    expect([...r.view(5, "a")]).toEqual([...data.subarray(0, 5)]);
+    // what was read into the buffer comes first, then the source's own memory
+    expect([...r.chunk(1000)]).toEqual([...data.subarray(5, 64)]);
+    const c = r.chunk(1000);
+    expect(c.buffer).toBe(data.buffer);
+    expect([...c]).toEqual([...data.subarray(64, 364)]);
+    expect(r.position).toBe(364);
+    expect([...r.view(4, "crc")]).toEqual([...data.subarray(364, 368)]);
+    const d = r.chunk(7);
+    expect(r.position).toBe(368 + d.length);
+    expect([...d]).toEqual([...data.subarray(368, 368 + d.length)]);
+    r.skip(10_000 - 368 - d.length - 3, "e");
+    expect([...r.chunk(100)]).toEqual([...data.subarray(9_997)]);
+    expect(r.chunk(100).length).toBe(0);
+    expect(r.atEnd()).toBe(true);
+    expect(lent).toBeGreaterThan(0);
+  });
+
   test("a view past the end names the field and the offset", () => {
     const r = new ByteReader(memorySource(data, 1000), 64);
     r.skip(9_990, "x");
