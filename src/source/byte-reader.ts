@@ -148,7 +148,9 @@ export class ByteReader {
         bigger.set(this.buf.subarray(0, this.end));
         this.buf = bigger;
       }
-      const got = this.source.read(this.buf.subarray(this.end));
+      // from a lending source only what is asked for: the rest is lent to chunk() without a copy
+      const room = this.source.borrow ? this.start + n : this.buf.length;
+      const got = this.source.read(this.buf.subarray(this.end, room));
       if (got === 0) this.ended = true;
       this.end += got;
     }
