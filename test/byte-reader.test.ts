@@ -23,6 +23,44 @@ describe("ByteReader", () => {
     });
   }
 
+  test("chunks come straight from a source that lends its memory; views, skips and positions agree with the data", () => {
+    const source = memorySource(data, 300);
+    let lent = 0;
+    let pos = 0;
+    source.borrow = (max) => {
+      const n = Math.min(max, 300, data.length - pos);
+      lent += n;
+      pos += n;
+      return data.subarray(pos - n, pos);
+    };
+    source.read = (into) => {
+      const n = Math.min(into.length, 300, data.length - pos);
+      into.set(data.subarray(pos, pos + n));
+      pos += n;
+      return n;
+    };
+    const r = new ByteReader(source, 64);
+    expect([...r.view(5, "a")]).toEqual([...data.subarray(0, 5)]);
+    // a view copies what it needs, no more; chunks are lent
+    const c = r.chunk(1000);
+    expect(c.buffer).toBe(data.buffer);
+    expect([...c]).toEqual([...data.subarray(5, 305)]);
+    expect(r.position).toBe(305);
+    expect([...r.view(4, "crc")]).toEqual([...data.subarray(305, 309)]);
+    expect([...r.peek(3)]).toEqual([...data.subarray(309, 312)]);
+    // what a peek read comes first, then the source's own memory
+    expect([...r.chunk(1000)]).toEqual([...data.subarray(309, 312)]);
+    const d = r.chunk(7);
+    expect(d.buffer).toBe(data.buffer);
+    expect([...d]).toEqual([...data.subarray(312, 319)]);
+    expect(r.position).toBe(319);
+    r.skip(10_000 - 319 - 3, "e");
+    expect([...r.chunk(100)]).toEqual([...data.subarray(9_997)]);
+    expect(r.chunk(100).length).toBe(0);
+    expect(r.atEnd()).toBe(true);
+    expect(lent).toBeGreaterThan(0);
+  });
+
   test("a view past the end names the field and the offset", () => {
     const r = new ByteReader(memorySource(data, 1000), 64);
     r.skip(9_990, "x");

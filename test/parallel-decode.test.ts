@@ -9,12 +9,31 @@ import { decodeLayers, openRaw } from "../src/source/open.ts";
 import { openParallelDecode, planSpans } from "../src/source/parallel-decode.ts";
 import { buildSeekIndex, seekCodecFor } from "../src/source/seek-index/open-index.ts";
 import { sniffCompression } from "../src/source/sniff.ts";
+import { ThreadedDecodeSource } from "../src/source/threaded-decode.ts";
 import { fixture, restoredReference, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
 function drain(source: ChunkSource): Uint8Array {
   const parts: Uint8Array[] = [];
   const buf = new Uint8Array(300_001);
   for (let n; (n = source.read(buf)) > 0; ) parts.push(buf.slice(0, n));
+  return Buffer.concat(parts);
+}
+
+/** Like drain, through borrow, alternating with read, in odd sizes. */
+function drainBorrowing(source: ChunkSource): Uint8Array {
+  const parts: Uint8Array[] = [];
+  const buf = new Uint8Array(70_001);
+  for (let i = 0; ; i++) {
+    if (i % 3 === 2) {
+      const n = source.read(buf);
+      if (n === 0) break;
+      parts.push(buf.slice(0, n));
+    } else {
+      const lent = source.borrow!(i % 2 ? 1 << 30 : 300_001);
+      if (lent.length === 0) break;
+      parts.push(lent.slice());
+    }
+  }
   return Buffer.concat(parts);
 }
 
@@ -74,10 +93,23 @@ describe("parallel decoding from a seek index", () => {
         expect(parallel).toBeDefined();
         expect(sha256(drain(parallel))).toBe(sequential);
         parallel.close();
+        const lending = openParallelDecode(raw, [file], sniffCompression(readHead(file))!, threads, 128 << 10)!;
+        expect(sha256(drainBorrowing(lending))).toBe(sequential);
+        lending.close();
       }
     });
   }
   if (tools.length) console.log(`skip: parallel decoding of generated streams needs ${tools.join(", ")}`);
+
+  test("one decode worker's ring lends the bytes it would copy", () => {
+    for (const name of ["ntfs.ntfs-ptcl-img.zst", "ntfs.ntfs-ptcl-img.gz"]) {
+      const sequential = sha256(drain(decodeLayers(openRaw(fixture(name)).raw).source));
+      const threaded = new ThreadedDecodeSource({ pieces: [fixture(name)] });
+      expect(sha256(drainBorrowing(threaded))).toBe(sequential);
+      expect(threaded.borrow(10).length).toBe(0);
+      threaded.close();
+    }
+  });
 
   for (const name of ["ntfs.ntfs-ptcl-img.zst", "ntfs.ntfs-ptcl-img.xz", "ntfs.ntfs-ptcl-img.bz2"]) {
     test(`${name}: where points leave a stretch uncovered (or there are none), one decoder; else the same bytes`, () => {

@@ -140,17 +140,23 @@ function writePartition(layout: DiskLayout, p: DiskPartition, at: number, verify
         if (image.info.deviceSize > p.size) {
           throw new ImageError({ file: c.pieces[0]! }, `${p.name}: the image's volume (${image.info.deviceSize} bytes) is larger than the partition (${p.size} bytes)`);
         }
-        let first: Uint8Array | undefined;
+        // the volume's first sector, which may come in more than one run
+        const first = new Uint8Array(ss);
+        let firstHave = 0;
         let lastWritten = false;
         const lastSector = p.size - ss;
         for (const batch of image.dataBatches({ verify })) {
           for (const r of batch) {
-            if (!first && r.offset === 0 && r.data.length >= ss) first = r.data.slice(0, ss);
+            if (firstHave < ss && r.offset === firstHave) {
+              const n = Math.min(ss - firstHave, r.data.length);
+              first.set(r.data.subarray(0, n), firstHave);
+              firstHave += n;
+            }
             if (r.offset + r.data.length > lastSector) lastWritten = true;
           }
           write(batch.map((r) => ({ offset: at + r.offset, data: r.data })));
         }
-        const backup = !lastWritten && first ? ntfsBackupBootSector(first, p.size, ss) : undefined;
+        const backup = !lastWritten && firstHave === ss ? ntfsBackupBootSector(first, p.size, ss) : undefined;
         if (backup) write([{ offset: at + lastSector, data: backup }]);
       } finally {
         image.close();

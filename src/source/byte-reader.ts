@@ -47,10 +47,20 @@ export class ByteReader {
     return v;
   }
 
-  /** Up to n bytes (at least 1 unless the stream has ended), consumed; reads at most once. */
+  /**
+   * Up to n bytes (at least 1 unless the stream has ended), consumed; reads at most once. With
+   * nothing buffered, straight from a source that lends its memory (see ChunkSource.borrow).
+   */
   chunk(max: number): Uint8Array {
     if (this.start === this.end) {
       if (this.ended) return this.buf.subarray(0, 0);
+      if (this.source.borrow && max > 0) {
+        const lent = this.source.borrow(max);
+        if (lent.length === 0) this.ended = true;
+        // buf holds nothing unread: moving its stream offset on is all the bookkeeping
+        this.base += lent.length;
+        return lent;
+      }
       this.refill(1);
     }
     const n = Math.min(max, this.end - this.start);
@@ -138,7 +148,9 @@ export class ByteReader {
         bigger.set(this.buf.subarray(0, this.end));
         this.buf = bigger;
       }
-      const got = this.source.read(this.buf.subarray(this.end));
+      // from a lending source only what is asked for: the rest is lent to chunk() without a copy
+      const room = this.source.borrow ? this.start + n : this.buf.length;
+      const got = this.source.read(this.buf.subarray(this.end, room));
       if (got === 0) this.ended = true;
       this.end += got;
     }

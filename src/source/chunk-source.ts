@@ -10,6 +10,12 @@ export interface ChunkSource {
   readonly name: string;
   /** Fill `into` from its start with up to `into.length` bytes; returns how many. 0 = end of stream. */
   read(into: Uint8Array): number;
+  /**
+   * Like read, without the copy: up to `max` bytes (none only at the end) as a view of the source's
+   * own memory, valid until the next call on this source. Offered by sources that decode into
+   * memory of their own (the decode workers' rings).
+   */
+  borrow?(max: number): Uint8Array;
   /** For messages: where byte `offset` of this stream lives (e.g. piece x.ab, offset 12). */
   locate(offset: number): Location;
   /** Total length in bytes when known without reading (plain files, split sets). */

@@ -143,10 +143,21 @@ function readHead(source: ChunkSource): { bytes: Uint8Array; source: ChunkSource
 /** Replays bytes already taken from `rest`, then continues with it. */
 class ReplaySource implements ChunkSource {
   private taken = 0;
+  readonly borrow?: (max: number) => Uint8Array;
   constructor(
     private readonly head: Uint8Array,
     private readonly rest: ChunkSource,
-  ) {}
+  ) {
+    if (rest.borrow) {
+      const borrowRest = rest.borrow.bind(rest);
+      this.borrow = (max) => {
+        if (this.taken >= this.head.length) return borrowRest(max);
+        const n = Math.min(max, this.head.length - this.taken);
+        this.taken += n;
+        return this.head.subarray(this.taken - n, this.taken);
+      };
+    }
+  }
   get name(): string {
     return this.rest.name;
   }

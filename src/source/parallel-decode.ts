@@ -3,7 +3,8 @@ import type { ChunkSource, RandomAccessSource } from "./chunk-source.ts";
 import { findSeekIndex } from "./seek-index/open-index.ts";
 import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
 import type { Compression } from "./sniff.ts";
-import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, workerFailure } from "./threaded-decode.ts";
+import { DecodedRing } from "./decoded-ring.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT_BYTES, SLOT_COUNT, workerFailure } from "./threaded-decode.ts";
 
 /** A span is decoded by one worker from one seek point on; shorter spans are joined up to this. */
 export const MIN_SPAN_BYTES = 8 << 20;
@@ -94,9 +95,7 @@ interface Ring {
   worker: Worker;
   ctl: Int32Array;
   message: Uint8Array;
-  slots: Uint8Array;
-  slot: number;
-  consumedInSlot: number;
+  ring: DecodedRing;
 }
 
 /**
@@ -133,45 +132,37 @@ export class ParallelDecodeSource implements ChunkSource {
       const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
       const worker = new Worker(workerUrl());
       worker.postMessage({ shared, job: { ...job, worker: w, workers: n } satisfies SpanJob });
-      this.rings.push({
-        worker,
-        ctl: new Int32Array(shared, 0, CTL.words),
-        message: new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES),
-        slots: new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES),
-        slot: 0,
-        consumedInSlot: 0,
-      });
+      const ctl = new Int32Array(shared, 0, CTL.words);
+      const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
+      const slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);
+      this.rings.push({ worker, ctl, message, ring: new DecodedRing(ctl, slots, () => this.rethrow(ctl, message)) });
     }
     this.leftInSpan = this.spanLength(0);
   }
 
   read(into: Uint8Array): number {
+    const bytes = this.borrow(into.length);
+    into.set(bytes);
+    this.rings[this.span % this.rings.length]?.ring.release();
+    return bytes.length;
+  }
+
+  borrow(max: number): Uint8Array {
     while (this.leftInSpan === 0) {
-      if (this.span + 1 >= this.starts.length) return 0;
+      if (this.span + 1 >= this.starts.length) return new Uint8Array(0);
+      // the last slot of the span just read goes back to its worker now, not at that ring's next turn
+      this.rings[this.span % this.rings.length]!.ring.release();
       this.span++;
       this.leftInSpan = this.spanLength(this.span);
     }
-    const ring = this.rings[this.span % this.rings.length]!;
-    const flag = CTL.slotFlag(ring.slot);
-    while (Atomics.load(ring.ctl, flag) !== SLOT.full) {
-      if (Atomics.load(ring.ctl, CTL.state) === STATE.failed) this.rethrow(ring);
-      Atomics.wait(ring.ctl, flag, SLOT.empty, 200);
-    }
-    const length = Atomics.load(ring.ctl, CTL.slotLength(ring.slot));
-    const start = ring.slot * SLOT_BYTES + ring.consumedInSlot;
-    const n = Math.min(into.length, length - ring.consumedInSlot);
-    into.set(ring.slots.subarray(start, start + n));
-    ring.consumedInSlot += n;
-    this.leftInSpan -= n;
-    if (this.checks.length) this.check(into.subarray(0, n));
-    this.position += n;
-    if (ring.consumedInSlot === length) {
-      ring.consumedInSlot = 0;
-      Atomics.store(ring.ctl, flag, SLOT.empty);
-      Atomics.notify(ring.ctl, flag);
-      ring.slot = (ring.slot + 1) % SLOT_COUNT;
-    }
-    return n;
+    const { ring } = this.rings[this.span % this.rings.length]!;
+    // a slot never holds bytes of two spans: the worker starts each span in a slot of its own
+    const bytes = ring.take(Math.min(max, this.leftInSpan));
+    if (bytes.length === 0) throw new Error(`parallel decode: the worker of span ${this.span} ended early`);
+    this.leftInSpan -= bytes.length;
+    if (this.checks.length) this.check(bytes);
+    this.position += bytes.length;
+    return bytes;
   }
 
   locate(offset: number): Location {
@@ -179,13 +170,9 @@ export class ParallelDecodeSource implements ChunkSource {
   }
 
   close(): void {
-    for (const ring of this.rings) {
-      Atomics.store(ring.ctl, CTL.closed, 1);
-      for (let i = 0; i < SLOT_COUNT; i++) {
-        Atomics.store(ring.ctl, CTL.slotFlag(i), SLOT.empty);
-        Atomics.notify(ring.ctl, CTL.slotFlag(i));
-      }
-      ring.worker.terminate();
+    for (const { ring, worker } of this.rings) {
+      ring.close();
+      worker.terminate();
     }
     this.rings.length = 0;
   }
@@ -209,8 +196,8 @@ export class ParallelDecodeSource implements ChunkSource {
     return (this.starts[i + 1] ?? this.decodedSize) - this.starts[i]!;
   }
 
-  private rethrow(ring: Ring): never {
-    const e = workerFailure(ring.ctl, ring.message);
+  private rethrow(ctl: Int32Array, message: Uint8Array): never {
+    const e = workerFailure(ctl, message);
     this.close();
     throw e;
   }

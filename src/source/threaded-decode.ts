@@ -1,5 +1,6 @@
 import { ImageError, type Location } from "../errors.ts";
 import type { ChunkSource } from "./chunk-source.ts";
+import { DecodedRing } from "./decoded-ring.ts";
 import type { RawSpec } from "./open.ts";
 import type { Compression } from "./sniff.ts";
 
@@ -83,11 +84,9 @@ export class ThreadedDecodeSource implements ChunkSource {
   readonly name: string;
   readonly compression: Compression[];
   private readonly ctl: Int32Array;
-  private readonly slots: Uint8Array;
+  private readonly ring: DecodedRing;
   private readonly message: Uint8Array;
   private readonly worker: Worker;
-  private current = 0;
-  private consumedInSlot = 0;
   private ended = false;
   private firstName: string;
 
@@ -95,7 +94,7 @@ export class ThreadedDecodeSource implements ChunkSource {
     const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
     this.ctl = new Int32Array(shared, 0, CTL.words);
     this.message = new Uint8Array(shared, CTL.words * 4, 2 * MESSAGE_BYTES);
-    this.slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);
+    this.ring = new DecodedRing(this.ctl, new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES), () => this.rethrow());
     this.firstName = "fd" in spec ? spec.name : spec.pieces[0]!;
     this.worker = new Worker(workerUrl());
     this.worker.postMessage({ shared, spec });
@@ -115,28 +114,22 @@ export class ThreadedDecodeSource implements ChunkSource {
 
   read(into: Uint8Array): number {
     if (this.ended || into.length === 0) return 0;
-    const flag = CTL.slotFlag(this.current);
-    while (Atomics.load(this.ctl, flag) !== SLOT.full) {
-      if (Atomics.load(this.ctl, CTL.state) === STATE.failed) this.rethrow();
-      Atomics.wait(this.ctl, flag, SLOT.empty, 200);
-    }
-    const length = Atomics.load(this.ctl, CTL.slotLength(this.current));
-    if (length === 0) {
-      if (Atomics.load(this.ctl, CTL.state) === STATE.failed) this.rethrow();
-      this.ended = true;
-      return 0;
-    }
-    const start = this.current * SLOT_BYTES + this.consumedInSlot;
-    const n = Math.min(into.length, length - this.consumedInSlot);
-    into.set(this.slots.subarray(start, start + n));
-    this.consumedInSlot += n;
-    if (this.consumedInSlot === length) {
-      this.consumedInSlot = 0;
-      Atomics.store(this.ctl, flag, SLOT.empty);
-      Atomics.notify(this.ctl, flag);
-      this.current = (this.current + 1) % SLOT_COUNT;
-    }
+    const n = this.ring.read(into);
+    if (n === 0) this.end();
     return n;
+  }
+
+  borrow(max: number): Uint8Array {
+    if (this.ended || max === 0) return new Uint8Array(0);
+    const bytes = this.ring.take(max);
+    if (bytes.length === 0) this.end();
+    return bytes;
+  }
+
+  /** The worker's slot of length 0: the end, or its failure. */
+  private end(): void {
+    if (Atomics.load(this.ctl, CTL.state) === STATE.failed) this.rethrow();
+    this.ended = true;
   }
 
   locate(offset: number): Location {
@@ -144,11 +137,7 @@ export class ThreadedDecodeSource implements ChunkSource {
   }
 
   close(): void {
-    Atomics.store(this.ctl, CTL.closed, 1);
-    for (let i = 0; i < SLOT_COUNT; i++) {
-      Atomics.store(this.ctl, CTL.slotFlag(i), SLOT.empty);
-      Atomics.notify(this.ctl, CTL.slotFlag(i));
-    }
+    this.ring.close();
     this.worker.terminate();
   }
 
