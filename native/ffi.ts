@@ -182,8 +182,8 @@ export interface StepResult {
 export abstract class NativeDecoder implements ChunkSource {
   readonly size = undefined;
   readonly name: string;
-  private readonly inBuf = new Uint8Array(INPUT_BUFFER_SIZE);
-  private readonly inAddress = ptr(this.inBuf);
+  private readonly inBuf: Uint8Array;
+  private readonly inAddress: Pointer;
   private inStart = 0;
   private inEnd = 0;
   /** compressed offset of inBuf[0] */
@@ -202,8 +202,12 @@ export abstract class NativeDecoder implements ChunkSource {
     readonly kind: string,
     /** what one self-contained unit is called: "member", "frame", "stream" */
     private readonly unit: string,
+    /** where compressed input is read to (a caller decoding many short runs lends one; default: a new one) */
+    inputBuffer: Uint8Array = new Uint8Array(INPUT_BUFFER_SIZE),
   ) {
     this.name = `${input.name} (${kind})`;
+    this.inBuf = inputBuffer;
+    this.inAddress = ptr(inputBuffer);
   }
 
   /**

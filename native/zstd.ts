@@ -83,8 +83,9 @@ export class ZstdDecoder extends NativeDecoder {
   constructor(
     input: ChunkSource,
     readonly prefix?: Uint8Array,
+    inputBuffer?: Uint8Array,
   ) {
-    super(input, "zstd", "frame");
+    super(input, "zstd", "frame", inputBuffer);
     this.lib = zstd.load(input.locate(0), "zstd data");
     const d = this.lib.ZSTD_createDStream();
     if (!d) throw new Error("ZSTD_createDStream: out of memory");

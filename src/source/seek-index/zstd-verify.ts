@@ -1,5 +1,6 @@
 import { Xxh64State } from "../../../native/xxhash.ts";
 import { ZstdDecoder, zstdCompress } from "../../../native/zstd.ts";
+import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import { SpliceSource } from "./splice.ts";
 
@@ -37,6 +38,9 @@ const WINDOW_PACK_LEVEL = 3;
  */
 export class SpanVerifier {
   private chain: { decoder: ChunkSource; at: number } | undefined;
+  /** compressed input of the decoder being tried, and of the chain's: two buffers swapped, not one per try */
+  private tryInput: Uint8Array = new Uint8Array(INPUT_BUFFER_SIZE);
+  private chainInput: Uint8Array | undefined;
   private readonly scratch = new Uint8Array(1 << 20);
   private readonly hash = new Xxh64State();
   private readonly digest = new Uint8Array(8);
@@ -50,7 +54,7 @@ export class SpanVerifier {
     let acceptedDecoder: ChunkSource | undefined;
     for (const length of tries) {
       const prefix = length > 0 ? job.window.subarray(full - length) : undefined;
-      const d = new ZstdDecoder(new SpliceSource(this.raw, [job.header, { from: job.compressed, to: this.raw.size }]), prefix);
+      const d = new ZstdDecoder(new SpliceSource(this.raw, [job.header, { from: job.compressed, to: this.raw.size }]), prefix, this.tryInput);
       const outcome = this.decodeSpan(d, job);
       if (outcome === "same") {
         accepted = length;
@@ -65,6 +69,9 @@ export class SpanVerifier {
     if (acceptedDecoder) {
       this.chain?.decoder.close();
       this.chain = { decoder: acceptedDecoder, at: job.spanEnd };
+      const free = this.chainInput ?? new Uint8Array(INPUT_BUFFER_SIZE);
+      this.chainInput = this.tryInput;
+      this.tryInput = free;
     } else if (this.chain && this.chain.at === job.decoded && this.decodeSpan(this.chain.decoder, job) === "same") {
       extended = true;
       this.chain.at = job.spanEnd;
