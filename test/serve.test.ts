@@ -753,6 +753,35 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
     }, 60_000);
   }
 
+  test("a compressed image whose seek index can be kept in memory only (read-only directory and cache): served on one thread, with a line saying why", async () => {
+    if (process.getuid?.() !== 0 || !which("zstd")) return console.log("skipped: needs root (a read-only bind mount) and zstd");
+    const dir = tempDir();
+    const ro = tempDir();
+    const truth = restoredBytes(fixture("ext4.ext4-ptcl-img"));
+    fs.writeFileSync(path.join(dir, "e.zst"), Bun.spawnSync(["zstd", "-q", "-c", fixture("ext4.ext4-ptcl-img")]).stdout);
+    expect(spawnSync("mount", ["--bind", dir, ro]).status).toBe(0);
+    try {
+      expect(spawnSync("mount", ["-o", "remount,bind,ro", ro]).status).toBe(0);
+      const socketPath = path.join(tempDir(), "s.sock");
+      const proc = Bun.spawn([process.execPath, CLI, "serve", path.join(ro, "e.zst"), "--socket", socketPath, "--threads", "2"], {
+        stdout: "pipe",
+        stderr: "pipe",
+        env: { ...process.env, XDG_CACHE_HOME: ro },
+      });
+      try {
+        const line = new TextDecoder().decode((await proc.stdout.getReader().read()).value);
+        expect(line).toStartWith("serving");
+        await readInterleaved({ unix: socketPath }, truth, 9);
+      } finally {
+        proc.kill("SIGINT");
+        expect(await proc.exited).toBe(0);
+      }
+      expect(await new Response(proc.stderr).text()).toContain("imgtool: serving every client on this one thread: the serving threads could not open the image themselves (");
+    } finally {
+      spawnSync("umount", [ro]);
+    }
+  }, 60_000);
+
   test("a client that never reads its replies holds only its thread: the next one is served, and SIGINT still ends the server", async () => {
     const name = "ntfs.ntfsclone-img";
     const volume = restoredBytes(fixture(name));

@@ -52,7 +52,11 @@ export const serveCommand = defineCommand({
         // a writable export stays on one thread: every write goes through the one overlay open here
         if (!overlay && threadCount > 0) {
           const started = await startNbdThreads(Math.min(threadCount, maxConnections), { image: args.image, partition: args.partition, disk: args.disk, exportName: name }, onError);
-          if ("failed" in started) onError(`serving every client on one thread: a serving thread could not open the image (${started.failed})`);
+          if ("failed" in started) {
+            onError(
+              `serving every client on this one thread: the serving threads could not open the image themselves (${started.failed}); they need a compressed image's seek index on disk, beside the image or in the cache directory`,
+            );
+          }
           else threads = started;
         }
         server = serveNbd(exported, {
