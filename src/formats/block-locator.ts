@@ -31,14 +31,16 @@ export class BlockLocator {
   /** Number of used blocks before `block`. */
   rank(block: number): number {
     const slot = Math.floor(block / BLOCKS_PER_RANK);
-    let rank = this.rankAt[slot]!;
-    for (let b = slot * BLOCKS_PER_RANK; b < block; b++) if (this.bitmap.isUsed(b)) rank++;
-    return rank;
+    return this.rankAt[slot]! + this.bitmap.countIn(slot * BLOCKS_PER_RANK, block);
   }
 
   /** Offset in the image of used block `block`. */
   imageOffset(block: number): number {
-    const rank = this.rank(block);
+    return this.offsetOfRank(this.rank(block));
+  }
+
+  /** Offset in the image of the used block with `rank` used blocks before it. */
+  private offsetOfRank(rank: number): number {
     const strips = this.stripTrailer ? Math.floor(rank / this.blocksPerStrip) : 0;
     return this.dataStart + rank * this.blockSize + strips * this.stripTrailer;
   }
@@ -66,7 +68,7 @@ export class BlockLocator {
         const stripLeft = this.stripTrailer ? this.blocksPerStrip - (rank % this.blocksPerStrip) : Infinity;
         while (blocks < stripLeft && (block + blocks) * bs < end && this.bitmap.isUsed(block + blocks)) blocks++;
         const bytes = Math.min(blocks * bs - inBlock, end - pos);
-        const at = this.imageOffset(block) + inBlock;
+        const at = this.offsetOfRank(rank) + inBlock;
         const got = source.readAt(out.subarray(pos - offset, pos - offset + bytes), at);
         if (got < bytes) throw new Error(`${source.name}: short read at offset ${at}`);
         pos += bytes;

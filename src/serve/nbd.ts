@@ -680,8 +680,7 @@ export class NbdConnection {
       for (const extent of this.exported.volume.extents(offset, length)) {
         const extentEnd = extent.offset + extent.length;
         if (!extent.data) {
-          const header = this.chunkHeader(cookie, extentEnd === end ? REPLY_FLAG_DONE : 0, REPLY_TYPE_OFFSET_HOLE, 12);
-          out.set(header, 0);
+          this.writeChunkHeader(dv, cookie, extentEnd === end ? REPLY_FLAG_DONE : 0, REPLY_TYPE_OFFSET_HOLE, 12);
           dv.setBigUint64(CHUNK_HEADER, BigInt(extent.offset));
           dv.setUint32(CHUNK_HEADER + 8, extent.length);
           yield out.subarray(0, CHUNK_HEADER + 12);
@@ -690,16 +689,15 @@ export class NbdConnection {
         }
         while (pos < extentEnd) {
           const n = Math.min(this.pieceSize(), extentEnd - pos);
-          const data = this.readVolume(pos, n);
-          const header = this.chunkHeader(cookie, pos + n === end ? REPLY_FLAG_DONE : 0, REPLY_TYPE_OFFSET_DATA, 8 + n);
           if (n <= SMALL_REPLY) {
-            // one write for a small reply
-            out.set(header, 0);
+            // one write for a small reply, its data read in place
+            this.readVolumeInto(pos, out.subarray(CHUNK_HEADER + 8, CHUNK_HEADER + 8 + n));
+            this.writeChunkHeader(dv, cookie, pos + n === end ? REPLY_FLAG_DONE : 0, REPLY_TYPE_OFFSET_DATA, 8 + n);
             dv.setBigUint64(CHUNK_HEADER, BigInt(pos));
-            out.set(data, CHUNK_HEADER + 8);
             yield out.subarray(0, CHUNK_HEADER + 8 + n);
           } else {
-            out.set(header, 0);
+            const data = this.readVolume(pos, n);
+            this.writeChunkHeader(dv, cookie, pos + n === end ? REPLY_FLAG_DONE : 0, REPLY_TYPE_OFFSET_DATA, 8 + n);
             dv.setBigUint64(CHUNK_HEADER, BigInt(pos));
             yield out.subarray(0, CHUNK_HEADER + 8);
             yield data;
@@ -719,6 +717,15 @@ export class NbdConnection {
       pv.setBigUint64(6 + text.length, BigInt(pos));
       return yield concatBytes(this.chunkHeader(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR_OFFSET, payload.length), payload);
     }
+  }
+
+  /** Bytes of the volume into `into` (a small piece of a reply, read where it is sent from). */
+  private readVolumeInto(offset: number, into: Uint8Array): void {
+    const volume = this.exported.volume;
+    if (volume.readInto) return volume.readInto(offset, into);
+    const data = volume.read(offset, into.length);
+    if (data.length !== into.length) throw new Error(`read ${data.length} bytes of ${into.length}`);
+    into.set(data);
   }
 
   /**
@@ -780,13 +787,17 @@ export class NbdConnection {
 
   private chunkHeader(cookie: Uint8Array, flags: number, type: number, length: number): Uint8Array {
     const header = new Uint8Array(CHUNK_HEADER);
-    const dv = new DataView(header.buffer);
+    this.writeChunkHeader(new DataView(header.buffer), cookie, flags, type, length);
+    return header;
+  }
+
+  /** A structured reply chunk's header at the start of `dv`. */
+  private writeChunkHeader(dv: DataView, cookie: Uint8Array, flags: number, type: number, length: number): void {
     dv.setUint32(0, STRUCTURED_REPLY_MAGIC);
     dv.setUint16(4, flags);
     dv.setUint16(6, type);
-    header.set(cookie, 8);
+    for (let i = 0; i < 8; i++) dv.setUint8(8 + i, cookie[i]!);
     dv.setUint32(16, length);
-    return header;
   }
 
   private simpleHeader(cookie: Uint8Array, error: number): Uint8Array {
