@@ -999,6 +999,33 @@ describe("structured replies and block status, spoken to by a client written her
 
 const REP_ERR_POLICY = 0x80000002;
 
+describe("refused clients", () => {
+  test("a refused client that stays connected is cut off after a while, and its place is free again", async () => {
+    const image = openImage(fixture("ext4.ext4-ptcl-img"));
+    const server = serveNbd(imageExport(image, "vol"), { tcp: { hostname: "127.0.0.1", port: 0 }, maxConnections: 1, refusedLingerMs: 300 });
+    try {
+      const a = await TestClient.connect(server);
+      await a.go();
+      const refused = await TestClient.connect(server);
+      await refused.greeting();
+      expect((await refused.info(OPT.GO, "")).final).toBe(REP_ERR_POLICY);
+      // it says nothing more and keeps the socket open: the server closes it
+      expect(await refused.waitClosed()).toBe(true);
+      // with its place among the refused free again, the next one is told why too (not just closed)
+      const next = await TestClient.connect(server);
+      await next.greeting();
+      expect((await next.info(OPT.GO, "")).final).toBe(REP_ERR_POLICY);
+      next.close();
+      a.close();
+    } finally {
+      server.stop();
+      image.close();
+    }
+  });
+});
+
+
+
 describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mkfs and fsck", () => {
   const MAPPED = ["ext4.ext4-ptcl-img", "ntfs.ntfs-ptcl-img.aa", "ntfs.ntfsclone-img", "ext2-z0.partimg.000"];
   for (const name of MAPPED) {

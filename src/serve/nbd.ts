@@ -28,6 +28,8 @@ export interface NbdListenOptions {
   maxConnections?: number;
   /** told about requests that failed on the server's side (a read error of the image) */
   onError?: (message: string) => void;
+  /** how long a refused client may stay connected (to read why) before it is cut off; default 10 s */
+  refusedLingerMs?: number;
   /** threads that serve whole connections (read-only exports); a client goes to one when it is free */
   threads?: NbdThreads;
 }
@@ -158,6 +160,7 @@ const WRITE_PIECE = 256 << 10;
 const SMALL_REPLY = 64 << 10;
 /** clients served at once unless told otherwise */
 export const DEFAULT_MAX_CONNECTIONS = 64;
+const REFUSED_LINGER_MS = 10_000;
 /** the descriptors of one block status reply (the spec lets a server answer fewer) */
 const MAX_DESCRIPTORS = 8192;
 /** option data beyond this (names are at most 4096 bytes) is skipped and refused */
@@ -966,8 +969,11 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
       }
       const c = new NbdConnection(socket, exported, opts.onError, refusal, pieceSize, kept);
       socket.data = c;
-      if (refusal) refusedOpen++;
-      else open.add(c);
+      if (refusal) {
+        refusedOpen++;
+        // it has had its answer: it may not hold a place for as long as it likes
+        setTimeout(() => c.closeHard(), opts.refusedLingerMs ?? REFUSED_LINGER_MS).unref();
+      } else open.add(c);
       c.greet();
     },
     data(socket, chunk) {
