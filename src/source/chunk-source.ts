@@ -35,6 +35,23 @@ export interface RandomAccessSource extends ChunkSource {
   readAt(into: Uint8Array, offset: number): number;
 }
 
+/** A RandomAccessSource whose `read` goes on from where the last one stopped, through `readAt`. */
+export abstract class PositionedSource implements RandomAccessSource {
+  abstract readonly name: string;
+  abstract readonly size: number;
+  private pos = 0;
+
+  read(into: Uint8Array): number {
+    const n = this.readAt(into, this.pos);
+    this.pos += n;
+    return n;
+  }
+
+  abstract readAt(into: Uint8Array, offset: number): number;
+  abstract locate(offset: number): Location;
+  abstract close(): void;
+}
+
 export function isRandomAccess(s: ChunkSource): s is RandomAccessSource {
   return typeof (s as RandomAccessSource).readAt === "function";
 }

@@ -1,20 +1,15 @@
 import fs from "node:fs";
 import { ImageError, type Location } from "../errors.ts";
-import type { ChunkSource, RandomAccessSource } from "./chunk-source.ts";
+import { type ChunkSource, PositionedSource } from "./chunk-source.ts";
 
 /** A regular file or block device: positional reads, so it also serves random access. */
-export class FileSource implements RandomAccessSource {
-  private pos = 0;
+export class FileSource extends PositionedSource {
   constructor(
     readonly name: string,
     private readonly fd: number,
     readonly size: number,
-  ) {}
-
-  read(into: Uint8Array): number {
-    const n = this.readAt(into, this.pos);
-    this.pos += n;
-    return n;
+  ) {
+    super();
   }
 
   readAt(into: Uint8Array, offset: number): number {

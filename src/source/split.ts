@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { ImageError, type Location } from "../errors.ts";
-import type { RandomAccessSource } from "./chunk-source.ts";
+import { PositionedSource } from "./chunk-source.ts";
 import { FileSource, openFileSource } from "./file.ts";
 
 /**
@@ -103,19 +103,19 @@ export interface SplitOptions {
 }
 
 /** Pieces read as one stream: positional reads across them. */
-export class SplitSource implements RandomAccessSource {
+export class SplitSource extends PositionedSource {
   readonly name: string;
   readonly size: number;
   /** offset in the joined stream of each piece's first byte after its header */
   private readonly starts: number[] = [];
   private readonly header: number;
   private readonly nextPiece: string | undefined;
-  private pos = 0;
 
   constructor(
     private readonly pieces: FileSource[],
     options: SplitOptions = {},
   ) {
+    super();
     this.header = options.pieceHeader ?? 0;
     this.nextPiece = options.nextPiece;
     this.name = pieces.length > 1 ? `${pieces[0]!.name} (+${pieces.length - 1} pieces)` : pieces[0]!.name;
@@ -148,12 +148,6 @@ export class SplitSource implements RandomAccessSource {
 
   get pieceNames(): string[] {
     return this.pieces.map((p) => p.name);
-  }
-
-  read(into: Uint8Array): number {
-    const n = this.readAt(into, this.pos);
-    this.pos += n;
-    return n;
   }
 
   readAt(into: Uint8Array, offset: number): number {

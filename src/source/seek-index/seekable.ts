@@ -1,5 +1,5 @@
 import { ImageError, type Location } from "../../errors.ts";
-import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
+import { type ChunkSource, PositionedSource, type RandomAccessSource } from "../chunk-source.ts";
 import type { SeekCodec } from "./codec.ts";
 import { type LoadedIndex, type StoredPoint, seekPointOf } from "./index-file.ts";
 import { collectIfLarge } from "./memory.ts";
@@ -34,7 +34,7 @@ interface Cursor {
  * A small LRU cache of decoded spans serves repeated and neighbouring reads; one live decoder
  * serves reads that go forward (a sequential copy decodes the stream once).
  */
-export class SeekableSource implements RandomAccessSource {
+export class SeekableSource extends PositionedSource {
   readonly name: string;
   readonly size: number;
   private readonly cache = new Map<number, Uint8Array>();
@@ -43,7 +43,6 @@ export class SeekableSource implements RandomAccessSource {
   /** a buffer of an evicted span, for the next one */
   private spare: Uint8Array | undefined;
   private readonly skip = new Uint8Array(SKIP_BYTES);
-  private pos = 0;
   /** counters for the curious (bench): spans decoded, and resumes from a point */
   readonly stats = { spansDecoded: 0, resumes: 0, cacheHits: 0 };
 
@@ -52,14 +51,9 @@ export class SeekableSource implements RandomAccessSource {
     private readonly codec: SeekCodec,
     readonly index: LoadedIndex,
   ) {
+    super();
     this.name = `${raw.name} (${codec.compression})`;
     this.size = index.decodedSize;
-  }
-
-  read(into: Uint8Array): number {
-    const n = this.readAt(into, this.pos);
-    this.pos += n;
-    return n;
   }
 
   readAt(into: Uint8Array, offset: number): number {
