@@ -782,6 +782,13 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
     }
   }, 60_000);
 
+  test("--threads takes a count from 0 to 64 (each thread opens the export again)", () => {
+    for (const bad of ["65", "-1", "two"]) {
+      const r = runCli(["serve", fixture("ext4.ext4-ptcl-img"), "--port", "0", "--threads", bad]);
+      expect([r.code, r.stderr]).toEqual([2, `imgtool: --threads: not a count from 0 to 64: ${JSON.stringify(bad)}\n`]);
+    }
+  });
+
   test("a client that never reads its replies holds only its thread: the next one is served, and SIGINT still ends the server", async () => {
     const name = "ntfs.ntfsclone-img";
     const volume = restoredBytes(fixture(name));

@@ -15,6 +15,7 @@ import { guard } from "./run.ts";
 /** the IANA port of NBD */
 const NBD_PORT = 10809;
 const LOOPBACK = "127.0.0.1";
+const MAX_THREADS = 64;
 
 export const serveCommand = defineCommand({
   meta: { name: "serve", description: "Export the restored volume over NBD without restoring it: read-only, or writable through an overlay file" },
@@ -36,7 +37,8 @@ export const serveCommand = defineCommand({
       const port = parsePort(args.port);
       if (args.socket !== undefined && fs.existsSync(args.socket)) throw new UsageError(`--socket: ${args.socket} exists; remove it first`);
       const maxConnections = parseCount(args["max-connections"], "--max-connections", DEFAULT_MAX_CONNECTIONS);
-      const threadCount = args.threads === "0" ? 0 : parseCount(args.threads, "--threads", os.availableParallelism());
+      // each thread holds the export open on its own (tens of MiB): a few per core at the most
+      const threadCount = parseCount(args.threads, "--threads", os.availableParallelism(), { min: 0, max: MAX_THREADS });
       // before listening, so that a signal right after the line below still stops it cleanly
       const signalled = untilSignal();
       let server: NbdServer | undefined;
@@ -78,10 +80,10 @@ export const serveCommand = defineCommand({
     }),
 });
 
-function parseCount(text: string | undefined, option: string, fallback: number): number {
+function parseCount(text: string | undefined, option: string, fallback: number, range = { min: 1, max: 100_000 }): number {
   if (text === undefined) return fallback;
   const n = Number(text);
-  if (!/^\d+$/.test(text) || n < 1 || n > 100_000) throw new UsageError(`${option}: not a count from 1 to 100000: ${JSON.stringify(text)}`);
+  if (!/^\d+$/.test(text) || n < range.min || n > range.max) throw new UsageError(`${option}: not a count from ${range.min} to ${range.max}: ${JSON.stringify(text)}`);
   return n;
 }
 

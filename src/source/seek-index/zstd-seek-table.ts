@@ -42,6 +42,7 @@ export function readSeekTable(raw: RandomAccessSource): { frames: SeekTableFrame
   const tv = new DataView(table.buffer);
   if (tv.getUint32(0, true) !== SKIPPABLE_SEEK_TABLE_MAGIC || tv.getUint32(4, true) !== tableBytes) return undefined;
   const frames: SeekTableFrame[] = [];
+  const head = new Uint8Array(FRAME_HEADER_PEEK);
   let compressed = 0;
   let decoded = 0;
   for (let i = 0; i < count; i++) {
@@ -49,21 +50,22 @@ export function readSeekTable(raw: RandomAccessSource): { frames: SeekTableFrame
     const compressedSize = tv.getUint32(at, true);
     const decodedSize = tv.getUint32(at + 4, true);
     if (compressedSize === 0 || compressed + compressedSize > tableFrameAt) return undefined;
-    if (!frameAgrees(raw, compressed, decodedSize)) return undefined;
+    if (!frameAgrees(raw, compressed, decodedSize, head)) return undefined;
     if (decodedSize > 0) frames.push({ compressed, decoded });
     compressed += compressedSize;
     decoded += decodedSize;
+    if (decoded > Number.MAX_SAFE_INTEGER) return undefined;
   }
   if (compressed !== tableFrameAt) return undefined;
   return { frames, decodedSize: decoded };
 }
 
 /** A zstd frame (its content size, where stated, the table's) or a skippable frame of no content at `at`. */
-function frameAgrees(raw: RandomAccessSource, at: number, decodedSize: number): boolean {
-  const head = new Uint8Array(Math.min(FRAME_HEADER_PEEK, raw.size - at));
+function frameAgrees(raw: RandomAccessSource, at: number, decodedSize: number, buffer: Uint8Array): boolean {
+  const head = buffer.subarray(0, Math.min(FRAME_HEADER_PEEK, raw.size - at));
   if (raw.readAt(head, at) < head.length) return false;
   if (skippableFrameSize(head) !== undefined) return decodedSize === 0;
-  if (head.length < 4 || new DataView(head.buffer).getUint32(0, true) !== ZSTD_MAGIC) return false;
+  if (head.length < 4 || new DataView(head.buffer, head.byteOffset, head.length).getUint32(0, true) !== ZSTD_MAGIC) return false;
   try {
     const header = parseFrameHeader(head, raw.locate(at));
     return header.contentSize === undefined || header.contentSize === decodedSize;
