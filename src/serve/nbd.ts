@@ -999,7 +999,13 @@ export function serveNbd(exported: NbdExport, opts: NbdListenOptions): NbdServer
     // Bun's sockets carry their descriptor (not in its types)
     const fd = (socket as { fd?: unknown }).fd;
     if (typeof fd !== "number" || fd < 0) return false;
-    const own = dupFd(fd);
+    let own: number;
+    try {
+      own = dupFd(fd);
+    } catch {
+      // out of descriptors: this client stays on the event loop
+      return false;
+    }
     const taken = opts.threads!.take(own, socket.remoteAddress, () => {
       onThreads--;
       collectSoon();
