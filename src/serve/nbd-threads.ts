@@ -16,6 +16,8 @@ interface Thread {
   worker: Worker;
   /** the socket it serves, with what to call when that client is gone */
   serving?: { fd: number; done: () => void };
+  /** it failed outside a client's handling: it takes no more clients */
+  dead?: boolean;
 }
 
 /**
@@ -25,6 +27,7 @@ interface Thread {
 export async function startNbdThreads(count: number, input: NbdThreadInput, onError: (message: string) => void): Promise<NbdThreads | { failed: string }> {
   const threads: Thread[] = [];
   let stopping = false;
+  let started = false;
   const opened = await Promise.all(
     Array.from({ length: count }, () => {
       const worker = new Worker(workerUrl(), { smol: true });
@@ -43,7 +46,18 @@ export async function startNbdThreads(count: number, input: NbdThreadInput, onEr
             if (stopping) worker.terminate();
           }
         };
-        worker.onerror = (event) => resolve(event.message);
+        worker.onerror = (event) => {
+          resolve(event.message);
+          // after the start: its client (if any) is gone with it, and its place is not taken again
+          thread.dead = true;
+          if (thread.serving) {
+            shutdownSocket(thread.serving.fd);
+            const { done } = thread.serving;
+            thread.serving = undefined;
+            done();
+          }
+          if (started) onError(`a serving thread failed: ${event.message}`);
+        };
         worker.postMessage({ open: input } satisfies ToNbdThread);
       });
     }),
@@ -53,11 +67,12 @@ export async function startNbdThreads(count: number, input: NbdThreadInput, onEr
     for (const t of threads) t.worker.terminate();
     return { failed };
   }
+  started = true;
   // idle threads must not keep the process alive
   for (const t of threads) t.worker.unref();
   return {
     take(fd, remoteAddress, done) {
-      const thread = threads.find((t) => !t.serving);
+      const thread = threads.find((t) => !t.serving && !t.dead);
       if (!thread) return false;
       thread.serving = { fd, done };
       thread.worker.postMessage({ serve: fd, remoteAddress } satisfies ToNbdThread);
