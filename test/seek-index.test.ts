@@ -550,7 +550,7 @@ describe.skipIf(!ZSTD)("serve, mount and cat on compressed images", () => {
     const dir = tempDir();
     const text = Buffer.from(Array.from({ length: 2_000_000 }, (_, i) => `line ${i}\n`).join(""));
     expect(text.length).toBeGreaterThan(16 << 20);
-    const lzma = spawnSync("xz", ["--format=lzma", "-c"], { input: text, maxBuffer: 1 << 26 }).stdout as Buffer;
+    const lzma = spawnSync("xz", ["--format=lzma", "-0", "-c"], { input: text, maxBuffer: 1 << 26 }).stdout as Buffer;
     const file = write(dir, "big.lzma", lzma);
     const r = runCli(["serve", file, "--port", "0"]);
     expect(r.code).toBe(2);

@@ -11,6 +11,11 @@ import { CHECKSUM_MODES, type ChecksumKind, createStripChecksum, type StripCheck
 import { BlockLocator } from "./block-locator.ts";
 import { countWithSize, humanSize } from "./units.ts";
 
+/** A checksum strip's blocks are read in pieces of about this size (partclone's default strip, 256 blocks of 4 KiB, in one). */
+const STRIP_DATA_PIECE = 1 << 20;
+/** the largest checksum a mode stores (XXH128) */
+const MAX_CHECKSUM_SIZE = 16;
+
 const MAGIC = "partclone-image";
 const V1_HEADER_SIZE = 4160;
 const V2_HEADER_SIZE = 110;
@@ -410,6 +415,9 @@ export class PartcloneImage extends BitmapImage {
   readonly readInto?: (offset: number, into: Uint8Array) => void;
   /** one bit per checksum strip already found good */
   private verifiedStrips: Uint8Array | undefined;
+  /** a strip is read through this in pieces (a strip may be any number of blocks) */
+  private stripScratch: Uint8Array | undefined;
+  private readonly storedChecksum = new Uint8Array(MAX_CHECKSUM_SIZE);
 
   private locate(): BlockLocator {
     this.locator ??= new BlockLocator(this.bitmap, this.header.blockSize, this.dataStart, this.header.checksum === "NONE" ? 0 : this.checksumSize, this.header.blocksPerChecksum);
@@ -440,13 +448,23 @@ export class PartcloneImage extends BitmapImage {
       if (this.verifiedStrips[strip >> 3]! & (1 << (strip & 7))) continue;
       const blocks = Math.min(per, used - strip * per);
       const at = this.dataStart + strip * (per * bs + csSize);
-      const bytes = new Uint8Array(blocks * bs + csSize);
-      if (source.readAt(bytes, at) < bytes.length) {
-        throw new ImageError(source.locate(at), "truncated image data", `short read: checksum strip ${withCommas(strip)} ends early`);
-      }
       check.reset();
-      check.update(bytes.subarray(0, blocks * bs));
-      const stored = bytes.subarray(blocks * bs, blocks * bs + Math.min(csSize, 16));
+      const dataBytes = blocks * bs;
+      const dataPiece = Math.max(bs, Math.floor(STRIP_DATA_PIECE / bs) * bs);
+      if (!this.stripScratch || this.stripScratch.length < dataPiece + csSize) this.stripScratch = new Uint8Array(dataPiece + csSize);
+      for (let done = 0; done < dataBytes; ) {
+        const n = Math.min(dataPiece, dataBytes - done);
+        // the last piece takes the stored checksum along
+        const stored = done + n === dataBytes ? csSize : 0;
+        const piece = this.stripScratch.subarray(0, n + stored);
+        if (source.readAt(piece, at + done) < piece.length) {
+          throw new ImageError(source.locate(at), "truncated image data", `short read: checksum strip ${withCommas(strip)} ends early`);
+        }
+        check.update(piece.subarray(0, n));
+        if (stored > 0) this.storedChecksum.set(piece.subarray(n, n + Math.min(csSize, MAX_CHECKSUM_SIZE)));
+        done += n;
+      }
+      const stored = this.storedChecksum.subarray(0, Math.min(csSize, MAX_CHECKSUM_SIZE));
       if (!check.matches(stored)) {
         const firstBlock = this.blockNumberOfUsed(strip * per);
         throw new ChecksumError(
