@@ -29,7 +29,7 @@ export const serveCommand = defineCommand({
     disk: diskArg,
     overlay: { type: "string", description: "make the export writable: writes go to this file (created if missing), never to the image" },
     "max-connections": { type: "string", description: `clients served at once; more are refused with a reason (default ${DEFAULT_MAX_CONNECTIONS})` },
-    threads: { type: "string", description: "threads that each serve a client of a read-only export, beside the main one (default: the cores; 0: none)" },
+    threads: { type: "string", description: "threads that each serve a client of a read-only export, beside the main one (default: one less than the cores; 0: none)" },
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
@@ -37,8 +37,10 @@ export const serveCommand = defineCommand({
       const port = parsePort(args.port);
       if (args.socket !== undefined && fs.existsSync(args.socket)) throw new UsageError(`--socket: ${args.socket} exists; remove it first`);
       const maxConnections = parseCount(args["max-connections"], "--max-connections", DEFAULT_MAX_CONNECTIONS);
-      // each thread holds the export open on its own (tens of MiB): a few per core at the most
-      const threadCount = parseCount(args.threads, "--threads", os.availableParallelism(), { min: 0, max: MAX_THREADS });
+      // each thread holds the export open on its own (tens of MiB): a few per core at the most. The main
+      // thread serves the clients beyond them, so one less than the cores keeps every core busy
+      // (nbdcopy's four connections) and a compressed export within 128 MiB
+      const threadCount = parseCount(args.threads, "--threads", Math.max(0, os.availableParallelism() - 1), { min: 0, max: MAX_THREADS });
       // before listening, so that a signal right after the line below still stops it cleanly
       const signalled = untilSignal();
       let server: NbdServer | undefined;

@@ -22,6 +22,7 @@ export type FromNbdThread = { ready: true } | { failed: string } | { done: numbe
 /** Small replies and headers gathered into one send; a larger piece goes out with them at once. */
 const GATHER_BYTES = 256 << 10;
 const RECEIVE_BYTES = 256 << 10;
+const COLLECT_EVERY_BATCHES = 128;
 
 class BlockingTransport implements NbdTransport {
   private readonly sender: SocketSender;
@@ -81,11 +82,15 @@ function serve(fd: number, remoteAddress: string): void {
     connection.greet();
     transport.flush();
     const received = new Uint8Array(RECEIVE_BYTES);
+    let batches = 0;
     while (connection.phase !== "closed") {
       const n = recvInto(fd, received);
       if (n <= 0) break;
       connection.onData(received.subarray(0, n));
       transport.flush();
+      // this loop never yields to the event loop, and a worker's collector lets each request's
+      // small garbage pile up to tens of MiB: a quick collection now and then keeps it young
+      if (++batches % COLLECT_EVERY_BATCHES === 0) Bun.gc(false);
     }
   } finally {
     connection.release();

@@ -29,6 +29,8 @@ export type RawSpec = { pieces: string[] } | { fd: number; name: string; head: U
 
 const SNIFF_BYTES = 64;
 const PIPE_BYTES = 1 << 20;
+/** A seekable stream's reader starts this small (it grows for a large bitmap): each serving thread holds one. */
+const SEEKABLE_READER_BYTES = 64 << 10;
 
 export interface OpenOptions {
   /** decompress in a worker thread, overlapping with the caller's work (default: yes) */
@@ -63,7 +65,8 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
       const n = seekable.readAt(inner, 0);
       // compressed twice over: the index covers the outer layer only, so read in order
       if (!sniffCompression(inner.subarray(0, n))) {
-        return { reader: new ByteReader(seekable), compression: [kind], pieces, randomAccess: seekable };
+        // the reader parses the header and bitmap; the data is read at random, past it
+        return { reader: new ByteReader(seekable, SEEKABLE_READER_BYTES), compression: [kind], pieces, randomAccess: seekable };
       }
       seekable.close();
       return openStream(input, { ...opts, seekIndex: undefined });

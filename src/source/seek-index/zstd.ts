@@ -15,6 +15,8 @@ export const MAX_INDEXED_WINDOW = 64 << 20;
 /** A frame start is a free point (no window); closer ones than this are not kept. */
 const FRAME_POINT_SPACING = 1 << 20;
 const INPUT_BYTES = 4 << 20;
+/** A resumed decoder's compressed input is read this much at a time: several live at once, and a cold read wants little. */
+const RESUME_INPUT_BYTES = 256 << 10;
 const PROGRESS_EVERY = 32 << 20;
 /**
  * Points that need a window are taken no closer than `spacing`, and only while the windows kept so
@@ -71,12 +73,12 @@ function frameStartPoints(frames: { compressed: number; decoded: number }[]): Se
 
 function resumeZstd(raw: RandomAccessSource, point: SeekPoint): ChunkSource {
   if (point.extra.length === 0) {
-    return new ZstdDecoder(new SpliceSource(raw, [{ from: point.compressed, to: raw.size }]));
+    return new ZstdDecoder(new SpliceSource(raw, [{ from: point.compressed, to: raw.size }]), undefined, new Uint8Array(RESUME_INPUT_BYTES));
   }
   const { header, blocksEnd, frameEnd } = unpackExtra(point.extra, raw);
   if (point.compressed > blocksEnd) throw new ImageError({ file: raw.name }, "corrupt seek index", "a zstd point lies past its frame's end");
   const input = new SpliceSource(raw, [header, { from: point.compressed, to: blocksEnd }, { from: frameEnd, to: raw.size }]);
-  return new ZstdDecoder(input, point.window);
+  return new ZstdDecoder(input, point.window, new Uint8Array(RESUME_INPUT_BYTES));
 }
 
 /** Compressed input read in order, handed to the library in exactly the pieces it asks for. */
