@@ -11,6 +11,9 @@ const xxh = new LazyLibrary("libxxhash.so.0", "libxxhash0", {
   XXH64_update: { args: ["ptr", "ptr", "u64"], returns: "i32" },
   XXH64_digest: { args: ["ptr"], returns: "u64" },
   XXH3_createState: { args: [], returns: "ptr" },
+  XXH3_64bits_reset: { args: ["ptr"], returns: "i32" },
+  XXH3_64bits_update: { args: ["ptr", "ptr", "u64"], returns: "i32" },
+  XXH3_64bits_digest: { args: ["ptr"], returns: "u64" },
   XXH3_freeState: { args: ["ptr"], returns: "i32" },
   XXH3_128bits_reset: { args: ["ptr"], returns: "i32" },
   XXH3_128bits_update: { args: ["ptr", "ptr", "u64"], returns: "i32" },
@@ -47,6 +50,31 @@ export class Xxh64State {
   /** The 8 digest bytes into out[0..8); the state stays usable (more updates continue the same hash). */
   digestInto(out: Uint8Array): void {
     this.view.setBigUint64(0, this.lib.XXH64_digest(this.state), true);
+    out.set(new Uint8Array(this.view.buffer));
+  }
+}
+
+/** XXH3 64-bit (seed 0): the fastest of the family, for hashes imgtool keeps to itself. */
+export class Xxh3State {
+  private readonly lib = lib();
+  private readonly state: Pointer;
+  private readonly view = new DataView(new ArrayBuffer(8));
+  constructor() {
+    const s = this.lib.XXH3_createState();
+    if (!s) throw new Error("XXH3_createState: out of memory");
+    this.state = s;
+    freeXxh3.register(this, s);
+    this.reset();
+  }
+  reset(): void {
+    this.lib.XXH3_64bits_reset(this.state);
+  }
+  update(data: Uint8Array): void {
+    if (data.length > 0) this.lib.XXH3_64bits_update(this.state, ptr(data), data.length);
+  }
+  /** The 8 digest bytes into out[0..8). */
+  digestInto(out: Uint8Array): void {
+    this.view.setBigUint64(0, this.lib.XXH3_64bits_digest(this.state), true);
     out.set(new Uint8Array(this.view.buffer));
   }
 }

@@ -14,6 +14,7 @@ const zstd = new LazyLibrary("libzstd.so.1", "libzstd1", {
   ZSTD_createDCtx: { args: [], returns: "ptr" },
   ZSTD_freeDCtx: { args: ["ptr"], returns: FFIType.u64_fast },
   ZSTD_decompressBegin: { args: ["ptr"], returns: FFIType.u64_fast },
+  ZSTD_decompressBegin_usingDict: { args: ["ptr", "ptr", "u64"], returns: FFIType.u64_fast },
   ZSTD_nextSrcSizeToDecompress: { args: ["ptr"], returns: FFIType.u64_fast },
   ZSTD_nextInputType: { args: ["ptr"], returns: "u32" },
   ZSTD_decompressContinue: { args: ["ptr", "ptr", "u64", "ptr", "u64"], returns: FFIType.u64_fast },

@@ -9,7 +9,7 @@ import { CorruptIndex, currentKey, indexPaths, readIndex, seekPointOf } from "..
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
 import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
 import { zstdCodec } from "../src/source/seek-index/zstd.ts";
-import { Xxh64State } from "../native/xxhash.ts";
+import { Xxh3State } from "../native/xxhash.ts";
 import { CLI, fixture, restoredBytes, restoreToBuffer, runCli, seededRandom, sha256, tempDir, which } from "./helpers.ts";
 
 const ZSTD = which("zstd");
@@ -233,7 +233,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       expect(p).toBeDefined();
       const window = source.index.window(p);
       const end = p.verifiedEnd!;
-      const hash = new Xxh64State();
+      const hash = new Xxh3State();
       hash.update(decoded.subarray(p.decoded, end));
       const spanHash = new Uint8Array(8);
       hash.digestInto(spanHash);

@@ -1,8 +1,9 @@
-import { Xxh64State } from "../../../native/xxhash.ts";
-import { ZstdDecoder, zstdCompress } from "../../../native/zstd.ts";
+import { Xxh3State } from "../../../native/xxhash.ts";
+import { zstdCompress } from "../../../native/zstd.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
-import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
-import { SpliceSource } from "./splice.ts";
+import type { RandomAccessSource } from "../chunk-source.ts";
+import { InputWindow, ZstdResumedBlocks } from "./zstd-blocks.ts";
+import { parseFrameHeader } from "./zstd-frame.ts";
 
 /** A candidate point inside a zstd frame and what decoding from it must reproduce. */
 export interface VerifyJob {
@@ -14,7 +15,7 @@ export interface VerifyJob {
   window: Uint8Array;
   /** the candidate's span ends here (the next candidate, or the frame's end) */
   spanEnd: number;
-  /** XXH64 of the decoded bytes [decoded, spanEnd) as the build's pass produced them */
+  /** XXH3-64 of the decoded bytes [decoded, spanEnd) as the build's pass produced them */
   spanHash: Uint8Array;
 }
 
@@ -34,64 +35,68 @@ const WINDOW_PACK_LEVEL = 3;
  * increasing length: none first, since a point with no window costs nothing to store) and
  * compares the span's hash. A prefix too short makes the library fail (a match reaching before
  * it); stale entropy tables fail too; repeat offsets from before the boundary decode wrongly
- * and are caught by the hash.
+ * and are caught by the hash. Blocks are decoded in place (zstd-blocks.ts), so nothing is copied
+ * but the prefix.
  */
 export class SpanVerifier {
-  private chain: { decoder: ChunkSource; at: number } | undefined;
-  /** compressed input of the decoder being tried, and of the chain's: two buffers swapped, not one per try */
-  private tryInput: Uint8Array = new Uint8Array(INPUT_BUFFER_SIZE);
-  private chainInput: Uint8Array | undefined;
-  private readonly scratch = new Uint8Array(1 << 20);
-  private readonly hash = new Xxh64State();
+  /** the decoder of the last accepted candidate, gone on to its span's end (for a rejected next one) */
+  private chain: { blocks: ZstdResumedBlocks; at: number } | undefined;
+  /** the decoder a candidate is tried with; swapped with the chain's when accepted */
+  private trial: ZstdResumedBlocks | undefined;
+  private ringWindow = -1;
+  private readonly hash = new Xxh3State();
   private readonly digest = new Uint8Array(8);
 
   constructor(private readonly raw: RandomAccessSource) {}
 
   run(job: VerifyJob): VerifyResult {
     const full = job.window.length;
+    const windowSize = parseFrameHeader(job.header, { file: this.raw.name }).windowSize;
+    if (windowSize !== this.ringWindow) {
+      // a frame with another window: decoders with rings to fit it
+      this.close();
+      this.ringWindow = windowSize;
+    }
     const tries = [...new Set([0, full >> 6, full >> 4, full >> 3, full >> 2, full >> 1, full])].filter((n) => n === 0 || n >= 1024 || n === full);
     let accepted = -1;
-    let acceptedDecoder: ChunkSource | undefined;
     for (const length of tries) {
-      const prefix = length > 0 ? job.window.subarray(full - length) : undefined;
-      const d = new ZstdDecoder(new SpliceSource(this.raw, [job.header, { from: job.compressed, to: this.raw.size }]), prefix, this.tryInput);
-      const outcome = this.decodeSpan(d, job);
+      this.trial ??= new ZstdResumedBlocks(this.raw, new InputWindow(this.raw, INPUT_BUFFER_SIZE), windowSize);
+      if (!this.trial.start(job.header, job.compressed, job.window.subarray(full - length))) continue;
+      const outcome = this.decodeSpan(this.trial, job);
       if (outcome === "same") {
         accepted = length;
-        acceptedDecoder = d;
         break;
       }
-      d.close();
       // a prefix long enough to decode without error but giving other bytes: more history will not help
       if (outcome === "different") break;
     }
     let extended = false;
-    if (acceptedDecoder) {
-      this.chain?.decoder.close();
-      this.chain = { decoder: acceptedDecoder, at: job.spanEnd };
-      const free = this.chainInput ?? new Uint8Array(INPUT_BUFFER_SIZE);
-      this.chainInput = this.tryInput;
-      this.tryInput = free;
-    } else if (this.chain && this.chain.at === job.decoded && this.decodeSpan(this.chain.decoder, job) === "same") {
+    if (accepted >= 0) {
+      const previous = this.chain?.blocks;
+      this.chain = { blocks: this.trial!, at: job.spanEnd };
+      this.trial = previous;
+    } else if (this.chain && this.chain.at === job.decoded && this.decodeSpan(this.chain.blocks, job) === "same") {
       extended = true;
       this.chain.at = job.spanEnd;
-    } else {
-      this.chain?.decoder.close();
+    } else if (this.chain) {
+      this.chain.blocks.close();
       this.chain = undefined;
     }
     const packedWindow = accepted > 0 ? zstdCompress(job.window.subarray(full - accepted), WINDOW_PACK_LEVEL) : undefined;
     return { windowLength: accepted, packedWindow, extended };
   }
 
-  private decodeSpan(d: ChunkSource, job: VerifyJob): "same" | "different" | "error" {
+  private decodeSpan(blocks: ZstdResumedBlocks, job: VerifyJob): "same" | "different" | "error" {
     this.hash.reset();
-    let left = job.spanEnd - job.decoded;
+    const length = job.spanEnd - job.decoded;
+    const startedAt = blocks.decoded;
     try {
-      while (left > 0) {
-        const n = d.read(this.scratch.subarray(0, Math.min(this.scratch.length, left)));
-        if (n === 0) return "different";
-        this.hash.update(this.scratch.subarray(0, n));
-        left -= n;
+      while (blocks.decoded - startedAt < length) {
+        const out = blocks.next();
+        if (out.length === 0) return "different";
+        // spans end at block boundaries: a block running past the span's end is a wrong decoding
+        if (blocks.decoded - startedAt > length) return "different";
+        this.hash.update(out);
       }
     } catch {
       return "error";
@@ -102,8 +107,10 @@ export class SpanVerifier {
   }
 
   close(): void {
-    this.chain?.decoder.close();
+    this.chain?.blocks.close();
+    this.trial?.close();
     this.chain = undefined;
+    this.trial = undefined;
   }
 }
 

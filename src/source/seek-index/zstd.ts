@@ -1,11 +1,12 @@
 import { type Pointer, ptr } from "bun:ffi";
 import { ImageError, UsageError, withCommas } from "../../errors.ts";
-import { Xxh64State } from "../../../native/xxhash.ts";
+import { Xxh3State } from "../../../native/xxhash.ts";
 import { ZSTD_INPUT, ZstdDecoder, zstdError, zstdLibrary } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { collectIfLarge } from "./memory.ts";
 import { SpliceSource } from "./splice.ts";
+import { InputWindow } from "./zstd-blocks.ts";
 import { BLOCK_SIZE_MAX, parseFrameHeader, resumeHeader, skippableFrameSize } from "./zstd-frame.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
 import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
@@ -81,28 +82,6 @@ function resumeZstd(raw: RandomAccessSource, point: SeekPoint): ChunkSource {
   return new ZstdDecoder(input, point.window, new Uint8Array(RESUME_INPUT_BYTES));
 }
 
-/** Compressed input read in order, handed to the library in exactly the pieces it asks for. */
-class InputWindow {
-  readonly buf = new Uint8Array(INPUT_BYTES);
-  readonly address = ptr(this.buf);
-  /** raw offset of buf[0] */
-  base = 0;
-  end = 0;
-  constructor(private readonly raw: RandomAccessSource) {}
-
-  /** At least `n` bytes from raw offset `at` in buf (fewer only at the end); returns the index in buf. */
-  need(at: number, n: number): number {
-    if (at >= this.base && at + n <= this.base + this.end) return at - this.base;
-    if (n > this.buf.length) throw new Error(`zstd index: ${n} bytes in one piece`);
-    this.base = at;
-    this.end = this.raw.readAt(this.buf, at);
-    return 0;
-  }
-  available(at: number): number {
-    return Math.max(0, this.base + this.end - at);
-  }
-}
-
 function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
   const table = readSeekTable(raw);
   if (table) {
@@ -112,8 +91,8 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
   const lib = zstdLibrary(raw.locate(0));
   const dctx = lib.ZSTD_createDCtx();
   if (!dctx) throw new Error("ZSTD_createDCtx: out of memory");
-  const input = new InputWindow(raw);
-  const hash = new Xxh64State();
+  const input = new InputWindow(raw, INPUT_BYTES);
+  const hash = new Xxh3State();
   const digest = new Uint8Array(8);
   const points: SeekPoint[] = [];
   const verifier = createVerifier(raw, opts.pieces);
