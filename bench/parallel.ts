@@ -9,7 +9,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { CLI, type Measured, WORK, measure, need, sh, withExt4Volume, writeRandomFiles, writeTextFiles } from "./common.ts";
+import { CLI, type Measured, WORK, bestOf, need, sh, withExt4Volume, writeRandomFiles, writeTextFiles } from "./common.ts";
 
 const VOLUME_MIB = Number(process.env.BENCH_PAR_VOLUME_MIB ?? 1536);
 const USED_MB = Number(process.env.BENCH_PAR_USED_MB ?? 1024);
@@ -56,20 +56,11 @@ export function makeImages(volumeMiB: number, usedMB: number, compressions: read
 
 type Timed = Omit<Measured, "stdout">;
 
-/** Runs of each command: this VM's timings wander (zstd -dc alone from 1.3 s to 4.7 s), so the fastest of each side is compared. */
+/** Runs of each command (see bestOf). */
 const RUNS = Number(process.env.BENCH_PAR_RUNS ?? 3);
 
-/** The fastest of RUNS runs of a shell command (wall and CPU seconds of that run), with the highest peak RSS of all; throws on failure. */
 function timed(cmd: string, before = () => {}): Timed {
-  let best: Timed | undefined;
-  let rss = 0;
-  for (let i = 0; i < RUNS; i++) {
-    before();
-    const t = measure(cmd, "ignore");
-    rss = Math.max(rss, t.rssMiB);
-    if (!best || t.seconds < best.seconds) best = t;
-  }
-  return { ...best!, rssMiB: rss };
+  return bestOf(cmd, RUNS, before, "ignore");
 }
 
 function sha256(file: string): string {
