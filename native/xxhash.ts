@@ -54,16 +54,20 @@ export class Xxh64State {
   }
 }
 
+/** A native XXH3 state (the 64- and 128-bit variants share the type), freed when `owner` is collected. */
+function newXxh3State(owner: object): Pointer {
+  const s = lib().XXH3_createState();
+  if (!s) throw new Error("XXH3_createState: out of memory");
+  freeXxh3.register(owner, s);
+  return s;
+}
+
 /** XXH3 64-bit (seed 0): the fastest of the family, for hashes imgtool keeps to itself. */
 export class Xxh3State {
   private readonly lib = lib();
-  private readonly state: Pointer;
+  private readonly state = newXxh3State(this);
   private readonly view = new DataView(new ArrayBuffer(8));
   constructor() {
-    const s = this.lib.XXH3_createState();
-    if (!s) throw new Error("XXH3_createState: out of memory");
-    this.state = s;
-    freeXxh3.register(this, s);
     this.reset();
   }
   reset(): void {
@@ -119,13 +123,9 @@ function loadDigest128(): void {
 /** XXH3 128-bit (seed 0); the digest is low64 then high64, each little-endian. */
 export class Xxh128State {
   private readonly lib = lib();
-  private readonly state: Pointer;
+  private readonly state = newXxh3State(this);
   constructor() {
     loadDigest128();
-    const s = this.lib.XXH3_createState();
-    if (!s) throw new Error("XXH3_createState: out of memory");
-    this.state = s;
-    freeXxh3.register(this, s);
     this.reset();
   }
   reset(): void {

@@ -195,15 +195,18 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     }
   });
 
-  test("every kept point decodes its verified range right by itself", () => {
-    const truth = fs.readFileSync(path.join(import.meta.dir, "..", "fixtures", "clonezilla-mbr-zstd", "loop0p1.ext4-ptcl-img.zst.aa"));
+  // the second: single-threaded zstd with an 8 MiB window, every 64 KiB a candidate; the streaming
+  // decoder readers resume with decodes a block past what it returns, so that block must decode too
+  for (const [name, spacing] of [["clonezilla-mbr-zstd/loop0p1.ext4-ptcl-img.zst.aa", 1 << 20], ["ntfs.ntfs-ptcl-img.zst", 64 << 10]] as const) {
+  test(`every kept point decodes its verified range right by itself, in one read: ${name}`, () => {
+    const truth = fs.readFileSync(path.join(import.meta.dir, "..", "fixtures", name));
     const file = write(tempDir(), "p1.zst", truth);
-    const source = openIndexed(file, 1 << 20);
+    const source = openIndexed(file, spacing);
     const decoded = spawnSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 }).stdout as Buffer;
     try {
       const { raw } = openRaw(file);
       const points = source.index.points;
-      expect(points.filter((p) => p.extra.length > 0).length).toBeGreaterThan(3);
+      expect(points.filter((p) => p.extra.length > 0).length).toBeGreaterThan(2);
       for (const p of points) {
         const end = p.verifiedEnd ?? decoded.length;
         const d = zstdCodec.resume(raw as RandomAccessSource, seekPointOf(source.index, p));
@@ -221,6 +224,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       source.close();
     }
   });
+  }
 
   test("verification drops points that decode wrongly: a wrong window, a wrong offset, a stream whose boundaries use the block before's state", () => {
     const truth = fs.readFileSync(path.join(import.meta.dir, "..", "fixtures", "clonezilla-mbr-zstd", "loop0p1.ext4-ptcl-img.zst.aa"));

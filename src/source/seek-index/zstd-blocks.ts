@@ -53,9 +53,10 @@ export class ZstdResumedBlocks {
   private readonly headerAddress = ptr(this.header);
   private ringPos = 0;
   private pos = 0;
-  /** decoded bytes so far (from the boundary) */
+  /** bytes taken by next() since the boundary */
   decoded = 0;
-  ended = false;
+  /** a block decoded by peek() and not yet taken */
+  private pending: Uint8Array | undefined;
 
   constructor(
     raw: RandomAccessSource,
@@ -92,7 +93,7 @@ export class ZstdResumedBlocks {
     }
     this.pos = compressed;
     this.decoded = 0;
-    this.ended = false;
+    this.pending = undefined;
     return true;
   }
 
@@ -101,12 +102,25 @@ export class ZstdResumedBlocks {
    * frame's end). Throws the library's error name on corrupt input or a missing history.
    */
   next(): Uint8Array {
+    const out = this.pending ?? this.decodeBlock();
+    this.pending = undefined;
+    this.decoded += out.length;
+    return out;
+  }
+
+  /**
+   * The next block, decoded but not taken: libzstd's streaming decoder, which readers resume with,
+   * decodes a block ahead of what it returns, so a point is only good where that block decodes too.
+   */
+  peek(): Uint8Array {
+    this.pending ??= this.decodeBlock();
+    return this.pending;
+  }
+
+  private decodeBlock(): Uint8Array {
     for (;;) {
       const want = Number(this.lib.ZSTD_nextSrcSizeToDecompress(this.dctx));
-      if (want === 0) {
-        this.ended = true;
-        return this.ring.subarray(0, 0);
-      }
+      if (want === 0) return this.ring.subarray(0, 0);
       const kind = this.lib.ZSTD_nextInputType(this.dctx);
       const at = this.input.need(this.pos, want);
       if (this.input.available(this.pos) < want) throw new Error("the stream ends inside a frame");
@@ -125,7 +139,6 @@ export class ZstdResumedBlocks {
       if (n > 0 || kind === ZSTD_INPUT.block || kind === ZSTD_INPUT.lastBlock) {
         const out = this.ring.subarray(this.ringPos, this.ringPos + n);
         this.ringPos += n;
-        this.decoded += n;
         if (n > 0) return out;
       }
     }
