@@ -2,6 +2,7 @@
 // decompression"): each block lands straight in a ring the caller reads, with no copy out of a
 // decoder's own window. The index build's pass and its verifier both decode this way.
 import { type Pointer, ptr } from "bun:ffi";
+import { ImageError, withCommas } from "../../errors.ts";
 import { ZSTD_INPUT, zstdError, zstdLibrary } from "../../../native/zstd.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import { BLOCK_SIZE_MAX } from "./zstd-frame.ts";
@@ -38,48 +39,76 @@ export class InputWindow {
 }
 
 /**
- * The blocks of one frame from a block boundary on, after a synthesized frame header and with the
- * bytes before the boundary as history: what a point inside a frame resumes to. Output goes to a
- * ring of the window plus a few blocks; when a block would not fit before the ring's end it goes to
- * the start, and the library takes what it wrote before as the earlier segment (the window never
- * reaches into the block being written, since the ring is the window plus two blocks and more).
+ * The blocks of one zstd frame, from its start or from a block boundary inside it (after a
+ * synthesized frame header, with the bytes before the boundary as history: what a point inside a
+ * frame resumes to). Output goes to a ring of the window plus a few blocks; when a block would not
+ * fit before the ring's end it goes to the start, and the library takes what it wrote before as the
+ * earlier segment (the window never reaches into the block being written: the ring is the window
+ * plus two blocks and more).
  */
-export class ZstdResumedBlocks {
+export class ZstdBlocks {
   private readonly lib: ReturnType<typeof zstdLibrary>;
   private readonly dctx: Pointer;
-  private readonly ring: Uint8Array;
-  private readonly ringAddress: Pointer;
+  private ring = new Uint8Array(0);
+  private ringAddress = ptr(new Uint8Array(1));
   private readonly header = new Uint8Array(32);
   private readonly headerAddress = ptr(this.header);
   private ringPos = 0;
-  private pos = 0;
-  /** bytes taken by next() since the boundary */
+  /** where the ring's last pass ended before it went back to its start */
+  private prevEnd = 0;
+  /** compressed offset of the next input the library takes */
+  pos = 0;
+  /** where the frame's blocks end (its checksum, if any, follows) */
+  blocksEnd = 0;
+  /** bytes taken by next() since the start */
   decoded = 0;
   /** a block decoded by peek() and not yet taken */
   private pending: Uint8Array | undefined;
 
   constructor(
-    raw: RandomAccessSource,
+    private readonly raw: RandomAccessSource,
     private readonly input: InputWindow,
-    windowSize: number,
   ) {
-    this.lib = zstdLibrary({ file: raw.name });
+    this.lib = zstdLibrary(raw.locate(0));
     const d = this.lib.ZSTD_createDCtx();
     if (!d) throw new Error("ZSTD_createDCtx: out of memory");
     this.dctx = d;
-    this.ring = new Uint8Array(windowSize + 4 * BLOCK_SIZE_MAX);
+  }
+
+  /** A ring for frames of this window (kept while later frames need no more). */
+  private fit(windowSize: number): void {
+    const size = Math.max(windowSize, 1 << 10) + 4 * BLOCK_SIZE_MAX;
+    if (this.ring.length >= size) return;
+    this.ring = new Uint8Array(size);
     this.ringAddress = ptr(this.ring);
   }
 
+  private reset(at: number, historyLength: number): void {
+    this.ringPos = historyLength;
+    this.prevEnd = 0;
+    this.pos = at;
+    this.blocksEnd = at;
+    this.decoded = 0;
+    this.pending = undefined;
+  }
+
+  /** Start at the frame whose header is at `at` (a window of `windowSize`, from parseFrameHeader). */
+  startFrame(at: number, windowSize: number): void {
+    this.fit(windowSize);
+    this.reset(at, 0);
+    this.lib.ZSTD_decompressBegin(this.dctx);
+  }
+
   /**
-   * Start over at `compressed` (a block header) with `header` (a frame header naming the window)
-   * and `prefix` as the history; false when the library cannot take this prefix as raw bytes.
+   * Start over at `compressed` (a block header) with `header` (a synthesized frame header naming the
+   * window) and `prefix` as the history; false when the library cannot take this prefix as raw bytes.
    */
-  start(header: Uint8Array, compressed: number, prefix: Uint8Array): boolean {
+  resume(header: Uint8Array, compressed: number, prefix: Uint8Array, windowSize: number): boolean {
+    this.fit(windowSize);
     if (prefix.length > this.ring.length - 2 * BLOCK_SIZE_MAX || header.length > this.header.length) return false;
     if (prefix.length >= 8 && new DataView(prefix.buffer, prefix.byteOffset).getUint32(0, true) === DICTIONARY_MAGIC) return false;
     this.ring.set(prefix, 0);
-    this.ringPos = prefix.length;
+    this.reset(compressed, prefix.length);
     const rc = prefix.length > 0 ? this.lib.ZSTD_decompressBegin_usingDict(this.dctx, this.ringAddress, prefix.length) : this.lib.ZSTD_decompressBegin(this.dctx);
     if (zstdError(this.lib, rc)) return false;
     this.header.set(header);
@@ -91,15 +120,28 @@ export class ZstdResumedBlocks {
       if (zstdError(this.lib, r)) return false;
       fed += want;
     }
-    this.pos = compressed;
-    this.decoded = 0;
-    this.pending = undefined;
     return true;
+  }
+
+  /** The library waits for a block header: between two blocks of the frame (not before its first, not after its last). */
+  atBlockBoundary(): boolean {
+    return this.pending === undefined && this.decoded > 0 && this.lib.ZSTD_nextInputType(this.dctx) === ZSTD_INPUT.blockHeader;
+  }
+
+  /** A copy of the last `n` bytes taken (n at most the window and what was decoded since the start). */
+  history(n: number): Uint8Array {
+    const w = new Uint8Array(n);
+    if (this.ringPos >= n) w.set(this.ring.subarray(this.ringPos - n, this.ringPos));
+    else {
+      w.set(this.ring.subarray(this.prevEnd - (n - this.ringPos), this.prevEnd), 0);
+      w.set(this.ring.subarray(0, this.ringPos), n - this.ringPos);
+    }
+    return w;
   }
 
   /**
    * Decode the next block; its bytes, a view into the ring valid until the next call (empty at the
-   * frame's end). Throws the library's error name on corrupt input or a missing history.
+   * frame's end). Throws an ImageError at the compressed offset on corrupt or truncated input.
    */
   next(): Uint8Array {
     const out = this.pending ?? this.decodeBlock();
@@ -123,8 +165,13 @@ export class ZstdResumedBlocks {
       if (want === 0) return this.ring.subarray(0, 0);
       const kind = this.lib.ZSTD_nextInputType(this.dctx);
       const at = this.input.need(this.pos, want);
-      if (this.input.available(this.pos) < want) throw new Error("the stream ends inside a frame");
-      if (this.ringPos + BLOCK_SIZE_MAX > this.ring.length) this.ringPos = 0;
+      if (this.input.available(this.pos) < want) {
+        throw new ImageError(this.raw.locate(this.pos), "truncated zstd data", `the stream ends inside a frame, after ${withCommas(this.decoded)} decompressed bytes of it`);
+      }
+      if (this.ringPos + BLOCK_SIZE_MAX > this.ring.length) {
+        this.prevEnd = this.ringPos;
+        this.ringPos = 0;
+      }
       const rc = this.lib.ZSTD_decompressContinue(
         this.dctx,
         (this.ringAddress + this.ringPos) as Pointer,
@@ -133,13 +180,14 @@ export class ZstdResumedBlocks {
         want,
       );
       const err = zstdError(this.lib, rc);
-      if (err) throw new Error(err);
+      if (err) throw new ImageError(this.raw.locate(this.pos), "corrupt zstd data", err);
       this.pos += want;
+      if (kind !== ZSTD_INPUT.checksum) this.blocksEnd = this.pos;
       const n = Number(rc);
-      if (n > 0 || kind === ZSTD_INPUT.block || kind === ZSTD_INPUT.lastBlock) {
+      if (n > 0) {
         const out = this.ring.subarray(this.ringPos, this.ringPos + n);
         this.ringPos += n;
-        if (n > 0) return out;
+        return out;
       }
     }
   }

@@ -2,7 +2,7 @@ import { Xxh3State } from "../../../native/xxhash.ts";
 import { zstdCompress } from "../../../native/zstd.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
-import { InputWindow, ZstdResumedBlocks } from "./zstd-blocks.ts";
+import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
 import { parseFrameHeader } from "./zstd-frame.ts";
 
 /** A candidate point inside a zstd frame and what decoding from it must reproduce. */
@@ -40,10 +40,9 @@ const WINDOW_PACK_LEVEL = 3;
  */
 export class SpanVerifier {
   /** the decoder of the last accepted candidate, gone on to its span's end (for a rejected next one) */
-  private chain: { blocks: ZstdResumedBlocks; at: number } | undefined;
+  private chain: { blocks: ZstdBlocks; at: number } | undefined;
   /** the decoder a candidate is tried with; swapped with the chain's when accepted */
-  private trial: ZstdResumedBlocks | undefined;
-  private ringWindow = -1;
+  private trial: ZstdBlocks | undefined;
   private readonly hash = new Xxh3State();
   private readonly digest = new Uint8Array(8);
 
@@ -52,16 +51,11 @@ export class SpanVerifier {
   run(job: VerifyJob): VerifyResult {
     const full = job.window.length;
     const windowSize = parseFrameHeader(job.header, { file: this.raw.name }).windowSize;
-    if (windowSize !== this.ringWindow) {
-      // a frame with another window: decoders with rings to fit it
-      this.close();
-      this.ringWindow = windowSize;
-    }
     const tries = [...new Set([0, full >> 6, full >> 4, full >> 3, full >> 2, full >> 1, full])].filter((n) => n === 0 || n >= 1024 || n === full);
     let accepted = -1;
     for (const length of tries) {
-      this.trial ??= new ZstdResumedBlocks(this.raw, new InputWindow(this.raw, INPUT_BUFFER_SIZE), windowSize);
-      if (!this.trial.start(job.header, job.compressed, job.window.subarray(full - length))) continue;
+      this.trial ??= new ZstdBlocks(this.raw, new InputWindow(this.raw, INPUT_BUFFER_SIZE));
+      if (!this.trial.resume(job.header, job.compressed, job.window.subarray(full - length), windowSize)) continue;
       const outcome = this.decodeSpan(this.trial, job);
       if (outcome === "same") {
         accepted = length;
@@ -86,7 +80,7 @@ export class SpanVerifier {
     return { windowLength: accepted, packedWindow, extended };
   }
 
-  private decodeSpan(blocks: ZstdResumedBlocks, job: VerifyJob): "same" | "different" | "error" {
+  private decodeSpan(blocks: ZstdBlocks, job: VerifyJob): "same" | "different" | "error" {
     this.hash.reset();
     const length = job.spanEnd - job.decoded;
     const startedAt = blocks.decoded;

@@ -1,13 +1,12 @@
-import { type Pointer, ptr } from "bun:ffi";
 import { ImageError, UsageError, withCommas } from "../../errors.ts";
 import { Xxh3State } from "../../../native/xxhash.ts";
-import { ZSTD_INPUT, ZstdDecoder, zstdError, zstdLibrary } from "../../../native/zstd.ts";
+import { ZstdDecoder } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { collectIfLarge } from "./memory.ts";
 import { SpliceSource } from "./splice.ts";
-import { InputWindow } from "./zstd-blocks.ts";
-import { BLOCK_SIZE_MAX, parseFrameHeader, resumeHeader, skippableFrameSize } from "./zstd-frame.ts";
+import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
+import { parseFrameHeader, resumeHeader, skippableFrameSize } from "./zstd-frame.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
 import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
 
@@ -88,10 +87,8 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     opts.onProgress?.(raw.size);
     return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
   }
-  const lib = zstdLibrary(raw.locate(0));
-  const dctx = lib.ZSTD_createDCtx();
-  if (!dctx) throw new Error("ZSTD_createDCtx: out of memory");
   const input = new InputWindow(raw, INPUT_BYTES);
+  const blocks = new ZstdBlocks(raw, input);
   const hash = new Xxh3State();
   const digest = new Uint8Array(8);
   const points: SeekPoint[] = [];
@@ -99,17 +96,11 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
   /** candidates sent to the verifier, in order, with what they become once answered */
   const sent: { job: Omit<VerifyJob, "window">; frameIndex: number }[] = [];
   const frameEnds: { blocksEnd: number; frameEnd: number }[] = [];
-  let ring = new Uint8Array(0);
-  let ringAddress = 0 as unknown as Pointer;
   let pos = 0;
   let decoded = 0;
   let lastPoint = -Infinity;
   let nextProgress = PROGRESS_EVERY;
   let frameIndex = -1;
-
-  const fail = (what: string, at: number): never => {
-    throw new ImageError(raw.locate(at), "corrupt zstd data", what);
-  };
 
   try {
     while (pos < raw.size) {
@@ -117,13 +108,12 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
       const head = input.buf.subarray(headAt, headAt + Math.min(18, input.available(pos)));
       const skip = skippableFrameSize(head);
       if (skip !== undefined) {
-        if (pos + skip > raw.size) fail("the stream ends inside a skippable frame", pos);
+        if (pos + skip > raw.size) throw new ImageError(raw.locate(pos), "corrupt zstd data", "the stream ends inside a skippable frame");
         pos += skip;
         continue;
       }
       const frame = parseFrameHeader(head, raw.locate(pos));
       frameIndex++;
-      const frameDecodedStart = decoded;
       if (frame.windowSize > MAX_INDEXED_WINDOW) {
         // decoding it here would hold the whole window in memory (zstd --long=27 and up)
         throw new UsageError(
@@ -136,27 +126,10 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         points.push({ decoded, compressed: pos, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0) });
         lastPoint = decoded;
       }
-      const ringSize = Math.max(frame.windowSize, 1 << 10) + 4 * BLOCK_SIZE_MAX;
-      if (ring.length < ringSize) {
-        ring = new Uint8Array(ringSize);
-        ringAddress = ptr(ring);
-      }
-      let ringPos = 0;
-      let prevEnd = 0;
       const header = resumeHeader(frame.windowDescriptor);
       let candidate: { decoded: number; compressed: number; window: Uint8Array } | undefined;
       let lastCandidate = decoded;
       hash.reset();
-      /** the last `n` decoded bytes of this frame, from the ring */
-      const windowOf = (n: number): Uint8Array => {
-        const w = new Uint8Array(n);
-        if (ringPos >= n) w.set(ring.subarray(ringPos - n, ringPos));
-        else {
-          w.set(ring.subarray(prevEnd - (n - ringPos), prevEnd), 0);
-          w.set(ring.subarray(0, ringPos), n - ringPos);
-        }
-        return w;
-      };
       const closeCandidate = () => {
         if (!candidate) return;
         if (candidate.decoded === decoded) {
@@ -180,48 +153,26 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         candidate = undefined;
       };
 
-      lib.ZSTD_decompressBegin(dctx);
-      let blocksEnd = pos;
+      blocks.startFrame(pos, frame.windowSize);
       for (;;) {
-        const want = Number(lib.ZSTD_nextSrcSizeToDecompress(dctx));
-        const kind = lib.ZSTD_nextInputType(dctx);
-        if (want === 0) break;
-        if (
-          kind === ZSTD_INPUT.blockHeader &&
-                    decoded > frameDecodedStart &&
-          decoded - lastCandidate >= opts.spacing &&
-          verifier.packedBytes <= WINDOW_BUDGET * pos
-        ) {
+        if (blocks.atBlockBoundary() && decoded - lastCandidate >= opts.spacing && verifier.packedBytes <= WINDOW_BUDGET * blocks.pos) {
           closeCandidate();
           hash.reset();
-          candidate = { decoded, compressed: pos, window: windowOf(Math.min(frame.windowSize, decoded - frameDecodedStart)) };
+          candidate = { decoded, compressed: blocks.pos, window: blocks.history(Math.min(frame.windowSize, blocks.decoded)) };
           lastCandidate = decoded;
         }
-        if (kind === ZSTD_INPUT.checksum) blocksEnd = pos;
-        const at = input.need(pos, want);
-        if (input.available(pos) < want) fail(`the stream ends inside a frame, after ${withCommas(decoded)} decompressed bytes`, pos);
-        if (ringPos + BLOCK_SIZE_MAX > ring.length) {
-          prevEnd = ringPos;
-          ringPos = 0;
-        }
-        const result = lib.ZSTD_decompressContinue(dctx, (ringAddress + ringPos) as Pointer, ring.length - ringPos, (input.address + at) as Pointer, want);
-        const err = zstdError(lib, result);
-        if (err) fail(err, pos);
-        const rc = Number(result);
-        pos += want;
-        if (kind !== ZSTD_INPUT.checksum) blocksEnd = pos;
-        if (rc > 0) {
-          hash.update(ring.subarray(ringPos, ringPos + rc));
-          ringPos += rc;
-          decoded += rc;
-        }
-        if (pos >= nextProgress) {
-          opts.onProgress?.(pos);
-          nextProgress = pos + PROGRESS_EVERY;
+        const out = blocks.next();
+        if (out.length === 0) break;
+        hash.update(out);
+        decoded += out.length;
+        if (blocks.pos >= nextProgress) {
+          opts.onProgress?.(blocks.pos);
+          nextProgress = blocks.pos + PROGRESS_EVERY;
         }
       }
+      pos = blocks.pos;
       closeCandidate();
-      frameEnds[frameIndex] = { blocksEnd, frameEnd: pos };
+      frameEnds[frameIndex] = { blocksEnd: blocks.blocksEnd, frameEnd: pos };
     }
     opts.onProgress?.(pos);
     const results = verifier.finish();
@@ -256,6 +207,6 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     return { decodedSize: decoded, points, rejected };
   } finally {
     verifier.close();
-    lib.ZSTD_freeDCtx(dctx);
+    blocks.close();
   }
 }
