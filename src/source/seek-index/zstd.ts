@@ -29,7 +29,8 @@ export const WINDOW_BUDGET = 0.01;
  * seekable format; else found by the pass); inside a frame, block boundaries about `spacing` apart are
  * candidates, each resumed from a synthesized frame header with the original window descriptor
  * and the bytes before it as a prefix (ZSTD_DCtx_refPrefix), and kept only when decoding from it
- * reproduces the span up to the next candidate (checked by zstd-verify.ts, in a worker thread).
+ * reproduces the span up to the next candidate and the block after it decodes (checked by
+ * zstd-verify.ts, in a worker thread). The pass and the verifier decode through zstd-blocks.ts.
  */
 export const zstdCodec: SeekCodec = {
   compression: "zstd",
