@@ -42,6 +42,7 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec
         const missing = source.missingPiece?.();
         if (missing) say(MESSAGE.failure, failureOf(missing));
       }
+      Atomics.store(ctl, CTL.slotOffset(slot), slot * SLOT_BYTES);
       Atomics.store(ctl, CTL.slotLength(slot), filled);
       Atomics.store(ctl, flag, SLOT.full);
       Atomics.notify(ctl, flag);

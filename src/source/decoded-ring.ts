@@ -1,4 +1,4 @@
-import { CTL, SLOT, SLOT_BYTES, SLOT_COUNT, STATE } from "./threaded-decode.ts";
+import { CTL, SLOT, SLOT_COUNT, STATE } from "./threaded-decode.ts";
 
 const EMPTY = new Uint8Array(0);
 
@@ -34,7 +34,7 @@ export class DecodedRing {
     }
     const length = Atomics.load(this.ctl, CTL.slotLength(this.slot));
     if (length === 0) return EMPTY;
-    const start = this.slot * SLOT_BYTES + this.consumedInSlot;
+    const start = Atomics.load(this.ctl, CTL.slotOffset(this.slot)) + this.consumedInSlot;
     const n = Math.min(max, length - this.consumedInSlot);
     this.consumedInSlot += n;
     if (this.consumedInSlot === length) {

@@ -1,66 +1,137 @@
 // One parallel decode worker (see parallel-decode.ts): opens the raw bytes and their seek index
-// again, and decodes its share of the spans into its ring, in order.
+// again, and decodes its share of the spans into its ring, in order. zstd is decoded block by block
+// straight into the ring (zstd-ring.ts); other compressions are read into it a slot at a time.
 import { ImageError } from "../errors.ts";
-import { isRandomAccess } from "./chunk-source.ts";
+import { type ChunkSource, isRandomAccess } from "./chunk-source.ts";
 import { openRaw } from "./open.ts";
 import type { SpanJob } from "./parallel-decode.ts";
 import { findSeekIndex, seekCodecFor } from "./seek-index/open-index.ts";
 import { seekPointOf } from "./seek-index/index-file.ts";
+import { ZstdRingDecoder } from "./seek-index/zstd-ring.ts";
 import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failureOf } from "./threaded-decode.ts";
 
 declare const self: Worker;
+
+/** Thrown out of a wait when the reader has closed the ring: the worker just stops. */
+class Closed extends Error {}
+
+/**
+ * The worker's side of its ring: bytes written into the ring are handed over in slots, each a
+ * contiguous piece of at most SLOT_BYTES that never holds bytes of two spans.
+ */
+class SlotWriter {
+  private slot = 0;
+  private pieceStart = 0;
+  private pieceLength = 0;
+
+  constructor(private readonly ctl: Int32Array) {}
+
+  /** Returns once no slot handed over and not yet taken holds any of ring[at, at + n). */
+  reserve(at: number, n: number): void {
+    for (let i = 0; i < SLOT_COUNT; i++) {
+      const flag = CTL.slotFlag(i);
+      while (Atomics.load(this.ctl, flag) === SLOT.full) {
+        const start = Atomics.load(this.ctl, CTL.slotOffset(i));
+        if (start >= at + n || start + Atomics.load(this.ctl, CTL.slotLength(i)) <= at) break;
+        Atomics.wait(this.ctl, flag, SLOT.full);
+      }
+      if (Atomics.load(this.ctl, CTL.closed)) throw new Closed();
+    }
+  }
+
+  /** ring[at, at + n) holds the next decoded bytes. */
+  add(at: number, n: number): void {
+    if (this.pieceLength > 0 && (at !== this.pieceStart + this.pieceLength || this.pieceLength + n > SLOT_BYTES)) this.handOver();
+    if (this.pieceLength === 0) this.pieceStart = at;
+    this.pieceLength += n;
+  }
+
+  /** Hand the bytes added so far over in a slot of their own. */
+  handOver(): void {
+    if (this.pieceLength === 0) return;
+    const flag = CTL.slotFlag(this.slot);
+    while (Atomics.load(this.ctl, flag) !== SLOT.empty) Atomics.wait(this.ctl, flag, SLOT.full);
+    if (Atomics.load(this.ctl, CTL.closed)) throw new Closed();
+    Atomics.store(this.ctl, CTL.slotOffset(this.slot), this.pieceStart);
+    Atomics.store(this.ctl, CTL.slotLength(this.slot), this.pieceLength);
+    Atomics.store(this.ctl, flag, SLOT.full);
+    Atomics.notify(this.ctl, flag);
+    this.slot = (this.slot + 1) % SLOT_COUNT;
+    this.pieceLength = 0;
+  }
+
+  /** Room for a reader that fills a whole slot itself: the slot's own stretch of the ring, once free; its offset. */
+  nextSlotRoom(): number {
+    const at = this.slot * SLOT_BYTES;
+    this.reserve(at, SLOT_BYTES);
+    return at;
+  }
+}
+
+/** `length` bytes of a decoder that copies out of its own window, read into the ring a slot at a time. */
+function decodeInSlots(source: ChunkSource, length: number, ring: Uint8Array, writer: SlotWriter, endsEarly: (done: number) => Error): void {
+  for (let done = 0; done < length; ) {
+    const at = writer.nextSlotRoom();
+    const view = ring.subarray(at, at + Math.min(SLOT_BYTES, length - done));
+    for (let filled = 0; filled < view.length; ) {
+      const n = source.read(view.subarray(filled));
+      if (n === 0) throw endsEarly(done + filled);
+      filled += n;
+    }
+    writer.add(at, view.length);
+    writer.handOver();
+    done += view.length;
+  }
+  // one byte more lets the decoder reach the trailer of a block or frame that ends with the span,
+  // and check it
+  source.read(new Uint8Array(1));
+  source.close();
+}
 
 self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob }>) => {
   const { shared, job } = event.data;
   const ctl = new Int32Array(shared, 0, CTL.words);
   const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
-  const slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);
-  let slot = 0;
-  const probe = new Uint8Array(1);
+  const ring = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES, SLOT_COUNT * SLOT_BYTES);
+  const writer = new SlotWriter(ctl);
   try {
     const { raw } = openRaw({ pieces: job.pieces });
     const codec = seekCodecFor(job.compression);
     const index = isRandomAccess(raw) ? findSeekIndex(raw, job.pieces, job.compression) : undefined;
     if (!codec || !index || !isRandomAccess(raw)) throw new Error(`the seek index of ${job.pieces[0]} went away`);
     const pointAt = new Map(index.points.map((p) => [p.decoded, p]));
+    const zstd = job.compression === "zstd" ? new ZstdRingDecoder(raw, ring, (at, n) => writer.reserve(at, n)) : undefined;
     Atomics.store(ctl, CTL.state, STATE.ready);
     for (let span = job.worker; span < job.starts.length; span += job.workers) {
       const stored = pointAt.get(job.starts[span]!);
       if (!stored) throw new Error(`the seek index of ${job.pieces[0]} changed`);
-      const source = codec.resume(raw, seekPointOf(index, stored));
+      const point = seekPointOf(index, stored);
       const spanEnd = job.starts[span + 1] ?? job.decodedSize;
-      let left = spanEnd - stored.decoded;
-      while (left > 0) {
-        const flag = CTL.slotFlag(slot);
-        while (Atomics.load(ctl, flag) !== SLOT.empty) Atomics.wait(ctl, flag, SLOT.full);
-        if (Atomics.load(ctl, CTL.closed)) return;
-        const view = slots.subarray(slot * SLOT_BYTES, slot * SLOT_BYTES + Math.min(SLOT_BYTES, left));
-        let filled = 0;
-        while (filled < view.length) {
-          const n = source.read(view.subarray(filled));
-          if (n === 0) {
-            const at = spanEnd - left + filled;
-            throw new ImageError({ file: job.pieces[0]!, offset: at, decoded: job.compression }, `${job.compression} data ends early`, `the seek index says ${job.decodedSize} decoded bytes`);
-          }
-          filled += n;
+      const length = spanEnd - stored.decoded;
+      const endsEarly = (done: number) =>
+        new ImageError({ file: job.pieces[0]!, offset: stored.decoded + done, decoded: job.compression }, `${job.compression} data ends early`, `the seek index says ${job.decodedSize} decoded bytes`);
+      if (zstd?.start(point)) {
+        for (let done = 0; done < length; ) {
+          const out = zstd.next();
+          if (out.length === 0) throw endsEarly(done);
+          const n = Math.min(out.length, length - done);
+          writer.add(out.byteOffset - ring.byteOffset, n);
+          done += n;
         }
-        Atomics.store(ctl, CTL.slotLength(slot), filled);
-        Atomics.store(ctl, flag, SLOT.full);
-        Atomics.notify(ctl, flag);
-        left -= filled;
-        slot = (slot + 1) % SLOT_COUNT;
+        writer.handOver();
+        zstd.finishSpan();
+      } else {
+        decodeInSlots(codec.resume(raw, point), length, ring, writer, endsEarly);
       }
-      // one byte more lets the decoder reach the trailer of a block or frame that ends with the span,
-      // and check it
-      source.read(probe);
-      source.close();
-      // each span leaves its decoder's MiB-sized buffers (input, window) to this worker's own heap;
-      // young, they go in a quick collection, where a full one (collectIfLarge) took ~8 ms a span
+      // each span leaves its window (and a streaming decoder its MiB-sized buffers) to this worker's
+      // own heap; young, they go in a quick collection, where a full one (collectIfLarge) took ~8 ms a span
       Bun.gc(false);
     }
+    zstd?.close();
     index.close();
     raw.close();
   } catch (e) {
+    if (e instanceof Closed) return;
     const bytes = new TextEncoder().encode(JSON.stringify(failureOf(e))).subarray(0, MESSAGE_BYTES);
     message.set(bytes);
     Atomics.store(ctl, CTL.messageLength(MESSAGE.failure), bytes.length);

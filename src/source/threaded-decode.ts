@@ -4,10 +4,13 @@ import { DecodedRing } from "./decoded-ring.ts";
 import type { RawSpec } from "./open.ts";
 import type { Compression } from "./sniff.ts";
 
-// Shared memory between this thread and the decode worker: a ring of slots the worker fills with
-// decoded bytes while this thread parses and writes the previous ones (two cores, two jobs).
-export const SLOT_COUNT = 4;
-export const SLOT_BYTES = 2 << 20;
+// Shared memory between this thread and the decode worker: a ring of SLOT_COUNT × SLOT_BYTES bytes
+// the worker fills with decoded bytes while this thread parses and writes the previous ones (two
+// cores, two jobs), handed over in slots: [offset, length] pieces of the ring, taken in order. The
+// sequential worker fills the ring slot by slot; a parallel zstd worker decodes blocks straight into
+// it and hands over the pieces they landed in (parallel-decode-worker.ts).
+export const SLOT_COUNT = 12;
+export const SLOT_BYTES = 1 << 20;
 /**
  * Two message areas of this size: the worker's ready message and its failure message. Each is
  * written once, before the state word that announces it, so a failure right after "ready" cannot
@@ -15,14 +18,15 @@ export const SLOT_BYTES = 2 << 20;
  */
 export const MESSAGE_BYTES = 32 << 10;
 export const MESSAGE = { ready: 0, failure: 1 } as const;
-/** Int32 control words: the worker's state, the two message lengths, then [flag, length] per slot. */
+/** Int32 control words: the worker's state, the two message lengths, then [flag, length, offset in the ring] per slot. */
 export const CTL = {
   state: 0,
   closed: 1,
   messageLength: (which: number) => 2 + which,
-  slotFlag: (i: number) => 4 + 2 * i,
-  slotLength: (i: number) => 5 + 2 * i,
-  words: 4 + 2 * SLOT_COUNT,
+  slotFlag: (i: number) => 4 + 3 * i,
+  slotLength: (i: number) => 5 + 3 * i,
+  slotOffset: (i: number) => 6 + 3 * i,
+  words: 4 + 3 * SLOT_COUNT,
 } as const;
 export const STATE = { starting: 0, ready: 1, failed: 2 } as const;
 export const SLOT = { empty: 0, full: 1 } as const;

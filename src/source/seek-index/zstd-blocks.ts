@@ -5,7 +5,14 @@ import { type Pointer, ptr } from "bun:ffi";
 import { ImageError, withCommas } from "../../errors.ts";
 import { ZSTD_INPUT, zstdError, zstdLibrary } from "../../../native/zstd.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
-import { BLOCK_SIZE_MAX } from "./zstd-frame.ts";
+import { BLOCK_SIZE_MAX, type FrameHeader, parseFrameHeader, skippableFrameSize } from "./zstd-frame.ts";
+
+/**
+ * What a block may write, from where it lands: libzstd (1.5) may keep a block's literals in the
+ * output buffer past the block's own end, so each block is given exactly this much room, and a
+ * caller's ring must not need any byte of it.
+ */
+export const BLOCK_ROOM = 2 * BLOCK_SIZE_MAX + 64;
 
 /** A structured zstd dictionary starts so; a raw prefix that does would be read as one. */
 const DICTIONARY_MAGIC = 0xec30a437;
@@ -38,19 +45,31 @@ export class InputWindow {
   }
 }
 
+/** What starts at raw offset `pos`: a skippable frame (its whole size) or a frame (its header). */
+export function frameAt(raw: RandomAccessSource, input: InputWindow, pos: number): { skip: number } | { frame: FrameHeader } {
+  const headAt = input.need(pos, 18);
+  const head = input.buf.subarray(headAt, headAt + Math.min(18, input.available(pos)));
+  const skip = skippableFrameSize(head);
+  if (skip === undefined) return { frame: parseFrameHeader(head, raw.locate(pos)) };
+  if (pos + skip > raw.size) throw new ImageError(raw.locate(pos), "corrupt zstd data", "the stream ends inside a skippable frame");
+  return { skip };
+}
+
 /**
  * The blocks of one zstd frame, from its start or from a block boundary inside it (after a
  * synthesized frame header, with the bytes before the boundary as history: what a point inside a
- * frame resumes to). Output goes to a ring of the window plus a few blocks; when a block would not
- * fit before the ring's end it goes to the start, and the library takes what it wrote before as the
- * earlier segment (the window never reaches into the block being written: the ring is the window
- * plus two blocks and more).
+ * frame resumes to). Output goes to a ring of the window plus a few blocks, its own or the caller's;
+ * when a block would not fit before the ring's end it goes to the start, and the library takes what
+ * it wrote before as the earlier segment. The window never reaches into the room a block is
+ * written in: the last pass ended less than BLOCK_ROOM before the ring's end, and the ring is the
+ * window plus twice BLOCK_ROOM. A frame or a prefix starts where the last one stopped, so a caller's ring is
+ * written strictly in turn.
  */
 export class ZstdBlocks {
   private readonly lib: ReturnType<typeof zstdLibrary>;
   private readonly dctx: Pointer;
-  private ring = new Uint8Array(0);
-  private ringAddress = ptr(new Uint8Array(1));
+  private ring: Uint8Array;
+  private ringAddress: Pointer;
   private readonly header = new Uint8Array(32);
   private readonly headerAddress = ptr(this.header);
   private ringPos = 0;
@@ -68,23 +87,40 @@ export class ZstdBlocks {
   constructor(
     private readonly raw: RandomAccessSource,
     private readonly input: InputWindow,
+    /** the caller's ring, written in turn (see nextBlockAt); else one of its own, sized by each frame's window */
+    private readonly callersRing?: Uint8Array,
   ) {
+    this.ring = callersRing ?? new Uint8Array(0);
+    this.ringAddress = ptr(callersRing ?? new Uint8Array(1));
     this.lib = zstdLibrary(raw.locate(0));
     const d = this.lib.ZSTD_createDCtx();
     if (!d) throw new Error("ZSTD_createDCtx: out of memory");
     this.dctx = d;
   }
 
-  /** A ring for frames of this window (kept while later frames need no more). */
-  private fit(windowSize: number): void {
-    const size = Math.max(windowSize, 1 << 10) + 4 * BLOCK_SIZE_MAX;
-    if (this.ring.length >= size) return;
+  /** A ring for frames of this window (kept while later frames need no more); false when the caller's is too small. */
+  private fit(windowSize: number): boolean {
+    const size = Math.max(windowSize, 1 << 10) + 2 * BLOCK_ROOM;
+    if (this.ring.length >= size) return true;
+    if (this.callersRing) return false;
     this.ring = new Uint8Array(size);
     this.ringAddress = ptr(this.ring);
+    this.ringPos = 0;
+    return true;
   }
 
-  private reset(at: number, historyLength: number): void {
-    this.ringPos = historyLength;
+  /** Where the next block lands in the ring (it may write BLOCK_ROOM bytes from there). */
+  nextBlockAt(): number {
+    return this.ringPos + BLOCK_ROOM > this.ring.length ? 0 : this.ringPos;
+  }
+
+  /** Where resume() puts a prefix of `n` bytes. */
+  prefixAt(n: number): number {
+    return this.ringPos + n > this.ring.length ? 0 : this.ringPos;
+  }
+
+  private reset(at: number, historyStart: number, historyLength: number): void {
+    this.ringPos = historyStart + historyLength;
     this.prevEnd = 0;
     this.pos = at;
     this.blocksEnd = at;
@@ -92,11 +128,15 @@ export class ZstdBlocks {
     this.pending = undefined;
   }
 
-  /** Start at the frame whose header is at `at` (a window of `windowSize`, from parseFrameHeader). */
-  startFrame(at: number, windowSize: number): void {
-    this.fit(windowSize);
-    this.reset(at, 0);
+  /**
+   * Start at the frame whose header is at `at` (a window of `windowSize`, from parseFrameHeader);
+   * false when the caller's ring cannot hold that window.
+   */
+  startFrame(at: number, windowSize: number): boolean {
+    if (!this.fit(windowSize)) return false;
+    this.reset(at, this.ringPos, 0);
     this.lib.ZSTD_decompressBegin(this.dctx);
+    return true;
   }
 
   /**
@@ -104,19 +144,20 @@ export class ZstdBlocks {
    * window) and `prefix` as the history; false when the library cannot take this prefix as raw bytes.
    */
   resume(header: Uint8Array, compressed: number, prefix: Uint8Array, windowSize: number): boolean {
-    this.fit(windowSize);
-    if (prefix.length > this.ring.length - 2 * BLOCK_SIZE_MAX || header.length > this.header.length) return false;
+    if (!this.fit(windowSize)) return false;
+    if (prefix.length > this.ring.length - 2 * BLOCK_ROOM || header.length > this.header.length) return false;
     if (prefix.length >= 8 && new DataView(prefix.buffer, prefix.byteOffset).getUint32(0, true) === DICTIONARY_MAGIC) return false;
-    this.ring.set(prefix, 0);
-    this.reset(compressed, prefix.length);
-    const rc = prefix.length > 0 ? this.lib.ZSTD_decompressBegin_usingDict(this.dctx, this.ringAddress, prefix.length) : this.lib.ZSTD_decompressBegin(this.dctx);
+    const at = this.prefixAt(prefix.length);
+    this.ring.set(prefix, at);
+    this.reset(compressed, at, prefix.length);
+    const rc = prefix.length > 0 ? this.lib.ZSTD_decompressBegin_usingDict(this.dctx, (this.ringAddress + at) as Pointer, prefix.length) : this.lib.ZSTD_decompressBegin(this.dctx);
     if (zstdError(this.lib, rc)) return false;
     this.header.set(header);
     let fed = 0;
     while (fed < header.length) {
       const want = Number(this.lib.ZSTD_nextSrcSizeToDecompress(this.dctx));
       if (want === 0 || fed + want > header.length) return false;
-      const r = this.lib.ZSTD_decompressContinue(this.dctx, this.ringAddress, 0, (this.headerAddress + fed) as Pointer, want);
+      const r = this.lib.ZSTD_decompressContinue(this.dctx, (this.ringAddress + this.ringPos) as Pointer, 0, (this.headerAddress + fed) as Pointer, want);
       if (zstdError(this.lib, r)) return false;
       fed += want;
     }
@@ -168,14 +209,14 @@ export class ZstdBlocks {
       if (this.input.available(this.pos) < want) {
         throw new ImageError(this.raw.locate(this.pos), "truncated zstd data", `the stream ends inside a frame, after ${withCommas(this.decoded)} decompressed bytes of it`);
       }
-      if (this.ringPos + BLOCK_SIZE_MAX > this.ring.length) {
+      if (this.nextBlockAt() !== this.ringPos) {
         this.prevEnd = this.ringPos;
         this.ringPos = 0;
       }
       const rc = this.lib.ZSTD_decompressContinue(
         this.dctx,
         (this.ringAddress + this.ringPos) as Pointer,
-        this.ring.length - this.ringPos,
+        BLOCK_ROOM,
         (this.input.address + at) as Pointer,
         want,
       );
@@ -190,6 +231,11 @@ export class ZstdBlocks {
         return out;
       }
     }
+  }
+
+  /** At the end of a frame's last block: check its checksum, if it has one, without decoding further. */
+  finishFrame(): void {
+    if (this.pending === undefined && this.lib.ZSTD_nextInputType(this.dctx) === ZSTD_INPUT.checksum) this.decodeBlock();
   }
 
   close(): void {

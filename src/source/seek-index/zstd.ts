@@ -5,8 +5,8 @@ import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { collectIfLarge } from "./memory.ts";
 import { SpliceSource } from "./splice.ts";
-import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
-import { parseFrameHeader, resumeHeader, skippableFrameSize } from "./zstd-frame.ts";
+import { InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
+import { resumeHeader } from "./zstd-frame.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
 import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
 
@@ -105,15 +105,12 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
 
   try {
     while (pos < raw.size) {
-      const headAt = input.need(pos, 18);
-      const head = input.buf.subarray(headAt, headAt + Math.min(18, input.available(pos)));
-      const skip = skippableFrameSize(head);
-      if (skip !== undefined) {
-        if (pos + skip > raw.size) throw new ImageError(raw.locate(pos), "corrupt zstd data", "the stream ends inside a skippable frame");
-        pos += skip;
+      const found = frameAt(raw, input, pos);
+      if ("skip" in found) {
+        pos += found.skip;
         continue;
       }
-      const frame = parseFrameHeader(head, raw.locate(pos));
+      const { frame } = found;
       frameIndex++;
       if (frame.windowSize > MAX_INDEXED_WINDOW) {
         // decoding it here would hold the whole window in memory (zstd --long=27 and up)

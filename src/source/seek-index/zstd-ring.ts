@@ -1,0 +1,115 @@
+// A zstd stream from a seek point, decoded block by block straight into a caller's ring: the
+// parallel restore's workers (parallel-decode-worker.ts) hand those bytes over where they landed,
+// with no copy out of a decoder's own window.
+import { ImageError } from "../../errors.ts";
+import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
+import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
+import type { SeekPoint } from "./codec.ts";
+import { BLOCK_ROOM, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
+import { parseFrameHeader } from "./zstd-frame.ts";
+import { unpackExtra, zstdCodec } from "./zstd.ts";
+
+const EMPTY = new Uint8Array(0);
+/** What a frame too large for the ring is read in: by a streaming decoder, this much at a time. */
+const STREAMED_PIECE = 256 << 10;
+
+/**
+ * Decodes from one seek point on, frame after frame, into `ring`. Before it writes ring[at, at + n)
+ * it calls `reserve(at, n)`, which returns once the caller no longer needs those bytes. The ring is
+ * written in turn, wrapping to its start, and keeps the window the library reads back from; a frame
+ * whose window does not fit is decoded by libzstd's streaming decoder instead (copied into the ring).
+ */
+export class ZstdRingDecoder {
+  private readonly input: InputWindow;
+  private readonly blocks: ZstdBlocks;
+  private frameOpen = false;
+  /** a resumed frame's blocks end before its checksum: the next frame starts here */
+  private resumedFrameEnd: number | undefined;
+  /** compressed offset of the next frame to read when no frame is open */
+  private pos = 0;
+  /** the rest of the stream from a frame on, when that frame's window is larger than the ring allows */
+  private streamed: { source: ChunkSource; at: number } | undefined;
+
+  constructor(
+    private readonly raw: RandomAccessSource,
+    private readonly ring: Uint8Array,
+    private readonly reserve: (at: number, n: number) => void,
+  ) {
+    this.input = new InputWindow(raw, INPUT_BUFFER_SIZE);
+    this.blocks = new ZstdBlocks(raw, this.input, ring);
+  }
+
+  /** Start over at `point`; false when its frame's window does not fit the ring (decode it otherwise). */
+  start(point: SeekPoint): boolean {
+    this.closeStream();
+    this.frameOpen = false;
+    this.resumedFrameEnd = undefined;
+    if (point.extra.length === 0) {
+      this.pos = point.compressed;
+      return true;
+    }
+    const { header, blocksEnd, frameEnd } = unpackExtra(point.extra, this.raw);
+    if (point.compressed > blocksEnd) throw new ImageError({ file: this.raw.name }, "corrupt seek index", "a zstd point lies past its frame's end");
+    const { windowSize } = parseFrameHeader(header, { file: this.raw.name });
+    this.reserve(this.blocks.prefixAt(point.window.length), point.window.length);
+    if (!this.blocks.resume(header, point.compressed, point.window, windowSize)) return false;
+    this.frameOpen = true;
+    this.resumedFrameEnd = frameEnd;
+    return true;
+  }
+
+  /** The next decoded bytes, a view into the ring (empty at the end of the stream). */
+  next(): Uint8Array {
+    for (;;) {
+      if (this.streamed) return this.nextStreamed(this.streamed);
+      if (!this.frameOpen) {
+        if (this.pos >= this.raw.size) return EMPTY;
+        const found = frameAt(this.raw, this.input, this.pos);
+        if ("skip" in found) {
+          this.pos += found.skip;
+          continue;
+        }
+        if (!this.blocks.startFrame(this.pos, found.frame.windowSize)) {
+          const source = zstdCodec.resume(this.raw, { decoded: 0, compressed: this.pos, bits: 0, window: EMPTY, extra: EMPTY });
+          this.streamed = { source, at: this.blocks.nextBlockAt() };
+          continue;
+        }
+        this.frameOpen = true;
+      }
+      this.reserve(this.blocks.nextBlockAt(), BLOCK_ROOM);
+      const out = this.blocks.next();
+      if (out.length > 0) return out;
+      this.pos = this.resumedFrameEnd ?? this.blocks.pos;
+      this.frameOpen = false;
+      this.resumedFrameEnd = undefined;
+    }
+  }
+
+  private nextStreamed(s: { source: ChunkSource; at: number }): Uint8Array {
+    if (s.at + STREAMED_PIECE > this.ring.length) s.at = 0;
+    this.reserve(s.at, STREAMED_PIECE);
+    const n = s.source.read(this.ring.subarray(s.at, s.at + STREAMED_PIECE));
+    const out = this.ring.subarray(s.at, s.at + n);
+    s.at += n;
+    return out;
+  }
+
+  /**
+   * Where a span ends: check the trailer of a frame that ends there too (its checksum), as a
+   * decoder reading on would.
+   */
+  finishSpan(): void {
+    if (this.streamed) this.streamed.source.read(new Uint8Array(1));
+    else if (this.frameOpen) this.blocks.finishFrame();
+  }
+
+  close(): void {
+    this.closeStream();
+    this.blocks.close();
+  }
+
+  private closeStream(): void {
+    this.streamed?.source.close();
+    this.streamed = undefined;
+  }
+}
