@@ -44,12 +44,23 @@ export function zstdError(lib: ReturnType<typeof zstd.load>, rc: number | bigint
 
 /** zstd-compress `data` in one call (for small blobs such as an index's windows). */
 export function zstdCompress(data: Uint8Array, level: number): Uint8Array {
-  const lib = zstd.load({ file: "libzstd" }, "zstd compression");
-  const out = new Uint8Array(Number(lib.ZSTD_compressBound(data.length)));
-  const rc = lib.ZSTD_compress(ptr(out), out.length, data.length ? ptr(data) : null, data.length, level);
-  const err = zstdError(lib, rc);
-  if (err) throw new Error(`ZSTD_compress: ${err}`);
-  return out.slice(0, Number(rc));
+  return new ZstdCompressor().compress(data, level).slice();
+}
+
+/** One-call zstd compression into an output buffer kept for the next call. */
+export class ZstdCompressor {
+  private out = new Uint8Array(0);
+  private readonly lib = zstd.load({ file: "libzstd" }, "zstd compression");
+
+  /** `data` compressed: a view valid until the next call. */
+  compress(data: Uint8Array, level: number): Uint8Array {
+    const bound = Number(this.lib.ZSTD_compressBound(data.length));
+    if (this.out.length < bound) this.out = new Uint8Array(bound);
+    const rc = this.lib.ZSTD_compress(ptr(this.out), this.out.length, data.length ? ptr(data) : null, data.length, level);
+    const err = zstdError(this.lib, rc);
+    if (err) throw new Error(`ZSTD_compress: ${err}`);
+    return this.out.subarray(0, Number(rc));
+  }
 }
 
 /** Undo zstdCompress: exactly `size` bytes, or an error naming what went wrong. */

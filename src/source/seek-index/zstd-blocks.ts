@@ -169,9 +169,9 @@ export class ZstdBlocks {
     return this.pending === undefined && this.decoded > 0 && this.lib.ZSTD_nextInputType(this.dctx) === ZSTD_INPUT.blockHeader;
   }
 
-  /** A copy of the last `n` bytes taken (n at most the window and what was decoded since the start). */
-  history(n: number): Uint8Array {
-    const w = new Uint8Array(n);
+  /** Copy the last `w.length` bytes taken into `w` (at most the window and what was decoded since the start). */
+  historyInto(w: Uint8Array): Uint8Array {
+    const n = w.length;
     if (this.ringPos >= n) w.set(this.ring.subarray(this.ringPos - n, this.ringPos));
     else {
       w.set(this.ring.subarray(this.prevEnd - (n - this.ringPos), this.prevEnd), 0);

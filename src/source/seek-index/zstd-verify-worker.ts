@@ -2,7 +2,6 @@
 // span from the candidate alone while the build's pass goes on (see zstd-verify.ts).
 import { openRaw } from "../open.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
-import { collectIfLarge } from "./memory.ts";
 import { ANSWER_BYTES, SpanVerifier, VCTL, VMESSAGE_BYTES, VSTATE, type WorkerJob } from "./zstd-verify.ts";
 
 declare const self: Worker;
@@ -36,7 +35,8 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: strin
     return;
   }
   try {
-    const window = new Uint8Array(data.shared, ANSWER_BYTES, data.windowLength).slice();
+    // the window is read only until run() returns; the packed answer then goes over it
+    const window = new Uint8Array(data.shared, ANSWER_BYTES, data.windowLength);
     const r = verifier.run({ ...data.job, window });
     const answer = new Int32Array(data.shared, 0, 3);
     const packed = r.packedWindow ?? new Uint8Array(0);
@@ -46,8 +46,6 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: strin
     answer[2] = packed.length;
     Atomics.add(ctl, VCTL.done, 1);
     Atomics.notify(ctl, VCTL.done);
-    // each job leaves a few MiB of decoder buffers behind
-    collectIfLarge();
   } catch (e) {
     fail(e);
   }

@@ -1,5 +1,5 @@
 import { Xxh3State } from "../../../native/xxhash.ts";
-import { zstdCompress } from "../../../native/zstd.ts";
+import { ZstdCompressor } from "../../../native/zstd.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
@@ -22,13 +22,13 @@ export interface VerifyJob {
 export interface VerifyResult {
   /** the prefix length that decodes the span right (0 = none needed), or -1: rejected */
   windowLength: number;
-  /** the accepted prefix, zstd-compressed */
+  /** the accepted prefix, zstd-compressed (from SpanVerifier.run: valid until its next run) */
   packedWindow?: Uint8Array;
   /** rejected, but the decoder from the last accepted candidate reproduced this span too */
   extended: boolean;
 }
 
-const WINDOW_PACK_LEVEL = 3;
+const WINDOW_PACK_LEVEL = 1;
 
 /**
  * Decodes each candidate's span again from the candidate alone (synthesized header, prefix of
@@ -45,6 +45,7 @@ export class SpanVerifier {
   private trial: ZstdBlocks | undefined;
   private readonly hash = new Xxh3State();
   private readonly digest = new Uint8Array(8);
+  private readonly packer = new ZstdCompressor();
 
   constructor(private readonly raw: RandomAccessSource) {}
 
@@ -76,7 +77,7 @@ export class SpanVerifier {
       this.chain.blocks.close();
       this.chain = undefined;
     }
-    const packedWindow = accepted > 0 ? zstdCompress(job.window.subarray(full - accepted), WINDOW_PACK_LEVEL) : undefined;
+    const packedWindow = accepted > 0 ? this.packer.compress(job.window.subarray(full - accepted), WINDOW_PACK_LEVEL) : undefined;
     return { windowLength: accepted, packedWindow, extended };
   }
 
@@ -111,6 +112,9 @@ export class SpanVerifier {
 }
 
 export interface Verifier {
+  /** Where the next job's window goes (`n` bytes), kept until that job is answered: no window is allocated per job. */
+  windowBuffer(n: number): Uint8Array;
+  /** Verify `job`, whose window is the last windowBuffer. */
   submit(job: VerifyJob): void;
   /** the stored bytes of the windows accepted so far (answers already in) */
   readonly packedBytes: number;
@@ -131,14 +135,19 @@ export function createVerifier(raw: RandomAccessSource, pieces: string[] | undef
 class InlineVerifier implements Verifier {
   private readonly verifier: SpanVerifier;
   private readonly results: VerifyResult[] = [];
+  private window = new Uint8Array(0);
   packedBytes = 0;
   constructor(raw: RandomAccessSource) {
     this.verifier = new SpanVerifier(raw);
   }
+  windowBuffer(n: number): Uint8Array {
+    if (this.window.length < n) this.window = new Uint8Array(n);
+    return this.window.subarray(0, n);
+  }
   submit(job: VerifyJob): void {
     const r = this.verifier.run(job);
     this.packedBytes += r.packedWindow?.length ?? 0;
-    this.results.push(r);
+    this.results.push({ ...r, packedWindow: r.packedWindow?.slice() });
   }
   finish(): VerifyResult[] {
     return this.results;
@@ -160,7 +169,7 @@ function workerUrl(): string {
   return import.meta.url.startsWith("file:///$bunfs/") ? "./source/seek-index/zstd-verify-worker.ts" : new URL("./zstd-verify-worker.ts", import.meta.url).href;
 }
 
-/** What travels to the worker: the job, with its window in shared memory that the answer reuses. */
+/** What travels to the worker: the job, with its window in shared memory that the answer then takes. */
 export interface WorkerJob {
   index: number;
   job: Omit<VerifyJob, "window">;
@@ -178,6 +187,10 @@ class WorkerVerifier implements Verifier {
   private submitted = 0;
   private harvested = 0;
   private readonly pending: SharedArrayBuffer[] = [];
+  /** job buffers answered and free again; with the open one and those in flight, at most IN_FLIGHT + 1 exist */
+  private readonly free: SharedArrayBuffer[] = [];
+  /** the buffer of the last windowBuffer, for the next submit */
+  private open: SharedArrayBuffer | undefined;
   private readonly results: VerifyResult[] = [];
   packedBytes = 0;
 
@@ -214,13 +227,21 @@ class WorkerVerifier implements Verifier {
     return v;
   }
 
+  windowBuffer(n: number): Uint8Array {
+    // room for the packed window too: zstd's bound is the size plus a little
+    const size = ANSWER_BYTES + n + (n >> 7) + 1024;
+    if (this.open) this.free.push(this.open);
+    const i = this.free.findIndex((b) => b.byteLength >= size);
+    this.open = i >= 0 ? this.free.splice(i, 1)[0]! : new SharedArrayBuffer(size);
+    return new Uint8Array(this.open, ANSWER_BYTES, n);
+  }
+
   submit(job: VerifyJob): void {
     while (this.harvested < Atomics.load(this.ctl, VCTL.done)) this.harvestOne();
     while (this.submitted - this.harvested >= IN_FLIGHT) this.harvestOne();
-    // room for the packed window too: zstd's bound is the size plus a little
-    const bound = job.window.length + (job.window.length >> 7) + 1024;
-    const shared = new SharedArrayBuffer(ANSWER_BYTES + bound);
-    new Uint8Array(shared, ANSWER_BYTES, job.window.length).set(job.window);
+    const shared = this.open;
+    if (!shared || job.window.buffer !== shared) throw new Error("zstd index verifier: a job's window must come from windowBuffer");
+    this.open = undefined;
     const { window: _w, ...rest } = job;
     const message: WorkerJob = { index: this.submitted, job: rest, windowLength: job.window.length, shared };
     this.pending.push(shared);
@@ -244,6 +265,7 @@ class WorkerVerifier implements Verifier {
       extended: answer[1] === 1,
       packedWindow: windowLength > 0 ? new Uint8Array(shared, ANSWER_BYTES, packedLength).slice() : undefined,
     });
+    this.free.push(shared);
     this.harvested++;
   }
 

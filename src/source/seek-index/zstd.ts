@@ -3,7 +3,6 @@ import { Xxh3State } from "../../../native/xxhash.ts";
 import { ZstdDecoder } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
-import { collectIfLarge } from "./memory.ts";
 import { SpliceSource } from "./splice.ts";
 import { InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
 import { resumeHeader } from "./zstd-frame.ts";
@@ -145,7 +144,6 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
           spanHash: digest.slice(),
         };
         verifier.submit(job);
-        collectIfLarge();
         const { window: _w, ...kept } = job;
         sent.push({ job: kept, frameIndex });
         candidate = undefined;
@@ -156,7 +154,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         if (blocks.atBlockBoundary() && decoded - lastCandidate >= opts.spacing && verifier.packedBytes <= WINDOW_BUDGET * blocks.pos) {
           closeCandidate();
           hash.reset();
-          candidate = { decoded, compressed: blocks.pos, window: blocks.history(Math.min(frame.windowSize, blocks.decoded)) };
+          candidate = { decoded, compressed: blocks.pos, window: blocks.historyInto(verifier.windowBuffer(Math.min(frame.windowSize, blocks.decoded))) };
           lastCandidate = decoded;
         }
         const out = blocks.next();
