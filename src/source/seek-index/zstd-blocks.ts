@@ -60,9 +60,9 @@ export function frameAt(raw: RandomAccessSource, input: InputWindow, pos: number
  * synthesized frame header, with the bytes before the boundary as history: what a point inside a
  * frame resumes to). Output goes to a ring of the window plus a few blocks, its own or the caller's;
  * when a block would not fit before the ring's end it goes to the start, and the library takes what
- * it wrote before as the earlier segment. The window never reaches into the room a block is
- * written in: the last pass ended less than BLOCK_ROOM before the ring's end, and the ring is the
- * window plus twice BLOCK_ROOM. A frame or a prefix starts where the last one stopped, so a caller's ring is
+ * it wrote before as the earlier segment. The window never reaches into the room a block is written
+ * in: the last pass ended less than BLOCK_ROOM before the ring's end, and the ring is the window plus
+ * twice BLOCK_ROOM. A frame or a prefix starts where the last one stopped, so a caller's ring is
  * written strictly in turn.
  */
 export class ZstdBlocks {
