@@ -132,6 +132,21 @@ describe("parallel decoding from a seek index", () => {
     parallel.close();
   });
 
+  test.skipIf(!which("zstd") || !which("split"))("zstd frames whose window is larger than a worker's ring: read by the streaming decoder, the same bytes", () => {
+    const dir = tempDir();
+    const plain = path.join(dir, "data");
+    const text = Buffer.from(Array.from({ length: 1_200_000 }, (_, i) => `row ${(i * 7919) % 100_003} of the table\n`).join(""));
+    fs.writeFileSync(plain, Buffer.concat([text, randomBytes(8 << 20), text]).subarray(0, 48 << 20));
+    const file = path.join(dir, "data.zst");
+    // 16 MiB frames with a 16 MiB window each, more than a 12 MiB ring holds
+    expect(spawnSync("sh", ["-c", `split -b 16M -d --filter='zstd -q -3 --long=24 -c' ${plain} > ${file}`]).status).toBe(0);
+    const { raw } = indexed(file, 1 << 20);
+    const parallel = openParallelDecode(raw, [file], "zstd", 2, 2 << 20)!;
+    expect(parallel).toBeDefined();
+    expect(sha256(drainBorrowing(parallel))).toBe(sha256(fs.readFileSync(plain)));
+    parallel.close();
+  });
+
   test("one decode worker's ring lends the bytes it would copy", () => {
     for (const name of ["ntfs.ntfs-ptcl-img.zst", "ntfs.ntfs-ptcl-img.gz"]) {
       const sequential = sha256(drain(decodeLayers(openRaw(fixture(name)).raw).source));
