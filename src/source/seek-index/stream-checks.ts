@@ -56,7 +56,7 @@ function zstdCheck(raw: RandomAccessSource, frame: StoredPoint, inside: StoredPo
   const head = new Uint8Array(18);
   const header = parseFrameHeader(head.subarray(0, raw.readAt(head, frame.compressed)), raw.locate(frame.compressed));
   if (!header.checksum) return null;
-  const { frameEnd } = unpackExtra(inside.extra, raw);
+  const { frameEnd } = unpackExtra(inside, raw);
   const stored = new Uint8Array(4);
   if (frameEnd < 4 || raw.readAt(stored, frameEnd - 4) !== 4) return undefined;
   const hash = new Xxh64State();

@@ -1,7 +1,6 @@
 // A zstd stream from a seek point, decoded block by block straight into a caller's ring: the
 // parallel restore's workers (parallel-decode-worker.ts) hand those bytes over where they landed,
 // with no copy out of a decoder's own window.
-import { ImageError } from "../../errors.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { SeekPoint } from "./codec.ts";
@@ -48,8 +47,7 @@ export class ZstdRingDecoder {
       this.pos = point.compressed;
       return true;
     }
-    const { header, blocksEnd, frameEnd } = unpackExtra(point.extra, this.raw);
-    if (point.compressed > blocksEnd) throw new ImageError({ file: this.raw.name }, "corrupt seek index", "a zstd point lies past its frame's end");
+    const { header, frameEnd } = unpackExtra(point, this.raw);
     const { windowSize } = parseFrameHeader(header, { file: this.raw.name });
     this.reserve(this.blocks.prefixAt(point.window.length), point.window.length);
     if (!this.blocks.resume(header, point.compressed, point.window, windowSize)) return false;

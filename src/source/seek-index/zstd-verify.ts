@@ -232,6 +232,9 @@ class WorkerVerifier implements Verifier {
     const size = ANSWER_BYTES + n + (n >> 7) + 1024;
     if (this.open) this.free.push(this.open);
     const i = this.free.findIndex((b) => b.byteLength >= size);
+    // none fits: every free one is smaller, so drop them all (windows that grow candidate by candidate
+    // would otherwise leave a buffer of each size behind); at most IN_FLIGHT + 1 buffers exist
+    if (i < 0) this.free.length = 0;
     this.open = i >= 0 ? this.free.splice(i, 1)[0]! : new SharedArrayBuffer(size);
     return new Uint8Array(this.open, ANSWER_BYTES, n);
   }

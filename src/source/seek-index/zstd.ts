@@ -48,7 +48,9 @@ function packExtra(header: Uint8Array, blocksEnd: number, frameEnd: number): Uin
   return out;
 }
 
-export function unpackExtra(extra: Uint8Array, raw: RandomAccessSource): { header: Uint8Array; blocksEnd: number; frameEnd: number } {
+/** A point inside a frame: the header it resumes with and where its frame's blocks and the frame end, checked against the point and the image. */
+export function unpackExtra(point: { compressed: number; extra: Uint8Array }, raw: RandomAccessSource): { header: Uint8Array; blocksEnd: number; frameEnd: number } {
+  const { extra } = point;
   const bad = () => new ImageError({ file: raw.name }, "corrupt seek index", "a zstd point's state does not parse");
   if (extra.length < 1) throw bad();
   const n = extra[0]!;
@@ -57,6 +59,7 @@ export function unpackExtra(extra: Uint8Array, raw: RandomAccessSource): { heade
   const blocksEnd = Number(v.getBigUint64(1 + n, true));
   const frameEnd = Number(v.getBigUint64(9 + n, true));
   if (blocksEnd > frameEnd || frameEnd > raw.size) throw bad();
+  if (point.compressed > blocksEnd) throw new ImageError({ file: raw.name }, "corrupt seek index", "a zstd point lies past its frame's end");
   return { header: extra.slice(1, 1 + n), blocksEnd, frameEnd };
 }
 
@@ -75,8 +78,7 @@ function resumeZstd(raw: RandomAccessSource, point: SeekPoint): ChunkSource {
   if (point.extra.length === 0) {
     return new ZstdDecoder(new SpliceSource(raw, [{ from: point.compressed, to: raw.size }]), undefined, new Uint8Array(RESUME_INPUT_BYTES));
   }
-  const { header, blocksEnd, frameEnd } = unpackExtra(point.extra, raw);
-  if (point.compressed > blocksEnd) throw new ImageError({ file: raw.name }, "corrupt seek index", "a zstd point lies past its frame's end");
+  const { header, blocksEnd, frameEnd } = unpackExtra(point, raw);
   const input = new SpliceSource(raw, [header, { from: point.compressed, to: blocksEnd }, { from: frameEnd, to: raw.size }]);
   return new ZstdDecoder(input, point.window, new Uint8Array(RESUME_INPUT_BYTES));
 }
