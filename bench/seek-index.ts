@@ -93,13 +93,13 @@ async function main() {
     rows.push([
       `serve: cold 4 KiB reads, qd1, ${count} spread over the volume`,
       `${(count / cold).toFixed(1)} reads/s (${cold.toFixed(2)} s); server CPU ${perRead.toFixed(1)} ms/read`,
-      "",
+      `(${peakRssMiB(server.pid)})`,
     ]);
     const cachedCount = 20000;
     // the same 10 MB twice: the first pass decodes its spans, the second is the cached reads
     qemuBench(uri, `-c ${cachedCount} -d 1 -s 4096 -S 512 -o ${step * 200}`);
     const cached = qemuBench(uri, `-c ${cachedCount} -d 1 -s 4096 -S 512 -o ${step * 200}`);
-    rows.push(["serve: 4 KiB reads in cached spans, qd1", `${(cachedCount / cached).toFixed(0)} reads/s`, ""]);
+    rows.push(["serve: 4 KiB reads in cached spans, qd1", `${(cachedCount / cached).toFixed(0)} reads/s`, `(${peakRssMiB(server.pid)})`]);
     const serverCpu = cpuOf(server.pid);
     const copy = measure(`nbdcopy '${uri}' null:`);
     const copyCpu = cpuOf(server.pid) - serverCpu;
@@ -108,8 +108,7 @@ async function main() {
       `${copy.seconds.toFixed(2)} s = ${(floor.seconds / copy.seconds).toFixed(2)}x zstd -dc speed; server CPU ${copyCpu.toFixed(2)} s`,
       "",
     ]);
-    const hwm = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${server.pid}/status`, "utf8"));
-    rows.push([`serve: peak RSS after all of the above (default --threads ${Math.max(0, os.availableParallelism() - 1)})`, "", hwm ? (Number(hwm[1]) / 1024).toFixed(1) : "?"]);
+    rows.push([`serve: peak RSS after all of the above (default --threads ${Math.max(0, os.availableParallelism() - 1)})`, "(peak so far in brackets above)", peakRssMiB(server.pid)]);
   } finally {
     server.kill("SIGTERM");
     await server.exited;
@@ -139,3 +138,9 @@ async function main() {
 }
 
 await main();
+
+/** A live process's peak resident size so far (VmHWM), in MiB. */
+function peakRssMiB(pid: number): string {
+  const hwm = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
+  return hwm ? (Number(hwm[1]) / 1024).toFixed(1) : "?";
+}

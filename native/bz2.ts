@@ -40,8 +40,8 @@ export class Bzip2Decoder extends NativeDecoder {
   private readonly lib: ReturnType<typeof bz2.load>;
   private readonly strm = new NativeStruct(BZ_STREAM);
 
-  constructor(input: ChunkSource) {
-    super(input, "bzip2", "stream");
+  constructor(input: ChunkSource, inputBuffer?: Uint8Array) {
+    super(input, "bzip2", "stream", inputBuffer);
     this.lib = bz2.load(input.locate(0), "bzip2 data");
     this.init();
   }

@@ -26,8 +26,8 @@ export class Lz4Decoder extends NativeDecoder {
   private readonly args = new NativeStruct(ARGS);
   private readonly dctx: Pointer;
 
-  constructor(input: ChunkSource) {
-    super(input, "lz4", "frame");
+  constructor(input: ChunkSource, inputBuffer?: Uint8Array) {
+    super(input, "lz4", "frame", inputBuffer);
     this.lib = lz4.load(input.locate(0), "lz4 data");
     const rc = this.lib.LZ4F_createDecompressionContext(this.args.fieldAddress("dctx"), LZ4F_VERSION);
     if (this.lib.LZ4F_isError(rc)) throw new Error(`LZ4F_createDecompressionContext: ${readCString(this.lib.LZ4F_getErrorName(rc))}`);

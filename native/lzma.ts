@@ -62,8 +62,9 @@ export class LzmaDecoder extends NativeDecoder {
   constructor(
     input: ChunkSource,
     private readonly format: "xz" | "lzma",
+    inputBuffer?: Uint8Array,
   ) {
-    super(input, format, "stream");
+    super(input, format, "stream", inputBuffer);
     this.lib = lzma.load(input.locate(0), `${format} data`);
     // the dictionary size comes from the input: bound what a header can make liblzma allocate
     const memlimit = BigInt(decodeMemoryLimit().window + DECODER_OVERHEAD);

@@ -10,6 +10,8 @@ const zstd = new LazyLibrary("libzstd.so.1", "libzstd1", {
   ZSTD_isError: { args: ["u64"], returns: "u32" },
   ZSTD_getErrorName: { args: ["u64"], returns: "ptr" },
   ZSTD_DCtx_setParameter: { args: ["ptr", "i32", "i32"], returns: FFIType.u64_fast },
+  ZSTD_DCtx_reset: { args: ["ptr", "i32"], returns: FFIType.u64_fast },
+  ZSTD_sizeof_DStream: { args: ["ptr"], returns: FFIType.u64_fast },
   // the buffer-less API, to see block boundaries while decoding (seek-index/zstd.ts)
   ZSTD_createDCtx: { args: [], returns: "ptr" },
   ZSTD_freeDCtx: { args: ["ptr"], returns: FFIType.u64_fast },
@@ -28,6 +30,16 @@ const zstd = new LazyLibrary("libzstd.so.1", "libzstd1", {
 
 /** ZSTD_d_windowLogMax in zstd.h */
 const ZSTD_D_WINDOW_LOG_MAX = 100;
+/** ZSTD_reset_session_and_parameters in zstd.h: as new, its buffers kept */
+const ZSTD_RESET_SESSION_AND_PARAMETERS = 3;
+/**
+ * Contexts of closed decoders, reset, taken by the next ones: a reader that resumes at a point for
+ * each cold read would otherwise make and free a window-sized context every time.
+ */
+const spareDStreams: Pointer[] = [];
+const SPARE_DSTREAMS = 2;
+/** A context grown larger than this (a frame with a large window) is freed, not kept. */
+const SPARE_DSTREAM_BYTES = 8 << 20;
 
 /** libzstd's symbols, or an ImageError at `where` naming the package to install. */
 export function zstdLibrary(where: Location): ReturnType<typeof zstd.load> {
@@ -63,10 +75,13 @@ export class ZstdCompressor {
   }
 }
 
-/** Undo zstdCompress: exactly `size` bytes, or an error naming what went wrong. */
-export function zstdDecompress(packed: Uint8Array, size: number, where: Location): Uint8Array {
+/**
+ * Undo zstdCompress: exactly `size` bytes, or an error naming what went wrong; in `into` (a view of
+ * its start) when it is large enough.
+ */
+export function zstdDecompress(packed: Uint8Array, size: number, where: Location, into?: Uint8Array): Uint8Array {
   const lib = zstd.load(where, "zstd data");
-  const out = new Uint8Array(size);
+  const out = into && into.length >= size ? into.subarray(0, size) : new Uint8Array(size);
   if (size === 0 && packed.length === 0) return out;
   const rc = lib.ZSTD_decompress(size ? ptr(out) : null, size, packed.length ? ptr(packed) : null, packed.length);
   const err = zstdError(lib, rc);
@@ -99,7 +114,7 @@ export class ZstdDecoder extends NativeDecoder {
   ) {
     super(input, "zstd", "frame", inputBuffer);
     this.lib = zstd.load(input.locate(0), "zstd data");
-    const d = this.lib.ZSTD_createDStream();
+    const d = spareDStreams.pop() ?? this.lib.ZSTD_createDStream();
     if (!d) throw new Error("ZSTD_createDStream: out of memory");
     this.dstream = d;
     // a frame header may ask for any window up to 2 GiB (3.75 TiB in theory): allow what zstd -d
@@ -136,6 +151,9 @@ export class ZstdDecoder extends NativeDecoder {
   protected restart(): void {}
 
   protected release(): void {
-    this.lib.ZSTD_freeDStream(this.dstream);
+    const reset = this.lib.ZSTD_DCtx_reset(this.dstream, ZSTD_RESET_SESSION_AND_PARAMETERS);
+    const keep = spareDStreams.length < SPARE_DSTREAMS && !this.lib.ZSTD_isError(reset) && Number(this.lib.ZSTD_sizeof_DStream(this.dstream)) <= SPARE_DSTREAM_BYTES;
+    if (keep) spareDStreams.push(this.dstream);
+    else this.lib.ZSTD_freeDStream(this.dstream);
   }
 }

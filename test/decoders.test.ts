@@ -12,6 +12,7 @@ import type { Compression } from "../src/source/sniff.ts";
 import { crc32c, crc32cImplementations, crc32cJs } from "../native/crc32c.ts";
 import { LazyLibrary, structLayout } from "../native/ffi.ts";
 import { digestXxh128, digestXxh64, Xxh128State, Xxh64State } from "../native/xxhash.ts";
+import { ZstdDecoder, zstdCompress } from "../native/zstd.ts";
 
 const FIX = path.join(import.meta.dir, "..", "fixtures");
 const NTFS = "ntfs.ntfs-ptcl-img";
@@ -352,5 +353,20 @@ describe("crc32c", () => {
       }
       expect(fn(data.subarray(40_000), fn(data.subarray(0, 40_000)))).toBe(crc32c(data));
     }
+  });
+});
+
+describe("zstd decoders share contexts", () => {
+  test("a context left mid-frame or after a truncated stream decodes the next stream from its start", () => {
+    const a = mixedData(3 << 20, 1);
+    const b = mixedData(3 << 20, 2);
+    const packedB = zstdCompress(b, 3);
+    const first = new ZstdDecoder(memorySource(zstdCompress(a, 3), 4096));
+    expect(first.read(new Uint8Array(100_000))).toBeGreaterThan(0);
+    first.close();
+    const broken = new ZstdDecoder(memorySource(packedB.subarray(0, packedB.length >> 1), 4096));
+    expect(() => drainSource(broken)).toThrow(ImageError);
+    broken.close();
+    for (let i = 0; i < 3; i++) expect(drainSource(new ZstdDecoder(memorySource(packedB, 4096))).equals(b)).toBe(true);
   });
 });

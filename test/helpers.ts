@@ -173,3 +173,19 @@ export function errorOf(f: () => unknown): ImageError {
   }
   throw new Error("no error");
 }
+
+/** The first line a child process writes to a piped stream (read across as many chunks as it comes in). */
+export async function firstLine(stream: ReadableStream<Uint8Array>): Promise<string> {
+  const reader = stream.getReader();
+  let text = "";
+  try {
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  return text.split("\n")[0]!;
+}

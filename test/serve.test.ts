@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { imageExport, openImageVolume, volumeExport } from "../src/serve/image-export.ts";
 import { openOverlay } from "../src/volume/overlay.ts";
 import { MAX_PAYLOAD, type NbdServer, serveNbd } from "../src/serve/nbd.ts";
-import { CLI, fixture, manifest, restoreToBuffer, restoredBytes, runCli, seededRandom, sha256, sha256File, tempDir, which } from "./helpers.ts";
+import { CLI, firstLine, fixture, manifest, restoreToBuffer, restoredBytes, runCli, seededRandom, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
 // wire values from the NBD project's doc/proto.md
 const NBDMAGIC = 0x4e42444d41474943n;
@@ -608,7 +608,7 @@ describe("imgtool serve", () => {
     const proc = Bun.spawn([process.execPath, CLI, "serve", fixture("ext4.ext4-ptcl-img"), "--port", "0"], { stdout: "pipe", stderr: "pipe" });
     const killer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
     try {
-      const line = new TextDecoder().decode((await proc.stdout.getReader().read()).value);
+      const line = await firstLine(proc.stdout);
       const m = /nbd:\/\/127\.0\.0\.1:(\d+)/.exec(line);
       expect(m).not.toBeNull();
       expect(line).toContain("nbdcopy nbd://127.0.0.1:");
@@ -720,8 +720,7 @@ async function serveCli(image: string, extra: string[] = []) {
   const socketPath = path.join(tempDir(), "s.sock");
   const proc = Bun.spawn([process.execPath, CLI, "serve", image, "--socket", socketPath, ...extra], { stdout: "pipe", stderr: "pipe" });
   const killer = setTimeout(() => proc.kill("SIGKILL"), 120_000);
-  const first = await proc.stdout.getReader().read();
-  const line = new TextDecoder().decode(first.value ?? new Uint8Array(0));
+  const line = await firstLine(proc.stdout);
   if (!line.startsWith("serving")) {
     clearTimeout(killer);
     throw new Error(`imgtool serve did not start: ${line}${await new Response(proc.stderr).text()}`);
@@ -769,7 +768,7 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
         env: { ...process.env, XDG_CACHE_HOME: ro },
       });
       try {
-        const line = new TextDecoder().decode((await proc.stdout.getReader().read()).value);
+        const line = await firstLine(proc.stdout);
         expect(line).toStartWith("serving");
         await readInterleaved({ unix: socketPath }, truth, 9);
       } finally {
@@ -798,8 +797,7 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
     // 4 × 4 MiB asked for and never taken: the thread blocks in its send
     const stall = Bun.spawn(["python3", path.join(import.meta.dir, "stalled-nbd-clients.py"), unix, "1", String(4 << 20), "4", "30"], { stdout: "pipe", stderr: "pipe" });
     try {
-      const said = await stall.stdout.getReader().read();
-      expect(new TextDecoder().decode(said.value)).toContain("stalled 1");
+      expect(await firstLine(stall.stdout)).toBe("stalled 1");
       const other = await TestClient.connect({ unix });
       await other.go();
       const r = await other.command(CMD.READ, 4096, 65536);

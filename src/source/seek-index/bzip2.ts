@@ -330,5 +330,5 @@ class BitWriter {
 export const bzip2SeekCodec: SeekCodec = {
   compression: "bzip2",
   build,
-  resume: (raw, point) => new Bzip2Decoder(point.extra[1] === KIND_BLOCK ? new ShiftedStream(raw, point) : rawFrom(raw, point.compressed)),
+  resume: (raw, point, inputBuffer) => new Bzip2Decoder(point.extra[1] === KIND_BLOCK ? new ShiftedStream(raw, point) : rawFrom(raw, point.compressed), inputBuffer),
 };

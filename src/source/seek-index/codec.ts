@@ -60,6 +60,10 @@ export interface SeekCodec {
    * them (a stream carrying its own seek table may be indexed from it instead)
    */
   build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex;
-  /** the decoded bytes from `point` on (to the end of the stream, or until the caller stops reading); `window` is raw here */
-  resume(raw: RandomAccessSource, point: SeekPoint): ChunkSource;
+  /**
+   * the decoded bytes from `point` on (to the end of the stream, or until the caller stops reading);
+   * `window` is raw here. Compressed input is read into `inputBuffer` when one is lent (a reader
+   * that resumes for each cold read keeps one per decoder), else into the decoder's own.
+   */
+  resume(raw: RandomAccessSource, point: SeekPoint, inputBuffer?: Uint8Array): ChunkSource;
 }

@@ -144,8 +144,8 @@ class GzipResume implements ChunkSource {
   readonly size = undefined;
   readonly name: string;
   private readonly inf: Inflater;
-  private readonly inBuf = new Uint8Array(RESUME_IN);
-  private readonly inAddress = ptr(this.inBuf);
+  private readonly inBuf: Uint8Array;
+  private readonly inAddress: Pointer;
   private inBase: number;
   private inStart = 0;
   private inEnd = 0;
@@ -159,7 +159,10 @@ class GzipResume implements ChunkSource {
   constructor(
     private readonly raw: RandomAccessSource,
     point: SeekPoint,
+    inputBuffer: Uint8Array = new Uint8Array(RESUME_IN),
   ) {
+    this.inBuf = inputBuffer;
+    this.inAddress = ptr(inputBuffer);
     this.name = `${raw.name} (gzip)`;
     this.rawMode = !isMemberStart(point);
     this.inf = new Inflater(raw.locate(point.compressed), this.rawMode ? RAW_DEFLATE_WINDOW_BITS : GZIP_WINDOW_BITS);
@@ -242,5 +245,5 @@ class GzipResume implements ChunkSource {
 export const gzipSeekCodec: SeekCodec = {
   compression: "gzip",
   build,
-  resume: (raw, point) => new GzipResume(raw, point),
+  resume: (raw, point, inputBuffer) => new GzipResume(raw, point, inputBuffer),
 };

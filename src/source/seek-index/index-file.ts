@@ -53,8 +53,8 @@ export interface LoadedIndex {
   points: StoredPoint[];
   /** the index file's size in bytes */
   bytes: number;
-  /** the raw window of a point, checked against its hash and size */
-  window(p: StoredPoint): Uint8Array;
+  /** the raw window of a point, checked against its hash and size; in `into` (a view of its start) when it fits */
+  window(p: StoredPoint, into?: Uint8Array): Uint8Array;
   close(): void;
 }
 
@@ -257,7 +257,7 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
       notResumable: (t.notResumable as string | null) ?? undefined,
       points,
       bytes: st.size,
-      window(p: StoredPoint): Uint8Array {
+      window(p: StoredPoint, into?: Uint8Array): Uint8Array {
         if (p.windowStored === 0) {
           if (p.windowSize !== 0) throw new CorruptIndex({ file, offset: p.windowOffset }, "corrupt seek index", "a window with no bytes");
           return new Uint8Array(0);
@@ -266,7 +266,7 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
         if (fs.readSync(fd, stored, 0, stored.length, p.windowOffset) < stored.length || hex64(stored) !== p.windowHash) {
           throw new CorruptIndex({ file, offset: p.windowOffset }, "corrupt seek index", "a stored window's checksum does not match");
         }
-        return zstdDecompress(stored, p.windowSize, { file, offset: p.windowOffset });
+        return zstdDecompress(stored, p.windowSize, { file, offset: p.windowOffset }, into);
       },
       close(): void {
         fs.closeSync(fd);
@@ -309,12 +309,12 @@ export function memoryIndex(index: CodecIndex, compression: Compression, compres
     notResumable: index.notResumable,
     points,
     bytes: windows.reduce((n, w) => n + w.length, 0),
-    window: (p) => (p.windowStored === 0 ? new Uint8Array(0) : zstdDecompress(windows[p.windowOffset]!, p.windowSize, { file: "seek index in memory" })),
+    window: (p, into) => (p.windowStored === 0 ? new Uint8Array(0) : zstdDecompress(windows[p.windowOffset]!, p.windowSize, { file: "seek index in memory" }, into)),
     close() {},
   };
 }
 
-/** A stored point as a codec's resume wants it (the window read from the file and unpacked). */
-export function seekPointOf(index: LoadedIndex, p: StoredPoint): SeekPoint {
-  return { decoded: p.decoded, compressed: p.compressed, bits: p.bits, window: index.window(p), extra: p.extra, verifiedEnd: p.verifiedEnd };
+/** A stored point as a codec's resume wants it (the window read from the file and unpacked, into `windowBuffer` when it fits). */
+export function seekPointOf(index: LoadedIndex, p: StoredPoint, windowBuffer?: Uint8Array): SeekPoint {
+  return { decoded: p.decoded, compressed: p.compressed, bits: p.bits, window: index.window(p, windowBuffer), extra: p.extra, verifiedEnd: p.verifiedEnd };
 }

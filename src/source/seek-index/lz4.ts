@@ -168,5 +168,5 @@ function resumeBlock(raw: RandomAccessSource, point: SeekPoint): PartsSource {
 export const lz4SeekCodec: SeekCodec = {
   compression: "lz4",
   build,
-  resume: (raw, point) => new Lz4Decoder(point.extra.length === EXTRA_SIZE ? resumeBlock(raw, point) : rawFrom(raw, point.compressed)),
+  resume: (raw, point, inputBuffer) => new Lz4Decoder(point.extra.length === EXTRA_SIZE ? resumeBlock(raw, point) : rawFrom(raw, point.compressed), inputBuffer),
 };

@@ -17,6 +17,14 @@ const CURSORS = 2;
 const KEEP_SKIPPED = 4 * SPAN_BYTES;
 const SKIP_BYTES = 1 << 20;
 const GC_EVERY_SPANS = 16;
+/** What a resumed decoder reads compressed input in: a cold read wants little. */
+const RESUME_INPUT_BYTES = 256 << 10;
+
+/** A decoder's window and input buffers, kept from one resume to the next: a cold read allocates none. */
+interface ResumeBuffers {
+  window: Uint8Array;
+  input: Uint8Array;
+}
 
 /** A decoder resumed at a point, and how far it has got. */
 interface Cursor {
@@ -26,6 +34,8 @@ interface Cursor {
   validEnd: number;
   /** the point it started from */
   from: number;
+  /** lent to its decoder until it is closed */
+  buffers: ResumeBuffers;
 }
 
 /**
@@ -42,6 +52,8 @@ export class SeekableSource extends PositionedSource {
   private cursors: Cursor[] = [];
   /** a buffer of an evicted span, for the next one */
   private spare: Uint8Array | undefined;
+  /** the buffers of closed decoders, for the next ones */
+  private spareBuffers: ResumeBuffers[] = [];
   /** where a decoder's output is thrown away on its way to a wanted offset (made on first need) */
   private skip: Uint8Array | undefined;
   /** counters for the curious (bench): spans decoded, and resumes from a point */
@@ -133,10 +145,19 @@ export class SeekableSource extends PositionedSource {
       this.cursors.splice(this.cursors.indexOf(cur), 1);
     } else {
       const best = this.pointFor(at);
-      if (this.cursors.length >= CURSORS) this.cursors.shift()!.decoder.close();
+      if (this.cursors.length >= CURSORS) this.closeCursor(this.cursors.shift()!);
       this.stats.resumes++;
-      const decoder = this.codec.resume(this.raw, seekPointOf(this.index, best));
-      cur = { decoder, at: best.decoded, validEnd: best.verifiedEnd ?? this.size, from: best.decoded };
+      const buffers = this.spareBuffers.pop() ?? { window: new Uint8Array(0), input: new Uint8Array(RESUME_INPUT_BYTES) };
+      const point = seekPointOf(this.index, best, buffers.window);
+      if (point.window.length > buffers.window.length) buffers.window = point.window;
+      let decoder: ChunkSource;
+      try {
+        decoder = this.codec.resume(this.raw, point, buffers.input);
+      } catch (e) {
+        this.spareBuffers.push(buffers);
+        throw e;
+      }
+      cur = { decoder, at: best.decoded, validEnd: best.verifiedEnd ?? this.size, from: best.decoded, buffers };
     }
     this.cursors.push(cur);
     while (cur.at < at) {
@@ -165,6 +186,11 @@ export class SeekableSource extends PositionedSource {
     return points[0]!;
   }
 
+  private closeCursor(c: Cursor): void {
+    c.decoder.close();
+    this.spareBuffers.push(c.buffers);
+  }
+
   private shortStream(at: number): ImageError {
     return new ImageError(this.locate(at), `truncated ${this.codec.compression} data`, `the seek index says ${this.size} decompressed bytes`);
   }
@@ -177,6 +203,7 @@ export class SeekableSource extends PositionedSource {
     if (process.env.IMGTOOL_SEEK_STATS === "1") process.stderr.write(`imgtool: ${this.name}: seek stats ${JSON.stringify(this.stats)}\n`);
     for (const c of this.cursors) c.decoder.close();
     this.cursors = [];
+    this.spareBuffers = [];
     this.cache.clear();
     this.index.close();
     this.raw.close();

@@ -272,7 +272,7 @@ function resumeBlock(raw: RandomAccessSource, point: SeekPoint): PartsSource {
 export const xzSeekCodec: SeekCodec = {
   compression: "xz",
   build,
-  resume: (raw, point) => new LzmaDecoder(point.extra.length === EXTRA_SIZE ? resumeBlock(raw, point) : rawFrom(raw, point.compressed), "xz"),
+  resume: (raw, point, inputBuffer) => new LzmaDecoder(point.extra.length === EXTRA_SIZE ? resumeBlock(raw, point) : rawFrom(raw, point.compressed), "xz", inputBuffer),
 };
 
 /** .lzma ("alone") has no blocks and no index: one pass for the size, no point past the start. */
@@ -285,8 +285,8 @@ export const lzmaSeekCodec: SeekCodec = {
     });
     return { decodedSize, points: planned, notResumable: "a .lzma stream has no blocks: reads decode it from the start" };
   },
-  resume: (raw, point) => {
+  resume: (raw, point, inputBuffer) => {
     if (point.compressed !== 0 || point.decoded !== 0) throw new ImageError(raw.locate(point.compressed), "a .lzma stream can only be decoded from its start");
-    return new LzmaDecoder(rawFrom(raw, 0), "lzma");
+    return new LzmaDecoder(rawFrom(raw, 0), "lzma", inputBuffer);
   },
 };

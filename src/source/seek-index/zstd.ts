@@ -74,13 +74,13 @@ function frameStartPoints(frames: { compressed: number; decoded: number }[]): Se
   return points;
 }
 
-function resumeZstd(raw: RandomAccessSource, point: SeekPoint): ChunkSource {
+function resumeZstd(raw: RandomAccessSource, point: SeekPoint, inputBuffer = new Uint8Array(RESUME_INPUT_BYTES)): ChunkSource {
   if (point.extra.length === 0) {
-    return new ZstdDecoder(new SpliceSource(raw, [{ from: point.compressed, to: raw.size }]), undefined, new Uint8Array(RESUME_INPUT_BYTES));
+    return new ZstdDecoder(new SpliceSource(raw, [{ from: point.compressed, to: raw.size }]), undefined, inputBuffer);
   }
   const { header, blocksEnd, frameEnd } = unpackExtra(point, raw);
   const input = new SpliceSource(raw, [header, { from: point.compressed, to: blocksEnd }, { from: frameEnd, to: raw.size }]);
-  return new ZstdDecoder(input, point.window, new Uint8Array(RESUME_INPUT_BYTES));
+  return new ZstdDecoder(input, point.window, inputBuffer);
 }
 
 function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
