@@ -105,7 +105,8 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob 
     for (let span = job.worker; span < job.starts.length; span += job.workers) {
       const stored = pointAt.get(job.starts[span]!);
       if (!stored) throw new Error(`the seek index of ${job.pieces[0]} changed`);
-      const point = seekPointOf(index, stored);
+      const room = zstd?.windowRoom(stored.windowSize);
+      const point = seekPointOf(index, stored, room);
       const spanEnd = job.starts[span + 1] ?? job.decodedSize;
       const length = spanEnd - stored.decoded;
       const endsEarly = (done: number) =>
@@ -121,10 +122,12 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob 
         writer.handOver();
         zstd.finishSpan();
       } else {
-        decodeInSlots(codec.resume(raw, point), length, ring, writer, endsEarly);
+        // the slots are written over as this decodes: its window is its own
+        const history = point.window.buffer === ring.buffer ? point.window.slice() : point.window;
+        decodeInSlots(codec.resume(raw, { ...point, window: history }), length, ring, writer, endsEarly);
       }
-      // each span leaves its window (and a streaming decoder its MiB-sized buffers) to this worker's
-      // own heap; young, they go in a quick collection, where a full one (collectIfLarge) took ~8 ms a span
+      // each span leaves garbage (a streaming decoder its window and MiB-sized buffers) to this
+      // worker's own heap; young, it goes in a quick collection, where a full one took ~8 ms a span
       Bun.gc(false);
     }
     zstd?.close();

@@ -142,13 +142,14 @@ export class ZstdBlocks {
   /**
    * Start over at `compressed` (a block header) with `header` (a synthesized frame header naming the
    * window) and `prefix` as the history; false when the library cannot take this prefix as raw bytes.
+   * A prefix already in the ring where prefixAt puts it is not copied.
    */
   resume(header: Uint8Array, compressed: number, prefix: Uint8Array, windowSize: number): boolean {
     if (!this.fit(windowSize)) return false;
     if (prefix.length > this.ring.length - 2 * BLOCK_ROOM || header.length > this.header.length) return false;
     if (prefix.length >= 8 && new DataView(prefix.buffer, prefix.byteOffset).getUint32(0, true) === DICTIONARY_MAGIC) return false;
     const at = this.prefixAt(prefix.length);
-    this.ring.set(prefix, at);
+    if (prefix.buffer !== this.ring.buffer || prefix.byteOffset !== this.ring.byteOffset + at) this.ring.set(prefix, at);
     this.reset(compressed, at, prefix.length);
     const rc = prefix.length > 0 ? this.lib.ZSTD_decompressBegin_usingDict(this.dctx, (this.ringAddress + at) as Pointer, prefix.length) : this.lib.ZSTD_decompressBegin(this.dctx);
     if (zstdError(this.lib, rc)) return false;

@@ -38,6 +38,17 @@ export class ZstdRingDecoder {
     this.blocks = new ZstdBlocks(raw, this.input, ring);
   }
 
+  /**
+   * Where start() wants a window of `n` bytes, free for the caller to unpack it into (no copy then);
+   * undefined when it cannot be kept in the ring.
+   */
+  windowRoom(n: number): Uint8Array | undefined {
+    if (n === 0 || n > this.ring.length - 2 * BLOCK_ROOM) return undefined;
+    const at = this.blocks.prefixAt(n);
+    this.reserve(at, n);
+    return this.ring.subarray(at, at + n);
+  }
+
   /** Start over at `point`; false when its frame's window does not fit the ring (decode it otherwise). */
   start(point: SeekPoint): boolean {
     this.closeStream();
