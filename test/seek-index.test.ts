@@ -10,7 +10,7 @@ import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-
 import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
 import { zstdCodec } from "../src/source/seek-index/zstd.ts";
 import { Xxh3State } from "../native/xxhash.ts";
-import { CLI, fixture, restoredBytes, restoreToBuffer, runCli, seededRandom, sha256, tempDir, which } from "./helpers.ts";
+import { CLI, errorOf, fixture, restoredBytes, restoreToBuffer, runCli, seededRandom, sha256, tempDir, which } from "./helpers.ts";
 
 const ZSTD = which("zstd");
 const SPACING = 256 << 10;
@@ -448,6 +448,27 @@ describe.skipIf(!ZSTD)("checksums on random reads", () => {
       expect(r.code).toBe(4);
       expect(r.stderr.trimEnd().split("\n").length).toBe(1);
       expect(r.stderr).toContain("CRC32 checksum mismatch");
+    }
+  });
+
+  test("a read of a strip the image (cut short while open) ends inside fails at the offset where the bytes stop", () => {
+    const truth = ntfsImage();
+    const plain = openImage(fixture("ntfs.ntfs-ptcl-img.aa"));
+    const dataStart = plain.info.fields.find((f) => f.key === "blocksSection")!.value as number;
+    const perStrip = plain.info.fields.find((f) => f.key === "blocksPerChecksum")!.value as number;
+    const inStrip1 = usedBlockOffset(plain, perStrip + 5);
+    plain.close();
+    // the file stops 3 blocks into strip 1 (after strip 0's blocks and its 4-byte CRC)
+    const end = dataStart + (perStrip + 3) * 4096 + 4;
+    const file = write(tempDir(), "cut.ptcl-img", truth);
+    const image = openImage(file);
+    try {
+      fs.truncateSync(file, end);
+      const e = errorOf(() => image.read!(inStrip1, 512));
+      expect(e.field).toBe("truncated image data");
+      expect(e.where.offset).toBe(end);
+    } finally {
+      image.close();
     }
   });
 });

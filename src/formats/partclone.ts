@@ -457,8 +457,9 @@ export class PartcloneImage extends BitmapImage {
         // the last piece takes the stored checksum along
         const stored = done + n === dataBytes ? csSize : 0;
         const piece = this.stripScratch.subarray(0, n + stored);
-        if (source.readAt(piece, at + done) < piece.length) {
-          throw new ImageError(source.locate(at), "truncated image data", `short read: checksum strip ${withCommas(strip)} ends early`);
+        const got = source.readAt(piece, at + done);
+        if (got < piece.length) {
+          throw new ImageError(source.locate(at + done + got), "truncated image data", `short read: checksum strip ${withCommas(strip)} ends early`);
         }
         check.update(piece.subarray(0, n));
         if (stored > 0) this.storedChecksum.set(piece.subarray(n, n + Math.min(csSize, MAX_CHECKSUM_SIZE)));

@@ -17,7 +17,7 @@ const CURSORS = 2;
 const KEEP_SKIPPED = 4 * SPAN_BYTES;
 const SKIP_BYTES = 1 << 20;
 const GC_EVERY_SPANS = 16;
-/** What a resumed decoder reads compressed input in: a cold read wants little. */
+/** What a resumed decoder reads compressed input in: several live at once, and a cold read wants little. */
 const RESUME_INPUT_BYTES = 256 << 10;
 
 /** A decoder's window and input buffers, kept from one resume to the next: a cold read allocates none. */
@@ -150,13 +150,7 @@ export class SeekableSource extends PositionedSource {
       const buffers = this.spareBuffers.pop() ?? { window: new Uint8Array(0), input: new Uint8Array(RESUME_INPUT_BYTES) };
       const point = seekPointOf(this.index, best, buffers.window);
       if (point.window.length > buffers.window.length) buffers.window = point.window;
-      let decoder: ChunkSource;
-      try {
-        decoder = this.codec.resume(this.raw, point, buffers.input);
-      } catch (e) {
-        this.spareBuffers.push(buffers);
-        throw e;
-      }
+      const decoder = this.codec.resume(this.raw, point, buffers.input);
       cur = { decoder, at: best.decoded, validEnd: best.verifiedEnd ?? this.size, from: best.decoded, buffers };
     }
     this.cursors.push(cur);

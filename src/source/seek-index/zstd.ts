@@ -14,8 +14,6 @@ export const MAX_INDEXED_WINDOW = 64 << 20;
 /** A frame start is a free point (no window); closer ones than this are not kept. */
 const FRAME_POINT_SPACING = 1 << 20;
 const INPUT_BYTES = 4 << 20;
-/** A resumed decoder's compressed input is read this much at a time: several live at once, and a cold read wants little. */
-const RESUME_INPUT_BYTES = 256 << 10;
 const PROGRESS_EVERY = 32 << 20;
 /**
  * Points that need a window are taken no closer than `spacing`, and only while the windows kept so
@@ -74,7 +72,7 @@ function frameStartPoints(frames: { compressed: number; decoded: number }[]): Se
   return points;
 }
 
-function resumeZstd(raw: RandomAccessSource, point: SeekPoint, inputBuffer = new Uint8Array(RESUME_INPUT_BYTES)): ChunkSource {
+function resumeZstd(raw: RandomAccessSource, point: SeekPoint, inputBuffer?: Uint8Array): ChunkSource {
   if (point.extra.length === 0) {
     return new ZstdDecoder(new SpliceSource(raw, [{ from: point.compressed, to: raw.size }]), undefined, inputBuffer);
   }
