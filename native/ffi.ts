@@ -5,9 +5,48 @@ import type { ChunkSource } from "../src/source/chunk-source.ts";
 /** Compressed bytes handed to the library per refill; one such buffer per decoder, for its lifetime. */
 export const INPUT_BUFFER_SIZE = 1 << 20;
 
+/** The Library objects behind bound functions, kept so none is closed while its function is in use. */
+const boundLibraries: Library<Record<string, FFIFunction>>[] = [];
+
+/**
+ * The functions of `soname`, each bound by bun:ffi on its first use. bun:ffi compiles a trampoline
+ * for every symbol handed to dlopen (about 1 ms each, measured), so binding a whole library up front
+ * cost every thread that touched libc 40 ms for the three calls it made.
+ */
+export function bindOnFirstUse<const S extends Record<string, FFIFunction>>(soname: string, specs: S): Library<S>["symbols"] {
+  const functions = {} as Library<S>["symbols"];
+  for (const name of Object.keys(specs)) {
+    Object.defineProperty(functions, name, {
+      configurable: true,
+      enumerable: true,
+      get() {
+        const lib = dlopen(soname, { [name]: specs[name]! });
+        boundLibraries.push(lib);
+        const fn = lib.symbols[name];
+        Object.defineProperty(functions, name, { value: fn, enumerable: true });
+        return fn;
+      },
+    });
+  }
+  return functions;
+}
+
+const RTLD_LAZY = 1;
+let dynamicLinker: { dlopen: (file: Buffer, mode: number) => Pointer | null; dlsym: (handle: Pointer, name: Buffer) => Pointer | null } | undefined;
+
+/** The address of `name` in `soname`, or null when either is missing; nothing is bound. */
+export function symbolAddress(soname: string, name: string): Pointer | null {
+  dynamicLinker ??= bindOnFirstUse("libc.so.6", {
+    dlopen: { args: ["ptr", "i32"], returns: "ptr" },
+    dlsym: { args: ["ptr", "ptr"], returns: "ptr" },
+  });
+  const handle = dynamicLinker.dlopen(cstr(soname), RTLD_LAZY);
+  return handle && dynamicLinker.dlsym(handle, cstr(name));
+}
+
 /** A shared library opened on first use; `null` once known to be missing. */
 export class LazyLibrary<const S extends Record<string, FFIFunction>> {
-  private lib: Library<S> | null | undefined;
+  private lib: Library<S>["symbols"] | null | undefined;
   constructor(
     /** the soname, e.g. "libzstd.so.1" */
     readonly soname: string,
@@ -16,19 +55,16 @@ export class LazyLibrary<const S extends Record<string, FFIFunction>> {
     private readonly symbols: S,
   ) {}
 
-  /** The symbols, or undefined when the library (or one of the symbols) is not on this machine. */
+  /** The functions, or undefined when the library (or one of the symbols) is not on this machine. */
   tryLoad(): Library<S>["symbols"] | undefined {
     if (this.lib === undefined) {
-      try {
-        this.lib = dlopen(this.soname, this.symbols);
-      } catch {
-        this.lib = null;
-      }
+      const present = Object.keys(this.symbols).every((name) => symbolAddress(this.soname, name) !== null);
+      this.lib = present ? bindOnFirstUse(this.soname, this.symbols) : null;
     }
-    return this.lib?.symbols;
+    return this.lib ?? undefined;
   }
 
-  /** The symbols, or an ImageError at `where` saying what to install to read `what`. */
+  /** The functions, or an ImageError at `where` saying what to install to read `what`. */
   load(where: Location, what: string): Library<S>["symbols"] {
     const s = this.tryLoad();
     if (!s) throw new ImageError(where, `${what}, but ${this.soname} is not installed (apt-get install ${this.aptPackage})`);

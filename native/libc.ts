@@ -2,7 +2,8 @@
 // fallocate, reflinks, holes, writeback control, pipe size, the *at calls relative to a directory fd,
 // linking unnamed files, no-replace renames, device sizes, blocking pipes, blocking socket I/O on
 // another thread).
-import { FFIType, dlopen, ptr, read } from "bun:ffi";
+import { FFIType, ptr, read } from "bun:ffi";
+import { bindOnFirstUse } from "./ffi.ts";
 import os from "node:os";
 import { printable } from "../src/errors.ts";
 
@@ -54,9 +55,9 @@ export const S_IFDIR = 0o040000;
 export const S_IFLNK = 0o120000;
 export const S_IFREG = 0o100000;
 
-let libcSymbols: ReturnType<typeof loadLibc>["symbols"] | undefined;
+let libcSymbols: ReturnType<typeof loadLibc> | undefined;
 function loadLibc() {
-  return dlopen("libc.so.6", {
+  return bindOnFirstUse("libc.so.6", {
     __errno_location: { args: [], returns: FFIType.ptr },
     lsetxattr: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
     lremovexattr: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
@@ -102,7 +103,11 @@ function loadLibc() {
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
-  libcSymbols ??= loadLibc().symbols;
+  if (!libcSymbols) {
+    libcSymbols = loadLibc();
+    // bound now: binding it after a failed call (a dlopen) would overwrite the errno it is there to read
+    void libcSymbols.__errno_location;
+  }
   return libcSymbols;
 }
 

@@ -1,8 +1,8 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { type Pointer, cc, dlopen, ptr } from "bun:ffi";
-import { LazyLibrary, cstr } from "./ffi.ts";
+import { type Pointer, cc, ptr } from "bun:ffi";
+import { LazyLibrary, symbolAddress } from "./ffi.ts";
 
 const xxh = new LazyLibrary("libxxhash.so.0", "libxxhash0", {
   XXH64_createState: { args: [], returns: "ptr" },
@@ -100,13 +100,7 @@ let digest128Fn: Pointer | undefined;
 function loadDigest128(): void {
   if (digest128) return;
   lib();
-  const libc = dlopen("libc.so.6", {
-    dlopen: { args: ["ptr", "i32"], returns: "ptr" },
-    dlsym: { args: ["ptr", "ptr"], returns: "ptr" },
-  }).symbols;
-  const RTLD_NOW = 2;
-  const handle = libc.dlopen(cstr(xxh.soname), RTLD_NOW);
-  const fn = handle && libc.dlsym(handle, cstr("XXH3_128bits_digest"));
+  const fn = symbolAddress(xxh.soname, "XXH3_128bits_digest");
   if (!fn) throw new Error(`XXH3_128bits_digest not found in ${xxh.soname}`);
   // cc() compiles a file: write the shim to a private temporary directory
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-xxh128-"));

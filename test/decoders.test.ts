@@ -256,6 +256,17 @@ describe("decoder plumbing", () => {
     expect(lib.tryLoad()).toBeUndefined();
     expectImageError(() => lib.load({ file: "x.zst", offset: 0 }, "zstd data"), /^x\.zst: offset 0: zstd data, but libnothere\.so\.7 is not installed \(apt-get install libnothere7\)$/);
   });
+  test("a library without one of the symbols counts as missing; the others are bound when first used", () => {
+    const partial = new LazyLibrary("libc.so.6", "libc6", { getpid: { args: [], returns: "i32" }, no_such_function_here: { args: [], returns: "void" } });
+    expect(partial.tryLoad()).toBeUndefined();
+    const libc = new LazyLibrary("libc.so.6", "libc6", { getpid: { args: [], returns: "i32" }, getppid: { args: [], returns: "i32" } });
+    const fns = libc.tryLoad()!;
+    expect(Object.getOwnPropertyDescriptor(fns, "getpid")!.get).toBeFunction();
+    expect(fns.getpid()).toBe(process.pid);
+    expect(Object.getOwnPropertyDescriptor(fns, "getpid")!.value).toBeFunction();
+    expect(Object.getOwnPropertyDescriptor(fns, "getppid")!.get).toBeFunction();
+    expect(fns.getppid()).toBe(process.ppid);
+  });
   test("struct layouts match the C headers' sizeof on x86_64", () => {
     // z_stream is also checked by zlib itself (inflateInit2_ gets its size)
     const zStream = structLayout({ a: "ptr", b: "uint", c: "ulong", d: "ptr", e: "uint", f: "ulong", g: ["ptr", 5], h: "int", i: "ulong", j: "ulong" });
