@@ -88,6 +88,32 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     }
   });
 
+  test("decoded spans are kept least recently used first out: a span read again stays, the one left longest goes", () => {
+    const MiB = 1 << 20;
+    const random = seededRandom(7);
+    const truth = new Uint8Array(9 * MiB);
+    for (let i = 0; i < truth.length; i += 64) truth.fill(Math.floor(random() * 256), i, i + 64);
+    const source = openIndexed(write(tempDir(), "spans.zst", zstd(truth, "-3")));
+    try {
+      const readSpan = (n: number) => {
+        const into = new Uint8Array(4096);
+        source.readAt(into, n * MiB + 100);
+        expect(Buffer.from(into).equals(Buffer.from(truth.subarray(n * MiB + 100, n * MiB + 4196)))).toBe(true);
+      };
+      for (const n of [0, 1, 2, 3, 4, 5]) readSpan(n);
+      expect(source.stats.spansDecoded).toBe(6);
+      readSpan(0); // a hit: span 0 is now the most recently used
+      readSpan(6); // six are kept: span 1, used longest ago, goes
+      readSpan(0);
+      expect(source.stats.cacheHits).toBe(2);
+      expect(source.stats.spansDecoded).toBe(7);
+      readSpan(1);
+      expect(source.stats.spansDecoded).toBe(8);
+    } finally {
+      source.close();
+    }
+  });
+
   test("several frames with a skippable frame between: points at frame starts, reads equal", () => {
     const truth = ntfsImage();
     const cuts = [0, 700_000, 1_500_000, truth.length];
