@@ -30,6 +30,9 @@ const SYS_openat2 = 437;
 const SYS_fchmodat2 = 452;
 const SYS_setxattrat = 463;
 const SYS_removexattrat = 466;
+const SYS_gettid = 186;
+const SYS_setpriority = 141;
+const PRIO_PROCESS = 0;
 export const FICLONE = 0x40049409;
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
@@ -532,6 +535,15 @@ export class SocketSender {
     }
     return true;
   }
+}
+
+/**
+ * Lower the calling thread's scheduling priority by `nice` steps (Linux keeps a nice value per
+ * thread); false when the kernel refused.
+ */
+export function lowerThreadPriority(nice: number): boolean {
+  const tid = Number(libc().syscall(SYS_gettid, 0, 0, 0, 0, 0, 0));
+  return Number(libc().syscall(SYS_setpriority, PRIO_PROCESS, tid, nice, 0, 0, 0)) === 0;
 }
 
 /** End both directions of a connection: a thread blocked reading it wakes up with its end. */

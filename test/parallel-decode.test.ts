@@ -147,6 +147,21 @@ describe("parallel decoding from a seek index", () => {
     parallel.close();
   });
 
+  test("the decode workers run at nice 10, below the thread that takes their spans", () => {
+    const niceOf = (tid: string) => Number(fs.readFileSync(`/proc/self/task/${tid}/stat`, "utf8").replace(/^.*\) /s, "").split(" ")[16]);
+    const { file, raw } = indexedCopy("ntfs.ntfs-ptcl-img.zst", 64 << 10);
+    const parallel = openParallelDecode(raw, [file], "zstd", 2, 128 << 10)!;
+    try {
+      expect(parallel).toBeDefined();
+      drain(parallel);
+      const nice = fs.readdirSync("/proc/self/task").map(niceOf);
+      expect(nice.filter((n) => n === 10).length).toBeGreaterThanOrEqual(2);
+      expect(niceOf(String(process.pid))).toBe(0);
+    } finally {
+      parallel.close();
+    }
+  });
+
   test("one decode worker's ring lends the bytes it would copy", () => {
     for (const name of ["ntfs.ntfs-ptcl-img.zst", "ntfs.ntfs-ptcl-img.gz"]) {
       const sequential = sha256(drain(decodeLayers(openRaw(fixture(name)).raw).source));
