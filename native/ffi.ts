@@ -33,6 +33,8 @@ export function bindOnFirstUse<const S extends Record<string, FFIFunction>>(sona
 
 const RTLD_LAZY = 1;
 let dynamicLinker: { dlopen: (file: Buffer, mode: number) => Pointer | null; dlsym: (handle: Pointer, name: Buffer) => Pointer | null } | undefined;
+/** the dynamic linker's handle of each library asked for (null: it does not load), kept open */
+const handles = new Map<string, Pointer | null>();
 
 /** The address of `name` in `soname`, or null when either is missing; nothing is bound. */
 export function symbolAddress(soname: string, name: string): Pointer | null {
@@ -40,7 +42,11 @@ export function symbolAddress(soname: string, name: string): Pointer | null {
     dlopen: { args: ["ptr", "i32"], returns: "ptr" },
     dlsym: { args: ["ptr", "ptr"], returns: "ptr" },
   });
-  const handle = dynamicLinker.dlopen(cstr(soname), RTLD_LAZY);
+  let handle = handles.get(soname);
+  if (handle === undefined) {
+    handle = dynamicLinker.dlopen(cstr(soname), RTLD_LAZY);
+    handles.set(soname, handle);
+  }
   return handle && dynamicLinker.dlsym(handle, cstr(name));
 }
 
