@@ -3,7 +3,6 @@
 // (read-only; a compressed image only through the seek index the main thread left on disk).
 import { closeFd, makeBlocking, recvInto, SocketSender } from "../../native/libc.ts";
 import { openInputVolume } from "../cli/input-volume.ts";
-import { collectIfLarge } from "../source/seek-index/memory.ts";
 import { volumeExport } from "./image-export.ts";
 import { MAX_PIECE, type NbdExport, NbdConnection, type NbdTransport } from "./nbd.ts";
 
@@ -24,7 +23,6 @@ export type FromNbdThread = { ready: true } | { failed: string } | { done: numbe
 const GATHER_BYTES = 256 << 10;
 const RECEIVE_BYTES = 256 << 10;
 const COLLECT_EVERY_BATCHES = 128;
-const FULL_COLLECT_EVERY_BATCHES = 8 * COLLECT_EVERY_BATCHES;
 
 class BlockingTransport implements NbdTransport {
   private readonly sender: SocketSender;
@@ -91,12 +89,8 @@ function serve(fd: number, remoteAddress: string): void {
       connection.onData(received.subarray(0, n));
       transport.flush();
       // this loop never yields to the event loop, and a worker's collector lets each request's
-      // small garbage pile up to tens of MiB: a quick collection now and then keeps it young, and
-      // a full one now and then takes what quick ones promoted (20 MiB over 40,000 cached reads)
-      if (++batches % COLLECT_EVERY_BATCHES === 0) {
-        if (batches % FULL_COLLECT_EVERY_BATCHES === 0) collectIfLarge();
-        else Bun.gc(false);
-      }
+      // small garbage pile up to tens of MiB: a quick collection now and then keeps it young
+      if (++batches % COLLECT_EVERY_BATCHES === 0) Bun.gc(false);
     }
   } finally {
     connection.release();
