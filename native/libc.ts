@@ -31,6 +31,7 @@ const SYS_fchmodat2 = 452;
 const SYS_setxattrat = 463;
 const SYS_removexattrat = 466;
 const SYS_gettid = 186;
+const SYS_getpriority = 140;
 const SYS_setpriority = 141;
 const PRIO_PROCESS = 0;
 export const FICLONE = 0x40049409;
@@ -538,12 +539,16 @@ export class SocketSender {
 }
 
 /**
- * Lower the calling thread's scheduling priority by `nice` steps (Linux keeps a nice value per
- * thread); false when the kernel refused.
+ * Lower the calling thread's scheduling priority by `steps` nice levels from where it is (Linux
+ * keeps a nice value per thread), to 19 at most: a process the user started niced stays below it.
+ * Best effort: where the kernel refuses, the thread keeps its priority.
  */
-export function lowerThreadPriority(nice: number): boolean {
+export function lowerThreadPriority(steps: number): void {
   const tid = Number(libc().syscall(SYS_gettid, 0, 0, 0, 0, 0, 0));
-  return Number(libc().syscall(SYS_setpriority, PRIO_PROCESS, tid, nice, 0, 0, 0)) === 0;
+  // the system call returns 20 - nice (1 to 40), so that no priority reads as an error
+  const got = Number(libc().syscall(SYS_getpriority, PRIO_PROCESS, tid, 0, 0, 0, 0));
+  if (got < 1) return;
+  libc().syscall(SYS_setpriority, PRIO_PROCESS, tid, Math.min(19, 20 - got + steps), 0, 0, 0);
 }
 
 /** End both directions of a connection: a thread blocked reading it wakes up with its end. */

@@ -162,6 +162,24 @@ describe("parallel decoding from a seek index", () => {
     }
   });
 
+  test("a thread's priority is lowered from where it is, not set: twice 3 steps from nice 0 is nice 6, and never past 19", async () => {
+    const dir = tempDir();
+    const script = path.join(dir, "nice-worker.ts");
+    const libcModule = path.join(import.meta.dir, "..", "native", "libc.ts");
+    const niceHere = `Number(require("fs").readFileSync("/proc/thread-self/stat", "utf8").replace(/^.*\\) /s, "").split(" ")[16])`;
+    fs.writeFileSync(script, `import { lowerThreadPriority } from ${JSON.stringify(libcModule)};
+lowerThreadPriority(3); lowerThreadPriority(3); const six = ${niceHere};
+lowerThreadPriority(30); postMessage([six, ${niceHere}]);`);
+    const worker = new Worker(script);
+    try {
+      const [six, capped] = await new Promise<number[]>((resolve) => (worker.onmessage = (e) => resolve(e.data)));
+      expect(six).toBe(6);
+      expect(capped).toBe(19);
+    } finally {
+      worker.terminate();
+    }
+  });
+
   test("one decode worker's ring lends the bytes it would copy", () => {
     for (const name of ["ntfs.ntfs-ptcl-img.zst", "ntfs.ntfs-ptcl-img.gz"]) {
       const sequential = sha256(drain(decodeLayers(openRaw(fixture(name)).raw).source));

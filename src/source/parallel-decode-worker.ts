@@ -14,11 +14,12 @@ import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failu
 declare const self: Worker;
 
 /**
- * The workers yield to the thread that takes their spans in order, parses and writes them: with
- * as many workers as cores, that thread is the one the restore waits for (restore --threads 2 into
- * tmpfs, 1.12 GB: medians 1.70 s against 1.81 s, 11 alternating runs each; verify unchanged).
+ * The workers run this many nice levels below the thread that takes their spans in order, parses
+ * and writes them: with as many workers as cores, that thread is the one the restore waits for
+ * (restore --threads 2 into tmpfs, 1.12 GB: medians 1.70 s against 1.81 s, 11 alternating runs
+ * each; verify unchanged).
  */
-const WORKER_NICE = 10;
+const WORKER_NICE_STEPS = 10;
 
 /** Thrown out of a wait when the reader has closed the ring: the worker just stops. */
 class Closed extends Error {}
@@ -102,7 +103,7 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob 
   const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
   const ring = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES, SLOT_COUNT * SLOT_BYTES);
   const writer = new SlotWriter(ctl);
-  lowerThreadPriority(WORKER_NICE);
+  lowerThreadPriority(WORKER_NICE_STEPS);
   try {
     const { raw } = openRaw({ pieces: job.pieces });
     const codec = seekCodecFor(job.compression);
