@@ -8,7 +8,7 @@ import type { RandomAccessSource } from "../src/source/chunk-source.ts";
 import { CorruptIndex, currentKey, indexPaths, readIndex, seekPointOf } from "../src/source/seek-index/index-file.ts";
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
 import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
-import { zstdCodec } from "../src/source/seek-index/zstd.ts";
+import { unpackExtra, zstdCodec } from "../src/source/seek-index/zstd.ts";
 import { Xxh3State } from "../native/xxhash.ts";
 import { CLI, errorOf, fixture, restoredBytes, restoreToBuffer, runCli, seededRandom, sha256, tempDir, which } from "./helpers.ts";
 
@@ -295,6 +295,24 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     } finally {
       again.close();
     }
+  });
+
+  test("a zstd point whose stored state does not fit it or the image is refused at the point's offset", () => {
+    const file = write(tempDir(), "small.zst", zstd(new Uint8Array(4096), "-3"));
+    const { raw } = openRaw(file);
+    const extra = (blocksEnd: number, frameEnd: number) => {
+      const e = new Uint8Array(1 + 6 + 16);
+      e[0] = 6;
+      const v = new DataView(e.buffer);
+      v.setBigUint64(7, BigInt(blocksEnd), true);
+      v.setBigUint64(15, BigInt(frameEnd), true);
+      return e;
+    };
+    const at = (compressed: number, e: Uint8Array) => errorOf(() => unpackExtra({ compressed, extra: e }, raw as RandomAccessSource)).message;
+    expect(at(9, extra(8, 10))).toBe(`${file}: offset 9: corrupt seek index (the zstd point here lies past its frame's end)`);
+    expect(at(5, extra(8, 1 << 30))).toBe(`${file}: offset 5: corrupt seek index (the state of the zstd point here does not parse)`);
+    expect(at(5, new Uint8Array(3))).toContain("offset 5: corrupt seek index");
+    raw.close();
   });
 
   test("a frame with a window too large to index is refused in one line", () => {

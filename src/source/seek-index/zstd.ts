@@ -49,7 +49,7 @@ function packExtra(header: Uint8Array, blocksEnd: number, frameEnd: number): Uin
 /** A point inside a frame: the header it resumes with and where its frame's blocks and the frame end, checked against the point and the image. */
 export function unpackExtra(point: { compressed: number; extra: Uint8Array }, raw: RandomAccessSource): { header: Uint8Array; blocksEnd: number; frameEnd: number } {
   const { extra } = point;
-  const bad = () => new ImageError({ file: raw.name }, "corrupt seek index", "a zstd point's state does not parse");
+  const bad = () => new ImageError(raw.locate(point.compressed), "corrupt seek index", "the state of the zstd point here does not parse");
   if (extra.length < 1) throw bad();
   const n = extra[0]!;
   if (n < 6 || n > 18 || extra.length !== 1 + n + 16) throw bad();
@@ -57,7 +57,7 @@ export function unpackExtra(point: { compressed: number; extra: Uint8Array }, ra
   const blocksEnd = Number(v.getBigUint64(1 + n, true));
   const frameEnd = Number(v.getBigUint64(9 + n, true));
   if (blocksEnd > frameEnd || frameEnd > raw.size) throw bad();
-  if (point.compressed > blocksEnd) throw new ImageError({ file: raw.name }, "corrupt seek index", "a zstd point lies past its frame's end");
+  if (point.compressed > blocksEnd) throw new ImageError(raw.locate(point.compressed), "corrupt seek index", "the zstd point here lies past its frame's end");
   return { header: extra.slice(1, 1 + n), blocksEnd, frameEnd };
 }
 
