@@ -5,7 +5,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import { measure, need, sh } from "./common.ts";
-import { FileSource, openFileSource } from "../src/source/file.ts";
+import { openFileSource } from "../src/source/file.ts";
+import type { FileSource } from "../src/source/pieces.ts";
 import { bzip2SeekCodec } from "../src/source/seek-index/bzip2.ts";
 import type { SeekCodec } from "../src/source/seek-index/codec.ts";
 import { gzipSeekCodec } from "../src/source/seek-index/gzip.ts";

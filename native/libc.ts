@@ -39,6 +39,7 @@ export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
+const EINTR = 4;
 const SYNC_FILE_RANGE_WAIT_BEFORE = 1;
 const SYNC_FILE_RANGE_WRITE = 2;
 const F_SETPIPE_SZ = 1031;
@@ -81,6 +82,7 @@ function loadLibc() {
     syscall: { args: [FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64], returns: FFIType.i64 },
     openat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.u32], returns: FFIType.i32 },
     close: { args: [FFIType.i32], returns: FFIType.i32 },
+    pread: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i64], returns: FFIType.i64 },
     mkdirat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     mknodat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
     symlinkat: { args: [FFIType.ptr, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
@@ -237,6 +239,16 @@ export function growPipe(fd: number, bytes: number): void {
 }
 
 // ---- calls relative to a directory fd: the name is one path component of that directory ----
+
+/** pread(2) of up to `into.length` bytes at `offset`, again where a signal cut it short; bytes read, 0 at the end. */
+export function preadFd(fd: number, into: Uint8Array, offset: number, display: Uint8Array): number {
+  if (into.length === 0) return 0;
+  for (;;) {
+    const n = Number(libc().pread(fd, into, into.length, offset));
+    if (n >= 0) return n;
+    if (read.i32(libc().__errno_location()!, 0) !== EINTR) throw libcError("pread", display);
+  }
+}
 
 /** Close an fd opened by the calls below. */
 export function closeFd(fd: number): void {
@@ -470,7 +482,6 @@ export function waitWritable(fd: number): void {
 
 // ---- a connected socket served with blocking calls on a thread of its own ----
 
-const EINTR = 4;
 const MSG_NOSIGNAL = 0x4000;
 const SHUT_RDWR = 2;
 /** struct msghdr (sys/socket.h, x86_64): name, namelen, iov, iovlen, control, controllen, flags */

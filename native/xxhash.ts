@@ -1,6 +1,3 @@
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import { type Pointer, cc, ptr } from "bun:ffi";
 import { LazyLibrary, symbolAddress } from "./ffi.ts";
 
@@ -102,6 +99,9 @@ function loadDigest128(): void {
   lib();
   const fn = symbolAddress(xxh.soname, "XXH3_128bits_digest");
   if (!fn) throw new Error(`XXH3_128bits_digest not found in ${xxh.soname}`);
+  const fs = require("node:fs") as typeof import("node:fs");
+  const os = require("node:os") as typeof import("node:os");
+  const path = require("node:path") as typeof import("node:path");
   // cc() compiles a file: write the shim to a private temporary directory
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-xxh128-"));
   try {

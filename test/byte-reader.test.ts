@@ -1,6 +1,10 @@
 import { describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { ByteReader } from "../src/source/byte-reader.ts";
 import { ImageError } from "../src/errors.ts";
+import { FileSource } from "../src/source/pieces.ts";
 import { splitSuffix } from "../src/source/split.ts";
 import { memorySource } from "./helpers.ts";
 
@@ -76,4 +80,35 @@ test("split suffixes follow coreutils: aa..yz, zaaa..", () => {
   expect(splitSuffix(649)).toBe("yz");
   expect(splitSuffix(650)).toBe("zaaa");
   expect(splitSuffix(651)).toBe("zaab");
+});
+
+describe("FileSource", () => {
+  test("a failed read is one line naming the file, the offset and the error", () => {
+    const fd = fs.openSync(os.tmpdir(), "r");
+    const file = new FileSource("some.img", fd, 1 << 20);
+    try {
+      expect(() => file.readAt(new Uint8Array(16), 4096)).toThrow(new ImageError({ file: "some.img", offset: 4096 }, "read error", "EISDIR"));
+    } finally {
+      file.close();
+    }
+    expect(() => fs.fstatSync(fd)).toThrow();
+  });
+
+  test("a borrowed descriptor stays open when the reader closes", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "imgtool-pieces-"));
+    const name = path.join(dir, "a");
+    fs.writeFileSync(name, "0123456789");
+    const fd = fs.openSync(name, "r");
+    try {
+      const borrowed = new FileSource(name, fd, 10, false);
+      const into = new Uint8Array(4);
+      expect(borrowed.readAt(into, 6)).toBe(4);
+      expect(Buffer.from(into).toString()).toBe("6789");
+      borrowed.close();
+      expect(fs.fstatSync(fd).size).toBe(10);
+    } finally {
+      fs.closeSync(fd);
+      fs.rmSync(dir, { recursive: true });
+    }
+  });
 });

@@ -86,14 +86,16 @@ describe("parallel decoding from a seek index", () => {
       fs.writeFileSync(plain, Buffer.concat(["aa", "ab", "ac"].map((s) => fs.readFileSync(fixture(`ntfs.ntfs-ptcl-img.${s}`)))));
       const file = path.join(dir, "image.compressed");
       expect(spawnSync("sh", ["-c", command.replace("IN", plain).replace("OUT", file)]).status).toBe(0);
-      const { raw } = indexed(file, 64 << 10);
+      indexed(file, 64 << 10).raw.close();
       const sequential = sha256(drain(decodeLayers(openRaw(file).raw).source));
+      // each parallel source owns the raw bytes it was opened on, and closes them
+      const raw = () => openRaw(file).raw as RandomAccessSource;
       for (const threads of [1, 2, 3]) {
-        const parallel = openParallelDecode(raw, [file], sniffCompression(readHead(file))!, threads, 128 << 10)!;
+        const parallel = openParallelDecode(raw(), [file], sniffCompression(readHead(file))!, threads, 128 << 10)!;
         expect(parallel).toBeDefined();
         expect(sha256(drain(parallel))).toBe(sequential);
         parallel.close();
-        const lending = openParallelDecode(raw, [file], sniffCompression(readHead(file))!, threads, 128 << 10)!;
+        const lending = openParallelDecode(raw(), [file], sniffCompression(readHead(file))!, threads, 128 << 10)!;
         expect(sha256(drainBorrowing(lending))).toBe(sequential);
         lending.close();
       }
@@ -145,6 +147,24 @@ describe("parallel decoding from a seek index", () => {
     expect(parallel).toBeDefined();
     expect(sha256(drainBorrowing(parallel))).toBe(sha256(fs.readFileSync(plain)));
     parallel.close();
+  });
+
+  test("the workers read the image and index the reader opened and checked: replacing both after opening changes nothing", () => {
+    const { file, raw } = indexedCopy("ntfs.ntfs-ptcl-img.zst", 64 << 10);
+    const expected = sha256(drain(decodeLayers(openRaw(file).raw).source));
+    const parallel = openParallelDecode(raw, [file], "zstd", 2, 128 << 10)!;
+    try {
+      expect(parallel).toBeDefined();
+      // another image and a garbage index renamed over them, as someone could swap them in
+      const other = path.join(path.dirname(file), "other");
+      fs.writeFileSync(other, fs.readFileSync(fixture("ntfs-rich.ntfs-ptcl-img.seekable.zst")));
+      fs.renameSync(other, file);
+      fs.writeFileSync(other, randomBytes(4096));
+      fs.renameSync(other, `${file}.imgtool-index`);
+      expect(sha256(drain(parallel))).toBe(expected);
+    } finally {
+      parallel.close();
+    }
   });
 
   test("the decode workers run at nice 10, below the thread that takes their spans", () => {

@@ -4,13 +4,14 @@ import path from "node:path";
 import { decoders } from "../native/decoders.ts";
 import { ImageError } from "../src/errors.ts";
 import type { RandomAccessSource } from "../src/source/chunk-source.ts";
-import { FileSource, openFileSource } from "../src/source/file.ts";
+import { openFileSource } from "../src/source/file.ts";
+import { FileSource } from "../src/source/pieces.ts";
 import { bzip2SeekCodec } from "../src/source/seek-index/bzip2.ts";
 import type { CodecIndex, SeekCodec, SeekPoint } from "../src/source/seek-index/codec.ts";
 import { gzipSeekCodec } from "../src/source/seek-index/gzip.ts";
 import { lz4SeekCodec } from "../src/source/seek-index/lz4.ts";
 import { PointVerifier, resumesTo } from "../src/source/seek-index/resume-support.ts";
-import { SplitSource } from "../src/source/split.ts";
+import { openSplitSet } from "../src/source/split.ts";
 import { lzmaSeekCodec, xzSeekCodec } from "../src/source/seek-index/xz.ts";
 import { fixture, tempDir, which } from "./helpers.ts";
 
@@ -213,7 +214,7 @@ describe("seek codecs on streams made by the real tools", () => {
       fs.writeFileSync(name, gz.subarray(i, i + (256 << 10)));
       names.push(name);
     }
-    const raw = SplitSource.open(names);
+    const raw = openSplitSet(names);
     const index = checkIndex(gzipSeekCodec, raw, data, 64 << 10);
     expect(index.points.length).toBeGreaterThan(10);
     raw.close();

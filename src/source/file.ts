@@ -1,35 +1,7 @@
 import fs from "node:fs";
 import { ImageError, type Location } from "../errors.ts";
-import { type ChunkSource, PositionedSource } from "./chunk-source.ts";
-
-/** A regular file or block device: positional reads, so it also serves random access. */
-export class FileSource extends PositionedSource {
-  constructor(
-    readonly name: string,
-    private readonly fd: number,
-    readonly size: number,
-  ) {
-    super();
-  }
-
-  readAt(into: Uint8Array, offset: number): number {
-    let done = 0;
-    while (done < into.length && offset + done < this.size) {
-      const n = fs.readSync(this.fd, into, done, into.length - done, offset + done);
-      if (n === 0) break;
-      done += n;
-    }
-    return done;
-  }
-
-  locate(offset: number): Location {
-    return { file: this.name, offset };
-  }
-
-  close(): void {
-    fs.closeSync(this.fd);
-  }
-}
+import type { ChunkSource } from "./chunk-source.ts";
+import { FileSource } from "./pieces.ts";
 
 /** A pipe, FIFO, socket or terminal: read in order, size unknown. */
 export class StreamSource implements ChunkSource {

@@ -7,7 +7,7 @@ import { openFileSource, StreamSource } from "./file.ts";
 import { openParallelDecode } from "./parallel-decode.ts";
 import { openSeekable, type SeekIndexOptions } from "./seek-index/open-index.ts";
 import { type Compression, sniffCompression } from "./sniff.ts";
-import { findSplitPieces, pieceAfter, SplitSource } from "./split.ts";
+import { findSplitPieces, openSplitSet, pieceAfter } from "./split.ts";
 import { ThreadedDecodeSource, WorkerDidNotStart } from "./threaded-decode.ts";
 
 /** What `openStream` found: the decoded bytes and how it got to them. */
@@ -75,7 +75,6 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
   if ((opts.decodeThreads ?? 1) > 1 && isRandomAccess(raw)) {
     const parallel = openParallelDecode(raw, pieces, kind, opts.decodeThreads!);
     if (parallel) {
-      raw.close();
       const decoded = decodeLayers(parallel);
       return { reader: new ByteReader(decoded.source), compression: [kind, ...decoded.compression], pieces };
     }
@@ -101,7 +100,7 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
 export function openRaw(input: string | number | RawSpec): { raw: ChunkSource; pieces: string[] } {
   if (typeof input === "object") {
     if ("fd" in input) return { raw: new ReplaySource(input.head, new StreamSource(input.name, input.fd, false)), pieces: [input.name] };
-    const raw = input.pieces.length > 1 || pieceAfter(input.pieces) ? SplitSource.open(input.pieces) : openFileSource(input.pieces[0]!);
+    const raw = input.pieces.length > 1 || pieceAfter(input.pieces) ? openSplitSet(input.pieces) : openFileSource(input.pieces[0]!);
     return { raw, pieces: input.pieces };
   }
   if (typeof input === "number") {
@@ -110,7 +109,7 @@ export function openRaw(input: string | number | RawSpec): { raw: ChunkSource; p
     return { raw, pieces: [raw.name] };
   }
   const split = input === "-" ? undefined : findSplitPieces(input);
-  if (split && (split.length > 1 || pieceAfter(split))) return { raw: SplitSource.open(split), pieces: split };
+  if (split && (split.length > 1 || pieceAfter(split))) return { raw: openSplitSet(split), pieces: split };
   const raw = openFileSource(split?.[0] ?? input);
   if (raw instanceof StreamSource) growPipe(raw.fd, PIPE_BYTES);
   return { raw, pieces: [raw.name] };

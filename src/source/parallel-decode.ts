@@ -1,5 +1,7 @@
 import type { Location } from "../errors.ts";
 import type { ChunkSource, RandomAccessSource } from "./chunk-source.ts";
+import { type PieceDescriptor, pieceDescriptors } from "./pieces.ts";
+import type { StoredPoint } from "./seek-index/index-file.ts";
 import { findSeekIndex } from "./seek-index/open-index.ts";
 import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
 import type { Compression } from "./sniff.ts";
@@ -9,12 +11,18 @@ import { CTL, MESSAGE, MESSAGE_BYTES, SLOT_BYTES, SLOT_COUNT, workerFailure } fr
 /** A span is decoded by one worker from one seek point on; shorter spans are joined up to this. */
 export const MIN_SPAN_BYTES = 8 << 20;
 
-/** What a parallel decode worker is told: where the raw bytes and the index are, and its share. */
+/**
+ * What a parallel decode worker is told: the descriptors of the raw bytes and of their index (open,
+ * checked, and closed by the reader), the points spans start at, and its share.
+ */
 export interface SpanJob {
-  pieces: string[];
+  /** for messages: the image's first piece */
+  file: string;
+  raw: PieceDescriptor[];
   compression: Compression;
-  /** decoded offsets where spans start (seek points), ascending, and the decoded size */
-  starts: number[];
+  index: { file: string; descriptor: number; size: number };
+  /** the seek points spans start at, ascending by decoded offset */
+  points: StoredPoint[];
   decodedSize: number;
   worker: number;
   workers: number;
@@ -65,7 +73,7 @@ export function planSpans(points: readonly SpanPoint[], decodedSize: number, min
 
 /**
  * Decoding on `threads` cores from the seek index beside `raw`, when there is one with at least
- * two spans; undefined otherwise (the caller decodes in order).
+ * two spans; undefined otherwise (the caller decodes in order). The source returned owns `raw`.
  */
 export function openParallelDecode(
   raw: RandomAccessSource,
@@ -74,16 +82,31 @@ export function openParallelDecode(
   threads: number,
   minSpan = MIN_SPAN_BYTES,
 ): ParallelDecodeSource | undefined {
-  const index = findSeekIndex(raw, pieces, compression);
+  const descriptors = pieceDescriptors(raw);
+  const index = descriptors && findSeekIndex(raw, pieces, compression);
   if (!index) return undefined;
+  let parallel: ParallelDecodeSource | undefined;
   try {
     const starts = planSpans(index.points, index.decodedSize, minSpan);
-    if (!starts || starts.length < 2) return undefined;
+    if (!starts || starts.length < 2 || index.descriptor === undefined) return undefined;
     const checks = streamChecks(raw, compression, index, starts);
     if (!checks) return undefined;
-    return new ParallelDecodeSource({ pieces, compression, starts, decodedSize: index.decodedSize }, threads, checks);
+    const pointAt = new Map(index.points.map((p) => [p.decoded, p]));
+    const job = {
+      file: pieces[0]!,
+      raw: descriptors,
+      compression,
+      index: { file: index.path, descriptor: index.descriptor, size: index.bytes },
+      points: starts.map((s) => pointAt.get(s)!),
+      decodedSize: index.decodedSize,
+    };
+    parallel = new ParallelDecodeSource(job, threads, checks, () => {
+      index.close();
+      raw.close();
+    });
+    return parallel;
   } finally {
-    index.close();
+    if (!parallel) index.close();
   }
 }
 
@@ -112,6 +135,7 @@ export class ParallelDecodeSource implements ChunkSource {
   private leftInSpan: number;
   private readonly starts: number[];
   private readonly decodedSize: number;
+  private closeInputs: (() => void) | undefined;
   private readonly compression: Compression;
 
   /** decoded bytes handed out so far */
@@ -121,13 +145,16 @@ export class ParallelDecodeSource implements ChunkSource {
     job: Omit<SpanJob, "worker" | "workers">,
     workers: number,
     /** whole-frame checks the workers cannot make, in order */
-    private readonly checks: StreamCheck[] = [],
+    private readonly checks: StreamCheck[],
+    /** closes what the workers read through, once they are stopped */
+    closeInputs: () => void,
   ) {
-    this.name = job.pieces[0]!;
-    this.starts = job.starts;
+    this.name = job.file;
+    this.closeInputs = closeInputs;
+    this.starts = job.points.map((p) => p.decoded);
     this.decodedSize = job.decodedSize;
     this.compression = job.compression;
-    const n = Math.max(1, Math.min(workers, job.starts.length));
+    const n = Math.max(1, Math.min(workers, job.points.length));
     for (let w = 0; w < n; w++) {
       const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
       const worker = new Worker(workerUrl());
@@ -175,6 +202,9 @@ export class ParallelDecodeSource implements ChunkSource {
       worker.terminate();
     }
     this.rings.length = 0;
+    // a worker still in a read when this closes its descriptor reads nothing anyone takes: its ring is closed
+    this.closeInputs?.();
+    this.closeInputs = undefined;
   }
 
   /** Feed the bytes at `position` to the checks they fall in; finish those that end here. */

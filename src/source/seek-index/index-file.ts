@@ -1,23 +1,20 @@
 // The .imgtool-index file, imgtool's own layout (documented in README.md, "Seek index"):
 //   header (48 bytes): magic "IMGTOOL-SEEKIDX\n", u32 version, u32 table length, u64 table offset,
 //                      u64 XXH64 of the table, u64 zero
-//   windows:           zstd-compressed windows of the points, back to back
+//   windows:           the points' windows, each packed as stored-window.ts says, back to back
 //   table:             JSON (what the index is of, and the points), ending the file
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ImageError } from "../../errors.ts";
-import { Xxh64State } from "../../../native/xxhash.ts";
-import { zstdCompress, zstdDecompress } from "../../../native/zstd.ts";
+import { CorruptIndex, hex64, packWindow, readStoredWindow, unpackWindow } from "./stored-window.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
-import type { CodecIndex, SeekPoint } from "./codec.ts";
+import type { CodecIndex } from "./codec.ts";
 
 const MAGIC = "IMGTOOL-SEEKIDX\n";
 export const INDEX_VERSION = 1;
 const HEADER_BYTES = 48;
 const KEY_HASH_BYTES = 1 << 20;
-const WINDOW_PACK_LEVEL = 3;
 /** no window any codec keeps is larger (zstd frames past this are indexed at frame starts only) */
 const MAX_WINDOW = 64 << 20;
 export const INDEX_SUFFIX = ".imgtool-index";
@@ -53,17 +50,11 @@ export interface LoadedIndex {
   points: StoredPoint[];
   /** the index file's size in bytes */
   bytes: number;
+  /** the index file's open descriptor (none for an index kept in memory) */
+  descriptor?: number;
   /** the raw window of a point, checked against its hash and size; in `into` (a view of its start) when it fits */
   window(p: StoredPoint, into?: Uint8Array): Uint8Array;
   close(): void;
-}
-
-function hex64(data: Uint8Array): string {
-  const h = new Xxh64State();
-  h.update(data);
-  const d = new Uint8Array(8);
-  h.digestInto(d);
-  return Buffer.from(d).toString("hex");
 }
 
 /** The key of the pieces as they are now. */
@@ -128,7 +119,7 @@ export function writeIndex(target: string, compression: Compression, index: Code
         size = p.packedWindowSize;
       } else {
         size = p.window.length;
-        stored = size ? zstdCompress(p.window, WINDOW_PACK_LEVEL) : p.window;
+        stored = packWindow(p.window);
       }
       if (stored.length) fs.writeSync(fd, stored, 0, stored.length, at);
       points.push([p.decoded, p.compressed, p.bits, at, stored.length, size, hex64(stored), Buffer.from(p.extra).toString("base64"), p.verifiedEnd ?? null]);
@@ -156,11 +147,6 @@ export function writeIndex(target: string, compression: Compression, index: Code
     fs.rmSync(tmp, { force: true });
     throw e;
   }
-}
-
-/** The index file is there but is not something to trust: one line saying so. */
-export class CorruptIndex extends ImageError {
-  override name = "CorruptIndex";
 }
 
 /**
@@ -257,17 +243,8 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
       notResumable: (t.notResumable as string | null) ?? undefined,
       points,
       bytes: st.size,
-      window(p: StoredPoint, into?: Uint8Array): Uint8Array {
-        if (p.windowStored === 0) {
-          if (p.windowSize !== 0) throw new CorruptIndex({ file, offset: p.windowOffset }, "corrupt seek index", "a window with no bytes");
-          return new Uint8Array(0);
-        }
-        const stored = new Uint8Array(p.windowStored);
-        if (fs.readSync(fd, stored, 0, stored.length, p.windowOffset) < stored.length || hex64(stored) !== p.windowHash) {
-          throw new CorruptIndex({ file, offset: p.windowOffset }, "corrupt seek index", "a stored window's checksum does not match");
-        }
-        return zstdDecompress(stored, p.windowSize, { file, offset: p.windowOffset }, into);
-      },
+      descriptor: fd,
+      window: (p: StoredPoint, into?: Uint8Array) => readStoredWindow(p, (buf, offset) => fs.readSync(fd, buf, 0, buf.length, offset), file, into),
       close(): void {
         fs.closeSync(fd);
       },
@@ -286,7 +263,7 @@ export function memoryIndex(index: CodecIndex, compression: Compression, compres
   const windows: Uint8Array[] = [];
   const points: StoredPoint[] = index.points.map((p, i) => {
     const packed = p.packedWindowSize !== undefined;
-    const stored = packed || p.window.length === 0 ? p.window : zstdCompress(p.window, WINDOW_PACK_LEVEL);
+    const stored = packed ? p.window : packWindow(p.window);
     windows.push(stored);
     return {
       decoded: p.decoded,
@@ -309,12 +286,7 @@ export function memoryIndex(index: CodecIndex, compression: Compression, compres
     notResumable: index.notResumable,
     points,
     bytes: windows.reduce((n, w) => n + w.length, 0),
-    window: (p, into) => (p.windowStored === 0 ? new Uint8Array(0) : zstdDecompress(windows[p.windowOffset]!, p.windowSize, { file: "seek index in memory" }, into)),
+    window: (p, into) => unpackWindow(windows[p.windowOffset]!, p.windowSize, { file: "seek index in memory" }, into),
     close() {},
   };
-}
-
-/** A stored point as a codec's resume wants it (the window read from the file and unpacked, into `windowBuffer` when it fits). */
-export function seekPointOf(index: LoadedIndex, p: StoredPoint, windowBuffer?: Uint8Array): SeekPoint {
-  return { decoded: p.decoded, compressed: p.compressed, bits: p.bits, window: index.window(p, windowBuffer), extra: p.extra, verifiedEnd: p.verifiedEnd };
 }

@@ -1,7 +1,8 @@
 import { ImageError, type Location } from "../../errors.ts";
 import { type ChunkSource, PositionedSource, type RandomAccessSource } from "../chunk-source.ts";
 import type { SeekCodec } from "./codec.ts";
-import { type LoadedIndex, type StoredPoint, seekPointOf } from "./index-file.ts";
+import type { LoadedIndex, StoredPoint } from "./index-file.ts";
+import { seekPointOf } from "./stored-window.ts";
 import { collectIfLarge } from "./memory.ts";
 
 /** Decoded bytes are cached in spans of this size, aligned to it. */
