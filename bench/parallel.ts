@@ -197,13 +197,17 @@ function main() {
 
   const get = (compression: string, run: string) => rows.find((r) => r.compression.startsWith(compression) && r.run === run)?.t.seconds;
   const plainDisk = get(`none (${VOLUME_MIB} MiB`, "restore → disk")!;
-  const checks: [string, number | undefined, number][] = [];
+  /** name, measured ratio, limit, and why the limit cannot apply on this machine (when it cannot) */
+  const checks: [string, number | undefined, number, string?][] = [];
   const zstd1 = COMPRESSIONS[0].name;
   const zstdFloor = get(zstd1, "floor: zstd -dc > /dev/null");
   if (zstdFloor) {
     checks.push([`tmpfs: one-frame zstd restore, index, --threads ${CORES} ≤ 0.8x zstd -dc`, get(zstd1, `restore --threads ${CORES}, index → tmpfs`)! / zstdFloor, 0.8]);
     checks.push([`one-frame zstd verify, index, --threads ${CORES} ≤ 0.7x zstd -dc`, get(zstd1, `verify --threads ${CORES}, index`)! / zstdFloor, 0.7]);
-    checks.push([`disk: one-frame zstd restore, index, --threads ${CORES} ≤ 0.8x zstd -dc (where the disk allows)`, get(zstd1, `restore --threads ${CORES}, index → disk`)! / zstdFloor, 0.8]);
+    // "where the disk allows": not where restoring the plain image onto the same disk takes longer
+    const diskFloor = plainDisk / zstdFloor;
+    const diskBound = diskFloor > 0.8 ? `disk-bound: the plain image's restore onto this disk takes ${diskFloor.toFixed(2)}x` : undefined;
+    checks.push([`disk: one-frame zstd restore, index, --threads ${CORES} ≤ 0.8x zstd -dc (where the disk allows)`, get(zstd1, `restore --threads ${CORES}, index → disk`)! / zstdFloor, 0.8, diskBound]);
   }
   for (const [prefix, floorRun] of [
     ["zstd one frame", "floor: zstd -dc > /dev/null"],
@@ -226,9 +230,9 @@ function main() {
   const peakRss = Math.max(...rows.filter((r) => !r.run.startsWith("floor")).map((r) => r.t.rssMiB));
   const allSame = rows.every((r) => r.same !== false);
   console.log("\n| target | measured | limit | |\n|---|---|---|---|");
-  for (const [name, ratio, limit] of checks) {
+  for (const [name, ratio, limit, cannotApply] of checks) {
     if (ratio === undefined || !Number.isFinite(ratio)) continue;
-    console.log(`| ${name} | ${ratio.toFixed(2)}x | ${limit}x | ${ratio <= limit ? "met" : "MISSED"} |`);
+    console.log(`| ${name} | ${ratio.toFixed(2)}x | ${limit}x | ${ratio <= limit ? "met" : (cannotApply ?? "MISSED")} |`);
   }
   for (const [name, seconds] of machineFloors) {
     if (seconds !== undefined) console.log(`| this machine's floor for the ${name} (no target) | ${(Number(seconds) / zstdFloor!).toFixed(2)}x | | |`);
