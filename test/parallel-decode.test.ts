@@ -6,9 +6,8 @@ import path from "node:path";
 import { ImageError } from "../src/errors.ts";
 import type { ChunkSource, RandomAccessSource } from "../src/source/chunk-source.ts";
 import { decodeLayers, openRaw } from "../src/source/open.ts";
-import { openParallelDecode, planSpans, ringSlots } from "../src/source/parallel-decode.ts";
+import { openParallelDecode, planSpans } from "../src/source/parallel-decode.ts";
 import { buildSeekIndex, seekCodecFor } from "../src/source/seek-index/open-index.ts";
-import type { StoredPoint } from "../src/source/seek-index/index-file.ts";
 import { sniffCompression } from "../src/source/sniff.ts";
 import { ThreadedDecodeSource } from "../src/source/threaded-decode.ts";
 import { fixture, restoredReference, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
@@ -148,23 +147,6 @@ describe("parallel decoding from a seek index", () => {
     expect(parallel).toBeDefined();
     expect(sha256(drainBorrowing(parallel))).toBe(sha256(fs.readFileSync(plain)));
     parallel.close();
-  });
-
-  test("a worker's ring holds its longest span and that span's window, within 12 and 24 slots of 1 MiB", () => {
-    const MiB = 1 << 20;
-    const points = (spans: number[], window: number) => {
-      let at = 0;
-      return spans.map((length) => {
-        const p = { decoded: at, windowSize: window } as StoredPoint;
-        at += length;
-        return p;
-      });
-    };
-    const sizeOf = (spans: number[]) => spans.reduce((a, b) => a + b, 0);
-    const sixteen = [16 * MiB, 16 * MiB, 14 * MiB];
-    expect(ringSlots(points(sixteen, 300 << 10), sizeOf(sixteen))).toBe(19);
-    expect(ringSlots(points([2 * MiB, 2 * MiB], 64 << 10), 4 * MiB)).toBe(12);
-    expect(ringSlots(points([100 * MiB, 1 * MiB], 8 * MiB), 101 * MiB)).toBe(24);
   });
 
   test("the workers read the image and index the reader opened and checked: replacing both after opening changes nothing", () => {

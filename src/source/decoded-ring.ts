@@ -18,7 +18,6 @@ export class DecodedRing {
     private readonly slots: Uint8Array,
     /** throws the worker's failure (called once it has said it failed) */
     private readonly failed: () => never,
-    private readonly slotCount = SLOT_COUNT,
   ) {}
 
   /**
@@ -41,7 +40,7 @@ export class DecodedRing {
     if (this.consumedInSlot === length) {
       this.held = this.slot;
       this.consumedInSlot = 0;
-      this.slot = (this.slot + 1) % this.slotCount;
+      this.slot = (this.slot + 1) % SLOT_COUNT;
     }
     return this.slots.subarray(start, start + n);
   }
@@ -66,7 +65,7 @@ export class DecodedRing {
   /** Tell the worker to stop, waking it wherever it waits for a slot. */
   close(): void {
     Atomics.store(this.ctl, CTL.closed, 1);
-    for (let i = 0; i < this.slotCount; i++) {
+    for (let i = 0; i < SLOT_COUNT; i++) {
       Atomics.store(this.ctl, CTL.slotFlag(i), SLOT.empty);
       Atomics.notify(this.ctl, CTL.slotFlag(i));
     }

@@ -13,7 +13,7 @@ import type { StoredPoint } from "./seek-index/index-file.ts";
 import { readStoredWindow, seekPointOf } from "./seek-index/stored-window.ts";
 import { zstdCodec } from "./seek-index/zstd.ts";
 import { ZstdRingDecoder } from "./seek-index/zstd-ring.ts";
-import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, STATE, failureOf } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failureOf } from "./threaded-decode.ts";
 
 declare const self: Worker;
 
@@ -37,14 +37,11 @@ class SlotWriter {
   private pieceStart = 0;
   private pieceLength = 0;
 
-  constructor(
-    private readonly ctl: Int32Array,
-    private readonly slotCount: number,
-  ) {}
+  constructor(private readonly ctl: Int32Array) {}
 
   /** Returns once no slot handed over and not yet taken holds any of ring[at, at + n). */
   reserve(at: number, n: number): void {
-    for (let i = 0; i < this.slotCount; i++) {
+    for (let i = 0; i < SLOT_COUNT; i++) {
       const flag = CTL.slotFlag(i);
       while (Atomics.load(this.ctl, flag) === SLOT.full) {
         const start = Atomics.load(this.ctl, CTL.slotOffset(i));
@@ -72,7 +69,7 @@ class SlotWriter {
     Atomics.store(this.ctl, CTL.slotLength(this.slot), this.pieceLength);
     Atomics.store(this.ctl, flag, SLOT.full);
     Atomics.notify(this.ctl, flag);
-    this.slot = (this.slot + 1) % this.slotCount;
+    this.slot = (this.slot + 1) % SLOT_COUNT;
     this.pieceLength = 0;
   }
 
@@ -115,8 +112,8 @@ self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: Sp
   const { shared, job } = event.data;
   const ctl = new Int32Array(shared, 0, CTL.words);
   const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
-  const ring = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES, job.slots * SLOT_BYTES);
-  const writer = new SlotWriter(ctl, job.slots);
+  const ring = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES, SLOT_COUNT * SLOT_BYTES);
+  const writer = new SlotWriter(ctl);
   lowerThreadPriority(WORKER_NICE_STEPS);
   try {
     const raw = borrowPieces(job.raw);
@@ -159,6 +156,6 @@ self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: Sp
     message.set(bytes);
     Atomics.store(ctl, CTL.messageLength(MESSAGE.failure), bytes.length);
     Atomics.store(ctl, CTL.state, STATE.failed);
-    for (let i = 0; i < job.slots; i++) Atomics.notify(ctl, CTL.slotFlag(i));
+    for (let i = 0; i < SLOT_COUNT; i++) Atomics.notify(ctl, CTL.slotFlag(i));
   }
 };

@@ -6,7 +6,7 @@ import { findSeekIndex } from "./seek-index/open-index.ts";
 import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
 import type { Compression } from "./sniff.ts";
 import { DecodedRing } from "./decoded-ring.ts";
-import { CTL, MAX_SLOT_COUNT, MESSAGE, MESSAGE_BYTES, SLOT_BYTES, SLOT_COUNT, workerFailure } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT_BYTES, SLOT_COUNT, workerFailure } from "./threaded-decode.ts";
 
 /** A span is decoded by one worker from one seek point on; shorter spans are joined up to this. */
 export const MIN_SPAN_BYTES = 8 << 20;
@@ -24,8 +24,6 @@ export interface SpanJob {
   /** the seek points spans start at, ascending by decoded offset */
   points: StoredPoint[];
   decodedSize: number;
-  /** the slots of each worker's ring (see ringSlots) */
-  slots: number;
   worker: number;
   workers: number;
 }
@@ -94,15 +92,13 @@ export function openParallelDecode(
     const checks = streamChecks(raw, compression, index, starts);
     if (!checks) return undefined;
     const pointAt = new Map(index.points.map((p) => [p.decoded, p]));
-    const points = starts.map((s) => pointAt.get(s)!);
     const job = {
       file: pieces[0]!,
       raw: descriptors,
       compression,
       index: { file: index.path, descriptor: index.descriptor, size: index.bytes },
-      points,
+      points: starts.map((s) => pointAt.get(s)!),
       decodedSize: index.decodedSize,
-      slots: ringSlots(points, index.decodedSize),
     };
     parallel = new ParallelDecodeSource(job, threads, checks, () => {
       index.close();
@@ -112,20 +108,6 @@ export function openParallelDecode(
   } finally {
     if (!parallel) index.close();
   }
-}
-
-/**
- * Slots enough for a worker to hold a whole span and the window it resumes with, within
- * [SLOT_COUNT, MAX_SLOT_COUNT]. While this thread takes one worker's span, the next worker decodes
- * the next span into its ring; where the ring is smaller than that span, the worker waits for this
- * thread to get to it. With 12 slots and the 16 MiB spans of the default spacing, the second worker
- * waited 55-234 ms in a 1 s verify; with 20 slots, 20-42 ms.
- */
-export function ringSlots(points: readonly StoredPoint[], decodedSize: number): number {
-  let most = 0;
-  for (const [i, p] of points.entries()) most = Math.max(most, (points[i + 1]?.decoded ?? decodedSize) - p.decoded + p.windowSize);
-  // the last piece of a span may fill its slot partly, and the ring decoder keeps room for a block
-  return Math.min(MAX_SLOT_COUNT, Math.max(SLOT_COUNT, Math.ceil(most / SLOT_BYTES) + 2));
 }
 
 function workerUrl(): string {
@@ -143,7 +125,7 @@ interface Ring {
  * The decoded stream of an indexed compressed file, decoded by several workers at once: worker w
  * decodes spans w, w + n, w + 2n, ... from their seek points into its own ring, and this reader takes
  * the spans in order, so the bytes (and the first error, at its place) are those of one decoder.
- * Memory: n rings of at most MAX_SLOT_COUNT × SLOT_BYTES.
+ * Memory: n rings of SLOT_COUNT × SLOT_BYTES.
  */
 export class ParallelDecodeSource implements ChunkSource {
   readonly size = undefined;
@@ -174,13 +156,13 @@ export class ParallelDecodeSource implements ChunkSource {
     this.compression = job.compression;
     const n = Math.max(1, Math.min(workers, job.points.length));
     for (let w = 0; w < n; w++) {
-      const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + job.slots * SLOT_BYTES);
+      const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
       const worker = new Worker(workerUrl());
       worker.postMessage({ shared, job: { ...job, worker: w, workers: n } satisfies SpanJob });
       const ctl = new Int32Array(shared, 0, CTL.words);
       const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
       const slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);
-      this.rings.push({ worker, ctl, message, ring: new DecodedRing(ctl, slots, () => this.rethrow(ctl, message), job.slots) });
+      this.rings.push({ worker, ctl, message, ring: new DecodedRing(ctl, slots, () => this.rethrow(ctl, message)) });
     }
     this.leftInSpan = this.spanLength(0);
   }

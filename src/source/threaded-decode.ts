@@ -4,15 +4,12 @@ import { DecodedRing } from "./decoded-ring.ts";
 import type { RawSpec } from "./open.ts";
 import type { Compression } from "./sniff.ts";
 
-// Shared memory between this thread and the decode worker: a ring of slots × SLOT_BYTES bytes the
-// worker fills with decoded bytes while this thread parses and writes the previous ones (two cores,
-// two jobs), handed over in slots: [offset, length] pieces of the ring, taken in order. The
-// sequential worker fills a ring of SLOT_COUNT slots slot by slot; a parallel zstd worker decodes
-// blocks straight into a ring sized to its spans and hands over the pieces they landed in
-// (parallel-decode-worker.ts).
+// Shared memory between this thread and the decode worker: a ring of SLOT_COUNT × SLOT_BYTES bytes
+// the worker fills with decoded bytes while this thread parses and writes the previous ones (two
+// cores, two jobs), handed over in slots: [offset, length] pieces of the ring, taken in order. The
+// sequential worker fills the ring slot by slot; a parallel zstd worker decodes blocks straight into
+// it and hands over the pieces they landed in (parallel-decode-worker.ts).
 export const SLOT_COUNT = 12;
-/** No ring has more slots (the control words have room for this many). */
-export const MAX_SLOT_COUNT = 24;
 export const SLOT_BYTES = 1 << 20;
 /**
  * Two message areas of this size: the worker's ready message and its failure message. Each is
@@ -29,7 +26,7 @@ export const CTL = {
   slotFlag: (i: number) => 4 + 3 * i,
   slotLength: (i: number) => 5 + 3 * i,
   slotOffset: (i: number) => 6 + 3 * i,
-  words: 4 + 3 * MAX_SLOT_COUNT,
+  words: 4 + 3 * SLOT_COUNT,
 } as const;
 export const STATE = { starting: 0, ready: 1, failed: 2 } as const;
 export const SLOT = { empty: 0, full: 1 } as const;
