@@ -149,6 +149,26 @@ describe("parallel decoding from a seek index", () => {
     parallel.close();
   });
 
+  test.skipIf(!which("pigz") || !which("split"))("a compressed image split into pieces, as Clonezilla saves it: the workers read across the pieces, the same bytes", () => {
+    const dir = tempDir();
+    const plain = path.join(dir, "ntfs.ntfs-ptcl-img");
+    fs.writeFileSync(plain, Buffer.concat(["aa", "ab", "ac"].map((s) => fs.readFileSync(fixture(`ntfs.ntfs-ptcl-img.${s}`)))));
+    const whole = path.join(dir, "whole.gz");
+    expect(spawnSync("sh", ["-c", `pigz --fast -b 128 -c ${plain} > ${whole} && split -b 40K ${whole} ${dir}/img.gz. && rm ${whole}`]).status).toBe(0);
+    const first = path.join(dir, "img.gz.aa");
+    const { raw, pieces } = openRaw(first);
+    expect(pieces.length).toBeGreaterThan(3);
+    buildSeekIndex(raw as RandomAccessSource, pieces, seekCodecFor("gzip")!, { spacing: 64 << 10, progress: false });
+    raw.close();
+    const parallel = openParallelDecode(openRaw(first).raw as RandomAccessSource, pieces, "gzip", 2, 128 << 10)!;
+    try {
+      expect(parallel).toBeDefined();
+      expect(sha256(drain(parallel))).toBe(sha256(fs.readFileSync(plain)));
+    } finally {
+      parallel.close();
+    }
+  });
+
   test("the workers read the image and index the reader opened and checked: replacing both after opening changes nothing", () => {
     const { file, raw } = indexedCopy("ntfs.ntfs-ptcl-img.zst", 64 << 10);
     const expected = sha256(drain(decodeLayers(openRaw(file).raw).source));
