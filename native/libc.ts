@@ -238,8 +238,6 @@ export function growPipe(fd: number, bytes: number): void {
   libc().fcntl(fd, F_SETPIPE_SZ, bytes);
 }
 
-// ---- calls relative to a directory fd: the name is one path component of that directory ----
-
 /** pread(2) of up to `into.length` bytes at `offset`, again where a signal cut it short; bytes read, 0 at the end. */
 export function preadFd(fd: number, into: Uint8Array, offset: number, display: Uint8Array): number {
   if (into.length === 0) return 0;
@@ -249,6 +247,8 @@ export function preadFd(fd: number, into: Uint8Array, offset: number, display: U
     if (read.i32(libc().__errno_location()!, 0) !== EINTR) throw libcError("pread", display);
   }
 }
+
+// ---- calls relative to a directory fd: the name is one path component of that directory ----
 
 /** Close an fd opened by the calls below. */
 export function closeFd(fd: number): void {

@@ -3,7 +3,7 @@
 // descriptors the main thread opened and checked, through these same classes.
 import { ImageError, type Location } from "../errors.ts";
 import { closeFd, preadFd } from "../../native/libc.ts";
-import { PositionedSource } from "./chunk-source.ts";
+import { type ChunkSource, PositionedSource } from "./chunk-source.ts";
 
 /** A piece as another thread can be told of it: the descriptor stays the opener's. */
 export interface PieceDescriptor {
@@ -111,10 +111,6 @@ export class SplitSource extends PositionedSource {
     return missingPieceError(last.name, this.nextPiece, last.size, this.pieces.length === 1);
   }
 
-  get pieceNames(): string[] {
-    return this.pieces.map((p) => p.name);
-  }
-
   /** The pieces' descriptors, for a reader on another thread; undefined for pieces with headers of their own. */
   get descriptors(): PieceDescriptor[] | undefined {
     return this.header === 0 ? this.pieces.map((p) => p.descriptor) : undefined;
@@ -150,7 +146,7 @@ export class SplitSource extends PositionedSource {
 }
 
 /** The descriptors of a file or split set another thread reads while this one keeps them open. */
-export function pieceDescriptors(raw: unknown): PieceDescriptor[] | undefined {
+export function pieceDescriptors(raw: ChunkSource): PieceDescriptor[] | undefined {
   if (raw instanceof FileSource) return [raw.descriptor];
   if (raw instanceof SplitSource) return raw.descriptors;
   return undefined;
