@@ -2,6 +2,7 @@
 // ns, nlink, sha256 or link target), from a FileSystem of ours or from a directory the kernel mounted.
 import fs from "node:fs";
 import path from "node:path";
+import { listXattrs } from "../native/libc.ts";
 import type { FileSystem, FsNode } from "../src/fs/filesystem.ts";
 
 const TYPE: Record<FsNode["kind"], string> = {
@@ -13,8 +14,19 @@ function line(p: string, type: string, mode: number, uid: number, gid: number, s
   return [p, type, (mode & 0o7777).toString(8).padStart(4, "0"), `${uid}:${gid}`, size, mtimeNs, nlink, content].join("\t");
 }
 
-/** Every node under the root of `fsys`, sorted by path; directories' sizes as 0 (they differ by driver). */
-export function treeOf(fsys: FileSystem): string[] {
+/** The xattrs column of lstree.py: name=value sorted by name, a value over 64 bytes as its sha256 and length; "-" for none. */
+export function xattrColumn(xattrs: Iterable<{ name: Uint8Array; value: Uint8Array }>): string {
+  const escape = (b: Uint8Array) => [...b].map((c) => (c === 0x5c ? "\\\\" : c >= 0x20 && c < 0x7f ? String.fromCharCode(c) : `\\x${c.toString(16).padStart(2, "0")}`)).join("");
+  const items = [...xattrs].map((x) => ({ name: escape(x.name), value: x.value.length <= 64 ? escape(x.value) : `sha256:${new Bun.CryptoHasher("sha256").update(x.value).digest("hex")},len:${x.value.length}` }));
+  items.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return items.map((x) => `${x.name}=${x.value}`).join(";") || "-";
+}
+
+/**
+ * Every node under the root of `fsys`, sorted by path; directories' sizes as 0 (they differ by driver).
+ * With `xattrs`, a ninth column as lstree.py writes it.
+ */
+export function treeOf(fsys: FileSystem, options: { xattrs?: boolean } = {}): string[] {
   const out: string[] = [];
   const walk = (dir: FsNode, prefix: string) => {
     for (const { name, node } of fsys.list(dir)) {
@@ -32,7 +44,8 @@ export function treeOf(fsys: FileSystem): string[] {
         content = h.digest("hex");
       } else if (node.kind === "symlink") content = decoder.decode(fsys.readlink(node));
       const size = node.kind === "directory" ? 0 : node.kind === "char-device" || node.kind === "block-device" ? `${node.rdev?.major},${node.rdev?.minor}` : node.size;
-      out.push(line(p, TYPE[node.kind], node.mode, node.uid, node.gid, size, BigInt(node.mtime.sec) * 1_000_000_000n + BigInt(node.mtime.nsec), node.links, content));
+      const row = line(p, TYPE[node.kind], node.mode, node.uid, node.gid, size, BigInt(node.mtime.sec) * 1_000_000_000n + BigInt(node.mtime.nsec), node.links, content);
+      out.push(options.xattrs ? `${row}\t${xattrColumn(fsys.xattrs?.(node) ?? [])}` : row);
       if (node.kind === "directory") walk(node, `${p}/`);
     }
   };
@@ -41,7 +54,7 @@ export function treeOf(fsys: FileSystem): string[] {
 }
 
 /** The same listing of a mounted directory; symlink targets under `stripPrefix` lose it. */
-export function treeOfDirectory(root: string, stripPrefix?: string): string[] {
+export function treeOfDirectory(root: string, stripPrefix?: string, options: { xattrs?: boolean } = {}): string[] {
   const out: string[] = [];
   const walk = (dir: string, prefix: string) => {
     for (const name of fs.readdirSync(dir)) {
@@ -64,7 +77,8 @@ export function treeOfDirectory(root: string, stripPrefix?: string): string[] {
         type = st.isCharacterDevice() ? "c" : "b";
         size = `${Number(st.rdev) >> 8},${Number(st.rdev) & 0xff}`;
       } else content = new Bun.CryptoHasher("sha256").update(fs.readFileSync(full)).digest("hex");
-      out.push(line(p, type, mode, Number(st.uid), Number(st.gid), size, st.mtimeNs, Number(st.nlink), content));
+      const row = line(p, type, mode, Number(st.uid), Number(st.gid), size, st.mtimeNs, Number(st.nlink), content);
+      out.push(options.xattrs ? `${row}\t${xattrColumn(listXattrs(Buffer.from(full)).map(([n, v]) => ({ name: n, value: v })))}` : row);
       if (type === "d") walk(full, `${p}/`);
     }
   };

@@ -2,7 +2,7 @@ import fs from "node:fs";
 import nodePath from "node:path";
 import {
   O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY,
-  chmodAt, chownAt, linkAt, mkdirAt, mknodAt, openAt, symlinkAt, unlinkAt, utimensAt,
+  chmodAt, chownAt, linkAt, mkdirAt, mknodAt, openAt, setxattrAt, symlinkAt, unlinkAt, utimensAt,
 } from "../../native/libc.ts";
 import { UsageError, printable } from "../errors.ts";
 import { Progress } from "../output/progress.ts";
@@ -186,6 +186,7 @@ class Extractor {
           this.summary.special++;
       }
       if (node.links > 1) this.linked.set(node.id, [...at, name]);
+      this.xattrs(dirFd, name, node, path);
       this.attributes(dirFd, name, node);
     } catch (e) {
       this.reportError(path, e);
@@ -250,6 +251,7 @@ class Extractor {
     this.summary.directories++;
     try {
       this.directoryContents(node, fd, path, [...at, name]);
+      this.xattrs(fd, null, node, path);
       this.attributes(fd, new Uint8Array(0), node);
     } catch (e) {
       this.reportError(path, e);
@@ -289,6 +291,7 @@ class Extractor {
     }
     try {
       if (this.owners) chownAt(fd, null, node.uid, node.gid, name);
+      this.xattrs(fd, null, node, path);
       chmodAt(fd, null, node.mode, name);
       utimensAt(fd, null, node.atime, node.mtime, name);
     } finally {
@@ -320,6 +323,23 @@ class Extractor {
       fd = next;
     }
     return fd;
+  }
+
+  /**
+   * The node's extended attributes, set on `name` in dirFd (or on dirFd itself): one the destination
+   * refuses (no user xattrs on tmpfs, security.* without root) is a problem, and the rest are still set.
+   */
+  private xattrs(dirFd: number, name: Uint8Array | null, node: FsNode, path: Uint8Array): void {
+    if (!this.fsys.xattrs) return;
+    for (const x of this.fsys.xattrs(node)) {
+      try {
+        setxattrAt(dirFd, name, x.name, x.value, name ?? path);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== "ENOTSUP" && code !== "EOPNOTSUPP" && code !== "EPERM" && code !== "EACCES" && code !== "ERANGE" && code !== "ENOSPC" && code !== "E2BIG") throw e;
+        this.problem(path, `the destination refused the extended attribute ${printable(x.name)} (${code})`);
+      }
+    }
   }
 
   private attributes(dirFd: number, name: Uint8Array, node: FsNode): void {

@@ -28,6 +28,12 @@ export interface FsNode {
   rdev?: { major: number; minor: number };
 }
 
+/** One extended attribute: its full name with the namespace prefix, and its value. */
+export interface Xattr {
+  name: Uint8Array;
+  value: Uint8Array;
+}
+
 /** A directory entry: a name as the bytes the file system holds (UTF-8 for NTFS/FAT long names). */
 export interface DirEntry {
   name: Uint8Array;
@@ -76,5 +82,7 @@ export interface FileSystem {
   readonly warnings?: readonly string[];
   /** extra named data streams (NTFS alternate data streams), listed by `ls -l` */
   streams?(file: FsNode): Iterable<{ name: Uint8Array; size: number }>;
+  /** extended attributes ("user.comment", "security.selinux", ...), listed by `ls -l` and restored by `extract` */
+  xattrs?(node: FsNode): Iterable<Xattr>;
   close(): void;
 }

@@ -52,12 +52,16 @@ export function timeString(sec: number): string {
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
 }
 
-/** One `ls -l` line: mode, links, owner, group, size (or major, minor), mtime, name[ -> target]. */
+/**
+ * One `ls -l` line: mode, links, owner, group, size (or major, minor), mtime, name[ -> target]; then
+ * one indented line per extended attribute, as `getfattr -d` shows it (name="value").
+ */
 export function longLine(fsys: FileSystem, e: DirEntry, shownName: string): string {
   const n = e.node;
   const size = n.rdev ? `${n.rdev.major}, ${n.rdev.minor}` : String(n.size);
   let line = `${modeString(n)} ${String(n.links).padStart(3)} ${String(n.uid).padStart(5)} ${String(n.gid).padStart(5)} ${size.padStart(10)} ${timeString(n.mtime.sec)} ${shownName}`;
   if (n.kind === "symlink") line += ` -> ${escapeName(fsys.readlink(n))}`;
+  if (fsys.xattrs && !e.damage) for (const x of fsys.xattrs(n)) line += `\n    ${escapeName(x.name)}="${escapeName(x.value)}"`;
   return line;
 }
 
@@ -90,6 +94,10 @@ export function jsonEntry(fsys: FileSystem, path: Uint8Array, e: DirEntry): Reco
     const t = jsonName(fsys.readlink(n));
     if ("name" in t) out.target = t.name;
     else out.target_base64 = t.name_base64;
+  }
+  if (fsys.xattrs && !e.damage) {
+    const xattrs = [...fsys.xattrs(n)].map((x) => ({ ...jsonName(x.name), value_base64: Buffer.from(x.value).toString("base64") }));
+    if (xattrs.length) out.xattrs = xattrs;
   }
   if (e.damage) out.damage = e.damage.problem;
   return out;
