@@ -24,7 +24,7 @@ describe.skipIf(why !== "")("differential: the same bytes as partimage restore o
       const image = openImage(fixture(name));
       const size = image.info.deviceSize;
       const ours = path.join(dir, "ours.raw");
-      restoreImage(image, ours, { progress: false });
+      restoreImage(image, ours, {});
       image.close();
 
       // partimage finds the other volumes next to the first one, and writes where it runs

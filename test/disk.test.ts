@@ -3,6 +3,7 @@ import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { openDisk } from "../src/index.ts";
+import { withCommas } from "../src/errors.ts";
 import { readClonezillaFolder } from "../src/disk/clonezilla.ts";
 import { buildGpt } from "../src/disk/gpt.ts";
 import { buildEbrs, buildMbr, DEFAULT_GEOMETRY, type PlannedEntry } from "../src/disk/mbr.ts";
@@ -636,7 +637,7 @@ describe("restore DIR to a block device", () => {
       expect(a).toMatch(/^\/dev\/loop\d+$/);
       const refused = runCli(["restore", path.join(CZ, f.name), "-o", a, "--force"]);
       expect(refused.code).toBe(2);
-      expect(refused.stderr).toBe(`imgtool: ${a}: the device has ${10 << 20} bytes, the disk needs ${f.size}\n`);
+      expect(refused.stderr).toBe(`imgtool: ${a}: the device holds ${withCommas(10 << 20)} bytes; the volume needs ${withCommas(f.size)}\n`);
       const r = runCli(["restore", path.join(CZ, f.name), "-o", b, "--force"]);
       expect(r.stderr).toBe("");
       expect(r.code).toBe(0);

@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { restoreImage } from "../src/commands/restore.ts";
-import { verifyImage } from "../src/commands/verify.ts";
+import { verifyImage } from "../src/formats/verify.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { fixture, manifest, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
@@ -18,7 +18,7 @@ describe("partclone fixtures restore to the manifest's sha256", () => {
       // partclone.info prints the super-block count (btrfs: 33, while its bitmap has 48)
       const superBlockUsed = image.info.fields.find((f) => f.key === "superBlockUsedBlocks")!.value;
       if (/^\d+$/.test(row.usedBlocks)) expect(superBlockUsed).toBe(Number(row.usedBlocks));
-      restoreImage(image, out, { sparse: true, progress: false });
+      restoreImage(image, out, { sparse: true });
       image.close();
       expect(fs.statSync(out).size).toBe(row.restoredSize);
       expect(sha256File(out)).toBe(row.restoredSha256);
@@ -26,7 +26,7 @@ describe("partclone fixtures restore to the manifest's sha256", () => {
 
     test(`${name} verifies`, () => {
       const image = openImage(fixture(name));
-      const r = verifyImage(image, { progress: false });
+      const r = verifyImage(image);
       image.close();
       expect(r.problems).toEqual([]);
       expect(r.ok).toBe(true);
@@ -47,7 +47,7 @@ describe("partclone fixtures restore to the manifest's sha256", () => {
 test("the block index reads the same bytes as a restore", () => {
   const out = path.join(tempDir(), "vol.raw");
   const image = openImage(fixture("ext4k.ext4-ptcl-img"));
-  restoreImage(openImage(fixture("ext4k.ext4-ptcl-img")), out, { progress: false });
+  restoreImage(openImage(fixture("ext4k.ext4-ptcl-img")), out, {});
   const vol = fs.readFileSync(out);
   for (const [offset, length] of [[0, 4096], [1000, 70_000], [4096 * 70, 4096 * 10 + 3], [vol.length - 5000, 9000]] as const) {
     const got = image.read!(offset, length);
@@ -128,7 +128,7 @@ describe.skipIf(!partcloneRestore)("differential: the same bytes as partclone.re
       expect(p.exitCode).toBe(0);
       const ours = path.join(dir, "ours.raw");
       const image = openImage(src);
-      restoreImage(image, ours, { sparse: true, progress: false });
+      restoreImage(image, ours, { sparse: true });
       image.close();
       expect(sha256File(ours)).toBe(sha256File(theirs));
     });
@@ -152,7 +152,7 @@ test("compressed, then split as Clonezilla writes it (NAME.gz.aa, .ab, ...), fou
     expect(image.info.compression).toEqual(["gzip"]);
     expect(image.info.pieces).toEqual(names);
     const out = path.join(tempDir(), "vol.raw");
-    restoreImage(image, out, { sparse: true, progress: false });
+    restoreImage(image, out, { sparse: true });
     image.close();
     expect(sha256File(out)).toBe(expected);
   }

@@ -6,7 +6,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { restoreImage } from "../src/commands/restore.ts";
 import { openImage } from "../src/formats/detect.ts";
-import { progressLine } from "../src/output/progress.ts";
+import { progressLine } from "../src/cli/progress-bar.ts";
 import { CLI, fixture, restoredReference, runCli, sha256File, tempDir, which } from "./helpers.ts";
 
 const IMG = fixture("ext4.ext4-ptcl-img");
@@ -90,10 +90,10 @@ describe("a new output file", () => {
   test("library: unnamed: false writes OUT.partial and renames it; an existing OUT is kept without force", () => {
     const dir = tempDir();
     const out = path.join(dir, "vol.raw");
-    restoreImage(openImage(IMG), out, { progress: false, unnamed: false });
+    restoreImage(openImage(IMG), out, { unnamed: false });
     expect(sha256File(out)).toBe(REF.sha256);
     expect(fs.readdirSync(dir)).toEqual(["vol.raw"]);
-    expect(() => restoreImage(openImage(IMG), out, { progress: false, unnamed: false })).toThrow(`${out} exists; add --force to overwrite it`);
+    expect(() => restoreImage(openImage(IMG), out, { unnamed: false })).toThrow(`${out} exists; add --force to overwrite it`);
   });
 });
 
@@ -213,7 +213,7 @@ describe("every failure leaves nothing", () => {
           try {
             const image = openImage(input);
             try {
-              restoreImage(image, out, { progress: false, unnamed, sparse: true });
+              restoreImage(image, out, { unnamed, sparse: true });
             } finally {
               image.close();
             }

@@ -2,7 +2,7 @@ import { defineCommand } from "citty";
 import { receiveSendStream } from "../btrfs/receive.ts";
 import { openSendStream } from "../btrfs/stream.ts";
 import { EXIT } from "../errors.ts";
-import { Progress } from "../output/progress.ts";
+import { Progress } from "./progress-bar.ts";
 import { guard } from "./run.ts";
 
 export const btrfsReceiveCommand = defineCommand({

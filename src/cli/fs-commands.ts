@@ -6,8 +6,9 @@ import type { DirEntry, FileSystem, FsNode } from "../fs/filesystem.ts";
 import { escapeName, jsonEntry, longLine } from "../fs/listing.ts";
 import { type OpenFsOptions, openFileSystem } from "../fs/open.ts";
 import { splitPath } from "../fs/path.ts";
-import { diskArg, partitionArg } from "./disk-input.ts";
-import { openInputVolume } from "./input-volume.ts";
+import { diskArg, partitionArg } from "./info-text.ts";
+import { openInputVolume } from "../input/input-volume.ts";
+import { progressBars } from "./progress-bar.ts";
 import { guard } from "./run.ts";
 import { concatBytes } from "../bytes.ts";
 
@@ -21,7 +22,7 @@ const fsArgs = {
 
 /** The file system inside IMG (an image, a disk's partition with --partition or DISK@N), read at random. */
 function openImageFileSystem(input: string, command: string, args: { partition?: string; disk?: string; codepage?: string }): FileSystem {
-  const { volume } = openInputVolume(input, command, args);
+  const { volume } = openInputVolume(input, { command, partition: args.partition, disk: args.disk });
   try {
     const fsys = openFileSystem(volume, fsOptions(args));
     for (const w of fsys.warnings ?? []) process.stderr.write(`imgtool: ${input}: warning: ${w}\n`);
@@ -171,6 +172,7 @@ export const extractCommand = defineCommand({
       try {
         const summary = extractTree(fsys, sources, args.output, {
           force: args.force === true,
+          progress: progressBars(),
           onProblem: (p) => process.stderr.write(`${problemLine(fsys, p.path, p.message, p.volumeOffset)}\n`),
         });
         const links = summary.hardLinks ? `, ${summary.hardLinks} hard links` : "";

@@ -6,8 +6,9 @@ import { openRaw } from "../source/open.ts";
 import { buildSeekIndex, DEFAULT_SPACING, seekCodecFor } from "../source/seek-index/open-index.ts";
 import { seekCodecs } from "../source/seek-index/codecs.ts";
 import { sniffCompression } from "../source/sniff.ts";
-import { readClonezillaFolder } from "../disk/clonezilla.ts";
-import { diskInputOf } from "./disk-input.ts";
+import { DiskInput } from "../input/disk-input.ts";
+import { ImageInput } from "../input/image-input.ts";
+import { openInput } from "../input/open-input.ts";
 import { guard, parseBytes } from "./run.ts";
 
 export const indexCommand = defineCommand({
@@ -23,24 +24,24 @@ export const indexCommand = defineCommand({
       const spacing = args.spacing === undefined ? DEFAULT_SPACING : parseBytes(args.spacing, "--spacing");
       if (spacing < 1 << 20) throw new UsageError(`--spacing: at least 1M (got ${args.spacing})`);
       if (args.image === "-") throw new UsageError("index needs a file (or split set) it can read again, not stdin");
-      const disk = diskInputOf(args.image);
-      if (!disk) {
-        if (!indexImage(args.image, spacing, args.json === true)) {
-          throw new UsageError(`${args.image}: not compressed; serve, mount and cat read it at any offset without an index`);
+      const input = openInput(args.image, { command: "index", threads: false });
+      try {
+        if (!(input instanceof DiskInput)) {
+          const first = input instanceof ImageInput ? (input.image.info.pieces[0] ?? args.image) : input.files[0]!;
+          if (!indexImage(first, spacing, args.json === true)) {
+            throw new UsageError(`${args.image}: not compressed; serve, mount and cat read it at any offset without an index`);
+          }
+          return;
         }
-        return;
+        const files = input.span.pieces.flatMap((x) => (x.kind === "partition" && (x.partition.content.kind === "image" || x.partition.content.kind === "dd") ? [x.partition.content.pieces[0]!] : []));
+        if (files.length === 0 && input.span.layout.backing) throw new UsageError(`${args.image}: a raw disk image is read at any offset without an index`);
+        // a Clonezilla folder: every compressed partition image, one after the other
+        let indexed = 0;
+        for (const file of files) if (indexImage(file, spacing, args.json === true)) indexed++;
+        if (indexed === 0 && !args.json) process.stdout.write(`${args.image}: no compressed partition image to index\n`);
+      } finally {
+        input.close();
       }
-      if (disk.kind === "raw") throw new UsageError(`${args.image}: a raw disk image is read at any offset without an index`);
-      // a Clonezilla folder: every compressed partition image, one after the other
-      let indexed = 0;
-      for (const d of readClonezillaFolder(disk.path).disks) {
-        for (const p of d.layout.partitions) {
-          if (p.content.kind !== "image") continue;
-          if (disk.partition !== undefined && p.name !== disk.partition && String(p.number) !== disk.partition) continue;
-          if (indexImage(p.content.pieces[0]!, spacing, args.json === true)) indexed++;
-        }
-      }
-      if (indexed === 0 && !args.json) process.stdout.write(`${args.image}: no compressed partition image to index\n`);
     }),
 });
 

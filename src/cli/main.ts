@@ -6,7 +6,7 @@ import { EXIT } from "../errors.ts";
 // for terminals by deciding first
 if (!process.stdout.isTTY && process.env.FORCE_COLOR === undefined) process.env.NO_COLOR ??= "1";
 const { defineCommand, runCommand, runMain } = await import("citty");
-const { catCommand, infoCommand, restoreCommand, verifyCommand } = await import("./disk-commands.ts");
+const { catCommand, infoCommand, restoreCommand, verifyCommand } = await import("./volume-commands.ts");
 
 const main = defineCommand({
   meta: {

@@ -5,8 +5,8 @@ import { UsageError } from "../errors.ts";
 import { humanSize } from "../formats/units.ts";
 import { mountVolume } from "../serve/fuse.ts";
 import { openOverlay, type OverlayVolume } from "../volume/overlay.ts";
-import { diskArg, partitionArg } from "./disk-input.ts";
-import { openInputVolume } from "./input-volume.ts";
+import { diskArg, partitionArg } from "./info-text.ts";
+import { openInputVolume } from "../input/input-volume.ts";
 import { guard } from "./run.ts";
 
 export const mountCommand = defineCommand({
@@ -25,12 +25,12 @@ export const mountCommand = defineCommand({
     guard(() => {
       if (args.name !== undefined) checkFileName(args.name);
       checkMountpoint(args.mountpoint);
-      const input = openInputVolume(args.image, "mount", { partition: args.partition, disk: args.disk });
+      const input = openInputVolume(args.image, { command: "mount", partition: args.partition, disk: args.disk });
       let overlay: OverlayVolume | undefined;
       try {
         const name = args.name ?? `${input.baseName}.raw`;
         const mountpoint = path.resolve(args.mountpoint);
-        if (args.overlay !== undefined) overlay = openOverlay(args.overlay, input.volume, { inputs: input.inputs });
+        if (args.overlay !== undefined) overlay = openOverlay(args.overlay, input.volume, { inputs: [...input.inputs] });
         mountVolume(input.volume, mountpoint, {
           name,
           source: input.source,

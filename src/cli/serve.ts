@@ -4,8 +4,8 @@ import path from "node:path";
 import { defineCommand } from "citty";
 import { UsageError } from "../errors.ts";
 import { humanSize } from "../formats/units.ts";
-import { diskArg, partitionArg } from "./disk-input.ts";
-import { openInputVolume } from "./input-volume.ts";
+import { diskArg, partitionArg } from "./info-text.ts";
+import { openInputVolume } from "../input/input-volume.ts";
 import { volumeExport } from "../serve/image-export.ts";
 import { DEFAULT_MAX_CONNECTIONS, serveNbd, type NbdServer, type NbdThreads } from "../serve/nbd.ts";
 import { startNbdThreads } from "../serve/nbd-threads.ts";
@@ -46,10 +46,10 @@ export const serveCommand = defineCommand({
       let server: NbdServer | undefined;
       let overlay: OverlayVolume | undefined;
       let threads: NbdThreads | undefined;
-      const input = openInputVolume(args.image, "serve", { partition: args.partition, disk: args.disk });
+      const input = openInputVolume(args.image, { command: "serve", partition: args.partition, disk: args.disk });
       try {
         const name = args["export-name"] ?? path.basename(args.image);
-        if (args.overlay !== undefined) overlay = openOverlay(args.overlay, input.volume, { inputs: input.inputs });
+        if (args.overlay !== undefined) overlay = openOverlay(args.overlay, input.volume, { inputs: [...input.inputs] });
         const exported = volumeExport(input.volume, name, input.description, overlay);
         const tcp = args.socket === undefined || args.port !== undefined || args.bind !== undefined;
         const onError = (message: string) => process.stderr.write(`imgtool: ${message}\n`);

@@ -1,17 +1,25 @@
-import type { Image } from "../formats/image.ts";
+import type { Input } from "../input/input.ts";
+
+const STEP = 8 << 20;
 
 /**
- * Bytes [offset, offset+length) of the volume, unused blocks as zeros, handed to `sink` in order.
- * Uses the image's block index where it has one; otherwise reads the image front to back.
+ * Bytes [offset, offset+length) of the input's volume, clipped to its end, unused blocks as zeros,
+ * handed to `sink` in order: read at random where the input can be (an index is built for a
+ * compressed image), else (stdin) by reading the data front to back up to the range.
  */
-export function catRange(image: Image, offset: number, length: number, sink: (bytes: Uint8Array) => void): void {
-  const end = Math.min(image.info.deviceSize, offset + length);
-  if (offset >= end) return;
-  const step = 8 << 20;
-  if (image.read) {
-    for (let at = offset; at < end; at += step) sink(image.read(at, Math.min(step, end - at)));
+export function catRange(input: Input, offset: number, length: number, sink: (bytes: Uint8Array) => void, atRandom = input.name !== "-"): void {
+  if (atRandom) {
+    const volume = input.openVolume();
+    try {
+      const end = Math.min(volume.size, offset + length);
+      for (let at = offset; at < end; at += STEP) sink(volume.read(at, Math.min(STEP, end - at)));
+    } finally {
+      volume.close();
+    }
     return;
   }
+  const end = Math.min(input.size ?? Number.MAX_SAFE_INTEGER, offset + length);
+  if (offset >= end) return;
   const zeros = new Uint8Array(1 << 20);
   let cursor = offset;
   const fillTo = (to: number) => {
@@ -21,16 +29,18 @@ export function catRange(image: Image, offset: number, length: number, sink: (by
       cursor += n;
     }
   };
-  for (const run of image.dataRuns({ verify: true })) {
-    const runEnd = run.offset + run.data.length;
-    if (runEnd <= cursor) continue;
-    if (run.offset >= end) break;
-    fillTo(Math.min(run.offset, end));
-    const from = Math.max(cursor, run.offset);
-    const to = Math.min(runEnd, end);
-    sink(run.data.subarray(from - run.offset, to - run.offset));
-    cursor = to;
-    if (cursor >= end) break;
+  done: for (const batch of input.dataBatches({ verify: true })) {
+    for (const run of batch) {
+      const runEnd = run.offset + run.data.length;
+      if (runEnd <= cursor) continue;
+      if (run.offset >= end) break done;
+      fillTo(Math.min(run.offset, end));
+      const from = Math.max(cursor, run.offset);
+      const to = Math.min(runEnd, end);
+      sink(run.data.subarray(from - run.offset, to - run.offset));
+      cursor = to;
+      if (cursor >= end) break done;
+    }
   }
   fillTo(end);
 }

@@ -1,18 +1,19 @@
-import fs from "node:fs";
 import type { Image } from "../formats/image.ts";
-import { Progress } from "../output/progress.ts";
+import { ImageInput } from "../input/image-input.ts";
+import type { Input } from "../input/input.ts";
 import { openOutput, type OutputOptions, type OutputTarget } from "../output/target.ts";
+import { type ProgressFactory, silentProgress } from "../progress.ts";
 import { mergeOverlay, type OverlayVolume } from "../volume/overlay.ts";
 
 export interface RestoreOptions extends Partial<Omit<OutputOptions, "volumeSize" | "inputs">> {
   /** check checksums on the way (default true) */
   verify?: boolean;
-  /** show a progress bar (default: when stderr is a terminal) */
-  progress?: boolean;
-  /** how the image was named on the command line ("-" for stdin): the output must not be it */
-  input?: string;
-  /** lay this overlay's changes (serve/mount --overlay) over the image's data */
+  /** told of the bytes written (default: nobody) */
+  progress?: ProgressFactory;
+  /** lay this overlay's changes (serve/mount --overlay) over the input's data */
   overlay?: OverlayVolume;
+  /** what a signal says it removed (default: nothing is said) */
+  onSignal?: (signal: string, removed: string) => void;
 }
 
 export interface RestoreResult {
@@ -23,12 +24,20 @@ export interface RestoreResult {
 }
 
 /**
- * Write the raw volume of `image` to `out` (a path, or "-" for stdin). A new file is written
- * unnamed (or as OUT.partial where the file system cannot) and named OUT only once complete and
- * fsynced; on any error nothing is left.
+ * Write the raw volume of `image` to `out` (a path, or "-" for stdout): restoreInput for an Image
+ * opened by the caller (who still closes it).
  */
 export function restoreImage(image: Image, out: string, opts: RestoreOptions = {}): RestoreResult {
-  const steps = restoreSteps(image, out, opts, () => {});
+  return restoreInput(new ImageInput(image.info.pieces[0] ?? "-", image, undefined, "restore"), out, opts);
+}
+
+/**
+ * Write the input (an image's volume, a disk, a partition) to `out` (a path, or "-" for stdout). A
+ * new file is written unnamed (or as OUT.partial where the file system cannot) and named OUT only
+ * once complete and fsynced; on any error nothing is left.
+ */
+export function restoreInput(input: Input, out: string, opts: RestoreOptions = {}): RestoreResult {
+  const steps = restoreSteps(input, out, opts, () => {});
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
@@ -40,14 +49,14 @@ const SIGNAL_CHECK_MS = 50;
 const SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
 
 /**
- * restoreImage for the command line: a visible OUT.partial is removed on SIGINT, SIGTERM and
+ * restoreInput for the command line: a visible OUT.partial is removed on SIGINT, SIGTERM and
  * SIGHUP, then the process exits with 128 + the signal's number. (An unnamed file needs no
  * handler: the kernel frees it when the process dies, so the signals keep their default action.)
  */
-export async function restoreImageInterruptibly(image: Image, out: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+export async function restoreInterruptibly(input: Input, out: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   let uninstall = () => {};
-  const steps = restoreSteps(image, out, opts, (target) => {
-    if (target.partialPath !== undefined) uninstall = removeOnSignal(target);
+  const steps = restoreSteps(input, out, opts, (target) => {
+    if (target.partialPath !== undefined) uninstall = removeOnSignal(target, opts.onSignal);
   });
   try {
     let paused = performance.now();
@@ -66,11 +75,11 @@ export async function restoreImageInterruptibly(image: Image, out: string, opts:
   }
 }
 
-function removeOnSignal(target: OutputTarget): () => void {
+function removeOnSignal(target: OutputTarget, onSignal: RestoreOptions["onSignal"]): () => void {
   const handlers = Object.entries(SIGNALS).map(([name, number]) => {
     const handler = () => {
       target.abort();
-      process.stderr.write(`${process.stderr.isTTY ? "\n" : ""}imgtool: stopped by ${name}; ${target.partialPath} removed\n`);
+      onSignal?.(name, target.partialPath!);
       process.exit(128 + number);
     };
     process.on(name, handler);
@@ -83,56 +92,41 @@ function removeOnSignal(target: OutputTarget): () => void {
 
 /**
  * One restore as a generator that yields after each batch written. Everything that can fail on
- * the header (and, for ntfsclone, the scan that sizes the volume) runs before the output exists;
+ * opening (headers, tables, the scan that sizes an ntfsclone volume) ran before the output exists;
  * from the moment it exists, every way out goes through the `finally` that removes it.
  */
-function* restoreSteps(image: Image, out: string, opts: RestoreOptions, opened: (target: OutputTarget) => void): Generator<void, RestoreResult> {
-  const { info } = image;
-  const volumeSize = info.deviceSize;
-  const usedBytes = info.usedBlocks * info.blockSize;
+function* restoreSteps(input: Input, out: string, opts: RestoreOptions, opened: (target: OutputTarget) => void): Generator<void, RestoreResult> {
   const target = openOutput(out, {
     sparse: opts.sparse ?? false,
     force: opts.force ?? false,
     outputOffset: opts.outputOffset ?? 0,
     unnamed: opts.unnamed,
-    volumeSize,
-    inputs: inputsOf(image, opts.input),
+    volumeSize: input.size,
+    inputs: input.files,
   });
   let committed = false;
   try {
     opened(target);
-    const progress = new Progress(usedBytes, "restore", opts.progress);
+    const progress = opts.progress ? opts.progress(input.dataBytes(), "restore") : silentProgress(undefined, "restore");
     let dataBytes = 0;
-    const batches = image.dataBatches({ verify: opts.verify !== false });
+    let end = 0;
+    const batches = input.dataBatches({ verify: opts.verify !== false });
     for (const batch of opts.overlay ? mergeOverlay(batches, opts.overlay) : batches) {
       target.writer.writeBatch(batch);
-      for (const run of batch) dataBytes += run.data.length;
+      for (const run of batch) {
+        dataBytes += run.data.length;
+        end = Math.max(end, run.offset + run.data.length);
+      }
       progress.update(dataBytes);
       yield;
     }
-    target.commit(info.deviceSize);
+    // a raw volume from a compressed pipe is as long as its bytes were
+    const size = input.size ?? end;
+    target.commit(size);
     committed = true;
     progress.finish(dataBytes);
-    return { dataBytes, volumeSize: info.deviceSize, output: target.name };
+    return { dataBytes, volumeSize: size, output: target.name };
   } finally {
     if (!committed) target.abort();
   }
-}
-
-/** Every file the image is read from: the pieces of a split set, the volumes of a partimage set, stdin. */
-function inputsOf(image: Image, input: string | undefined): string[] {
-  if (input === "-") return ["-"];
-  const files = [...image.info.pieces];
-  if (input !== undefined) files.push(input);
-  // partimage finds NAME.001, NAME.002 ... by name while it reads
-  for (const piece of image.info.pieces) {
-    const m = /^(.*)\.(\d{3,})$/.exec(piece);
-    if (!m) continue;
-    for (let n = 0; n < 1000; n++) {
-      const sibling = `${m[1]}.${String(n).padStart(m[2]!.length, "0")}`;
-      if (!fs.existsSync(sibling)) break;
-      files.push(sibling);
-    }
-  }
-  return files;
 }

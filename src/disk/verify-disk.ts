@@ -1,7 +1,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import { ChecksumError, ImageError } from "../errors.ts";
-import { verifyImage } from "../commands/verify.ts";
+import { verifyImage } from "../formats/verify.ts";
+import type { ProgressFactory } from "../progress.ts";
 import type { ClonezillaFolder } from "./clonezilla.ts";
 
 export interface DiskVerifyResult {
@@ -19,7 +20,7 @@ const HASH_CHUNK = 4 << 20;
  * Every partition image read through with its checksums, every line of MD5SUMS/SHA1SUMS/
  * SHA256SUMS/SHA512SUMS/B2SUMS recomputed, and the folder's own consistency.
  */
-export function verifyFolder(folder: ClonezillaFolder, opts: { progress?: boolean } = {}): DiskVerifyResult {
+export function verifyFolder(folder: ClonezillaFolder, progress?: ProgressFactory): DiskVerifyResult {
   const r: DiskVerifyResult = { checksumProblems: [], otherProblems: [...folder.problems], checked: [] };
   for (const disk of folder.disks) {
     for (const p of disk.layout.partitions) {
@@ -29,7 +30,7 @@ export function verifyFolder(folder: ClonezillaFolder, opts: { progress?: boolea
           const image = c.open();
           try {
             if (image.info.deviceSize > p.size) r.otherProblems.push(`${p.name}: the image's volume (${image.info.deviceSize} bytes) is larger than the partition (${p.size} bytes)`);
-            const v = verifyImage(image, opts);
+            const v = verifyImage(image, progress);
             for (const line of v.problems) (line.includes("checksum") || line.includes("CRC") ? r.checksumProblems : r.otherProblems).push(`${p.name}: ${line}`);
             if (v.ok) r.checked.push(`${p.name}: ${path.basename(c.pieces[0]!)}${c.pieces.length > 1 ? ` (+${c.pieces.length - 1} pieces)` : ""} OK (${image.info.checksum === "NONE" ? "no data checksums" : `${image.info.checksum} checksums`})`);
           } finally {

@@ -706,3 +706,26 @@ function dirOf(p: string): string {
 function baseName(p: string): string {
   return p.slice(p.lastIndexOf("/") + 1);
 }
+
+/**
+ * Every volume file of the partimage set that `pieces` starts (NAME.000, NAME.001, ... as far as
+ * they exist), found by name as partimage itself does while it reads; `pieces` itself otherwise.
+ */
+export function partimageVolumeSet(pieces: readonly string[]): string[] {
+  const files = [...pieces];
+  for (const piece of pieces) {
+    const m = /^(.*)\.(\d{3,})$/.exec(piece);
+    if (!m) continue;
+    for (let n = 0; n < 1000; n++) {
+      const sibling = volumeName(m[1]!, n);
+      if (!fs.existsSync(sibling)) break;
+      if (!files.includes(sibling)) files.push(sibling);
+    }
+  }
+  return files;
+}
+
+/** The set's name without the ".NNN" of its volume files. */
+export function partimageSetName(firstVolume: string): string {
+  return firstVolume.replace(/\.\d{3}$/, "");
+}

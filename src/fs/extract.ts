@@ -5,7 +5,7 @@ import {
   chmodAt, chownAt, linkAt, mkdirAt, mknodAt, openAt, setxattrAt, symlinkAt, unlinkAt, utimensAt,
 } from "../../native/libc.ts";
 import { UsageError, printable } from "../errors.ts";
-import { Progress } from "../output/progress.ts";
+import { type ProgressFactory, type ProgressReport, silentProgress } from "../progress.ts";
 import { type FileSystem, FsError, type FsNode } from "./filesystem.ts";
 import { splitPath } from "./path.ts";
 
@@ -34,8 +34,8 @@ export interface ExtractOptions {
   owners?: boolean;
   /** one line per entry that could not be extracted */
   onProblem: (p: Problem) => void;
-  /** progress bar on a TTY (default: when stderr is one) */
-  progress?: boolean;
+  /** told of the bytes extracted so far (default: nobody) */
+  progress?: ProgressFactory;
 }
 
 const COPY_CHUNK = 1 << 20;
@@ -85,7 +85,7 @@ function openDestination(dest: string, force: boolean): number {
 
 class Extractor {
   readonly summary: ExtractSummary = { files: 0, directories: 0, symlinks: 0, hardLinks: 0, special: 0, bytes: 0, problems: 0 };
-  readonly progress: Progress;
+  readonly progress: ProgressReport;
   private readonly owners: boolean;
   /** hard-linked nodes already extracted: node id → the DEST-relative path components of the first one */
   private readonly linked = new Map<number, Uint8Array[]>();
@@ -101,7 +101,7 @@ class Extractor {
     private readonly options: ExtractOptions,
   ) {
     this.owners = options.owners ?? process.getuid?.() === 0;
-    this.progress = new Progress(undefined, "extract", options.progress ?? process.stderr.isTTY === true);
+    this.progress = (options.progress ?? silentProgress)(undefined, "extract");
   }
 
   private problem(path: Uint8Array, message: string, volumeOffset?: number): void {

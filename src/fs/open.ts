@@ -10,7 +10,7 @@ export interface OpenFsOptions {
 }
 
 /** Enough of the volume's start for every signature below (btrfs's superblock is at 64 KiB). */
-const HEAD_BYTES = 0x10000 + 0x1000;
+export const HEAD_BYTES = 0x10000 + 0x1000;
 
 interface FsKind {
   name: string;
@@ -52,4 +52,9 @@ export function openFileSystem(volume: Volume, options: OpenFsOptions = {}): Fil
     );
   }
   return kind.open(volume, options);
+}
+
+/** The name of the file system whose signature the volume's first HEAD_BYTES hold, if any. */
+export function fileSystemName(head: Uint8Array): string | undefined {
+  return FILE_SYSTEMS.find((k) => k.detect(head))?.name;
 }

@@ -2,7 +2,7 @@
 // the decoding and the sends of several clients run on several cores. It opens the export again
 // (read-only; a compressed image only through the seek index the main thread left on disk).
 import { closeFd, makeBlocking, recvInto, SocketSender } from "../../native/libc.ts";
-import { openInputVolume } from "../cli/input-volume.ts";
+import { openInputVolume } from "../input/input-volume.ts";
 import { volumeExport } from "./image-export.ts";
 import { MAX_PIECE, type NbdExport, NbdConnection, type NbdTransport } from "./nbd.ts";
 
@@ -103,7 +103,7 @@ self.onmessage = (event: MessageEvent<ToNbdThread>) => {
   if ("open" in message) {
     const { image, partition, disk, exportName } = message.open;
     try {
-      const input = openInputVolume(image, "serve", { partition, disk, seekIndex: { mode: "use-if-present" } });
+      const input = openInputVolume(image, { command: "serve", partition, disk, seekIndex: { mode: "use-if-present" } });
       exported = volumeExport(input.volume, exportName, input.description);
       post({ ready: true });
     } catch (e) {

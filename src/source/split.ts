@@ -101,3 +101,9 @@ export function openSplitSet(names: string[]): SplitSource {
     throw e;
   }
 }
+
+/** The set's name without the split suffix of its pieces (a lone file keeps its name). */
+export function splitSetName(pieces: readonly string[]): string {
+  const first = pieces[0] ?? "";
+  return pieces.length > 1 ? first.replace(SUFFIX, "") : first;
+}

@@ -1,5 +1,5 @@
 import { UsageError, withCommas } from "../../errors.ts";
-import { Progress } from "../../output/progress.ts";
+import { Progress } from "../../cli/progress-bar.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
 import type { SeekCodec } from "./codec.ts";

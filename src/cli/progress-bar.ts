@@ -1,7 +1,8 @@
 import { humanSize } from "../formats/units.ts";
+import type { ProgressFactory, ProgressReport } from "../progress.ts";
 
 /** A one-line progress bar on stderr when it is a terminal; silent otherwise. */
-export class Progress {
+export class Progress implements ProgressReport {
   private readonly enabled: boolean;
   private readonly started = performance.now();
   private lastDraw = 0;
@@ -36,6 +37,12 @@ export class Progress {
     const line = progressLine({ label: this.label, done, total: this.total, rate }, process.stderr.columns || 80);
     process.stderr.write(`\r${line}\x1b[K`);
   }
+}
+
+/** Bars on stderr when it is a terminal; undefined (nobody told, no totals computed) otherwise or when `quiet`. */
+export function progressBars(quiet = false): ProgressFactory | undefined {
+  if (quiet || process.stderr.isTTY !== true) return undefined;
+  return (total, label) => new Progress(total, label, true);
 }
 
 export interface ProgressState {

@@ -1,8 +1,9 @@
 import { ChecksumError } from "../errors.ts";
-import type { Image } from "../formats/image.ts";
-import { Progress } from "../output/progress.ts";
+import type { ProgressFactory } from "../progress.ts";
+import { silentProgress } from "../progress.ts";
+import type { Image } from "./image.ts";
 
-export interface VerifyResult {
+export interface ImageVerifyResult {
   ok: boolean;
   dataBytes: number;
   /** the first checksum that failed (one line, naming file, offset and field) */
@@ -14,21 +15,21 @@ export interface VerifyResult {
  * that fails is the result (exit 4); with every checksum good, a header count that disagrees
  * with the bitmap is thrown as the ImageError naming its field (exit 3): one problem, one line.
  */
-export function verifyImage(image: Image, opts: { progress?: boolean } = {}): VerifyResult {
+export function verifyImage(image: Image, progress: ProgressFactory | undefined = silentProgress): ImageVerifyResult {
   const { info } = image;
   const problems: string[] = [];
-  const progress = new Progress(info.usedBlocks * info.blockSize, "verify", opts.progress);
+  const bar = (progress ?? silentProgress)(info.usedBlocks * info.blockSize, "verify");
   let dataBytes = 0;
   try {
     for (const batch of image.dataBatches({ verify: true })) {
       for (const run of batch) dataBytes += run.data.length;
-      progress.update(dataBytes);
+      bar.update(dataBytes);
     }
   } catch (e) {
     if (!(e instanceof ChecksumError)) throw e;
     problems.push(e.message);
   }
-  progress.finish(dataBytes);
+  bar.finish(dataBytes);
   const inconsistent = problems.length === 0 ? image.consistencyProblems?.()[0] : undefined;
   if (inconsistent) throw inconsistent;
   return { ok: problems.length === 0, dataBytes, problems };

@@ -1,0 +1,101 @@
+import { withCommas } from "../errors.ts";
+import type { DiskFacts, LayoutFacts } from "../disk/disk-facts.ts";
+import type { ImageInfo } from "../formats/image.ts";
+import { humanSize } from "../formats/units.ts";
+import type { InputFacts } from "../input/input.ts";
+
+export const partitionArg = { type: "string", description: "one partition of a disk (a Clonezilla folder or a raw disk image): its number or name (sda2); also DISK@N" } as const;
+export const diskArg = { type: "string", description: "the disk of a Clonezilla folder with several (sda)" } as const;
+
+/** `imgtool info` of any input, as text. */
+export function infoText(facts: InputFacts): string {
+  if (facts.kind === "image") return imageInfoText(facts.image);
+  if (facts.kind === "volume") {
+    const lines = [
+      "Volume",
+      "======",
+      `${"content".padEnd(17)} ${facts.content}`,
+      `${"size".padEnd(17)} ${facts.size === undefined ? "known once read (compressed)" : `${withCommas(facts.size)} bytes (${humanSize(facts.size)})`}`,
+      `${"compression".padEnd(17)} ${facts.compression.length ? facts.compression.join(" inside ") : "none"}`,
+      `${(facts.pieces.length > 1 ? "pieces" : "file").padEnd(17)} ${facts.pieces.join(" ")}`,
+    ];
+    return `${lines.join("\n")}\n`;
+  }
+  return diskInfoText(facts.disk);
+}
+
+/** `imgtool info --json` of any input. */
+export function infoJson(facts: InputFacts): Record<string, unknown> {
+  if (facts.kind === "image") return imageInfoJson(facts.image);
+  if (facts.kind === "volume") return { kind: "volume", file: facts.file, size: facts.size ?? null, content: facts.content, compression: facts.compression, pieces: facts.pieces };
+  const d = facts.disk;
+  if (d.kind === "clonezilla") {
+    const { partition: _partition, ...rest } = d;
+    return rest;
+  }
+  return { kind: "raw-disk", file: d.file, ...layoutJson(d.disk) };
+}
+
+const TITLES: Record<ImageInfo["format"], string> = {
+  partclone: "Partclone Header",
+  partimage: "Partimage Header",
+  ntfsclone: "Ntfsclone Header",
+};
+
+export function imageInfoText(info: ImageInfo): string {
+  const title = TITLES[info.format];
+  const lines = [title, "=".repeat(title.length)];
+  for (const f of info.fields) lines.push(`${f.label.padEnd(17)} ${f.note ? `${f.text.padEnd(21)} ${f.note}` : f.text}`.trimEnd());
+  lines.push(`${"compression".padEnd(17)} ${info.compression.length ? info.compression.join(" inside ") : "none"}`);
+  lines.push(`${(info.pieces.length > 1 ? "pieces" : "file").padEnd(17)} ${info.pieces.join(" ")}`);
+  return `${lines.join("\n")}\n`;
+}
+
+export function imageInfoJson(info: ImageInfo): Record<string, unknown> {
+  const header: Record<string, unknown> = {};
+  for (const f of info.fields) header[f.key] = f.value;
+  const { fields: _fields, ...facts } = info;
+  return { ...facts, header };
+}
+
+function layoutJson(l: LayoutFacts): Record<string, unknown> {
+  const { notes: _notes, ...rest } = l;
+  return rest;
+}
+
+function diskInfoText(d: DiskFacts): string {
+  if (d.kind === "raw-disk") return `${["Raw disk image", "", ...layoutText(d.disk)].join("\n")}\n`;
+  const lines = [`Clonezilla image folder ${d.dir}`];
+  for (const disk of d.disks) lines.push("", ...layoutText(disk), ...disk.notes.map((n) => `  note: ${n}`));
+  if (d.partition === undefined) {
+    lines.push("", `saved partitions (parts): ${d.parts.join(" ") || "none"}`);
+    if (d.checksums.length) lines.push(`checksum files: ${d.checksums.map((c) => `${c.file} (${c.files} files)`).join(", ")}`);
+    if (d.otherFiles.length) lines.push(`other files: ${d.otherFiles.join(" ")}`);
+  }
+  lines.push(d.problems.length ? `problems:\n${d.problems.map((p) => `  ${p}`).join("\n")}` : "problems: none");
+  return `${lines.join("\n")}\n`;
+}
+
+function layoutText(f: LayoutFacts): string[] {
+  const lines = [`disk ${f.name}: ${withCommas(f.size)} bytes (${humanSize(f.size)}), ${f.label === "dos" ? "MBR" : "GPT"}, ${f.sectorSize}-byte sectors`];
+  for (const t of f.tables) lines.push(`  ${t.what}: ${withCommas(t.length)} bytes at ${withCommas(t.offset)}`);
+  const rows = [["#", "name", "start", "sectors", "size", "type", "fs", "content", "compression", "used", "files"]];
+  for (const p of f.partitions) {
+    rows.push([
+      String(p.number),
+      p.name,
+      String(p.startSector),
+      String(p.sizeSectors),
+      humanSize(p.size),
+      p.type,
+      p.fs ?? "-",
+      p.content === "swap" ? `swap header${p.swapLabel ? ` LABEL=${p.swapLabel}` : ""}${p.swapUuid ? ` UUID=${p.swapUuid}` : ""}` : p.content,
+      p.compression ? p.compression.join("+") || "none" : "-",
+      p.usedBytes !== undefined ? humanSize(p.usedBytes) : "-",
+      p.files ? (p.files.length > 1 ? `${p.files[0]} (+${p.files.length - 1})` : p.files[0]!) : p.problem ? `(${p.problem})` : "-",
+    ]);
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows) lines.push(`  ${r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}`);
+  return lines;
+}
