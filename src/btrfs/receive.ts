@@ -2,24 +2,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { ImageError, UsageError, describeLocation, printable } from "../errors.ts";
 import {
-  AT_REMOVEDIR,
-  chmod,
-  chmodAt,
-  chownAt,
-  closeFd,
-  type EntryStat,
-  FALLOC_FL_KEEP_SIZE,
-  FALLOC_FL_PUNCH_HOLE,
-  FICLONE,
   libc,
   libcError,
-  linkAt,
-  listXattrs,
-  lsetxattr,
-  lutimesNs,
-  mkdirAt,
-  mknod,
-  mknodAt,
   O_CLOEXEC,
   O_CREAT,
   O_DIRECTORY,
@@ -29,23 +13,36 @@ import {
   O_NONBLOCK,
   O_RDONLY,
   O_WRONLY,
-  openAt,
-  removexattrAt,
-  renameAt,
   S_IFDIR,
   S_IFIFO,
   S_IFLNK,
   S_IFMT,
   S_IFREG,
   S_IFSOCK,
-  SEEK_DATA,
-  SEEK_HOLE,
+} from "../../native/libc.ts";
+import {
+  AT_REMOVEDIR,
+  chmod,
+  chmodAt,
+  chownAt,
+  type EntryStat,
+  linkAt,
+  listXattrs,
+  lsetxattr,
+  lutimesNs,
+  mkdirAt,
+  mknod,
+  mknodAt,
+  openAt,
+  removexattrAt,
+  renameAt,
   setxattrAt,
   statAt,
   symlinkAt,
   unlinkAt,
   utimensAt,
-} from "../../native/libc.ts";
+} from "../../native/libc-at.ts";
+import { closeFd, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FICLONE, SEEK_DATA, SEEK_HOLE } from "../../native/libc-file.ts";
 import { DecompressError, decompressExtent, MAX_COMPRESSED, MAX_UNCOMPRESSED } from "./decompress.ts";
 import { uuidText } from "./dump.ts";
 import { EncodedCompression } from "./protocol.ts";

@@ -1,6 +1,6 @@
 import os from "node:os";
 import { defineCommand } from "citty";
-import { growPipe, makeBlocking } from "../../native/libc.ts";
+import { growPipe, makeBlocking } from "../../native/libc-file.ts";
 import { catRange } from "../commands/cat.ts";
 import { restoreImageInterruptibly } from "../commands/restore.ts";
 import { verifyImage } from "../commands/verify.ts";
