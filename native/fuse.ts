@@ -4,7 +4,7 @@
 import { CFunction, FFIType, JSCallback, type Pointer, ptr, toArrayBuffer } from "bun:ffi";
 import os from "node:os";
 import { type CType, LazyLibrary, type StructLayout, cstr, readCString, structLayout } from "./ffi.ts";
-import { defaultSignalActions } from "./libc.ts";
+import { defaultSignalActions } from "./libc-thread.ts";
 
 const fuse3 = new LazyLibrary("libfuse3.so.3", "libfuse3-3", {
   // the default version of the symbol is fuse_new_31: (args, op, op_size, private_data)

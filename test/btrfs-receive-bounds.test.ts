@@ -7,7 +7,7 @@ import { afterAll, describe, expect, test as bunTest } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { deflateSync } from "node:zlib";
-import { listXattrs } from "../native/libc.ts";
+import { listXattrs } from "../native/libc-at.ts";
 import { Attr, Cmd, EncodedCompression } from "../src/btrfs/protocol.ts";
 import { EXIT } from "../src/errors.ts";
 import { CLI, tempDir, which } from "./helpers.ts";

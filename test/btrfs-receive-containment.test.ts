@@ -11,7 +11,7 @@ import { describe, expect, test as bunTest } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { deflateSync } from "node:zlib";
-import { listXattrs, lsetxattr } from "../native/libc.ts";
+import { listXattrs, lsetxattr } from "../native/libc-at.ts";
 import { Attr, Cmd, EncodedCompression } from "../src/btrfs/protocol.ts";
 import { EXIT } from "../src/errors.ts";
 import { runCli, sha256, tempDir } from "./helpers.ts";

@@ -3,7 +3,7 @@ import { deflateSync } from "node:zlib";
 import fs from "node:fs";
 import path from "node:path";
 import { Attr, Cmd, EncodedCompression } from "../src/btrfs/protocol.ts";
-import { RECEIVED_INDEX } from "../src/btrfs/receive.ts";
+import { RECEIVED_INDEX } from "../src/btrfs/received-index.ts";
 import { EXIT } from "../src/errors.ts";
 import { FIXTURES, fixture, runCli, tempDir, which } from "./helpers.ts";
 import { type Attribute, SendStreamWriter, bytesOf, timespec, u32, u64 } from "./send-stream-writer.ts";

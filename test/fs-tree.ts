@@ -2,7 +2,7 @@
 // ns, nlink, sha256 or link target), from a FileSystem of ours or from a directory the kernel mounted.
 import fs from "node:fs";
 import path from "node:path";
-import { listXattrs } from "../native/libc.ts";
+import { listXattrs } from "../native/libc-at.ts";
 import type { FileSystem, FsNode } from "../src/fs/filesystem.ts";
 
 const TYPE: Record<FsNode["kind"], string> = {

@@ -5,7 +5,8 @@ import path from "node:path";
 import type { Subprocess } from "bun";
 import { openImage } from "../src/formats/detect.ts";
 import { humanSize } from "../src/formats/units.ts";
-import { SEEK_DATA, SEEK_HOLE, libc } from "../native/libc.ts";
+import { libc } from "../native/libc.ts";
+import { SEEK_DATA, SEEK_HOLE } from "../native/libc-file.ts";
 import { CLI, fixture, manifest, restoreToBuffer, runCli, sha256, sha256File, tempDir, throughFifo, which } from "./helpers.ts";
 
 /** The fixtures with random access, and the file name `mount` gives each by default. */

@@ -205,7 +205,7 @@ describe("parallel decoding from a seek index", () => {
   test("a thread's priority is lowered from where it is, not set: twice 3 steps from nice 0 is nice 6, and never past 19", async () => {
     const dir = tempDir();
     const script = path.join(dir, "nice-worker.ts");
-    const libcModule = path.join(import.meta.dir, "..", "native", "libc.ts");
+    const libcModule = path.join(import.meta.dir, "..", "native", "libc-thread.ts");
     const niceHere = `Number(require("fs").readFileSync("/proc/thread-self/stat", "utf8").replace(/^.*\\) /s, "").split(" ")[16])`;
     fs.writeFileSync(script, `import { lowerThreadPriority } from ${JSON.stringify(libcModule)};
 lowerThreadPriority(3); lowerThreadPriority(3); const six = ${niceHere};

@@ -1,21 +1,14 @@
+import { O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, S_IFDIR, S_IFLNK, S_IFMT } from "../../native/libc.ts";
 import {
-  closeFd,
-  O_CLOEXEC,
   type EntryStat,
-  O_DIRECTORY,
-  O_NOFOLLOW,
-  O_PATH,
-  O_RDONLY,
   openAt,
   openat2,
   RESOLVE_BENEATH,
   RESOLVE_NO_MAGICLINKS,
   RESOLVE_NO_SYMLINKS,
-  S_IFDIR,
-  S_IFLNK,
-  S_IFMT,
   statAt,
-} from "../../native/libc.ts";
+} from "../../native/libc-at.ts";
+import { closeFd } from "../../native/libc-file.ts";
 import { printable } from "../errors.ts";
 
 /** A stream path that cannot be resolved inside its subvolume; the receiver names the command. */

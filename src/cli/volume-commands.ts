@@ -1,6 +1,6 @@
 import os from "node:os";
 import { defineCommand } from "citty";
-import { growPipe, makeBlocking } from "../../native/libc.ts";
+import { growPipe, makeBlocking } from "../../native/libc-file.ts";
 import { restoreInterruptibly } from "../commands/restore.ts";
 import { catRange } from "../commands/cat.ts";
 import { EXIT, UsageError } from "../errors.ts";

@@ -1,9 +1,7 @@
 import fs from "node:fs";
 import nodePath from "node:path";
-import {
-  O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY,
-  chmodAt, chownAt, linkAt, mkdirAt, mknodAt, openAt, setxattrAt, symlinkAt, unlinkAt, utimensAt,
-} from "../../native/libc.ts";
+import { O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY } from "../../native/libc.ts";
+import { chmodAt, chownAt, linkAt, mkdirAt, mknodAt, openAt, setxattrAt, symlinkAt, unlinkAt, utimensAt } from "../../native/libc-at.ts";
 import { UsageError, printable } from "../errors.ts";
 import { type ProgressFactory, type ProgressReport, silentProgress } from "../progress.ts";
 import { type FileSystem, FsError, type FsNode } from "./filesystem.ts";

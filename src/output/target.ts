@@ -1,6 +1,8 @@
 import fs from "node:fs";
 import path from "node:path";
-import { blockDeviceSize, growPipe, linkUnnamed, makeBlocking, O_TMPFILE, renameNoReplace, restoreFlags } from "../../native/libc.ts";
+import { O_TMPFILE } from "../../native/libc.ts";
+import { linkUnnamed, renameNoReplace } from "../../native/libc-at.ts";
+import { blockDeviceSize, growPipe, makeBlocking, restoreFlags } from "../../native/libc-file.ts";
 import { UsageError, withCommas } from "../errors.ts";
 import { type GapPolicy, OutputError, VolumeWriter } from "./writer.ts";
 

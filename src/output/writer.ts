@@ -1,5 +1,5 @@
 import fs from "node:fs";
-import { allocateRange, punchHole, startWriteback, waitWritable } from "../../native/libc.ts";
+import { allocateRange, punchHole, startWriteback, waitWritable } from "../../native/libc-file.ts";
 import { withCommas } from "../errors.ts";
 import type { DataRun } from "../formats/image.ts";
 

@@ -1,6 +1,6 @@
 import os from "node:os";
 import { type FuseEnd, type FuseFileSystem, escapeFuseOption, runFuse } from "../../native/fuse.ts";
-import { SEEK_DATA, SEEK_HOLE } from "../../native/libc.ts";
+import { SEEK_DATA, SEEK_HOLE } from "../../native/libc-file.ts";
 import type { Volume, WritableVolume } from "../volume/volume.ts";
 
 const { ENOENT, ENOTDIR, EROFS, EPERM, ENXIO, EINVAL, EFBIG } = os.constants.errno;

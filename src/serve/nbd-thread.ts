@@ -1,7 +1,8 @@
 // A thread that serves NBD clients one at a time with blocking socket calls, so that the reads,
 // the decoding and the sends of several clients run on several cores. It opens the export again
 // (read-only; a compressed image only through the seek index the main thread left on disk).
-import { closeFd, makeBlocking, recvInto, SocketSender } from "../../native/libc.ts";
+import { closeFd, makeBlocking } from "../../native/libc-file.ts";
+import { recvInto, SocketSender } from "../../native/libc-thread.ts";
 import { openInputVolume } from "../input/input-volume.ts";
 import { volumeExport } from "./image-export.ts";
 import { MAX_PIECE, type NbdExport, NbdConnection, type NbdTransport } from "./nbd.ts";

@@ -5,7 +5,8 @@ import fs from "node:fs";
 import type { SocketHandler } from "bun";
 import type { Extent, Volume, WritableVolume } from "../volume/volume.ts";
 import { concatBytes } from "../bytes.ts";
-import { closeFd, dupFd } from "../../native/libc.ts";
+import { closeFd } from "../../native/libc-file.ts";
+import { dupFd } from "../../native/libc-thread.ts";
 
 /** What the server exports: a volume, writable when it is an overlay. */
 export interface NbdExport {

@@ -1,5 +1,5 @@
 import { ImageError, type Location } from "../errors.ts";
-import { growPipe } from "../../native/libc.ts";
+import { growPipe } from "../../native/libc-file.ts";
 import { ByteReader } from "./byte-reader.ts";
 import { type ChunkSource, type RandomAccessSource, isRandomAccess } from "./chunk-source.ts";
 import { createDecoder } from "./decode.ts";

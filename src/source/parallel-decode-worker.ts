@@ -6,7 +6,7 @@
 // and its index again made that ~95 ms.
 import { ImageError } from "../errors.ts";
 import type { ChunkSource } from "./chunk-source.ts";
-import { lowerThreadPriority } from "../../native/libc.ts";
+import { lowerThreadPriority } from "../../native/libc-thread.ts";
 import type { SpanJob } from "./parallel-decode.ts";
 import { FileSource, borrowPieces } from "./pieces.ts";
 import type { SeekCodec } from "./seek-index/codec.ts";

@@ -2,7 +2,7 @@
 // Nothing here opens a path or loads node:fs (15–20 ms in a new thread): a decode worker reads the
 // descriptors the main thread opened and checked, through these same classes.
 import { ImageError, type Location } from "../errors.ts";
-import { closeFd, preadFd } from "../../native/libc.ts";
+import { closeFd, preadFd } from "../../native/libc-file.ts";
 import { type ChunkSource, PositionedSource } from "./chunk-source.ts";
 
 /** A piece as another thread can be told of it: the descriptor stays the opener's. */

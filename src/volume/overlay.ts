@@ -16,7 +16,7 @@
 // bytes that were written there before the last flush that completed.
 import fs from "node:fs";
 import path from "node:path";
-import { lockFile, punchHole } from "../../native/libc.ts";
+import { lockFile, punchHole } from "../../native/libc-file.ts";
 import { ImageError, UsageError, withCommas } from "../errors.ts";
 import type { DataRun } from "../formats/image.ts";
 import { checkRange, type Extent, type Volume, type WritableVolume } from "./volume.ts";
