@@ -299,7 +299,7 @@ describe("ext4 features (fixtures/ext4-features.ext4-ptcl-img)", () => {
     expect(runCli(["get", img, "/many/file-02999-with-a-longer-name.txt"]).stdout.toString()).toBe("2999\n");
     const dir = runCli(["get", img, "/dir"]);
     expect(dir.code).toBe(2);
-    expect(dir.stderr).toBe("imgtool: /dir: is a directory; use imgtool extract IMG /dir -o DEST\n");
+    expect(dir.stderr).toBe(`imgtool: ${img}: /dir: is a directory; use imgtool extract IMG /dir -o DEST\n`);
     const missing = runCli(["get", img, "/nope"]);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toContain("/nope: no such file");

@@ -7,7 +7,10 @@ import { escapeName, jsonEntry, longLine } from "../fs/listing.ts";
 import { type OpenFsOptions, openFileSystem } from "../fs/open.ts";
 import { splitPath } from "../fs/path.ts";
 import { diskArg, partitionArg } from "./info-text.ts";
-import { openInputVolume } from "../input/input-volume.ts";
+import { humanSize } from "../formats/units.ts";
+import type { Input } from "../input/input.ts";
+import { inputVolume } from "../input/input-volume.ts";
+import { openInput } from "../input/open-input.ts";
 import { progressBars } from "./progress-bar.ts";
 import { guard } from "./run.ts";
 import { concatBytes } from "../bytes.ts";
@@ -20,9 +23,17 @@ const fsArgs = {
   debug: { type: "boolean", description: "show stack traces of errors" },
 } as const;
 
-/** The file system inside IMG (an image, a disk's partition with --partition or DISK@N), read at random. */
+/** The file system inside IMG (an image, a volume, a disk's partition with --partition or DISK@N), read at random. */
 function openImageFileSystem(input: string, command: string, args: { partition?: string; disk?: string; codepage?: string }): FileSystem {
-  const { volume } = openInputVolume(input, { command, partition: args.partition, disk: args.disk });
+  return fileSystemOf(openInput(input, { command, partition: args.partition, disk: args.disk, randomAccess: true }), input, args);
+}
+
+function fileSystemOf(opened: Input, input: string, args: { codepage?: string }): FileSystem {
+  if (opened.kind === "disk") {
+    opened.close();
+    throw new UsageError(`${input} is a whole disk; name one of its partitions (imgtool ls ${input} lists them)`);
+  }
+  const { volume } = inputVolume(opened, input);
   try {
     const fsys = openFileSystem(volume, fsOptions(args));
     for (const w of fsys.warnings ?? []) process.stderr.write(`imgtool: ${input}: warning: ${w}\n`);
@@ -63,11 +74,20 @@ export const lsCommand = defineCommand({
   },
   run: ({ args }) =>
     guard(() => {
-      const fsys = openImageFileSystem(args.image, "ls", args);
+      const input = openInput(args.image, { command: "ls", partition: args.partition, disk: args.disk, randomAccess: true });
+      if (input.kind === "disk") {
+        try {
+          listPartitions(input, args.image, args.json === true);
+        } finally {
+          input.close();
+        }
+        return EXIT.OK;
+      }
+      const fsys = fileSystemOf(input, args.image, args);
       try {
         const path = pathBytes(args.path ?? "/");
         const node = fsys.lookup(path);
-        if (!node) throw new UsageError(`${args.path}: no such file or directory in the image`);
+        if (!node) throw new UsageError(`${args.image}: ${args.path}: no such file or directory in the file system`);
         const problems = listing(fsys, path, node, { long: args.long === true, recursive: args.recursive === true, json: args.json === true });
         return problems > 0 ? EXIT.PARTIAL : EXIT.OK;
       } finally {
@@ -75,6 +95,33 @@ export const lsCommand = defineCommand({
       }
     }),
 });
+
+/** `ls DISK`: its partitions, each with how to name it to ls/get/extract. */
+function listPartitions(input: Input, spec: string, json: boolean): void {
+  const facts = input.describe();
+  if (facts.kind !== "disk") return;
+  const d = facts.disk;
+  const disks = d.kind === "clonezilla" ? d.disks : [d.disk];
+  const rows = disks.flatMap((disk) =>
+    disk.partitions.map((p) => ({
+      number: p.number,
+      name: p.name,
+      disk: disk.name,
+      fs: p.fs ?? null,
+      size: p.size,
+      content: p.content,
+      address: `${spec}@${disks.length > 1 ? p.name : p.number}`,
+      ...(p.problem ? { problem: p.problem } : {}),
+    })),
+  );
+  if (json) {
+    writeOut(`${JSON.stringify(rows, null, 1)}\n`);
+    return;
+  }
+  const table = [["#", "name", "fs", "size", "content", "address"], ...rows.map((r) => [String(r.number), r.name, r.fs ?? "-", humanSize(r.size), r.problem ? `${r.content} (${r.problem})` : r.content, r.address])];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+  for (const r of table) writeOut(`${r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}\n`);
+}
 
 function listing(fsys: FileSystem, path: Uint8Array, node: FsNode, o: { long: boolean; recursive: boolean; json: boolean }): number {
   let problems = 0;
@@ -139,9 +186,9 @@ export const getCommand = defineCommand({
       const fsys = openImageFileSystem(args.image, "get", args);
       try {
         const node = resolveFollowing(fsys, pathBytes(args.path));
-        if (!node) throw new UsageError(`${args.path}: no such file in the image`);
-        if (node.kind === "directory") throw new UsageError(`${args.path}: is a directory; use imgtool extract IMG ${args.path} -o DEST`);
-        if (node.kind !== "file") throw new UsageError(`${args.path}: is a ${node.kind}, not a regular file`);
+        if (!node) throw new UsageError(`${args.image}: ${args.path}: no such file in the file system`);
+        if (node.kind === "directory") throw new UsageError(`${args.image}: ${args.path}: is a directory; use imgtool extract IMG ${args.path} -o DEST`);
+        if (node.kind !== "file") throw new UsageError(`${args.image}: ${args.path}: is a ${node.kind}, not a regular file`);
         const buffer = new Uint8Array(1 << 20);
         for (let pos = 0; pos < node.size; ) {
           const n = fsys.readFile(node, pos, buffer);

@@ -27,7 +27,11 @@ export interface InputVolume {
 }
 
 export function openInputVolume(spec: string, options: InputOptions = {}): InputVolume {
-  const input = openInput(spec, options);
+  return inputVolume(openInput(spec, { ...options, randomAccess: true }), spec);
+}
+
+/** The input (opened with randomAccess) read at random; closing the result closes the input. */
+export function inputVolume(input: Input, spec: string): InputVolume {
   try {
     const inner = input.openVolume();
     const volume = closingWith(inner, () => {

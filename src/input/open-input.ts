@@ -29,6 +29,11 @@ export interface InputOptions {
   threads?: boolean;
   /** info: make sure a compressed split set is whole before showing its header */
   confirmWholeSet?: boolean;
+  /**
+   * the command reads at random (serve, mount, ls): a compressed image is opened through its seek
+   * index from the start, so that one that cannot have an index is refused before anything else
+   */
+  randomAccess?: boolean;
 }
 
 /**
@@ -40,7 +45,7 @@ export function openInput(spec: string, options: InputOptions = {}): Input {
   const command = options.command ?? "this command";
   if (spec === "-") {
     if (options.partition !== undefined) throw new UsageError("--partition needs a disk (a Clonezilla folder or a raw disk image), not stdin");
-    return new ImageInput("-", openImage("-", imageOptions(options)), undefined, command);
+    return new ImageInput("-", openImage("-", { ...imageOptions(options), seekIndex: undefined }), undefined, command);
   }
   const split = splitPartitionSuffix(spec);
   if (split.partition !== undefined && options.partition !== undefined && split.partition !== options.partition) {
@@ -73,7 +78,8 @@ export function openInput(spec: string, options: InputOptions = {}): Input {
 }
 
 function imageOptions(o: InputOptions): OpenImageOptions {
-  return { seekIndex: o.seekIndex, decodeThreads: o.decodeThreads, threads: o.threads, confirmWholeSet: o.confirmWholeSet };
+  const seekIndex = o.randomAccess ? (o.seekIndex ?? { mode: "build" as const }) : o.seekIndex;
+  return { seekIndex, decodeThreads: o.decodeThreads, threads: o.threads, confirmWholeSet: o.confirmWholeSet };
 }
 
 /** The file system a file's (decompressed) bytes start with, when they are a volume; undefined otherwise. */

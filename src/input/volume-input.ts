@@ -52,7 +52,7 @@ export class VolumeInput implements Input {
     const buf = new Uint8Array(CHUNK);
     const source = this.stream.reader.source;
     let offset = 0;
-    let pending: DataRun | undefined;
+    let endsInZeros = false;
     for (;;) {
       let n = 0;
       while (n < buf.length) {
@@ -61,13 +61,13 @@ export class VolumeInput implements Input {
         n += got;
       }
       if (n === 0) break;
-      if (pending) yield [pending];
       const data = buf.subarray(0, n);
-      pending = isZero(data) ? { offset: offset + n - 1, data: data.subarray(n - 1) } : { offset, data };
+      endsInZeros = isZero(data);
+      if (!endsInZeros) yield [{ offset, data }];
       offset += n;
       if (n < buf.length) break;
     }
-    if (pending) yield [pending];
+    if (endsInZeros) yield [{ offset: offset - 1, data: new Uint8Array(1) }];
     const known = this.stream.randomAccess?.size;
     if (known !== undefined && offset !== known) throw new ImageError({ file: this.name, offset }, "the file changed size while it was read", `${known} bytes when opened`);
   }
