@@ -1,10 +1,4 @@
-import fs from "node:fs";
 import { ChecksumError, EXIT, ImageError, UsageError } from "../errors.ts";
-import type { Image } from "../formats/image.ts";
-import { type SeekIndexOptions, seekCodecFor } from "../source/seek-index/open-index.ts";
-
-/** serve, mount and cat: a compressed image is read through its seek index, built on first use. */
-export const BUILD_SEEK_INDEX: { seekIndex: SeekIndexOptions } = { seekIndex: { mode: "build" } };
 
 /**
  * Run a command body; turn every error into one line `imgtool: ...` and an exit code.
@@ -42,22 +36,4 @@ export function parseBytes(text: string | undefined, option: string): number {
   const v = Number(m[1]) * scale;
   if (!Number.isSafeInteger(v)) throw new UsageError(`${option}: too large: ${text}`);
   return v;
-}
-
-/** `serve` and `mount` read the volume at any offset: say why an image cannot be, and what to do instead. */
-export function refuseWithoutRandomAccess(image: Image, input: string, command: string): void {
-  if (image.read) return;
-  const { compression, format } = image.info;
-  if (input === "-" || !fs.statSync(image.info.pieces[0]!).isFile()) {
-    throw new UsageError(`${input}: ${command} needs a regular file it can read at any offset, not a pipe; save the image to a file first or use imgtool restore`);
-  }
-  if (compression.length > 0) {
-    // every compressor named here decompresses with -d
-    const why =
-      !seekCodecFor(compression[0]!) ? `imgtool has no seek index for ${compression[0]} data yet`
-      : compression.length > 1 ? `it is compressed ${compression.length} times over`
-      : `a ${format} image inside ${compression[0]} data is not read at any offset yet`;
-    throw new UsageError(`${input}: ${command} cannot read this ${compression.join(" inside ")} image at any offset (${why}); decompress it first (${compression[0]} -d) or use imgtool restore`);
-  }
-  throw new UsageError(`${input}: this ${format} image cannot be read at any offset (block size ${image.info.blockSize}); use imgtool restore`);
 }
