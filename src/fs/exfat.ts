@@ -84,7 +84,6 @@ class ExfatFileSystem implements FileSystem {
   readonly type = "exfat";
   readonly warnings: string[] = [];
   private readonly boot: BootRegion;
-  private readonly clusterShift: number;
   private readonly umask: number;
   private readonly uid: number;
   private readonly gid: number;
@@ -116,7 +115,6 @@ class ExfatFileSystem implements FileSystem {
       this.warnings.push(`the main boot region is damaged (offset ${withCommas(main.offset)}: ${main.problem}): read through the backup boot region`);
       this.boot = backup;
     } else this.boot = main;
-    this.clusterShift = Math.log2(this.boot.clusterSize);
     if (this.boot.dirty) this.warnings.push("the volume is marked dirty (saved while mounted, or not cleanly unmounted): what was not yet written is not shown");
     this.readRootMetadata();
   }
@@ -163,22 +161,23 @@ class ExfatFileSystem implements FileSystem {
       if (!onDamage) throw e;
       onDamage(e);
     };
-    let set: { offset: number; bytes: Uint8Array; filled: number } | undefined;
+    let set: { offsets: number[]; bytes: Uint8Array; filled: number } | undefined;
     for (const { offset, entry } of this.entries(runs)) {
       const type = entry[0]!;
       if (set) {
         if ((type & (IN_USE | SECONDARY)) === (IN_USE | SECONDARY)) {
           set.bytes.set(entry, set.filled);
+          set.offsets.push(offset);
           set.filled += ENTRY;
           if (set.filled === set.bytes.length) {
-            const e = this.parseSet(set.offset, set.bytes);
+            const e = this.parseSet(set.offsets, set.bytes);
             set = undefined;
             if (e instanceof FsError) damage(e);
             else yield e;
           }
           continue;
         }
-        damage(new FsError(this.volume.name, set.offset, `entry set: its file entry counts ${set.bytes.length / ENTRY - 1} secondary entries, but entry ${set.filled / ENTRY} is of type 0x${type.toString(16).padStart(2, "0")}; the set is skipped`));
+        damage(new FsError(this.volume.name, set.offsets[0], `entry set: its file entry counts ${set.bytes.length / ENTRY - 1} secondary entries, but entry ${set.filled / ENTRY} is of type 0x${type.toString(16).padStart(2, "0")}; the set is skipped`));
         set = undefined;
       }
       if (type === TYPE_END) return;
@@ -189,10 +188,10 @@ class ExfatFileSystem implements FileSystem {
         damage(new FsError(this.volume.name, offset + 1, `entry set: ${secondaries} secondary entries, not 2..18; the set is skipped`));
         continue;
       }
-      set = { offset, bytes: new Uint8Array((secondaries + 1) * ENTRY), filled: ENTRY };
+      set = { offsets: [offset], bytes: new Uint8Array((secondaries + 1) * ENTRY), filled: ENTRY };
       set.bytes.set(entry);
     }
-    if (set) damage(new FsError(this.volume.name, set.offset, `entry set: the directory ends inside it; the set is skipped`));
+    if (set) damage(new FsError(this.volume.name, set.offsets[0], `entry set: the directory ends inside it; the set is skipped`));
   }
 
   readFile(file: FsNode, offset: number, into: Uint8Array): number {
@@ -335,31 +334,32 @@ class ExfatFileSystem implements FileSystem {
     }
   }
 
-  /** A complete file entry set (§7.4, §7.6, §7.7) as a directory entry, or what is wrong with it. */
-  private parseSet(offset: number, set: Uint8Array): DirEntry | FsError {
+  /** A complete file entry set (§7.4, §7.6, §7.7) as a directory entry, or what is wrong with it; `offsets` are its entries' (a set may span clusters). */
+  private parseSet(offsets: number[], set: Uint8Array): DirEntry | FsError {
+    const offset = offsets[0]!;
     const v = view(set);
     const stored = v.getUint16(2, true);
     const computed = setChecksum(set);
     if (stored !== computed) return new FsError(this.volume.name, offset, `entry set checksum mismatch: stored 0x${hex16(stored)}, computed 0x${hex16(computed)}; the entry is skipped`);
-    if (set[ENTRY] !== TYPE_STREAM) return new FsError(this.volume.name, offset + ENTRY, `entry set: its second entry is of type 0x${set[ENTRY]!.toString(16)}, not a stream extension; the entry is skipped`);
+    if (set[ENTRY] !== TYPE_STREAM) return new FsError(this.volume.name, offsets[1], `entry set: its second entry is of type 0x${set[ENTRY]!.toString(16)}, not a stream extension; the entry is skipped`);
     const nameLength = set[ENTRY + 3]!;
     const nameEntries = Math.ceil(nameLength / NAME_UNITS_PER_ENTRY);
     if (nameLength === 0 || 2 + nameEntries > set.length / ENTRY) {
-      return new FsError(this.volume.name, offset + ENTRY + 3, `entry set: a name of ${nameLength} characters does not fit its ${set.length / ENTRY - 2} name entries; the entry is skipped`);
+      return new FsError(this.volume.name, offsets[1]! + 3, `entry set: a name of ${nameLength} characters does not fit its ${set.length / ENTRY - 2} name entries; the entry is skipped`);
     }
     const units = new Uint16Array(nameLength);
     for (let i = 0; i < nameLength; i++) {
       const entryIndex = 2 + Math.floor(i / NAME_UNITS_PER_ENTRY);
-      if (set[entryIndex * ENTRY] !== TYPE_NAME) return new FsError(this.volume.name, offset + entryIndex * ENTRY, `entry set: entry ${entryIndex} is of type 0x${set[entryIndex * ENTRY]!.toString(16)}, not a file name; the entry is skipped`);
+      if (set[entryIndex * ENTRY] !== TYPE_NAME) return new FsError(this.volume.name, offsets[entryIndex], `entry set: entry ${entryIndex} is of type 0x${set[entryIndex * ENTRY]!.toString(16)}, not a file name; the entry is skipped`);
       units[i] = v.getUint16(entryIndex * ENTRY + 2 + (i % NAME_UNITS_PER_ENTRY) * 2, true);
     }
     const name = utf16.decode(units);
     const storedHash = v.getUint16(ENTRY + 4, true);
     const hash = nameHash(units, (u) => this.upcaseUnit(u));
-    if (hash !== storedHash) return new FsError(this.volume.name, offset + ENTRY + 4, `entry set of ${JSON.stringify(name)}: name hash 0x${hex16(storedHash)}, computed 0x${hex16(hash)} from the up-case table; the entry is skipped`);
+    if (hash !== storedHash) return new FsError(this.volume.name, offsets[1]! + 4, `entry set of ${JSON.stringify(name)}: name hash 0x${hex16(storedHash)}, computed 0x${hex16(hash)} from the up-case table; the entry is skipped`);
     const attributes = v.getUint16(4, true);
     const isDir = (attributes & ATTR_DIRECTORY) !== 0;
-    const stream = this.streamAt(offset + ENTRY, set.subarray(ENTRY, 2 * ENTRY));
+    const stream = this.streamAt(offsets[1]!, set.subarray(ENTRY, 2 * ENTRY));
     let mode = 0o777 & ~this.umask;
     if (!isDir && attributes & ATTR_READ_ONLY) mode &= ~0o222;
     const mtime = exfatTime(v.getUint32(12, true), set[21]!, set[23]!);
