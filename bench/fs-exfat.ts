@@ -7,13 +7,13 @@ import fs from "node:fs";
 import path from "node:path";
 import { CLI, WORK, need, sh, wall, writeRandomFiles } from "./common.ts";
 
-function makeImage(): string {
-  fs.mkdirSync(WORK, { recursive: true });
-  const vol = path.join(WORK, "exfat-512m.vol");
-  const img = path.join(WORK, "exfat-512m.exfat-ptcl-img");
-  if (fs.existsSync(`${img}.done`)) return img;
+const IMAGE = path.join(WORK, "exfat-512m.exfat-ptcl-img");
+
+/** The bench image, made on first use. */
+function image(): string {
+  if (fs.existsSync(`${IMAGE}.done`)) return IMAGE;
   console.error("bench: making a 512 MiB exFAT volume through exfat-fuse, and its partclone image (once; cached in .bench/)");
-  const mnt = path.join(WORK, "exfat-mnt");
+  const [vol, img, mnt] = [`${IMAGE}.vol`, IMAGE, path.join(WORK, "exfat-mnt")];
   fs.mkdirSync(mnt, { recursive: true });
   sh(`rm -f ${vol} && truncate -s 512M ${vol} && mkfs.exfat -L BENCH ${vol} >/dev/null`);
   const loop = sh(`losetup -f --show ${vol}`).trim();
@@ -46,7 +46,7 @@ function main() {
       return;
     }
   }
-  const img = makeImage();
+  const img = image();
   const imageBytes = fs.statSync(img).size;
   const dest = path.join(WORK, "exfat-extract");
   const ref = path.join(WORK, "exfat-cp");
