@@ -241,3 +241,26 @@ test("a looping FAT chain is named, not followed forever; the rest still reads (
     fsys.close();
   }
 });
+
+test("a FAT chain that ends before the data length is named, not read short (library level)", () => {
+  const volume = imageVolume(openImage(plainImage(FIXTURES_EXFAT[0]!)));
+  const probe = openExfat(volume, { uid: 0, gid: 0 });
+  const node = probe.lookup(enc.encode("fragmented.bin"))!;
+  const first = new DataView(volume.read(node.id + 20, 4).buffer).getUint32(0, true);
+  const boot = new DataView(volume.read(0, 512).buffer);
+  const fatEntry = boot.getUint32(80, true) * (1 << boot.getUint8(108)) + 4 * first;
+  // the same volume with the file's first FAT entry set to the end mark
+  const patched = {
+    ...volume,
+    read(offset: number, length: number) {
+      const bytes = volume.read(offset, length);
+      if (fatEntry >= offset && fatEntry + 4 <= offset + length) new DataView(bytes.buffer, bytes.byteOffset).setUint32(fatEntry - offset, 0xffffffff, true);
+      return bytes;
+    },
+    readInto: undefined,
+  };
+  const fsys = openExfat(patched, { uid: 0, gid: 0 });
+  expect(() => fsys.readFile(fsys.lookup(enc.encode("fragmented.bin"))!, 0, new Uint8Array(10))).toThrow(`cluster chain from ${first} ends after 1 clusters; the data length needs 12`);
+  expect(fsys.readFile(fsys.lookup(enc.encode("contiguous.bin"))!, 0, new Uint8Array(10))).toBe(10);
+  probe.close();
+});

@@ -464,6 +464,7 @@ class ExfatFileSystem implements FileSystem {
       } finally {
         this.clearVisited(visited);
       }
+      if (need !== undefined && total < need) fail(`cluster chain from ${withCommas(first)} ends after ${withCommas(total)} clusters; the data length needs ${withCommas(need)}`);
     }
     if (checkBitmap && this.bitmapRuns) {
       for (const run of runs) {
