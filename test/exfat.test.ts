@@ -264,3 +264,35 @@ test("a FAT chain that ends before the data length is named, not read short (lib
   expect(fsys.readFile(fsys.lookup(enc.encode("contiguous.bin"))!, 0, new Uint8Array(10))).toBe(10);
   probe.close();
 });
+
+test("a volume marked dirty and an up-case table whose checksum fails: one warning each, names still read (library level)", () => {
+  const volume = imageVolume(openImage(plainImage(FIXTURES_EXFAT[0]!)));
+  const boot = new DataView(volume.read(0, 512).buffer);
+  const sector = 1 << boot.getUint8(108);
+  const cluster = sector << boot.getUint8(109);
+  const rootAt = boot.getUint32(88, true) * sector + (boot.getUint32(96, true) - 2) * cluster;
+  const root = volume.read(rootAt, cluster);
+  let upcaseCluster = 0;
+  for (let p = 0; p < root.length; p += 32) if (root[p] === 0x82) upcaseCluster = new DataView(root.buffer, p).getUint32(20, true);
+  expect(upcaseCluster).toBeGreaterThan(1);
+  const upcaseAt = boot.getUint32(88, true) * sector + (upcaseCluster - 2) * cluster;
+  const patched = {
+    ...volume,
+    read(offset: number, length: number) {
+      const bytes = volume.read(offset, length);
+      // VolumeFlags (outside the boot checksum): VolumeDirty; the up-case table's first byte
+      if (offset <= 106 && offset + length > 106) bytes[106 - offset]! |= 0x02;
+      if (offset <= upcaseAt && offset + length > upcaseAt) bytes[upcaseAt - offset]! ^= 0x01;
+      return bytes;
+    },
+    readInto: undefined,
+  };
+  const fsys = openExfat(patched, { uid: 0, gid: 0 });
+  expect(fsys.warnings).toEqual([
+    "the volume is marked dirty (saved while mounted, or not cleanly unmounted): what was not yet written is not shown",
+    expect.stringMatching(/^the up-case table's checksum is 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}: names are compared with Unicode's simple upper case instead, name hashes are not checked$/),
+  ]);
+  expect([...fsys.list(fsys.root())].length).toBe(16);
+  expect(fsys.lookup(enc.encode("ÀÉÎÕÜ ŸΩЖ.TXT"))).toBeDefined();
+  fsys.close();
+});

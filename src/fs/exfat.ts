@@ -307,7 +307,7 @@ class ExfatFileSystem implements FileSystem {
     }
     if (!this.bitmapRuns) throw new FsError(this.volume.name, this.clusterOffset(this.boot.rootCluster), "the root directory holds no allocation bitmap entry");
     if (!upcase) {
-      this.warnings.push("the root directory holds no up-case table: names are compared with Unicode's simple upper case");
+      this.warnings.push("the root directory holds no up-case table: names are compared with Unicode's simple upper case, name hashes are not checked");
       return;
     }
     if (upcase.stream.length === 0 || upcase.stream.length > MAX_UPCASE_BYTES) {
@@ -317,7 +317,7 @@ class ExfatFileSystem implements FileSystem {
     const table = this.readRuns(runs, upcase.stream.length);
     const computed = tableChecksum(table);
     if (computed !== upcase.checksum) {
-      this.warnings.push(`the up-case table's checksum is 0x${hex32(upcase.checksum)}, computed 0x${hex32(computed)}: names are compared with Unicode's simple upper case instead`);
+      this.warnings.push(`the up-case table's checksum is 0x${hex32(upcase.checksum)}, computed 0x${hex32(computed)}: names are compared with Unicode's simple upper case instead, name hashes are not checked`);
       return;
     }
     this.upcase = expandUpcase(table);
@@ -355,7 +355,8 @@ class ExfatFileSystem implements FileSystem {
     }
     const name = utf16.decode(units);
     const storedHash = v.getUint16(ENTRY + 4, true);
-    const hash = nameHash(units, (u) => this.upcaseUnit(u));
+    // without the volume's own table the writer's hashes cannot be recomputed
+    const hash = this.upcase ? nameHash(units, (u) => this.upcaseUnit(u)) : storedHash;
     if (hash !== storedHash) return new FsError(this.volume.name, offsets[1]! + 4, `entry set of ${JSON.stringify(name)}: name hash 0x${hex16(storedHash)}, computed 0x${hex16(hash)} from the up-case table; the entry is skipped`);
     const attributes = v.getUint16(4, true);
     const isDir = (attributes & ATTR_DIRECTORY) !== 0;
