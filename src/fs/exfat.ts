@@ -524,7 +524,7 @@ class ExfatFileSystem implements FileSystem {
   private allocated(c: number): boolean {
     const bit = c - 2;
     const byte = bit >>> 3;
-    // the bitmap's own clusters: mkfs makes them contiguous, so one run nearly always holds it
+    // the bitmap is a file of its own: find the run of its clusters that holds the byte
     let skipped = 0;
     for (const run of this.bitmapRuns!) {
       const bytes = run.count * this.boot.clusterSize;
