@@ -9,6 +9,7 @@ const scripts = [
   "seek-codecs.ts",
   "disk.ts",
   "fs.ts",
+  "fs-exfat.ts",
   "serve.ts",
   "parallel.ts",
 ];

@@ -220,7 +220,8 @@ function trimInlineDataPadding(ref: string, extracted: string): void {
 }
 
 describe("extract DIR@N of the real Clonezilla folders gives every file of the original partition (fixtures/clonezilla/*.pN.tree.txt)", () => {
-  const trees = fs.readdirSync(path.join(FIXTURES, "clonezilla")).filter((f) => /\.p\d+\.tree\.txt$/.test(f));
+  // pub-linuxfs: each of its file systems has its own test (exFAT: test/exfat.test.ts), comparing the columns that mean something there
+  const trees = fs.readdirSync(path.join(FIXTURES, "clonezilla")).filter((f) => /\.p\d+\.tree\.txt$/.test(f) && !f.startsWith("pub-linuxfs."));
   for (const tree of trees) {
     const [, folder, n] = /^(.*)\.p(\d+)\.tree\.txt$/.exec(tree)!;
     test(`${folder}@${n}`, () => {

@@ -1,12 +1,14 @@
 import { ImageError } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
 import { detectExt, openExt } from "./ext4.ts";
+import { type ExfatOptions, detectExfat, openExfat } from "./exfat.ts";
 import { type FatOptions, detectFat, openFat } from "./fat.ts";
 import type { FileSystem } from "./filesystem.ts";
 import { detectNtfs, openNtfs } from "./ntfs.ts";
 
 export interface OpenFsOptions {
   fat?: FatOptions;
+  exfat?: ExfatOptions;
 }
 
 /** Enough of the volume's start for every signature below (btrfs's superblock is at 64 KiB). */
@@ -24,7 +26,7 @@ const ascii = (head: Uint8Array, at: number, text: string) => head.length >= at 
 /** One line per file system, most specific signatures first (NTFS and exFAT boot sectors look like FAT's). */
 const FILE_SYSTEMS: FsKind[] = [
   { name: "NTFS", detect: detectNtfs, open: (v) => openNtfs(v) },
-  { name: "exFAT", detect: (h) => ascii(h, 3, "EXFAT   ") },
+  { name: "exFAT", detect: detectExfat, open: (v, o) => openExfat(v, o.exfat) },
   { name: "ext2/3/4", detect: detectExt, open: (v) => openExt(v) },
   { name: "vfat", detect: detectFat, open: (v, o) => openFat(v, o.fat) },
   { name: "btrfs", detect: (h) => ascii(h, 0x10040, "_BHRfS_M") },
