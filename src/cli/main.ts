@@ -6,6 +6,7 @@ import { EXIT } from "../errors.ts";
 // for terminals by deciding first
 if (!process.stdout.isTTY && process.env.FORCE_COLOR === undefined) process.env.NO_COLOR ??= "1";
 const { defineCommand, runCommand, runMain } = await import("citty");
+if (process.env.IMGTOOL_THREADS === "0") (await import("../source/open.ts")).allowWorkerThreads(false);
 const { catCommand, infoCommand, restoreCommand, verifyCommand } = await import("./volume-commands.ts");
 
 const main = defineCommand({

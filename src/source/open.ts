@@ -47,6 +47,13 @@ export interface OpenOptions {
   decodeThreads?: number;
 }
 
+let workerThreads = true;
+
+/** Whether decoding may run in worker threads at all (the CLI's IMGTOOL_THREADS=0 turns it off). */
+export function allowWorkerThreads(allowed: boolean): void {
+  workerThreads = allowed;
+}
+
 /**
  * path | "-" | an open fd → pieces joined → compression sniffed and decoded (repeatedly, for
  * nested compression) → one ByteReader over the result.
@@ -79,7 +86,7 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
       return { reader: new ByteReader(decoded.source), compression: [kind, ...decoded.compression], pieces };
     }
   }
-  if (opts.threads !== false && process.env.IMGTOOL_THREADS !== "0") {
+  if (opts.threads !== false && workerThreads) {
     const spec: RawSpec = raw instanceof StreamSource ? { fd: raw.fd, name: raw.name, head: head.bytes } : { pieces };
     try {
       const threaded = new ThreadedDecodeSource(spec);
