@@ -7,7 +7,8 @@ import type { Image } from "../src/formats/image.ts";
 import { spawnSync } from "node:child_process";
 import { imageExport, openImageVolume, volumeExport } from "../src/serve/image-export.ts";
 import { openOverlay } from "../src/volume/overlay.ts";
-import { MAX_PAYLOAD, type NbdServer, serveNbd } from "../src/serve/nbd.ts";
+import { MAX_PAYLOAD } from "../src/serve/nbd-protocol.ts";
+import { type NbdServer, serveNbd } from "../src/serve/nbd-server.ts";
 import { CLI, firstLine, fixture, manifest, restoreToBuffer, restoredBytes, runCli, seededRandom, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
 // wire values from the NBD project's doc/proto.md
