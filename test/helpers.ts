@@ -126,6 +126,22 @@ export function which(tool: string): string | undefined {
   return Bun.which(tool, { PATH: `${process.env.PATH}:/usr/sbin:/sbin` }) ?? undefined;
 }
 
+/**
+ * True, once the reason is printed, when a peer tool a test needs is not installed: for
+ * `test.skipIf(lacks(["xz"], "what"))`, so that the test is counted as skipped, not passed.
+ */
+export function lacks(tools: string[], what: string): boolean {
+  const missing = tools.filter((tool) => !which(tool));
+  if (missing.length > 0) console.log(`skipped: ${what}: ${missing.join(", ")} ${missing.length === 1 ? "is" : "are"} not installed`);
+  return missing.length > 0;
+}
+
+/** True, once `reason` is printed, when there is one: for `test.skipIf(skipping(reason, "what"))`. */
+export function skipping(reason: string | undefined | false, what: string): boolean {
+  if (reason) console.log(`skipped: ${what}: ${reason}`);
+  return Boolean(reason);
+}
+
 /** The volume as restore writes it: the data runs laid into a zero-filled buffer of deviceSize. */
 export function restoreToBuffer(img: { info: { deviceSize: number }; dataRuns(): Iterable<{ offset: number; data: Uint8Array }> }): Uint8Array {
   const out = new Uint8Array(img.info.deviceSize);
