@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { lacks, memorySource } from "./helpers.ts";
+import { memorySource, missingTools, peerTest } from "./helpers.ts";
 import { ImageError } from "../src/errors.ts";
 import { ByteReader } from "../src/source/byte-reader.ts";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
@@ -60,7 +60,7 @@ function tmpFile(name: string, data: Uint8Array): string {
   return p;
 }
 
-/** stdout of `cmd` fed `input` (the test skips where the tool is absent: see lacks()). */
+/** stdout of `cmd` fed `input` (the test skips where the tool is absent: see peerTest()). */
 function run(cmd: string[], input: Uint8Array): Buffer {
   const r = Bun.spawnSync(cmd, { stdin: input, stdout: "pipe", stderr: "pipe" });
   if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString()}`);
@@ -131,7 +131,7 @@ describe("compressed fixtures decode to the split ntfs image", () => {
 describe("one byte of input at a time", () => {
   for (const [ext, kind] of FIXTURES) {
     const cmd = FIXTURES.find((f) => f[1] === kind)![2];
-    test.skipIf(lacks([cmd[0]!], `one byte at a time: ${kind}`))(kind, () => {
+    peerTest(missingTools(cmd[0]!))(kind, () => {
       // a small input: every byte is one library call
       const plain = ntfsPlain.subarray(0, 300_000);
       const packed = run(cmd, plain);
@@ -139,7 +139,7 @@ describe("one byte of input at a time", () => {
       expect(out.equals(plain)).toBe(true);
     });
   }
-  test.skipIf(lacks(["xz"], "one byte at a time: lzma"))("lzma (xz --format=lzma)", () => {
+  peerTest(missingTools("xz"))("lzma (xz --format=lzma)", () => {
     const plain = ntfsPlain.subarray(0, 300_000);
     const packed = run(["xz", "--format=lzma", "-c"], plain);
     expect(drainSource(createDecoder("lzma", memorySource(packed, 1))).equals(plain)).toBe(true);
@@ -158,37 +158,37 @@ describe("several members / frames / streams, as made by the real tools", () => 
     expect(drainSource(createDecoder(kind, memorySource(packed, 7, name))).equals(whole)).toBe(true);
   };
 
-  test.skipIf(lacks(["gzip"], "gzip: cat a.gz b.gz c.gz"))("gzip: cat a.gz b.gz c.gz", () => {
+  peerTest(missingTools("gzip"))("gzip: cat a.gz b.gz c.gz", () => {
     check("multi.gz", Buffer.concat(each(["gzip", "-c"])), "gzip");
   });
-  test.skipIf(lacks(["pigz"], "gzip: pigz members"))("gzip: pigz members", () => {
+  peerTest(missingTools("pigz"))("gzip: pigz members", () => {
     check("multi-pigz.gz", Buffer.concat(each(["pigz", "-c"])), "gzip");
   });
-  test.skipIf(lacks(["zstd"], "zstd: frames with skippable frames before, between and after"))("zstd: frames with skippable frames before, between and after", () => {
+  peerTest(missingTools("zstd"))("zstd: frames with skippable frames before, between and after", () => {
     const p = each(["zstd", "-q", "-c"]);
     const skip = (n: number) => skippableFrame(Buffer.alloc(n, 0xab), n % 16);
     check("multi.zst", Buffer.concat([skip(5), p[0]!, skip(0), p[1]!, skip(70_000), p[2]!, skip(3)]), "zstd");
   });
-  test.skipIf(lacks(["lz4"], "lz4: frames with skippable frames between and after"))("lz4: frames with skippable frames between and after", () => {
+  peerTest(missingTools("lz4"))("lz4: frames with skippable frames between and after", () => {
     const p = each(["lz4", "-q", "-c"]);
     check("multi.lz4", Buffer.concat([p[0]!, skippableFrame(Buffer.alloc(10, 1), 7), p[1]!, p[2]!, skippableFrame(Buffer.alloc(0))]), "lz4");
   });
-  test.skipIf(lacks(["xz"], "xz: streams with stream padding between"))("xz: streams with stream padding between", () => {
+  peerTest(missingTools("xz"))("xz: streams with stream padding between", () => {
     const p = each(["xz", "-c"]);
     check("multi.xz", Buffer.concat([p[0]!, Buffer.alloc(8), p[1]!, p[2]!, Buffer.alloc(4)]), "xz");
   });
-  test.skipIf(lacks(["bzip2"], "bzip2: cat a.bz2 b.bz2 c.bz2"))("bzip2: cat a.bz2 b.bz2 c.bz2", () => {
+  peerTest(missingTools("bzip2"))("bzip2: cat a.bz2 b.bz2 c.bz2", () => {
     check("multi.bz2", Buffer.concat(each(["bzip2", "-c"])), "bzip2");
   });
-  test.skipIf(lacks(["pbzip2"], "bzip2: pbzip2"))("bzip2: pbzip2 (one stream per block)", () => {
+  peerTest(missingTools("pbzip2"))("bzip2: pbzip2 (one stream per block)", () => {
     const p = run(["pbzip2", "-c", "-b1"], Buffer.concat([whole, whole, whole]));
     const { bytes } = drainPath(tmpFile("pbzip2.bz2", p));
     expect(bytes.equals(Buffer.concat([whole, whole, whole]))).toBe(true);
   });
-  test.skipIf(lacks(["xz"], "lzma: a .lzma file"))("lzma: a .lzma file", () => {
+  peerTest(missingTools("xz"))("lzma: a .lzma file", () => {
     check("one.lzma", run(["xz", "--format=lzma", "-c"], whole), "lzma");
   });
-  test.skipIf(lacks(["gzip", "zstd"], "gzip inside zstd"))("gzip inside zstd", () => {
+  peerTest(missingTools("gzip", "zstd"))("gzip inside zstd", () => {
     const zst = run(["zstd", "-q", "-c"], run(["gzip", "-c"], whole));
     const { bytes, compression } = drainPath(tmpFile("nested.gz.zst", zst));
     expect(compression).toEqual(["zstd", "gzip"]);
@@ -290,7 +290,7 @@ describe("xxhash", () => {
     ["XXH64", "-H64"],
     ["XXH128", "-H128"],
   ] as const) {
-    test.skipIf(lacks(["xxhsum"], `${algo} agrees with xxhsum`))(`${algo} agrees with xxhsum ${flag}`, () => {
+    peerTest(missingTools("xxhsum"))(`${algo} agrees with xxhsum ${flag}`, () => {
       for (const data of samples) {
         const out = run(["xxhsum", flag, "-"], data);
         const canonical = out.toString().split(/\s+/)[0]!;

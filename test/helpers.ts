@@ -1,4 +1,4 @@
-import { expect } from "bun:test";
+import { expect, test } from "bun:test";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -126,20 +126,23 @@ export function which(tool: string): string | undefined {
   return Bun.which(tool, { PATH: `${process.env.PATH}:/usr/sbin:/sbin` }) ?? undefined;
 }
 
-/**
- * True, once the reason is printed, when a peer tool a test needs is not installed: for
- * `test.skipIf(lacks(["xz"], "what"))`, so that the test is counted as skipped, not passed.
- */
-export function lacks(tools: string[], what: string): boolean {
-  const missing = tools.filter((tool) => !which(tool));
-  if (missing.length > 0) console.log(`skipped: ${what}: ${missing.join(", ")} ${missing.length === 1 ? "is" : "are"} not installed`);
-  return missing.length > 0;
+/** Why a test cannot run here: the first of `tools` that is not installed; undefined when all are. */
+export function missingTools(...tools: string[]): string | undefined {
+  const missing = tools.find((tool) => !which(tool));
+  return missing && `${missing} is not installed`;
 }
 
-/** True, once `reason` is printed, when there is one: for `test.skipIf(skipping(reason, "what"))`. */
-export function skipping(reason: string | undefined | false, what: string): boolean {
-  if (reason) console.log(`skipped: ${what}: ${reason}`);
-  return Boolean(reason);
+/**
+ * `test`, or where `reason` says what is missing (a peer tool, root), a skipped test whose reason is
+ * printed: a test that returned early instead would count as passed.
+ */
+export function peerTest(reason: string | false | undefined): typeof test {
+  if (!reason) return test;
+  const skipped = (name: string, ...rest: unknown[]) => {
+    console.log(`skipped: ${name}: ${reason}`);
+    return (test.skip as (...args: unknown[]) => void)(name, ...rest);
+  };
+  return skipped as unknown as typeof test;
 }
 
 /** The volume as restore writes it: the data runs laid into a zero-filled buffer of deviceSize. */
