@@ -54,7 +54,10 @@ describe("every command refuses an unknown option, a missing value and a yes/no 
   test("cat", () => {
     refused(["cat", IMG, "--lenght", "5"], "unknown option --lenght (did you mean --length?)");
     refused(["cat", IMG, "--offset"], "option --offset needs a value");
-    refused(["cat", IMG, "--length", "-5"], "option --length needs a value (got -5; write --length=VALUE for a value that starts with -)");
+    refused(["cat", IMG, "--length", "--offset", "5"], "option --length needs a value (got --offset; write --length=VALUE for a value that starts with -)");
+    // a negative number is a value: the command says what is wrong with it
+    const negative = runCli(["cat", IMG, "--length", "-5"]);
+    expect([negative.code, negative.stderr]).toEqual([2, `imgtool: --length: not a byte count: "-5"\n`]);
     refused(["cat", IMG, "--debug=off"], "option --debug takes no value (--debug or --no-debug)");
   }, 60_000);
 
@@ -164,6 +167,8 @@ describe("optionProblem against an args definition", () => {
       ["img", "-lq"],
       ["img", "--output=-"],
       ["img", "-o", "-"],
+      ["img", "--output-offset", "-1"],
+      ["img", "-o", "-2x"],
       ["img", "--output-offset", "1M", "--sparse", "--no-verify", "--no-quiet", "--mode", "a"],
       ["img", "--verify=true", "--sparse=false"],
       ["--", "-o"],

@@ -66,9 +66,12 @@ function unknown(typed: string, options: Option[]): string {
   return `unknown option ${typed}${guess ? ` (did you mean ${guess}?)` : ""}`;
 }
 
-/** A value given as the next word: present, and not another option (`-` alone is stdin or stdout). */
+/**
+ * A value given as the next word: present, and not another option. `-` alone (stdin, stdout) and a
+ * negative number (no option is a digit) are values, left to the command to judge.
+ */
 function missingValue(next: string | undefined): boolean {
-  return next === undefined || next === "" || (next.startsWith("-") && next !== "-");
+  return next === undefined || next === "" || (next.startsWith("-") && next !== "-" && !/^-\d/.test(next));
 }
 
 /**
