@@ -169,6 +169,7 @@ describe("optionProblem against an args definition", () => {
       ["img", "-o", "-"],
       ["img", "--output-offset", "-1"],
       ["img", "-o", "-2x"],
+      ["img", "-o", ""],
       ["img", "--output-offset", "1M", "--sparse", "--no-verify", "--no-quiet", "--mode", "a"],
       ["img", "--verify=true", "--sparse=false"],
       ["--", "-o"],

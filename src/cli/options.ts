@@ -67,11 +67,12 @@ function unknown(typed: string, options: Option[]): string {
 }
 
 /**
- * A value given as the next word: present, and not another option. `-` alone (stdin, stdout) and a
- * negative number (no option is a digit) are values, left to the command to judge.
+ * A value given as the next word: present, and not another option. `-` alone (stdin, stdout), a
+ * negative number (no option is a digit) and a quoted empty word are values, left to the command
+ * to judge (restore says what an empty -o "" is).
  */
 function missingValue(next: string | undefined): boolean {
-  return next === undefined || next === "" || (next.startsWith("-") && next !== "-" && !/^-\d/.test(next));
+  return next === undefined || (next.startsWith("-") && next !== "-" && !/^-\d/.test(next));
 }
 
 /**
