@@ -10,7 +10,7 @@ import { buildEbrs, buildMbr, DEFAULT_GEOMETRY, type PlannedEntry } from "../src
 import { parseSfdiskDump } from "../src/disk/sfdisk-dump.ts";
 import { swapHeader } from "../src/disk/swap.ts";
 import { openStream } from "../src/source/open.ts";
-import { CLI, FIXTURES, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
+import { CLI, FIXTURES, peerTest, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
 const CZ = path.join(FIXTURES, "clonezilla");
 const isRoot = process.getuid?.() === 0;
@@ -78,9 +78,8 @@ function rewriteNames(dir: string, from: string, to: (partOrDisk: string) => str
 
 describe("restore DIR: Clonezilla folders back to the original disk, byte for byte", () => {
   for (const f of folders()) {
-    test(`${f.name}${f.disk ? ` --disk ${f.disk}` : ""} (${f.label})`, () => {
-      const dir = path.join(CZ, f.name);
-      if (!fs.existsSync(dir)) return void console.log(`skipped: ${dir} is not here`);
+    const dir = path.join(CZ, f.name);
+    peerTest(!fs.existsSync(dir) && `${dir} is not here`)(`${f.name}${f.disk ? ` --disk ${f.disk}` : ""} (${f.label})`, () => {
       const out = path.join(tempDir(), "disk.raw");
       const r = runCli(["restore", dir, "-o", out, "--sparse", ...(f.disk ? ["--disk", f.disk] : [])]);
       expect(r.stderr).toBe("");
@@ -278,8 +277,7 @@ test("cciss-style names (a / in the device name, - in the file names)", () => {
 }, 60_000);
 
 describe("tables and headers against the real tools", () => {
-  test("EBR chain as sfdisk writes it from pt.sf", () => {
-    if (!which("sfdisk")) return void console.log("skipped: sfdisk is not installed (apt: fdisk)");
+  peerTest(!which("sfdisk") && "sfdisk is not installed (apt: fdisk)")("EBR chain as sfdisk writes it from pt.sf", () => {
     const layouts = [
       // the shared fixture's layout, a logical whose EBR would land on the extended start, and three logicals
       "label: dos\nunit: sectors\n\nx1 : start=2048, size=204800, type=83\nx2 : start=206848, size=122880, type=7\nx3 : start=329728, size=284672, type=5\nx5 : start=331776, size=102400, type=e\nx6 : start=436224, size=178176, type=83\n",
@@ -304,8 +302,7 @@ describe("tables and headers against the real tools", () => {
     }
   }, 120_000);
 
-  test("GPT built from pt.sf equals what sfdisk writes", () => {
-    if (!which("sfdisk")) return void console.log("skipped: sfdisk is not installed (apt: fdisk)");
+  peerTest(!which("sfdisk") && "sfdisk is not installed (apt: fdisk)")("GPT built from pt.sf equals what sfdisk writes", () => {
     const text = fs.readFileSync(path.join(CZ, "clonezilla-gpt-gzip", "loop0-pt.sf"), "utf8").replace(/^device:.*\n/m, "");
     const img = path.join(tempDir(), "g.img");
     fs.writeFileSync(img, "");
@@ -320,8 +317,7 @@ describe("tables and headers against the real tools", () => {
     expect(sha256(saved.subarray(1024))).toBe(sha256(built.primary.subarray(1024)));
   }, 60_000);
 
-  test("swap header as mkswap -U -L writes it", () => {
-    if (!which("mkswap")) return void console.log("skipped: mkswap is not installed (apt: util-linux)");
+  peerTest(!which("mkswap") && "mkswap is not installed (apt: util-linux)")("swap header as mkswap -U -L writes it", () => {
     for (const [size, uuid, label] of [[72334848, "b5becefe-1a08-454c-a3db-ba2c8878c617", "swp"], [1 << 20, "00112233-4455-6677-8899-aabbccddeeff", "a-label-longer-than-16"]] as const) {
       const file = path.join(tempDir(), "swap");
       fs.writeFileSync(file, "");
@@ -468,8 +464,7 @@ describe("served and mounted partitions hold the original files", () => {
     return out;
   };
 
-  test("serve DIR + qemu-img convert, then each partition through a loop device (ext4, ntfs-3g, mtools)", async () => {
-    if (!which("qemu-img")) return void console.log("skipped: qemu-img is not installed (apt: qemu-utils)");
+  peerTest(!which("qemu-img") && "qemu-img is not installed (apt: qemu-utils)")("serve DIR + qemu-img convert, then each partition through a loop device (ext4, ntfs-3g, mtools)", async () => {
     const f = folders().find((x) => x.name === "clonezilla-mbr-zstd")!;
     // as Clonezilla wrote it (one zstd frame per partition): read through the seek indexes
     const dir = copyFolder(f.name);
@@ -537,8 +532,7 @@ describe("served and mounted partitions hold the original files", () => {
 });
 
 describe("mount DIR", () => {
-  test("the whole disk as one file in a FUSE mount reads as the original disk; DIR@N as the partition", async () => {
-    if (!fs.existsSync("/dev/fuse") || !which("fusermount3") || !isRoot) return void console.log("skipped: FUSE mounts need /dev/fuse, fusermount3 (apt: fuse3) and root");
+  peerTest((!fs.existsSync("/dev/fuse") || !which("fusermount3") || !isRoot) && "FUSE mounts need /dev/fuse, fusermount3 (apt: fuse3) and root")("the whole disk as one file in a FUSE mount reads as the original disk; DIR@N as the partition", async () => {
     const f = folders().find((x) => x.name === "clonezilla-gpt-gzip")!;
     // as Clonezilla wrote it (pigz, split): read through the seek indexes
     const dir = copyFolder(f.name);
@@ -604,8 +598,7 @@ describe("hostile raw disks", () => {
     expect(runCli(["info", file]).stderr).toMatch(/logical partition 5 lies outside the extended partition/);
   });
 
-  test("GPT entries whose CRC does not hold", () => {
-    if (!which("sfdisk")) return void console.log("skipped: sfdisk is not installed (apt: fdisk)");
+  peerTest(!which("sfdisk") && "sfdisk is not installed (apt: fdisk)")("GPT entries whose CRC does not hold", () => {
     const file = path.join(tempDir(), "gpt.raw");
     fs.writeFileSync(file, "");
     fs.truncateSync(file, 8 << 20);
@@ -621,8 +614,7 @@ describe("hostile raw disks", () => {
 });
 
 describe("restore DIR to a block device", () => {
-  test("refused when smaller than the disk; the exact disk when large enough", () => {
-    if (!isRoot || !which("losetup")) return void console.log("skipped: block devices need root and losetup");
+  peerTest((!isRoot || !which("losetup")) && "block devices need root and losetup")("refused when smaller than the disk; the exact disk when large enough", () => {
     const f = folders().find((x) => x.name === "clonezilla-mbr-zstd")!;
     const small = path.join(tempDir(), "small.img");
     const big = path.join(tempDir(), "big.img");

@@ -1,4 +1,4 @@
-import { expect } from "bun:test";
+import { expect, test } from "bun:test";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -124,6 +124,25 @@ export function runCli(args: string[], opts: { stdinFile?: string; env?: Record<
 /** The path of a peer tool, or undefined (tests then skip and say why). */
 export function which(tool: string): string | undefined {
   return Bun.which(tool, { PATH: `${process.env.PATH}:/usr/sbin:/sbin` }) ?? undefined;
+}
+
+/** Why a test cannot run here: the first of `tools` that is not installed; undefined when all are. */
+export function missingTools(...tools: string[]): string | undefined {
+  const missing = tools.find((tool) => !which(tool));
+  return missing && `${missing} is not installed`;
+}
+
+/**
+ * `test`, or where `reason` says what is missing (a peer tool, root), a skipped test whose reason is
+ * printed: a test that returned early instead would count as passed.
+ */
+export function peerTest(reason: string | false | undefined): typeof test {
+  if (!reason) return test;
+  const skipped = (name: string, ...rest: unknown[]) => {
+    console.log(`skipped: ${name}: ${reason}`);
+    return (test.skip as (...args: unknown[]) => void)(name, ...rest);
+  };
+  return skipped as unknown as typeof test;
 }
 
 /** The volume as restore writes it: the data runs laid into a zero-filled buffer of deviceSize. */

@@ -7,7 +7,7 @@ import { openImage } from "../src/formats/detect.ts";
 import { humanSize } from "../src/formats/units.ts";
 import { libc } from "../native/libc.ts";
 import { SEEK_DATA, SEEK_HOLE } from "../native/libc-file.ts";
-import { CLI, fixture, manifest, restoreToBuffer, runCli, sha256, sha256File, tempDir, throughFifo, which } from "./helpers.ts";
+import { CLI, fixture, manifest, peerTest, restoreToBuffer, runCli, sha256, sha256File, tempDir, throughFifo, which } from "./helpers.ts";
 
 /** The fixtures with random access, and the file name `mount` gives each by default. */
 const MOUNTED = [
@@ -328,11 +328,10 @@ describe.skipIf(skipReason !== undefined)("imgtool mount: holes and --overlay", 
   );
 
   for (const how of ["Ctrl-C", "SIGTERM"] as const) {
-    test(
+    peerTest(!which("script") && "script (util-linux) is not installed")(
       `on a terminal, ${how} unmounts cleanly and the next mount works`,
       async () => {
-        const script = which("script");
-        if (!script) return console.log("skipped: script (util-linux) is not installed");
+        const script = which("script")!;
         const mountpoint = tempDir();
         // exec: the shell script starts ($SHELL) must not stay in the terminal's foreground group,
         // where a ^C would end it (and script -e with it) whatever imgtool does

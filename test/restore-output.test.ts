@@ -7,7 +7,7 @@ import path from "node:path";
 import { restoreImage } from "../src/commands/restore.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { progressLine } from "../src/cli/progress-bar.ts";
-import { CLI, fixture, restoredReference, runCli, sha256File, tempDir, which } from "./helpers.ts";
+import { CLI, fixture, peerTest, restoredReference, runCli, sha256File, tempDir, which } from "./helpers.ts";
 
 const IMG = fixture("ext4.ext4-ptcl-img");
 const REF = restoredReference("ext4.ext4-ptcl-img");
@@ -360,12 +360,8 @@ describe("block devices", () => {
     });
   }, 60_000);
 
-  test.skipIf(why !== undefined)("a mounted device is refused (opened exclusively)", () => {
-    const mkfs = which("mkfs.ext4");
-    if (!mkfs) {
-      console.log("skip: mounted device test: needs mkfs.ext4 (e2fsprogs)");
-      return;
-    }
+  peerTest(why ?? (!which("mkfs.ext4") && "needs mkfs.ext4 (e2fsprogs)"))("a mounted device is refused (opened exclusively)", () => {
+    const mkfs = which("mkfs.ext4")!;
     withLoop(16 << 20, (dev, file) => {
       expect(spawnSync(mkfs, ["-q", "-F", dev]).status).toBe(0);
       const mnt = tempDir();
@@ -386,13 +382,9 @@ describe("block devices", () => {
 });
 
 describe("stdout", () => {
-  test("into a non-blocking pipe drained slowly: every byte arrives", () => {
+  peerTest(!which("python3") && "needs python3")("into a non-blocking pipe drained slowly: every byte arrives", () => {
     // python makes the pipe's write end O_NONBLOCK (as a parent may leave it) and reads it in small sips
-    const py = which("python3");
-    if (!py) {
-      console.log("skip: non-blocking pipe test: needs python3");
-      return;
-    }
+    const py = which("python3")!;
     const script = `
 import fcntl, hashlib, os, subprocess, sys, time
 r, w = os.pipe()
@@ -457,12 +449,8 @@ describe("the progress line", () => {
     expect(progressLine(s, 30)).toMatch(/^restore \[#*-+\]\s+\d+\.\d%$/);
   });
 
-  test("under a 50-column terminal the bar restore draws never reaches the last column", () => {
-    const script = which("script");
-    if (!script) {
-      console.log("skip: pty test: needs script (bsdutils)");
-      return;
-    }
+  peerTest(!which("script") && "needs script (bsdutils)")("under a 50-column terminal the bar restore draws never reaches the last column", () => {
+    const script = which("script")!;
     const out = path.join(tempDir(), "vol.raw");
     const r = spawnSync(script, ["-qec", `stty cols 50 rows 20; ${process.execPath} ${CLI} restore ${IMG} -o ${out}`, "/dev/null"], { encoding: "utf8" });
     expect(r.status).toBe(0);

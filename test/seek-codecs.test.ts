@@ -13,7 +13,7 @@ import { lz4SeekCodec } from "../src/source/seek-index/lz4.ts";
 import { PointVerifier, resumesTo } from "../src/source/seek-index/resume-support.ts";
 import { openSplitSet } from "../src/source/split.ts";
 import { lzmaSeekCodec, xzSeekCodec } from "../src/source/seek-index/xz.ts";
-import { fixture, tempDir, which } from "./helpers.ts";
+import { fixture, peerTest, tempDir, which } from "./helpers.ts";
 
 /** the machine is shared and the non-resumable cases decode from the start for every random read */
 setDefaultTimeout(120_000);
@@ -157,11 +157,7 @@ const cases: Case[] = [
 
 describe("seek codecs on streams made by the real tools", () => {
   for (const c of cases) {
-    test(c.name, () => {
-      if (!which(c.tool)) {
-        console.log(`skipped: ${c.tool} is not installed (apt-get install ${c.tool === "xz" ? "xz-utils" : c.tool})`);
-        return;
-      }
+    peerTest(!which(c.tool) && `${c.tool} is not installed (apt-get install ${c.tool === "xz" ? "xz-utils" : c.tool})`)(c.name, () => {
       const data = sampleData(c.name.length * 7 + 3);
       const pieces = c.pieces ?? 1;
       const cut = (i: number) => Math.floor((data.length * i) / pieces);
@@ -182,8 +178,7 @@ describe("seek codecs on streams made by the real tools", () => {
     });
   }
 
-  test("gzip: a member start is a point without window; other points carry 32 KiB of history unless what follows never refers back", () => {
-    if (!which("gzip")) return console.log("skipped: gzip is not installed");
+  peerTest(!which("gzip") && "gzip is not installed")("gzip: a member start is a point without window; other points carry 32 KiB of history unless what follows never refers back", () => {
     const data = sampleData(99);
     const half = data.length >> 1;
     const file = fileOf(Buffer.concat([compress("gzip -6 -c", data.subarray(0, half)), compress("gzip -6 -c", data.subarray(half))]), "two.gz");
@@ -203,8 +198,7 @@ describe("seek codecs on streams made by the real tools", () => {
     raw.close();
   });
 
-  test("compressed then split (pigz in 256 KiB pieces): points resume across piece boundaries", () => {
-    if (!which("pigz")) return console.log("skipped: pigz is not installed");
+  peerTest(!which("pigz") && "pigz is not installed")("compressed then split (pigz in 256 KiB pieces): points resume across piece boundaries", () => {
     const data = sampleData(7);
     const gz = compress("pigz --fast -b 1024 --rsyncable -c", data);
     const dir = tempDir();
@@ -222,8 +216,7 @@ describe("seek codecs on streams made by the real tools", () => {
 });
 
 describe("verification", () => {
-  test("a point whose history is wrong does not resume to the same bytes, and the check says so", () => {
-    if (!which("gzip")) return console.log("skipped: gzip is not installed");
+  peerTest(!which("gzip") && "gzip is not installed")("a point whose history is wrong does not resume to the same bytes, and the check says so", () => {
     const data = sampleData(5);
     const file = fileOf(compress("gzip -9 -c", data), "v.gz");
     const raw = open(file);
@@ -243,8 +236,7 @@ describe("verification", () => {
     expect(caught).toBeGreaterThan(0);
     raw.close();
   });
-  test("the build's verifier drops a point that decodes wrongly and keeps the others", () => {
-    if (!which("gzip")) return console.log("skipped: gzip is not installed");
+  peerTest(!which("gzip") && "gzip is not installed")("the build's verifier drops a point that decodes wrongly and keeps the others", () => {
     const data = sampleData(21);
     const file = fileOf(compress("gzip -9 -c", data), "d.gz");
     const raw = open(file);
@@ -293,8 +285,7 @@ describe("damaged streams", () => {
   ];
   for (const [name, cmd, codec, message] of corruptions) {
     const tool = cmd.split(" ")[0]!;
-    test(`${name}: flipped bytes in the middle give an ImageError naming the file and an offset`, () => {
-      if (!which(tool)) return console.log(`skipped: ${tool} is not installed`);
+    peerTest(!which(tool) && `${tool} is not installed`)(`${name}: flipped bytes in the middle give an ImageError naming the file and an offset`, () => {
       const good = compress(cmd, sampleData(11, 1 << 20));
       const bad = good.slice();
       const mid = bad.length >> 1;
@@ -306,8 +297,7 @@ describe("damaged streams", () => {
       expect((err as Error).message).toMatch(/offset [\d,]+/);
       expect((err as Error).message).toMatch(message);
     });
-    test(`${name}: a truncated stream gives an ImageError`, () => {
-      if (!which(tool)) return console.log(`skipped: ${tool} is not installed`);
+    peerTest(!which(tool) && `${tool} is not installed`)(`${name}: a truncated stream gives an ImageError`, () => {
       const good = compress(cmd, sampleData(13, 1 << 20));
       const file = fileOf(good.subarray(0, good.length - 1000), `short-${name}`);
       const err = buildError(codec, file);

@@ -7,8 +7,9 @@ import type { Image } from "../src/formats/image.ts";
 import { spawnSync } from "node:child_process";
 import { imageExport, openImageVolume, volumeExport } from "../src/serve/image-export.ts";
 import { openOverlay } from "../src/volume/overlay.ts";
-import { MAX_PAYLOAD, type NbdServer, serveNbd } from "../src/serve/nbd.ts";
-import { CLI, firstLine, fixture, manifest, restoreToBuffer, restoredBytes, runCli, seededRandom, sha256, sha256File, tempDir, which } from "./helpers.ts";
+import { MAX_PAYLOAD } from "../src/serve/nbd-protocol.ts";
+import { type NbdServer, serveNbd } from "../src/serve/nbd-server.ts";
+import { CLI, firstLine, fixture, manifest, peerTest, restoreToBuffer, restoredBytes, runCli, seededRandom, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
 // wire values from the NBD project's doc/proto.md
 const NBDMAGIC = 0x4e42444d41474943n;
@@ -509,11 +510,7 @@ describe("NBD server, read by real clients", () => {
   ];
   for (const [tool, argv] of clients) {
     for (const [name, input, want] of inputs) {
-      test(`${tool} copies the export of ${name}; its sha256 is the restored volume's`, async () => {
-        if (!which(tool)) {
-          console.log(`skipped: ${tool} is not installed (apt: ${tool === "nbdcopy" ? "libnbd-bin" : "qemu-utils"})`);
-          return;
-        }
+      peerTest(!which(tool) && `${tool} is not installed (apt: ${tool === "nbdcopy" ? "libnbd-bin" : "qemu-utils"})`)(`${tool} copies the export of ${name}; its sha256 is the restored volume's`, async () => {
         const image = openImage(input());
         const server = serve(image);
         try {
@@ -530,11 +527,7 @@ describe("NBD server, read by real clients", () => {
     }
   }
 
-  test("nbdinfo sees a read-only export with its size, over a Unix socket", async () => {
-    if (!which("nbdinfo")) {
-      console.log("skipped: nbdinfo is not installed (apt: libnbd-bin)");
-      return;
-    }
+  peerTest(!which("nbdinfo") && "nbdinfo is not installed (apt: libnbd-bin)")("nbdinfo sees a read-only export with its size, over a Unix socket", async () => {
     const socketPath = path.join(tempDir(), "nbd.sock");
     const image = openImage(fixture("ntfs.ntfs-ptcl-img.aa"));
     const server = serve(image, { unix: socketPath });
@@ -752,8 +745,7 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
     }, 60_000);
   }
 
-  test("a compressed image whose seek index can be kept in memory only (read-only directory and cache): served on one thread, with a line saying why", async () => {
-    if (process.getuid?.() !== 0 || !which("zstd")) return console.log("skipped: needs root (a read-only bind mount) and zstd");
+  peerTest((process.getuid?.() !== 0 || !which("zstd")) && "needs root (a read-only bind mount) and zstd")("a compressed image whose seek index can be kept in memory only (read-only directory and cache): served on one thread, with a line saying why", async () => {
     const dir = tempDir();
     const ro = tempDir();
     const truth = restoredBytes(fixture("ext4.ext4-ptcl-img"));
@@ -788,10 +780,9 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
     }
   });
 
-  test("a client that never reads its replies holds only its thread: the next one is served, and SIGINT still ends the server", async () => {
+  peerTest(!which("python3") && "python3 is needed for the stalled client")("a client that never reads its replies holds only its thread: the next one is served, and SIGINT still ends the server", async () => {
     const name = "ntfs.ntfsclone-img";
     const volume = restoredBytes(fixture(name));
-    if (!which("python3")) return console.log("skipped: python3 is needed for the stalled client");
     const server = await serveCli(fixture(name), ["--threads", "1"]);
     const unix = server.uri.split("socket=")[1]!;
     // 4 × 4 MiB asked for and never taken: the thread blocks in its send
@@ -1034,8 +1025,7 @@ describe("refused clients", () => {
 describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mkfs and fsck", () => {
   const MAPPED = ["ext4.ext4-ptcl-img", "ntfs.ntfs-ptcl-img.aa", "ntfs.ntfsclone-img", "ext2-z0.partimg.000"];
   for (const name of MAPPED) {
-    test(`nbdinfo --map of ${name}: used blocks are data, the rest hole,zero`, async () => {
-      if (!which("nbdinfo")) return console.log("skipped: nbdinfo is not installed (apt: libnbd-bin)");
+    peerTest(!which("nbdinfo") && "nbdinfo is not installed (apt: libnbd-bin)")(`nbdinfo --map of ${name}: used blocks are data, the rest hole,zero`, async () => {
       const image = openImage(fixture(name));
       const server = serve(image);
       try {
@@ -1058,8 +1048,7 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     }, 40_000);
   }
 
-  test("qemu-img convert -O qcow2 of the export compares equal to restore, holding only the used data", async () => {
-    if (!which("qemu-img")) return console.log("skipped: qemu-img is not installed (apt: qemu-utils)");
+  peerTest(!which("qemu-img") && "qemu-img is not installed (apt: qemu-utils)")("qemu-img convert -O qcow2 of the export compares equal to restore, holding only the used data", async () => {
     const name = "ntfs.ntfs-ptcl-img.aa";
     const image = openImage(fixture(name));
     const server = serve(image);
@@ -1086,8 +1075,7 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     }
   }, 60_000);
 
-  test("nbdcopy uses several connections at once (multi-conn) and copies the volume exactly", async () => {
-    if (!which("nbdcopy")) return console.log("skipped: nbdcopy is not installed (apt: libnbd-bin)");
+  peerTest(!which("nbdcopy") && "nbdcopy is not installed (apt: libnbd-bin)")("nbdcopy uses several connections at once (multi-conn) and copies the volume exactly", async () => {
     const name = "ext4.ext4-ptcl-img";
     const image = openImage(fixture(name));
     const server = serve(image);
@@ -1109,8 +1097,7 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     }
   }, 60_000);
 
-  test("qemu-io writes a pattern through --overlay; a restarted server reads it back; restore --overlay has it; the image is unchanged", async () => {
-    if (!which("qemu-io")) return console.log("skipped: qemu-io is not installed (apt: qemu-utils)");
+  peerTest(!which("qemu-io") && "qemu-io is not installed (apt: qemu-utils)")("qemu-io writes a pattern through --overlay; a restarted server reads it back; restore --overlay has it; the image is unchanged", async () => {
     const dir = tempDir();
     const file = path.join(dir, "ntfs.ntfsclone-img");
     fs.copyFileSync(fixture("ntfs.ntfsclone-img"), file);
@@ -1141,10 +1128,9 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     expect(equalBytes(merged.subarray(0, 1 << 20), original.subarray(0, 1 << 20))).toBe(true);
   }, 60_000);
 
-  test("mkfs.ext4 and e2fsck -fy on an overlay export (nbd-client where /dev/nbd0 exists, else nbdfuse)", async () => {
-    const nbdDevice = fs.existsSync("/sys/block/nbd0") && which("nbd-client") && process.getuid?.() === 0;
-    const missing = !which("mkfs.ext4") || !which("e2fsck") ? "e2fsprogs is not installed" : !nbdDevice && !which("nbdfuse") ? "neither the nbd module nor nbdfuse (apt: nbdfuse) is here" : !fs.existsSync("/dev/fuse") && !nbdDevice ? "/dev/fuse is missing" : undefined;
-    if (missing) return console.log(`skipped: ${missing}`);
+  const nbdDevice = fs.existsSync("/sys/block/nbd0") && which("nbd-client") && process.getuid?.() === 0;
+  const mkfsMissing = !which("mkfs.ext4") || !which("e2fsck") ? "e2fsprogs is not installed" : !nbdDevice && !which("nbdfuse") ? "neither the nbd module nor nbdfuse (apt: nbdfuse) is here" : !fs.existsSync("/dev/fuse") && !nbdDevice ? "/dev/fuse is missing" : undefined;
+  peerTest(mkfsMissing)("mkfs.ext4 and e2fsck -fy on an overlay export (nbd-client where /dev/nbd0 exists, else nbdfuse)", async () => {
     const dir = tempDir();
     const file = path.join(dir, "ext4.ext4-ptcl-img");
     fs.copyFileSync(fixture("ext4.ext4-ptcl-img"), file);
@@ -1190,8 +1176,7 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     expect(r.stdout).toContain("overlaid");
   }, 120_000);
 
-  test("150 clients asking for 4 × 4 MiB and never reading: the server's memory stays bounded and comes back", async () => {
-    if (!which("python3")) return console.log("skipped: python3 is needed for the stalled clients");
+  peerTest(!which("python3") && "python3 is needed for the stalled clients")("150 clients asking for 4 × 4 MiB and never reading: the server's memory stays bounded and comes back", async () => {
     // a volume that is nearly all data: zeros the server never writes cost no memory and would hide a leak
     const server = await serveCli(fixture("ntfs.ntfsclone-img"), ["--max-connections", "200"]);
     const pid = server.proc.pid;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bun
 import pkg from "../../package.json" with { type: "json" };
 import { EXIT } from "../errors.ts";
+import { commandLineProblem } from "./options.ts";
 
 // citty colours its help even into a pipe or a file, deciding when it is loaded: keep escape codes
 // for terminals by deciding first
@@ -41,6 +42,11 @@ if (rawArgs.length === 0) {
 } else if (rawArgs.some((x) => x === "--help" || x === "-h")) {
   await runMain(main);
 } else {
+  const problem = await commandLineProblem(main, rawArgs);
+  if (problem) {
+    process.stderr.write(`imgtool: ${problem}\n`);
+    process.exit(EXIT.USAGE);
+  }
   try {
     await runCommand(main, { rawArgs });
   } catch (e) {

@@ -7,7 +7,7 @@ import { humanSize } from "../formats/units.ts";
 import { diskArg, partitionArg } from "./info-text.ts";
 import { openInputVolume } from "../input/input-volume.ts";
 import { volumeExport } from "../serve/image-export.ts";
-import { DEFAULT_MAX_CONNECTIONS, serveNbd, type NbdServer, type NbdThreads } from "../serve/nbd.ts";
+import { DEFAULT_MAX_CONNECTIONS, serveNbd, type NbdServer, type NbdThreads } from "../serve/nbd-server.ts";
 import { startNbdThreads } from "../serve/nbd-threads.ts";
 import { openOverlay, type OverlayVolume } from "../volume/overlay.ts";
 import { guard } from "./run.ts";

@@ -1,7 +1,7 @@
 import type { Image } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import { imageVolume, type Volume, type WritableVolume } from "../volume/volume.ts";
-import type { NbdExport } from "./nbd.ts";
+import type { NbdExport } from "./nbd-connection.ts";
 
 const MIN_PREFERRED = 512;
 const MAX_PREFERRED = 64 << 10;

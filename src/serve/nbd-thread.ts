@@ -5,7 +5,7 @@ import { closeFd, makeBlocking } from "../../native/libc-file.ts";
 import { recvInto, SocketSender } from "../../native/libc-thread.ts";
 import { openInputVolume } from "../input/input-volume.ts";
 import { volumeExport } from "./image-export.ts";
-import { MAX_PIECE, type NbdExport, NbdConnection, type NbdTransport } from "./nbd.ts";
+import { MAX_CHUNK, type NbdExport, NbdConnection, type NbdTransport } from "./nbd-connection.ts";
 
 declare const self: Worker;
 
@@ -20,7 +20,7 @@ export interface NbdThreadInput {
 export type ToNbdThread = { open: NbdThreadInput } | { serve: number; remoteAddress: string };
 export type FromNbdThread = { ready: true } | { failed: string } | { done: number } | { error: string };
 
-/** Small replies and headers gathered into one send; a larger piece goes out with them at once. */
+/** Small replies and headers gathered into one send; a larger chunk goes out with them at once. */
 const GATHER_BYTES = 256 << 10;
 const RECEIVE_BYTES = 256 << 10;
 const COLLECT_EVERY_BATCHES = 128;
@@ -77,7 +77,7 @@ function post(message: FromNbdThread): void {
 /** One client from its greeting to its end; the descriptor is closed here. */
 function serve(fd: number, remoteAddress: string): void {
   const transport = new BlockingTransport(fd, remoteAddress);
-  const connection = new NbdConnection(transport, exported!, (message) => post({ error: message }), undefined, () => MAX_PIECE, { bytes: 0 });
+  const connection = new NbdConnection(transport, exported!, (message) => post({ error: message }), undefined, () => MAX_CHUNK, { bytes: 0 });
   try {
     makeBlocking(fd);
     connection.greet();

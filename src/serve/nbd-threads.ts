@@ -1,7 +1,7 @@
 // The threads of `serve` (src/serve/nbd-thread.ts): each opens the export itself and serves one
 // client at a time; the event loop's thread keeps the clients beyond them.
 import { shutdownSocket } from "../../native/libc-thread.ts";
-import type { NbdThreads } from "./nbd.ts";
+import type { NbdThreads } from "./nbd-server.ts";
 import type { FromNbdThread, NbdThreadInput, ToNbdThread } from "./nbd-thread.ts";
 
 /**
