@@ -5,7 +5,7 @@ import path from "node:path";
 import { openImage } from "../src/formats/detect.ts";
 import { detectNtfsclone, openNtfsclone } from "../src/formats/ntfsclone.ts";
 import { openStream } from "../src/source/open.ts";
-import { errorOf, FIXTURES, restoredReference, restoreToBuffer, sha256, tempDir, throughFifo } from "./helpers.ts";
+import { errorOf, FIXTURES, restoredReference, restoreToBuffer, sha256, shellWord, tempDir, throughFifo } from "./helpers.ts";
 
 const FIX = FIXTURES;
 const PLAIN = path.join(FIX, "ntfs.ntfsclone-img");
@@ -85,7 +85,7 @@ describe.skipIf(!hasNtfsclone)("differential: ntfsclone --restore-image -O", () 
       if (file === "old-46.ntfsclone-img") input = oldFormatImage();
       const out = path.join(tmp, `${file}.ref`);
       fs.rmSync(out, { force: true });
-      const cmd = file.endsWith(".gz") ? `gzip -dc "${input}" | ntfsclone --restore-image -O "${out}" -` : `ntfsclone --restore-image -O "${out}" "${input}"`;
+      const cmd = file.endsWith(".gz") ? `gzip -dc ${shellWord(input)} | ntfsclone --restore-image -O ${shellWord(out)} -` : `ntfsclone --restore-image -O ${shellWord(out)} ${shellWord(input)}`;
       const r = spawnSync("sh", ["-c", cmd], { encoding: "utf8" });
       expect(r.status).toBe(0);
       const ref = fs.readFileSync(out);
