@@ -4,7 +4,7 @@ import { withCommas } from "../errors.ts";
 import type { ByteReader } from "../source/byte-reader.ts";
 import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
-import { UsedRunList } from "./bitmap.ts";
+import { UsedBitmap } from "./bitmap.ts";
 import { type DataRun, type ImageInfo, ImageBase, type InfoField, infoField, type ReadOptions, type UsedRun } from "./image.ts";
 import { countWithSize, humanSize } from "./units.ts";
 
@@ -157,7 +157,7 @@ function badCommand(cmd: number): string {
 export class NtfscloneImage extends ImageBase {
   readonly info: ImageInfo;
   /** built by scan() or while the data is read; undefined until one of them has run */
-  private bitmap: UsedRunList | undefined;
+  private bitmap: UsedBitmap | undefined;
   private scannedClusters: number | undefined;
   private consumed = false;
   private readonly totalBlocks: number;
@@ -249,7 +249,7 @@ export class NtfscloneImage extends ImageBase {
     return this.usedBitmap().runs();
   }
 
-  private usedBitmap(): UsedRunList {
+  private usedBitmap(): UsedBitmap {
     if (!this.bitmap && this.stream.randomAccess) this.scanIfNeeded();
     if (!this.bitmap) throw new Error("the used clusters of an ntfsclone image read from a pipe are known only after its data has been read");
     return this.bitmap;
@@ -261,7 +261,7 @@ export class NtfscloneImage extends ImageBase {
     const source = this.stream.randomAccess;
     if (!source) return;
     const h = this.header;
-    const bitmap = new UsedRunList(this.totalBlocks);
+    const bitmap = UsedBitmap.empty(this.totalBlocks);
     const runs = new ClusterRunIndex();
     const fail = (field: string, detail: string, offset: number): never => this.stream.reader.fail(field, detail, offset);
     const walker = new CommandWalker(h, { fail: (field, detail, offset) => fail(field, detail, offset) });
@@ -370,7 +370,7 @@ export class NtfscloneImage extends ImageBase {
     const r = this.stream.reader;
     const h = this.header;
     const cs = h.clusterSize;
-    const building = this.bitmap ? undefined : new UsedRunList(this.totalBlocks);
+    const building = this.bitmap ? undefined : UsedBitmap.empty(this.totalBlocks);
     const walker = new CommandWalker(h, r);
     const window = Math.max(WINDOW, 2 * (cs + GAP_SIZE));
 
