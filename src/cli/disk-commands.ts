@@ -28,6 +28,8 @@ function parseThreads(value: string | undefined): number {
   return n;
 }
 
+const maxBitmapArg = { type: "string", description: "read a bitmap (one bit per block) up to this size (default 1G: 32 TiB of 4 KiB blocks)" } as const;
+
 const imageArg = { type: "positional", description: "image file, any piece of a split set, - for stdin, a Clonezilla image folder or a raw disk image (DISK@N: one partition)", required: true } as const;
 
 export const infoCommand = defineCommand({
@@ -35,6 +37,7 @@ export const infoCommand = defineCommand({
   args: {
     image: imageArg,
     json: { type: "boolean", description: "print one JSON object" },
+    "max-bitmap": maxBitmapArg,
     partition: partitionArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
@@ -42,7 +45,7 @@ export const infoCommand = defineCommand({
     guard(() => {
       const disk = diskInputOf(args.image, args.partition);
       if (disk) return diskInfo(disk, args.json === true);
-      const image = openImage(args.image, { confirmWholeSet: true });
+      const image = openImage(args.image, { confirmWholeSet: true, maxBitmap: parseBytes(args["max-bitmap"], "--max-bitmap") || undefined });
       try {
         process.stdout.write(args.json ? `${JSON.stringify(infoJson(image.info), null, 2)}\n` : infoText(image.info));
       } finally {
@@ -84,6 +87,7 @@ export const restoreCommand = defineCommand({
     "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
     overlay: { type: "string", description: "merge the changes kept in this overlay file (serve/mount --overlay)" },
     threads: threadsArg,
+    "max-bitmap": maxBitmapArg,
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
     partition: partitionArg,
     disk: diskArg,
@@ -94,7 +98,7 @@ export const restoreCommand = defineCommand({
       const disk = diskInputOf(args.image, args.partition);
       if (disk) return diskRestore(disk, args);
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
-      const image = openImage(args.image, { decodeThreads: parseThreads(args.threads) });
+      const image = openImage(args.image, { decodeThreads: parseThreads(args.threads), maxBitmap: parseBytes(args["max-bitmap"], "--max-bitmap") || undefined });
       let overlay: OverlayVolume | undefined;
       try {
         if (args.overlay !== undefined) overlay = openRestoreOverlay(args.overlay, image);
@@ -135,6 +139,7 @@ export const verifyCommand = defineCommand({
   args: {
     image: imageArg,
     threads: threadsArg,
+    "max-bitmap": maxBitmapArg,
     quiet: { type: "boolean", alias: "q", description: "print nothing on success" },
     partition: partitionArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
@@ -143,7 +148,7 @@ export const verifyCommand = defineCommand({
     guard(() => {
       const disk = diskInputOf(args.image, args.partition);
       if (disk) return diskVerify(disk, args.quiet === true);
-      const image = openImage(args.image, { decodeThreads: parseThreads(args.threads) });
+      const image = openImage(args.image, { decodeThreads: parseThreads(args.threads), maxBitmap: parseBytes(args["max-bitmap"], "--max-bitmap") || undefined });
       try {
         const r = verifyImage(image, { progress: args.quiet ? false : undefined });
         if (!r.ok) {

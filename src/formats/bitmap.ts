@@ -1,7 +1,6 @@
 import { withCommas } from "../errors.ts";
 import type { ByteReader } from "../source/byte-reader.ts";
 import type { UsedRun } from "./image.ts";
-import { humanSize } from "./units.ts";
 
 /** 64 KiB of bitmap, 2^19 blocks (2 GiB of 4 KiB blocks), per page */
 const PAGE_BYTES = 1 << 16;
@@ -36,8 +35,16 @@ export function checkBitmapLimit(r: ByteReader, totalBlocks: number, limits: Bit
   const max = limits.maxBitmap ?? DEFAULT_MAX_BITMAP;
   const bytes = Math.ceil(totalBlocks / 8);
   if (bytes > max) {
-    r.fail("bitmap larger than the limit", `${withCommas(bytes)} bytes for ${withCommas(totalBlocks)} blocks; --max-bitmap ${humanSize(max)} allows ${withCommas(max * 8)} blocks`, at);
+    r.fail("bitmap larger than the limit", `${withCommas(bytes)} bytes for ${withCommas(totalBlocks)} blocks; the limit is ${limitText(max)}, raised with --max-bitmap`, at);
   }
+}
+
+/** A byte count as --max-bitmap takes it: 1G, 512M, or bytes. */
+function limitText(bytes: number): string {
+  for (const [unit, scale] of [["T", 2 ** 40], ["G", 2 ** 30], ["M", 2 ** 20], ["K", 2 ** 10]] as const) {
+    if (bytes >= scale && bytes % scale === 0) return `${bytes / scale}${unit}`;
+  }
+  return withCommas(bytes);
 }
 
 /**
