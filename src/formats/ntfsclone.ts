@@ -135,13 +135,21 @@ class CommandWalker {
     this.clusters++;
   }
 
-  /** The stream ended at `offset`: fine only where ntfsclone accepts it. */
+  /** The stream ended at `offset` before the backup boot sector's cluster: fine only for an image older than 10.1. */
   end(offset: number): void {
-    // images before 10.1 may end without the backup boot sector's cluster
     if (this.pos < this.h.nrClusters) {
       this.where.fail("truncated ntfsclone image", `the commands end at cluster ${withCommas(this.pos)} of ${withCommas(this.h.nrClusters)}`, offset);
     }
+    // 10.1 on always saves it; a volume without it is a short one, whatever ntfsclone makes of it
+    if (hasBackupBootCluster(this.h)) {
+      this.where.fail("truncated ntfsclone image", `the backup boot sector's cluster ${withCommas(this.h.nrClusters)} is missing; image version ${this.h.majorVersion}.${this.h.minorVersion} always saves it`, offset);
+    }
   }
+}
+
+/** Images from 10.1 on end with the cluster of the backup boot sector (cluster nr_clusters). */
+function hasBackupBootCluster(h: NtfscloneHeader): boolean {
+  return h.majorVersion > 10 || (h.majorVersion === 10 && h.minorVersion >= 1);
 }
 
 function readGapCount(b: Uint8Array, at: number): number {
@@ -203,7 +211,7 @@ export class NtfscloneImage extends ImageBase {
     }
     // a pipe before its data was read: 10.1 on always saves the backup boot sector's cluster;
     // for older images this is an upper bound
-    const backupCluster = h.majorVersion > 10 || (h.majorVersion === 10 && h.minorVersion >= 1);
+    const backupCluster = hasBackupBootCluster(h);
     const lastCluster = h.nrClusters * h.clusterSize;
     return backupCluster ? lastCluster + Math.min(h.clusterSize, h.deviceSize - lastCluster) : lastCluster + 512;
   }
