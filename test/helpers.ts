@@ -1,4 +1,4 @@
-import { expect } from "bun:test";
+import { expect, test } from "bun:test";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -66,6 +66,22 @@ export function restoredReference(file: string): { sha256: string; size: number 
 
 export function fixture(name: string): string {
   return path.join(FIXTURES, name);
+}
+
+/**
+ * The broken inputs of test/failure/KIND/ (the generators make-*.ts and their notes left out), each
+ * named by the error it must produce: the text before the first dot, dashes for spaces ("--" for a
+ * dash of its own, as in MAGIC--BEGIN--TAIL). Registers a
+ * test that fails when the folder is missing or empty, so that a corpus cannot silently test nothing.
+ */
+export function failureCorpus(kind: string): { dir: string; files: string[]; expected(file: string): string } {
+  const dir = path.join(import.meta.dir, "failure", kind);
+  const files = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => !/\.(ts|sh|md)$/.test(f)).sort() : [];
+  test(`test/failure/${kind} holds broken inputs`, () => {
+    expect(fs.existsSync(dir)).toBe(true);
+    expect(files.length).toBeGreaterThan(0);
+  });
+  return { dir, files, expected: (file) => file.slice(0, file.indexOf(".")).replaceAll("--", "\0").replaceAll("-", " ").replaceAll("\0", "-") };
 }
 
 let scratch: string | undefined;

@@ -55,7 +55,7 @@ function cuts(length: number, start: number): number[] {
 
 const ZSTD = which("zstd");
 const compressors: { name: string; suffix: string; make: (b: Uint8Array) => Uint8Array }[] = [
-  { name: "gzip", suffix: "gz", make: (b) => Bun.gzipSync(b) },
+  { name: "gzip", suffix: "gz", make: (b) => Bun.gzipSync(new Uint8Array(b)) },
   ...(ZSTD ? [{ name: "zstd", suffix: "zst", make: (b: Uint8Array) => new Uint8Array(spawnSync("zstd", ["-q", "-c"], { input: b, maxBuffer: 1 << 28 }).stdout) }] : []),
 ];
 if (!ZSTD) console.log("skipped: the zstd cases of test/short-input.test.ts (zstd is not installed)");
