@@ -6,12 +6,12 @@ import fs from "node:fs";
 
 const good = new Uint8Array(fs.readFileSync("fixtures/ext2-z0.partimg.000"));
 const dir = "test/failure/partimage";
-// offsets in ext2-z0.partimg.000 (one volume, no MBR): the layout in src/formats/partimage.ts
-const MAIN = 512;
-const LOCAL = 17164;
-const BITMAP = 33570;
-const INFO = 34626;
-const DATA = 51036;
+/** where the structure after `magic` starts (ext2-z0 has one volume and no MBR) */
+const after = (magic: string) => Buffer.from(good).indexOf(magic) + magic.length;
+const MAIN = 512; // the volume header's size
+const MBR = after("MAGIC-BEGIN-MBRBACKUP") - "MAGIC-BEGIN-MBRBACKUP".length;
+const [LOCAL, BITMAP, INFO, DATA] = ["LOCALHEADER", "BITMAP", "INFO", "DATABLOCKS"].map((m) => after(`MAGIC-BEGIN-${m}`)) as [number, number, number, number];
+/** the first check after 64 KiB of data, and the 16 KiB tail */
 const CHECK = DATA + 65536;
 const TAIL = good.length - 16384;
 
@@ -32,7 +32,7 @@ function signedByteSum(b: Uint8Array): number {
 }
 
 write("partimage-main-header-checksum-mismatch.partimg", flipped(LOCAL, MAIN + 9600));
-write("missing-partimage-MAGIC--BEGIN--MBRBACKUP-magic.partimg", flipped(LOCAL, 16900));
+write("missing-partimage-MAGIC--BEGIN--MBRBACKUP-magic.partimg", flipped(LOCAL, MBR));
 write("partimage-local-header-checksum-mismatch.partimg", flipped(BITMAP, LOCAL + 40));
 write("missing-partimage-MAGIC--BEGIN--BITMAP-magic.partimg", flipped(INFO, BITMAP - 1));
 write("partimage-file-system-info-checksum-mismatch.partimg", flipped(DATA, INFO + 5));
