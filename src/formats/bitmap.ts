@@ -5,10 +5,10 @@ import type { UsedRun } from "./image.ts";
 /** 64 KiB of bitmap, 2^19 blocks (2 GiB of 4 KiB blocks), per page */
 const PAGE_BYTES = 1 << 16;
 const PAGE_BLOCKS = PAGE_BYTES * 8;
-/** a page of no used block, and one of only used blocks: held as these numbers, not as bytes */
-const FREE = 0;
+/** a page of only used blocks is held as this number, not as bytes (one of no used block is not held) */
 const USED = 1;
-type Page = Uint8Array | typeof FREE | typeof USED;
+const FREE = 0;
+type Page = Uint8Array | typeof USED;
 
 const ZEROS = new Uint8Array(PAGE_BYTES);
 const ONES = new Uint8Array(PAGE_BYTES).fill(0xff);
@@ -30,7 +30,7 @@ export interface BitmapLimits {
   maxBitmap?: number;
 }
 
-/** Refuse, before reading it, a bitmap larger than the caller allows: its size is the header's word. */
+/** Refuse, before reading it, a bitmap larger than the caller allows (its size comes from the header's block count). */
 export function checkBitmapLimit(r: ByteReader, totalBlocks: number, limits: BitmapLimits, at: number): void {
   const max = limits.maxBitmap ?? DEFAULT_MAX_BITMAP;
   const bytes = Math.ceil(totalBlocks / 8);
@@ -119,7 +119,7 @@ export class UsedBitmap {
     if (!(block >= 0 && block < this.totalBlocks)) return false;
     const index = Math.floor(block / PAGE_BLOCKS);
     const page = this.pages.get(index);
-    if (page === undefined || page === FREE) return false;
+    if (page === undefined) return false;
     if (page === USED) return true;
     const i = block - index * PAGE_BLOCKS;
     return ((page[i >>> 3] ?? 0) & (1 << (i & 7))) !== 0;
@@ -145,8 +145,8 @@ export class UsedBitmap {
       k++;
       const pageEnd = Math.min(stop, base + PAGE_BLOCKS);
       const page = this.pages.get(index)!;
-      if (page === FREE || page === USED) {
-        if ((page === USED) !== used) return b;
+      if (page === USED) {
+        if (!used) return b;
         b = pageEnd;
         continue;
       }
@@ -185,7 +185,7 @@ export class UsedBitmap {
         b = pageEnd;
         continue;
       }
-      if (page === undefined || page === FREE) {
+      if (page === undefined) {
         page = new Uint8Array(Math.min(PAGE_BYTES, Math.ceil((this.totalBlocks - base) / 8)));
         this.store(index, page);
       }
@@ -212,7 +212,7 @@ export class UsedBitmap {
       if (from >= to) continue;
       const page = this.pages.get(index)!;
       if (page === USED) n += to - from;
-      else if (page !== FREE) n += countBits(page, from - base, to - base);
+      else n += countBits(page, from - base, to - base);
     }
     return n;
   }
@@ -240,11 +240,6 @@ export class UsedBitmap {
       const page = this.pages.get(index)!;
       if (page === USED) {
         if (start < 0) start = base;
-        continue;
-      }
-      if (page === FREE) {
-        if (start >= 0) yield { firstBlock: start, blockCount: base - start };
-        start = -1;
         continue;
       }
       let b = base;
