@@ -12,6 +12,7 @@ const scripts = [
   "fs-exfat.ts",
   "serve.ts",
   "parallel.ts",
+  "memory.ts",
 ];
 for (const script of scripts) {
   console.log(`\n## bench/${script}\n`);

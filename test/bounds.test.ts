@@ -7,10 +7,9 @@ import path from "node:path";
 import { partcloneCrc32, PARTCLONE_CRC_SEED } from "../src/checksum/crc32.ts";
 import { ImageError } from "../src/errors.ts";
 import { openStream } from "../src/source/open.ts";
-import { fixture, restoredReference, sha256File, tempDir, which } from "./helpers.ts";
+import { failureCorpus, fixture, restoredReference, sha256File, tempDir, which } from "./helpers.ts";
 import { LIMITS, runCommand } from "./fuzz/mutants.ts";
 
-const FAILURES = path.join(import.meta.dir, "failure", "bounds");
 // every test runs the CLI a few times, on two cores others share
 setDefaultTimeout(180_000);
 
@@ -26,9 +25,10 @@ function expectRefusal(r: Awaited<ReturnType<typeof runCommand>>, file: string, 
 }
 
 describe("absurd counts and lengths in test/failure/bounds: refused in bounded time and memory, from a file and a pipe", () => {
-  for (const name of fs.readdirSync(FAILURES).sort()) {
-    const expected = name.slice(0, name.indexOf(".")).replaceAll("-", " ");
-    const file = path.join(FAILURES, name);
+  const corpus = failureCorpus("bounds");
+  for (const name of corpus.files) {
+    const expected = corpus.expected(name);
+    const file = path.join(corpus.dir, name);
     test(`${name}: verify, restore`, async () => {
       const dir = tempDir();
       expectRefusal(await runCommand(["verify", file], dir), file, expected);

@@ -10,7 +10,7 @@ import { buildEbrs, buildMbr, DEFAULT_GEOMETRY, type PlannedEntry } from "../src
 import { parseSfdiskDump } from "../src/disk/sfdisk-dump.ts";
 import { swapHeader } from "../src/disk/swap.ts";
 import { openStream } from "../src/source/open.ts";
-import { CLI, FIXTURES, peerTest, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
+import { CLI, FIXTURES, peerTest, runCli, sha256, sha256File, shellWord, tempDir, which } from "./helpers.ts";
 
 const CZ = path.join(FIXTURES, "clonezilla");
 const isRoot = process.getuid?.() === 0;
@@ -91,7 +91,7 @@ describe("restore DIR: Clonezilla folders back to the original disk, byte for by
 
   test("to stdout, zeros written in order", () => {
     const f = folders().find((x) => x.name === "clonezilla-mbr-zstd")!;
-    const r = Bun.spawnSync(["sh", "-c", `"${process.execPath}" "${CLI}" restore "${path.join(CZ, f.name)}" -o - | sha256sum`], { stdout: "pipe", stderr: "pipe" });
+    const r = Bun.spawnSync(["sh", "-c", `${shellWord(process.execPath)} ${shellWord(CLI)} restore ${shellWord(path.join(CZ, f.name))} -o - | sha256sum`], { stdout: "pipe", stderr: "pipe" });
     expect(r.stderr.toString()).toBe("");
     expect(r.stdout.toString().slice(0, 64)).toBe(f.sha256);
   }, 120_000);
@@ -351,7 +351,7 @@ describe("info and verify", () => {
     const dir = copyFolder("clonezilla-mbr-zstd");
     for (const [tool, file] of [["md5sum", "MD5SUMS"], ["sha1sum", "SHA1SUMS"], ["b2sum", "B2SUMS"]]) {
       if (!which(tool)) continue;
-      spawnSync("sh", ["-c", `cd "${dir}" && ${tool} * > ${file}.tmp && mv ${file}.tmp ${file}`]);
+      spawnSync("sh", ["-c", `cd ${shellWord(dir)} && ${tool} * > ${file}.tmp && mv ${file}.tmp ${file}`]);
     }
     const ok = runCli(["verify", dir]);
     expect(ok.stderr).toBe("");

@@ -68,6 +68,22 @@ export function fixture(name: string): string {
   return path.join(FIXTURES, name);
 }
 
+/**
+ * The broken inputs of test/failure/KIND/ (the generators make-*.ts and their notes left out), each
+ * named by the error it must produce: the text before the first dot, dashes for spaces ("--" for a
+ * dash of its own, as in MAGIC--BEGIN--TAIL). Registers a
+ * test that fails when the folder is missing or empty, so that a corpus cannot silently test nothing.
+ */
+export function failureCorpus(kind: string): { dir: string; files: string[]; expected(file: string): string } {
+  const dir = path.join(import.meta.dir, "failure", kind);
+  const files = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => !/\.(ts|sh|md)$/.test(f)).sort() : [];
+  test(`test/failure/${kind} holds broken inputs`, () => {
+    expect(fs.existsSync(dir)).toBe(true);
+    expect(files.length).toBeGreaterThan(0);
+  });
+  return { dir, files, expected: (file) => file.slice(0, file.indexOf(".")).replaceAll("--", "\0").replaceAll("-", " ").replaceAll("\0", "-") };
+}
+
 let scratch: string | undefined;
 /**
  * A fresh directory under one per-process scratch directory, removed after the last test file
@@ -83,6 +99,77 @@ export function tempDir(): string {
 export function removeScratch(): void {
   if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
   scratch = undefined;
+  if (otherUsers && "root" in otherUsers) fs.rmSync(otherUsers.root, { recursive: true, force: true });
+  otherUsers = undefined;
+}
+
+/** `s` as one word of a `sh -c` command, whatever it holds (spaces, quotes, non-ASCII). */
+export function shellWord(s: string): string {
+  return `'${s.replaceAll("'", "'\\''")}'`;
+}
+
+/** Where a test can run the CLI as another user: bun and the CLI's sources in a directory that user can enter. */
+export interface OtherUserRuntime {
+  /** a fresh 0755 directory whose parents every user can enter; make the test's files under it */
+  root: string;
+  bun: string;
+  cli: string;
+}
+
+let otherUsers: OtherUserRuntime | { reason: string } | undefined;
+
+/** Every directory from `dir` up to / lets others enter it. */
+function enterableByAll(dir: string): boolean {
+  for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    try {
+      if ((fs.statSync(d).mode & 0o001) === 0) return false;
+    } catch {
+      return false;
+    }
+    if (d === path.dirname(d)) return true;
+  }
+}
+
+/**
+ * A copy of bun and of what the CLI loads (src, native, citty) in a directory every user can reach,
+ * made once per run: the checkout, bun (under node_modules) and TMPDIR may all lie under a private
+ * 0700 directory such as /root, which a child running as `nobody` cannot even use as its working
+ * directory. Instead of the program, the reason no such directory could be made.
+ */
+export function otherUserRuntime(): OtherUserRuntime | { reason: string } {
+  if (otherUsers) return otherUsers;
+  const candidates = [os.tmpdir(), "/tmp", "/var/tmp", "/dev/shm"];
+  const base = candidates.find((d) => enterableByAll(d) && isWritable(d));
+  if (!base) {
+    otherUsers = { reason: `none of ${candidates.join(", ")} is a directory every user can enter and this one can write` };
+    return otherUsers;
+  }
+  const root = fs.mkdtempSync(path.join(base, "imgtool-other-user-"));
+  fs.chmodSync(root, 0o755);
+  const top = path.join(import.meta.dir, "..");
+  const app = path.join(root, "app");
+  for (const part of ["src", "native", "package.json"]) fs.cpSync(path.join(top, part), path.join(app, part), { recursive: true, dereference: true });
+  const citty = path.dirname(fs.realpathSync(Bun.resolveSync("citty/package.json", top)));
+  fs.cpSync(citty, path.join(app, "node_modules", "citty"), { recursive: true, dereference: true });
+  const bun = path.join(root, "bun");
+  spawnSync("chmod", ["-R", "a+rX", root]);
+  try {
+    fs.linkSync(process.execPath, bun); // its mode is the original's: already executable by all
+  } catch {
+    fs.copyFileSync(process.execPath, bun);
+    fs.chmodSync(bun, 0o755);
+  }
+  otherUsers = { root, bun, cli: path.join(app, "src", "cli", "main.ts") };
+  return otherUsers;
+}
+
+function isWritable(dir: string): boolean {
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** mulberry32: the same "random" numbers in [0, 1) on every run of a seed */
@@ -161,7 +248,7 @@ export function restoreToBuffer(img: { info: { deviceSize: number }; dataRuns():
 export function throughFifo(file: string): string {
   const fifo = path.join(tempDir(), "fifo");
   spawnSync("mkfifo", [fifo]);
-  spawn("sh", ["-c", `cat "${file}" > "${fifo}"`], { stdio: "ignore" });
+  spawn("sh", ["-c", `cat ${shellWord(file)} > ${shellWord(fifo)}`], { stdio: "ignore" });
   return fifo;
 }
 

@@ -7,7 +7,7 @@ import { openImage } from "../src/formats/detect.ts";
 import { humanSize } from "../src/formats/units.ts";
 import { libc } from "../native/libc.ts";
 import { SEEK_DATA, SEEK_HOLE } from "../native/libc-file.ts";
-import { CLI, fixture, manifest, peerTest, restoreToBuffer, runCli, sha256, sha256File, tempDir, throughFifo, which } from "./helpers.ts";
+import { CLI, fixture, manifest, peerTest, restoreToBuffer, runCli, sha256, sha256File, shellWord, tempDir, throughFifo, which } from "./helpers.ts";
 
 /** The fixtures with random access, and the file name `mount` gives each by default. */
 const MOUNTED = [
@@ -335,7 +335,7 @@ describe.skipIf(skipReason !== undefined)("imgtool mount: holes and --overlay", 
         const mountpoint = tempDir();
         // exec: the shell script starts ($SHELL) must not stay in the terminal's foreground group,
         // where a ^C would end it (and script -e with it) whatever imgtool does
-        const command = `exec ${[process.execPath, CLI, "mount", fixture("ext4.ext4-ptcl-img"), mountpoint].map((a) => `'${a}'`).join(" ")}`;
+        const command = `exec ${[process.execPath, CLI, "mount", fixture("ext4.ext4-ptcl-img"), mountpoint].map(shellWord).join(" ")}`;
         // script gives the command a pseudo-terminal; what is written to its stdin is typed there
         const child = Bun.spawn([script, "-qfec", command, "/dev/null"], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, SHELL: "/bin/sh" } });
         const file = path.join(mountpoint, "ext4.ext4-ptcl-img.raw");

@@ -2,10 +2,11 @@ import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import { ChecksumError } from "../src/errors.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { detectNtfsclone, openNtfsclone } from "../src/formats/ntfsclone.ts";
 import { openStream } from "../src/source/open.ts";
-import { errorOf, FIXTURES, restoredReference, restoreToBuffer, sha256, tempDir, throughFifo } from "./helpers.ts";
+import { errorOf, failureCorpus, FIXTURES, restoredReference, restoreToBuffer, sha256, shellWord, tempDir, throughFifo } from "./helpers.ts";
 
 const FIX = FIXTURES;
 const PLAIN = path.join(FIX, "ntfs.ntfsclone-img");
@@ -85,7 +86,7 @@ describe.skipIf(!hasNtfsclone)("differential: ntfsclone --restore-image -O", () 
       if (file === "old-46.ntfsclone-img") input = oldFormatImage();
       const out = path.join(tmp, `${file}.ref`);
       fs.rmSync(out, { force: true });
-      const cmd = file.endsWith(".gz") ? `gzip -dc "${input}" | ntfsclone --restore-image -O "${out}" -` : `ntfsclone --restore-image -O "${out}" "${input}"`;
+      const cmd = file.endsWith(".gz") ? `gzip -dc ${shellWord(input)} | ntfsclone --restore-image -O ${shellWord(out)} -` : `ntfsclone --restore-image -O ${shellWord(out)} ${shellWord(input)}`;
       const r = spawnSync("sh", ["-c", cmd], { encoding: "utf8" });
       expect(r.status).toBe(0);
       const ref = fs.readFileSync(out);
@@ -180,19 +181,23 @@ describe("damaged ntfsclone images: one ImageError naming file, offset and field
 });
 
 describe("failure fixtures in test/failure/ntfsclone: the file name is the error", () => {
-  const dir = path.join(import.meta.dir, "failure", "ntfsclone");
-  const files = fs.existsSync(dir) ? fs.readdirSync(dir) : [];
-  for (const f of files) {
+  const corpus = failureCorpus("ntfsclone");
+  for (const f of corpus.files) {
     test(f, () => {
+      const file = path.join(corpus.dir, f);
       const e = errorOf(() => {
-        const img = openImage(path.join(dir, f));
+        const img = openImage(file);
         try {
           restoreToBuffer(img);
         } finally {
           img.close();
         }
       });
-      expect(e.message).toContain(f.replace(/\.ntfsclone-img$/, "").replace(/_/g, " "));
+      expect(e).not.toBeInstanceOf(ChecksumError);
+      expect(e.message).toStartWith(`${file}: `);
+      expect(e.message).toContain(corpus.expected(f));
+      // and the same from a pipe
+      expect(errorOf(() => restoreToBuffer(openNtfsclone(openStream(throughFifo(file))))).message).toContain(corpus.expected(f));
     });
   }
 });

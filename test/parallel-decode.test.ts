@@ -10,7 +10,7 @@ import { openParallelDecode, planSpans } from "../src/source/parallel-decode.ts"
 import { buildSeekIndex, seekCodecFor } from "../src/source/seek-index/open-index.ts";
 import { sniffCompression } from "../src/source/sniff.ts";
 import { ThreadedDecodeSource } from "../src/source/threaded-decode.ts";
-import { fixture, restoredReference, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
+import { fixture, restoredReference, runCli, sha256, sha256File, shellWord, tempDir, which } from "./helpers.ts";
 
 function drain(source: ChunkSource): Uint8Array {
   const parts: Uint8Array[] = [];
@@ -85,7 +85,7 @@ describe("parallel decoding from a seek index", () => {
       const plain = path.join(dir, "ntfs.ntfs-ptcl-img");
       fs.writeFileSync(plain, Buffer.concat(["aa", "ab", "ac"].map((s) => fs.readFileSync(fixture(`ntfs.ntfs-ptcl-img.${s}`)))));
       const file = path.join(dir, "image.compressed");
-      expect(spawnSync("sh", ["-c", command.replace("IN", plain).replace("OUT", file)]).status).toBe(0);
+      expect(spawnSync("sh", ["-c", command.replace("IN", shellWord(plain)).replace("OUT", shellWord(file))]).status).toBe(0);
       indexed(file, 64 << 10).raw.close();
       const sequential = sha256(drain(decodeLayers(openRaw(file).raw).source));
       // each parallel source owns the raw bytes it was opened on, and closes them
@@ -141,7 +141,7 @@ describe("parallel decoding from a seek index", () => {
     fs.writeFileSync(plain, Buffer.concat([text, randomBytes(8 << 20), text]).subarray(0, 48 << 20));
     const file = path.join(dir, "data.zst");
     // 16 MiB frames with a 16 MiB window each, more than a 12 MiB ring holds
-    expect(spawnSync("sh", ["-c", `split -b 16M -d --filter='zstd -q -3 --long=24 -c' ${plain} > ${file}`]).status).toBe(0);
+    expect(spawnSync("sh", ["-c", `split -b 16M -d --filter='zstd -q -3 --long=24 -c' ${shellWord(plain)} > ${shellWord(file)}`]).status).toBe(0);
     const { raw } = indexed(file, 1 << 20);
     const parallel = openParallelDecode(raw, [file], "zstd", 2, 2 << 20)!;
     expect(parallel).toBeDefined();
@@ -154,7 +154,7 @@ describe("parallel decoding from a seek index", () => {
     const plain = path.join(dir, "ntfs.ntfs-ptcl-img");
     fs.writeFileSync(plain, Buffer.concat(["aa", "ab", "ac"].map((s) => fs.readFileSync(fixture(`ntfs.ntfs-ptcl-img.${s}`)))));
     const whole = path.join(dir, "whole.gz");
-    expect(spawnSync("sh", ["-c", `pigz --fast -b 128 -c ${plain} > ${whole} && split -b 40K ${whole} ${dir}/img.gz. && rm ${whole}`]).status).toBe(0);
+    expect(spawnSync("sh", ["-c", `pigz --fast -b 128 -c ${shellWord(plain)} > ${shellWord(whole)} && split -b 40K ${shellWord(whole)} ${shellWord(`${dir}/img.gz.`)} && rm ${shellWord(whole)}`]).status).toBe(0);
     const first = path.join(dir, "img.gz.aa");
     const { raw, pieces } = openRaw(first);
     expect(pieces.length).toBeGreaterThan(3);
@@ -262,7 +262,7 @@ lowerThreadPriority(30); postMessage([six, ${niceHere}]);`);
     const noise = randomBytes(3 << 20);
     fs.writeFileSync(plain, Buffer.concat([text, noise, text]));
     const file = path.join(dir, "data.zst");
-    expect(spawnSync("sh", ["-c", `split -b 256K -d --filter='zstd -q -1 -c' ${plain} > ${file}`]).status).toBe(0);
+    expect(spawnSync("sh", ["-c", `split -b 256K -d --filter='zstd -q -1 -c' ${shellWord(plain)} > ${shellWord(file)}`]).status).toBe(0);
     const { raw } = indexed(file, 64 << 10);
     // damage the middle of the compressed bytes (outside the first and last MiB the index is keyed by)
     const bytes = fs.readFileSync(file);

@@ -4,7 +4,7 @@ import path from "node:path";
 import { restoreImage } from "../src/commands/restore.ts";
 import { verifyImage } from "../src/formats/verify.ts";
 import { openImage } from "../src/formats/detect.ts";
-import { fixture, manifest, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
+import { failureCorpus, fixture, manifest, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
 
 const rows = manifest().filter((r) => r.format === "partclone");
 
@@ -94,8 +94,8 @@ test("--output-offset writes the volume inside an existing disk image", () => {
 });
 
 describe("broken images fail with the error they are named after", () => {
-  const dir = path.join(import.meta.dir, "failure", "partclone");
-  for (const file of fs.readdirSync(dir)) {
+  const { dir, files } = failureCorpus("partclone");
+  for (const file of files) {
     const expected = file.replace(/\.[^.]+$/, "").replaceAll("-", " ");
     for (const command of ["verify", "restore"]) {
       test(`${command} ${file}`, () => {

@@ -4,7 +4,7 @@ import path from "node:path";
 import { ChecksumError } from "../src/errors.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { byteSum, detectPartimage } from "../src/formats/partimage.ts";
-import { errorOf, FIXTURES, restoredReference, restoreToBuffer, sha256, tempDir, throughFifo } from "./helpers.ts";
+import { errorOf, failureCorpus, FIXTURES, restoredReference, restoreToBuffer, runCli, sha256, tempDir, throughFifo } from "./helpers.ts";
 
 const FIX = FIXTURES;
 const Z0 = path.join(FIX, "ext2-z0.partimg.000");
@@ -158,4 +158,23 @@ describe("damaged partimage images: one error naming file, offset and field", ()
       img.close();
     }
   });
+});
+
+describe("failure fixtures in test/failure/partimage: the file name is the error (verify and restore, exit 3 or 4, nothing left)", () => {
+  const corpus = failureCorpus("partimage");
+  for (const f of corpus.files) {
+    test(f, () => {
+      const file = path.join(corpus.dir, f);
+      const out = path.join(tempDir(), "vol.raw");
+      for (const args of [["verify", file], ["restore", file, "-o", out]]) {
+        const r = runCli(args);
+        const lines = r.stderr.trimEnd().split("\n");
+        expect(lines).toHaveLength(1);
+        expect(lines[0]).toStartWith(`imgtool: ${file}: `);
+        expect(lines[0]).toContain(corpus.expected(f));
+        expect(r.code).toBe(/checksum|CRC32/.test(f) ? 4 : 3);
+        expect(fs.existsSync(out)).toBe(false);
+      }
+    });
+  }
 });

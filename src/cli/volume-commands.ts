@@ -27,6 +27,9 @@ function parseThreads(value: string | undefined): number {
   return n;
 }
 
+const maxBitmapArg = { type: "string", description: "read a bitmap (one bit per block) up to this size (default 1G: 32 TiB of 4 KiB blocks)" } as const;
+const maxBitmapOf = (args: { "max-bitmap"?: string }) => parseBytes(args["max-bitmap"], "--max-bitmap") || undefined;
+
 export const imageArg = {
   type: "positional",
   description: "image file, any piece of a split set, - for stdin, a file that is a volume (dd), a Clonezilla image folder or a raw disk image (DISK@N: one partition)",
@@ -48,13 +51,14 @@ export const infoCommand = defineCommand({
   args: {
     image: imageArg,
     json: { type: "boolean", description: "print one JSON object" },
+    "max-bitmap": maxBitmapArg,
     partition: partitionArg,
     disk: diskArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
     guard(() =>
-      withInput(args.image, { partition: args.partition, disk: args.disk, confirmWholeSet: true, command: "info" }, (input) => {
+      withInput(args.image, { partition: args.partition, disk: args.disk, confirmWholeSet: true, maxBitmap: maxBitmapOf(args), command: "info" }, (input) => {
         const facts = input.describe();
         process.stdout.write(args.json ? `${JSON.stringify(infoJson(facts), null, 2)}\n` : infoText(facts));
       }),
@@ -72,6 +76,7 @@ export const restoreCommand = defineCommand({
     "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
     overlay: { type: "string", description: "merge the changes kept in this overlay file (serve/mount --overlay)" },
     threads: threadsArg,
+    "max-bitmap": maxBitmapArg,
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
     partition: partitionArg,
     disk: diskArg,
@@ -80,7 +85,7 @@ export const restoreCommand = defineCommand({
   run: ({ args }) =>
     guard(() => {
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
-      return withInput(args.image, { partition: args.partition, disk: args.disk, decodeThreads: parseThreads(args.threads), command: "restore" }, async (input) => {
+      return withInput(args.image, { partition: args.partition, disk: args.disk, decodeThreads: parseThreads(args.threads), maxBitmap: maxBitmapOf(args), command: "restore" }, async (input) => {
         for (const w of input.warnings) process.stderr.write(`imgtool: warning: ${w}\n`);
         let overlay: OverlayVolume | undefined;
         try {
@@ -119,6 +124,7 @@ export const verifyCommand = defineCommand({
   args: {
     image: imageArg,
     threads: threadsArg,
+    "max-bitmap": maxBitmapArg,
     quiet: { type: "boolean", alias: "q", description: "print nothing on success" },
     partition: partitionArg,
     disk: diskArg,
@@ -126,7 +132,7 @@ export const verifyCommand = defineCommand({
   },
   run: ({ args }) =>
     guard(() =>
-      withInput(args.image, { partition: args.partition, disk: args.disk, decodeThreads: parseThreads(args.threads), command: "verify" }, (input) => {
+      withInput(args.image, { partition: args.partition, disk: args.disk, decodeThreads: parseThreads(args.threads), maxBitmap: maxBitmapOf(args), command: "verify" }, (input) => {
         const r = input.verify(progressBars(args.quiet === true));
         const lines = input.kind === "disk" || input.kind === "partition" ? r.checked : [];
         if (!args.quiet) for (const line of lines) process.stdout.write(`${line}\n`);

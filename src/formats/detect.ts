@@ -1,6 +1,7 @@
 import { ImageError } from "../errors.ts";
 import { type OpenOptions, openStream, type OpenedStream } from "../source/open.ts";
 import { pieceAfter } from "../source/split.ts";
+import type { BitmapLimits } from "./bitmap.ts";
 import type { Image } from "./image.ts";
 import { detectNtfsclone, openNtfsclone } from "./ntfsclone.ts";
 import { detectPartclone, openPartclone } from "./partclone.ts";
@@ -10,7 +11,7 @@ import { detectPartimage, openPartimage } from "./partimage.ts";
 interface FormatHandler {
   name: string;
   detect(head: Uint8Array): boolean;
-  open(stream: OpenedStream): Image;
+  open(stream: OpenedStream, limits: BitmapLimits): Image;
 }
 
 export const formats: FormatHandler[] = [
@@ -21,7 +22,7 @@ export const formats: FormatHandler[] = [
 
 const HEAD_BYTES = 2048;
 
-export interface OpenImageOptions extends OpenOptions {
+export interface OpenImageOptions extends OpenOptions, BitmapLimits {
   /**
    * For a command that reads only the header (info): when the input is a compressed split set
    * that may have lost pieces after its full-size last one, decode it to the end once so that a
@@ -43,7 +44,7 @@ export function openImage(input: string | number, opts: OpenImageOptions = {}): 
     if (!handler) {
       throw new ImageError(stream.reader.locate(0), "not a partclone, partimage or ntfsclone image", describeContent(head, stream));
     }
-    const image = handler.open(stream);
+    const image = handler.open(stream, opts);
     if (opts.confirmWholeSet) confirmSetComplete(stream);
     return image;
   } catch (e) {

@@ -4,7 +4,7 @@ import { withCommas } from "../errors.ts";
 import type { ByteReader } from "../source/byte-reader.ts";
 import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
-import { UsedRunList } from "./bitmap.ts";
+import { UsedBitmap } from "./bitmap.ts";
 import { type DataRun, type ImageInfo, ImageBase, type InfoField, infoField, type ReadOptions, type UsedRun } from "./image.ts";
 import { countWithSize, humanSize } from "./units.ts";
 
@@ -135,13 +135,21 @@ class CommandWalker {
     this.clusters++;
   }
 
-  /** The stream ended at `offset`: fine only where ntfsclone accepts it. */
+  /** The stream ended at `offset` before the backup boot sector's cluster: fine only for an image older than 10.1. */
   end(offset: number): void {
-    // images before 10.1 may end without the backup boot sector's cluster
     if (this.pos < this.h.nrClusters) {
       this.where.fail("truncated ntfsclone image", `the commands end at cluster ${withCommas(this.pos)} of ${withCommas(this.h.nrClusters)}`, offset);
     }
+    // 10.1 on always saves it; a volume without it is a short one, whatever ntfsclone makes of it
+    if (hasBackupBootCluster(this.h)) {
+      this.where.fail("truncated ntfsclone image", `the backup boot sector's cluster ${withCommas(this.h.nrClusters)} is missing; image version ${this.h.majorVersion}.${this.h.minorVersion} always saves it`, offset);
+    }
   }
+}
+
+/** Images from 10.1 on end with the cluster of the backup boot sector (cluster nr_clusters). */
+function hasBackupBootCluster(h: NtfscloneHeader): boolean {
+  return h.majorVersion > 10 || (h.majorVersion === 10 && h.minorVersion >= 1);
 }
 
 function readGapCount(b: Uint8Array, at: number): number {
@@ -157,7 +165,7 @@ function badCommand(cmd: number): string {
 export class NtfscloneImage extends ImageBase {
   readonly info: ImageInfo;
   /** built by scan() or while the data is read; undefined until one of them has run */
-  private bitmap: UsedRunList | undefined;
+  private bitmap: UsedBitmap | undefined;
   private scannedClusters: number | undefined;
   private consumed = false;
   private readonly totalBlocks: number;
@@ -203,7 +211,7 @@ export class NtfscloneImage extends ImageBase {
     }
     // a pipe before its data was read: 10.1 on always saves the backup boot sector's cluster;
     // for older images this is an upper bound
-    const backupCluster = h.majorVersion > 10 || (h.majorVersion === 10 && h.minorVersion >= 1);
+    const backupCluster = hasBackupBootCluster(h);
     const lastCluster = h.nrClusters * h.clusterSize;
     return backupCluster ? lastCluster + Math.min(h.clusterSize, h.deviceSize - lastCluster) : lastCluster + 512;
   }
@@ -249,7 +257,7 @@ export class NtfscloneImage extends ImageBase {
     return this.usedBitmap().runs();
   }
 
-  private usedBitmap(): UsedRunList {
+  private usedBitmap(): UsedBitmap {
     if (!this.bitmap && this.stream.randomAccess) this.scanIfNeeded();
     if (!this.bitmap) throw new Error("the used clusters of an ntfsclone image read from a pipe are known only after its data has been read");
     return this.bitmap;
@@ -261,7 +269,7 @@ export class NtfscloneImage extends ImageBase {
     const source = this.stream.randomAccess;
     if (!source) return;
     const h = this.header;
-    const bitmap = new UsedRunList(this.totalBlocks);
+    const bitmap = UsedBitmap.empty(this.totalBlocks);
     const runs = new ClusterRunIndex();
     const fail = (field: string, detail: string, offset: number): never => this.stream.reader.fail(field, detail, offset);
     const walker = new CommandWalker(h, { fail: (field, detail, offset) => fail(field, detail, offset) });
@@ -370,7 +378,7 @@ export class NtfscloneImage extends ImageBase {
     const r = this.stream.reader;
     const h = this.header;
     const cs = h.clusterSize;
-    const building = this.bitmap ? undefined : new UsedRunList(this.totalBlocks);
+    const building = this.bitmap ? undefined : UsedBitmap.empty(this.totalBlocks);
     const walker = new CommandWalker(h, r);
     const window = Math.max(WINDOW, 2 * (cs + GAP_SIZE));
 

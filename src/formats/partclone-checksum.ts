@@ -8,11 +8,11 @@ export const CHECKSUM_MODES: Record<number, { name: string; size: number }> = {
   0x31: { name: "XXH128", size: 16 },
 };
 
-/** The checksum of one strip of blocks, fed in pieces of any size. */
+/** The checksum of one strip of blocks, fed its bytes in chunks of any size. */
 export interface StripChecksum {
   /** start a new strip (or, without reseed, keep going: the caller decides) */
   reset(): void;
-  update(piece: Uint8Array): void;
+  update(chunk: Uint8Array): void;
   /** the value as partclone stores it, compared with the stored bytes */
   matches(stored: Uint8Array): boolean;
   /** the computed value in hex, for messages */
@@ -34,8 +34,8 @@ class Crc32Strip implements StripChecksum {
   reset(): void {
     this.register = PARTCLONE_CRC_SEED;
   }
-  update(piece: Uint8Array): void {
-    this.register = partcloneCrc32(this.register, piece);
+  update(chunk: Uint8Array): void {
+    this.register = partcloneCrc32(this.register, chunk);
   }
   matches(stored: Uint8Array): boolean {
     return (stored[0]! | (stored[1]! << 8) | (stored[2]! << 16) | (stored[3]! << 24)) >>> 0 === this.register;
@@ -52,11 +52,11 @@ class Crc32RepeatedFirstByte extends Crc32Strip {
   constructor(private readonly blockSize: number) {
     super();
   }
-  override update(piece: Uint8Array): void {
+  override update(chunk: Uint8Array): void {
     let i = 0;
-    while (i < piece.length) {
-      if (this.posInBlock === 0) this.first = piece[i]!;
-      const n = Math.min(this.blockSize - this.posInBlock, piece.length - i);
+    while (i < chunk.length) {
+      if (this.posInBlock === 0) this.first = chunk[i]!;
+      const n = Math.min(this.blockSize - this.posInBlock, chunk.length - i);
       this.register = partcloneCrc32Repeated(this.register, this.first, n);
       this.posInBlock = (this.posInBlock + n) % this.blockSize;
       i += n;
@@ -81,8 +81,8 @@ class XxhStrip implements StripChecksum {
   reset(): void {
     this.state.reset();
   }
-  update(piece: Uint8Array): void {
-    this.state.update(piece);
+  update(chunk: Uint8Array): void {
+    this.state.update(chunk);
   }
   matches(stored: Uint8Array): boolean {
     this.state.digestInto(this.digest);

@@ -5,14 +5,14 @@ import { ChecksumError, ImageError, type Location, withCommas } from "../errors.
 import type { ByteReader } from "../source/byte-reader.ts";
 import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
-import { UsedBitmap } from "./bitmap.ts";
+import { BitmapLoader, type BitmapLimits, checkBitmapLimit, UsedBitmap } from "./bitmap.ts";
 import { BitmapImage, type DataRun, type ImageInfo, type InfoField, infoField, type ReadOptions, type UsedRun } from "./image.ts";
 import { CHECKSUM_MODES, type ChecksumKind, createStripChecksum, type StripChecksum } from "./partclone-checksum.ts";
 import { BlockLocator } from "./block-locator.ts";
 import { countWithSize, humanSize } from "./units.ts";
 
-/** A checksum strip's blocks are read in pieces of about this size (partclone's default strip, 256 blocks of 4 KiB, in one). */
-const STRIP_DATA_PIECE = 1 << 20;
+/** A checksum strip's blocks are read in chunks of about this size (partclone's default strip, 256 blocks of 4 KiB, in one). */
+const STRIP_READ_SIZE = 1 << 20;
 /** the largest checksum a mode stores (XXH128) */
 const MAX_CHECKSUM_SIZE = 16;
 
@@ -170,58 +170,45 @@ function hex32(v: number): string {
 }
 
 /** The bitmap section: its bytes on disk and, for BIT mode, the stored crc. */
-function readBitmap(r: ByteReader, h: PartcloneHeader): { bitmap: UsedBitmap; crc: number | undefined; bytes: number } {
+function readBitmap(r: ByteReader, h: PartcloneHeader, limits: BitmapLimits): { bitmap: UsedBitmap; crc: number | undefined; bytes: number } {
   const total = h.totalBlocks;
   if (h.bitmapMode === "NONE") return { bitmap: UsedBitmap.full(total), crc: undefined, bytes: 0 };
+  checkBitmapLimit(r, total, limits, h.headerStart + (h.imageVersion === 2 ? 60 : 48));
+  const loader = new BitmapLoader(total);
   if (h.bitmapMode === "BIT") {
+    // read a page at a time into the bitmap, never whole into a buffer of its own
     const size = Math.ceil(total / 8);
     checkRoom(r, size + 4, "bitmap");
     const at = r.position;
-    const bits = readGrowing(r, size, "bitmap");
+    let crc = PARTCLONE_CRC_SEED;
+    for (let have = 0; have < size; ) {
+      const chunk = r.chunk(Math.min(size - have, CHUNK));
+      if (chunk.length === 0) r.fail("truncated bitmap", `needs ${withCommas(size)} bytes, the stream ends after ${withCommas(have)}`);
+      crc = partcloneCrc32(crc, chunk);
+      loader.append(chunk);
+      have += chunk.length;
+    }
     const stored32 = le32(r.view(4, "bitmap crc"));
-    const crc = partcloneCrc32(PARTCLONE_CRC_SEED, bits);
     if (crc !== stored32) {
       throw new ChecksumError(r.locate(at + size), "bitmap crc mismatch", `stored 0x${hex32(stored32)}, computed 0x${hex32(crc)}`);
     }
-    return { bitmap: new UsedBitmap(bits, total), crc: stored32, bytes: size + 4 };
+    return { bitmap: loader.finish(), crc: stored32, bytes: size + 4 };
   }
   // BYTE: one byte a block, 1 = used (anything else counts as free, as partclone reads it), then the magic
   checkRoom(r, total + V1_BITMAP_MAGIC.length, "bitmap");
-  const bitmap = UsedBitmap.empty(total);
+  const bitmap = loader.finish();
   for (let done = 0; done < total; ) {
-    const piece = r.chunk(Math.min(total - done, PIECE));
-    if (piece.length === 0) r.fail("truncated bitmap", `block ${withCommas(done)} of ${withCommas(total)}`);
-    for (let i = 0; i < piece.length; i++) if (piece[i] === 1) bitmap.set(done + i);
-    done += piece.length;
+    const chunk = r.chunk(Math.min(total - done, CHUNK));
+    if (chunk.length === 0) r.fail("truncated bitmap", `block ${withCommas(done)} of ${withCommas(total)}`);
+    for (let i = 0; i < chunk.length; i++) if (chunk[i] === 1) bitmap.set(done + i);
+    done += chunk.length;
   }
   const magicAt = r.position;
   if (ascii(r.view(8, "bitmap magic"), 0, 8) !== V1_BITMAP_MAGIC) r.fail("bitmap magic BiTmAgIc missing", undefined, magicAt);
   return { bitmap, crc: undefined, bytes: total + 8 };
 }
 
-const PIECE = 1 << 20;
-
-/**
- * `size` bytes into a buffer of their own that grows as they arrive, so that a length from a
- * header costs memory only as far as the stream really goes (a pipe's size is not known before).
- */
-function readGrowing(r: ByteReader, size: number, field: string): Uint8Array {
-  if (size <= PIECE) return r.view(size, field).slice();
-  let buf = new Uint8Array(PIECE);
-  let have = 0;
-  while (have < size) {
-    const piece = r.chunk(Math.min(size - have, PIECE));
-    if (piece.length === 0) r.fail(`truncated ${field}`, `needs ${withCommas(size)} bytes, the stream ends after ${withCommas(have)}`);
-    if (have + piece.length > buf.length) {
-      const bigger = new Uint8Array(Math.min(size, Math.max(buf.length * 2, have + piece.length)));
-      bigger.set(buf.subarray(0, have));
-      buf = bigger;
-    }
-    buf.set(piece, have);
-    have += piece.length;
-  }
-  return buf;
-}
+const CHUNK = 1 << 20;
 
 function le32(b: Uint8Array): number {
   return (b[0]! | (b[1]! << 8) | (b[2]! << 16) | (b[3]! << 24)) >>> 0;
@@ -349,17 +336,17 @@ export class PartcloneImage extends BitmapImage {
           batch = [];
           opts.onProgress?.(r.position);
         }
-        const piece = r.chunk(stripBytes);
-        if (piece.length === 0) r.fail("truncated image data", `block ${withCommas(blocksDone)} of ${withCommas(usedTotal)} used blocks`);
-        checksum?.update(piece);
-        stripBytes -= piece.length;
-        // hand the piece out along the bitmap's runs
+        const chunk = r.chunk(stripBytes);
+        if (chunk.length === 0) r.fail("truncated image data", `block ${withCommas(blocksDone)} of ${withCommas(usedTotal)} used blocks`);
+        checksum?.update(chunk);
+        stripBytes -= chunk.length;
+        // hand the chunk out along the bitmap's runs
         let at = 0;
-        while (at < piece.length) {
+        while (at < chunk.length) {
           const { firstBlock, blockCount } = run.value as UsedRun;
           const runLeft = (blockCount - runBlock) * bs - runBytesInBlock;
-          const n = Math.min(runLeft, piece.length - at);
-          batch.push({ offset: (firstBlock + runBlock) * bs + runBytesInBlock, data: piece.subarray(at, at + n) });
+          const n = Math.min(runLeft, chunk.length - at);
+          batch.push({ offset: (firstBlock + runBlock) * bs + runBytesInBlock, data: chunk.subarray(at, at + n) });
           at += n;
           const produced = runBytesInBlock + n;
           runBlock += Math.floor(produced / bs);
@@ -415,7 +402,7 @@ export class PartcloneImage extends BitmapImage {
   readonly readInto?: (offset: number, into: Uint8Array) => void;
   /** one bit per checksum strip already found good */
   private verifiedStrips: Uint8Array | undefined;
-  /** a strip is read through this in pieces (a strip may be any number of blocks) */
+  /** a strip is read through this in chunks (a strip may be any number of blocks) */
   private stripScratch: Uint8Array | undefined;
   private readonly storedChecksum = new Uint8Array(MAX_CHECKSUM_SIZE);
 
@@ -450,19 +437,19 @@ export class PartcloneImage extends BitmapImage {
       const at = this.dataStart + strip * (per * bs + csSize);
       check.reset();
       const dataBytes = blocks * bs;
-      const dataPiece = Math.max(bs, Math.floor(STRIP_DATA_PIECE / bs) * bs);
-      if (!this.stripScratch || this.stripScratch.length < dataPiece + csSize) this.stripScratch = new Uint8Array(dataPiece + csSize);
+      const readSize = Math.max(bs, Math.floor(STRIP_READ_SIZE / bs) * bs);
+      if (!this.stripScratch || this.stripScratch.length < readSize + csSize) this.stripScratch = new Uint8Array(readSize + csSize);
       for (let done = 0; done < dataBytes; ) {
-        const n = Math.min(dataPiece, dataBytes - done);
-        // the last piece takes the stored checksum along
+        const n = Math.min(readSize, dataBytes - done);
+        // the last chunk takes the stored checksum along
         const stored = done + n === dataBytes ? csSize : 0;
-        const piece = this.stripScratch.subarray(0, n + stored);
-        const got = source.readAt(piece, at + done);
-        if (got < piece.length) {
+        const chunk = this.stripScratch.subarray(0, n + stored);
+        const got = source.readAt(chunk, at + done);
+        if (got < chunk.length) {
           throw new ImageError(source.locate(at + done + got), "truncated image data", `short read: checksum strip ${withCommas(strip)} ends early`);
         }
-        check.update(piece.subarray(0, n));
-        if (stored > 0) this.storedChecksum.set(piece.subarray(n, n + Math.min(csSize, MAX_CHECKSUM_SIZE)));
+        check.update(chunk.subarray(0, n));
+        if (stored > 0) this.storedChecksum.set(chunk.subarray(n, n + Math.min(csSize, MAX_CHECKSUM_SIZE)));
         done += n;
       }
       const stored = this.storedChecksum.subarray(0, Math.min(csSize, MAX_CHECKSUM_SIZE));
@@ -517,10 +504,10 @@ function v1ChecksumSize(r: ByteReader, h: PartcloneHeader, used: number): number
 }
 
 /** Open a partclone image on a stream positioned at its first byte: header and bitmap now, data later. */
-export function openPartclone(stream: OpenedStream): PartcloneImage {
+export function openPartclone(stream: OpenedStream, limits: BitmapLimits = {}): PartcloneImage {
   const r = stream.reader;
   const header = readHeader(r);
-  const { bitmap, crc, bytes } = readBitmap(r, header);
+  const { bitmap, crc, bytes } = readBitmap(r, header, limits);
   const checksumSize = header.imageVersion === 1 ? v1ChecksumSize(r, header, bitmap.count()) : header.checksumSize;
   return new PartcloneImage(stream, header, bitmap, crc, bytes, checksumSize);
 }

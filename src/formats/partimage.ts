@@ -8,7 +8,7 @@ import type { ChunkSource } from "../source/chunk-source.ts";
 import { openFileSource } from "../source/file.ts";
 import { FileSource, SplitSource } from "../source/pieces.ts";
 import { type OpenedStream, openStream } from "../source/open.ts";
-import { UsedBitmap } from "./bitmap.ts";
+import { BitmapLoader, type BitmapLimits, checkBitmapLimit, type UsedBitmap } from "./bitmap.ts";
 import { BlockLocator } from "./block-locator.ts";
 import { BitmapImage, type DataRun, type ImageInfo, type InfoField, infoField, type ReadOptions } from "./image.ts";
 import { countWithSize, humanSize } from "./units.ts";
@@ -307,6 +307,19 @@ class Parser {
     const b = this.r.view(n, field);
     this.sum += byteSum(b);
     return b;
+  }
+
+  /** The bitmap, a chunk at a time into the pages it keeps: never held whole in a buffer of its own as well. */
+  bitmap(bytes: number, totalBlocks: number): UsedBitmap {
+    const loader = new BitmapLoader(totalBlocks);
+    for (let have = 0; have < bytes; ) {
+      const chunk = this.r.chunk(Math.min(bytes - have, 1 << 20));
+      if (chunk.length === 0) this.r.fail("truncated partimage bitmap", `needs ${withCommas(bytes)} bytes, the stream ends after ${withCommas(have)}`);
+      this.sum += byteSum(chunk);
+      loader.append(chunk);
+      have += chunk.length;
+    }
+    return loader.finish();
   }
 
   magic(expected: string): void {
@@ -637,7 +650,7 @@ export class PartimageImage extends BitmapImage {
  * Open a partimage image on a stream positioned at its first byte (any volume of a set: the
  * others are opened by name, NAME.000 first): headers and bitmap now, the blocks later.
  */
-export function openPartimage(stream: OpenedStream): PartimageImage {
+export function openPartimage(stream: OpenedStream, limits: BitmapLimits = {}): PartimageImage {
   const base = volumeBase(stream);
   let first = stream;
   let header = readVolumeHeader(stream.reader, stream.pieces[0]!);
@@ -683,8 +696,9 @@ export function openPartimage(stream: OpenedStream): PartimageImage {
     }
     p.magic(MAGIC_LOCAL_HEADER);
     const local = readLocalHeader(p);
+    checkBitmapLimit(reader, local.blocksCount, limits, local.at + 16);
     p.magic(MAGIC_BITMAP);
-    const bitmap = new UsedBitmap(p.take(local.bitmapSize, "partimage bitmap").slice(), local.blocksCount);
+    const bitmap = p.bitmap(local.bitmapSize, local.blocksCount);
     p.magic(MAGIC_INFO);
     const fsInfo = p.checkedStruct(INFO_SIZE, "partimage file system info");
     p.magic(MAGIC_DATA);

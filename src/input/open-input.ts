@@ -27,6 +27,8 @@ export interface InputOptions {
   decodeThreads?: number;
   /** decompress in a worker thread (default: yes) */
   threads?: boolean;
+  /** the largest bitmap an image may have, in bytes (default: the formats' own limit) */
+  maxBitmap?: number;
   /** info: make sure a compressed split set is whole before showing its header */
   confirmWholeSet?: boolean;
   /**
@@ -74,12 +76,12 @@ export function openInput(spec: string, options: InputOptions = {}): Input {
     if (content === undefined) throw e;
     return new VolumeInput(file, content, options.seekIndex);
   }
-  return new ImageInput(spec, image, () => openImage(file, { seekIndex: options.seekIndex ?? { mode: "build" } }), command);
+  return new ImageInput(spec, image, () => openImage(file, { seekIndex: options.seekIndex ?? { mode: "build" }, maxBitmap: options.maxBitmap }), command);
 }
 
 function imageOptions(o: InputOptions): OpenImageOptions {
   const seekIndex = o.randomAccess ? (o.seekIndex ?? { mode: "build" as const }) : o.seekIndex;
-  return { seekIndex, decodeThreads: o.decodeThreads, threads: o.threads, confirmWholeSet: o.confirmWholeSet };
+  return { seekIndex, decodeThreads: o.decodeThreads, threads: o.threads, confirmWholeSet: o.confirmWholeSet, maxBitmap: o.maxBitmap };
 }
 
 /** The file system a file's (decompressed) bytes start with, when they are a volume; undefined otherwise. */

@@ -28,13 +28,16 @@ function v2(length: number, edit: (dv: DataView, b: Uint8Array) => void): Uint8A
   return b;
 }
 
-// the 110-byte header of the issue: 2^40 blocks, so a bitmap of 128 GiB that is not there
-const hugeCount = v2(110, (dv) => {
-  dv.setBigUint64(52, 1n << 52n, true);
-  dv.setBigUint64(60, 1n << 40n, true);
-});
-write("truncated-bitmap.2^40-blocks.ext4-ptcl-img", hugeCount);
-write("truncated-bitmap.2^40-blocks.ext4-ptcl-img.zst", compress(["zstd", "-q", "-c"], hugeCount));
+// the 110-byte header of the issue: 2^40 blocks, so a bitmap of 128 GiB, refused before it is read;
+// 2^33 blocks, a bitmap of 1 GiB (at the limit), read as far as the input goes
+for (const [name, blocks] of [["bitmap-larger-than-the-limit.2^40-blocks", 40n], ["truncated-bitmap.2^33-blocks", 33n]] as const) {
+  const header = v2(110, (dv) => {
+    dv.setBigUint64(52, 1n << (blocks + 12n), true);
+    dv.setBigUint64(60, 1n << blocks, true);
+  });
+  write(`${name}.ext4-ptcl-img`, header);
+  write(`${name}.ext4-ptcl-img.zst`, compress(["zstd", "-q", "-c"], header));
+}
 // bitmap mode NONE: every one of 2^43 blocks is used, and 16 KB follow
 const noBitmap = v2(16384, (dv, b) => {
   dv.setBigUint64(52, 1n << 52n, true);
@@ -46,12 +49,14 @@ const noBitmap = v2(16384, (dv, b) => {
 });
 write("truncated-image.bitmap-mode-NONE-2^43-blocks.ext4-ptcl-img", noBitmap);
 write("truncated-image.bitmap-mode-NONE-2^43-blocks.ext4-ptcl-img.gz", compress(["gzip", "-c", "-n"], noBitmap));
-// format 0001, byte bitmap: one byte per block of 2^40
-const v1Huge = v1.slice(0, 16384);
-new DataView(v1Huge.buffer).setBigUint64(40, 1n << 52n, true);
-new DataView(v1Huge.buffer).setBigUint64(48, 1n << 40n, true);
-write("truncated-bitmap.0001-2^40-blocks.ext4-ptcl-img", v1Huge);
-write("truncated-bitmap.0001-2^40-blocks.ext4-ptcl-img.xz", compress(["xz", "-c", "-1"], v1Huge));
+// format 0001, byte bitmap: one byte per block of 2^40, refused; of 2^33, read as far as it goes
+for (const [name, blocks] of [["bitmap-larger-than-the-limit.0001-2^40-blocks", 40n], ["truncated-bitmap.0001-2^33-blocks", 33n]] as const) {
+  const v1Huge = v1.slice(0, 16384);
+  new DataView(v1Huge.buffer).setBigUint64(40, 1n << (blocks + 12n), true);
+  new DataView(v1Huge.buffer).setBigUint64(48, 1n << blocks, true);
+  write(`${name}.ext4-ptcl-img`, v1Huge);
+  write(`${name}.ext4-ptcl-img.xz`, compress(["xz", "-c", "-1"], v1Huge));
+}
 // ntfsclone: 2^40 clusters of 4 KiB and the first 64 KiB of the commands of a 4 MiB volume
 const ntfsHuge = ntfsclone.slice(0, 65536);
 new DataView(ntfsHuge.buffer).setBigInt64(22, 1n << 52n, true);
