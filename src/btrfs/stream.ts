@@ -279,10 +279,10 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
     r.skip(4, "command header");
     let left = length;
     while (left > 0) {
-      const piece = r.chunk(Math.min(left, 1 << 20));
-      if (piece.length === 0) this.fail("truncated", `the stream ends ${length - left} bytes into its ${length} bytes of attributes`);
-      crc = crc32c(piece, crc);
-      left -= piece.length;
+      const chunk = r.chunk(Math.min(left, 1 << 20));
+      if (chunk.length === 0) this.fail("truncated", `the stream ends ${length - left} bytes into its ${length} bytes of attributes`);
+      crc = crc32c(chunk, crc);
+      left -= chunk.length;
     }
     if (crc !== storedCrc) this.fail("crc32c mismatch", `stored 0x${hex8(storedCrc)}, computed 0x${hex8(crc)}`, this.cmdOffset, ChecksumError);
     this.fail(

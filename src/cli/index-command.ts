@@ -33,7 +33,7 @@ export const indexCommand = defineCommand({
           }
           return;
         }
-        const files = input.span.pieces.flatMap((x) => (x.kind === "partition" && (x.partition.content.kind === "image" || x.partition.content.kind === "dd") ? [x.partition.content.pieces[0]!] : []));
+        const files = input.span.parts.flatMap((x) => (x.kind === "partition" && (x.partition.content.kind === "image" || x.partition.content.kind === "dd") ? [x.partition.content.pieces[0]!] : []));
         if (files.length === 0 && input.span.layout.backing) throw new UsageError(`${args.image}: a raw disk image is read at any offset without an index`);
         // a Clonezilla folder: every compressed partition image, one after the other
         let indexed = 0;

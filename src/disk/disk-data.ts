@@ -1,6 +1,6 @@
 import { ImageError, UsageError } from "../errors.ts";
 import type { DataRun } from "../formats/image.ts";
-import { diskPieces, type DiskLayout, type DiskPartition } from "./disk-volume.ts";
+import { diskParts, type DiskLayout, type DiskPartition } from "./disk-volume.ts";
 import { ntfsBackupBootSector } from "./ntfs-boot.ts";
 
 const RAW_CHUNK = 4 << 20;
@@ -8,7 +8,7 @@ const RAW_CHUNK = 4 << 20;
 /** What a disk input reads in order: table sectors and partitions, from `base` (a partition's start) on. */
 export interface DiskSpan {
   layout: DiskLayout;
-  pieces: ReturnType<typeof diskPieces>;
+  parts: ReturnType<typeof diskParts>;
   /** where the span starts on the disk */
   base: number;
   size: number;
@@ -16,17 +16,17 @@ export interface DiskSpan {
 
 /** The whole disk, or one partition of it (by number or name) as a volume of its own. */
 export function diskSpan(layout: DiskLayout, partition?: DiskPartition): DiskSpan {
-  let pieces = diskPieces(layout);
+  let parts = diskParts(layout);
   if (partition !== undefined) {
     if (partition.content.kind === "container") throw new UsageError(`${partition.name} is the extended partition: it holds the logical ones; name one of those`);
-    return { layout, pieces: pieces.filter((x) => x.kind === "partition" && x.partition === partition), base: partition.start, size: partition.size };
+    return { layout, parts: parts.filter((x) => x.kind === "partition" && x.partition === partition), base: partition.start, size: partition.size };
   }
   if (layout.backing) {
     // a raw disk image: all of it, tables and gaps included
     const whole: DiskPartition = { name: layout.name, number: 0, start: 0, size: layout.size, type: "", content: { kind: "volume", volume: layout.backing } };
-    pieces = [{ kind: "partition", partition: whole, offset: 0, end: layout.size }];
+    parts = [{ kind: "partition", partition: whole, offset: 0, end: layout.size }];
   }
-  return { layout, pieces, base: 0, size: layout.size };
+  return { layout, parts, base: 0, size: layout.size };
 }
 
 /**
@@ -35,7 +35,7 @@ export function diskSpan(layout: DiskLayout, partition?: DiskPartition): DiskSpa
  */
 export function unsavedPartitions(span: DiskSpan): string[] {
   const warnings: string[] = [];
-  for (const x of span.pieces) {
+  for (const x of span.parts) {
     if (x.kind !== "partition" || x.partition.content.kind !== "absent") continue;
     const { reason } = x.partition.content;
     if (reason.startsWith("in parts")) throw new ImageError({ file: span.layout.name }, `${x.partition.name}: ${reason}`);
@@ -50,7 +50,7 @@ export function unsavedPartitions(span: DiskSpan): string[] {
  * needed, so compressed images and pipes work.
  */
 export function* diskDataBatches(span: DiskSpan, verify: boolean): Generator<DataRun[], void, undefined> {
-  for (const x of span.pieces) {
+  for (const x of span.parts) {
     if (x.kind === "table") yield [{ offset: x.offset - span.base, data: x.table.bytes }];
     else yield* partitionBatches(span.layout, x.partition, x.offset - span.base, verify);
   }
@@ -58,13 +58,13 @@ export function* diskDataBatches(span: DiskSpan, verify: boolean): Generator<Dat
 
 /** Bytes of data a pass over the span writes, for progress (each image's header read once more). */
 export function spanDataBytes(span: DiskSpan): number {
-  const tables = span.pieces.reduce((n, x) => n + (x.kind === "table" ? x.table.bytes.length : 0), 0);
-  return tables + usedBytesEstimate(span.layout, span.pieces);
+  const tables = span.parts.reduce((n, x) => n + (x.kind === "table" ? x.table.bytes.length : 0), 0);
+  return tables + usedBytesEstimate(span.layout, span.parts);
 }
 
-function usedBytesEstimate(layout: DiskLayout, pieces: ReturnType<typeof diskPieces>): number {
+function usedBytesEstimate(layout: DiskLayout, parts: ReturnType<typeof diskParts>): number {
   let n = 0;
-  for (const x of pieces) {
+  for (const x of parts) {
     if (x.kind !== "partition") continue;
     const c = x.partition.content;
     if (c.kind === "swap") n += c.header.length;

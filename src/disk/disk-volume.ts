@@ -62,19 +62,19 @@ export interface DiskLayout {
 }
 
 /** Everything that occupies bytes of the disk, ascending; overlaps are an error naming both. */
-export function diskPieces(layout: DiskLayout): ({ kind: "table"; table: TableBytes; offset: number; end: number } | { kind: "partition"; partition: DiskPartition; offset: number; end: number })[] {
-  const pieces = [
+export function diskParts(layout: DiskLayout): ({ kind: "table"; table: TableBytes; offset: number; end: number } | { kind: "partition"; partition: DiskPartition; offset: number; end: number })[] {
+  const parts = [
     ...layout.tables.map((table) => ({ kind: "table" as const, table, offset: table.offset, end: table.offset + table.bytes.length })),
     ...layout.partitions.filter((p) => p.content.kind !== "container").map((partition) => ({ kind: "partition" as const, partition, offset: partition.start, end: partition.start + partition.size })),
   ].sort((a, b) => a.offset - b.offset || a.end - b.end);
-  const label = (p: (typeof pieces)[number]) => (p.kind === "table" ? p.table.what : `partition ${p.partition.name}`);
-  for (let i = 0; i < pieces.length; i++) {
-    const p = pieces[i]!;
+  const label = (p: (typeof parts)[number]) => (p.kind === "table" ? p.table.what : `partition ${p.partition.name}`);
+  for (let i = 0; i < parts.length; i++) {
+    const p = parts[i]!;
     if (p.end > layout.size) throw new ImageError({ file: layout.name, offset: p.offset }, `${label(p)} ends past the end of the ${layout.size}-byte disk`);
-    const next = pieces[i + 1];
+    const next = parts[i + 1];
     if (next && next.offset < p.end) throw new ImageError({ file: layout.name, offset: next.offset }, `${label(next)} overlaps ${label(p)}`);
   }
-  return pieces;
+  return parts;
 }
 
 /** A few bytes as a Volume (table sectors, a swap header). */
@@ -312,9 +312,9 @@ const BUILD_ON_FIRST_USE: SeekIndexOptions = { mode: "build" };
 export function diskVolume(layout: DiskLayout): Volume & { layout: DiskLayout } {
   const regions: Region[] = [];
   try {
-    for (const piece of diskPieces(layout)) {
-      if (piece.kind === "table") regions.push({ offset: piece.offset, volume: bytesVolume(piece.table.what, piece.table.bytes, layout.sectorSize) });
-      else if (piece.partition.content.kind !== "absent") regions.push({ offset: piece.offset, volume: partitionVolume(layout, piece.partition) });
+    for (const part of diskParts(layout)) {
+      if (part.kind === "table") regions.push({ offset: part.offset, volume: bytesVolume(part.table.what, part.table.bytes, layout.sectorSize) });
+      else if (part.partition.content.kind !== "absent") regions.push({ offset: part.offset, volume: partitionVolume(layout, part.partition) });
     }
   } catch (e) {
     for (const r of regions) r.volume.close();

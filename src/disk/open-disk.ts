@@ -4,7 +4,7 @@ import { ImageError, UsageError } from "../errors.ts";
 import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import type { Volume } from "../volume/volume.ts";
 import { type ClonezillaFolder, looksLikeClonezillaFolder, readClonezillaFolder } from "./clonezilla.ts";
-import { bytesVolume, composeVolume, diskPieces, type DiskLayout, type DiskPartition, partitionVolume, type Region, sliceVolume } from "./disk-volume.ts";
+import { bytesVolume, composeVolume, diskParts, type DiskLayout, type DiskPartition, partitionVolume, type Region, sliceVolume } from "./disk-volume.ts";
 import { openRawDisk } from "./raw-disk.ts";
 
 export interface DiskPartitionVolume extends Volume {
@@ -57,16 +57,16 @@ function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, o
   const disks: DiskVolume[] = layouts.map((layout) => {
     const regions: Region[] = [];
     const lazyOf = new Map<DiskPartition, LazyVolume>();
-    for (const piece of diskPieces(layout)) {
-      if (piece.kind === "table") {
-        regions.push({ offset: piece.offset, volume: bytesVolume(piece.table.what, piece.table.bytes, layout.sectorSize) });
+    for (const part of diskParts(layout)) {
+      if (part.kind === "table") {
+        regions.push({ offset: part.offset, volume: bytesVolume(part.table.what, part.table.bytes, layout.sectorSize) });
         continue;
       }
-      const p = piece.partition;
+      const p = part.partition;
       const lazy = new LazyVolume(`${layout.name} ${p.name}`, p.size, layout.sectorSize, () => partitionVolume(layout, p, seekIndex));
       lazies.push(lazy);
       lazyOf.set(p, lazy);
-      if (p.content.kind !== "absent") regions.push({ offset: piece.offset, volume: lazy.asVolume() });
+      if (p.content.kind !== "absent") regions.push({ offset: part.offset, volume: lazy.asVolume() });
     }
     const volume = layout.backing ? sliceVolume(layout.backing, 0, layout.size, layout.name, layout.sectorSize) : composeVolume(layout.name, layout.size, layout.sectorSize, regions);
     // an extended partition reads as what the disk holds there: its EBRs and the logical partitions

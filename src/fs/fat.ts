@@ -126,8 +126,8 @@ class FatFileSystem implements FileSystem {
 
   *list(dir: FsNode, onDamage?: (e: FsError) => void): Iterable<DirEntry> {
     const info = this.nodeInfo(dir);
-    const pieces: { offset: number; length: number }[] = [];
-    if (dir.id === ROOT_ID && this.bits !== 32) pieces.push({ offset: this.rootDirOffset, length: this.rootDirBytes });
+    const runs: { offset: number; length: number }[] = [];
+    if (dir.id === ROOT_ID && this.bits !== 32) runs.push({ offset: this.rootDirOffset, length: this.rootDirBytes });
     else {
       let clusters: number[];
       try {
@@ -137,11 +137,11 @@ class FatFileSystem implements FileSystem {
         onDamage(e);
         clusters = (e as FsError & { partial?: number[] }).partial ?? [];
       }
-      for (const c of clusters) pieces.push({ offset: this.clusterOffset(c), length: this.clusterSize });
+      for (const c of clusters) runs.push({ offset: this.clusterOffset(c), length: this.clusterSize });
     }
     let lfn: { parts: Uint16Array[]; checksum: number; expect: number } | undefined;
-    for (const piece of pieces) {
-      const data = this.volume.read(piece.offset, piece.length);
+    for (const run of runs) {
+      const data = this.volume.read(run.offset, run.length);
       const v = view(data);
       for (let pos = 0; pos + ENTRY <= data.length; pos += ENTRY) {
         const first = data[pos]!;
@@ -174,7 +174,7 @@ class FatFileSystem implements FileSystem {
         let name: string | undefined;
         if (pending && pending.expect === 0 && pending.checksum === shortNameChecksum(shortRaw)) name = longName(pending.parts);
         name ??= this.shortName(shortRaw, data[pos + 12]!);
-        const entryOffset = piece.offset + pos;
+        const entryOffset = run.offset + pos;
         const firstCluster = (this.bits === 32 ? v.getUint16(pos + 20, true) * 65536 : 0) + v.getUint16(pos + 26, true);
         const isDir = (attr & ATTR_DIRECTORY) !== 0;
         const size = v.getUint32(pos + 28, true);

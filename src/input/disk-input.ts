@@ -148,7 +148,7 @@ export class DiskInput implements Input {
 
   private chosenPartition(): DiskPartition | undefined {
     if (this.kind !== "partition") return undefined;
-    return this.span.pieces.find((x) => x.kind === "partition")?.partition;
+    return this.span.parts.find((x) => x.kind === "partition")?.partition;
   }
 
   close(): void {

@@ -66,6 +66,6 @@ function descriptionOf(input: Input): string {
   if (facts.kind === "image") return `${facts.image.format} image of ${facts.image.fsType}`;
   if (facts.kind === "volume") return `volume of ${facts.content}`;
   const disk = input instanceof DiskInput ? input.span.layout.name : input.name;
-  const p = input instanceof DiskInput ? input.span.pieces.find((x) => x.kind === "partition") : undefined;
+  const p = input instanceof DiskInput ? input.span.parts.find((x) => x.kind === "partition") : undefined;
   return facts.kind === "partition" && p?.kind === "partition" ? `partition ${p.partition.name} of ${disk}` : `disk ${disk}`;
 }

@@ -437,7 +437,7 @@ export class OverlayVolume implements WritableVolume {
 }
 
 /** the most of an overlay's own data one merged run carries */
-const MERGE_PIECE = 4 << 20;
+const MERGE_CHUNK = 4 << 20;
 
 /**
  * The used data of an image (ascending batches, as restore writes them) with an overlay's changes
@@ -448,7 +448,7 @@ export function* mergeOverlay(batches: Iterable<DataRun[]>, overlay: OverlayVolu
   const changes = overlay.changes();
   let change = nextChange(changes);
   const own = (offset: number, end: number, out: DataRun[]) => {
-    for (let at = offset; at < end; at += MERGE_PIECE) out.push({ offset: at, data: overlay.read(at, Math.min(MERGE_PIECE, end - at)) });
+    for (let at = offset; at < end; at += MERGE_CHUNK) out.push({ offset: at, data: overlay.read(at, Math.min(MERGE_CHUNK, end - at)) });
   };
   for (const batch of batches) {
     const out: DataRun[] = [];
