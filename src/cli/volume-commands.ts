@@ -28,7 +28,20 @@ function parseThreads(value: string | undefined): number {
 }
 
 const maxBitmapArg = { type: "string", description: "read a bitmap (one bit per block) up to this size (default 1G: 32 TiB of 4 KiB blocks)" } as const;
-const maxBitmapOf = (args: { "max-bitmap"?: string }) => parseBytes(args["max-bitmap"], "--max-bitmap") || undefined;
+
+/** The options of the commands that read all the data (restore, verify): which part, how to decode. */
+const readAllArgs = {
+  threads: threadsArg,
+  "max-bitmap": maxBitmapArg,
+  partition: partitionArg,
+  disk: diskArg,
+  debug: { type: "boolean", description: "show stack traces of errors" },
+} as const;
+
+function readAllOptions(args: { partition?: string; disk?: string; threads?: string; "max-bitmap"?: string }, command: string): InputOptions {
+  const maxBitmap = parseBytes(args["max-bitmap"], "--max-bitmap") || undefined;
+  return { partition: args.partition, disk: args.disk, decodeThreads: parseThreads(args.threads), maxBitmap, command };
+}
 
 export const imageArg = {
   type: "positional",
@@ -58,7 +71,7 @@ export const infoCommand = defineCommand({
   },
   run: ({ args }) =>
     guard(() =>
-      withInput(args.image, { partition: args.partition, disk: args.disk, confirmWholeSet: true, maxBitmap: maxBitmapOf(args), command: "info" }, (input) => {
+      withInput(args.image, { partition: args.partition, disk: args.disk, confirmWholeSet: true, maxBitmap: parseBytes(args["max-bitmap"], "--max-bitmap") || undefined, command: "info" }, (input) => {
         const facts = input.describe();
         process.stdout.write(args.json ? `${JSON.stringify(infoJson(facts), null, 2)}\n` : infoText(facts));
       }),
@@ -75,17 +88,13 @@ export const restoreCommand = defineCommand({
     verify: { type: "boolean", default: true, description: "check checksums on the way", negativeDescription: "do not check checksums" },
     "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
     overlay: { type: "string", description: "merge the changes kept in this overlay file (serve/mount --overlay)" },
-    threads: threadsArg,
-    "max-bitmap": maxBitmapArg,
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
-    partition: partitionArg,
-    disk: diskArg,
-    debug: { type: "boolean", description: "show stack traces of errors" },
+    ...readAllArgs,
   },
   run: ({ args }) =>
     guard(() => {
       const outputOffset = parseBytes(args["output-offset"], "--output-offset");
-      return withInput(args.image, { partition: args.partition, disk: args.disk, decodeThreads: parseThreads(args.threads), maxBitmap: maxBitmapOf(args), command: "restore" }, async (input) => {
+      return withInput(args.image, readAllOptions(args, "restore"), async (input) => {
         for (const w of input.warnings) process.stderr.write(`imgtool: warning: ${w}\n`);
         let overlay: OverlayVolume | undefined;
         try {
@@ -123,16 +132,12 @@ export const verifyCommand = defineCommand({
   meta: { name: "verify", description: "Check every checksum and count (like partclone.chkimg); of a folder, its checksum files too" },
   args: {
     image: imageArg,
-    threads: threadsArg,
-    "max-bitmap": maxBitmapArg,
     quiet: { type: "boolean", alias: "q", description: "print nothing on success" },
-    partition: partitionArg,
-    disk: diskArg,
-    debug: { type: "boolean", description: "show stack traces of errors" },
+    ...readAllArgs,
   },
   run: ({ args }) =>
     guard(() =>
-      withInput(args.image, { partition: args.partition, disk: args.disk, decodeThreads: parseThreads(args.threads), maxBitmap: maxBitmapOf(args), command: "verify" }, (input) => {
+      withInput(args.image, readAllOptions(args, "verify"), (input) => {
         const r = input.verify(progressBars(args.quiet === true));
         const lines = input.kind === "disk" || input.kind === "partition" ? r.checked : [];
         if (!args.quiet) for (const line of lines) process.stdout.write(`${line}\n`);
