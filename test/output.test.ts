@@ -1,7 +1,7 @@
 import { expect, test } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
-import { fixture, runCli, sha256File, tempDir } from "./helpers.ts";
+import { fixture, peerTest, runCli, sha256File, tempDir } from "./helpers.ts";
 
 test("--sparse leaves the unused blocks as holes; without it they are written", () => {
   const dir = tempDir();
@@ -16,15 +16,19 @@ test("--sparse leaves the unused blocks as holes; without it they are written", 
   expect(allocated(full)).toBeGreaterThanOrEqual(4 << 20);
 });
 
-const isRoot = process.getuid?.() === 0;
-if (!isRoot) console.log("skip: full-disk test: needs root to mount a small tmpfs");
-test.skipIf(!isRoot)("a full disk stops the restore naming the output, and leaves no partial file", () => {
+/** Why a small tmpfs cannot be mounted here (tried once), or undefined. */
+function tmpfsMissing(): string | undefined {
+  if (process.getuid?.() !== 0) return "needs root to mount a small tmpfs";
   const dir = tempDir();
-  const mount = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", dir]);
-  if (mount.exitCode !== 0) {
-    console.log("skip: full-disk test: tmpfs could not be mounted here");
-    return;
-  }
+  if (Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", dir]).exitCode !== 0) return "tmpfs could not be mounted here";
+  Bun.spawnSync(["umount", dir]);
+  return undefined;
+}
+
+peerTest(tmpfsMissing())("a full disk stops the restore naming the output, and leaves no partial file", () => {
+  const dir = tempDir();
+  const mount = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", dir], { stderr: "pipe" });
+  if (mount.exitCode !== 0) throw new Error(`mount -t tmpfs failed: ${mount.stderr.toString().trim()}`);
   try {
     const out = path.join(dir, "vol.raw");
     const r = runCli(["restore", fixture("ext4.ext4-ptcl-img"), "-o", out]);
