@@ -76,7 +76,9 @@ export function openInput(spec: string, options: InputOptions = {}): Input {
     if (content === undefined) throw e;
     return new VolumeInput(file, content, options.seekIndex);
   }
-  return new ImageInput(spec, image, () => openImage(file, { seekIndex: options.seekIndex ?? { mode: "build" }, maxBitmap: options.maxBitmap }), command);
+  // a pipe is read once: only a file (or split set) can be opened again for random access
+  const reopen = st === undefined || st.isFile() ? () => openImage(file, { seekIndex: options.seekIndex ?? { mode: "build" }, maxBitmap: options.maxBitmap }) : undefined;
+  return new ImageInput(spec, image, reopen, command);
 }
 
 function imageOptions(o: InputOptions): OpenImageOptions {
