@@ -92,41 +92,64 @@ export function openat2(dirfd: number, p: Uint8Array, flags: number, resolve: nu
   throw err;
 }
 
+/**
+ * A name NUL-terminated for the call being made, in one of two buffers reused from call to call
+ * (a rename or link passes two names): the calls of a receive allocate nothing per name.
+ */
+const nameBuffers = [Buffer.alloc(256), Buffer.alloc(256)] as const;
+function cName(name: Uint8Array, slot: 0 | 1 = 0): Buffer {
+  if (name.length >= 256) return cPath(name);
+  const b = nameBuffers[slot];
+  b.set(name);
+  b[name.length] = 0;
+  return b;
+}
+
+/** struct timespec[2] of the utimensat being made */
+const timesBuffer = new BigInt64Array(4);
+function timespecs(atime: { sec: number | bigint; nsec: number }, mtime: { sec: number | bigint; nsec: number }): BigInt64Array {
+  timesBuffer[0] = BigInt(atime.sec);
+  timesBuffer[1] = BigInt(atime.nsec);
+  timesBuffer[2] = BigInt(mtime.sec);
+  timesBuffer[3] = BigInt(mtime.nsec);
+  return timesBuffer;
+}
+
 export function openAt(dirfd: number, name: Uint8Array, flags: number, mode: number, display: Uint8Array): number {
-  const fd = libc().openat(dirfd, cPath(name), flags | O_CLOEXEC, mode);
+  const fd = libc().openat(dirfd, cName(name), flags | O_CLOEXEC, mode);
   checked(fd, "openat", display);
   return fd;
 }
 
 export function mkdirAt(dirfd: number, name: Uint8Array, mode: number, display: Uint8Array): void {
-  checked(libc().mkdirat(dirfd, cPath(name), mode), "mkdirat", display);
+  checked(libc().mkdirat(dirfd, cName(name), mode), "mkdirat", display);
 }
 
 export function mknodAt(dirfd: number, name: Uint8Array, mode: number, rdev: number | bigint, display: Uint8Array): void {
-  checked(libc().mknodat(dirfd, cPath(name), mode, rdev), "mknodat", display);
+  checked(libc().mknodat(dirfd, cName(name), mode, rdev), "mknodat", display);
 }
 
 export function symlinkAt(target: Uint8Array, dirfd: number, name: Uint8Array, display: Uint8Array): void {
-  checked(libc().symlinkat(cPath(target), dirfd, cPath(name)), "symlinkat", display);
+  checked(libc().symlinkat(cPath(target), dirfd, cName(name)), "symlinkat", display);
 }
 
 /** A hard link to the entry itself (a symlink is linked, not followed). */
 export function linkAt(fromDir: number, fromName: Uint8Array, toDir: number, toName: Uint8Array, display: Uint8Array): void {
-  checked(libc().linkat(fromDir, cPath(fromName), toDir, cPath(toName), 0), "linkat", display);
+  checked(libc().linkat(fromDir, cName(fromName), toDir, cName(toName, 1), 0), "linkat", display);
 }
 
 export function renameAt(fromDir: number, fromName: Uint8Array, toDir: number, toName: Uint8Array, display: Uint8Array): void {
-  checked(libc().renameat(fromDir, cPath(fromName), toDir, cPath(toName)), "renameat", display);
+  checked(libc().renameat(fromDir, cName(fromName), toDir, cName(toName, 1)), "renameat", display);
 }
 
 export function unlinkAt(dirfd: number, name: Uint8Array, flags: number, display: Uint8Array): void {
-  checked(libc().unlinkat(dirfd, cPath(name), flags), flags & AT_REMOVEDIR ? "rmdir" : "unlinkat", display);
+  checked(libc().unlinkat(dirfd, cName(name), flags), flags & AT_REMOVEDIR ? "rmdir" : "unlinkat", display);
 }
 
 /** lchown of `name` in dirfd, or fchown of dirfd itself when `name` is null. */
 export function chownAt(dirfd: number, name: Uint8Array | null, uid: number, gid: number, display: Uint8Array): void {
   if (name === null) checked(libc().fchown(dirfd, uid, gid), "fchown", display);
-  else checked(libc().fchownat(dirfd, cPath(name), uid, gid, AT_SYMLINK_NOFOLLOW), "fchownat", display);
+  else checked(libc().fchownat(dirfd, cName(name), uid, gid, AT_SYMLINK_NOFOLLOW), "fchownat", display);
 }
 
 let noFchmodat2 = false;
@@ -161,8 +184,8 @@ export function utimensAt(
   mtime: { sec: number | bigint; nsec: number },
   display: Uint8Array,
 ): void {
-  const times = new BigInt64Array([BigInt(atime.sec), BigInt(atime.nsec), BigInt(mtime.sec), BigInt(mtime.nsec)]);
-  const rc = name === null ? libc().futimens(dirfd, times) : libc().utimensat(dirfd, cPath(name), times, AT_SYMLINK_NOFOLLOW);
+  const times = timespecs(atime, mtime);
+  const rc = name === null ? libc().futimens(dirfd, times) : libc().utimensat(dirfd, cName(name), times, AT_SYMLINK_NOFOLLOW);
   checked(rc, "utimensat", display);
 }
 
@@ -229,7 +252,7 @@ export function statAt(dirfd: number, name: Uint8Array | null, display: Uint8Arr
   const rc =
     name === null
       ? libc().statx(dirfd, Buffer.from("\0"), AT_EMPTY_PATH, STATX_WANTED, statxBytes)
-      : libc().statx(dirfd, cPath(name), AT_SYMLINK_NOFOLLOW, STATX_WANTED, statxBytes);
+      : libc().statx(dirfd, cName(name), AT_SYMLINK_NOFOLLOW, STATX_WANTED, statxBytes);
   if (rc !== 0) {
     const err = libcError("statx", display);
     if (err.code === "ENOENT") return undefined;

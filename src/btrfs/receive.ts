@@ -46,7 +46,7 @@ import { EncodedCompression } from "./protocol.ts";
 import { cloneRange, copyTree, punchOrZero } from "./range-copy.ts";
 import { RECEIVED_INDEX, ReceivedIndex } from "./received-index.ts";
 import type { SendCommand, SendStreamParser, U64 } from "./stream.ts";
-import { PathRefusal, type Place, SubvolumeDir } from "./subvolume-dir.ts";
+import { mayBeAtOrBelowPath, PathRefusal, type Place, SubvolumeDir } from "./subvolume-dir.ts";
 
 export interface ReceiveOptions {
   /** called when a subvolume or snapshot starts, as `btrfs receive` prints "At subvol NAME" */
@@ -55,6 +55,8 @@ export interface ReceiveOptions {
   warn?: (line: string) => void;
   /** now and then: how many bytes of the stream have been applied */
   onProgress?: (streamBytes: number) => void;
+  /** resolve paths with an O_NOFOLLOW openat per directory, as on kernels without openat2 (for tests) */
+  walkWithoutOpenat2?: boolean;
 }
 
 export interface ReceivedSubvolume {
@@ -108,16 +110,19 @@ interface CurrentSubvolume {
   commands: number;
 }
 
-/** The file of the last write, kept open for the next one (btrfs receive does the same); known by its inode, not its path. */
+/**
+ * The file of the last create or write, kept open for the commands that follow on it (btrfs
+ * receive keeps it too): data, truncate, chown, chmod, utimes go to the fd while `key` is its path.
+ */
 interface WriteFile {
   fd: number;
-  dev: bigint;
-  ino: bigint;
+  /** a stream path that names it now; undefined once a rename or removal may have changed that */
+  path: Uint8Array | undefined;
+  /** its inode, asked for when first needed */
+  id?: { dev: bigint; ino: bigint };
 }
 
 const NO_PLACE_DETAIL = "a received path must stay inside its subvolume";
-/** the commands that create, link, rename or remove names: after each, every path is resolved afresh */
-const NAMESPACE_COMMANDS = new Set<SendCommand["type"]>(["mkfile", "mkdir", "mknod", "mkfifo", "mksock", "symlink", "rename", "link", "unlink", "rmdir"]);
 const WRITE_FLAGS = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 const READ_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 /** uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown */
@@ -220,21 +225,23 @@ class Receiver {
     this.command = command;
     if (this.current) this.current.commands++;
     try {
-      this.dispatch(command);
+      this.applyCommand(command);
     } catch (e) {
       this.failed(e);
     }
   }
 
-  private dispatch(cmd: SendCommand): void {
-    if (NAMESPACE_COMMANDS.has(cmd.type)) {
-      try {
-        return this.applyCommand(cmd);
-      } finally {
-        this.current?.root.changed();
-      }
-    }
-    return this.applyCommand(cmd);
+  /** `path` was renamed (either side), unlinked or removed: what was resolved at or below it is resolved afresh. */
+  private forget(path: Uint8Array): void {
+    this.current?.root.forget(path);
+    const w = this.write;
+    if (w?.path !== undefined && mayBeAtOrBelowPath(w.path, path)) w.path = undefined;
+  }
+
+  /** The held file's fd when `place` names it, spelled as it was. */
+  private heldFile(place: Place): number | undefined {
+    const held = this.write?.path;
+    return held !== undefined && Buffer.prototype.equals.call(held, place.path) ? this.write!.fd : undefined;
   }
 
   private applyCommand(cmd: SendCommand): void {
@@ -250,8 +257,9 @@ class Receiver {
         return this.at(cmd.path, (place) => {
           const name = this.entry(place, "replaced");
           this.closeWriteFile();
-          // kept open: its data, size and mode come next (after a rename from its orphan name)
-          this.holdWriteFile(openAt(place.dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600, place.path));
+          // kept open: its data, owner, mode and times come next (after a rename from its orphan name)
+          const fd = openAt(place.dir, name, WRITE_FLAGS | O_CREAT | O_EXCL, 0o600, place.path);
+          this.write = { fd, path: Buffer.from(place.path) };
         });
       case "mkdir":
         return this.at(cmd.path, (place) => mkdirAt(place.dir, this.entry(place, "replaced"), 0o700, place.path));
@@ -264,20 +272,36 @@ class Receiver {
       }
       case "symlink":
         return this.at(cmd.path, (place) => symlinkAt(cmd.target, place.dir, this.entry(place, "replaced"), place.path));
-      case "rename":
-        return this.at(cmd.path, (from) => {
-          const fromName = this.entry(from, "renamed");
-          this.at(cmd.to, (to) => renameAt(from.dir, fromName, to.dir, this.entry(to, "replaced"), from.path));
-        });
+      case "rename": {
+        let heldFileTo: Uint8Array | undefined;
+        try {
+          this.at(cmd.path, (from) => {
+            const fromName = this.entry(from, "renamed");
+            this.at(cmd.to, (to) => {
+              renameAt(from.dir, fromName, to.dir, this.entry(to, "replaced"), from.path);
+              if (this.heldFile(from) !== undefined) heldFileTo = Buffer.from(to.path);
+            });
+          });
+        } finally {
+          this.forget(cmd.path);
+          this.forget(cmd.to);
+        }
+        // the held file moved with its name
+        if (heldFileTo !== undefined) this.write!.path = heldFileTo;
+        return;
+      }
       case "link":
         return this.at(cmd.path, (link) => {
           const linkName = this.entry(link, "replaced");
           this.at(cmd.target, (target) => linkAt(target.dir, this.entry(target, "linked"), link.dir, linkName, link.path));
         });
       case "unlink":
-        return this.at(cmd.path, (place) => unlinkAt(place.dir, this.entry(place, "removed"), 0, place.path));
       case "rmdir":
-        return this.at(cmd.path, (place) => unlinkAt(place.dir, this.entry(place, "removed"), AT_REMOVEDIR, place.path));
+        try {
+          return this.at(cmd.path, (place) => unlinkAt(place.dir, this.entry(place, "removed"), cmd.type === "rmdir" ? AT_REMOVEDIR : 0, place.path));
+        } finally {
+          this.forget(cmd.path);
+        }
       case "write":
         this.writeAt(this.writeFile(cmd.path), cmd.data, this.offset(cmd.fileOffset, "offset"));
         return;
@@ -291,16 +315,28 @@ class Receiver {
       case "chmod": {
         const mode = Number(cmd.mode) & 0o7777;
         // false for a symlink: Linux cannot change its mode, and chmod(2) would change what it points to
-        this.at(cmd.path, (place) => chmodAt(place.dir, place.name, mode, place.path));
+        this.at(cmd.path, (place) => {
+          const held = this.heldFile(place);
+          if (held !== undefined) chmodAt(held, null, mode, place.path);
+          else chmodAt(place.dir, place.name, mode, place.path);
+        });
         return;
       }
       case "chown": {
         const uid = this.id(cmd.uid, "uid");
         const gid = this.id(cmd.gid, "gid");
-        return this.at(cmd.path, (place) => chownAt(place.dir, place.name, uid, gid, place.path));
+        return this.at(cmd.path, (place) => {
+          const held = this.heldFile(place);
+          if (held !== undefined) chownAt(held, null, uid, gid, place.path);
+          else chownAt(place.dir, place.name, uid, gid, place.path);
+        });
       }
       case "utimes":
-        return this.at(cmd.path, (place) => utimensAt(place.dir, place.name, cmd.atime, cmd.mtime, place.path));
+        return this.at(cmd.path, (place) => {
+          const held = this.heldFile(place);
+          if (held !== undefined) utimensAt(held, null, cmd.atime, cmd.mtime, place.path);
+          else utimensAt(place.dir, place.name, cmd.atime, cmd.mtime, place.path);
+        });
       case "set_xattr":
         return this.at(cmd.path, (place) => this.setXattr(place, cmd.name, cmd.data));
       case "remove_xattr":
@@ -351,7 +387,7 @@ class Receiver {
       this.options.onSubvolume?.("subvol", printable(name));
       mkdirAt(this.dirFd, nameBytes, 0o755, target);
     }
-    const root = SubvolumeDir.open(this.dirFd, nameBytes);
+    const root = SubvolumeDir.open(this.dirFd, nameBytes, this.options.walkWithoutOpenat2);
     this.current = { name: nameBytes, root, receivedUuid, ctransid, parentUuid: parent?.uuid, commands: 0 };
   }
 
@@ -372,10 +408,13 @@ class Receiver {
     this.write = undefined;
   }
 
-  private holdWriteFile(fd: number): number {
-    const st = statAt(fd, null, EMPTY)!;
-    this.write = { fd, dev: st.dev, ino: st.ino };
-    return fd;
+  /** The held file's inode. */
+  private writeFileId(w: WriteFile): { dev: bigint; ino: bigint } {
+    if (!w.id) {
+      const st = statAt(w.fd, null, EMPTY)!;
+      w.id = { dev: st.dev, ino: st.ino };
+    }
+    return w.id;
   }
 
   /**
@@ -387,7 +426,10 @@ class Receiver {
     const st = statAt(place.dir, place.name, place.path);
     if (!st) throw errnoError("ENOENT", `no such file '${printable(place.path)}'`);
     if ((st.mode & S_IFMT) !== S_IFREG) throw new PathRefusal(`not a regular file (${kindName(st.mode)})`);
-    if (this.write && this.write.ino === st.ino && this.write.dev === st.dev && flags === WRITE_FLAGS) return { fd: this.write.fd, st };
+    if (flags === WRITE_FLAGS && this.write) {
+      const held = this.writeFileId(this.write);
+      if (held.ino === st.ino && held.dev === st.dev) return { fd: this.write.fd, st };
+    }
     const fd = openAt(place.dir, place.name, flags, 0, place.path);
     const opened = statAt(fd, null, place.path)!;
     if ((opened.mode & S_IFMT) !== S_IFREG) {
@@ -400,10 +442,16 @@ class Receiver {
   /** The open regular file at `relative`, resolved now (the one held open when it is the same inode). */
   private writeFile(relative: Uint8Array): number {
     return this.at(relative, (place) => {
-      const { fd } = this.openRegular(place, WRITE_FLAGS);
-      if (this.write?.fd === fd) return fd;
+      const held = this.heldFile(place);
+      if (held !== undefined) return held;
+      const { fd, st } = this.openRegular(place, WRITE_FLAGS);
+      if (this.write?.fd === fd) {
+        this.write.path = Buffer.from(place.path);
+        return fd;
+      }
       this.closeWriteFile();
-      return this.holdWriteFile(fd);
+      this.write = { fd, path: Buffer.from(place.path), id: { dev: st.dev, ino: st.ino } };
+      return fd;
     });
   }
 
@@ -496,7 +544,7 @@ class Receiver {
     if (uuid !== s.receivedUuid) {
       const name = this.index.find(uuid, String(cmd.cloneCtransid));
       if (!name) this.refuse(`clone source subvolume ${uuid} (ctransid ${cmd.cloneCtransid}) was not received into this directory`);
-      root = SubvolumeDir.open(this.dirFd, name);
+      root = SubvolumeDir.open(this.dirFd, name, this.options.walkWithoutOpenat2);
     }
     try {
       this.at(
@@ -504,7 +552,8 @@ class Receiver {
         (place) => {
           const { fd: src, st } = this.openRegular(place, READ_FLAGS);
           try {
-            const sameFile = this.write !== undefined && st.ino === this.write.ino && st.dev === this.write.dev;
+            const held = this.write && this.writeFileId(this.write);
+            const sameFile = held !== undefined && st.ino === held.ino && st.dev === held.dev;
             // BTRFS_IOC_CLONE_RANGE: a length of 0 means up to the end of the source
             if (length === 0) length = Math.max(fs.fstatSync(src).size - srcOffset, 0);
             cloneRange(src, srcOffset, dst, dstOffset, length, sameFile);
