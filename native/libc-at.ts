@@ -6,21 +6,12 @@ import { cPath, errnoName, libc, libcError, O_CLOEXEC, O_NOFOLLOW, O_PATH } from
 import { closeFd } from "./libc-file.ts";
 
 // linux/fcntl.h, linux/fs.h
-const AT_FDCWD = -100;
-export const AT_SYMLINK_NOFOLLOW = 0x100;
-export const AT_REMOVEDIR = 0x200;
-const AT_SYMLINK_FOLLOW = 0x400;
-const AT_EMPTY_PATH = 0x1000;
-const RENAME_NOREPLACE = 1;
+const AT_FDCWD = -100, AT_SYMLINK_FOLLOW = 0x400, AT_EMPTY_PATH = 0x1000, RENAME_NOREPLACE = 1;
+export const AT_SYMLINK_NOFOLLOW = 0x100, AT_REMOVEDIR = 0x200;
 // linux/openat2.h
-export const RESOLVE_NO_MAGICLINKS = 0x02;
-export const RESOLVE_NO_SYMLINKS = 0x04;
-export const RESOLVE_BENEATH = 0x08;
+export const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_BENEATH = 0x08;
 // x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) of calls glibc 2.36 does not wrap
-const SYS_openat2 = 437;
-const SYS_fchmodat2 = 452;
-const SYS_setxattrat = 463;
-const SYS_removexattrat = 466;
+const SYS_openat2 = 437, SYS_fchmodat2 = 452, SYS_setxattrat = 463, SYS_removexattrat = 466;
 
 export function lsetxattr(p: Buffer, name: Uint8Array, value: Uint8Array): void {
   if (libc().lsetxattr(cPath(p), cPath(name), value.length ? value : null, value.length, 0) !== 0) throw libcError("lsetxattr", p);

@@ -46,7 +46,7 @@ import { EncodedCompression } from "./protocol.ts";
 import { cloneRange, copyTree, punchOrZero } from "./range-copy.ts";
 import { RECEIVED_INDEX, ReceivedIndex } from "./received-index.ts";
 import type { SendCommand, SendStreamParser, U64 } from "./stream.ts";
-import { mayBeAtOrBelowPath, PathRefusal, type Place, SubvolumeDir } from "./subvolume-dir.ts";
+import { mayBeAtOrBelow, PathRefusal, pathComponents, type Place, SubvolumeDir } from "./subvolume-dir.ts";
 
 export interface ReceiveOptions {
   /** called when a subvolume or snapshot starts, as `btrfs receive` prints "At subvol NAME" */
@@ -85,7 +85,7 @@ export function receiveSendStream(parser: SendStreamParser, dir: string, options
   const receiver = new Receiver(parser, dir, options);
   try {
     let applied = 0;
-    for (const command of parser) {
+    for (let command = parser.read(); command; command = parser.read()) {
       receiver.apply(command);
       if ((++applied & 1023) === 0) options.onProgress?.(parser.reader.position);
     }
@@ -116,13 +116,20 @@ interface CurrentSubvolume {
  */
 interface WriteFile {
   fd: number;
-  /** a stream path that names it now; undefined once a rename or removal may have changed that */
+  /** a stream path that names it now, and its components; undefined once a rename or removal may have changed that */
   path: Uint8Array | undefined;
+  components?: Uint8Array[];
   /** its inode, asked for when first needed */
   id?: { dev: bigint; ino: bigint };
 }
 
 const NO_PLACE_DETAIL = "a received path must stay inside its subvolume";
+/**
+ * Errors of a command that are the stream's doing on any destination: a path it never made or
+ * already made, a name or offset no file system takes (btrfs has the same 255-byte names), a
+ * directory it filled and removes, an argument no call accepts, an xattr it never set.
+ */
+const STREAM_ERRNOS = new Set(["ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "ENOTEMPTY", "ELOOP", "ENAMETOOLONG", "EFBIG", "EINVAL", "EMLINK", "ENODATA"]);
 const WRITE_FLAGS = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 const READ_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 /** uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown */
@@ -180,12 +187,18 @@ class Receiver {
   }
 
   /** A failed file operation, named with the command and its place in the stream. */
+  /**
+   * A failed file operation, named with the command and its place in the stream: an ImageError
+   * (bad input) when what the stream asks cannot be (STREAM_ERRNOS), another failure when the
+   * destination could not do what can be (out of space, I/O error, read-only, not permitted).
+   */
   private failed(e: unknown): never {
     if (e instanceof ImageError || e instanceof UsageError) throw e;
     const cmd = this.command!;
     const err = e as NodeJS.ErrnoException;
-    const where = describeLocation(this.parser.reader.locate(cmd.offset));
-    const wrapped = new Error(`${where}: command #${cmd.index} (${commandName(cmd)}): ${err.message}`) as NodeJS.ErrnoException;
+    const what = `command #${cmd.index} (${commandName(cmd)}): ${err.message}`;
+    if (err.code !== undefined && STREAM_ERRNOS.has(err.code)) throw new ImageError(this.parser.reader.locate(cmd.offset), what);
+    const wrapped = new Error(`${describeLocation(this.parser.reader.locate(cmd.offset))}: ${what}`) as NodeJS.ErrnoException;
     wrapped.code = err.code;
     throw wrapped;
   }
@@ -231,17 +244,26 @@ class Receiver {
     }
   }
 
-  /** `path` was renamed (either side), unlinked or removed: what was resolved at or below it is resolved afresh. */
-  private forget(path: Uint8Array): void {
-    this.current?.root.forget(path);
+  /**
+   * `place` was renamed (either side), unlinked or removed: what was resolved at or below it is
+   * resolved afresh. Only after success: a failed command ends the receive.
+   */
+  private forget(place: Place): void {
+    this.subvolume().root.forget(place.components);
     const w = this.write;
-    if (w?.path !== undefined && mayBeAtOrBelowPath(w.path, path)) w.path = undefined;
+    if (w?.path !== undefined && mayBeAtOrBelow(w.components!, place.components)) w.path = undefined;
+  }
+
+  private holdFile(fd: number, place: Place, id?: WriteFile["id"]): void {
+    // copied: the place's bytes are a view of the parser's buffer
+    const path = new Uint8Array(place.path);
+    this.write = { fd, path, components: pathComponents(path), id };
   }
 
   /** The held file's fd when `place` names it, spelled as it was. */
   private heldFile(place: Place): number | undefined {
     const held = this.write?.path;
-    return held !== undefined && Buffer.prototype.equals.call(held, place.path) ? this.write!.fd : undefined;
+    return held !== undefined && sameBytes(held, place.path) ? this.write!.fd : undefined;
   }
 
   private applyCommand(cmd: SendCommand): void {
@@ -259,7 +281,7 @@ class Receiver {
           this.closeWriteFile();
           // kept open: its data, owner, mode and times come next (after a rename from its orphan name)
           const fd = openAt(place.dir, name, WRITE_FLAGS | O_CREAT | O_EXCL, 0o600, place.path);
-          this.write = { fd, path: Buffer.from(place.path) };
+          this.holdFile(fd, place);
         });
       case "mkdir":
         return this.at(cmd.path, (place) => mkdirAt(place.dir, this.entry(place, "replaced"), 0o700, place.path));
@@ -272,24 +294,18 @@ class Receiver {
       }
       case "symlink":
         return this.at(cmd.path, (place) => symlinkAt(cmd.target, place.dir, this.entry(place, "replaced"), place.path));
-      case "rename": {
-        let heldFileTo: Uint8Array | undefined;
-        try {
-          this.at(cmd.path, (from) => {
-            const fromName = this.entry(from, "renamed");
-            this.at(cmd.to, (to) => {
-              renameAt(from.dir, fromName, to.dir, this.entry(to, "replaced"), from.path);
-              if (this.heldFile(from) !== undefined) heldFileTo = Buffer.from(to.path);
-            });
+      case "rename":
+        return this.at(cmd.path, (from) => {
+          const fromName = this.entry(from, "renamed");
+          this.at(cmd.to, (to) => {
+            renameAt(from.dir, fromName, to.dir, this.entry(to, "replaced"), from.path);
+            const held = this.heldFile(from);
+            this.forget(from);
+            this.forget(to);
+            // the held file moved with its name
+            if (held !== undefined) this.holdFile(held, to, this.write!.id);
           });
-        } finally {
-          this.forget(cmd.path);
-          this.forget(cmd.to);
-        }
-        // the held file moved with its name
-        if (heldFileTo !== undefined) this.write!.path = heldFileTo;
-        return;
-      }
+        });
       case "link":
         return this.at(cmd.path, (link) => {
           const linkName = this.entry(link, "replaced");
@@ -297,11 +313,10 @@ class Receiver {
         });
       case "unlink":
       case "rmdir":
-        try {
-          return this.at(cmd.path, (place) => unlinkAt(place.dir, this.entry(place, "removed"), cmd.type === "rmdir" ? AT_REMOVEDIR : 0, place.path));
-        } finally {
-          this.forget(cmd.path);
-        }
+        return this.at(cmd.path, (place) => {
+          unlinkAt(place.dir, this.entry(place, "removed"), cmd.type === "rmdir" ? AT_REMOVEDIR : 0, place.path);
+          this.forget(place);
+        });
       case "write":
         this.writeAt(this.writeFile(cmd.path), cmd.data, this.offset(cmd.fileOffset, "offset"));
         return;
@@ -446,11 +461,11 @@ class Receiver {
       if (held !== undefined) return held;
       const { fd, st } = this.openRegular(place, WRITE_FLAGS);
       if (this.write?.fd === fd) {
-        this.write.path = Buffer.from(place.path);
+        this.holdFile(fd, place, this.write.id);
         return fd;
       }
       this.closeWriteFile();
-      this.write = { fd, path: Buffer.from(place.path), id: { dev: st.dev, ino: st.ino } };
+      this.holdFile(fd, place, { dev: st.dev, ino: st.ino });
       return fd;
     });
   }
@@ -581,6 +596,12 @@ class Receiver {
 }
 
 const EMPTY = new Uint8Array(0);
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
 const SLASH = Buffer.from("/");
 
 function commandName(cmd: SendCommand): string {
