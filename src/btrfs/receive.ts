@@ -116,7 +116,7 @@ interface CurrentSubvolume {
  */
 interface WriteFile {
   fd: number;
-  /** a stream path that names it now, and its components; undefined once a rename or removal may have changed that */
+  /** a stream path that names it now, and its components (when asked for); undefined once a rename or removal may have changed that */
   path: Uint8Array | undefined;
   components?: Uint8Array[];
   /** its inode, asked for when first needed */
@@ -251,19 +251,21 @@ class Receiver {
   private forget(place: Place): void {
     this.subvolume().root.forget(place.components);
     const w = this.write;
-    if (w?.path !== undefined && mayBeAtOrBelow(w.components!, place.components)) w.path = undefined;
+    if (w?.path !== undefined && mayBeAtOrBelow((w.components ??= pathComponents(w.path)), place.components)) w.path = undefined;
   }
 
   private holdFile(fd: number, place: Place, id?: WriteFile["id"]): void {
     // copied: the place's bytes are a view of the parser's buffer
-    const path = new Uint8Array(place.path);
-    this.write = { fd, path, components: pathComponents(path), id };
+    this.write = { fd, path: new Uint8Array(place.path), id };
   }
 
-  /** The held file's fd when `place` names it, spelled as it was. */
-  private heldFile(place: Place): number | undefined {
+  /**
+   * The held file's fd when `path` names it, spelled as it was: no resolution needed, as `forget`
+   * drops the path whenever a rename or removal may have changed what it names.
+   */
+  private heldFile(path: Uint8Array): number | undefined {
     const held = this.write?.path;
-    return held !== undefined && sameBytes(held, place.path) ? this.write!.fd : undefined;
+    return held !== undefined && sameBytes(held, path) ? this.write!.fd : undefined;
   }
 
   private applyCommand(cmd: SendCommand): void {
@@ -299,7 +301,7 @@ class Receiver {
           const fromName = this.entry(from, "renamed");
           this.at(cmd.to, (to) => {
             renameAt(from.dir, fromName, to.dir, this.entry(to, "replaced"), from.path);
-            const held = this.heldFile(from);
+            const held = this.heldFile(from.path);
             this.forget(from);
             this.forget(to);
             // the held file moved with its name
@@ -329,29 +331,24 @@ class Receiver {
         return;
       case "chmod": {
         const mode = Number(cmd.mode) & 0o7777;
+        const held = this.heldFile(cmd.path);
+        if (held !== undefined) chmodAt(held, null, mode, cmd.path);
         // false for a symlink: Linux cannot change its mode, and chmod(2) would change what it points to
-        this.at(cmd.path, (place) => {
-          const held = this.heldFile(place);
-          if (held !== undefined) chmodAt(held, null, mode, place.path);
-          else chmodAt(place.dir, place.name, mode, place.path);
-        });
+        else this.at(cmd.path, (place) => chmodAt(place.dir, place.name, mode, place.path));
         return;
       }
       case "chown": {
         const uid = this.id(cmd.uid, "uid");
         const gid = this.id(cmd.gid, "gid");
-        return this.at(cmd.path, (place) => {
-          const held = this.heldFile(place);
-          if (held !== undefined) chownAt(held, null, uid, gid, place.path);
-          else chownAt(place.dir, place.name, uid, gid, place.path);
-        });
+        const held = this.heldFile(cmd.path);
+        if (held !== undefined) return chownAt(held, null, uid, gid, cmd.path);
+        return this.at(cmd.path, (place) => chownAt(place.dir, place.name, uid, gid, place.path));
       }
-      case "utimes":
-        return this.at(cmd.path, (place) => {
-          const held = this.heldFile(place);
-          if (held !== undefined) utimensAt(held, null, cmd.atime, cmd.mtime, place.path);
-          else utimensAt(place.dir, place.name, cmd.atime, cmd.mtime, place.path);
-        });
+      case "utimes": {
+        const held = this.heldFile(cmd.path);
+        if (held !== undefined) return utimensAt(held, null, cmd.atime, cmd.mtime, cmd.path);
+        return this.at(cmd.path, (place) => utimensAt(place.dir, place.name, cmd.atime, cmd.mtime, place.path));
+      }
       case "set_xattr":
         return this.at(cmd.path, (place) => this.setXattr(place, cmd.name, cmd.data));
       case "remove_xattr":
@@ -456,9 +453,9 @@ class Receiver {
 
   /** The open regular file at `relative`, resolved now (the one held open when it is the same inode). */
   private writeFile(relative: Uint8Array): number {
+    const held = this.heldFile(relative);
+    if (held !== undefined) return held;
     return this.at(relative, (place) => {
-      const held = this.heldFile(place);
-      if (held !== undefined) return held;
       const { fd, st } = this.openRegular(place, WRITE_FLAGS);
       if (this.write?.fd === fd) {
         this.holdFile(fd, place, this.write.id);
