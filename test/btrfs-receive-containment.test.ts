@@ -560,6 +560,61 @@ describe("btrfs-receive: directories and the file held open between commands are
   });
 });
 
+describe("btrfs-receive: a mkfile or mkdir followed by the rename of its name is made at the new name, as if made and renamed", () => {
+  const write = (at: string, offset: number, data: string) => [Cmd.WRITE, [p(at), [Attr.FILE_OFFSET, u64(offset)], [Attr.DATA, bytesOf(data)]]] as const;
+
+  test("renamed onto an existing file or empty directory: the rename replaces it", () => {
+    const s = setup();
+    const stream = subvol(new SendStreamWriter(1))
+      .command(Cmd.MKFILE, [p("x"), ino(257)])
+      .command(...write("x", 0, "old contents"))
+      .command(Cmd.MKFILE, [p("o258-5-0"), ino(258)])
+      .command(Cmd.RENAME, [p("o258-5-0"), [Attr.PATH_TO, bytesOf("x")]])
+      .command(...write("x", 0, "new"))
+      .command(Cmd.MKDIR, [p("e"), ino(259)])
+      .command(Cmd.MKDIR, [p("o260-5-0"), ino(260)])
+      .command(Cmd.RENAME, [p("o260-5-0"), [Attr.PATH_TO, bytesOf("e")]])
+      .command(Cmd.MKFILE, [p("e/f"), ino(261)])
+      .command(Cmd.MKFILE, [p("last"), ino(262)])
+      .command(Cmd.END, [])
+      .bytes();
+    expect(receive(s, stream)).toMatchObject({ code: EXIT.OK, stderr: "At subvol sv\n" });
+    expect(fs.readdirSync(path.join(s.dir, "sv")).sort()).toEqual(["e", "last", "x"]);
+    expect(fs.readFileSync(path.join(s.dir, "sv/x"), "utf8")).toBe("new");
+    expect(fs.readdirSync(path.join(s.dir, "sv/e"))).toEqual(["f"]);
+    expect(fs.statSync(path.join(s.dir, "sv/last")).size).toBe(0);
+  });
+
+  test("a mkfile of a name that exists fails at the mkfile, though a rename of it follows", () => {
+    const s = setup();
+    const stream = subvol(new SendStreamWriter(1))
+      .command(Cmd.MKFILE, [p("g"), ino(257)])
+      .command(Cmd.MKFILE, [p("g"), ino(258)])
+      .command(Cmd.RENAME, [p("g"), [Attr.PATH_TO, bytesOf("h")]])
+      .command(Cmd.END, [])
+      .bytes();
+    const run = receive(s, stream);
+    expect(run.code).toBe(EXIT.BAD_INPUT);
+    expectOneLineError(run.stderr, 3, "mkfile", /EEXIST: openat 'g'/);
+    expect(fs.readdirSync(path.join(s.dir, "sv"))).toEqual(["g"]);
+  });
+
+  test("renamed through a symlink to outside: the rename is refused, the file made at its first name, the canary untouched", () => {
+    const s = setup();
+    const stream = subvol(new SendStreamWriter(1))
+      .command(Cmd.SYMLINK, [p("d"), ino(257), [Attr.PATH_LINK, bytesOf(s.canary)]])
+      .command(Cmd.MKFILE, [p("o258-5-0"), ino(258)])
+      .command(Cmd.RENAME, [p("o258-5-0"), [Attr.PATH_TO, bytesOf("d/new")]])
+      .command(Cmd.END, [])
+      .bytes();
+    const run = receive(s, stream);
+    expect(run.code).toBe(EXIT.BAD_INPUT);
+    expectOneLineError(run.stderr, 4, "rename", /path goes through the symlink 'd': 'd\/new'/);
+    expect(fs.readdirSync(path.join(s.dir, "sv")).sort()).toEqual(["d", "o258-5-0"]);
+    expectCanaryUntouched(s);
+  });
+});
+
 test("paths that a case-insensitive directory could resolve to one entry are taken as one when names are forgotten", () => {
   const mayBeAtOrBelowPath = (a: Uint8Array, b: Uint8Array) => mayBeAtOrBelow(pathComponents(a), pathComponents(b));
   const b = (v: string) => bytesOf(v);

@@ -144,6 +144,8 @@ class Receiver {
   private readonly dirFd: number;
   private current: CurrentSubvolume | undefined;
   private write: WriteFile | undefined;
+  /** a mkfile or mkdir not done yet (createLater): the command and its path, copied */
+  private pendingFile: { command: SendCommand; path: Uint8Array } | undefined;
   private command: SendCommand | undefined;
   /** per file (dev:ino) whose xattrs were refused: the names refused, so that their removal is not an error */
   private readonly refusedXattrNames = new Map<string, Set<string>>();
@@ -174,6 +176,7 @@ class Receiver {
   }
 
   close(): void {
+    this.pendingFile = undefined;
     this.closeWriteFile();
     this.current?.root.close();
     this.current = undefined;
@@ -235,6 +238,10 @@ class Receiver {
   }
 
   apply(command: SendCommand): void {
+    if (this.pendingFile) {
+      if (this.createRenamed(command)) return;
+      this.makePendingFile();
+    }
     this.command = command;
     if (this.current) this.current.commands++;
     try {
@@ -242,6 +249,69 @@ class Receiver {
     } catch (e) {
       this.failed(e);
     }
+  }
+
+  /**
+   * When `command` renames the pending file, make it at the new name (one create where the stream
+   * asks for a create and a rename: btrfs send gives every new file a temporary name first); true
+   * when done. Where that create fails (the name exists: the rename replaces it), false: the two
+   * are done as the stream gives them.
+   */
+  private createRenamed(command: SendCommand): boolean {
+    const pending = this.pendingFile!;
+    if (command.type !== "rename" || !sameBytes(command.path, pending.path)) return false;
+    this.command = command;
+    try {
+      return this.at(command.to, (to) => {
+        const name = this.entry(to, "replaced");
+        try {
+          this.create(pending.command.type, to.dir, name, to);
+        } catch {
+          return false;
+        }
+        this.pendingFile = undefined;
+        this.current!.commands++;
+        return true;
+      });
+    } catch (e) {
+      // the file is made first, as it would have been, then the rename's refusal reported
+      this.makePendingFile();
+      this.command = command;
+      this.current!.commands++;
+      return this.failed(e);
+    }
+  }
+
+  /** Make the pending file or directory at the name its command gave; a failure is that command's. */
+  private makePendingFile(): void {
+    const pending = this.pendingFile!;
+    this.pendingFile = undefined;
+    this.command = pending.command;
+    try {
+      this.at(pending.path, (place) => this.create(pending.command.type, place.dir, place.name!, place));
+    } catch (e) {
+      this.failed(e);
+    }
+  }
+
+  /** mkfile (the file kept open: its data, owner, mode and times come next) or mkdir of `name` in `dir`. */
+  private create(type: SendCommand["type"], dir: number, name: Uint8Array, place: Place): void {
+    if (type === "mkdir") return mkdirAt(dir, name, 0o700, place.path);
+    this.holdFile(openAt(dir, name, WRITE_FLAGS | O_CREAT | O_EXCL, 0o600, place.path), place);
+  }
+
+  /**
+   * mkfile or mkdir: made with the next command, at the name a rename then gives it (createRenamed),
+   * else here; at once where the name exists (to fail as the stream's error).
+   */
+  private createLater(cmd: Extract<SendCommand, { type: "mkfile" | "mkdir" | "mkfifo" | "mksock" }>): void {
+    this.at(cmd.path, (place) => {
+      const name = this.entry(place, "replaced");
+      if (cmd.type === "mkfile") this.closeWriteFile();
+      if (statAt(place.dir, name, place.path) !== undefined) return this.create(cmd.type, place.dir, name, place);
+      const path = new Uint8Array(cmd.path);
+      this.pendingFile = { command: { ...cmd, path }, path };
+    });
   }
 
   /**
@@ -278,15 +348,8 @@ class Receiver {
           ctransid: String(cmd.parentCtransid),
         });
       case "mkfile":
-        return this.at(cmd.path, (place) => {
-          const name = this.entry(place, "replaced");
-          this.closeWriteFile();
-          // kept open: its data, owner, mode and times come next (after a rename from its orphan name)
-          const fd = openAt(place.dir, name, WRITE_FLAGS | O_CREAT | O_EXCL, 0o600, place.path);
-          this.holdFile(fd, place);
-        });
       case "mkdir":
-        return this.at(cmd.path, (place) => mkdirAt(place.dir, this.entry(place, "replaced"), 0o700, place.path));
+        return this.createLater(cmd);
       case "mknod":
         return this.at(cmd.path, (place) => mknodAt(place.dir, this.entry(place, "replaced"), Number(cmd.mode) & S_IFMT, cmd.rdev, place.path));
       case "mkfifo":
@@ -405,6 +468,7 @@ class Receiver {
 
   /** Record the current subvolume as received (btrfs receive sets its received uuid then). */
   finishSubvolume(): void {
+    if (this.pendingFile) this.makePendingFile();
     this.closeWriteFile();
     const s = this.current;
     if (!s) return;
