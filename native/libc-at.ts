@@ -237,17 +237,18 @@ export interface EntryStat {
 const STATX_WANTED = 0x1 | 0x2 | 0x100;
 const statxBytes = new Uint8Array(256);
 const statxView = new DataView(statxBytes.buffer);
+const EMPTY_NAME = Buffer.from("\0");
 
 /** The entry `name` of dirfd (or dirfd itself when null), or undefined when there is none (ENOENT). */
 export function statAt(dirfd: number, name: Uint8Array | null, display: Uint8Array): EntryStat | undefined {
   const rc =
     name === null
-      ? libc().statx(dirfd, Buffer.from("\0"), AT_EMPTY_PATH, STATX_WANTED, statxBytes)
+      ? libc().statx(dirfd, EMPTY_NAME, AT_EMPTY_PATH, STATX_WANTED, statxBytes)
       : libc().statx(dirfd, cName(name), AT_SYMLINK_NOFOLLOW, STATX_WANTED, statxBytes);
   if (rc !== 0) {
-    const err = libcError("statx", display);
-    if (err.code === "ENOENT") return undefined;
-    throw err;
+    // no Error (and its stack) for the answer "nothing there", which callers ask for often
+    if (errnoName() === "ENOENT") return undefined;
+    throw libcError("statx", display);
   }
   const b = statxView;
   return {

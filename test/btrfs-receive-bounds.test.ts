@@ -149,7 +149,7 @@ describe.skipIf(skipReason !== undefined)("btrfs-receive: xattrs the destination
   // an umount waits for writeback: seconds on a loaded machine
   afterAll(() => {
     if (mounted) Bun.spawnSync(["umount", mountPoint]);
-  }, 60_000);
+  }, { timeout: 60_000 });
 
   test("each file warned once, the rest of the stream applied, the count at the end, exit 5", () => {
     const image = path.join(work, "ext4.img");

@@ -81,7 +81,7 @@ describe.skipIf(!ROOT)("btrfs-receive: a destination that cannot do what can be 
   };
   afterAll(() => {
     for (const at of mounted) Bun.spawnSync(["umount", at]);
-  }, 60_000);
+  }, { timeout: 60_000 });
 
   test("out of space (60,000 bytes into a 16 KiB tmpfs): ENOSPC", () => {
     const at = mountTmpfs("small", "16k");

@@ -310,7 +310,7 @@ class Receiver {
       if (cmd.type === "mkfile") this.closeWriteFile();
       if (statAt(place.dir, name, place.path) !== undefined) return this.create(cmd.type, place.dir, name, place);
       const path = new Uint8Array(cmd.path);
-      this.pendingFile = { command: { ...cmd, path }, path };
+      this.pendingFile = { command: { index: cmd.index, offset: cmd.offset, stream: cmd.stream, type: cmd.type, path, ino: cmd.ino }, path };
     });
   }
 
