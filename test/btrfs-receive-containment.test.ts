@@ -30,6 +30,8 @@ const UUID_B = new Uint8Array(16).fill(0xb2);
 
 const p = (v: string | Uint8Array): Attribute => [Attr.PATH, bytesOf(v)];
 const ino = (n: number): Attribute => [Attr.INO, u64(n)];
+/** a write command's number and attributes, to spread into SendStreamWriter.command */
+const write = (at: string, offset: number, data: string) => [Cmd.WRITE, [p(at), [Attr.FILE_OFFSET, u64(offset)], [Attr.DATA, bytesOf(data)]]] as const;
 
 /** A canary tree outside DIR: what a receive must never change, nor read. */
 function makeCanary(at: string): string {
@@ -477,8 +479,6 @@ describe("btrfs-receive: renames are followed as the directory is now", () => {
 });
 
 describe("btrfs-receive: directories and the file held open between commands are dropped when a rename or removal may change what their path names", () => {
-  const write = (at: string, offset: number, data: string) => [Cmd.WRITE, [p(at), [Attr.FILE_OFFSET, u64(offset)], [Attr.DATA, bytesOf(data)]]] as const;
-
   test("a/b held for a/b/x; `rename a c`, then a new a/b: a/b/y goes to the new a/b, not to c/b", () => {
     const s = setup();
     const stream = subvol(new SendStreamWriter(1))
@@ -561,8 +561,6 @@ describe("btrfs-receive: directories and the file held open between commands are
 });
 
 describe("btrfs-receive: a mkfile or mkdir followed by the rename of its name is made at the new name, as if made and renamed", () => {
-  const write = (at: string, offset: number, data: string) => [Cmd.WRITE, [p(at), [Attr.FILE_OFFSET, u64(offset)], [Attr.DATA, bytesOf(data)]]] as const;
-
   test("renamed onto an existing file or empty directory: the rename replaces it", () => {
     const s = setup();
     const stream = subvol(new SendStreamWriter(1))
