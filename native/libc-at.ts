@@ -6,21 +6,12 @@ import { cPath, errnoName, libc, libcError, O_CLOEXEC, O_NOFOLLOW, O_PATH } from
 import { closeFd } from "./libc-file.ts";
 
 // linux/fcntl.h, linux/fs.h
-const AT_FDCWD = -100;
-export const AT_SYMLINK_NOFOLLOW = 0x100;
-export const AT_REMOVEDIR = 0x200;
-const AT_SYMLINK_FOLLOW = 0x400;
-const AT_EMPTY_PATH = 0x1000;
-const RENAME_NOREPLACE = 1;
+const AT_FDCWD = -100, AT_SYMLINK_FOLLOW = 0x400, AT_EMPTY_PATH = 0x1000, RENAME_NOREPLACE = 1;
+export const AT_SYMLINK_NOFOLLOW = 0x100, AT_REMOVEDIR = 0x200;
 // linux/openat2.h
-export const RESOLVE_NO_MAGICLINKS = 0x02;
-export const RESOLVE_NO_SYMLINKS = 0x04;
-export const RESOLVE_BENEATH = 0x08;
+export const RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_BENEATH = 0x08;
 // x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) of calls glibc 2.36 does not wrap
-const SYS_openat2 = 437;
-const SYS_fchmodat2 = 452;
-const SYS_setxattrat = 463;
-const SYS_removexattrat = 466;
+const SYS_openat2 = 437, SYS_fchmodat2 = 452, SYS_setxattrat = 463, SYS_removexattrat = 466;
 
 export function lsetxattr(p: Buffer, name: Uint8Array, value: Uint8Array): void {
   if (libc().lsetxattr(cPath(p), cPath(name), value.length ? value : null, value.length, 0) !== 0) throw libcError("lsetxattr", p);
@@ -92,41 +83,64 @@ export function openat2(dirfd: number, p: Uint8Array, flags: number, resolve: nu
   throw err;
 }
 
+/**
+ * A name NUL-terminated for the call being made, in one of two buffers reused from call to call
+ * (a rename or link passes two names): the calls of a receive allocate nothing per name.
+ */
+const nameBuffers = [Buffer.alloc(256), Buffer.alloc(256)] as const;
+function cName(name: Uint8Array, slot: 0 | 1 = 0): Buffer {
+  if (name.length >= 256) return cPath(name);
+  const b = nameBuffers[slot];
+  b.set(name);
+  b[name.length] = 0;
+  return b;
+}
+
+/** struct timespec[2] of the utimensat being made */
+const timesBuffer = new BigInt64Array(4);
+function timespecs(atime: { sec: number | bigint; nsec: number }, mtime: { sec: number | bigint; nsec: number }): BigInt64Array {
+  timesBuffer[0] = BigInt(atime.sec);
+  timesBuffer[1] = BigInt(atime.nsec);
+  timesBuffer[2] = BigInt(mtime.sec);
+  timesBuffer[3] = BigInt(mtime.nsec);
+  return timesBuffer;
+}
+
 export function openAt(dirfd: number, name: Uint8Array, flags: number, mode: number, display: Uint8Array): number {
-  const fd = libc().openat(dirfd, cPath(name), flags | O_CLOEXEC, mode);
+  const fd = libc().openat(dirfd, cName(name), flags | O_CLOEXEC, mode);
   checked(fd, "openat", display);
   return fd;
 }
 
 export function mkdirAt(dirfd: number, name: Uint8Array, mode: number, display: Uint8Array): void {
-  checked(libc().mkdirat(dirfd, cPath(name), mode), "mkdirat", display);
+  checked(libc().mkdirat(dirfd, cName(name), mode), "mkdirat", display);
 }
 
 export function mknodAt(dirfd: number, name: Uint8Array, mode: number, rdev: number | bigint, display: Uint8Array): void {
-  checked(libc().mknodat(dirfd, cPath(name), mode, rdev), "mknodat", display);
+  checked(libc().mknodat(dirfd, cName(name), mode, rdev), "mknodat", display);
 }
 
 export function symlinkAt(target: Uint8Array, dirfd: number, name: Uint8Array, display: Uint8Array): void {
-  checked(libc().symlinkat(cPath(target), dirfd, cPath(name)), "symlinkat", display);
+  checked(libc().symlinkat(cPath(target), dirfd, cName(name)), "symlinkat", display);
 }
 
 /** A hard link to the entry itself (a symlink is linked, not followed). */
 export function linkAt(fromDir: number, fromName: Uint8Array, toDir: number, toName: Uint8Array, display: Uint8Array): void {
-  checked(libc().linkat(fromDir, cPath(fromName), toDir, cPath(toName), 0), "linkat", display);
+  checked(libc().linkat(fromDir, cName(fromName), toDir, cName(toName, 1), 0), "linkat", display);
 }
 
 export function renameAt(fromDir: number, fromName: Uint8Array, toDir: number, toName: Uint8Array, display: Uint8Array): void {
-  checked(libc().renameat(fromDir, cPath(fromName), toDir, cPath(toName)), "renameat", display);
+  checked(libc().renameat(fromDir, cName(fromName), toDir, cName(toName, 1)), "renameat", display);
 }
 
 export function unlinkAt(dirfd: number, name: Uint8Array, flags: number, display: Uint8Array): void {
-  checked(libc().unlinkat(dirfd, cPath(name), flags), flags & AT_REMOVEDIR ? "rmdir" : "unlinkat", display);
+  checked(libc().unlinkat(dirfd, cName(name), flags), flags & AT_REMOVEDIR ? "rmdir" : "unlinkat", display);
 }
 
 /** lchown of `name` in dirfd, or fchown of dirfd itself when `name` is null. */
 export function chownAt(dirfd: number, name: Uint8Array | null, uid: number, gid: number, display: Uint8Array): void {
   if (name === null) checked(libc().fchown(dirfd, uid, gid), "fchown", display);
-  else checked(libc().fchownat(dirfd, cPath(name), uid, gid, AT_SYMLINK_NOFOLLOW), "fchownat", display);
+  else checked(libc().fchownat(dirfd, cName(name), uid, gid, AT_SYMLINK_NOFOLLOW), "fchownat", display);
 }
 
 let noFchmodat2 = false;
@@ -161,8 +175,8 @@ export function utimensAt(
   mtime: { sec: number | bigint; nsec: number },
   display: Uint8Array,
 ): void {
-  const times = new BigInt64Array([BigInt(atime.sec), BigInt(atime.nsec), BigInt(mtime.sec), BigInt(mtime.nsec)]);
-  const rc = name === null ? libc().futimens(dirfd, times) : libc().utimensat(dirfd, cPath(name), times, AT_SYMLINK_NOFOLLOW);
+  const times = timespecs(atime, mtime);
+  const rc = name === null ? libc().futimens(dirfd, times) : libc().utimensat(dirfd, cName(name), times, AT_SYMLINK_NOFOLLOW);
   checked(rc, "utimensat", display);
 }
 
@@ -223,17 +237,18 @@ export interface EntryStat {
 const STATX_WANTED = 0x1 | 0x2 | 0x100;
 const statxBytes = new Uint8Array(256);
 const statxView = new DataView(statxBytes.buffer);
+const EMPTY_NAME = Buffer.from("\0");
 
 /** The entry `name` of dirfd (or dirfd itself when null), or undefined when there is none (ENOENT). */
 export function statAt(dirfd: number, name: Uint8Array | null, display: Uint8Array): EntryStat | undefined {
   const rc =
     name === null
-      ? libc().statx(dirfd, Buffer.from("\0"), AT_EMPTY_PATH, STATX_WANTED, statxBytes)
-      : libc().statx(dirfd, cPath(name), AT_SYMLINK_NOFOLLOW, STATX_WANTED, statxBytes);
+      ? libc().statx(dirfd, EMPTY_NAME, AT_EMPTY_PATH, STATX_WANTED, statxBytes)
+      : libc().statx(dirfd, cName(name), AT_SYMLINK_NOFOLLOW, STATX_WANTED, statxBytes);
   if (rc !== 0) {
-    const err = libcError("statx", display);
-    if (err.code === "ENOENT") return undefined;
-    throw err;
+    // no Error (and its stack) for the answer "nothing there", which callers ask for often
+    if (errnoName() === "ENOENT") return undefined;
+    throw libcError("statx", display);
   }
   const b = statxView;
   return {

@@ -3,17 +3,12 @@
 import { ptr, read } from "bun:ffi";
 import { EINTR, libc, libcError, O_NONBLOCK } from "./libc.ts";
 
-// linux/fs.h, linux/falloc.h, unistd.h, fcntl.h
+// linux/fs.h, linux/falloc.h, unistd.h, fcntl.h, poll.h
 export const FICLONE = 0x40049409;
-export const SEEK_DATA = 3;
-export const SEEK_HOLE = 4;
-export const FALLOC_FL_KEEP_SIZE = 0x01;
-export const FALLOC_FL_PUNCH_HOLE = 0x02;
-const SYNC_FILE_RANGE_WAIT_BEFORE = 1;
-const SYNC_FILE_RANGE_WRITE = 2;
-const F_SETPIPE_SZ = 1031;
-const F_GETFL = 3;
-const F_SETFL = 4;
+export const SEEK_DATA = 3, SEEK_HOLE = 4;
+export const FALLOC_FL_KEEP_SIZE = 0x01, FALLOC_FL_PUNCH_HOLE = 0x02;
+const SYNC_FILE_RANGE_WAIT_BEFORE = 1, SYNC_FILE_RANGE_WRITE = 2;
+const F_GETFL = 3, F_SETFL = 4, F_SETPIPE_SZ = 1031;
 /** _IOR(0x12, 114, size_t) */
 const BLKGETSIZE64 = 0x80081272;
 const POLLOUT = 4;

@@ -146,9 +146,10 @@ describe.skipIf(skipReason !== undefined)("btrfs-receive: xattrs the destination
   const work = tempDir();
   const mountPoint = path.join(work, "mnt");
   let mounted = false;
+  // an umount waits for writeback: seconds on a loaded machine
   afterAll(() => {
     if (mounted) Bun.spawnSync(["umount", mountPoint]);
-  });
+  }, { timeout: 60_000 });
 
   test("each file warned once, the rest of the stream applied, the count at the end, exit 5", () => {
     const image = path.join(work, "ext4.img");

@@ -397,9 +397,10 @@ describe.skipIf(!BTRFS || !MKFS || !ROOT)("differential: btrfs receive into a lo
     if (mount.exitCode !== 0) throw new Error(`mount -o loop failed: ${mount.stderr}`);
     mounted = true;
   };
+  // an umount waits for writeback: seconds on a loaded machine
   afterAll(() => {
     if (mounted) Bun.spawnSync(["umount", mountPoint]);
-  });
+  }, { timeout: 60_000 });
 
   // streams received in order into one directory each, on btrfs and here
   const groups = [["full-v1", "incr-v1"], ["names-v1", "names-incr-v1"], ["multi-v1"], ["sparse-v2"], ["v2-zstd"], ["v2-zlib-lzo"], ["nodata-v1"]];

@@ -46,7 +46,7 @@ import { EncodedCompression } from "./protocol.ts";
 import { cloneRange, copyTree, punchOrZero } from "./range-copy.ts";
 import { RECEIVED_INDEX, ReceivedIndex } from "./received-index.ts";
 import type { SendCommand, SendStreamParser, U64 } from "./stream.ts";
-import { PathRefusal, type Place, SubvolumeDir } from "./subvolume-dir.ts";
+import { mayBeAtOrBelow, PathRefusal, pathComponents, type Place, SubvolumeDir } from "./subvolume-dir.ts";
 
 export interface ReceiveOptions {
   /** called when a subvolume or snapshot starts, as `btrfs receive` prints "At subvol NAME" */
@@ -55,6 +55,8 @@ export interface ReceiveOptions {
   warn?: (line: string) => void;
   /** now and then: how many bytes of the stream have been applied */
   onProgress?: (streamBytes: number) => void;
+  /** resolve paths with an O_NOFOLLOW openat per directory, as on kernels without openat2 (for tests) */
+  walkWithoutOpenat2?: boolean;
 }
 
 export interface ReceivedSubvolume {
@@ -83,7 +85,7 @@ export function receiveSendStream(parser: SendStreamParser, dir: string, options
   const receiver = new Receiver(parser, dir, options);
   try {
     let applied = 0;
-    for (const command of parser) {
+    for (let command = parser.read(); command; command = parser.read()) {
       receiver.apply(command);
       if ((++applied & 1023) === 0) options.onProgress?.(parser.reader.position);
     }
@@ -108,16 +110,26 @@ interface CurrentSubvolume {
   commands: number;
 }
 
-/** The file of the last write, kept open for the next one (btrfs receive does the same); known by its inode, not its path. */
+/**
+ * The file of the last create or write, kept open for the commands that follow on it (btrfs
+ * receive keeps it too): data, truncate, chown, chmod, utimes go to the fd while `key` is its path.
+ */
 interface WriteFile {
   fd: number;
-  dev: bigint;
-  ino: bigint;
+  /** a stream path that names it now, and its components (when asked for); undefined once a rename or removal may have changed that */
+  path: Uint8Array | undefined;
+  components?: Uint8Array[];
+  /** its inode, asked for when first needed */
+  id?: { dev: bigint; ino: bigint };
 }
 
 const NO_PLACE_DETAIL = "a received path must stay inside its subvolume";
-/** the commands that create, link, rename or remove names: after each, every path is resolved afresh */
-const NAMESPACE_COMMANDS = new Set<SendCommand["type"]>(["mkfile", "mkdir", "mknod", "mkfifo", "mksock", "symlink", "rename", "link", "unlink", "rmdir"]);
+/**
+ * Errors of a command that are the stream's doing on any destination: a path it never made or
+ * already made, a name or offset no file system takes (btrfs has the same 255-byte names), a
+ * directory it filled and removes, an argument no call accepts, an xattr it never set.
+ */
+const STREAM_ERRNOS = new Set(["ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "ENOTEMPTY", "ELOOP", "ENAMETOOLONG", "EFBIG", "EINVAL", "EMLINK", "ENODATA"]);
 const WRITE_FLAGS = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 const READ_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 /** uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown */
@@ -132,6 +144,8 @@ class Receiver {
   private readonly dirFd: number;
   private current: CurrentSubvolume | undefined;
   private write: WriteFile | undefined;
+  /** a mkfile or mkdir not done yet (createLater): the command and its path, copied */
+  private pendingFile: { command: SendCommand; path: Uint8Array } | undefined;
   private command: SendCommand | undefined;
   /** per file (dev:ino) whose xattrs were refused: the names refused, so that their removal is not an error */
   private readonly refusedXattrNames = new Map<string, Set<string>>();
@@ -162,6 +176,7 @@ class Receiver {
   }
 
   close(): void {
+    this.pendingFile = undefined;
     this.closeWriteFile();
     this.current?.root.close();
     this.current = undefined;
@@ -175,12 +190,18 @@ class Receiver {
   }
 
   /** A failed file operation, named with the command and its place in the stream. */
+  /**
+   * A failed file operation, named with the command and its place in the stream: an ImageError
+   * (bad input) when what the stream asks cannot be (STREAM_ERRNOS), another failure when the
+   * destination could not do what can be (out of space, I/O error, read-only, not permitted).
+   */
   private failed(e: unknown): never {
     if (e instanceof ImageError || e instanceof UsageError) throw e;
     const cmd = this.command!;
     const err = e as NodeJS.ErrnoException;
-    const where = describeLocation(this.parser.reader.locate(cmd.offset));
-    const wrapped = new Error(`${where}: command #${cmd.index} (${commandName(cmd)}): ${err.message}`) as NodeJS.ErrnoException;
+    const what = `command #${cmd.index} (${commandName(cmd)}): ${err.message}`;
+    if (err.code !== undefined && STREAM_ERRNOS.has(err.code)) throw new ImageError(this.parser.reader.locate(cmd.offset), what);
+    const wrapped = new Error(`${describeLocation(this.parser.reader.locate(cmd.offset))}: ${what}`) as NodeJS.ErrnoException;
     wrapped.code = err.code;
     throw wrapped;
   }
@@ -217,24 +238,104 @@ class Receiver {
   }
 
   apply(command: SendCommand): void {
+    if (this.pendingFile) {
+      if (this.createRenamed(command)) return;
+      this.makePendingFile();
+    }
     this.command = command;
     if (this.current) this.current.commands++;
     try {
-      this.dispatch(command);
+      this.applyCommand(command);
     } catch (e) {
       this.failed(e);
     }
   }
 
-  private dispatch(cmd: SendCommand): void {
-    if (NAMESPACE_COMMANDS.has(cmd.type)) {
-      try {
-        return this.applyCommand(cmd);
-      } finally {
-        this.current?.root.changed();
-      }
+  /**
+   * When `command` renames the pending file, make it at the new name (one create where the stream
+   * asks for a create and a rename: btrfs send gives every new file a temporary name first); true
+   * when done. Where that create fails (the name exists: the rename replaces it), false: the two
+   * are done as the stream gives them.
+   */
+  private createRenamed(command: SendCommand): boolean {
+    const pending = this.pendingFile!;
+    if (command.type !== "rename" || !sameBytes(command.path, pending.path)) return false;
+    this.command = command;
+    try {
+      return this.at(command.to, (to) => {
+        const name = this.entry(to, "replaced");
+        try {
+          this.create(pending.command.type, to.dir, name, to);
+        } catch {
+          return false;
+        }
+        this.pendingFile = undefined;
+        this.current!.commands++;
+        return true;
+      });
+    } catch (e) {
+      // the file is made first, as it would have been, then the rename's refusal reported
+      this.makePendingFile();
+      this.command = command;
+      this.current!.commands++;
+      return this.failed(e);
     }
-    return this.applyCommand(cmd);
+  }
+
+  /** Make the pending file or directory at the name its command gave; a failure is that command's. */
+  private makePendingFile(): void {
+    const pending = this.pendingFile!;
+    this.pendingFile = undefined;
+    this.command = pending.command;
+    try {
+      this.at(pending.path, (place) => this.create(pending.command.type, place.dir, place.name!, place));
+    } catch (e) {
+      this.failed(e);
+    }
+  }
+
+  /** mkfile (the file kept open: its data, owner, mode and times come next) or mkdir of `name` in `dir`. */
+  private create(type: SendCommand["type"], dir: number, name: Uint8Array, place: Place): void {
+    if (type === "mkdir") return mkdirAt(dir, name, 0o700, place.path);
+    this.holdFile(openAt(dir, name, WRITE_FLAGS | O_CREAT | O_EXCL, 0o600, place.path), place);
+  }
+
+  /**
+   * mkfile or mkdir: made with the next command, at the name a rename then gives it (createRenamed),
+   * else here; at once where the name exists (to fail as the stream's error).
+   */
+  private createLater(cmd: Extract<SendCommand, { type: "mkfile" | "mkdir" | "mkfifo" | "mksock" }>): void {
+    this.at(cmd.path, (place) => {
+      const name = this.entry(place, "replaced");
+      if (cmd.type === "mkfile") this.closeWriteFile();
+      if (statAt(place.dir, name, place.path) !== undefined) return this.create(cmd.type, place.dir, name, place);
+      const path = new Uint8Array(cmd.path);
+      this.pendingFile = { command: { index: cmd.index, offset: cmd.offset, stream: cmd.stream, type: cmd.type, path, ino: cmd.ino }, path };
+    });
+  }
+
+  /**
+   * `place` was renamed (either side), unlinked or removed: what was resolved at or below it is
+   * resolved afresh. Only after success: a failed command ends the receive.
+   */
+  private forget(place: Place): void {
+    this.subvolume().root.forget(place.components);
+    const w = this.write;
+    if (w?.path !== undefined && mayBeAtOrBelow((w.components ??= pathComponents(w.path)), place.components)) w.path = undefined;
+  }
+
+  private holdFile(fd: number, place: Place, id?: WriteFile["id"]): void {
+    // copied: the place's bytes are a view of the parser's buffer
+    this.write = { fd, path: new Uint8Array(place.path), id };
+  }
+
+  /**
+   * The held file's fd when `path` names it, spelled as it was: no resolution needed, as `forget`
+   * drops the path whenever a rename or removal may have changed what it names.
+   */
+  private heldFile(path: Uint8Array): number | undefined {
+    const held = this.write?.path;
+    return held !== undefined && sameBytes(held, path) ? this.write!.fd : undefined;
   }
 
   private applyCommand(cmd: SendCommand): void {
@@ -247,14 +348,8 @@ class Receiver {
           ctransid: String(cmd.parentCtransid),
         });
       case "mkfile":
-        return this.at(cmd.path, (place) => {
-          const name = this.entry(place, "replaced");
-          this.closeWriteFile();
-          // kept open: its data, size and mode come next (after a rename from its orphan name)
-          this.holdWriteFile(openAt(place.dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600, place.path));
-        });
       case "mkdir":
-        return this.at(cmd.path, (place) => mkdirAt(place.dir, this.entry(place, "replaced"), 0o700, place.path));
+        return this.createLater(cmd);
       case "mknod":
         return this.at(cmd.path, (place) => mknodAt(place.dir, this.entry(place, "replaced"), Number(cmd.mode) & S_IFMT, cmd.rdev, place.path));
       case "mkfifo":
@@ -267,7 +362,14 @@ class Receiver {
       case "rename":
         return this.at(cmd.path, (from) => {
           const fromName = this.entry(from, "renamed");
-          this.at(cmd.to, (to) => renameAt(from.dir, fromName, to.dir, this.entry(to, "replaced"), from.path));
+          this.at(cmd.to, (to) => {
+            renameAt(from.dir, fromName, to.dir, this.entry(to, "replaced"), from.path);
+            const held = this.heldFile(from.path);
+            this.forget(from);
+            this.forget(to);
+            // the held file moved with its name
+            if (held !== undefined) this.holdFile(held, to, this.write!.id);
+          });
         });
       case "link":
         return this.at(cmd.path, (link) => {
@@ -275,9 +377,11 @@ class Receiver {
           this.at(cmd.target, (target) => linkAt(target.dir, this.entry(target, "linked"), link.dir, linkName, link.path));
         });
       case "unlink":
-        return this.at(cmd.path, (place) => unlinkAt(place.dir, this.entry(place, "removed"), 0, place.path));
       case "rmdir":
-        return this.at(cmd.path, (place) => unlinkAt(place.dir, this.entry(place, "removed"), AT_REMOVEDIR, place.path));
+        return this.at(cmd.path, (place) => {
+          unlinkAt(place.dir, this.entry(place, "removed"), cmd.type === "rmdir" ? AT_REMOVEDIR : 0, place.path);
+          this.forget(place);
+        });
       case "write":
         this.writeAt(this.writeFile(cmd.path), cmd.data, this.offset(cmd.fileOffset, "offset"));
         return;
@@ -290,17 +394,24 @@ class Receiver {
         return;
       case "chmod": {
         const mode = Number(cmd.mode) & 0o7777;
+        const held = this.heldFile(cmd.path);
+        if (held !== undefined) chmodAt(held, null, mode, cmd.path);
         // false for a symlink: Linux cannot change its mode, and chmod(2) would change what it points to
-        this.at(cmd.path, (place) => chmodAt(place.dir, place.name, mode, place.path));
+        else this.at(cmd.path, (place) => chmodAt(place.dir, place.name, mode, place.path));
         return;
       }
       case "chown": {
         const uid = this.id(cmd.uid, "uid");
         const gid = this.id(cmd.gid, "gid");
+        const held = this.heldFile(cmd.path);
+        if (held !== undefined) return chownAt(held, null, uid, gid, cmd.path);
         return this.at(cmd.path, (place) => chownAt(place.dir, place.name, uid, gid, place.path));
       }
-      case "utimes":
+      case "utimes": {
+        const held = this.heldFile(cmd.path);
+        if (held !== undefined) return utimensAt(held, null, cmd.atime, cmd.mtime, cmd.path);
         return this.at(cmd.path, (place) => utimensAt(place.dir, place.name, cmd.atime, cmd.mtime, place.path));
+      }
       case "set_xattr":
         return this.at(cmd.path, (place) => this.setXattr(place, cmd.name, cmd.data));
       case "remove_xattr":
@@ -351,12 +462,13 @@ class Receiver {
       this.options.onSubvolume?.("subvol", printable(name));
       mkdirAt(this.dirFd, nameBytes, 0o755, target);
     }
-    const root = SubvolumeDir.open(this.dirFd, nameBytes);
+    const root = SubvolumeDir.open(this.dirFd, nameBytes, this.options.walkWithoutOpenat2);
     this.current = { name: nameBytes, root, receivedUuid, ctransid, parentUuid: parent?.uuid, commands: 0 };
   }
 
   /** Record the current subvolume as received (btrfs receive sets its received uuid then). */
   finishSubvolume(): void {
+    if (this.pendingFile) this.makePendingFile();
     this.closeWriteFile();
     const s = this.current;
     if (!s) return;
@@ -372,10 +484,13 @@ class Receiver {
     this.write = undefined;
   }
 
-  private holdWriteFile(fd: number): number {
-    const st = statAt(fd, null, EMPTY)!;
-    this.write = { fd, dev: st.dev, ino: st.ino };
-    return fd;
+  /** The held file's inode. */
+  private writeFileId(w: WriteFile): { dev: bigint; ino: bigint } {
+    if (!w.id) {
+      const st = statAt(w.fd, null, EMPTY)!;
+      w.id = { dev: st.dev, ino: st.ino };
+    }
+    return w.id;
   }
 
   /**
@@ -387,7 +502,10 @@ class Receiver {
     const st = statAt(place.dir, place.name, place.path);
     if (!st) throw errnoError("ENOENT", `no such file '${printable(place.path)}'`);
     if ((st.mode & S_IFMT) !== S_IFREG) throw new PathRefusal(`not a regular file (${kindName(st.mode)})`);
-    if (this.write && this.write.ino === st.ino && this.write.dev === st.dev && flags === WRITE_FLAGS) return { fd: this.write.fd, st };
+    if (flags === WRITE_FLAGS && this.write) {
+      const held = this.writeFileId(this.write);
+      if (held.ino === st.ino && held.dev === st.dev) return { fd: this.write.fd, st };
+    }
     const fd = openAt(place.dir, place.name, flags, 0, place.path);
     const opened = statAt(fd, null, place.path)!;
     if ((opened.mode & S_IFMT) !== S_IFREG) {
@@ -399,11 +517,17 @@ class Receiver {
 
   /** The open regular file at `relative`, resolved now (the one held open when it is the same inode). */
   private writeFile(relative: Uint8Array): number {
+    const held = this.heldFile(relative);
+    if (held !== undefined) return held;
     return this.at(relative, (place) => {
-      const { fd } = this.openRegular(place, WRITE_FLAGS);
-      if (this.write?.fd === fd) return fd;
+      const { fd, st } = this.openRegular(place, WRITE_FLAGS);
+      if (this.write?.fd === fd) {
+        this.holdFile(fd, place, this.write.id);
+        return fd;
+      }
       this.closeWriteFile();
-      return this.holdWriteFile(fd);
+      this.holdFile(fd, place, { dev: st.dev, ino: st.ino });
+      return fd;
     });
   }
 
@@ -496,7 +620,7 @@ class Receiver {
     if (uuid !== s.receivedUuid) {
       const name = this.index.find(uuid, String(cmd.cloneCtransid));
       if (!name) this.refuse(`clone source subvolume ${uuid} (ctransid ${cmd.cloneCtransid}) was not received into this directory`);
-      root = SubvolumeDir.open(this.dirFd, name);
+      root = SubvolumeDir.open(this.dirFd, name, this.options.walkWithoutOpenat2);
     }
     try {
       this.at(
@@ -504,7 +628,8 @@ class Receiver {
         (place) => {
           const { fd: src, st } = this.openRegular(place, READ_FLAGS);
           try {
-            const sameFile = this.write !== undefined && st.ino === this.write.ino && st.dev === this.write.dev;
+            const held = this.write && this.writeFileId(this.write);
+            const sameFile = held !== undefined && st.ino === held.ino && st.dev === held.dev;
             // BTRFS_IOC_CLONE_RANGE: a length of 0 means up to the end of the source
             if (length === 0) length = Math.max(fs.fstatSync(src).size - srcOffset, 0);
             cloneRange(src, srcOffset, dst, dstOffset, length, sameFile);
@@ -532,6 +657,12 @@ class Receiver {
 }
 
 const EMPTY = new Uint8Array(0);
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
 const SLASH = Buffer.from("/");
 
 function commandName(cmd: SendCommand): string {

@@ -31,6 +31,7 @@ export const btrfsReceiveCommand = defineCommand({
             if (!args.quiet) process.stderr.write(`${process.stderr.isTTY ? "\r\x1b[K" : ""}At ${kind} ${name}\n`);
           },
           warn: (line) => process.stderr.write(`imgtool: warning: ${line}\n`),
+          walkWithoutOpenat2: process.env.IMGTOOL_NO_OPENAT2 === "1",
         });
         progress.finish(parser.reader.position);
         const refused = result.refusedXattrs;

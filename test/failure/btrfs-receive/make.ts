@@ -9,7 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { deflateSync } from "node:zlib";
 import { Attr, Cmd, EncodedCompression } from "../../../src/btrfs/protocol.ts";
-import { type Attribute, SendStreamWriter, bytesOf, u32, u64 } from "../../send-stream-writer.ts";
+import { type Attribute, SendStreamWriter, bytesOf, timespec, u32, u64 } from "../../send-stream-writer.ts";
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 const OUTSIDE = "../../canary";
@@ -88,6 +88,33 @@ const cases: Record<string, SendStreamWriter> = {
   "command #3 (chown): uid 4294967296 is out of range (0 to 4294967294)": subvol()
     .command(Cmd.MKFILE, [p("g"), ino(257)])
     .command(Cmd.CHOWN, [p("g"), [Attr.UID, u64(1n << 32n)], [Attr.GID, u64(0)]]),
+  // what the stream asks and no destination can do: exit 3, as for any damaged input
+  "command #3 (mkfile): ENAMETOOLONG": subvol()
+    .command(Cmd.MKFILE, [p("g"), ino(257)])
+    .command(Cmd.MKFILE, [p("x".repeat(256)), ino(258)]),
+  "command #3 (rename): ENOENT": subvol()
+    .command(Cmd.MKFILE, [p("g"), ino(257)])
+    .command(Cmd.RENAME, [p("never-made"), [Attr.PATH_TO, bytesOf("x")]]),
+  "command #3 (unlink): ENOENT": subvol()
+    .command(Cmd.MKFILE, [p("g"), ino(257)])
+    .command(Cmd.UNLINK, [p("never-made")]),
+  "command #3 (write): ENOENT": subvol()
+    .command(Cmd.MKFILE, [p("g"), ino(257)])
+    .command(Cmd.WRITE, [p("never-made"), at0, data("x")]),
+  "command #3 (mkfile): ENOTDIR": subvol()
+    .command(Cmd.MKFILE, [p("g"), ino(257)])
+    .command(Cmd.MKFILE, [p("g/x"), ino(258)]),
+  "command #4 (mkdir): EEXIST": subvol()
+    .command(Cmd.MKFILE, [p("g"), ino(257)])
+    .command(Cmd.MKDIR, [p("d"), ino(258)])
+    .command(Cmd.MKDIR, [p("d"), ino(259)]),
+  "command #4 (rmdir): ENOTEMPTY": subvol()
+    .command(Cmd.MKDIR, [p("d"), ino(257)])
+    .command(Cmd.MKFILE, [p("d/f"), ino(258)])
+    .command(Cmd.RMDIR, [p("d")]),
+  "command #3 (utimes): EINVAL": subvol()
+    .command(Cmd.MKFILE, [p("g"), ino(257)])
+    .command(Cmd.UTIMES, [p("g"), [Attr.ATIME, timespec(1, 2_000_000_000)], [Attr.MTIME, timespec(1)], [Attr.CTIME, timespec(1)]]),
 };
 
 for (const [name, w] of Object.entries(cases)) {
