@@ -3,7 +3,7 @@
 import { withCommas } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
 import { type DirEntry, type FileSystem, FsError, type FsNode, type NodeKind, type Xattr } from "./filesystem.ts";
-import { type Problem, REMOTE_HEADER, type RawAttr, attrBlock, linuxXattr, remotePiece, shortFormAttrs } from "./xfs/attributes.ts";
+import { type Problem, REMOTE_HEADER, type RawAttr, attrBlock, linuxXattrs, remotePiece, shortFormAttrs } from "./xfs/attributes.ts";
 import { DIR2_LEAF_OFFSET, type RawEntry, dataBlockEntries, shortFormEntries } from "./xfs/directory.ts";
 import { type Dinode, FORMAT_BTREE, FORMAT_EXTENTS, FORMAT_LOCAL, type Mapping, bmbtBlock, bmdrRoot, extentAt, parseDinode } from "./xfs/inode.ts";
 import { logDirtyReason } from "./xfs/log.ts";
@@ -228,8 +228,7 @@ class XfsFileSystem implements FileSystem {
       }
     } else throw this.error(ino.offset + 83, `inode ${ino.number} has attribute fork format ${d.attrFormat}`);
     for (const a of raw) {
-      const x = linuxXattr(a.flags, a.name, a.value!);
-      if (x) yield x;
+      yield* linuxXattrs(a.flags, a.name, a.value!);
     }
   }
 

@@ -133,20 +133,20 @@ export function remotePiece(sb: Superblock, block: Uint8Array, kind: "attribute"
 }
 
 /**
- * The name Linux shows for a stored attribute (namespace prefix added, ACLs as system.posix_acl_*),
- * and its value converted where the kernel converts it; undefined for what Linux does not list.
+ * The names Linux lists for a stored attribute (namespace prefix added; an ACL both as
+ * system.posix_acl_* in the kernel's format and, as for every root-namespace name, as trusted.*),
+ * with their values; none for what Linux does not list.
  */
-export function linuxXattr(flags: number, name: Uint8Array, value: Uint8Array): { name: Uint8Array; value: Uint8Array } | undefined {
-  if (flags & (ATTR_INCOMPLETE | ATTR_PARENT)) return undefined;
+export function linuxXattrs(flags: number, name: Uint8Array, value: Uint8Array): { name: Uint8Array; value: Uint8Array }[] {
+  if (flags & (ATTR_INCOMPLETE | ATTR_PARENT)) return [];
   if (flags & ATTR_ROOT) {
+    const out = [{ name: concat(PREFIX.trusted, name), value }];
     const acl = ACL_NAMES.get(new TextDecoder().decode(name));
-    if (acl) {
-      const converted = aclToXattr(value);
-      return converted ? { name: acl, value: converted } : undefined;
-    }
-    return { name: concat(PREFIX.trusted, name), value };
+    const converted = acl && aclToXattr(value);
+    if (acl && converted) out.unshift({ name: acl, value: converted });
+    return out;
   }
-  return { name: concat(flags & ATTR_SECURE ? PREFIX.security : PREFIX.user, name), value };
+  return [{ name: concat(flags & ATTR_SECURE ? PREFIX.security : PREFIX.user, name), value }];
 }
 
 /** xfs_acl (big-endian count, then tag, id, perm) as the kernel's posix_acl xattr (version 2, little-endian tag, perm, id). */
