@@ -5,7 +5,7 @@ import type { Volume } from "../volume/volume.ts";
 import { type DirEntry, type FileSystem, FsError, type FsNode, type NodeKind, type Xattr } from "./filesystem.ts";
 import { type Problem, REMOTE_HEADER, type RawAttr, attrBlock, linuxXattrs, remotePiece, shortFormAttrs } from "./xfs/attributes.ts";
 import { DIR2_LEAF_OFFSET, type RawEntry, dataBlockEntries, shortFormEntries } from "./xfs/directory.ts";
-import { type Dinode, FORMAT_BTREE, FORMAT_EXTENTS, FORMAT_LOCAL, type Mapping, bmbtBlock, bmdrRoot, extentAt, parseDinode } from "./xfs/inode.ts";
+import { type Dinode, FORK_FORMAT, type Mapping, bmbtBlock, bmdrRoot, extentAt, parseDinode } from "./xfs/inode.ts";
 import { logDirtyReason } from "./xfs/log.ts";
 import { type InodeChunk, SB_MAGIC, type Superblock, inodeChunkAt, parseAgHeaders, parseShortBtreeBlock, parseSuperblock, view } from "./xfs/superblock.ts";
 import { equalBytes, splitPath } from "./path.ts";
@@ -69,31 +69,24 @@ class XfsFileSystem implements FileSystem {
   }
 
   lookup(path: Uint8Array): FsNode | undefined {
-    let node = this.root();
-    for (const part of splitPath(path)) {
-      if (node.kind !== "directory") return undefined;
-      let found: FsNode | undefined;
-      for (const e of this.list(node)) {
-        if (equalBytes(e.name, part)) {
-          if (e.damage) throw e.damage;
-          found = e.node;
-          break;
-        }
-      }
-      if (!found) return undefined;
-      node = found;
-    }
-    return node;
+    return splitPath(path).reduce<FsNode | undefined>((node, part) => (node?.kind === "directory" ? this.child(node, part) : undefined), this.root());
   }
 
-  *list(dir: FsNode, onDamage?: (e: FsError) => void): Iterable<DirEntry> {
+  /** The entry `name` of a directory (damage to it thrown); directories are searched in order, as the hash index is not needed to find every name. */
+  private child(dir: FsNode, name: Uint8Array): FsNode | undefined {
+    for (const e of this.list(dir)) {
+      if (!equalBytes(e.name, name)) continue;
+      if (e.damage) throw e.damage;
+      return e.node;
+    }
+    return undefined;
+  }
+
+  *list(dir: FsNode, onDamage: (e: FsError) => void = (e) => { throw e; }): Iterable<DirEntry> {
     const ino = this.inode(dir.id);
-    const report = (e: FsError) => {
-      if (!onDamage) throw e;
-      onDamage(e);
-    };
+    const report = onDamage;
     const d = ino.dinode;
-    if (d.format === FORMAT_LOCAL) {
+    if (d.format === FORK_FORMAT.local) {
       const got = shortFormEntries(this.sb, d.dataFork, d.size);
       if ("problem" in got) throw this.error(ino.offset + d.dataForkAt + got.at, got.problem);
       yield* this.resolve(got.entries);
@@ -147,30 +140,27 @@ class XfsFileSystem implements FileSystem {
     const size = ino.dinode.size;
     if (offset >= size) return 0;
     const want = Math.min(into.length, size - offset);
-    if (ino.dinode.format === FORMAT_LOCAL) {
+    if (ino.dinode.format === FORK_FORMAT.local) {
       into.fill(0, 0, want);
       const data = ino.dinode.dataFork;
       if (offset < data.length) into.set(data.subarray(offset, Math.min(data.length, offset + want)));
       return want;
     }
+    // walk the mappings from the first one ending after `offset`; gaps between them are holes
     const mappings = this.mappings(ino);
     const bs = this.bs;
-    let done = 0;
-    while (done < want) {
-      const pos = offset + done;
-      const logical = Math.floor(pos / bs);
-      const next = mappingAtOrAfter(mappings, logical);
-      const m = next && next.offset <= logical ? next : undefined;
-      const runEnd = m ? (m.offset + m.count) * bs : next ? next.offset * bs : Number.MAX_SAFE_INTEGER;
-      const n = Math.min(want - done, runEnd - pos);
-      if (!m || m.unwritten) into.fill(0, done, done + n);
-      else {
-        const at = this.blockOffset(m.block, m.count, ino.offset) + (logical - m.offset) * bs + (pos % bs);
-        const part = into.subarray(done, done + n);
-        if (this.volume.readInto) this.volume.readInto(at, part);
-        else part.set(this.volume.read(at, n));
-      }
-      done += n;
+    const end = offset + want;
+    into.fill(0, 0, want);
+    for (let i = firstEndingAfter(mappings, Math.floor(offset / bs)); i < mappings.length; i++) {
+      const m = mappings[i]!;
+      const from = Math.max(offset, m.offset * bs);
+      const to = Math.min(end, (m.offset + m.count) * bs);
+      if (from >= end) break;
+      if (m.unwritten || from >= to) continue;
+      const at = this.blockOffset(m.block, m.count, ino.offset) + (from - m.offset * bs);
+      const part = into.subarray(from - offset, to - offset);
+      if (this.volume.readInto) this.volume.readInto(at, part);
+      else part.set(this.volume.read(at, part.length));
     }
     return want;
   }
@@ -178,30 +168,26 @@ class XfsFileSystem implements FileSystem {
   *fileExtents(file: FsNode): Iterable<{ offset: number; length: number }> {
     const ino = this.inode(file.id);
     const size = ino.dinode.size;
-    if (ino.dinode.format === FORMAT_LOCAL) {
+    if (ino.dinode.format === FORK_FORMAT.local) {
       if (size > 0) yield { offset: 0, length: size };
       return;
     }
-    let pending: { offset: number; length: number } | undefined;
-    for (const m of this.mappings(ino)) {
-      if (m.unwritten) continue;
-      const start = m.offset * this.bs;
-      if (start >= size) break;
-      const length = Math.min(m.count * this.bs, size - start);
-      if (pending && pending.offset + pending.length === start) pending.length += length;
-      else {
-        if (pending) yield pending;
-        pending = { offset: start, length };
-      }
+    // written mappings below the size, neighbours joined (a reflinked file's extents often touch)
+    const written = this.mappings(ino).filter((m) => !m.unwritten && m.offset * this.bs < size);
+    for (let i = 0; i < written.length; ) {
+      let j = i;
+      while (j + 1 < written.length && written[j + 1]!.offset === written[j]!.offset + written[j]!.count) j++;
+      const start = written[i]!.offset * this.bs;
+      yield { offset: start, length: Math.min((written[j]!.offset + written[j]!.count) * this.bs, size) - start };
+      i = j + 1;
     }
-    if (pending) yield pending;
   }
 
   readlink(link: FsNode): Uint8Array {
     const ino = this.inode(link.id);
     const d = ino.dinode;
     if (d.size === 0 || d.size > SYMLINK_MAXLEN) throw this.error(ino.offset + 56, `symlink inode ${ino.number} has length ${d.size}, not 1 to ${SYMLINK_MAXLEN}`);
-    if (d.format === FORMAT_LOCAL) {
+    if (d.format === FORK_FORMAT.local) {
       if (d.size > d.dataFork.length) throw this.error(ino.offset + d.dataForkAt, `symlink inode ${ino.number} of ${d.size} bytes does not fit its fork`);
       return d.dataFork.slice(0, d.size);
     }
@@ -213,11 +199,11 @@ class XfsFileSystem implements FileSystem {
     const d = ino.dinode;
     let raw: RawAttr[];
     if (d.attrFormat === -1) return;
-    if (d.attrFormat === FORMAT_LOCAL) {
+    if (d.attrFormat === FORK_FORMAT.local) {
       const got = shortFormAttrs(d.attrFork);
       if (!Array.isArray(got)) throw this.error(ino.offset + d.attrForkAt + got.at, got.problem);
       raw = got;
-    } else if (d.attrFormat === FORMAT_EXTENTS || d.attrFormat === FORMAT_BTREE) {
+    } else if (d.attrFormat === FORK_FORMAT.extents || d.attrFormat === FORK_FORMAT.btree) {
       const mappings = this.forkMappings(ino, "attr");
       if (mappings.length === 0) return;
       raw = this.attrTree(ino, mappings);
@@ -390,13 +376,13 @@ class XfsFileSystem implements FileSystem {
       if (last && m.offset < last.offset + last.count) throw this.error(at, `inode ${ino.number}: ${which} fork extents overlap or are out of order at file block ${withCommas(m.offset)}`);
       out.push(m);
     };
-    if (format === FORMAT_EXTENTS) {
+    if (format === FORK_FORMAT.extents) {
       if (count * 16 > fork.length) throw this.error(forkAt, `inode ${ino.number}: ${withCommas(count)} ${which} fork extents do not fit its ${fork.length}-byte fork`);
       const v = view(fork);
       for (let i = 0; i < count; i++) add(extentAt(v, i * 16), forkAt + i * 16);
       return out;
     }
-    if (format !== FORMAT_BTREE) throw this.error(ino.offset + (which === "data" ? 5 : 83), `inode ${ino.number}: ${which} fork format ${format} holds no extents`);
+    if (format !== FORK_FORMAT.btree) throw this.error(ino.offset + (which === "data" ? 5 : 83), `inode ${ino.number}: ${which} fork format ${format} holds no extents`);
     const root = bmdrRoot(fork);
     if (typeof root === "string") throw this.error(forkAt, `inode ${ino.number}: ${which} fork ${root}`);
     const visited = new Set<number>();
@@ -422,7 +408,7 @@ class XfsFileSystem implements FileSystem {
     let first = -1;
     for (let done = 0; done < length; ) {
       const logical = Math.floor((offset + done) / this.bs);
-      const m = mappingAtOrAfter(mappings, logical);
+      const m = mappings[firstEndingAfter(mappings, logical)];
       if (!m || m.offset > logical || m.unwritten) throw this.error(ino.offset, `inode ${ino.number}: block ${withCommas(logical)} of its directory or attribute data is not mapped`);
       const n = Math.min(length - done, (m.offset + m.count - logical) * this.bs);
       const at = this.blockOffset(m.block, m.count, ino.offset) + (logical - m.offset) * this.bs;
@@ -467,15 +453,12 @@ class XfsFileSystem implements FileSystem {
   }
 }
 
-/** The first mapping that ends after file block `logical` (binary search; mappings are ascending). */
-function mappingAtOrAfter(mappings: Mapping[], logical: number): Mapping | undefined {
-  let lo = 0;
-  let hi = mappings.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    const m = mappings[mid]!;
-    if (m.offset + m.count <= logical) lo = mid + 1;
-    else hi = mid;
+/** Index of the first mapping that ends after file block `block` (mappings.length if none): a binary search by halving steps. */
+function firstEndingAfter(mappings: Mapping[], block: number): number {
+  let before = -1; // mappings[0..before] all end at or before `block`
+  for (let step = 2 ** Math.floor(Math.log2(mappings.length || 1)); step >= 1; step /= 2) {
+    const probe = before + step;
+    if (probe < mappings.length && mappings[probe]!.offset + mappings[probe]!.count <= block) before = probe;
   }
-  return mappings[lo];
+  return before + 1;
 }

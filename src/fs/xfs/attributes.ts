@@ -12,11 +12,8 @@ const DA3_CRC_OFFSET = 12;
 export const REMOTE_HEADER = 56;
 const REMOTE_CRC_OFFSET = 12;
 
-const ATTR_LOCAL = 0x1;
-const ATTR_ROOT = 0x2;
-const ATTR_SECURE = 0x4;
-const ATTR_PARENT = 0x8;
-const ATTR_INCOMPLETE = 0x80;
+/** xfs_attr_leaf_entry flags: value in the leaf, and the namespaces (none = user) */
+const ATTR = { local: 0x1, root: 0x2, secure: 0x4, parent: 0x8, incomplete: 0x80 } as const;
 
 const encoder = new TextEncoder();
 const PREFIX = { user: encoder.encode("user."), trusted: encoder.encode("trusted."), security: encoder.encode("security.") };
@@ -98,7 +95,7 @@ export function attrBlock(sb: Superblock, block: Uint8Array, ino: number, daddr:
     const e = header + i * 8;
     const nameIdx = v.getUint16(e + 4);
     const flags = block[e + 6]!;
-    if (flags & ATTR_LOCAL) {
+    if (flags & ATTR.local) {
       if (nameIdx + 3 > block.length) return { problem: `attribute ${i} of inode ${ino}'s leaf lies past its block`, at: e };
       const valuelen = v.getUint16(nameIdx);
       const namelen = block[nameIdx + 2]!;
@@ -138,15 +135,15 @@ export function remotePiece(sb: Superblock, block: Uint8Array, kind: "attribute"
  * with their values; none for what Linux does not list.
  */
 export function linuxXattrs(flags: number, name: Uint8Array, value: Uint8Array): { name: Uint8Array; value: Uint8Array }[] {
-  if (flags & (ATTR_INCOMPLETE | ATTR_PARENT)) return [];
-  if (flags & ATTR_ROOT) {
+  if (flags & (ATTR.incomplete | ATTR.parent)) return [];
+  if (flags & ATTR.root) {
     const out = [{ name: concat(PREFIX.trusted, name), value }];
     const acl = ACL_NAMES.get(new TextDecoder().decode(name));
     const converted = acl && aclToXattr(value);
     if (acl && converted) out.unshift({ name: acl, value: converted });
     return out;
   }
-  return [{ name: concat(flags & ATTR_SECURE ? PREFIX.security : PREFIX.user, name), value }];
+  return [{ name: concat(flags & ATTR.secure ? PREFIX.security : PREFIX.user, name), value }];
 }
 
 /** xfs_acl (big-endian count, then tag, id, perm) as the kernel's posix_acl xattr (version 2, little-endian tag, perm, id). */

@@ -6,20 +6,14 @@ const DINODE_MAGIC = 0x494e; // "IN"
 const V2_CORE = 100;
 const V3_CORE = 176;
 const V3_CRC_OFFSET = 100;
-export const BMAP_MAGIC = 0x424d4150; // "BMAP"
-export const BMAP_CRC_MAGIC = 0x424d4133; // "BMA3"
+const BMAP_MAGIC = { v4: 0x424d4150, v5: 0x424d4133 } as const; // "BMAP", "BMA3"
 /** long-form btree block header: v4 24 bytes, v5 72 with its crc at 64 */
-export const LBLOCK_LEN = 24;
-export const LBLOCK_CRC_LEN = 72;
-export const LBLOCK_CRC_OFFSET = 64;
+const LONG_BTREE_HEADER = { v4: 24, v5: 72, crcAt: 64 } as const;
 
-export const FORMAT_DEV = 0;
-export const FORMAT_LOCAL = 1;
-export const FORMAT_EXTENTS = 2;
-export const FORMAT_BTREE = 3;
-
-const FLAGS2_BIGTIME = 0x8;
-const FLAGS2_NREXT64 = 0x10;
+/** di_format / di_aformat */
+export const FORK_FORMAT = { dev: 0, local: 1, extents: 2, btree: 3 } as const;
+/** di_flags2 */
+const FLAGS2 = { bigtime: 0x8, nrext64: 0x10 } as const;
 /** bigtime counts nanoseconds from 1901-12-13 20:45:52 UTC (-2^31 s) */
 const BIGTIME_EPOCH_OFFSET = 2 ** 31;
 
@@ -77,12 +71,12 @@ export function parseDinode(sb: Superblock, raw: Uint8Array, ino: number, fail: 
   const literal = raw.length - core;
   if (forkOffset > literal) fail(82, `inode ${ino}'s attribute fork starts ${forkOffset} bytes in, past its ${literal}-byte literal area`);
   const dataSize = forkOffset ? forkOffset : literal;
-  const nrext64 = (flags2 & FLAGS2_NREXT64) !== 0;
+  const nrext64 = (flags2 & FLAGS2.nrext64) !== 0;
   const dataExtents = nrext64 ? (u64(v, 24) ?? Number.MAX_SAFE_INTEGER) : v.getUint32(76);
   const attrExtents = nrext64 ? v.getUint32(76) : v.getUint16(80);
   const size = u64(v, 56);
   if (size === undefined || size > 2 ** 63 - 1) fail(56, `inode ${ino} has size ${v.getBigUint64(56)}`);
-  const bigtime = (flags2 & FLAGS2_BIGTIME) !== 0;
+  const bigtime = (flags2 & FLAGS2.bigtime) !== 0;
   const time = (at: number): Timestamp => {
     if (bigtime) {
       const ns = v.getBigUint64(at);
@@ -114,24 +108,18 @@ export function parseDinode(sb: Superblock, raw: Uint8Array, ino: number, fail: 
     attrForkAt: core + forkOffset,
   };
   if (kind === "char-device" || kind === "block-device") {
-    if (format !== FORMAT_DEV) fail(5, `device inode ${ino} has data fork format ${format}`);
+    if (format !== FORK_FORMAT.dev) fail(5, `device inode ${ino} has data fork format ${format}`);
     const dev = v.getUint32(core);
     dinode.rdev = { major: (dev >>> 18) & 0x3fff, minor: dev & 0x3ffff };
   }
   return dinode;
 }
 
+/** S_IFMT >> 12 to the node kind (S_IFIFO 1, S_IFCHR 2, S_IFDIR 4, S_IFBLK 6, S_IFREG 8, S_IFLNK 10, S_IFSOCK 12) */
+const KIND_BY_TYPE: (NodeKind | undefined)[] = [undefined, "fifo", "char-device", undefined, "directory", undefined, "block-device", undefined, "file", undefined, "symlink", undefined, "socket"];
+
 function kindOf(mode: number): NodeKind | undefined {
-  switch (mode & 0o170000) {
-    case 0o100000: return "file";
-    case 0o040000: return "directory";
-    case 0o120000: return "symlink";
-    case 0o020000: return "char-device";
-    case 0o060000: return "block-device";
-    case 0o010000: return "fifo";
-    case 0o140000: return "socket";
-    default: return undefined;
-  }
+  return KIND_BY_TYPE[(mode >>> 12) & 0xf];
 }
 
 /** Extent record i of `buf` at `at` (128 bits: unwritten flag, 54-bit file offset, 52-bit fs block, 21-bit count). */
@@ -174,11 +162,11 @@ export function bmbtBlock(sb: Superblock, block: Uint8Array, fsBlock: number, da
   const v = view(block);
   const magic = v.getUint32(0);
   const crcFs = sb.version === 5;
-  if (magic !== (crcFs ? BMAP_CRC_MAGIC : BMAP_MAGIC)) return { problem: `bmap btree block ${fsBlock} of inode ${ino} has magic 0x${hex(magic)}`, at: 0 };
-  const header = crcFs ? LBLOCK_CRC_LEN : LBLOCK_LEN;
+  if (magic !== (crcFs ? BMAP_MAGIC.v5 : BMAP_MAGIC.v4)) return { problem: `bmap btree block ${fsBlock} of inode ${ino} has magic 0x${hex(magic)}`, at: 0 };
+  const header = crcFs ? LONG_BTREE_HEADER.v5 : LONG_BTREE_HEADER.v4;
   if (crcFs) {
-    const { stored, computed } = xfsCrc(block, LBLOCK_CRC_OFFSET);
-    if (stored !== computed) return { problem: `bmap btree block ${fsBlock} of inode ${ino} has crc 0x${hex(stored)}, computed 0x${hex(computed)}`, at: LBLOCK_CRC_OFFSET };
+    const { stored, computed } = xfsCrc(block, LONG_BTREE_HEADER.crcAt);
+    if (stored !== computed) return { problem: `bmap btree block ${fsBlock} of inode ${ino} has crc 0x${hex(stored)}, computed 0x${hex(computed)}`, at: LONG_BTREE_HEADER.crcAt };
     if (u64(v, 56) !== ino) return { problem: `bmap btree block ${fsBlock} belongs to inode ${v.getBigUint64(56)}, not ${ino}`, at: 56 };
     if (u64(v, 24) !== daddr) return { problem: `bmap btree block ${fsBlock} says it is at sector ${v.getBigUint64(24)}`, at: 24 };
   }

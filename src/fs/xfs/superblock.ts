@@ -4,30 +4,19 @@ import { crc32c } from "../../../native/crc32c.ts";
 export const SB_MAGIC = 0x58465342; // "XFSB"
 const AGF_MAGIC = 0x58414746; // "XAGF"
 const AGI_MAGIC = 0x58414749; // "XAGI"
-export const IBT_MAGIC = 0x49414254; // "IABT"
-export const IBT_CRC_MAGIC = 0x49414233; // "IAB3"
+const IBT_MAGIC = 0x49414254; // "IABT"
+const IBT_CRC_MAGIC = 0x49414233; // "IAB3"
 
-export const SB_CRC_OFFSET = 224;
-const AGF_CRC_OFFSET = 216;
-const AGI_CRC_OFFSET = 312;
-/** short-form btree block header: v4 16 bytes, v5 56 with its crc at 52 */
-export const SBLOCK_LEN = 16;
-export const SBLOCK_CRC_LEN = 56;
-export const SBLOCK_CRC_OFFSET = 52;
+/** where each header keeps its crc (short-form btree blocks: in the v5 header, 56 bytes; v4's is 16) */
+const CRC_AT = { superblock: 224, agf: 216, agi: 312, shortBtree: 52 } as const;
+const SHORT_BTREE_HEADER = { v4: 16, v5: 56 } as const;
 
-const VERSION_NUMBITS = 0x000f;
-const VERSION_MOREBITSBIT = 0x8000;
+/** sb_versionnum: the version in the low bits, and whether sb_features2 is valid */
+const VERSION = { numbits: 0x000f, moreBits: 0x8000 } as const;
 const FEATURES2_FTYPE = 0x200;
-export const INCOMPAT_FTYPE = 0x1;
-export const INCOMPAT_SPINODES = 0x2;
-const INCOMPAT_META_UUID = 0x4;
-export const INCOMPAT_BIGTIME = 0x8;
-const INCOMPAT_NEEDSREPAIR = 0x10;
-export const INCOMPAT_NREXT64 = 0x20;
-const INCOMPAT_EXCHRANGE = 0x40;
-const INCOMPAT_PARENT = 0x80;
+const INCOMPAT = { ftype: 0x1, spinodes: 0x2, metaUuid: 0x4, bigtime: 0x8, needsRepair: 0x10, nrext64: 0x20, exchrange: 0x40, parent: 0x80 } as const;
 /** what this reader understands; anything else in sb_features_incompat is refused */
-const INCOMPAT_KNOWN = INCOMPAT_FTYPE | INCOMPAT_SPINODES | INCOMPAT_META_UUID | INCOMPAT_BIGTIME | INCOMPAT_NEEDSREPAIR | INCOMPAT_NREXT64 | INCOMPAT_EXCHRANGE | INCOMPAT_PARENT;
+const INCOMPAT_KNOWN = Object.values(INCOMPAT).reduce((a, b) => a | b, 0);
 
 export interface Superblock {
   version: 4 | 5;
@@ -79,7 +68,7 @@ export function parseSuperblock(sb: Uint8Array, fail: (at: number, problem: stri
   const v = view(sb);
   if (v.getUint32(0) !== SB_MAGIC) fail(0, "no XFS superblock (magic XFSB)");
   const versionnum = v.getUint16(100);
-  const version = versionnum & VERSION_NUMBITS;
+  const version = versionnum & VERSION.numbits;
   if (version !== 4 && version !== 5) fail(100, `superblock version ${version} is not one this reader knows (4 or 5)`);
   const blockSize = v.getUint32(4);
   const blockLog = sb[120]!;
@@ -99,15 +88,17 @@ export function parseSuperblock(sb: Uint8Array, fail: (at: number, problem: stri
   const dataBlocks = u64(v, 8);
   if (dataBlocks === undefined || dataBlocks === 0) fail(8, "the data block count is zero or too large");
   if (agCount === 0 || dataBlocks > agCount * agBlocks || dataBlocks <= (agCount - 1) * agBlocks) fail(88, `${agCount} AGs of ${agBlocks} blocks do not make the ${dataBlocks} data blocks`);
-  const versionMore = (versionnum & VERSION_MOREBITSBIT) !== 0;
+  const versionMore = (versionnum & VERSION.moreBits) !== 0;
   const features2 = versionMore ? v.getUint32(200) : 0;
   const incompat = version === 5 ? v.getUint32(216) : 0;
   const unknown = incompat & ~INCOMPAT_KNOWN;
   if (unknown) fail(216, `unknown incompatible features 0x${unknown.toString(16)}; this reader cannot read it (try: imgtool mount + the kernel)`);
   if (version === 5) {
-    const { stored, computed } = xfsCrc(sb.subarray(0, sectorSize), SB_CRC_OFFSET);
-    if (stored !== computed) fail(SB_CRC_OFFSET, `superblock crc 0x${hex(stored)}, computed 0x${hex(computed)}`);
+    const { stored, computed } = xfsCrc(sb.subarray(0, sectorSize), CRC_AT.superblock);
+    if (stored !== computed) fail(CRC_AT.superblock, `superblock crc 0x${hex(stored)}, computed 0x${hex(computed)}`);
   }
+  const dirBlockLog = sb[192]!;
+  if (blockSize * 2 ** dirBlockLog > 65536) fail(192, `directory blocks of 2^${dirBlockLog} blocks are larger than XFS's 64 KiB`);
   const rootIno = u64(v, 56);
   if (rootIno === undefined) fail(56, "root inode number is too large");
   const uuid = sb.slice(32, 48);
@@ -125,14 +116,14 @@ export function parseSuperblock(sb: Uint8Array, fail: (at: number, problem: stri
     rootIno,
     logStart: u64(v, 48) ?? 0,
     logBlocks: v.getUint32(96),
-    dirBlockLog: sb[192]!,
-    ftype: version === 5 ? (incompat & INCOMPAT_FTYPE) !== 0 : (features2 & FEATURES2_FTYPE) !== 0,
+    dirBlockLog,
+    ftype: version === 5 ? (incompat & INCOMPAT.ftype) !== 0 : (features2 & FEATURES2_FTYPE) !== 0,
     incompat,
     roCompat: version === 5 ? v.getUint32(212) : 0,
     logIncompat: version === 5 ? v.getUint32(220) : 0,
     uuid,
-    metaUuid: incompat & INCOMPAT_META_UUID ? sb.slice(248, 264) : uuid,
-    needsRepair: (incompat & INCOMPAT_NEEDSREPAIR) !== 0,
+    metaUuid: incompat & INCOMPAT.metaUuid ? sb.slice(248, 264) : uuid,
+    needsRepair: (incompat & INCOMPAT.needsRepair) !== 0,
   } as Superblock;
 }
 
@@ -165,8 +156,8 @@ export function parseAgHeaders(sb: Superblock, agno: number, agf: Uint8Array, ag
       if (!equal(buf.subarray(uuidAt, uuidAt + 16), sb.metaUuid)) fail(sector, uuidAt, `AG ${agno}: the ${name} belongs to another file system (uuid differs)`);
     }
   };
-  check(1, agf, AGF_MAGIC, "AGF", AGF_CRC_OFFSET, 64);
-  check(2, agi, AGI_MAGIC, "AGI", AGI_CRC_OFFSET, 296);
+  check(1, agf, AGF_MAGIC, "AGF", CRC_AT.agf, 64);
+  check(2, agi, AGI_MAGIC, "AGI", CRC_AT.agi, 296);
   const v = view(agi);
   const inobtRoot = v.getUint32(20);
   const inobtLevels = v.getUint32(24);
@@ -190,10 +181,10 @@ export function parseShortBtreeBlock(sb: Superblock, block: Uint8Array, agBlock:
   const magic = v.getUint32(0);
   const expect = sb.version === 5 ? IBT_CRC_MAGIC : IBT_MAGIC;
   if (magic !== expect) fail(0, `AG ${agno}: inode btree block ${agBlock} has magic 0x${hex(magic)}`);
-  const headerLength = sb.version === 5 ? SBLOCK_CRC_LEN : SBLOCK_LEN;
+  const headerLength = sb.version === 5 ? SHORT_BTREE_HEADER.v5 : SHORT_BTREE_HEADER.v4;
   if (sb.version === 5) {
-    const { stored, computed } = xfsCrc(block, SBLOCK_CRC_OFFSET);
-    if (stored !== computed) fail(SBLOCK_CRC_OFFSET, `AG ${agno}: inode btree block ${agBlock} crc 0x${hex(stored)}, computed 0x${hex(computed)}`);
+    const { stored, computed } = xfsCrc(block, CRC_AT.shortBtree);
+    if (stored !== computed) fail(CRC_AT.shortBtree, `AG ${agno}: inode btree block ${agBlock} crc 0x${hex(stored)}, computed 0x${hex(computed)}`);
   }
   const level = v.getUint16(4);
   const numrecs = v.getUint16(6);
@@ -206,7 +197,7 @@ export function parseShortBtreeBlock(sb: Superblock, block: Uint8Array, agBlock:
 export function inodeChunkAt(sb: Superblock, block: Uint8Array, headerLength: number, i: number, agIno0: number): InodeChunk {
   const v = view(block);
   const at = headerLength + i * 16;
-  const sparse = (sb.incompat & INCOMPAT_SPINODES) !== 0;
+  const sparse = (sb.incompat & INCOMPAT.spinodes) !== 0;
   const holemask = sparse ? v.getUint16(at + 4) : 0;
   let holes = 0n;
   for (let bit = 0; bit < 16; bit++) if (holemask & (1 << bit)) holes |= 0xfn << BigInt(bit * 4);

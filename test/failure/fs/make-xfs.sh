@@ -4,13 +4,7 @@
 # Run from the repository root: bash test/failure/fs/make-xfs.sh
 set -euo pipefail
 out=$(pwd)/test/failure/fs
-work=$(mktemp -d)
-mnt=$work/m
-mkdir -p "$mnt"
-loop=
-cleanup() { mountpoint -q "$mnt" && umount "$mnt"; [ -n "$loop" ] && losetup -d "$loop"; rm -rf "$work"; }
-trap cleanup EXIT
-export TEST_DIR=1 TEST_DEV=1 QA_CHECK_FS=1
+source "$(dirname "$0")/../../../fixtures/xfs-scratch.sh"
 vol=$work/v.vol
 
 base() {  # a small v5 file system: keep.txt in the root, d0..d3 spread over the AGs, a block directory, a btree file
