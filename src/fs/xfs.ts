@@ -72,24 +72,35 @@ class XfsFileSystem implements FileSystem {
     return splitPath(path).reduce<FsNode | undefined>((node, part) => (node?.kind === "directory" ? this.child(node, part) : undefined), this.root());
   }
 
-  /** The entry `name` of a directory (damage to it thrown); directories are searched in order, as the hash index is not needed to find every name. */
+  /** The entry `name` of a directory (damage to it thrown): only that entry's inode is read. */
   private child(dir: FsNode, name: Uint8Array): FsNode | undefined {
-    for (const e of this.list(dir)) {
-      if (!equalBytes(e.name, name)) continue;
-      if (e.damage) throw e.damage;
-      return e.node;
+    for (const e of this.rawEntries(this.inode(dir.id), (err) => { throw err; })) {
+      if (equalBytes(e.name, name) && !isDotOrDotDot(e.name)) return this.inode(e.ino).node;
     }
     return undefined;
   }
 
   *list(dir: FsNode, onDamage: (e: FsError) => void = (e) => { throw e; }): Iterable<DirEntry> {
-    const ino = this.inode(dir.id);
-    const report = onDamage;
+    for (const e of this.rawEntries(this.inode(dir.id), onDamage)) {
+      if (isDotOrDotDot(e.name)) continue;
+      try {
+        yield { name: e.name, node: this.inode(e.ino).node };
+      } catch (err) {
+        if (!(err instanceof FsError)) throw err;
+        const zero = { sec: 0, nsec: 0 };
+        yield { name: e.name, node: { id: e.ino, kind: FTYPE_KINDS[e.ftype] ?? "file", mode: 0, uid: 0, gid: 0, size: 0, links: 0, mtime: zero, atime: zero }, damage: err };
+      }
+    }
+  }
+
+  /** A directory's entries as stored (names and inode numbers), in every form; a bad data block goes to `report` and is skipped. */
+  private *rawEntries(ino: Inode, report: (e: FsError) => void): Iterable<RawEntry> {
     const d = ino.dinode;
+    if (d.kind !== "directory") throw this.error(ino.offset, `inode ${ino.number} is not a directory`);
     if (d.format === FORK_FORMAT.local) {
       const got = shortFormEntries(this.sb, d.dataFork, d.size);
       if ("problem" in got) throw this.error(ino.offset + d.dataForkAt + got.at, got.problem);
-      yield* this.resolve(got.entries);
+      yield* got.entries;
       return;
     }
     const mappings = this.mappings(ino);
@@ -117,20 +128,7 @@ class XfsFileSystem implements FileSystem {
           report(this.error(at + got.at, `${got.problem}; its entries are skipped`));
           continue;
         }
-        yield* this.resolve(got.entries);
-      }
-    }
-  }
-
-  private *resolve(entries: RawEntry[]): Iterable<DirEntry> {
-    for (const e of entries) {
-      if (e.name[0] === 0x2e && (e.name.length === 1 || (e.name.length === 2 && e.name[1] === 0x2e))) continue;
-      try {
-        yield { name: e.name, node: this.inode(e.ino).node };
-      } catch (err) {
-        if (!(err instanceof FsError)) throw err;
-        const zero = { sec: 0, nsec: 0 };
-        yield { name: e.name, node: { id: e.ino, kind: FTYPE_KINDS[e.ftype] ?? "file", mode: 0, uid: 0, gid: 0, size: 0, links: 0, mtime: zero, atime: zero }, damage: err };
+        yield* got.entries;
       }
     }
   }
@@ -451,6 +449,10 @@ class XfsFileSystem implements FileSystem {
     }
     return out;
   }
+}
+
+function isDotOrDotDot(name: Uint8Array): boolean {
+  return name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e));
 }
 
 /** Index of the first mapping that ends after file block `block` (mappings.length if none): a binary search by halving steps. */

@@ -21,9 +21,15 @@ export function logDirtyReason(sectors: number, readSector: (bb: number) => Uint
   };
   const first = cycleOf(0);
   if (first === 0) return undefined; // never written: mkfs leaves an unmount record, so this is a zeroed log
-  // sectors [0, head) carry the current cycle, [head, end) the one before
+  // sectors [0, head) carry the current cycle, [head, end) the one before. Galloping from the start
+  // and then halving: a head near the start (a young or lightly used log) is found reading only
+  // the log's first part, which matters when each distant read decodes a compressed image afresh
   let lo = 1;
-  let hi = sectors;
+  let hi = 1;
+  while (hi < sectors && cycleOf(hi) === first) {
+    lo = hi + 1;
+    hi = Math.min(sectors, hi * 2);
+  }
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
     if (cycleOf(mid) === first) lo = mid + 1;
