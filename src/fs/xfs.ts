@@ -57,7 +57,8 @@ class XfsFileSystem implements FileSystem {
       fail(8, `the file system has ${withCommas(this.sb.dataBlocks)} blocks of ${this.bs} bytes, more than the ${withCommas(volume.size)}-byte volume holds`);
     }
     if (this.sb.needsRepair) this.warnings.push("the file system is marked as needing xfs_repair: what it would fix is shown as it is");
-    if (this.sb.logStart !== 0) {
+    if (this.sb.logStart === 0) this.warnings.push("the log is on another device (an external log), not in this volume: whether it holds changes not written back is unknown");
+    else {
       const logOffset = this.blockOffset(this.sb.logStart, this.sb.logBlocks, 48);
       const reason = logDirtyReason((this.sb.logBlocks * this.bs) / 512, (bb) => volume.read(logOffset + bb * 512, 512));
       if (reason) this.warnings.push(`the log was not replayed: ${reason}; what was only in the log is not shown`);

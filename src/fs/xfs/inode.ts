@@ -14,6 +14,8 @@ const LONG_BTREE_HEADER = { v4: 24, v5: 72, crcAt: 64 } as const;
 export const FORK_FORMAT = { dev: 0, local: 1, extents: 2, btree: 3 } as const;
 /** di_flags2 */
 const FLAGS2 = { bigtime: 0x8, nrext64: 0x10 } as const;
+/** di_flags: the data fork maps blocks of the real-time device */
+const DIFLAG_REALTIME = 0x1;
 /** bigtime counts nanoseconds from 1901-12-13 20:45:52 UTC (-2^31 s) */
 const BIGTIME_EPOCH_OFFSET = 2 ** 31;
 
@@ -65,6 +67,7 @@ export function parseDinode(sb: Superblock, raw: Uint8Array, ino: number, fail: 
   const flags2 = version === 3 ? v.getUint32(124) : 0;
   const mode = v.getUint16(2);
   const format = raw[5]!;
+  if (v.getUint16(90) & DIFLAG_REALTIME && (mode & 0o170000) === 0o100000) fail(90, `inode ${ino} is a real-time file: its data lies on the real-time device, which is not part of this volume`);
   const attrFormat = raw[83]!;
   const forkOffset = raw[82]! * 8;
   const core = version === 3 ? V3_CORE : V2_CORE;
