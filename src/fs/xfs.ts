@@ -60,7 +60,7 @@ class XfsFileSystem implements FileSystem {
     if (this.sb.logStart === 0) this.warnings.push("the log is on another device (an external log), not in this volume: whether it holds changes not written back is unknown");
     else {
       const logOffset = this.blockOffset(this.sb.logStart, this.sb.logBlocks, 48);
-      const reason = logDirtyReason((this.sb.logBlocks * this.bs) / 512, (bb) => volume.read(logOffset + bb * 512, 512));
+      const reason = logDirtyReason((this.sb.logBlocks * this.bs) / 512, (bb) => volume.read(logOffset + bb * 512, 512), this.sb.lastLogSector);
       if (reason) this.warnings.push(`the log was not replayed: ${reason}; what was only in the log is not shown`);
     }
   }
@@ -83,15 +83,37 @@ class XfsFileSystem implements FileSystem {
 
   *list(dir: FsNode, onDamage: (e: FsError) => void = (e) => { throw e; }): Iterable<DirEntry> {
     for (const e of this.rawEntries(this.inode(dir.id), onDamage)) {
-      if (isDotOrDotDot(e.name)) continue;
+      if (!isDotOrDotDot(e.name)) yield this.entry(e);
+    }
+  }
+
+  /**
+   * A directory entry whose inode is read when `node` or `damage` is first asked for: a walk that
+   * stops at one name (get's path resolution) reads only that entry's inode, not those before it,
+   * which XFS spreads over the AGs (each a separate decode in a compressed image).
+   */
+  private entry(raw: RawEntry): DirEntry {
+    let resolved: { node: FsNode; damage?: FsError } | undefined;
+    const resolve = () => {
+      if (resolved) return resolved;
       try {
-        yield { name: e.name, node: this.inode(e.ino).node };
+        resolved = { node: this.inode(raw.ino).node };
       } catch (err) {
         if (!(err instanceof FsError)) throw err;
         const zero = { sec: 0, nsec: 0 };
-        yield { name: e.name, node: { id: e.ino, kind: FTYPE_KINDS[e.ftype] ?? "file", mode: 0, uid: 0, gid: 0, size: 0, links: 0, mtime: zero, atime: zero }, damage: err };
+        resolved = { node: { id: raw.ino, kind: FTYPE_KINDS[raw.ftype] ?? "file", mode: 0, uid: 0, gid: 0, size: 0, links: 0, mtime: zero, atime: zero }, damage: err };
       }
-    }
+      return resolved;
+    };
+    return {
+      name: raw.name,
+      get node() {
+        return resolve().node;
+      },
+      get damage() {
+        return resolve().damage;
+      },
+    };
   }
 
   /** A directory's entries as stored (names and inode numbers), in every form; a bad data block goes to `report` and is skipped. */

@@ -13,7 +13,7 @@ const MAX_RECORD_BBS = (256 * 1024) / BBSIZE + 16;
  * stamped on every sector drops; the last record before it must hold a single unmount operation.
  * Returns undefined when clean, else why the log needs replaying.
  */
-export function logDirtyReason(sectors: number, readSector: (bb: number) => Uint8Array): string | undefined {
+export function logDirtyReason(sectors: number, readSector: (bb: number) => Uint8Array, hint = 0): string | undefined {
   if (sectors < 2) return "the log is too small to hold a record";
   const cycleOf = (bb: number) => {
     const v = view(readSector(bb));
@@ -21,14 +21,16 @@ export function logDirtyReason(sectors: number, readSector: (bb: number) => Uint
   };
   const first = cycleOf(0);
   if (first === 0) return undefined; // never written: mkfs leaves an unmount record, so this is a zeroed log
-  // sectors [0, head) carry the current cycle, [head, end) the one before. Galloping from the start
-  // and then halving: a head near the start (a young or lightly used log) is found reading only
-  // the log's first part, which matters when each distant read decodes a compressed image afresh
-  let lo = 1;
-  let hi = 1;
-  while (hi < sectors && cycleOf(hi) === first) {
+  // sectors [0, head) carry the current cycle, [head, end) the one before. Galloping forward from
+  // `hint` (the superblock's last logged change, so at or before the head when it carries the
+  // current cycle) and then halving: only the log around the head is read, which matters when each
+  // distant read decodes a compressed image afresh
+  const from = hint > 0 && hint < sectors && cycleOf(hint) === first ? hint : 0;
+  let lo = from + 1;
+  let hi = lo;
+  for (let step = 1; hi < sectors && cycleOf(hi) === first; step *= 2) {
     lo = hi + 1;
-    hi = Math.min(sectors, hi * 2);
+    hi = Math.min(sectors, from + step * 2);
   }
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;

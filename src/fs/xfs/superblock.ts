@@ -41,6 +41,8 @@ export interface Superblock {
   /** the uuid stamped in metadata blocks (sb_meta_uuid with the meta_uuid feature) */
   metaUuid: Uint8Array;
   needsRepair: boolean;
+  /** v5: the log sector (from the log's start) of the last logged superblock change, 0 if none */
+  lastLogSector: number;
 }
 
 export function view(b: Uint8Array): DataView {
@@ -124,6 +126,7 @@ export function parseSuperblock(sb: Uint8Array, fail: (at: number, problem: stri
     uuid,
     metaUuid: incompat & INCOMPAT.metaUuid ? sb.slice(248, 264) : uuid,
     needsRepair: (incompat & INCOMPAT.needsRepair) !== 0,
+    lastLogSector: version === 5 ? v.getUint32(244) : 0,
   } as Superblock;
 }
 
