@@ -171,18 +171,21 @@ class XfsFileSystem implements FileSystem {
     const mappings = this.mappings(ino);
     const bs = this.bs;
     const end = offset + want;
-    into.fill(0, 0, want);
+    let zeroFrom = offset;
     for (let i = firstEndingAfter(mappings, Math.floor(offset / bs)); i < mappings.length; i++) {
       const m = mappings[i]!;
       const from = Math.max(offset, m.offset * bs);
       const to = Math.min(end, (m.offset + m.count) * bs);
       if (from >= end) break;
       if (m.unwritten || from >= to) continue;
+      into.fill(0, zeroFrom - offset, from - offset);
       const at = this.blockOffset(m.block, m.count, ino.offset) + (from - m.offset * bs);
       const part = into.subarray(from - offset, to - offset);
       if (this.volume.readInto) this.volume.readInto(at, part);
       else part.set(this.volume.read(at, part.length));
+      zeroFrom = to;
     }
+    into.fill(0, zeroFrom - offset, want);
     return want;
   }
 
