@@ -9,6 +9,7 @@ import { FIXTURES, fixture, restoredBytes, runCli, seededRandom, tempDir, which 
 import { ImageError } from "../src/errors.ts";
 import { FsError, type FsNode } from "../src/fs/filesystem.ts";
 import type { Volume } from "../src/volume/volume.ts";
+import { type Superblock, inodeChunkAt } from "../src/fs/xfs/superblock.ts";
 import { openInputVolume } from "../src/cli/input-volume.ts";
 import { openFileSystem } from "../src/fs/open.ts";
 
@@ -290,4 +291,23 @@ describe("mutated XFS metadata: every problem is an FsError naming an offset; no
       expect(damaged).toBeGreaterThan(4);
     });
   }
+});
+
+describe("sparse inode chunks (no fixture holds one: xfs did not make one here)", () => {
+  test("an inode btree record's holemask marks 4 inodes a bit; the free mask 1 inode a bit", () => {
+    const sb = { incompat: 0x2 } as Superblock;
+    const leaf = new Uint8Array(16 + 16);
+    const v = new DataView(leaf.buffer);
+    v.setUint32(16, 128); // startino
+    v.setUint16(20, 0x8001); // holes: inodes 0-3 and 60-63
+    leaf[22] = 56; // count of inodes with space
+    leaf[23] = 1; // freecount
+    v.setBigUint64(24, 1n << 10n); // inode 10 free
+    const chunk = inodeChunkAt(sb, leaf, 16, 0, 0);
+    expect(chunk.startIno).toBe(128);
+    expect(chunk.holes).toBe(0xfn | (0xfn << 60n));
+    expect(chunk.free).toBe(1n << 10n);
+    // without the feature those bytes are part of a 32-bit free count: no holes
+    expect(inodeChunkAt({ incompat: 0 } as Superblock, leaf, 16, 0, 0).holes).toBe(0n);
+  });
 });
