@@ -63,7 +63,7 @@ const V5_FIXTURES = ["xfs-v5.xfs-ptcl-img.zst", "xfs-v5-1k-dir8k.xfs-ptcl-img.zs
 if (mountWhy) console.log(`skip: XFS differential tests against the kernel: ${mountWhy}`);
 describe.skipIf(mountWhy !== "")("extract / equals the kernel's read-only loop mount (path, type, mode, owner, size, mtime, content, xattrs, hard links)", () => {
   // the destination is an XFS too: ext4 and tmpfs refuse a directory's 700 xattrs
-  let scratch: { mnt: string; loop: string } | undefined;
+  let scratch: { mnt: string; dir: string } | undefined;
   beforeAll(() => {
     const dir = tempDir();
     const file = path.join(dir, "dest.xfs");
@@ -75,11 +75,13 @@ describe.skipIf(mountWhy !== "")("extract / equals the kernel's read-only loop m
     fs.mkdirSync(mnt);
     const m = Bun.spawnSync(["mount", "-o", "loop", file, mnt], { stderr: "pipe" });
     if (m.exitCode !== 0) throw new Error(`mount: ${m.stderr.toString()}`);
-    scratch = { mnt, loop: file };
+    scratch = { mnt, dir };
   }, 120_000);
   // unmounting writes back what the tests extracted into it: give it time on a loaded machine
   afterAll(() => {
-    if (scratch) Bun.spawnSync(["umount", scratch.mnt]);
+    if (!scratch) return;
+    Bun.spawnSync(["umount", scratch.mnt]);
+    fs.rmSync(scratch.dir, { recursive: true, force: true });
   }, 120_000);
   for (const name of V5_FIXTURES) {
     test(name, () => {
@@ -175,6 +177,8 @@ describe("the Clonezilla folder pub-linuxfs, p2 (XFS v5), extracted straight fro
     };
     const escaped = (l: string) => Array.from(Buffer.from(l), (b) => ((b >= 0x20 && b < 0x7f) || b === 9 ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`)).join("");
     expect(treeOfDirectory(x.dest, undefined, { xattrs: true }).map(escaped).map(ours)).toEqual(want.map(columns));
+    fs.rmSync(x.dest, { recursive: true, force: true });
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 });
 
