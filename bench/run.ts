@@ -10,6 +10,7 @@ const scripts = [
   "disk.ts",
   "fs.ts",
   "fs-exfat.ts",
+  "fs-xfs.ts",
   "serve.ts",
   "parallel.ts",
   "memory.ts",

@@ -53,6 +53,14 @@ export function treeOf(fsys: FileSystem, options: { xattrs?: boolean } = {}): st
   return out.sort();
 }
 
+/** lstat's mtime in ns; Bun's bigint lstat gives 0 for times before 1970, so those are asked of Python's. */
+function mtimeNs(full: string, st: fs.BigIntStats): bigint {
+  if (st.mtimeNs !== 0n || fs.lstatSync(full).mtimeMs === 0) return st.mtimeNs;
+  const r = Bun.spawnSync(["python3", "-c", "import os,sys; print(os.lstat(sys.argv[1]).st_mtime_ns)", full], { stdout: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`python3 cannot lstat ${full}`);
+  return BigInt(r.stdout.toString().trim());
+}
+
 /** The same listing of a mounted directory; symlink targets under `stripPrefix` lose it. */
 export function treeOfDirectory(root: string, stripPrefix?: string, options: { xattrs?: boolean } = {}): string[] {
   const out: string[] = [];
@@ -75,9 +83,11 @@ export function treeOfDirectory(root: string, stripPrefix?: string, options: { x
       else if (st.isSocket()) type = "s";
       else if (st.isCharacterDevice() || st.isBlockDevice()) {
         type = st.isCharacterDevice() ? "c" : "b";
-        size = `${Number(st.rdev) >> 8},${Number(st.rdev) & 0xff}`;
+        // glibc's major()/minor() of a 64-bit dev_t
+        const dev = st.rdev;
+        size = `${Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn))},${Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn))}`;
       } else content = new Bun.CryptoHasher("sha256").update(fs.readFileSync(full)).digest("hex");
-      const row = line(p, type, mode, Number(st.uid), Number(st.gid), size, st.mtimeNs, Number(st.nlink), content);
+      const row = line(p, type, mode, Number(st.uid), Number(st.gid), size, mtimeNs(full, st), Number(st.nlink), content);
       out.push(options.xattrs ? `${row}\t${xattrColumn(listXattrs(Buffer.from(full)).map(([n, v]) => ({ name: n, value: v })))}` : row);
       if (type === "d") walk(full, `${p}/`);
     }

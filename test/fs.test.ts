@@ -239,7 +239,9 @@ describe("extract DIR@N of the real Clonezilla folders gives every file of the o
       const columns = (l: string) => {
         const [p, type, mode, owner, size, mtime, nlink, content] = l.split("\t");
         if (isFat) return [p, type, size, content].join("\t");
-        return [p, type, mode, isRoot ? owner : "-", size, mtime, type === "d" && isNtfs ? "-" : nlink, content].join("\t");
+        // a device's numbers: lstree.py writes them as the content (size 0), treeOfDirectory as the size
+        const dev = type === "c" || type === "b" ? (size!.includes(",") ? size : content) : undefined;
+        return [p, type, mode, isRoot ? owner : "-", dev ?? size, mtime, type === "d" && isNtfs ? "-" : nlink, dev ? "-" : content].join("\t");
       };
       // the recorded trees write bytes outside printable ASCII as \xNN
       const escaped = (l: string) => Array.from(Buffer.from(l), (b) => (b >= 0x20 && b < 0x7f) || b === 9 ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`).join("");

@@ -5,6 +5,7 @@ import { type ExfatOptions, detectExfat, openExfat } from "./exfat.ts";
 import { type FatOptions, detectFat, openFat } from "./fat.ts";
 import type { FileSystem } from "./filesystem.ts";
 import { detectNtfs, openNtfs } from "./ntfs.ts";
+import { detectXfs, openXfs } from "./xfs.ts";
 
 export interface OpenFsOptions {
   fat?: FatOptions;
@@ -30,7 +31,7 @@ const FILE_SYSTEMS: FsKind[] = [
   { name: "ext2/3/4", detect: detectExt, open: (v) => openExt(v) },
   { name: "vfat", detect: detectFat, open: (v, o) => openFat(v, o.fat) },
   { name: "btrfs", detect: (h) => ascii(h, 0x10040, "_BHRfS_M") },
-  { name: "xfs", detect: (h) => ascii(h, 0, "XFSB") },
+  { name: "xfs", detect: detectXfs, open: (v) => openXfs(v) },
   { name: "f2fs", detect: (h) => h.length > 0x404 && h[0x400] === 0x10 && h[0x401] === 0x20 && h[0x402] === 0xf5 && h[0x403] === 0xf2 },
   { name: "reiserfs", detect: (h) => ascii(h, 0x10034, "ReIsEr") },
   { name: "jfs", detect: (h) => ascii(h, 0x8000, "JFS1") },
