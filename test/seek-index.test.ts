@@ -5,8 +5,9 @@ import path from "node:path";
 import { openImage } from "../src/formats/detect.ts";
 import { openRaw, openStream } from "../src/source/open.ts";
 import type { RandomAccessSource } from "../src/source/chunk-source.ts";
-import { currentKey, indexPaths, readIndex } from "../src/source/seek-index/index-file.ts";
-import { CorruptIndex, seekPointOf } from "../src/source/seek-index/stored-window.ts";
+import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint } from "../src/source/seek-index/index-file.ts";
+import { SeekableSource } from "../src/source/seek-index/seekable.ts";
+import { CorruptIndex } from "../src/source/seek-index/stored-window.ts";
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
 import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
 import { unpackExtra, zstdCodec } from "../src/source/seek-index/zstd.ts";
@@ -64,6 +65,16 @@ afterAll(() => {
   if (savedCache === undefined) delete process.env.XDG_CACHE_HOME;
   else process.env.XDG_CACHE_HOME = savedCache;
 });
+
+/** The windows of `points` come back with bytes changed, as a wrong window would. */
+function spoilWindows(index: LoadedIndex, points: Set<StoredPoint>): void {
+  const window = index.window;
+  index.window = (p, into) => {
+    const w = window(p, into).slice();
+    if (points.has(p)) for (let i = 0; i < w.length; i += 61) w[i]! ^= 0x5a;
+    return w;
+  };
+}
 
 function openIndexed(file: string, spacing = SPACING) {
   const { raw, pieces } = openRaw(file);
@@ -225,33 +236,92 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
   // the second: single-threaded zstd with an 8 MiB window, every 64 KiB a candidate; the streaming
   // decoder readers resume with decodes a block past what it returns, so that block must decode too
   for (const [name, spacing] of [["clonezilla-mbr-zstd/loop0p1.ext4-ptcl-img.zst.aa", 1 << 20], ["ntfs.ntfs-ptcl-img.zst", 64 << 10]] as const) {
-  test(`every kept point decodes its verified range right by itself, in one read: ${name}`, () => {
+  test(`a point that decodes differently never returns bytes: caught by the piece hashes and skipped: ${name}`, () => {
     const truth = fs.readFileSync(path.join(import.meta.dir, "..", "fixtures", name));
     const file = write(tempDir(), "p1.zst", truth);
+    const decoded = new Uint8Array(spawnSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 }).stdout as Buffer);
     const source = openIndexed(file, spacing);
-    const decoded = spawnSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 }).stdout as Buffer;
+    const resumed = source.index.points.filter((p) => !p.trusted);
+    expect(resumed.length).toBeGreaterThan(2);
+    // the points reads of whole spans resume from get a history with bytes changed (as a wrong
+    // window would be): they decode to other bytes, or fail; and one a boundary that is not one
+    const used = new Set<StoredPoint>();
+    for (let g = 0; g < decoded.length; g += 1 << 20) used.add(source.index.points.findLast((p) => p.decoded <= g)!);
+    const spoiled = [...used].filter((p) => !p.trusted && p.windowSize > 0);
+    expect(spoiled.length).toBeGreaterThan(0);
+    spoilWindows(source.index, new Set(spoiled));
+    resumed[1]!.compressed += 1;
+    const { raw } = openRaw(file);
     try {
-      const { raw } = openRaw(file);
-      const points = source.index.points;
-      expect(points.filter((p) => p.extra.length > 0).length).toBeGreaterThan(2);
-      for (const p of points) {
-        const end = p.verifiedEnd ?? decoded.length;
-        const d = zstdCodec.resume(raw as RandomAccessSource, seekPointOf(source.index, p));
-        const got = new Uint8Array(end - p.decoded);
-        for (let at = 0; at < got.length; ) {
-          const n = d.read(got.subarray(at));
-          expect(n).toBeGreaterThan(0);
-          at += n;
-        }
-        d.close();
-        expect(sha256(got)).toBe(sha256(decoded.subarray(p.decoded, end)));
+      expectReadsEqual(source, decoded, source.index.points.map((p) => p.decoded), 9);
+      // each span by a reader of its own, so that it resumes at the point before it
+      for (let g = decoded.length - 1 - ((decoded.length - 1) % (1 << 20)); g >= 0; g -= 1 << 20) {
+        const reader = new SeekableSource(raw as RandomAccessSource, zstdCodec, { ...source.index, close() {} });
+        const got = new Uint8Array(Math.min(1 << 20, decoded.length - g));
+        expect(reader.readAt(got, g)).toBe(got.length);
+        expect(Buffer.from(got).equals(Buffer.from(decoded.subarray(g, g + got.length)))).toBe(true);
       }
-      raw.close();
+      expect(spoiled.some((p) => p.wrongFrom !== undefined)).toBe(true);
     } finally {
+      raw.close();
       source.close();
     }
   });
   }
+
+  test("a point found to decode differently is marked wrong from there, in the index file too: later readers skip it", () => {
+    const name = "clonezilla-mbr-zstd/loop0p1.ext4-ptcl-img.zst.aa";
+    const file = write(tempDir(), "p1.zst", fs.readFileSync(path.join(import.meta.dir, "..", "fixtures", name)));
+    const decoded = new Uint8Array(spawnSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 }).stdout as Buffer);
+    const first = openIndexed(file, 1 << 20);
+    const points = first.index.points;
+    // points that a read at the first span start after them resumes from
+    const owning = points.filter((p, i) => {
+      const g = Math.ceil(p.decoded / (1 << 20)) * (1 << 20);
+      return !p.trusted && p.windowSize > 0 && g < (points[i + 1]?.decoded ?? 0);
+    });
+    expect(owning.length).toBeGreaterThanOrEqual(2);
+    const spoiled = owning.filter((_, i) => i % 2 === 0);
+    spoilWindows(first.index, new Set(spoiled));
+    const { raw } = openRaw(file);
+    try {
+      for (const p of owning) {
+        const reader = new SeekableSource(raw as RandomAccessSource, zstdCodec, { ...first.index, close() {} });
+        const g = Math.ceil(p.decoded / (1 << 20)) * (1 << 20);
+        const into = new Uint8Array(100);
+        expect(reader.readAt(into, g)).toBe(100);
+        expect(Buffer.from(into).equals(Buffer.from(decoded.subarray(g, g + 100)))).toBe(true);
+        expect(p.wrongFrom !== undefined).toBe(spoiled.includes(p));
+      }
+    } finally {
+      raw.close();
+      first.close();
+    }
+    const again = openIndexed(file, 1 << 20);
+    try {
+      const marked = again.index.points.filter((p) => p.wrongFrom !== undefined).map((p) => [p.decoded, p.wrongFrom]);
+      expect(marked).toEqual(spoiled.map((p) => [p.decoded, p.wrongFrom]));
+      expectReadsEqual(again, decoded, again.index.points.map((p) => p.decoded), 10);
+    } finally {
+      again.close();
+    }
+  });
+
+  test("a trusted point (a frame start) that decodes other bytes than the build recorded is damage: one line, exit 3", () => {
+    const truth = ntfsImage();
+    const file = write(tempDir(), "frames.zst", Buffer.concat([zstd(truth.subarray(0, 1 << 20), "-3"), zstd(truth.subarray(1 << 20), "-3")]));
+    const source = openIndexed(file, 1 << 30);
+    expect(source.index.points.every((p) => p.trusted)).toBe(true);
+    // a piece hash that does not match what decoding gives, as after a change the index key misses
+    source.index.pieces!.hashes[8 * 1]! ^= 1;
+    try {
+      const into = new Uint8Array(16);
+      expect(() => source.readAt(into, (1 << 20) + 5)).toThrow(/damaged zstd data.*differ from those the seek index recorded/);
+      expect(source.readAt(into, 5)).toBe(16);
+    } finally {
+      source.close();
+    }
+  });
 
   test("verification drops points that decode wrongly: a wrong window, a wrong offset, a stream whose boundaries use the block before's state", () => {
     const truth = fs.readFileSync(path.join(import.meta.dir, "..", "fixtures", "clonezilla-mbr-zstd", "loop0p1.ext4-ptcl-img.zst.aa"));
@@ -263,7 +333,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       const p = source.index.points.find((q) => q.extra.length > 0 && q.windowSize > 0)!;
       expect(p).toBeDefined();
       const window = source.index.window(p);
-      const end = p.verifiedEnd!;
+      const end = source.index.points[source.index.points.indexOf(p) + 1]?.decoded ?? decoded.length;
       const hash = new Xxh3State();
       hash.update(decoded.subarray(p.decoded, end));
       const spanHash = new Uint8Array(8);

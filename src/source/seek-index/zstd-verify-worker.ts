@@ -1,5 +1,5 @@
-// The zstd index's verify worker: opens the compressed pieces again and decodes each candidate's
-// span from the candidate alone while the build's pass goes on (see zstd-verify.ts).
+// The zstd index's probe worker: opens the compressed pieces again and decodes each candidate's
+// probe span from the candidate alone while the build's pass goes on (see zstd-verify.ts).
 import { openRaw } from "../open.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import { ANSWER_BYTES, SpanVerifier, VCTL, VMESSAGE_BYTES, VSTATE, type WorkerJob } from "./zstd-verify.ts";
@@ -42,7 +42,7 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: strin
     const packed = r.packedWindow ?? new Uint8Array(0);
     new Uint8Array(data.shared, ANSWER_BYTES, packed.length).set(packed);
     answer[0] = r.windowLength;
-    answer[1] = r.extended ? 1 : 0;
+    answer[1] = 0;
     answer[2] = packed.length;
     Atomics.add(ctl, VCTL.done, 1);
     Atomics.notify(ctl, VCTL.done);

@@ -5,7 +5,7 @@ import type { RandomAccessSource } from "../chunk-source.ts";
 import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
 import { parseFrameHeader } from "./zstd-frame.ts";
 
-/** A candidate point inside a zstd frame and what decoding from it must reproduce. */
+/** A candidate point inside a zstd frame and what decoding from it must reproduce first. */
 export interface VerifyJob {
   decoded: number;
   compressed: number;
@@ -13,7 +13,10 @@ export interface VerifyJob {
   header: Uint8Array;
   /** the frame's bytes before the candidate (up to its window size) */
   window: Uint8Array;
-  /** the candidate's span ends here (the next candidate, or the frame's end) */
+  /**
+   * the probe ends here: the first block boundary a window past the candidate (no match after it
+   * can reach back before the candidate), or the next candidate, or the frame's end
+   */
   spanEnd: number;
   /** XXH3-64 of the decoded bytes [decoded, spanEnd) as the build's pass produced them */
   spanHash: Uint8Array;
@@ -24,24 +27,22 @@ export interface VerifyResult {
   windowLength: number;
   /** the accepted prefix, zstd-compressed (from SpanVerifier.run: valid until its next run) */
   packedWindow?: Uint8Array;
-  /** rejected, but the decoder from the last accepted candidate reproduced this span too */
-  extended: boolean;
 }
 
 const WINDOW_PACK_LEVEL = 1;
 
 /**
- * Decodes each candidate's span again from the candidate alone (synthesized header, prefix of
- * increasing length: none first, since a point with no window costs nothing to store) and
- * compares the span's hash. A prefix too short makes the library fail (a match reaching before
- * it); stale entropy tables fail too; repeat offsets from before the boundary decode wrongly
- * and are caught by the hash. Blocks are decoded in place (zstd-blocks.ts), so nothing is copied
- * but the prefix.
+ * Finds the shortest prefix a candidate needs: decodes its probe span (about a window's worth, not
+ * the whole span to the next candidate) from the candidate alone (synthesized header, prefix of
+ * increasing length: none first, since a point with no window costs nothing to store) and compares
+ * the probe's hash. A prefix too short makes the library fail (a match reaching before it); stale
+ * entropy tables fail too; repeat offsets from before the boundary decode wrongly and are caught by
+ * the hash. Past the probe no match reaches before the candidate, and what differs there all the
+ * same (a repeat offset used late) is caught by the readers' piece hashes (piece-hashes.ts). Blocks
+ * are decoded in place (zstd-blocks.ts), so nothing is copied but the prefix.
  */
 export class SpanVerifier {
-  /** the decoder of the last accepted candidate, gone on to its span's end (for a rejected next one) */
-  private chain: { blocks: ZstdBlocks; at: number } | undefined;
-  /** the decoder a candidate is tried with; swapped with the chain's when accepted */
+  /** the decoder a candidate is tried with */
   private trial: ZstdBlocks | undefined;
   private readonly hash = new Xxh3State();
   private readonly digest = new Uint8Array(8);
@@ -65,20 +66,8 @@ export class SpanVerifier {
       // a prefix long enough to decode without error but giving other bytes: more history will not help
       if (outcome === "different") break;
     }
-    let extended = false;
-    if (accepted >= 0) {
-      const previous = this.chain?.blocks;
-      this.chain = { blocks: this.trial!, at: job.spanEnd };
-      this.trial = previous;
-    } else if (this.chain && this.chain.at === job.decoded && this.decodeSpan(this.chain.blocks, job) === "same") {
-      extended = true;
-      this.chain.at = job.spanEnd;
-    } else if (this.chain) {
-      this.chain.blocks.close();
-      this.chain = undefined;
-    }
     const packedWindow = accepted > 0 ? this.packer.compress(job.window.subarray(full - accepted), WINDOW_PACK_LEVEL) : undefined;
-    return { windowLength: accepted, packedWindow, extended };
+    return { windowLength: accepted, packedWindow };
   }
 
   private decodeSpan(blocks: ZstdBlocks, job: VerifyJob): "same" | "different" | "error" {
@@ -104,9 +93,7 @@ export class SpanVerifier {
   }
 
   close(): void {
-    this.chain?.blocks.close();
     this.trial?.close();
-    this.chain = undefined;
     this.trial = undefined;
   }
 }
@@ -123,7 +110,7 @@ export interface Verifier {
   close(): void;
 }
 
-/** In a worker thread when the raw source can be opened again by name (two cores: decode and verify at once). */
+/** In a worker thread when the raw source can be opened again by name (two cores: the pass and the probes at once). */
 export function createVerifier(raw: RandomAccessSource, pieces: string[] | undefined): Verifier {
   if (pieces && pieces.length > 0 && process.env.IMGTOOL_THREADS !== "0") {
     const w = WorkerVerifier.start(pieces);
@@ -174,7 +161,7 @@ export interface WorkerJob {
   index: number;
   job: Omit<VerifyJob, "window">;
   windowLength: number;
-  /** window bytes in, packed window out; also [windowLength, extended, packedLength] in its first words */
+  /** window bytes in, packed window out; also [windowLength, unused, packedLength] in its first words */
   shared: SharedArrayBuffer;
 }
 
@@ -265,7 +252,6 @@ class WorkerVerifier implements Verifier {
     if (windowLength > 0) this.packedBytes += packedLength;
     this.results.push({
       windowLength,
-      extended: answer[1] === 1,
       packedWindow: windowLength > 0 ? new Uint8Array(shared, ANSWER_BYTES, packedLength).slice() : undefined,
     });
     this.free.push(shared);
