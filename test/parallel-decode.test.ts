@@ -49,7 +49,7 @@ function indexed(file: string, spacing: number): { file: string; raw: RandomAcce
   const head = new Uint8Array(64);
   (raw as RandomAccessSource).readAt(head, 0);
   const codec = seekCodecFor(sniffCompression(head)!)!;
-  buildSeekIndex(raw as RandomAccessSource, [file], codec, { spacing, progress: false });
+  buildSeekIndex(raw as RandomAccessSource, [file], codec, { spacing });
   return { file, raw: raw as RandomAccessSource };
 }
 
@@ -158,7 +158,7 @@ describe("parallel decoding from a seek index", () => {
     const first = path.join(dir, "img.gz.aa");
     const { raw, pieces } = openRaw(first);
     expect(pieces.length).toBeGreaterThan(3);
-    buildSeekIndex(raw as RandomAccessSource, pieces, seekCodecFor("gzip")!, { spacing: 64 << 10, progress: false });
+    buildSeekIndex(raw as RandomAccessSource, pieces, seekCodecFor("gzip")!, { spacing: 64 << 10 });
     raw.close();
     const parallel = openParallelDecode(openRaw(first).raw as RandomAccessSource, pieces, "gzip", 2, 128 << 10)!;
     try {

@@ -78,7 +78,7 @@ function spoilWindows(index: LoadedIndex, points: Set<StoredPoint>): void {
 
 function openIndexed(file: string, spacing = SPACING) {
   const { raw, pieces } = openRaw(file);
-  const source = openSeekable(raw as RandomAccessSource, pieces, "zstd", { mode: "build", spacing, progress: false });
+  const source = openSeekable(raw as RandomAccessSource, pieces, "zstd", { mode: "build", spacing });
   if (!source) throw new Error("no seekable source");
   return source;
 }
@@ -211,7 +211,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     const names: string[] = [];
     for (let at = 0, i = 0; at < packed.length; at += piece, i++) names.push(write(dir, `ntfs.zst.a${String.fromCharCode(97 + i)}`, packed.subarray(at, at + piece)));
     expect(names.length).toBeGreaterThan(2);
-    const stream = openStream(names[1]!, { seekIndex: { mode: "build", spacing: SPACING, progress: false } });
+    const stream = openStream(names[1]!, { seekIndex: { mode: "build", spacing: SPACING } });
     try {
       expect(stream.pieces).toEqual(names);
       expect(stream.randomAccess).toBeDefined();
@@ -357,7 +357,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     // single-threaded zstd carries repeat offsets and entropy tables across blocks: candidates fail
     const single = write(tempDir(), "single.zst", zstd(decoded, "-3", "--single-thread"));
     const { raw: raw2, pieces } = openRaw(single);
-    const built = buildSeekIndex(raw2 as RandomAccessSource, pieces, zstdCodec, { spacing: 256 << 10, progress: false });
+    const built = buildSeekIndex(raw2 as RandomAccessSource, pieces, zstdCodec, { spacing: 256 << 10 });
     raw2.close();
     expect(built.rejected).toBeGreaterThan(0);
     const again = openIndexed(single, 256 << 10);
@@ -551,7 +551,7 @@ describe.skipIf(!ZSTD)("checksums on random reads", () => {
     const dir = tempDir();
     const files = [write(dir, "damaged.ptcl-img", damaged), write(dir, "damaged.ptcl-img.zst", zstd(damaged, "-T2", "-3"))];
     for (const file of files) {
-      const image = openImage(file, { seekIndex: { mode: "build", spacing: SPACING, progress: false } });
+      const image = openImage(file, { seekIndex: { mode: "build", spacing: SPACING } });
       try {
         expect(image.read).toBeDefined();
         expect(image.read!(inStrip0, 4096).length).toBe(4096);
@@ -604,7 +604,7 @@ describe.skipIf(!ZSTD)("serve, mount and cat on compressed images", () => {
       const volume = restoreToBuffer(plain);
       plain.close();
       expect(sha256(volume)).toBe(RESTORED[name]!);
-      const image = openImage(file, { seekIndex: { mode: "build", spacing: 1 << 20, progress: false } });
+      const image = openImage(file, { seekIndex: { mode: "build", spacing: 1 << 20 } });
       try {
         expect(image.read).toBeDefined();
         for (const [offset, length] of ranges(volume.length, [], 80, 7)) {
@@ -621,7 +621,7 @@ describe.skipIf(!ZSTD)("serve, mount and cat on compressed images", () => {
     const volume = restoreToBuffer(plain);
     plain.close();
     const file = write(tempDir(), "ntfs.ntfsclone-img.zst", zstd(new Uint8Array(fs.readFileSync(fixture("ntfs.ntfsclone-img"))), "-T2", "-3"));
-    const image = openImage(file, { seekIndex: { mode: "build", spacing: SPACING, progress: false } });
+    const image = openImage(file, { seekIndex: { mode: "build", spacing: SPACING } });
     try {
       expect(image.read).toBeDefined();
       expect(image.info.deviceSize).toBe(volume.length);

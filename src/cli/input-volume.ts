@@ -31,7 +31,7 @@ export interface InputVolume {
 export function openInputVolume(arg: string, command: string, opts: { partition?: string; disk?: string; seekIndex?: SeekIndexOptions } = {}): InputVolume {
   const disk = diskInputOf(arg, opts.partition);
   if (disk) {
-    const { volume: inDisk, opened, label } = openDiskVolume(disk, opts.disk, opts.seekIndex);
+    const { volume: inDisk, opened, label } = openDiskVolume(disk, opts.disk, opts.seekIndex ?? BUILD_SEEK_INDEX.seekIndex);
     const volume = closingWith(inDisk, () => {
       inDisk.close();
       opened.close();

@@ -1,10 +1,24 @@
 import fs from "node:fs";
 import { ChecksumError, EXIT, ImageError, UsageError } from "../errors.ts";
 import type { Image } from "../formats/image.ts";
-import { type SeekIndexOptions, seekCodecFor } from "../source/seek-index/open-index.ts";
+import { Progress } from "../output/progress.ts";
+import { type IndexProgress, type SeekIndexOptions, seekCodecFor } from "../source/seek-index/open-index.ts";
+
+/** A progress bar on stderr (when it is a terminal) for each seek index build it is told about. */
+export function indexProgressBar(): IndexProgress {
+  let bar: Progress | undefined;
+  return (done, total, compression) => {
+    bar ??= new Progress(total, `indexing ${compression}`);
+    if (done < total) return bar.update(done);
+    bar.finish(total);
+    bar = undefined;
+  };
+}
 
 /** serve, mount and cat: a compressed image is read through its seek index, built on first use. */
-export const BUILD_SEEK_INDEX: { seekIndex: SeekIndexOptions } = { seekIndex: { mode: "build" } };
+export const BUILD_SEEK_INDEX: { seekIndex: SeekIndexOptions } = {
+  seekIndex: { mode: "build", onProgress: indexProgressBar(), threads: process.env.IMGTOOL_THREADS !== "0" },
+};
 
 /**
  * Run a command body; turn every error into one line `imgtool: ...` and an exit code.

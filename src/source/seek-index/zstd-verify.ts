@@ -112,7 +112,7 @@ export interface Verifier {
 
 /** In a worker thread when the raw source can be opened again by name (two cores: the pass and the probes at once). */
 export function createVerifier(raw: RandomAccessSource, pieces: string[] | undefined): Verifier {
-  if (pieces && pieces.length > 0 && process.env.IMGTOOL_THREADS !== "0") {
+  if (pieces && pieces.length > 0) {
     const w = WorkerVerifier.start(pieces);
     if (w) return w;
   }
