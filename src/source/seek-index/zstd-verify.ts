@@ -149,7 +149,11 @@ export const VCTL = { state: 0, done: 1, messageLength: 2, words: 4 } as const;
 export const VSTATE = { starting: 0, ready: 1, failed: 2 } as const;
 export const VMESSAGE_BYTES = 16 << 10;
 /** candidates in flight: each holds a window copy (at most the frame's window size) */
-const IN_FLIGHT = 2;
+/**
+ * Window bytes of candidates in flight (at least one candidate): enough that the pass never waits
+ * for the probes on a loaded machine, where the worker gets the CPU later than the pass.
+ */
+const IN_FLIGHT_BYTES = 24 << 20;
 const WORKER_START_MS = 20_000;
 
 function workerUrl(): string {
@@ -174,7 +178,7 @@ class WorkerVerifier implements Verifier {
   private submitted = 0;
   private harvested = 0;
   private readonly pending: SharedArrayBuffer[] = [];
-  /** job buffers answered and free again; with the open one and those in flight, at most IN_FLIGHT + 1 exist */
+  /** job buffers answered and free again */
   private readonly free: SharedArrayBuffer[] = [];
   /** the buffer of the last windowBuffer, for the next submit */
   private open: SharedArrayBuffer | undefined;
@@ -220,7 +224,7 @@ class WorkerVerifier implements Verifier {
     if (this.open) this.free.push(this.open);
     const i = this.free.findIndex((b) => b.byteLength >= size);
     // none fits: every free one is smaller, so drop them all (windows that grow candidate by candidate
-    // would otherwise leave a buffer of each size behind); at most IN_FLIGHT + 1 buffers exist
+    // would otherwise leave a buffer of each size behind)
     if (i < 0) this.free.length = 0;
     this.open = i >= 0 ? this.free.splice(i, 1)[0]! : new SharedArrayBuffer(size);
     return new Uint8Array(this.open, ANSWER_BYTES, n);
@@ -228,7 +232,8 @@ class WorkerVerifier implements Verifier {
 
   submit(job: VerifyJob): void {
     while (this.harvested < Atomics.load(this.ctl, VCTL.done)) this.harvestOne();
-    while (this.submitted - this.harvested >= IN_FLIGHT) this.harvestOne();
+    const inFlight = () => this.pending.reduce((n, b) => n + b.byteLength, 0);
+    while (this.submitted > this.harvested && inFlight() + job.window.length > IN_FLIGHT_BYTES) this.harvestOne();
     const shared = this.open;
     if (!shared || job.window.buffer !== shared) throw new Error("zstd index verifier: a job's window must come from windowBuffer");
     this.open = undefined;
