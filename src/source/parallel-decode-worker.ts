@@ -11,8 +11,8 @@ import type { SpanJob } from "./parallel-decode.ts";
 import { FileSource, borrowPieces } from "./pieces.ts";
 import type { SeekCodec } from "./seek-index/codec.ts";
 import type { StoredPoint } from "./seek-index/index-file.ts";
-import { PieceChecker } from "./seek-index/piece-hashes.ts";
-import { readStoredWindow, seekPointOf } from "./seek-index/stored-window.ts";
+import { PieceChecker, isDecodeError } from "./seek-index/piece-hashes.ts";
+import { CorruptIndex, readStoredWindow, seekPointOf } from "./seek-index/stored-window.ts";
 import { zstdCodec } from "./seek-index/zstd.ts";
 import { ZstdRingDecoder } from "./seek-index/zstd-ring.ts";
 import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failureOf } from "./threaded-decode.ts";
@@ -134,7 +134,7 @@ function decodeSpan(c: SpanContext, first: StoredPoint, spanEnd: number): void {
       decodeFrom(c, point, from, spanEnd, endsEarly);
       return;
     } catch (e) {
-      if (!c.checker || point.trusted || !isDecodeError(e)) throw e;
+      if (!c.checker || point.trusted || e instanceof Closed || e instanceof CorruptIndex || !isDecodeError(e)) throw e;
       c.writer.drop();
       from = e instanceof WrongPiece ? e.from : c.checker.pieceStart;
       point.wrongFrom = Math.min(point.wrongFrom ?? Number.POSITIVE_INFINITY, Math.max(point.decoded, from));
@@ -209,13 +209,6 @@ function earlierPoint(points: StoredPoint[], at: number): StoredPoint {
     if (p.decoded <= at && (p.wrongFrom ?? Number.POSITIVE_INFINITY) > at) return p;
   }
   return points[0]!;
-}
-
-/** An error decoding gives (damaged or differently decoded input), not one of reading it (EIO and the like). */
-function isDecodeError(e: unknown): boolean {
-  if (e instanceof Closed) return false;
-  const code = (e as { code?: unknown } | undefined)?.code;
-  return !(typeof code === "string" && code.startsWith("E"));
 }
 
 async function codecOf(job: SpanJob): Promise<SeekCodec> {

@@ -128,3 +128,9 @@ export class PieceChecker {
     return same;
   }
 }
+
+/** An error decoding gives (damaged or differently decoded input), not one of reading it (EIO and the like). */
+export function isDecodeError(e: unknown): boolean {
+  const code = (e as { code?: unknown } | undefined)?.code;
+  return !(typeof code === "string" && code.startsWith("E"));
+}

@@ -2,7 +2,7 @@ import { ImageError, type Location } from "../../errors.ts";
 import { type ChunkSource, PositionedSource, type RandomAccessSource } from "../chunk-source.ts";
 import type { SeekCodec } from "./codec.ts";
 import type { LoadedIndex, StoredPoint } from "./index-file.ts";
-import { PIECE_GRID, PieceChecker } from "./piece-hashes.ts";
+import { PIECE_GRID, PieceChecker, isDecodeError } from "./piece-hashes.ts";
 import { seekPointOf } from "./stored-window.ts";
 import { collectIfLarge } from "./memory.ts";
 
@@ -309,10 +309,4 @@ export class SeekableSource extends PositionedSource {
     this.index.close();
     this.raw.close();
   }
-}
-
-/** An error decoding gives (damaged or differently decoded input), not one of reading it (EIO and the like). */
-function isDecodeError(e: unknown): boolean {
-  const code = (e as NodeJS.ErrnoException | undefined)?.code;
-  return !(typeof code === "string" && code.startsWith("E"));
 }
