@@ -475,6 +475,43 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     raw3.close();
   });
 
+  test("an index of version 1 (no piece hashes) is built again, never read as version 2; a verdict whose seal does not match is ignored", () => {
+    const file = write(tempDir(), "ntfs.zst", zstd(ntfsImage(), "-T2", "-3"));
+    const source = openIndexed(file, 1 << 20);
+    const indexFile = source.index.path;
+    const wrongPoint = source.index.points.find((p) => !p.trusted)!;
+    source.index.markWrong(wrongPoint, wrongPoint.decoded + 5);
+    source.close();
+    const { raw, pieces } = openRaw(file);
+    const key = currentKey(raw as RandomAccessSource, pieces);
+    const sealed = fs.readFileSync(indexFile);
+    const kept = readIndex(indexFile, raw as RandomAccessSource, key, "zstd")!;
+    expect(kept.points.find((p) => p.decoded === wrongPoint.decoded)!.wrongFrom).toBe(wrongPoint.decoded + 5);
+    kept.close();
+    // the verdict's value changed without its seal: no verdict
+    const i = source.index.points.indexOf(wrongPoint);
+    const verdictAt = Number(sealed.readBigUInt64LE(40)) + 16 * i;
+    const forged = Buffer.from(sealed);
+    forged[verdictAt]! ^= 1;
+    fs.writeFileSync(indexFile, forged);
+    const unsealed = readIndex(indexFile, raw as RandomAccessSource, key, "zstd")!;
+    expect(unsealed.points.every((p) => p.wrongFrom === undefined)).toBe(true);
+    unsealed.close();
+    // version 1: not read, built again by the next reader that builds
+    const old = Buffer.from(sealed);
+    old.writeUInt32LE(1, 16);
+    fs.writeFileSync(indexFile, old);
+    expect(readIndex(indexFile, raw as RandomAccessSource, key, "zstd")).toBeUndefined();
+    raw.close();
+    const again = openIndexed(file, 1 << 20);
+    try {
+      expect(fs.readFileSync(indexFile).readUInt32LE(16)).toBe(2);
+      expectReadsEqual(again, ntfsImage(), [], 3);
+    } finally {
+      again.close();
+    }
+  });
+
   const asNobody = process.getuid?.() === 0 && which("setpriv") !== undefined;
   test.skipIf(!asNobody)("the index goes to the cache directory, keyed by the image's path, when beside the image is not writable", () => {
     const dir = tempDir();
