@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { openImage } from "../src/formats/detect.ts";
@@ -7,6 +8,9 @@ import { openRaw, openStream } from "../src/source/open.ts";
 import type { RandomAccessSource } from "../src/source/chunk-source.ts";
 import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint } from "../src/source/seek-index/index-file.ts";
 import { SeekableSource } from "../src/source/seek-index/seekable.ts";
+import { HashBehind } from "../src/source/seek-index/hash-behind.ts";
+import { PieceHasher } from "../src/source/seek-index/piece-hashes.ts";
+import { zstdWorkerUrl } from "../src/source/seek-index/zstd-verify.ts";
 import { CorruptIndex } from "../src/source/seek-index/stored-window.ts";
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
 import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
@@ -306,6 +310,55 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       again.close();
     }
   });
+
+  test("the piece hashes made behind the pass in a worker equal those made in its own thread (a stream large enough for the worker, windows of two sizes)", () => {
+    // incompressible, with a repeated stretch now and then (matches, so windows matter)
+    const part = (n: number) => {
+      const b = randomBytes(n);
+      for (let at = 0; at + (1 << 20) < n; at += 3 << 20) b.copy(b, at + (1 << 19), at, at + (1 << 18));
+      return b;
+    };
+    // a second frame with a larger window: the worker's ring is replaced there
+    const file = write(tempDir(), "big.zst", Buffer.concat([zstd(part(36 << 20), "-T2", "-1"), zstd(part(8 << 20), "-1", "--long=25")]));
+    expect(fs.statSync(file).size).toBeGreaterThan(32 << 20);
+    const { raw, pieces } = openRaw(file);
+    try {
+      const behind = zstdCodec.build(raw as RandomAccessSource, { spacing: 4 << 20, pieces });
+      const here = zstdCodec.build(raw as RandomAccessSource, { spacing: 4 << 20 });
+      expect(behind.pieces!.ends.length).toBeGreaterThan(40);
+      expect(Array.from(behind.pieces!.ends)).toEqual(Array.from(here.pieces!.ends));
+      expect(Buffer.from(behind.pieces!.hashes).equals(Buffer.from(here.pieces!.hashes))).toBe(true);
+      expect(behind.points.map((p) => p.decoded)).toEqual(here.points.map((p) => p.decoded));
+    } finally {
+      raw.close();
+    }
+    // the worker itself: blocks written in turn into a ring four times smaller than the stream, the
+    // pass waiting for room; the same pieces as hashed here
+    const worker = HashBehind.start(zstdWorkerUrl(), 3 << 20, 1 << 20, 5);
+    expect(worker).toBeDefined();
+    const local = new PieceHasher(5);
+    const data = randomBytes(16 << 20);
+    let at = 0;
+    for (let i = 0, k = 0; i < data.length; k++) {
+      const n = Math.min(data.length - i, 1 + ((k * 7919) % (128 << 10)));
+      worker!.room(n);
+      if (at + n > worker!.ring.length) at = 0;
+      worker!.ring.set(data.subarray(i, i + n), at);
+      worker!.feed(worker!.ring.subarray(at, at + n));
+      local.feed(data.subarray(i, i + n));
+      if (k % 37 === 0) {
+        worker!.cut();
+        local.cut();
+      }
+      at += n;
+      i += n;
+    }
+    const fromWorker = worker!.finish();
+    worker!.close();
+    const fromHere = local.finish();
+    expect(fromWorker.ends).toEqual(Array.from(fromHere.ends));
+    expect(Buffer.from(fromWorker.hashes).equals(Buffer.from(fromHere.hashes))).toBe(true);
+  }, 60_000);
 
   test("a trusted point (a frame start) that decodes other bytes than the build recorded is damage: one line, exit 3", () => {
     const truth = ntfsImage();

@@ -19,9 +19,13 @@ export class PieceHasher {
   private readonly hash = new Xxh3State();
   private ends: number[] = [];
   private hashes = new Uint8Array(8 * 64);
-  /** decoded offset reached, and where the open piece starts */
-  private at = 0;
-  private start = 0;
+  /** where the open piece starts */
+  private start: number;
+
+  /** From decoded offset `at` on (a piece starts there). */
+  constructor(private at = 0) {
+    this.start = at;
+  }
 
   /** The next decoded bytes. */
   feed(bytes: Uint8Array): void {
@@ -54,6 +58,11 @@ export class PieceHasher {
   /** The decoded offset reached. */
   get decoded(): number {
     return this.at;
+  }
+
+  /** The pieces closed so far (live: valid until the next call). */
+  closed(): { ends: number[]; hashes: Uint8Array } {
+    return { ends: this.ends, hashes: this.hashes };
   }
 
   finish(): PieceHashes {

@@ -1,7 +1,9 @@
-// The zstd index's probe worker: opens the compressed pieces again and decodes each candidate's
-// probe span from the candidate alone while the build's pass goes on (see zstd-verify.ts).
+// The zstd index's worker threads: one opens the compressed pieces again and decodes each
+// candidate's probe span from the candidate alone while the build's pass goes on (see
+// zstd-verify.ts); another hashes the pass's decoded blocks just behind it (hash-behind.ts).
 import { openRaw } from "../open.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
+import { type HashBehindStart, runHashBehind } from "./hash-behind.ts";
 import { ANSWER_BYTES, SpanVerifier, VCTL, VMESSAGE_BYTES, VSTATE, type WorkerJob } from "./zstd-verify.ts";
 
 declare const self: Worker;
@@ -19,8 +21,12 @@ function fail(e: unknown): void {
   Atomics.notify(ctl, VCTL.done);
 }
 
-self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob>) => {
+self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob | HashBehindStart>) => {
   const data = event.data;
+  if ("hashBehind" in data) {
+    runHashBehind(data.hashBehind);
+    return;
+  }
   if ("pieces" in data) {
     ctl = new Int32Array(data.shared, 0, VCTL.words);
     message = new Uint8Array(data.shared, VCTL.words * 4, VMESSAGE_BYTES);

@@ -156,7 +156,8 @@ export const VMESSAGE_BYTES = 16 << 10;
 const IN_FLIGHT_BYTES = 24 << 20;
 const WORKER_START_MS = 20_000;
 
-function workerUrl(): string {
+/** The script of the zstd build's worker threads (probes, hashing behind the pass). */
+export function zstdWorkerUrl(): string {
   return import.meta.url.startsWith("file:///$bunfs/") ? "./source/seek-index/zstd-verify-worker.ts" : new URL("./zstd-verify-worker.ts", import.meta.url).href;
 }
 
@@ -197,7 +198,7 @@ class WorkerVerifier implements Verifier {
     const shared = new SharedArrayBuffer(VCTL.words * 4 + VMESSAGE_BYTES);
     let worker: Worker;
     try {
-      worker = new Worker(workerUrl());
+      worker = new Worker(zstdWorkerUrl());
     } catch {
       return undefined;
     }

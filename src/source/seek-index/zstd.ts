@@ -4,11 +4,11 @@ import { ZstdDecoder } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { SpliceSource } from "./splice.ts";
-import { InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
+import { BLOCK_ROOM, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
 import { resumeHeader } from "./zstd-frame.ts";
-import { PieceHasher } from "./piece-hashes.ts";
+import { PassPieces } from "./hash-behind.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
-import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
+import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from "./zstd-verify.ts";
 
 /** Frames whose window is larger are not indexed (the build holds the window in memory). */
 export const MAX_INDEXED_WINDOW = 64 << 20;
@@ -16,6 +16,10 @@ export const MAX_INDEXED_WINDOW = 64 << 20;
 const FRAME_POINT_SPACING = 1 << 20;
 const INPUT_BYTES = 4 << 20;
 const PROGRESS_EVERY = 32 << 20;
+/** How far the hashing worker may fall behind the pass (the pass's ring is larger by this much). */
+const HASH_SLACK = 16 << 20;
+/** Compressed streams from this size on are hashed in a worker (smaller ones take less than its start). */
+const HASH_WORKER_FROM = 32 << 20;
 /**
  * Points that need a window are taken no closer than `spacing`, and only while the windows kept so
  * far stay under this share of the compressed bytes read: where windows are large they thin out.
@@ -90,8 +94,11 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
   }
   const input = new InputWindow(raw, INPUT_BYTES);
-  const blocks = new ZstdBlocks(raw, input);
-  const pieces = new PieceHasher();
+  // decoded into a ring the piece hashes are made from behind the pass, in a worker where one may run
+  // and the stream is worth its start
+  const pieces = new PassPieces(opts.pieces && raw.size >= HASH_WORKER_FROM ? zstdWorkerUrl() : undefined, HASH_SLACK);
+  let ring: Uint8Array | undefined;
+  let blocks: ZstdBlocks | undefined;
   const probeHash = new Xxh3State();
   const digest = new Uint8Array(8);
   const points: SeekPoint[] = [];
@@ -127,6 +134,12 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         points.push({ decoded, compressed: pos, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0), trusted: true });
         lastPoint = decoded;
       }
+      const frameRing = pieces.ringFor(Math.max(frame.windowSize, 1 << 10) + 2 * BLOCK_ROOM, decoded);
+      if (!blocks || frameRing !== ring) {
+        blocks?.close();
+        blocks = new ZstdBlocks(raw, input, frameRing);
+        ring = frameRing;
+      }
       const header = resumeHeader(frame.windowDescriptor);
       /** the candidate whose probe is being hashed, and where its probe may end */
       let probe: { decoded: number; compressed: number; window: Uint8Array; endAt: number } | undefined;
@@ -146,7 +159,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         probe = undefined;
       };
 
-      blocks.startFrame(pos, frame.windowSize);
+      if (!blocks.startFrame(pos, frame.windowSize)) throw new Error("zstd index: the pass's ring does not hold the frame's window");
       for (;;) {
         if (probe && decoded >= probe.endAt && blocks.atBlockBoundary()) closeProbe();
         if (blocks.atBlockBoundary() && decoded - lastCandidate >= opts.spacing && verifier.packedBytes <= WINDOW_BUDGET * blocks.pos) {
@@ -161,6 +174,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
           };
           lastCandidate = decoded;
         }
+        pieces.room(BLOCK_ROOM);
         const out = blocks.next();
         if (out.length === 0) break;
         pieces.feed(out);
@@ -198,6 +212,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     return { decodedSize: decoded, points, rejected, pieces: pieces.finish() };
   } finally {
     verifier.close();
-    blocks.close();
+    blocks?.close();
+    pieces.close();
   }
 }
