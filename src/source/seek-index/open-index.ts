@@ -34,7 +34,7 @@ export interface BuiltIndex {
   path: string;
   bytes: number;
   checkpoints: number;
-  /** candidate points dropped by verification */
+  /** candidate points dropped because their probe decoded wrongly */
   rejected: number;
   seconds: number;
   decodedSize: number;
