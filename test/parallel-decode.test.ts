@@ -8,7 +8,7 @@ import { ImageError } from "../src/errors.ts";
 import type { ChunkSource, RandomAccessSource } from "../src/source/chunk-source.ts";
 import { decodeLayers, openRaw } from "../src/source/open.ts";
 import { openParallelDecode, planSpans } from "../src/source/parallel-decode.ts";
-import { buildSeekIndex, seekCodecFor } from "../src/source/seek-index/open-index.ts";
+import { buildSeekIndex, findSeekIndex, seekCodecFor } from "../src/source/seek-index/open-index.ts";
 import { sniffCompression } from "../src/source/sniff.ts";
 import { ThreadedDecodeSource } from "../src/source/threaded-decode.ts";
 import { fixture, restoredReference, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
@@ -140,6 +140,21 @@ describe("parallel decoding from a seek index", () => {
     fs.copyFileSync(fixture("clonezilla-mbr-zstd/loop0p1.ext4-ptcl-img.zst.aa"), file);
     indexed(file, 1 << 20).raw.close();
     const truth = spawnSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 }).stdout as Buffer;
+    const pointsNow = () => {
+      const { raw, pieces } = openRaw(file);
+      const index = findSeekIndex(raw as RandomAccessSource, pieces, "zstd")!;
+      const points = index.points;
+      index.close();
+      raw.close();
+      return points;
+    };
+    // a first run checks the spans and keeps in the index how far each start point was checked
+    const first = openParallelDecode(openRaw(file).raw as RandomAccessSource, [file], "zstd", 2, 2 << 20)!;
+    expect(sha256(drain(first))).toBe(sha256(truth));
+    first.close();
+    const checked = pointsNow().filter((p) => p.checkedTo > p.decoded);
+    expect(checked.length).toBeGreaterThan(2);
+    expect(checked.every((p) => p.wrongFrom === undefined)).toBe(true);
     // every point inside the frame moved a byte: its decoding fails or gives other bytes
     const shifted = rewriteIndexTable(`${file}.imgtool-index`, (points) => {
       let n = 0;
@@ -151,6 +166,8 @@ describe("parallel decoding from a seek index", () => {
     expect(parallel).toBeDefined();
     expect(sha256(drain(parallel))).toBe(sha256(truth));
     parallel.close();
+    // what the workers found is in the index now
+    expect(pointsNow().filter((p) => p.wrongFrom !== undefined).length).toBeGreaterThan(0);
   });
 
   test.skipIf(!which("zstd") || !which("split"))("zstd frames whose window is larger than a worker's ring: read by the streaming decoder, the same bytes", () => {

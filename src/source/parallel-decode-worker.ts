@@ -116,6 +116,36 @@ interface SpanContext {
   zstd: ZstdRingDecoder | undefined;
   checker: PieceChecker | undefined;
   window: (p: StoredPoint, into?: Uint8Array) => Uint8Array;
+  verdicts: SharedVerdicts;
+}
+
+/**
+ * What the workers learn about points, told to the reader through shared memory (it keeps them in
+ * the index): per point of the index, where decoding from it went wrong (NaN: nowhere seen) and how
+ * far it was checked.
+ */
+class SharedVerdicts {
+  private readonly words: Float64Array;
+  private readonly at = new Map<StoredPoint, number>();
+
+  constructor(buffer: SharedArrayBuffer, points: StoredPoint[]) {
+    this.words = new Float64Array(buffer);
+    for (const [i, p] of points.entries()) this.at.set(p, i);
+  }
+
+  wrong(p: StoredPoint, from: number): void {
+    p.wrongFrom = Math.min(p.wrongFrom ?? Number.POSITIVE_INFINITY, from);
+    p.checkedTo = Math.min(p.checkedTo, from);
+    const i = this.at.get(p);
+    if (i !== undefined) this.words[2 * i] = p.wrongFrom;
+  }
+
+  checked(p: StoredPoint, to: number): void {
+    if (to <= p.checkedTo) return;
+    p.checkedTo = to;
+    const i = this.at.get(p);
+    if (i !== undefined) this.words[2 * i + 1] = to;
+  }
 }
 
 /**
@@ -137,7 +167,7 @@ function decodeSpan(c: SpanContext, first: StoredPoint, spanEnd: number): void {
       if (!c.checker || point.trusted || e instanceof Closed || e instanceof CorruptIndex || !isDecodeError(e)) throw e;
       c.writer.drop();
       from = e instanceof WrongPiece ? e.from : c.checker.pieceStart;
-      point.wrongFrom = Math.min(point.wrongFrom ?? Number.POSITIVE_INFINITY, Math.max(point.decoded, from));
+      c.verdicts.wrong(point, Math.max(point.decoded, from));
       point = earlierPoint(c.job.allPoints, from);
     }
   }
@@ -152,11 +182,16 @@ function decodeFrom(c: SpanContext, point: StoredPoint, from: number, spanEnd: n
       const n = checker ? Math.min(bytes.length - o, checker.leftInPiece) : bytes.length - o;
       const pieceStart = checker?.pieceStart ?? 0;
       writer.add(bytes.byteOffset - ring.byteOffset + o, n);
-      const verdict = checker?.update(bytes.subarray(o, o + n));
+      // a piece decoding from this point was already checked over is not hashed again
+      const part = bytes.subarray(o, o + n);
+      const verdict = checker === undefined ? undefined : checker.pieceEnd <= point.checkedTo ? checker.pass(part) : checker.update(part);
       // a trusted point's bytes are the stream's own, as one decoder gives them: where they differ
       // from the index's, the stream's own checks report the damage, as one decoder's would
       if (verdict === false && !point.trusted) throw new WrongPiece(pieceStart);
-      if (verdict !== undefined) writer.commit();
+      if (verdict !== undefined) {
+        writer.commit();
+        if (verdict && pieceStart <= point.checkedTo) c.verdicts.checked(point, checker!.pieceStart);
+      }
       o += n;
     }
     return decoded + bytes.length;
@@ -232,7 +267,8 @@ self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: Sp
     const codec = await codecOf(job);
     const zstd = job.compression === "zstd" ? new ZstdRingDecoder(raw, ring, (at, n) => writer.reserve(at, n)) : undefined;
     const checker = job.pieces && new PieceChecker(job.pieces);
-    const context: SpanContext = { job, raw, ring, writer, codec, zstd, checker, window };
+    const verdicts = new SharedVerdicts(job.verdicts, job.allPoints);
+    const context: SpanContext = { job, raw, ring, writer, codec, zstd, checker, window, verdicts };
     Atomics.store(ctl, CTL.state, STATE.ready);
     for (let span = job.worker; span < job.points.length; span += job.workers) {
       const start = job.points[span]!;

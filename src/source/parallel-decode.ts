@@ -28,6 +28,8 @@ export interface SpanJob {
   allPoints: StoredPoint[];
   /** what every decoded piece is checked against (none when every point is trusted) */
   pieces: PieceHashes | undefined;
+  /** what the workers learn about `allPoints`: [wrong from (NaN: not seen), checked to] each, Float64 */
+  verdicts: SharedArrayBuffer;
   decodedSize: number;
   worker: number;
   workers: number;
@@ -101,6 +103,12 @@ export function openParallelDecode(
     const checks = streamChecks(raw, compression, index, starts);
     if (!checks) return undefined;
     const pointAt = new Map(index.points.map((p) => [p.decoded, p]));
+    const verdicts = new SharedArrayBuffer(16 * index.points.length);
+    const learned = new Float64Array(verdicts);
+    for (const [i, p] of index.points.entries()) {
+      learned[2 * i] = p.wrongFrom ?? Number.NaN;
+      learned[2 * i + 1] = p.checkedTo;
+    }
     const job = {
       file: pieces[0]!,
       raw: descriptors,
@@ -109,9 +117,15 @@ export function openParallelDecode(
       points: starts.map((s) => pointAt.get(s)!),
       allPoints: index.points,
       pieces: index.pieces,
+      verdicts,
       decodedSize: index.decodedSize,
     };
     parallel = new ParallelDecodeSource(job, threads, checks, () => {
+      // what the workers learned about the points goes into the index, for the next reader
+      for (const [i, p] of index.points.entries()) {
+        if (!Number.isNaN(learned[2 * i]!)) index.markWrong(p, learned[2 * i]!);
+        index.markChecked(p, learned[2 * i + 1]!);
+      }
       index.close();
       raw.close();
     });

@@ -1,9 +1,11 @@
 // The .imgtool-index file, imgtool's own layout (documented in README.md, "Seek index"):
 //   header (48 bytes): magic "IMGTOOL-SEEKIDX\n", u32 version (2), u32 table length, u64 table offset,
 //                      u64 XXH64 of the table, u64 offset of the verdicts
-//   verdicts:          16 bytes a point, rewritten in place by readers: u64 decoded offset + 1 from
-//                      which decoding from the point went wrong (0: not seen to), u64 seal (XXH64 of
-//                      that word, the point's offsets and the table's hash; another seal: no verdict)
+//   verdicts:          24 bytes a point, rewritten in place by readers: u64 decoded offset + 1 from
+//                      which decoding from the point went wrong (0: not seen to), u64 decoded offset
+//                      up to which decoding from it was checked against the piece hashes, u64 seal
+//                      (XXH64 of those words, the point's offsets and the table's hash; another seal:
+//                      no verdict)
 //   windows:           the points' windows, each packed as stored-window.ts says, back to back
 //   table:             JSON (what the index is of, the points, the piece hashes), ending the file
 import fs from "node:fs";
@@ -20,7 +22,7 @@ export const INDEX_VERSION = 2;
 /** Indexes of this version were verified by a second decode at build time and carry no piece hashes: built again. */
 const REBUILT_VERSION = 1;
 const HEADER_BYTES = 48;
-const VERDICT_BYTES = 16;
+const VERDICT_BYTES = 24;
 const KEY_HASH_BYTES = 1 << 20;
 /** no window any codec keeps is larger (zstd frames past this are indexed at frame starts only) */
 const MAX_WINDOW = 64 << 20;
@@ -48,6 +50,8 @@ export interface StoredPoint {
   trusted: boolean;
   /** decoding from this point was seen to go wrong from here on (a verdict kept in the file) */
   wrongFrom: number | undefined;
+  /** decoding from this point was checked against the piece hashes up to here (its own offset: not at all) */
+  checkedTo: number;
 }
 
 export interface LoadedIndex {
@@ -68,28 +72,40 @@ export interface LoadedIndex {
   window(p: StoredPoint, into?: Uint8Array): Uint8Array;
   /** Decoding from `p` went wrong at `from`: remember it (in the file too, when it can be written). */
   markWrong(p: StoredPoint, from: number): void;
+  /** Decoding from `p` matched the piece hashes up to `to`: remember it likewise (no need to check that far again). */
+  markChecked(p: StoredPoint, to: number): void;
   close(): void;
 }
 
-/** A verdict record: the decoded offset + 1 it went wrong from (0: none), sealed to its point and its index. */
-function verdictRecord(wrongFrom: number | undefined, p: { decoded: number; compressed: number }, tableHash: Uint8Array): Uint8Array {
+interface Verdict {
+  wrongFrom: number | undefined;
+  checkedTo: number;
+}
+
+/** A verdict record, sealed to its point and its index. */
+function verdictRecord(v: Verdict, p: { decoded: number; compressed: number }, tableHash: Uint8Array): Uint8Array {
   const out = Buffer.alloc(VERDICT_BYTES);
-  out.writeBigUInt64LE(BigInt(wrongFrom === undefined ? 0 : wrongFrom + 1), 0);
-  const sealed = Buffer.alloc(32);
-  out.copy(sealed, 0, 0, 8);
-  sealed.writeBigUInt64LE(BigInt(p.decoded), 8);
-  sealed.writeBigUInt64LE(BigInt(p.compressed), 16);
-  sealed.set(tableHash, 24);
-  Buffer.from(hex64(sealed), "hex").copy(out, 8);
+  out.writeBigUInt64LE(BigInt(v.wrongFrom === undefined ? 0 : v.wrongFrom + 1), 0);
+  out.writeBigUInt64LE(BigInt(v.checkedTo), 8);
+  const sealed = Buffer.alloc(40);
+  out.copy(sealed, 0, 0, 16);
+  sealed.writeBigUInt64LE(BigInt(p.decoded), 16);
+  sealed.writeBigUInt64LE(BigInt(p.compressed), 24);
+  sealed.set(tableHash, 32);
+  Buffer.from(hex64(sealed), "hex").copy(out, 16);
   return out;
 }
 
-/** The verdict a record holds for `p`, when its seal is right and it lies within the point's reach. */
-function readVerdict(record: Uint8Array, p: { decoded: number; compressed: number }, tableHash: Uint8Array, decodedSize: number): number | undefined {
-  const value = Number(Buffer.from(record.buffer, record.byteOffset, 8).readBigUInt64LE(0));
-  if (value === 0 || Buffer.compare(verdictRecord(value - 1, p, tableHash), record) !== 0) return undefined;
-  const from = value - 1;
-  return from >= p.decoded && from <= decodedSize ? from : undefined;
+/** The verdict a record holds for `p`; none (nothing known) when its seal or its offsets are not right. */
+function readVerdict(record: Uint8Array, p: { decoded: number; compressed: number }, tableHash: Uint8Array, decodedSize: number): Verdict {
+  const none = { wrongFrom: undefined, checkedTo: p.decoded };
+  const words = Buffer.from(record.buffer, record.byteOffset, 16);
+  const wrong = Number(words.readBigUInt64LE(0));
+  const v = { wrongFrom: wrong === 0 ? undefined : wrong - 1, checkedTo: Number(words.readBigUInt64LE(8)) };
+  if (Buffer.compare(verdictRecord(v, p, tableHash), record) !== 0) return none;
+  if (v.wrongFrom !== undefined && (v.wrongFrom < p.decoded || v.wrongFrom > decodedSize)) return none;
+  if (v.checkedTo < p.decoded || v.checkedTo > (v.wrongFrom ?? decodedSize)) return none;
+  return v;
 }
 
 /** Piece hashes as the table keeps them: base64 of (u64 end, 8 hash bytes) per piece. */
@@ -205,7 +221,7 @@ export function writeIndex(target: string, compression: Compression, index: Code
     fs.writeSync(fd, table, 0, table.length, at);
     const tableHash = Buffer.from(hex64(table), "hex");
     const verdicts = Buffer.alloc(VERDICT_BYTES * index.points.length);
-    for (const [i, p] of index.points.entries()) verdicts.set(verdictRecord(undefined, p, tableHash), VERDICT_BYTES * i);
+    for (const [i, p] of index.points.entries()) verdicts.set(verdictRecord({ wrongFrom: undefined, checkedTo: p.decoded }, p, tableHash), VERDICT_BYTES * i);
     fs.writeSync(fd, verdicts, 0, verdicts.length, verdictsAt);
     const header = Buffer.alloc(HEADER_BYTES);
     header.write(MAGIC, 0, "latin1");
@@ -334,10 +350,19 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
         windowHash: windowHash as string,
         extra: new Uint8Array(Buffer.from(extra as string, "base64")),
         trusted: trusted === 1,
-        wrongFrom: readVerdict(verdicts.subarray(VERDICT_BYTES * i, VERDICT_BYTES * (i + 1)), at, tableHash, decodedSize),
+        ...readVerdict(verdicts.subarray(VERDICT_BYTES * i, VERDICT_BYTES * (i + 1)), at, tableHash, decodedSize),
       });
     }
     ok = true;
+    const keep = (p: StoredPoint) => {
+      const i = points.indexOf(p);
+      if (!writable || i < 0) return;
+      try {
+        fs.writeSync(fd, verdictRecord(p, p, tableHash), 0, VERDICT_BYTES, verdictsAt + VERDICT_BYTES * i);
+      } catch {
+        // kept in memory for this run only (a full or read-only file system)
+      }
+    };
     const loaded: LoadedIndex = {
       path: file,
       compression,
@@ -353,13 +378,13 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
       markWrong(p: StoredPoint, from: number): void {
         if (p.wrongFrom !== undefined && p.wrongFrom <= from) return;
         p.wrongFrom = from;
-        const i = points.indexOf(p);
-        if (!writable || i < 0) return;
-        try {
-          fs.writeSync(fd, verdictRecord(from, p, tableHash), 0, VERDICT_BYTES, verdictsAt + VERDICT_BYTES * i);
-        } catch {
-          // kept in memory for this run only (a full or read-only file system)
-        }
+        p.checkedTo = Math.min(p.checkedTo, from);
+        keep(p);
+      },
+      markChecked(p: StoredPoint, to: number): void {
+        if (to <= p.checkedTo || to > (p.wrongFrom ?? decodedSize)) return;
+        p.checkedTo = to;
+        keep(p);
       },
       close(): void {
         fs.closeSync(fd);
@@ -392,6 +417,7 @@ export function memoryIndex(index: CodecIndex, compression: Compression, compres
       extra: p.extra,
       trusted: p.trusted === true,
       wrongFrom: undefined,
+      checkedTo: p.decoded,
     };
   });
   return {
@@ -407,6 +433,10 @@ export function memoryIndex(index: CodecIndex, compression: Compression, compres
     window: (p, into) => unpackWindow(windows[p.windowOffset]!, p.windowSize, { file: "seek index in memory" }, into),
     markWrong(p, from) {
       if (p.wrongFrom === undefined || from < p.wrongFrom) p.wrongFrom = from;
+      p.checkedTo = Math.min(p.checkedTo, from);
+    },
+    markChecked(p, to) {
+      if (to > p.checkedTo && to <= (p.wrongFrom ?? index.decodedSize)) p.checkedTo = to;
     },
     close() {},
   };

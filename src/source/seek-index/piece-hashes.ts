@@ -119,6 +119,27 @@ export class PieceChecker {
     return pieceStart(this.pieces, this.piece);
   }
 
+  /** Pass over the current piece unchecked (at its start: its bytes are known good). */
+  skip(): void {
+    this.at = this.pieces.ends[this.piece]!;
+    this.piece++;
+    this.hash.reset();
+  }
+
+  /** The piece's end, when the whole piece is known good: pass its bytes with pass() instead of update(). */
+  get pieceEnd(): number {
+    return this.pieces.ends[this.piece]!;
+  }
+
+  /** Like update, for bytes of a piece known good: not hashed; true at the piece's end. */
+  pass(bytes: Uint8Array): true | undefined {
+    if (bytes.length > this.leftInPiece) throw new Error("seek index: bytes past the end of a hashed piece");
+    this.at += bytes.length;
+    if (this.at < this.pieces.ends[this.piece]!) return undefined;
+    this.piece++;
+    return true;
+  }
+
   /**
    * The next decoded bytes (at most to the current piece's end). Returns undefined while the piece
    * is open, else whether it matched (and moves on to the next piece).

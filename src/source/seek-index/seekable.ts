@@ -193,15 +193,23 @@ export class SeekableSource extends PositionedSource {
       }
     }
     if (!this.checker) return true;
+    const end = first + bytes.length;
+    const stretchEnd = (i: number) => used[i + 1]?.from ?? end;
     this.checker.startAt(first);
-    for (let from = first; from < first + bytes.length; ) {
+    for (let from = first; from < end; ) {
       const n = this.checker.leftInPiece;
+      // the points whose decoders wrote any of this piece
+      const culprits = used.filter((u, i) => u.from < from + n && stretchEnd(i) > from);
+      // a piece one point's decoding was already checked over is not hashed again
+      if (culprits.length === 1 && culprits[0]!.point.checkedTo >= from + n) {
+        this.checker.skip();
+        from += n;
+        continue;
+      }
       if (this.checker.update(bytes.subarray(from - first, from - first + n))) {
         from += n;
         continue;
       }
-      // the points whose decoders wrote any of this piece
-      const culprits = used.filter((u, i) => u.from < from + n && (used[i + 1]?.from ?? first + bytes.length) > from);
       if (culprits.every((u) => u.point.trusted)) {
         throw new ImageError(
           this.locate(from),
@@ -217,6 +225,8 @@ export class SeekableSource extends PositionedSource {
       }
       return false;
     }
+    // a point whose checked range these stretches continue: checked further now
+    for (const [i, u] of used.entries()) if (u.from <= u.point.checkedTo) this.index.markChecked(u.point, stretchEnd(i));
     return true;
   }
 

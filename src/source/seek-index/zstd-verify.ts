@@ -153,7 +153,7 @@ export const VMESSAGE_BYTES = 16 << 10;
  * Window bytes of candidates in flight (at least one candidate): enough that the pass never waits
  * for the probes on a loaded machine, where the worker gets the CPU later than the pass.
  */
-const IN_FLIGHT_BYTES = 24 << 20;
+const IN_FLIGHT_BYTES = 12 << 20;
 const WORKER_START_MS = 20_000;
 
 /** The script of the zstd build's worker threads (probes, hashing behind the pass). */

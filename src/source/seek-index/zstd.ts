@@ -17,7 +17,7 @@ const FRAME_POINT_SPACING = 1 << 20;
 const INPUT_BYTES = 4 << 20;
 const PROGRESS_EVERY = 32 << 20;
 /** How far the hashing worker may fall behind the pass (the pass's ring is larger by this much). */
-const HASH_SLACK = 16 << 20;
+const HASH_SLACK = 4 << 20;
 /** Compressed streams from this size on are hashed in a worker (smaller ones take less than its start). */
 const HASH_WORKER_FROM = 32 << 20;
 /**
