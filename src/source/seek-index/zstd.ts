@@ -14,7 +14,7 @@ import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from
 export const MAX_INDEXED_WINDOW = 64 << 20;
 /** A frame start is a free point (no window); closer ones than this are not kept. */
 const FRAME_POINT_SPACING = 1 << 20;
-const INPUT_BYTES = 4 << 20;
+const INPUT_BYTES = 1 << 20;
 const PROGRESS_EVERY = 32 << 20;
 /** How far the hashing worker may fall behind the pass (the pass's ring is larger by this much). */
 const HASH_SLACK = 4 << 20;
