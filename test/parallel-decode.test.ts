@@ -3,11 +3,12 @@ import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import { Xxh64State } from "../native/xxhash.ts";
 import { ImageError } from "../src/errors.ts";
 import type { ChunkSource, RandomAccessSource } from "../src/source/chunk-source.ts";
 import { decodeLayers, openRaw } from "../src/source/open.ts";
 import { openParallelDecode, planSpans } from "../src/source/parallel-decode.ts";
-import { buildSeekIndex, seekCodecFor } from "../src/source/seek-index/open-index.ts";
+import { buildSeekIndex, findSeekIndex, seekCodecFor } from "../src/source/seek-index/open-index.ts";
 import { sniffCompression } from "../src/source/sniff.ts";
 import { ThreadedDecodeSource } from "../src/source/threaded-decode.ts";
 import { fixture, restoredReference, runCli, sha256, sha256File, shellWord, tempDir, which } from "./helpers.ts";
@@ -49,7 +50,7 @@ function indexed(file: string, spacing: number): { file: string; raw: RandomAcce
   const head = new Uint8Array(64);
   (raw as RandomAccessSource).readAt(head, 0);
   const codec = seekCodecFor(sniffCompression(head)!)!;
-  buildSeekIndex(raw as RandomAccessSource, [file], codec, { spacing, progress: false });
+  buildSeekIndex(raw as RandomAccessSource, [file], codec, { spacing });
   return { file, raw: raw as RandomAccessSource };
 }
 
@@ -61,7 +62,7 @@ describe("parallel decoding from a seek index", () => {
     expect(planSpans(at(0), 100, 8)).toEqual([0]);
   });
 
-  test("a span never runs past where decoding from its start was verified", () => {
+  test("a span never runs past where decoding from its start is known to go wrong", () => {
     const chain = [{ decoded: 0 }, { decoded: 4, verifiedEnd: 8 }, { decoded: 8, verifiedEnd: 12 }, { decoded: 12, verifiedEnd: 30 }];
     expect(planSpans(chain, 30, 6)).toEqual([0, 8, 12]);
     // 20..24 is covered by no point but the first, and the first span is already cut: decode in order
@@ -134,6 +135,41 @@ describe("parallel decoding from a seek index", () => {
     parallel.close();
   });
 
+  test.skipIf(!which("zstd"))("resumed points that decode differently: the workers check every piece, go back to an earlier point, and hand over the same bytes", () => {
+    const file = path.join(tempDir(), "p1.zst");
+    fs.copyFileSync(fixture("clonezilla-mbr-zstd/loop0p1.ext4-ptcl-img.zst.aa"), file);
+    indexed(file, 1 << 20).raw.close();
+    const truth = spawnSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 }).stdout as Buffer;
+    const pointsNow = () => {
+      const { raw, pieces } = openRaw(file);
+      const index = findSeekIndex(raw as RandomAccessSource, pieces, "zstd")!;
+      const points = index.points;
+      index.close();
+      raw.close();
+      return points;
+    };
+    // a first run checks the spans and keeps in the index how far each start point was checked
+    const first = openParallelDecode(openRaw(file).raw as RandomAccessSource, [file], "zstd", 2, 2 << 20)!;
+    expect(sha256(drain(first))).toBe(sha256(truth));
+    first.close();
+    const checked = pointsNow().filter((p) => p.checkedTo > p.decoded);
+    expect(checked.length).toBeGreaterThan(2);
+    expect(checked.every((p) => p.wrongFrom === undefined)).toBe(true);
+    // every point inside the frame moved a byte: its decoding fails or gives other bytes
+    const shifted = rewriteIndexTable(`${file}.imgtool-index`, (points) => {
+      let n = 0;
+      for (const row of points) if (row[8] === 0) (row[1] as number) += (n++, 1);
+      return n;
+    });
+    expect(shifted).toBeGreaterThan(3);
+    const parallel = openParallelDecode(openRaw(file).raw as RandomAccessSource, [file], "zstd", 2, 2 << 20)!;
+    expect(parallel).toBeDefined();
+    expect(sha256(drain(parallel))).toBe(sha256(truth));
+    parallel.close();
+    // what the workers found is in the index now
+    expect(pointsNow().filter((p) => p.wrongFrom !== undefined).length).toBeGreaterThan(0);
+  });
+
   test.skipIf(!which("zstd") || !which("split"))("zstd frames whose window is larger than a worker's ring: read by the streaming decoder, the same bytes", () => {
     const dir = tempDir();
     const plain = path.join(dir, "data");
@@ -158,7 +194,7 @@ describe("parallel decoding from a seek index", () => {
     const first = path.join(dir, "img.gz.aa");
     const { raw, pieces } = openRaw(first);
     expect(pieces.length).toBeGreaterThan(3);
-    buildSeekIndex(raw as RandomAccessSource, pieces, seekCodecFor("gzip")!, { spacing: 64 << 10, progress: false });
+    buildSeekIndex(raw as RandomAccessSource, pieces, seekCodecFor("gzip")!, { spacing: 64 << 10 });
     raw.close();
     const parallel = openParallelDecode(openRaw(first).raw as RandomAccessSource, pieces, "gzip", 2, 128 << 10)!;
     try {
@@ -283,6 +319,25 @@ lowerThreadPriority(30); postMessage([six, ${niceHere}]);`);
     for (const e of [inParallel, oneDecoder]) expect(Math.abs(e.where.offset! - at)).toBeLessThan(1 << 20);
   });
 });
+
+/** Change the points of an index file's table (rows as index-file.ts writes them) and seal the table again; what `change` returns. */
+function rewriteIndexTable<T>(file: string, change: (points: unknown[][]) => T): T {
+  const bytes = fs.readFileSync(file);
+  const length = bytes.readUInt32LE(20);
+  const at = Number(bytes.readBigUInt64LE(24));
+  const table = JSON.parse(bytes.subarray(at, at + length).toString("utf8")) as { points: unknown[][] };
+  const result = change(table.points);
+  const text = Buffer.from(JSON.stringify(table));
+  const header = Buffer.from(bytes.subarray(0, 48));
+  header.writeUInt32LE(text.length, 20);
+  const h = new Xxh64State();
+  h.update(text);
+  const digest = new Uint8Array(8);
+  h.digestInto(digest);
+  header.set(digest, 32);
+  fs.writeFileSync(file, Buffer.concat([header, bytes.subarray(48, at), text]));
+  return result;
+}
 
 function readHead(file: string): Uint8Array {
   const fd = fs.openSync(file, "r");

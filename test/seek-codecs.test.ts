@@ -10,7 +10,8 @@ import { bzip2SeekCodec } from "../src/source/seek-index/bzip2.ts";
 import type { CodecIndex, SeekCodec, SeekPoint } from "../src/source/seek-index/codec.ts";
 import { gzipSeekCodec } from "../src/source/seek-index/gzip.ts";
 import { lz4SeekCodec } from "../src/source/seek-index/lz4.ts";
-import { PointVerifier, resumesTo } from "../src/source/seek-index/resume-support.ts";
+import { memoryIndex } from "../src/source/seek-index/index-file.ts";
+import { SeekableSource } from "../src/source/seek-index/seekable.ts";
 import { openSplitSet } from "../src/source/split.ts";
 import { lzmaSeekCodec, xzSeekCodec } from "../src/source/seek-index/xz.ts";
 import { fixture, peerTest, tempDir, which } from "./helpers.ts";
@@ -86,6 +87,15 @@ function streamDecode(codec: SeekCodec, file: string): Uint8Array {
   for (let n; (n = d.read(buf)) > 0; ) parts.push(buf.slice(0, n));
   d.close();
   return Buffer.concat(parts);
+}
+
+/** Whether resuming at `point` gives `expected` first (a decoding error counts as no). */
+function resumesTo(codec: SeekCodec, raw: RandomAccessSource, point: SeekPoint, expected: Uint8Array): boolean {
+  try {
+    return Buffer.from(readFrom(codec, raw, point, 0, expected.length)).equals(Buffer.from(expected));
+  } catch {
+    return false;
+  }
 }
 
 function readFrom(codec: SeekCodec, raw: RandomAccessSource, point: SeekPoint, skip: number, length: number): Uint8Array {
@@ -178,7 +188,7 @@ describe("seek codecs on streams made by the real tools", () => {
     });
   }
 
-  peerTest(!which("gzip") && "gzip is not installed")("gzip: a member start is a point without window; other points carry 32 KiB of history unless what follows never refers back", () => {
+  peerTest(!which("gzip") && "gzip is not installed")("gzip: a member start is a trusted point without window; other points carry 32 KiB of history", () => {
     const data = sampleData(99);
     const half = data.length >> 1;
     const file = fileOf(Buffer.concat([compress("gzip -6 -c", data.subarray(0, half)), compress("gzip -6 -c", data.subarray(half))]), "two.gz");
@@ -186,15 +196,11 @@ describe("seek codecs on streams made by the real tools", () => {
     const index = gzipSeekCodec.build(raw, { spacing: 256 << 10 });
     const member = index.points.find((p) => p.decoded === half);
     expect(member?.window.length).toBe(0);
+    expect(member?.trusted).toBe(true);
     const inner = index.points.filter((p) => p.decoded !== 0 && p.decoded !== half);
-    expect(inner.every((p) => p.window.length === 0 || p.window.length === 32768)).toBe(true);
-    // the sample has text (refers back: window kept) and random stretches (stored blocks: none needed)
-    expect(inner.some((p) => p.window.length === 32768)).toBe(true);
-    expect(inner.some((p) => p.window.length === 0)).toBe(true);
-    // a windowless point that is not a member start resumes as raw deflate with no history at all
-    for (const p of inner.filter((q) => q.window.length === 0)) {
-      expect(resumesTo(gzipSeekCodec, raw, p, data.subarray(p.decoded, p.decoded + 100_000))).toBe(true);
-    }
+    expect(inner.length).toBeGreaterThan(3);
+    expect(inner.every((p) => p.window.length === 32768 && !p.trusted)).toBe(true);
+    for (const p of inner) expect(resumesTo(gzipSeekCodec, raw, p, data.subarray(p.decoded, p.decoded + 100_000))).toBe(true);
     raw.close();
   });
 
@@ -236,27 +242,42 @@ describe("verification", () => {
     expect(caught).toBeGreaterThan(0);
     raw.close();
   });
-  peerTest(!which("gzip") && "gzip is not installed")("the build's verifier drops a point that decodes wrongly and keeps the others", () => {
-    const data = sampleData(21);
-    const file = fileOf(compress("gzip -9 -c", data), "d.gz");
-    const raw = open(file);
-    const index = gzipSeekCodec.build(raw, { spacing: 256 << 10 });
-    const withWindow = index.points.findIndex((p) => p.window.length === 32768);
-    expect(withWindow).toBeGreaterThan(0);
-    const points = index.points.map((p, i) => (i === withWindow ? { ...p, bits: (p.bits + 3) % 8 } : p));
-    const verifier = new PointVerifier(gzipSeekCodec, raw, 64 << 10);
-    let at = 0;
-    for (const p of points) {
-      verifier.feed(data.subarray(at, p.decoded));
-      at = p.decoded;
-      verifier.add(p);
-    }
-    verifier.feed(data.subarray(at));
-    const kept = verifier.finish();
-    expect(verifier.dropped).toBe(1);
-    expect(kept.map((p) => p.decoded)).toEqual(index.points.filter((_, i) => i !== withWindow).map((p) => p.decoded));
-    raw.close();
-  });
+  for (const [name, cmd, codec] of [
+    ["gzip", "gzip -9 -c", gzipSeekCodec],
+    ["bzip2", "bzip2 -1 -c", bzip2SeekCodec],
+    ["xz", "xz -T2 -1 --block-size=256KiB -c", xzSeekCodec],
+    ["lz4", "lz4 -q -BI -B4 -c", lz4SeekCodec],
+  ] as const) {
+    const tool = cmd.split(" ")[0]!;
+    peerTest(!which(tool) && `${tool} is not installed`)(`${name}: the build decodes once and records piece hashes; a reader never returns what a point decoded wrongly`, () => {
+      const data = sampleData(21);
+      const raw = open(fileOf(compress(cmd, data), `d.${name}`));
+      const built = codec.build(raw, { spacing: 256 << 10 });
+      expect(built.pieces).toBeDefined();
+      expect(built.pieces!.ends[built.pieces!.ends.length - 1]).toBe(data.length);
+      // every point cuts a piece there
+      for (const p of built.points) if (p.decoded > 0) expect(Array.from(built.pieces!.ends)).toContain(p.decoded);
+      const index = memoryIndex(built, codec.compression, raw.size, 256 << 10);
+      // every point but the first shifted by a byte, as a wrong point would be
+      const shifted = index.points.slice(1);
+      for (const p of shifted) {
+        p.compressed += 1;
+        p.trusted = false;
+      }
+      const reader = new SeekableSource(raw, codec, index);
+      try {
+        for (let at = data.length - 1000; at > 0; at -= 300_000) {
+          const got = new Uint8Array(1000);
+          expect(reader.readAt(got, at)).toBe(1000);
+          expect(Buffer.from(got).equals(Buffer.from(data.subarray(at, at + 1000)))).toBe(true);
+        }
+        expect(reader.stats.wrongPoints).toBeGreaterThan(0);
+        expect(shifted.some((p) => p.wrongFrom !== undefined)).toBe(true);
+      } finally {
+        reader.close();
+      }
+    });
+  }
 });
 
 describe("the shipped fixtures", () => {

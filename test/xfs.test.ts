@@ -10,7 +10,7 @@ import { ImageError } from "../src/errors.ts";
 import { FsError, type FsNode } from "../src/fs/filesystem.ts";
 import type { Volume } from "../src/volume/volume.ts";
 import { type Superblock, inodeChunkAt } from "../src/fs/xfs/superblock.ts";
-import { openInputVolume } from "../src/cli/input-volume.ts";
+import { openInputVolume } from "../src/input/input-volume.ts";
 import { openFileSystem } from "../src/fs/open.ts";
 
 setDefaultTimeout(180_000);
@@ -99,7 +99,7 @@ describe.skipIf(mountWhy !== "")("extract / equals the kernel's read-only loop m
   }
 
   test("the reader's own listing (ls/get path, no extraction) equals the kernel's too", () => {
-    const input = openInputVolume(fixture("xfs-v5.xfs-ptcl-img.zst"), "ls");
+    const input = openInputVolume(fixture("xfs-v5.xfs-ptcl-img.zst"), { command: "ls" });
     try {
       const fsys = openFileSystem(input.volume);
       const ours = treeOf(fsys, { xattrs: true });
@@ -113,7 +113,7 @@ describe.skipIf(mountWhy !== "")("extract / equals the kernel's read-only loop m
 
 describe("the features each fixture must hold (so that the comparison above covers them)", () => {
   test("xfs-v5: btree data fork, holes, unwritten extents, all xattr forms, remote symlink, bigtime", () => {
-    const input = openInputVolume(fixture("xfs-v5.xfs-ptcl-img.zst"), "ls");
+    const input = openInputVolume(fixture("xfs-v5.xfs-ptcl-img.zst"), { command: "ls" });
     try {
       const fsys = openFileSystem(input.volume);
       const at = (p: string) => fsys.lookup(new TextEncoder().encode(p))!;

@@ -12,7 +12,7 @@ import type { Input } from "../input/input.ts";
 import { inputVolume } from "../input/input-volume.ts";
 import { openInput } from "../input/open-input.ts";
 import { progressBars } from "./progress-bar.ts";
-import { guard } from "./run.ts";
+import { BUILD_SEEK_INDEX, guard } from "./run.ts";
 import { concatBytes } from "../bytes.ts";
 
 const imageArg = { type: "positional", description: "image (any piece of a split set; compressed ones are indexed on first use), or a disk (Clonezilla folder, raw disk) with --partition or DISK@N", required: true } as const;
@@ -25,7 +25,7 @@ const fsArgs = {
 
 /** The file system inside IMG (an image, a volume, a disk's partition with --partition or DISK@N), read at random. */
 function openImageFileSystem(input: string, command: string, args: { partition?: string; disk?: string; codepage?: string }): FileSystem {
-  return fileSystemOf(openInput(input, { command, partition: args.partition, disk: args.disk, randomAccess: true }), input, args);
+  return fileSystemOf(openInput(input, { command, partition: args.partition, disk: args.disk, randomAccess: true, seekIndex: BUILD_SEEK_INDEX }), input, args);
 }
 
 function fileSystemOf(opened: Input, input: string, args: { codepage?: string }): FileSystem {
@@ -74,7 +74,7 @@ export const lsCommand = defineCommand({
   },
   run: ({ args }) =>
     guard(() => {
-      const input = openInput(args.image, { command: "ls", partition: args.partition, disk: args.disk, randomAccess: true });
+      const input = openInput(args.image, { command: "ls", partition: args.partition, disk: args.disk, randomAccess: true, seekIndex: BUILD_SEEK_INDEX });
       if (input.kind === "disk") {
         try {
           listPartitions(input, args.image, args.json === true);

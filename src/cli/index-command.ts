@@ -9,7 +9,7 @@ import { sniffCompression } from "../source/sniff.ts";
 import { DiskInput } from "../input/disk-input.ts";
 import { ImageInput } from "../input/image-input.ts";
 import { openInput } from "../input/open-input.ts";
-import { guard, parseBytes } from "./run.ts";
+import { guard, indexProgressBar, parseBytes } from "./run.ts";
 
 export const indexCommand = defineCommand({
   meta: { name: "index", description: "Build the seek index of a compressed image, so serve, mount and cat read it at any offset" },
@@ -57,7 +57,7 @@ function indexImage(image: string, spacing: number, json: boolean): boolean {
     if (!codec) {
       throw new UsageError(`${image}: imgtool has no seek index for ${kind} data (it has for: ${Object.keys(seekCodecs).join(", ")}); decompress it first or use imgtool restore`);
     }
-    const built = buildSeekIndex(raw, pieces, codec, { spacing });
+    const built = buildSeekIndex(raw, pieces, codec, { spacing, onProgress: indexProgressBar(), threads: process.env.IMGTOOL_THREADS !== "0" });
     if (json) {
       process.stdout.write(`${JSON.stringify({ ...built, compression: kind, spacing, notResumable: built.notResumable ?? null })}\n`);
       return true;

@@ -7,7 +7,7 @@ import { mountVolume } from "../serve/fuse.ts";
 import { openOverlay, type OverlayVolume } from "../volume/overlay.ts";
 import { diskArg, partitionArg } from "./info-text.ts";
 import { openInputVolume } from "../input/input-volume.ts";
-import { guard } from "./run.ts";
+import { BUILD_SEEK_INDEX, guard } from "./run.ts";
 
 export const mountCommand = defineCommand({
   meta: { name: "mount", description: "Show the restored volume as one file in a FUSE mount without restoring it: read-only, or writable through an overlay file" },
@@ -25,7 +25,7 @@ export const mountCommand = defineCommand({
     guard(() => {
       if (args.name !== undefined) checkFileName(args.name);
       checkMountpoint(args.mountpoint);
-      const input = openInputVolume(args.image, { command: "mount", partition: args.partition, disk: args.disk });
+      const input = openInputVolume(args.image, { command: "mount", partition: args.partition, disk: args.disk, seekIndex: BUILD_SEEK_INDEX });
       let overlay: OverlayVolume | undefined;
       try {
         const name = args.name ?? `${input.baseName}.raw`;

@@ -1,4 +1,20 @@
 import { ChecksumError, EXIT, ImageError, UsageError } from "../errors.ts";
+import { Progress } from "./progress-bar.ts";
+import type { IndexProgress, SeekIndexOptions } from "../source/seek-index/open-index.ts";
+
+/** A progress bar on stderr (when it is a terminal) for each seek index build it is told about. */
+export function indexProgressBar(): IndexProgress {
+  let bar: Progress | undefined;
+  return (done, total, compression) => {
+    bar ??= new Progress(total, `indexing ${compression}`);
+    if (done < total) return bar.update(done);
+    bar.finish(total);
+    bar = undefined;
+  };
+}
+
+/** serve, mount, cat and ls/get/extract: a compressed image is read through its seek index, built on first use. */
+export const BUILD_SEEK_INDEX: SeekIndexOptions = { mode: "build", onProgress: indexProgressBar(), threads: process.env.IMGTOOL_THREADS !== "0" };
 
 /**
  * Run a command body; turn every error into one line `imgtool: ...` and an exit code.

@@ -10,7 +10,7 @@ import { volumeExport } from "../serve/image-export.ts";
 import { DEFAULT_MAX_CONNECTIONS, serveNbd, type NbdServer, type NbdThreads } from "../serve/nbd-server.ts";
 import { startNbdThreads } from "../serve/nbd-threads.ts";
 import { openOverlay, type OverlayVolume } from "../volume/overlay.ts";
-import { guard } from "./run.ts";
+import { BUILD_SEEK_INDEX, guard } from "./run.ts";
 
 /** the IANA port of NBD */
 const NBD_PORT = 10809;
@@ -46,7 +46,7 @@ export const serveCommand = defineCommand({
       let server: NbdServer | undefined;
       let overlay: OverlayVolume | undefined;
       let threads: NbdThreads | undefined;
-      const input = openInputVolume(args.image, { command: "serve", partition: args.partition, disk: args.disk });
+      const input = openInputVolume(args.image, { command: "serve", partition: args.partition, disk: args.disk, seekIndex: BUILD_SEEK_INDEX });
       try {
         const name = args["export-name"] ?? path.basename(args.image);
         if (args.overlay !== undefined) overlay = openOverlay(args.overlay, input.volume, { inputs: [...input.inputs] });

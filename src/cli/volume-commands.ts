@@ -12,7 +12,7 @@ import { silentProgress } from "../progress.ts";
 import { identityVolume, openOverlay, type OverlayVolume } from "../volume/overlay.ts";
 import { diskArg, infoJson, infoText, partitionArg } from "./info-text.ts";
 import { progressBars } from "./progress-bar.ts";
-import { guard, parseBytes } from "./run.ts";
+import { BUILD_SEEK_INDEX, guard, parseBytes } from "./run.ts";
 
 const threadsArg = {
   type: "string",
@@ -165,7 +165,7 @@ export const catCommand = defineCommand({
     guard(() => {
       if (process.stdout.isTTY) throw new UsageError("refusing to write volume bytes to a terminal; redirect stdout");
       const offset = parseBytes(args.offset, "--offset");
-      return withInput(args.image, { partition: args.partition, disk: args.disk, command: "cat" }, (input) => {
+      return withInput(args.image, { partition: args.partition, disk: args.disk, command: "cat", seekIndex: BUILD_SEEK_INDEX }, (input) => {
         makeBlocking(1);
         growPipe(1, 1 << 20);
         let written = 0;

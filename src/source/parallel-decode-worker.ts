@@ -1,17 +1,18 @@
 // One parallel decode worker (see parallel-decode.ts): reads the raw bytes and their seek index
 // through the descriptors the reader opened and checked, and decodes its share of the spans into its
 // ring, in order. zstd is decoded block by block straight into the ring (zstd-ring.ts); other
-// compressions are read into it a slot at a time. What this loads is kept to what zstd needs, and
-// nothing that loads node:fs: a worker is ready ~40 ms after it is started, where opening the image
-// and its index again made that ~95 ms.
+// compressions are read into it a slot at a time. Every piece is checked against the index's piece
+// hashes before it is handed over. What this loads is kept to what zstd needs, and nothing that
+// loads node:fs (a worker is ready sooner than one that opens the image and its index again).
 import { ImageError } from "../errors.ts";
-import type { ChunkSource } from "./chunk-source.ts";
+import type { RandomAccessSource } from "./chunk-source.ts";
 import { lowerThreadPriority } from "../../native/libc-thread.ts";
 import type { SpanJob } from "./parallel-decode.ts";
 import { FileSource, borrowPieces } from "./pieces.ts";
 import type { SeekCodec } from "./seek-index/codec.ts";
 import type { StoredPoint } from "./seek-index/index-file.ts";
-import { readStoredWindow, seekPointOf } from "./seek-index/stored-window.ts";
+import { PieceChecker, isDecodeError } from "./seek-index/piece-hashes.ts";
+import { CorruptIndex, readStoredWindow, seekPointOf } from "./seek-index/stored-window.ts";
 import { zstdCodec } from "./seek-index/zstd.ts";
 import { ZstdRingDecoder } from "./seek-index/zstd-ring.ts";
 import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failureOf } from "./threaded-decode.ts";
@@ -20,9 +21,7 @@ declare const self: Worker;
 
 /**
  * The workers run this many nice levels below the thread that takes their spans in order, parses
- * and writes them: with as many workers as cores, that thread is the one the restore waits for
- * (restore --threads 2 into tmpfs, 1.12 GB: medians 1.70 s against 1.81 s, 11 alternating runs
- * each; verify unchanged).
+ * and writes them: with as many workers as cores, that thread is the one the restore waits for.
  */
 const WORKER_NICE_STEPS = 10;
 
@@ -31,14 +30,19 @@ class Closed extends Error {}
 
 /**
  * The worker's side of its ring: bytes written into the ring are handed over in slots, each a
- * contiguous piece of at most SLOT_BYTES that never holds bytes of two spans.
+ * contiguous stretch of at most SLOT_BYTES that never holds bytes of two spans, nor of two pieces
+ * when they are checked.
  */
 class SlotWriter {
   private slot = 0;
-  private pieceStart = 0;
-  private pieceLength = 0;
+  /** stretches of the ring added and not yet handed over */
+  private readonly pending: { at: number; n: number }[] = [];
 
-  constructor(private readonly ctl: Int32Array) {}
+  constructor(
+    private readonly ctl: Int32Array,
+    /** bytes are checked against piece hashes: hand nothing over before commit() */
+    private readonly checked: boolean,
+  ) {}
 
   /** Returns once no slot handed over and not yet taken holds any of ring[at, at + n). */
   reserve(at: number, n: number): void {
@@ -53,25 +57,38 @@ class SlotWriter {
     }
   }
 
-  /** ring[at, at + n) holds the next decoded bytes. */
+  /**
+   * ring[at, at + n) holds the next decoded bytes: kept back until commit() (once their piece is
+   * checked), or handed over as slots fill when nothing is checked.
+   */
   add(at: number, n: number): void {
-    if (this.pieceLength > 0 && (at !== this.pieceStart + this.pieceLength || this.pieceLength + n > SLOT_BYTES)) this.handOver();
-    if (this.pieceLength === 0) this.pieceStart = at;
-    this.pieceLength += n;
+    const last = this.pending[this.pending.length - 1];
+    if (last && at === last.at + last.n && last.n + n <= SLOT_BYTES) {
+      last.n += n;
+      return;
+    }
+    if (!this.checked) this.commit();
+    this.pending.push({ at, n });
   }
 
-  /** Hand the bytes added so far over in a slot of their own. */
-  handOver(): void {
-    if (this.pieceLength === 0) return;
-    const flag = CTL.slotFlag(this.slot);
-    while (Atomics.load(this.ctl, flag) !== SLOT.empty) Atomics.wait(this.ctl, flag, SLOT.full);
-    if (Atomics.load(this.ctl, CTL.closed)) throw new Closed();
-    Atomics.store(this.ctl, CTL.slotOffset(this.slot), this.pieceStart);
-    Atomics.store(this.ctl, CTL.slotLength(this.slot), this.pieceLength);
-    Atomics.store(this.ctl, flag, SLOT.full);
-    Atomics.notify(this.ctl, flag);
-    this.slot = (this.slot + 1) % SLOT_COUNT;
-    this.pieceLength = 0;
+  /** Hand the bytes added so far over, each contiguous stretch in a slot of its own. */
+  commit(): void {
+    for (const { at, n } of this.pending) {
+      const flag = CTL.slotFlag(this.slot);
+      while (Atomics.load(this.ctl, flag) !== SLOT.empty) Atomics.wait(this.ctl, flag, SLOT.full);
+      if (Atomics.load(this.ctl, CTL.closed)) throw new Closed();
+      Atomics.store(this.ctl, CTL.slotOffset(this.slot), at);
+      Atomics.store(this.ctl, CTL.slotLength(this.slot), n);
+      Atomics.store(this.ctl, flag, SLOT.full);
+      Atomics.notify(this.ctl, flag);
+      this.slot = (this.slot + 1) % SLOT_COUNT;
+    }
+    this.pending.length = 0;
+  }
+
+  /** Forget the bytes added since the last commit (their piece decoded wrongly). */
+  drop(): void {
+    this.pending.length = 0;
   }
 
   /** Room for a reader that fills a whole slot itself: the slot's own stretch of the ring, once free; its offset. */
@@ -82,24 +99,151 @@ class SlotWriter {
   }
 }
 
-/** `length` bytes of a decoder that copies out of its own window, read into the ring a slot at a time. */
-function decodeInSlots(source: ChunkSource, length: number, ring: Uint8Array, writer: SlotWriter, endsEarly: (done: number) => Error): void {
-  for (let done = 0; done < length; ) {
-    const at = writer.nextSlotRoom();
-    const view = ring.subarray(at, at + Math.min(SLOT_BYTES, length - done));
-    for (let filled = 0; filled < view.length; ) {
-      const n = source.read(view.subarray(filled));
-      if (n === 0) throw endsEarly(done + filled);
-      filled += n;
-    }
-    writer.add(at, view.length);
-    writer.handOver();
-    done += view.length;
+/** A piece decoded from a resumed point differs from the index's hash (or failed to decode): start earlier. */
+class WrongPiece extends Error {
+  constructor(readonly from: number) {
+    super(`decoded differently from ${from}`);
   }
-  // one byte more lets the decoder reach the trailer of a block or frame that ends with the span,
-  // and check it
-  source.read(new Uint8Array(1));
-  source.close();
+}
+
+/** What a span is decoded with: the ring, its writer, the index's points, hashes and windows. */
+interface SpanContext {
+  job: SpanJob;
+  raw: RandomAccessSource;
+  ring: Uint8Array;
+  writer: SlotWriter;
+  codec: SeekCodec;
+  zstd: ZstdRingDecoder | undefined;
+  checker: PieceChecker | undefined;
+  window: (p: StoredPoint, into?: Uint8Array) => Uint8Array;
+  verdicts: SharedVerdicts;
+}
+
+/**
+ * What the workers learn about points, told to the reader through shared memory (it keeps them in
+ * the index): per point of the index, where decoding from it went wrong (NaN: nowhere seen) and how
+ * far it was checked.
+ */
+class SharedVerdicts {
+  private readonly words: Float64Array;
+  private readonly at = new Map<StoredPoint, number>();
+
+  constructor(buffer: SharedArrayBuffer, points: StoredPoint[]) {
+    this.words = new Float64Array(buffer);
+    for (const [i, p] of points.entries()) this.at.set(p, i);
+  }
+
+  wrong(p: StoredPoint, from: number): void {
+    p.wrongFrom = Math.min(p.wrongFrom ?? Number.POSITIVE_INFINITY, from);
+    p.checkedTo = Math.min(p.checkedTo, from);
+    const i = this.at.get(p);
+    if (i !== undefined) this.words[2 * i] = p.wrongFrom;
+  }
+
+  checked(p: StoredPoint, to: number): void {
+    if (to <= p.checkedTo) return;
+    p.checkedTo = to;
+    const i = this.at.get(p);
+    if (i !== undefined) this.words[2 * i + 1] = to;
+  }
+}
+
+/**
+ * Decode [first.decoded, spanEnd) into the ring and hand it over, each piece once it matches its
+ * hash. Where a resumed point decodes a piece differently (or fails in it), the point is marked wrong
+ * from there and decoding goes on from an earlier one, from that piece.
+ */
+function decodeSpan(c: SpanContext, first: StoredPoint, spanEnd: number): void {
+  let point = first;
+  let from = first.decoded;
+  const endsEarly = (at: number) =>
+    new ImageError({ file: c.job.file, offset: at, decoded: c.job.compression }, `${c.job.compression} data ends early`, `the seek index says ${c.job.decodedSize} decoded bytes`);
+  for (;;) {
+    c.checker?.startAt(from);
+    try {
+      decodeFrom(c, point, from, spanEnd, endsEarly);
+      return;
+    } catch (e) {
+      if (!c.checker || point.trusted || e instanceof Closed || e instanceof CorruptIndex || !isDecodeError(e)) throw e;
+      c.writer.drop();
+      from = e instanceof WrongPiece ? e.from : c.checker.pieceStart;
+      c.verdicts.wrong(point, Math.max(point.decoded, from));
+      point = earlierPoint(c.job.allPoints, from);
+    }
+  }
+}
+
+/** One try of decodeSpan: from `point`, handing over from `from` (a piece start) on. */
+function decodeFrom(c: SpanContext, point: StoredPoint, from: number, spanEnd: number, endsEarly: (at: number) => Error): void {
+  const { writer, checker, ring } = c;
+  /** hand over ring[at, at + n), the decoded bytes at `decoded`, checking them piece by piece */
+  const give = (bytes: Uint8Array, decoded: number) => {
+    for (let o = 0; o < bytes.length; ) {
+      const n = checker ? Math.min(bytes.length - o, checker.leftInPiece) : bytes.length - o;
+      const pieceStart = checker?.pieceStart ?? 0;
+      writer.add(bytes.byteOffset - ring.byteOffset + o, n);
+      // a piece decoding from this point was already checked over is not hashed again
+      const part = bytes.subarray(o, o + n);
+      const verdict = checker === undefined ? undefined : checker.pieceEnd <= point.checkedTo ? checker.pass(part) : checker.update(part);
+      // a trusted point's bytes are the stream's own, as one decoder gives them: where they differ
+      // from the index's, the stream's own checks report the damage, as one decoder's would
+      if (verdict === false && !point.trusted) throw new WrongPiece(pieceStart);
+      if (verdict !== undefined) {
+        writer.commit();
+        if (verdict && pieceStart <= point.checkedTo) c.verdicts.checked(point, checker!.pieceStart);
+      }
+      o += n;
+    }
+    return decoded + bytes.length;
+  };
+  const room = c.zstd?.windowRoom(point.windowSize);
+  const resumed = seekPointOf({ window: c.window }, point, room);
+  if (c.zstd?.start(resumed)) {
+    for (let at = point.decoded; at < spanEnd; ) {
+      const out = c.zstd.next();
+      if (out.length === 0) throw endsEarly(at);
+      const n = Math.min(out.length, spanEnd - at);
+      const skip = Math.max(0, Math.min(n, from - at));
+      at += skip;
+      if (n > skip) at = give(out.subarray(skip, n), at);
+    }
+    writer.commit();
+    c.zstd.finishSpan();
+    return;
+  }
+  // the slots are written over as this decodes: its window is its own
+  const history = resumed.window.buffer === ring.buffer ? resumed.window.slice() : resumed.window;
+  const source = c.codec.resume(c.raw, { ...resumed, window: history });
+  try {
+    for (let at = point.decoded; at < spanEnd; ) {
+      const room = writer.nextSlotRoom();
+      const skipping = at < from;
+      const want = skipping ? from - at : checker ? checker.leftInPiece : spanEnd - at;
+      const view = ring.subarray(room, room + Math.min(SLOT_BYTES, want, spanEnd - at));
+      for (let filled = 0; filled < view.length; ) {
+        const n = source.read(view.subarray(filled));
+        if (n === 0) throw endsEarly(at + filled);
+        filled += n;
+      }
+      at = skipping ? at + view.length : give(view, at);
+      if (!checker) writer.commit();
+    }
+    writer.commit();
+    // one byte more lets the decoder reach the trailer of a block or frame that ends with the span,
+    // and check it
+    source.read(new Uint8Array(1));
+  } finally {
+    source.close();
+  }
+}
+
+/** The last point at or before `at` not known to decode wrongly there (the stream's start always is). */
+function earlierPoint(points: StoredPoint[], at: number): StoredPoint {
+  for (let i = points.length - 1; i >= 0; i--) {
+    const p = points[i]!;
+    if (p.decoded <= at && (p.wrongFrom ?? Number.POSITIVE_INFINITY) > at) return p;
+  }
+  return points[0]!;
 }
 
 async function codecOf(job: SpanJob): Promise<SeekCodec> {
@@ -114,40 +258,24 @@ self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: Sp
   const ctl = new Int32Array(shared, 0, CTL.words);
   const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
   const ring = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES, SLOT_COUNT * SLOT_BYTES);
-  const writer = new SlotWriter(ctl);
+  const writer = new SlotWriter(ctl, job.pieces !== undefined);
   lowerThreadPriority(WORKER_NICE_STEPS);
   try {
     const raw = borrowPieces(job.raw);
     const indexFile = new FileSource(job.index.file, job.index.descriptor, job.index.size, false);
-    const index = { window: (p: StoredPoint, into?: Uint8Array) => readStoredWindow(p, (buf, offset) => indexFile.readAt(buf, offset), job.index.file, into) };
+    const window = (p: StoredPoint, into?: Uint8Array) => readStoredWindow(p, (buf, offset) => indexFile.readAt(buf, offset), job.index.file, into);
     const codec = await codecOf(job);
     const zstd = job.compression === "zstd" ? new ZstdRingDecoder(raw, ring, (at, n) => writer.reserve(at, n)) : undefined;
+    const checker = job.pieces && new PieceChecker(job.pieces);
+    const verdicts = new SharedVerdicts(job.verdicts, job.allPoints);
+    const context: SpanContext = { job, raw, ring, writer, codec, zstd, checker, window, verdicts };
     Atomics.store(ctl, CTL.state, STATE.ready);
     for (let span = job.worker; span < job.points.length; span += job.workers) {
-      const stored = job.points[span]!;
-      const room = zstd?.windowRoom(stored.windowSize);
-      const point = seekPointOf(index, stored, room);
-      const spanEnd = job.points[span + 1]?.decoded ?? job.decodedSize;
-      const length = spanEnd - stored.decoded;
-      const endsEarly = (done: number) =>
-        new ImageError({ file: job.file, offset: stored.decoded + done, decoded: job.compression }, `${job.compression} data ends early`, `the seek index says ${job.decodedSize} decoded bytes`);
-      if (zstd?.start(point)) {
-        for (let done = 0; done < length; ) {
-          const out = zstd.next();
-          if (out.length === 0) throw endsEarly(done);
-          const n = Math.min(out.length, length - done);
-          writer.add(out.byteOffset - ring.byteOffset, n);
-          done += n;
-        }
-        writer.handOver();
-        zstd.finishSpan();
-      } else {
-        // the slots are written over as this decodes: its window is its own
-        const history = point.window.buffer === ring.buffer ? point.window.slice() : point.window;
-        decodeInSlots(codec.resume(raw, { ...point, window: history }), length, ring, writer, endsEarly);
-      }
+      const start = job.points[span]!;
+      const point = job.allPoints.find((p) => p.decoded === start.decoded && p.compressed === start.compressed) ?? start;
+      decodeSpan(context, point, job.points[span + 1]?.decoded ?? job.decodedSize);
       // each span leaves garbage (a streaming decoder its window and MiB-sized buffers) to this
-      // worker's own heap; young, it goes in a quick collection, where a full one took ~8 ms a span
+      // worker's own heap; young, it goes in a quick collection
       Bun.gc(false);
     }
     zstd?.close();

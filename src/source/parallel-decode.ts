@@ -2,6 +2,7 @@ import type { Location } from "../errors.ts";
 import type { ChunkSource, RandomAccessSource } from "./chunk-source.ts";
 import { type PieceDescriptor, pieceDescriptors } from "./pieces.ts";
 import type { StoredPoint } from "./seek-index/index-file.ts";
+import type { PieceHashes } from "./seek-index/piece-hashes.ts";
 import { findSeekIndex } from "./seek-index/open-index.ts";
 import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
 import type { Compression } from "./sniff.ts";
@@ -23,22 +24,28 @@ export interface SpanJob {
   index: { file: string; descriptor: number; size: number };
   /** the seek points spans start at, ascending by decoded offset */
   points: StoredPoint[];
+  /** every point of the index, to go back to where one decodes wrongly */
+  allPoints: StoredPoint[];
+  /** what every decoded piece is checked against (none when every point is trusted) */
+  pieces: PieceHashes | undefined;
+  /** what the workers learn about `allPoints`: [wrong from (NaN: not seen), checked to] each, Float64 */
+  verdicts: SharedArrayBuffer;
   decodedSize: number;
   worker: number;
   workers: number;
 }
 
-/** A seek point as planning needs it: where it starts, and how far decoding from it was verified. */
+/** A seek point as planning needs it: where it starts, and how far decoding from it is not known to go wrong. */
 export interface SpanPoint {
   decoded: number;
-  /** decoding from this point is right up to here (undefined: to the end) */
+  /** decoding from this point goes wrong from here (undefined: not known to) */
   verifiedEnd?: number;
 }
 
 /**
- * Where spans start: points at least `minSpan` apart, each span ending where decoding from its
- * start is still verified (a zstd checkpoint resumes only up to the next one). Undefined when the
- * points leave a stretch no point covers: such a stream decodes in order.
+ * Where spans start: points at least `minSpan` apart, each span ending before decoding from its
+ * start is known to go wrong (a verdict in the index). Undefined when the points leave a stretch
+ * no point covers: such a stream decodes in order.
  */
 export function planSpans(points: readonly SpanPoint[], decodedSize: number, minSpan = MIN_SPAN_BYTES): number[] | undefined {
   if (points.length === 0 || points[0]!.decoded !== 0) return undefined;
@@ -87,20 +94,38 @@ export function openParallelDecode(
   if (!index) return undefined;
   let parallel: ParallelDecodeSource | undefined;
   try {
-    const starts = planSpans(index.points, index.decodedSize, minSpan);
+    const starts = planSpans(
+      index.points.map((p) => ({ decoded: p.decoded, verifiedEnd: p.wrongFrom })),
+      index.decodedSize,
+      minSpan,
+    );
     if (!starts || starts.length < 2 || index.descriptor === undefined) return undefined;
     const checks = streamChecks(raw, compression, index, starts);
     if (!checks) return undefined;
     const pointAt = new Map(index.points.map((p) => [p.decoded, p]));
+    const verdicts = new SharedArrayBuffer(16 * index.points.length);
+    const learned = new Float64Array(verdicts);
+    for (const [i, p] of index.points.entries()) {
+      learned[2 * i] = p.wrongFrom ?? Number.NaN;
+      learned[2 * i + 1] = p.checkedTo;
+    }
     const job = {
       file: pieces[0]!,
       raw: descriptors,
       compression,
       index: { file: index.path, descriptor: index.descriptor, size: index.bytes },
       points: starts.map((s) => pointAt.get(s)!),
+      allPoints: index.points,
+      pieces: index.pieces,
+      verdicts,
       decodedSize: index.decodedSize,
     };
     parallel = new ParallelDecodeSource(job, threads, checks, () => {
+      // what the workers learned about the points goes into the index, for the next reader
+      for (const [i, p] of index.points.entries()) {
+        if (!Number.isNaN(learned[2 * i]!)) index.markWrong(p, learned[2 * i]!);
+        index.markChecked(p, learned[2 * i + 1]!);
+      }
       index.close();
       raw.close();
     });

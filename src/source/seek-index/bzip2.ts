@@ -5,7 +5,7 @@ import { ImageError, withCommas } from "../../errors.ts";
 import { BZ_ERRORS, BZ_OK, BZ_STREAM_END, Bzip2Decoder, BzipStream } from "../../../native/bz2.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
-import { PointVerifier, rawFrom } from "./resume-support.ts";
+import { PointCollector, rawFrom } from "./resume-support.ts";
 
 const BLOCK_MAGIC = 0x314159265359;
 const EOS_MAGIC = 0x177245385090;
@@ -15,8 +15,6 @@ const TWO24 = 2 ** 24;
 const KIND_STREAM = 0;
 const KIND_BLOCK = 1;
 const EXTRA_SIZE = 14;
-/** decoded bytes after each point compared during the build (a bzip2 block is decoded whole, CRC checked) */
-export const BZIP2_VERIFY_SPAN = 64 * 1024;
 const BUILD_IN = 1 << 20;
 const BUILD_OUT = 1 << 20;
 const EMPTY = new Uint8Array(0);
@@ -67,7 +65,7 @@ function truncated(raw: RandomAccessSource, offset: number, decoded: number): ne
 
 function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
   const spacing = Math.max(1, opts.spacing);
-  const verifier = new PointVerifier(bzip2SeekCodec, raw, BZIP2_VERIFY_SPAN);
+  const points = new PointCollector();
   const bz = new BzipStream(raw.locate(0));
   const buf = new Uint8Array(BUILD_IN);
   const bufAddress = ptr(buf);
@@ -104,7 +102,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
       const produced = out.length - bz.availOut;
       inStart += consumed;
       if (produced > 0) {
-        verifier.feed(out.subarray(0, produced));
+        points.feed(out.subarray(0, produced));
         decoded += produced;
       }
       if (rc === BZ_STREAM_END) return true;
@@ -125,11 +123,10 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
         corrupt(raw, inBase + inStart, BZ_ERRORS[-5]!);
       }
       if (decoded - lastPoint >= spacing) {
-        verifier.add({ decoded, compressed: inBase + inStart, bits: 0, window: EMPTY, extra: Uint8Array.of(level, KIND_STREAM) });
+        points.add({ decoded, compressed: inBase + inStart, bits: 0, window: EMPTY, extra: Uint8Array.of(level, KIND_STREAM), trusted: true });
         lastPoint = decoded;
       }
       bz.init();
-      verifier.holding = true;
       const blockCrcs: number[] = [];
       const streamPoints: { point: SeekPoint; block: number }[] = [];
       let eosBit = -1;
@@ -189,7 +186,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
         blockCrcs.push(crc);
         if (blockCrcs.length > 1 && decoded - lastPoint >= spacing) {
           const point = { decoded, compressed: Math.floor(bit / 8), bits: bit % 8, window: EMPTY, extra: new Uint8Array(EXTRA_SIZE) };
-          verifier.add(point);
+          points.add(point);
           streamPoints.push({ point, block: blockCrcs.length - 1 });
           lastPoint = decoded;
         }
@@ -197,7 +194,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
       // the blocks found must add up to the stream's combined CRC, else their points are not trusted
       let combined = 0;
       for (const c of blockCrcs) combined = (rotl1(combined) ^ c) >>> 0;
-      if (eosBit < 0 || combined !== storedCrc) verifier.discard(streamPoints.map((p) => p.point));
+      if (eosBit < 0 || combined !== storedCrc) points.discard(streamPoints.map((p) => p.point));
       else {
         for (const { point, block } of streamPoints) {
           let suffix = 0;
@@ -210,14 +207,12 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
           v.setUint32(10, suffix, true);
         }
       }
-      verifier.holding = false;
-      verifier.release();
       scanI = inStart;
     }
   } finally {
     bz.end();
   }
-  return { decodedSize: decoded, points: verifier.finish() };
+  return { decodedSize: decoded, ...points.finish() };
 }
 
 /**

@@ -1,5 +1,6 @@
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
+import type { PieceHashes } from "./piece-hashes.ts";
 
 /**
  * A place in a compressed stream where decoding can start again: the decoded offset it yields,
@@ -24,10 +25,11 @@ export interface SeekPoint {
    */
   packedWindowSize?: number;
   /**
-   * Decoding from this point was verified up to this decoded offset only (past it, resume from a
-   * later point or from one with no bound); unset: good to the end of the stream.
+   * The point starts a stream, frame or member that decodes on its own (the stream's own decoding
+   * from there): its output is the stream's, and a difference from the piece hashes is damage.
+   * Unset: a point resumed with synthesized state, whose output counts only where it matches them.
    */
-  verifiedEnd?: number;
+  trusted?: boolean;
 }
 
 /** What one codec's build pass hands back. */
@@ -37,8 +39,10 @@ export interface CodecIndex {
   points: SeekPoint[];
   /** set when the stream has no resumable point past the start (one-block xz, linked lz4 blocks) */
   notResumable?: string;
-  /** candidate points that decoded wrongly from themselves in verification, and were dropped */
+  /** candidate points dropped because a probe decode from them went wrong */
   rejected?: number;
+  /** the hashes readers check decoded bytes against; unset only when every point is trusted */
+  pieces?: PieceHashes;
   /** the points were read from the stream's own seek table (zstd's seekable format), not found by decoding it */
   fromSeekTable?: boolean;
 }
@@ -48,7 +52,7 @@ export interface BuildOptions {
   spacing: number;
   /** called now and then with the compressed bytes consumed */
   onProgress?: (compressedBytes: number) => void;
-  /** the files `raw` was opened from, so that a codec may verify its points in a worker thread */
+  /** the files `raw` was opened from, so that a codec may work on its points in a worker thread */
   pieces?: string[];
 }
 
@@ -56,8 +60,8 @@ export interface BuildOptions {
 export interface SeekCodec {
   readonly compression: Compression;
   /**
-   * decode the whole stream once, keeping verified points; errors as the streaming decoder gives
-   * them (a stream carrying its own seek table may be indexed from it instead)
+   * decode the whole stream once, keeping points and the piece hashes of what it decoded; errors as
+   * the streaming decoder gives them (a stream carrying its own seek table may be indexed from it instead)
    */
   build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex;
   /**

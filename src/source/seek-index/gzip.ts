@@ -15,7 +15,7 @@ import {
 } from "../../../native/zlib.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
-import { PointVerifier } from "./resume-support.ts";
+import { PointCollector } from "./resume-support.ts";
 
 /** deflate's history: a block may refer back this far (RFC 1951 §3.2.5) */
 const WINDOW = 32768;
@@ -26,8 +26,6 @@ const MEMBER_START = 1;
 export function isMemberStart(point: { extra: Uint8Array }): boolean {
   return point.extra[0] === MEMBER_START;
 }
-/** decoded bytes after each point that the build re-decodes through `resume` and compares */
-export const GZIP_VERIFY_SPAN = 64 * 1024; // ≥ WINDOW: see the windowless check in build
 const BUILD_IN = 1 << 20;
 const BUILD_OUT = 1 << 20;
 const RESUME_IN = 128 * 1024;
@@ -46,10 +44,7 @@ function truncated(raw: RandomAccessSource, offset: number, decoded: number): ne
 
 function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
   const spacing = Math.max(1, opts.spacing);
-  // a point needs no window when what follows never refers back past it: raw inflate without a
-  // dictionary fails ("invalid distance too far back") on any such reference, and past the first
-  // 32 KiB none can reach it, so decoding the span (≥ 32 KiB) without the window proves it
-  const verifier = new PointVerifier(gzipSeekCodec, raw, GZIP_VERIFY_SPAN, (p) => (p.window.length > 0 ? { ...p, window: EMPTY } : undefined));
+  const points = new PointCollector();
   const inf = new Inflater(raw.locate(0), GZIP_WINDOW_BITS);
   const inBuf = new Uint8Array(BUILD_IN);
   const inAddress = ptr(inBuf);
@@ -77,7 +72,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
       if (atMemberStart) {
         if (inStart === inEnd) break;
         if (decoded - lastPoint >= spacing) {
-          verifier.add({ decoded, compressed: inBase + inStart, bits: 0, window: EMPTY, extra: Uint8Array.of(MEMBER_START) });
+          points.add({ decoded, compressed: inBase + inStart, bits: 0, window: EMPTY, extra: Uint8Array.of(MEMBER_START), trusted: true });
           lastPoint = decoded;
         }
         atMemberStart = false;
@@ -96,7 +91,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
       const produced = room - inf.availOut;
       inStart += consumed;
       if (produced > 0) {
-        verifier.feed(out.subarray(outPos, outPos + produced));
+        points.feed(out.subarray(outPos, outPos + produced));
         outPos += produced;
         decoded += produced;
         memberDecoded += produced;
@@ -120,7 +115,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
           const unused = dt & 7;
           const at = inBase + inStart;
           const keep = Math.min(WINDOW, memberDecoded);
-          verifier.add({
+          points.add({
             decoded,
             compressed: unused ? at - 1 : at,
             bits: unused ? 8 - unused : 0,
@@ -135,8 +130,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
     inf.end();
   }
   opts.onProgress?.(inBase + inEnd);
-  const points = verifier.finish();
-  return { decodedSize: decoded, points };
+  return { decodedSize: decoded, ...points.finish() };
 }
 
 /** The decoded stream from a point on: the rest of that member raw (its trailer skipped), then whole members. */

@@ -1,8 +1,13 @@
 // The .imgtool-index file, imgtool's own layout (documented in README.md, "Seek index"):
-//   header (48 bytes): magic "IMGTOOL-SEEKIDX\n", u32 version, u32 table length, u64 table offset,
-//                      u64 XXH64 of the table, u64 zero
+//   header (48 bytes): magic "IMGTOOL-SEEKIDX\n", u32 version (2), u32 table length, u64 table offset,
+//                      u64 XXH64 of the table, u64 offset of the verdicts
+//   verdicts:          24 bytes a point, rewritten in place by readers: u64 decoded offset + 1 from
+//                      which decoding from the point went wrong (0: not seen to), u64 decoded offset
+//                      up to which decoding from it was checked against the piece hashes, u64 seal
+//                      (XXH64 of those words, the point's offsets and the table's hash; another seal:
+//                      no verdict)
 //   windows:           the points' windows, each packed as stored-window.ts says, back to back
-//   table:             JSON (what the index is of, and the points), ending the file
+//   table:             JSON (what the index is of, the points, the piece hashes), ending the file
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -10,10 +15,14 @@ import { CorruptIndex, hex64, packWindow, readStoredWindow, unpackWindow } from 
 import type { RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
 import type { CodecIndex } from "./codec.ts";
+import { PIECE_GRID, type PieceHashes } from "./piece-hashes.ts";
 
 const MAGIC = "IMGTOOL-SEEKIDX\n";
-export const INDEX_VERSION = 1;
+export const INDEX_VERSION = 2;
+/** Indexes of this version were verified by a second decode at build time and carry no piece hashes: built again. */
+const REBUILT_VERSION = 1;
 const HEADER_BYTES = 48;
+const VERDICT_BYTES = 24;
 const KEY_HASH_BYTES = 1 << 20;
 /** no window any codec keeps is larger (zstd frames past this are indexed at frame starts only) */
 const MAX_WINDOW = 64 << 20;
@@ -37,7 +46,12 @@ export interface StoredPoint {
   windowSize: number;
   windowHash: string;
   extra: Uint8Array;
-  verifiedEnd: number | undefined;
+  /** see SeekPoint.trusted */
+  trusted: boolean;
+  /** decoding from this point was seen to go wrong from here on (a verdict kept in the file) */
+  wrongFrom: number | undefined;
+  /** decoding from this point was checked against the piece hashes up to here (its own offset: not at all) */
+  checkedTo: number;
 }
 
 export interface LoadedIndex {
@@ -48,13 +62,78 @@ export interface LoadedIndex {
   spacing: number;
   notResumable?: string;
   points: StoredPoint[];
+  /** what decoded bytes are checked against; undefined when every point is trusted */
+  pieces: PieceHashes | undefined;
   /** the index file's size in bytes */
   bytes: number;
   /** the index file's open descriptor (none for an index kept in memory) */
   descriptor?: number;
   /** the raw window of a point, checked against its hash and size; in `into` (a view of its start) when it fits */
   window(p: StoredPoint, into?: Uint8Array): Uint8Array;
+  /** Decoding from `p` went wrong at `from`: remember it (in the file too, when it can be written). */
+  markWrong(p: StoredPoint, from: number): void;
+  /** Decoding from `p` matched the piece hashes up to `to`: remember it likewise (no need to check that far again). */
+  markChecked(p: StoredPoint, to: number): void;
   close(): void;
+}
+
+interface Verdict {
+  wrongFrom: number | undefined;
+  checkedTo: number;
+}
+
+/** A verdict record, sealed to its point and its index. */
+function verdictRecord(v: Verdict, p: { decoded: number; compressed: number }, tableHash: Uint8Array): Uint8Array {
+  const out = Buffer.alloc(VERDICT_BYTES);
+  out.writeBigUInt64LE(BigInt(v.wrongFrom === undefined ? 0 : v.wrongFrom + 1), 0);
+  out.writeBigUInt64LE(BigInt(v.checkedTo), 8);
+  const sealed = Buffer.alloc(40);
+  out.copy(sealed, 0, 0, 16);
+  sealed.writeBigUInt64LE(BigInt(p.decoded), 16);
+  sealed.writeBigUInt64LE(BigInt(p.compressed), 24);
+  sealed.set(tableHash, 32);
+  Buffer.from(hex64(sealed), "hex").copy(out, 16);
+  return out;
+}
+
+/** The verdict a record holds for `p`; none (nothing known) when its seal or its offsets are not right. */
+function readVerdict(record: Uint8Array, p: { decoded: number; compressed: number }, tableHash: Uint8Array, decodedSize: number): Verdict {
+  const none = { wrongFrom: undefined, checkedTo: p.decoded };
+  const words = Buffer.from(record.buffer, record.byteOffset, 16);
+  const wrong = Number(words.readBigUInt64LE(0));
+  const v = { wrongFrom: wrong === 0 ? undefined : wrong - 1, checkedTo: Number(words.readBigUInt64LE(8)) };
+  if (Buffer.compare(verdictRecord(v, p, tableHash), record) !== 0) return none;
+  if (v.wrongFrom !== undefined && (v.wrongFrom < p.decoded || v.wrongFrom > decodedSize)) return none;
+  if (v.checkedTo < p.decoded || v.checkedTo > (v.wrongFrom ?? decodedSize)) return none;
+  return v;
+}
+
+/** Piece hashes as the table keeps them: base64 of (u64 end, 8 hash bytes) per piece. */
+function packPieces(pieces: PieceHashes): string {
+  const out = Buffer.alloc(16 * pieces.ends.length);
+  for (let i = 0; i < pieces.ends.length; i++) {
+    out.writeBigUInt64LE(BigInt(pieces.ends[i]!), 16 * i);
+    out.set(pieces.hashes.subarray(8 * i, 8 * i + 8), 16 * i + 8);
+  }
+  return out.toString("base64");
+}
+
+/** The piece hashes of a table, checked to be ascending, on the grid, and ending at the decoded size; undefined when they are not. */
+function unpackPieces(text: string, decodedSize: number): PieceHashes | undefined {
+  const bytes = Buffer.from(text, "base64");
+  if (bytes.length % 16 !== 0 || bytes.length === 0) return undefined;
+  const n = bytes.length / 16;
+  const ends = new Float64Array(n);
+  const hashes = new Uint8Array(8 * n);
+  let previous = 0;
+  for (let i = 0; i < n; i++) {
+    const end = Number(bytes.readBigUInt64LE(16 * i));
+    if (end <= previous || end > decodedSize || Math.floor((end - 1) / PIECE_GRID) !== Math.floor(previous / PIECE_GRID)) return undefined;
+    ends[i] = end;
+    hashes.set(bytes.subarray(16 * i + 8, 16 * i + 16), 8 * i);
+    previous = end;
+  }
+  return previous === decodedSize ? { ends, hashes } : undefined;
 }
 
 /** The key of the pieces as they are now. */
@@ -109,7 +188,8 @@ export function writeIndex(target: string, compression: Compression, index: Code
   const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
   const fd = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
   try {
-    let at = HEADER_BYTES;
+    const verdictsAt = HEADER_BYTES;
+    let at = verdictsAt + VERDICT_BYTES * index.points.length;
     const points: unknown[] = [];
     for (const p of index.points) {
       let stored: Uint8Array;
@@ -122,19 +202,34 @@ export function writeIndex(target: string, compression: Compression, index: Code
         stored = packWindow(p.window);
       }
       if (stored.length) fs.writeSync(fd, stored, 0, stored.length, at);
-      points.push([p.decoded, p.compressed, p.bits, at, stored.length, size, hex64(stored), Buffer.from(p.extra).toString("base64"), p.verifiedEnd ?? null]);
+      points.push([p.decoded, p.compressed, p.bits, at, stored.length, size, hex64(stored), Buffer.from(p.extra).toString("base64"), p.trusted ? 1 : 0]);
       at += stored.length;
     }
     const table = Buffer.from(
-      JSON.stringify({ compression, key, compressedSize, decodedSize: index.decodedSize, spacing, notResumable: index.notResumable ?? null, points }),
+      JSON.stringify({
+        compression,
+        key,
+        compressedSize,
+        decodedSize: index.decodedSize,
+        spacing,
+        notResumable: index.notResumable ?? null,
+        grid: PIECE_GRID,
+        pieces: index.pieces ? packPieces(index.pieces) : null,
+        points,
+      }),
     );
     fs.writeSync(fd, table, 0, table.length, at);
+    const tableHash = Buffer.from(hex64(table), "hex");
+    const verdicts = Buffer.alloc(VERDICT_BYTES * index.points.length);
+    for (const [i, p] of index.points.entries()) verdicts.set(verdictRecord({ wrongFrom: undefined, checkedTo: p.decoded }, p, tableHash), VERDICT_BYTES * i);
+    fs.writeSync(fd, verdicts, 0, verdicts.length, verdictsAt);
     const header = Buffer.alloc(HEADER_BYTES);
     header.write(MAGIC, 0, "latin1");
     header.writeUInt32LE(INDEX_VERSION, 16);
     header.writeUInt32LE(table.length, 20);
     header.writeBigUInt64LE(BigInt(at), 24);
-    Buffer.from(hex64(table), "hex").copy(header, 32);
+    tableHash.copy(header, 32);
+    header.writeBigUInt64LE(BigInt(verdictsAt), 40);
     fs.writeSync(fd, header, 0, HEADER_BYTES, 0);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
@@ -154,12 +249,19 @@ export function writeIndex(target: string, compression: Compression, index: Code
  * (stale: the caller builds a new one); a CorruptIndex when it does not hold together.
  */
 export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, compression: Compression): LoadedIndex | undefined {
-  const { O_RDONLY, O_NOFOLLOW } = fs.constants;
+  const { O_RDONLY, O_RDWR, O_NOFOLLOW } = fs.constants;
   let fd: number;
+  // writable when it can be: readers keep their verdicts in it
+  let writable = true;
   try {
-    fd = fs.openSync(file, O_RDONLY | O_NOFOLLOW);
+    fd = fs.openSync(file, O_RDWR | O_NOFOLLOW);
   } catch {
-    return undefined;
+    writable = false;
+    try {
+      fd = fs.openSync(file, O_RDONLY | O_NOFOLLOW);
+    } catch {
+      return undefined;
+    }
   }
   let ok = false;
   try {
@@ -172,6 +274,7 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
     if (fs.readSync(fd, header, 0, HEADER_BYTES, 0) < HEADER_BYTES) bad("shorter than its header");
     if (header.toString("latin1", 0, 16) !== MAGIC) bad("no imgtool index magic");
     const version = header.readUInt32LE(16);
+    if (version === REBUILT_VERSION) return undefined;
     if (version !== INDEX_VERSION) bad(`version ${version}, this imgtool reads version ${INDEX_VERSION}`);
     const tableLength = header.readUInt32LE(20);
     const tableOffset = Number(header.readBigUInt64LE(24));
@@ -179,6 +282,8 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
     const tableBytes = Buffer.alloc(tableLength);
     if (fs.readSync(fd, tableBytes, 0, tableLength, tableOffset) < tableLength) bad("truncated table");
     if (hex64(tableBytes) !== header.toString("hex", 32, 40)) bad("its table's checksum does not match");
+    const tableHash = header.subarray(32, 40);
+    const verdictsAt = Number(header.readBigUInt64LE(40));
     let t: Record<string, unknown>;
     try {
       t = JSON.parse(tableBytes.toString("utf8")) as Record<string, unknown>;
@@ -205,22 +310,36 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
     if (!isCount(t.spacing, MAX_DECODED)) bad("its spacing is not a count");
     if (t.notResumable !== null && typeof t.notResumable !== "string") bad("a malformed note");
     if (!Array.isArray(t.points) || t.points.length === 0 || t.points.length > compressedSize + 1) bad("no valid list of points");
+    const rows = t.points as unknown[];
+    const verdictsEnd = verdictsAt + VERDICT_BYTES * rows.length;
+    if (verdictsAt < HEADER_BYTES || verdictsEnd > tableOffset) bad("its verdicts lie outside the file");
+    if (t.grid !== PIECE_GRID) return undefined;
+    let pieces: PieceHashes | undefined;
+    if (t.pieces !== null) {
+      if (typeof t.pieces !== "string") bad("malformed piece hashes");
+      pieces = unpackPieces(t.pieces as string, decodedSize);
+      if (!pieces) bad("its piece hashes do not cover the decoded stream in order");
+    }
+    const verdicts = Buffer.alloc(VERDICT_BYTES * rows.length);
+    if (fs.readSync(fd, verdicts, 0, verdicts.length, verdictsAt) < verdicts.length) bad("truncated verdicts");
     const points: StoredPoint[] = [];
-    for (const [i, row] of (t.points as unknown[]).entries()) {
+    for (const [i, row] of rows.entries()) {
       const r = row as unknown[];
       const where = `point ${i}`;
       if (!Array.isArray(r) || r.length !== 9) bad(`${where} is malformed`);
-      const [decoded, compressed, bits, windowOffset, windowStored, windowSize, windowHash, extra, verifiedEnd] = r;
+      const [decoded, compressed, bits, windowOffset, windowStored, windowSize, windowHash, extra, trusted] = r;
       if (!isCount(decoded, decodedSize) || !isCount(compressed, compressedSize) || !isCount(bits, 7)) bad(`${where}: an offset out of range`);
       if (!isCount(windowOffset, tableOffset) || !isCount(windowStored, tableOffset - HEADER_BYTES) || (windowOffset as number) + (windowStored as number) > tableOffset) {
         bad(`${where}: its window lies outside the file`);
       }
-      if ((windowOffset as number) < HEADER_BYTES && (windowStored as number) > 0) bad(`${where}: its window overlaps the header`);
+      if ((windowOffset as number) < verdictsEnd && (windowStored as number) > 0) bad(`${where}: its window overlaps the header or the verdicts`);
       if (!isCount(windowSize, MAX_WINDOW)) bad(`${where}: window size out of range`);
       if (typeof windowHash !== "string" || !/^[0-9a-f]{16}$/.test(windowHash)) bad(`${where}: malformed window checksum`);
       if (typeof extra !== "string" || extra.length > 65536) bad(`${where}: malformed state`);
-      if (verifiedEnd !== null && (!isCount(verifiedEnd, decodedSize) || (verifiedEnd as number) < (decoded as number))) bad(`${where}: verified range out of range`);
-      if (i === 0 ? decoded !== 0 : (decoded as number) < points[i - 1]!.decoded) bad(`${where}: points out of order`);
+      if (trusted !== 0 && trusted !== 1) bad(`${where}: malformed flag`);
+      if (trusted === 0 && !pieces) bad(`${where}: a resumed point, and no piece hashes to check it by`);
+      if (i === 0 ? decoded !== 0 || trusted !== 1 : (decoded as number) < points[i - 1]!.decoded) bad(`${where}: points out of order`);
+      const at = { decoded: decoded as number, compressed: compressed as number };
       points.push({
         decoded: decoded as number,
         compressed: compressed as number,
@@ -230,10 +349,20 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
         windowSize: windowSize as number,
         windowHash: windowHash as string,
         extra: new Uint8Array(Buffer.from(extra as string, "base64")),
-        verifiedEnd: verifiedEnd === null ? undefined : (verifiedEnd as number),
+        trusted: trusted === 1,
+        ...readVerdict(verdicts.subarray(VERDICT_BYTES * i, VERDICT_BYTES * (i + 1)), at, tableHash, decodedSize),
       });
     }
     ok = true;
+    const keep = (p: StoredPoint) => {
+      const i = points.indexOf(p);
+      if (!writable || i < 0) return;
+      try {
+        fs.writeSync(fd, verdictRecord(p, p, tableHash), 0, VERDICT_BYTES, verdictsAt + VERDICT_BYTES * i);
+      } catch {
+        // kept in memory for this run only (a full or read-only file system)
+      }
+    };
     const loaded: LoadedIndex = {
       path: file,
       compression,
@@ -242,9 +371,21 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
       spacing: t.spacing as number,
       notResumable: (t.notResumable as string | null) ?? undefined,
       points,
+      pieces,
       bytes: st.size,
       descriptor: fd,
       window: (p: StoredPoint, into?: Uint8Array) => readStoredWindow(p, (buf, offset) => fs.readSync(fd, buf, 0, buf.length, offset), file, into),
+      markWrong(p: StoredPoint, from: number): void {
+        if (p.wrongFrom !== undefined && p.wrongFrom <= from) return;
+        p.wrongFrom = from;
+        p.checkedTo = Math.min(p.checkedTo, from);
+        keep(p);
+      },
+      markChecked(p: StoredPoint, to: number): void {
+        if (to <= p.checkedTo || to > (p.wrongFrom ?? decodedSize)) return;
+        p.checkedTo = to;
+        keep(p);
+      },
       close(): void {
         fs.closeSync(fd);
       },
@@ -274,7 +415,9 @@ export function memoryIndex(index: CodecIndex, compression: Compression, compres
       windowSize: packed ? p.packedWindowSize! : p.window.length,
       windowHash: "",
       extra: p.extra,
-      verifiedEnd: p.verifiedEnd,
+      trusted: p.trusted === true,
+      wrongFrom: undefined,
+      checkedTo: p.decoded,
     };
   });
   return {
@@ -285,8 +428,16 @@ export function memoryIndex(index: CodecIndex, compression: Compression, compres
     spacing,
     notResumable: index.notResumable,
     points,
+    pieces: index.pieces,
     bytes: windows.reduce((n, w) => n + w.length, 0),
     window: (p, into) => unpackWindow(windows[p.windowOffset]!, p.windowSize, { file: "seek index in memory" }, into),
+    markWrong(p, from) {
+      if (p.wrongFrom === undefined || from < p.wrongFrom) p.wrongFrom = from;
+      p.checkedTo = Math.min(p.checkedTo, from);
+    },
+    markChecked(p, to) {
+      if (to > p.checkedTo && to <= (p.wrongFrom ?? index.decodedSize)) p.checkedTo = to;
+    },
     close() {},
   };
 }

@@ -5,7 +5,7 @@ import { ImageError, withCommas } from "../../errors.ts";
 import { Lz4Decoder, Lz4FrameStream } from "../../../native/lz4.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
-import { type Part, PartsSource, PointVerifier, rawFrom } from "./resume-support.ts";
+import { type Part, PartsSource, PointCollector, rawFrom } from "./resume-support.ts";
 
 const FRAME_MAGIC = 0x184d2204;
 const SKIPPABLE_MAGIC = 0x184d2a50;
@@ -17,7 +17,6 @@ const FLG_DICT_ID = 0x01;
 const BLOCK_MAX: Record<number, number> = { 4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20 };
 /** `extra` of a block point: FLG, BD, the end mark's offset (u64), the frame's end (u64) */
 const EXTRA_SIZE = 18;
-export const LZ4_VERIFY_SPAN = 64 * 1024;
 const OUT = 4 << 20;
 const EMPTY = new Uint8Array(0);
 
@@ -37,7 +36,7 @@ function u32At(raw: RandomAccessSource, offset: number, decoded: number): number
 
 function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
   const spacing = Math.max(1, opts.spacing);
-  const verifier = new PointVerifier(lz4SeekCodec, raw, LZ4_VERIFY_SPAN);
+  const points = new PointCollector();
   const lz = new Lz4FrameStream(raw.locate(0));
   let inBuf = new Uint8Array(64 * 1024);
   const out = new Uint8Array(OUT);
@@ -60,7 +59,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
       if (err) corrupt(raw, start + at + lz.consumed, err);
       at += lz.consumed;
       if (lz.produced > 0) {
-        verifier.feed(out.subarray(0, lz.produced));
+        points.feed(out.subarray(0, lz.produced));
         decoded += lz.produced;
       }
       if (lz.consumed === 0 && lz.produced === 0) break;
@@ -91,13 +90,12 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
       const independent = (flg & FLG_INDEPENDENT) !== 0 && (flg & FLG_DICT_ID) === 0;
       if (!independent) linked = true;
       if (decoded - lastPoint >= spacing) {
-        verifier.add({ decoded, compressed: pos, bits: 0, window: EMPTY, extra: EMPTY });
+        points.add({ decoded, compressed: pos, bits: 0, window: EMPTY, extra: EMPTY, trusted: true });
         lastPoint = decoded;
       }
       feed(pos, pos + headerLength);
       const framePoints: SeekPoint[] = [];
       let p = pos + headerLength;
-      verifier.holding = true;
       for (let block = 0; ; block++) {
         const word = u32At(raw, p, decoded);
         if (word === 0) break;
@@ -107,7 +105,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
         if (end > raw.size) truncated(raw, raw.size, decoded);
         if (independent && block > 0 && decoded - lastPoint >= spacing) {
           const point = { decoded, compressed: p, bits: 0, window: EMPTY, extra: new Uint8Array(EXTRA_SIZE) };
-          verifier.add(point);
+          points.add(point);
           framePoints.push(point);
           lastPoint = decoded;
         }
@@ -127,8 +125,6 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
       }
       independentPoints += framePoints.length;
       feed(p, frameEnd);
-      verifier.holding = false;
-      verifier.release();
       pos = frameEnd;
     }
     if (frames === 0) corrupt(raw, 0, "no lz4 frame");
@@ -136,7 +132,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
     lz.end();
   }
   opts.onProgress?.(raw.size);
-  const index: CodecIndex = { decodedSize: decoded, points: verifier.finish() };
+  const index: CodecIndex = { decodedSize: decoded, ...points.finish() };
   if (frames === 1 && independentPoints === 0) {
     index.notResumable = linked
       ? "the lz4 frame's blocks are linked (lz4 -BD): reads decode it from the start"

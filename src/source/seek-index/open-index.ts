@@ -1,5 +1,4 @@
 import { UsageError, withCommas } from "../../errors.ts";
-import { Progress } from "../../cli/progress-bar.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
 import type { SeekCodec } from "./codec.ts";
@@ -13,12 +12,20 @@ export type SeekIndexMode = "build" | "use-if-present" | "never";
 /** Decoded bytes between points unless told otherwise (`--spacing`): the README gives the trade-off. */
 export const DEFAULT_SPACING = 16 << 20;
 
+/**
+ * Told how a build goes: the compressed bytes read so far of `total`, now and then, and once more
+ * with `done` equal to `total` when the pass has ended.
+ */
+export type IndexProgress = (done: number, total: number, compression: Compression) => void;
+
 export interface SeekIndexOptions {
   mode: SeekIndexMode;
   /** decoded bytes between points when building */
   spacing?: number;
-  /** progress bar while building (default: when stderr is a terminal) */
-  progress?: boolean;
+  /** told how a build goes */
+  onProgress?: IndexProgress;
+  /** false: the build does all its work in this thread (default: a worker thread helps where a codec can use one) */
+  threads?: boolean;
   /** build anew even when a valid index is there (`imgtool index`) */
   rebuild?: boolean;
 }
@@ -27,7 +34,7 @@ export interface BuiltIndex {
   path: string;
   bytes: number;
   checkpoints: number;
-  /** candidate points dropped by verification */
+  /** candidate points dropped because their probe decoded wrongly */
   rejected: number;
   seconds: number;
   decodedSize: number;
@@ -43,7 +50,7 @@ export function seekCodecFor(compression: Compression): SeekCodec | undefined {
 }
 
 /** Build the index of `raw` and write it where it belongs; what was built. */
-export function buildSeekIndex(raw: RandomAccessSource, pieces: string[], codec: SeekCodec, opts: { spacing?: number; progress?: boolean }): BuiltIndex {
+export function buildSeekIndex(raw: RandomAccessSource, pieces: string[], codec: SeekCodec, opts: Omit<SeekIndexOptions, "mode" | "rebuild">): BuiltIndex {
   return buildAndKeep(raw, pieces, codec, opts).built;
 }
 
@@ -52,14 +59,14 @@ function buildAndKeep(
   raw: RandomAccessSource,
   pieces: string[],
   codec: SeekCodec,
-  opts: { spacing?: number; progress?: boolean; keepInMemory?: boolean },
+  opts: Omit<SeekIndexOptions, "mode" | "rebuild"> & { keepInMemory?: boolean },
 ): { built: BuiltIndex; kept?: LoadedIndex } {
   const spacing = opts.spacing ?? DEFAULT_SPACING;
   const started = performance.now();
   const key = currentKey(raw, pieces);
-  const progress = new Progress(raw.size, `indexing ${codec.compression}`, opts.progress ?? process.stderr.isTTY === true);
-  const index = codec.build(raw, { spacing, pieces, onProgress: (n) => progress.update(n) });
-  progress.finish(raw.size);
+  const tell = opts.onProgress;
+  const index = codec.build(raw, { spacing, pieces: opts.threads === false ? undefined : pieces, onProgress: tell && ((n) => tell(Math.min(n, raw.size - 1), raw.size, codec.compression)) });
+  tell?.(raw.size, raw.size, codec.compression);
   const paths = indexPaths(pieces[0]!);
   const targets = [...new Set([paths.preferred, paths.cache])];
   let written: { path: string; bytes: number } | undefined;

@@ -2,12 +2,13 @@ import { ImageError, type Location } from "../../errors.ts";
 import { type ChunkSource, PositionedSource, type RandomAccessSource } from "../chunk-source.ts";
 import type { SeekCodec } from "./codec.ts";
 import type { LoadedIndex, StoredPoint } from "./index-file.ts";
+import { PIECE_GRID, PieceChecker, isDecodeError } from "./piece-hashes.ts";
 import { seekPointOf } from "./stored-window.ts";
 import { collectIfLarge } from "./memory.ts";
 
-/** Decoded bytes are cached in spans of this size, aligned to it. */
-export const SPAN_BYTES = 1 << 20;
-/** Spans kept (LRU) by each opening (the main thread and every serving thread hold one each): 8 measured no faster under nbdcopy. */
+/** Decoded bytes are cached in spans of this size, aligned to it: whole hashed pieces. */
+export const SPAN_BYTES = PIECE_GRID;
+/** Spans kept (LRU) by each opening (the main thread and every serving thread hold one each). */
 const CACHED_SPANS = 6;
 /** Live decoders kept: several readers (nbdcopy's connections) each going forward in their own region. */
 const CURSORS = 2;
@@ -28,10 +29,8 @@ interface ResumeBuffers {
 }
 
 /**
- * The decoded spans kept, the least recently used evicted: a few entries in an array. A Map
- * refreshed on every hit (delete, then set) let a serving thread's heap grow by up to 50 MiB over
- * 120,000 reads of cached spans, and keep it through full collections (a heap snapshot showed
- * ~6,500 unreferenced 2.9 KiB cell butterflies); with the array it stays at 14 MiB.
+ * The decoded spans kept, the least recently used evicted: a few entries in an array, where a Map
+ * refreshed on every hit (delete, then set) left the collector garbage it did not reclaim.
  */
 class SpanCache {
   private readonly firsts: number[] = [];
@@ -78,19 +77,25 @@ class SpanCache {
 interface Cursor {
   decoder: ChunkSource;
   at: number;
-  /** past this decoded offset its output was not verified */
-  validEnd: number;
   /** the point it started from */
-  from: number;
+  point: StoredPoint;
   /** lent to its decoder until it is closed */
   buffers: ResumeBuffers;
+}
+
+/** Where decoding from `p` is not known to go wrong: up to the end, or to its verdict. */
+function reachOf(p: StoredPoint, size: number): number {
+  return p.wrongFrom ?? size;
 }
 
 /**
  * The decoded stream of a compressed file (or split set), read at any offset through its seek
  * index: from the nearest point at or before the offset, the codec resumes and decodes forward.
  * A small LRU cache of decoded spans serves repeated and neighbouring reads; one live decoder
- * serves reads that go forward (a sequential copy decodes the stream once).
+ * serves reads that go forward (a sequential copy decodes the stream once). Every span decoded is
+ * checked against the index's piece hashes before it is cached or returned: where a resumed point
+ * decodes differently, the point is marked wrong from there (kept in the index file) and the span
+ * is decoded again from an earlier point.
  */
 export class SeekableSource extends PositionedSource {
   readonly name: string;
@@ -104,8 +109,9 @@ export class SeekableSource extends PositionedSource {
   private spareBuffers: ResumeBuffers[] = [];
   /** where a decoder's output is thrown away on its way to a wanted offset (made on first need) */
   private skip: Uint8Array | undefined;
-  /** counters for the curious (bench): spans decoded, and resumes from a point */
-  readonly stats = { spansDecoded: 0, resumes: 0, cacheHits: 0 };
+  /** counters for the curious (bench): spans decoded, resumes from a point, points found to decode wrongly */
+  readonly stats = { spansDecoded: 0, resumes: 0, cacheHits: 0, wrongPoints: 0 };
+  private readonly checker: PieceChecker | undefined;
 
   constructor(
     private readonly raw: RandomAccessSource,
@@ -115,6 +121,7 @@ export class SeekableSource extends PositionedSource {
     super();
     this.name = `${raw.name} (${codec.compression})`;
     this.size = index.decodedSize;
+    this.checker = index.pieces && new PieceChecker(index.pieces);
   }
 
   readAt(into: Uint8Array, offset: number): number {
@@ -150,17 +157,7 @@ export class SeekableSource extends PositionedSource {
     const reuse = this.spare && this.spare.length === length ? this.spare : undefined;
     this.spare = undefined;
     const bytes = reuse ?? new Uint8Array(length);
-    let at = first;
-    while (at < first + length) {
-      const c = this.cursorFor(at);
-      const end = Math.min(first + length, c.validEnd);
-      while (at < end) {
-        const n = c.decoder.read(bytes.subarray(at - first, end - first));
-        if (n === 0) throw this.shortStream(at);
-        at += n;
-        c.at = at;
-      }
-    }
+    while (!this.fillSpan(bytes, first)) this.stats.wrongPoints++;
     this.stats.spansDecoded++;
     // the decoders' and the readers' buffers are garbage soon, but a lazy collector lets tens of MiB
     // of them pile up: collect now and then so the reader's memory stays bounded
@@ -169,12 +166,84 @@ export class SeekableSource extends PositionedSource {
     return bytes;
   }
 
+  /**
+   * Decode the span at `first` into `bytes` and check its pieces; false when a resumed point
+   * decoded a piece wrongly (or failed in it): that point is marked wrong from there, try again.
+   */
+  private fillSpan(bytes: Uint8Array, first: number): boolean {
+    /** which cursor's point decoded each stretch, from where */
+    const used: { from: number; point: StoredPoint }[] = [];
+    let at = first;
+    while (at < first + bytes.length) {
+      const c = this.cursorFor(at);
+      const end = Math.min(first + bytes.length, reachOf(c.point, this.size));
+      used.push({ from: at, point: c.point });
+      try {
+        while (at < end) {
+          const n = c.decoder.read(bytes.subarray(at - first, end - first));
+          if (n === 0) throw this.shortStream(at);
+          at += n;
+          c.at = at;
+        }
+      } catch (e) {
+        if (c.point.trusted || !this.checker || !isDecodeError(e)) throw e;
+        // the library may fail a block ahead of the bytes it returned: the piece these were in goes too
+        this.wrong(c, Math.floor(at / SPAN_BYTES) * SPAN_BYTES);
+        return false;
+      }
+    }
+    if (!this.checker) return true;
+    const end = first + bytes.length;
+    const stretchEnd = (i: number) => used[i + 1]?.from ?? end;
+    this.checker.startAt(first);
+    for (let from = first; from < end; ) {
+      const n = this.checker.leftInPiece;
+      // the points whose decoders wrote any of this piece
+      const culprits = used.filter((u, i) => u.from < from + n && stretchEnd(i) > from);
+      // a piece one point's decoding was already checked over is not hashed again
+      if (culprits.length === 1 && culprits[0]!.point.checkedTo >= from + n) {
+        this.checker.skip();
+        from += n;
+        continue;
+      }
+      if (this.checker.update(bytes.subarray(from - first, from - first + n))) {
+        from += n;
+        continue;
+      }
+      if (culprits.every((u) => u.point.trusted)) {
+        throw new ImageError(
+          this.locate(from),
+          `damaged ${this.codec.compression} data`,
+          "the bytes decoded here differ from those the seek index recorded: the image changed since it was indexed (run imgtool index again), or the stream is damaged",
+        );
+      }
+      for (const u of culprits) {
+        if (u.point.trusted) continue;
+        const c = this.cursors.find((k) => k.point === u.point);
+        if (c) this.wrong(c, Math.max(from, u.from));
+        else this.index.markWrong(u.point, Math.max(from, u.from));
+      }
+      return false;
+    }
+    // a point whose checked range these stretches continue: checked further now
+    for (const [i, u] of used.entries()) if (u.from <= u.point.checkedTo) this.index.markChecked(u.point, stretchEnd(i));
+    return true;
+  }
+
+  /** Decoding from the point of `c` went wrong from `from` on: say so, and drop the decoder. */
+  private wrong(c: Cursor, from: number): void {
+    this.index.markWrong(c.point, Math.max(c.point.decoded, from));
+    const i = this.cursors.indexOf(c);
+    if (i >= 0) this.cursors.splice(i, 1);
+    this.closeCursor(c);
+  }
+
   /** The live decoder furthest along at or before `at` that is no further back than the best point. */
   private liveCursor(at: number): Cursor | undefined {
     const best = this.pointFor(at);
     let found: Cursor | undefined;
     for (const c of this.cursors) {
-      if (c.at <= at && at < c.validEnd && c.at >= best.decoded && (!found || c.at > found.at)) found = c;
+      if (c.at <= at && at < reachOf(c.point, this.size) && c.at >= best.decoded && (!found || c.at > found.at)) found = c;
     }
     return found;
   }
@@ -192,19 +261,27 @@ export class SeekableSource extends PositionedSource {
       const point = seekPointOf(this.index, best, buffers.window);
       if (point.window.length > buffers.window.length) buffers.window = point.window;
       const decoder = this.codec.resume(this.raw, point, buffers.input);
-      cur = { decoder, at: best.decoded, validEnd: best.verifiedEnd ?? this.size, from: best.decoded, buffers };
+      cur = { decoder, at: best.decoded, point: best, buffers };
     }
     this.cursors.push(cur);
-    while (cur.at < at) {
-      this.skip ??= new Uint8Array(SKIP_BYTES);
-      const n = cur.decoder.read(this.skip.subarray(0, Math.min(this.skip.length, at - cur.at)));
-      if (n === 0) throw this.shortStream(cur.at);
-      cur.at += n;
+    try {
+      while (cur.at < at) {
+        this.skip ??= new Uint8Array(SKIP_BYTES);
+        const n = cur.decoder.read(this.skip.subarray(0, Math.min(this.skip.length, at - cur.at)));
+        if (n === 0) throw this.shortStream(cur.at);
+        cur.at += n;
+      }
+    } catch (e) {
+      if (cur.point.trusted || !this.checker || !isDecodeError(e)) throw e;
+      // on its way to `at` it failed: it cannot serve this span, nor any past where it failed
+      this.wrong(cur, Math.floor(Math.min(cur.at, at) / SPAN_BYTES) * SPAN_BYTES);
+      this.stats.wrongPoints++;
+      return this.cursorFor(at);
     }
     return cur;
   }
 
-  /** The last point at or before `at` whose verified range covers it (the stream's start always does). */
+  /** The last point at or before `at` not known to decode wrongly there (the stream's start always is). */
   private pointFor(at: number): StoredPoint {
     const points = this.index.points;
     let lo = 0;
@@ -216,7 +293,7 @@ export class SeekableSource extends PositionedSource {
     }
     for (let i = lo; i >= 0; i--) {
       const p = points[i]!;
-      if (p.decoded <= at && (p.verifiedEnd === undefined || p.verifiedEnd > at)) return p;
+      if (p.decoded <= at && reachOf(p, this.size) > at) return p;
     }
     return points[0]!;
   }
@@ -235,7 +312,6 @@ export class SeekableSource extends PositionedSource {
   }
 
   close(): void {
-    if (process.env.IMGTOOL_SEEK_STATS === "1") process.stderr.write(`imgtool: ${this.name}: seek stats ${JSON.stringify(this.stats)}\n`);
     for (const c of this.cursors) c.decoder.close();
     this.cursors = [];
     this.spareBuffers = [];

@@ -52,5 +52,5 @@ export function readStoredWindow(p: StoredPoint, readAt: (into: Uint8Array, offs
 
 /** A stored point as a codec's resume wants it (the window read and unpacked, into `windowBuffer` when it fits). */
 export function seekPointOf(index: Pick<LoadedIndex, "window">, p: StoredPoint, windowBuffer?: Uint8Array): SeekPoint {
-  return { decoded: p.decoded, compressed: p.compressed, bits: p.bits, window: index.window(p, windowBuffer), extra: p.extra, verifiedEnd: p.verifiedEnd };
+  return { decoded: p.decoded, compressed: p.compressed, bits: p.bits, window: index.window(p, windowBuffer), extra: p.extra, trusted: p.trusted };
 }

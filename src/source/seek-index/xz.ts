@@ -4,7 +4,8 @@ import { ImageError, withCommas } from "../../errors.ts";
 import { LzmaDecoder } from "../../../native/lzma.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
-import { type Part, PartsSource, PointVerifier, rawFrom } from "./resume-support.ts";
+import type { PieceHashes } from "./piece-hashes.ts";
+import { type Part, PartsSource, PointCollector, rawFrom } from "./resume-support.ts";
 
 const HEADER_MAGIC = [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
 const FOOTER_MAGIC = [0x59, 0x5a];
@@ -14,7 +15,6 @@ const FOOTER_SIZE = 12;
 const MAX_INDEX = 16 << 20;
 /** `extra` of a block point: stream flags (2), index offset (u64), stream end (u64), block number (u32) */
 const EXTRA_SIZE = 22;
-export const XZ_VERIFY_SPAN = 64 * 1024;
 const EMPTY = new Uint8Array(0);
 
 export interface XzBlock {
@@ -157,35 +157,35 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
       v.setUint32(10, s.end >>> 0, true);
       v.setUint32(14, Math.floor(s.end / 2 ** 32), true);
       v.setUint32(18, k, true);
-      planned.push({ decoded: b.decoded, compressed: b.compressed, bits: 0, window: EMPTY, extra });
+      // an xz block decodes on its own (its filters start afresh)
+      planned.push({ decoded: b.decoded, compressed: b.compressed, bits: 0, window: EMPTY, extra, trusted: true });
     });
   }
   if (planned[0]?.decoded !== 0) planned.unshift({ decoded: 0, compressed: streams[0]?.start ?? 0, bits: 0, window: EMPTY, extra: EMPTY });
   const listed = streams.reduce((n, s) => n + s.blocks.reduce((m, b) => m + b.uncompressed, 0), 0);
-  const decodedSize = decodeAll(raw, opts, planned, xzSeekCodec, (input) => new LzmaDecoder(input, "xz"), listed, (expected, got) =>
+  const { decodedSize, pieces } = decodeAll(raw, opts, planned, (input) => new LzmaDecoder(input, "xz"), listed, (expected, got) =>
     bad(raw, raw.size, `the index lists ${withCommas(expected)} decompressed bytes, the blocks hold ${withCommas(got)}`),
   );
-  const index: CodecIndex = { decodedSize, points: planned };
+  const index: CodecIndex = { decodedSize, points: planned, pieces };
   if (blockCount <= 1) index.notResumable = "the xz stream is one block (xz without -T0 or --block-size): reads decode it from the start";
   return index;
 }
 
 /**
  * The sequential pass for codecs whose points are known before decoding (from an index or the
- * frame layout): decode everything once from `input` (the compressed stream from its start),
- * verify each planned point through `resume`, and keep in `planned` only the verified ones.
- * Returns the decoded size; `mismatch` is called when it is not `expectedSize` or a point lies past it.
+ * frame layout): decode everything once from `input` (the compressed stream from its start), cutting
+ * the piece hashes at each planned point. Returns the decoded size and the piece hashes; `mismatch`
+ * is called when it is not `expectedSize` or a point lies past it.
  */
 export function decodeAll(
   raw: RandomAccessSource,
   opts: BuildOptions,
   planned: SeekPoint[],
-  codec: SeekCodec,
   makeDecoder: (input: PartsSource) => ChunkSource,
   expectedSize: number | undefined,
   mismatch: (expected: number, got: number) => never,
-): number {
-  const verifier = new PointVerifier(codec, raw, XZ_VERIFY_SPAN);
+): { decodedSize: number; pieces: PieceHashes } {
+  const verifier = new PointCollector();
   const input = rawFrom(raw, 0);
   const decoder = makeDecoder(input);
   const buf = new Uint8Array(1 << 20);
@@ -212,9 +212,9 @@ export function decodeAll(
   }
   if (next < planned.length) mismatch(planned[next]!.decoded, decoded);
   if (expectedSize !== undefined && expectedSize !== decoded) mismatch(expectedSize, decoded);
-  const kept = verifier.finish();
-  planned.splice(0, planned.length, ...kept);
-  return decoded;
+  const { points, pieces } = verifier.finish();
+  planned.splice(0, planned.length, ...points);
+  return { decodedSize: decoded, pieces };
 }
 
 /** A complete stream made of the blocks from one on: a header, those blocks, an index of them and a footer. */
@@ -280,10 +280,10 @@ export const lzmaSeekCodec: SeekCodec = {
   compression: "lzma",
   build(raw, opts) {
     const planned: SeekPoint[] = [{ decoded: 0, compressed: 0, bits: 0, window: EMPTY, extra: EMPTY }];
-    const decodedSize = decodeAll(raw, opts, planned, lzmaSeekCodec, (input) => new LzmaDecoder(input, "lzma"), undefined, () => {
+    const { decodedSize, pieces } = decodeAll(raw, opts, planned, (input) => new LzmaDecoder(input, "lzma"), undefined, () => {
       throw new ImageError(raw.locate(0), "truncated lzma data", "no decompressed bytes");
     });
-    return { decodedSize, points: planned, notResumable: "a .lzma stream has no blocks: reads decode it from the start" };
+    return { decodedSize, points: planned, pieces, notResumable: "a .lzma stream has no blocks: reads decode it from the start" };
   },
   resume: (raw, point, inputBuffer) => {
     if (point.compressed !== 0 || point.decoded !== 0) throw new ImageError(raw.locate(point.compressed), "a .lzma stream can only be decoded from its start");

@@ -1,8 +1,13 @@
-// The zstd index's verify worker: opens the compressed pieces again and decodes each candidate's
-// span from the candidate alone while the build's pass goes on (see zstd-verify.ts).
-import { openRaw } from "../open.ts";
+// The zstd index's worker threads: one opens the compressed pieces again and decodes each
+// candidate's probe span from the candidate alone while the build's pass goes on (see
+// zstd-verify.ts); another hashes the pass's decoded blocks just behind it (hash-behind.ts).
+// The hashing one loads only what hashing needs: the probing one loads the rest when it starts.
 import type { RandomAccessSource } from "../chunk-source.ts";
-import { ANSWER_BYTES, SpanVerifier, VCTL, VMESSAGE_BYTES, VSTATE, type WorkerJob } from "./zstd-verify.ts";
+import { type HashBehindStart, runHashBehind } from "./hash-behind.ts";
+import type { SpanVerifier, WorkerJob } from "./zstd-verify.ts";
+
+/** zstd-verify.ts, loaded by the probing worker when it starts */
+let probing: typeof import("./zstd-verify.ts");
 
 declare const self: Worker;
 
@@ -11,22 +16,30 @@ let message: Uint8Array;
 let verifier: SpanVerifier;
 
 function fail(e: unknown): void {
-  const bytes = new TextEncoder().encode(String((e as Error)?.message ?? e)).subarray(0, VMESSAGE_BYTES);
+  const bytes = new TextEncoder().encode(String((e as Error)?.message ?? e)).subarray(0, probing.VMESSAGE_BYTES);
   message.set(bytes);
-  Atomics.store(ctl, VCTL.messageLength, bytes.length);
-  Atomics.store(ctl, VCTL.state, VSTATE.failed);
-  Atomics.notify(ctl, VCTL.state);
-  Atomics.notify(ctl, VCTL.done);
+  Atomics.store(ctl, probing.VCTL.messageLength, bytes.length);
+  Atomics.store(ctl, probing.VCTL.state, probing.VSTATE.failed);
+  Atomics.notify(ctl, probing.VCTL.state);
+  Atomics.notify(ctl, probing.VCTL.done);
 }
 
-self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob>) => {
+self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob | HashBehindStart>) => {
   const data = event.data;
+  if ("hashBehind" in data) {
+    runHashBehind(data.hashBehind);
+    return;
+  }
   if ("pieces" in data) {
+    // jobs come only once this has said it is ready
+    probing = await import("./zstd-verify.ts");
+    const { VCTL, VMESSAGE_BYTES, VSTATE } = probing;
     ctl = new Int32Array(data.shared, 0, VCTL.words);
     message = new Uint8Array(data.shared, VCTL.words * 4, VMESSAGE_BYTES);
     try {
+      const { openRaw } = await import("../open.ts");
       const { raw } = openRaw({ pieces: data.pieces });
-      verifier = new SpanVerifier(raw as RandomAccessSource);
+      verifier = new probing.SpanVerifier(raw as RandomAccessSource);
       Atomics.store(ctl, VCTL.state, VSTATE.ready);
       Atomics.notify(ctl, VCTL.state);
     } catch (e) {
@@ -36,16 +49,16 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: strin
   }
   try {
     // the window is read only until run() returns; the packed answer then goes over it
-    const window = new Uint8Array(data.shared, ANSWER_BYTES, data.windowLength);
+    const window = new Uint8Array(data.shared, probing.ANSWER_BYTES, data.windowLength);
     const r = verifier.run({ ...data.job, window });
     const answer = new Int32Array(data.shared, 0, 3);
     const packed = r.packedWindow ?? new Uint8Array(0);
-    new Uint8Array(data.shared, ANSWER_BYTES, packed.length).set(packed);
+    new Uint8Array(data.shared, probing.ANSWER_BYTES, packed.length).set(packed);
     answer[0] = r.windowLength;
-    answer[1] = r.extended ? 1 : 0;
+    answer[1] = 0;
     answer[2] = packed.length;
-    Atomics.add(ctl, VCTL.done, 1);
-    Atomics.notify(ctl, VCTL.done);
+    Atomics.add(ctl, probing.VCTL.done, 1);
+    Atomics.notify(ctl, probing.VCTL.done);
   } catch (e) {
     fail(e);
   }

@@ -5,7 +5,7 @@ import type { RandomAccessSource } from "../chunk-source.ts";
 import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
 import { parseFrameHeader } from "./zstd-frame.ts";
 
-/** A candidate point inside a zstd frame and what decoding from it must reproduce. */
+/** A candidate point inside a zstd frame and what decoding from it must reproduce first. */
 export interface VerifyJob {
   decoded: number;
   compressed: number;
@@ -13,7 +13,10 @@ export interface VerifyJob {
   header: Uint8Array;
   /** the frame's bytes before the candidate (up to its window size) */
   window: Uint8Array;
-  /** the candidate's span ends here (the next candidate, or the frame's end) */
+  /**
+   * the probe ends here: the first block boundary a window past the candidate (no match after it
+   * can reach back before the candidate), or the next candidate, or the frame's end
+   */
   spanEnd: number;
   /** XXH3-64 of the decoded bytes [decoded, spanEnd) as the build's pass produced them */
   spanHash: Uint8Array;
@@ -24,24 +27,22 @@ export interface VerifyResult {
   windowLength: number;
   /** the accepted prefix, zstd-compressed (from SpanVerifier.run: valid until its next run) */
   packedWindow?: Uint8Array;
-  /** rejected, but the decoder from the last accepted candidate reproduced this span too */
-  extended: boolean;
 }
 
 const WINDOW_PACK_LEVEL = 1;
 
 /**
- * Decodes each candidate's span again from the candidate alone (synthesized header, prefix of
- * increasing length: none first, since a point with no window costs nothing to store) and
- * compares the span's hash. A prefix too short makes the library fail (a match reaching before
- * it); stale entropy tables fail too; repeat offsets from before the boundary decode wrongly
- * and are caught by the hash. Blocks are decoded in place (zstd-blocks.ts), so nothing is copied
- * but the prefix.
+ * Finds the shortest prefix a candidate needs: decodes its probe span (about a window's worth, not
+ * the whole span to the next candidate) from the candidate alone (synthesized header, prefix of
+ * increasing length: none first, since a point with no window costs nothing to store) and compares
+ * the probe's hash. A prefix too short makes the library fail (a match reaching before it); stale
+ * entropy tables fail too; repeat offsets from before the boundary decode wrongly and are caught by
+ * the hash. Past the probe no match reaches before the candidate, and what differs there all the
+ * same (a repeat offset used late) is caught by the readers' piece hashes (piece-hashes.ts). Blocks
+ * are decoded in place (zstd-blocks.ts), so nothing is copied but the prefix.
  */
 export class SpanVerifier {
-  /** the decoder of the last accepted candidate, gone on to its span's end (for a rejected next one) */
-  private chain: { blocks: ZstdBlocks; at: number } | undefined;
-  /** the decoder a candidate is tried with; swapped with the chain's when accepted */
+  /** the decoder a candidate is tried with */
   private trial: ZstdBlocks | undefined;
   private readonly hash = new Xxh3State();
   private readonly digest = new Uint8Array(8);
@@ -65,20 +66,8 @@ export class SpanVerifier {
       // a prefix long enough to decode without error but giving other bytes: more history will not help
       if (outcome === "different") break;
     }
-    let extended = false;
-    if (accepted >= 0) {
-      const previous = this.chain?.blocks;
-      this.chain = { blocks: this.trial!, at: job.spanEnd };
-      this.trial = previous;
-    } else if (this.chain && this.chain.at === job.decoded && this.decodeSpan(this.chain.blocks, job) === "same") {
-      extended = true;
-      this.chain.at = job.spanEnd;
-    } else if (this.chain) {
-      this.chain.blocks.close();
-      this.chain = undefined;
-    }
     const packedWindow = accepted > 0 ? this.packer.compress(job.window.subarray(full - accepted), WINDOW_PACK_LEVEL) : undefined;
-    return { windowLength: accepted, packedWindow, extended };
+    return { windowLength: accepted, packedWindow };
   }
 
   private decodeSpan(blocks: ZstdBlocks, job: VerifyJob): "same" | "different" | "error" {
@@ -104,9 +93,7 @@ export class SpanVerifier {
   }
 
   close(): void {
-    this.chain?.blocks.close();
     this.trial?.close();
-    this.chain = undefined;
     this.trial = undefined;
   }
 }
@@ -123,9 +110,9 @@ export interface Verifier {
   close(): void;
 }
 
-/** In a worker thread when the raw source can be opened again by name (two cores: decode and verify at once). */
+/** In a worker thread when the raw source can be opened again by name (two cores: the pass and the probes at once). */
 export function createVerifier(raw: RandomAccessSource, pieces: string[] | undefined): Verifier {
-  if (pieces && pieces.length > 0 && process.env.IMGTOOL_THREADS !== "0") {
+  if (pieces && pieces.length > 0) {
     const w = WorkerVerifier.start(pieces);
     if (w) return w;
   }
@@ -162,10 +149,15 @@ export const VCTL = { state: 0, done: 1, messageLength: 2, words: 4 } as const;
 export const VSTATE = { starting: 0, ready: 1, failed: 2 } as const;
 export const VMESSAGE_BYTES = 16 << 10;
 /** candidates in flight: each holds a window copy (at most the frame's window size) */
-const IN_FLIGHT = 2;
+/**
+ * Window bytes of candidates in flight (at least one candidate): enough that the pass never waits
+ * for the probes on a loaded machine, where the worker gets the CPU later than the pass.
+ */
+const IN_FLIGHT_BYTES = 12 << 20;
 const WORKER_START_MS = 20_000;
 
-function workerUrl(): string {
+/** The script of the zstd build's worker threads (probes, hashing behind the pass). */
+export function zstdWorkerUrl(): string {
   return import.meta.url.startsWith("file:///$bunfs/") ? "./source/seek-index/zstd-verify-worker.ts" : new URL("./zstd-verify-worker.ts", import.meta.url).href;
 }
 
@@ -174,7 +166,7 @@ export interface WorkerJob {
   index: number;
   job: Omit<VerifyJob, "window">;
   windowLength: number;
-  /** window bytes in, packed window out; also [windowLength, extended, packedLength] in its first words */
+  /** window bytes in, packed window out; also [windowLength, unused, packedLength] in its first words */
   shared: SharedArrayBuffer;
 }
 
@@ -187,7 +179,7 @@ class WorkerVerifier implements Verifier {
   private submitted = 0;
   private harvested = 0;
   private readonly pending: SharedArrayBuffer[] = [];
-  /** job buffers answered and free again; with the open one and those in flight, at most IN_FLIGHT + 1 exist */
+  /** job buffers answered and free again */
   private readonly free: SharedArrayBuffer[] = [];
   /** the buffer of the last windowBuffer, for the next submit */
   private open: SharedArrayBuffer | undefined;
@@ -206,7 +198,7 @@ class WorkerVerifier implements Verifier {
     const shared = new SharedArrayBuffer(VCTL.words * 4 + VMESSAGE_BYTES);
     let worker: Worker;
     try {
-      worker = new Worker(workerUrl());
+      worker = new Worker(zstdWorkerUrl());
     } catch {
       return undefined;
     }
@@ -233,7 +225,7 @@ class WorkerVerifier implements Verifier {
     if (this.open) this.free.push(this.open);
     const i = this.free.findIndex((b) => b.byteLength >= size);
     // none fits: every free one is smaller, so drop them all (windows that grow candidate by candidate
-    // would otherwise leave a buffer of each size behind); at most IN_FLIGHT + 1 buffers exist
+    // would otherwise leave a buffer of each size behind)
     if (i < 0) this.free.length = 0;
     this.open = i >= 0 ? this.free.splice(i, 1)[0]! : new SharedArrayBuffer(size);
     return new Uint8Array(this.open, ANSWER_BYTES, n);
@@ -241,7 +233,8 @@ class WorkerVerifier implements Verifier {
 
   submit(job: VerifyJob): void {
     while (this.harvested < Atomics.load(this.ctl, VCTL.done)) this.harvestOne();
-    while (this.submitted - this.harvested >= IN_FLIGHT) this.harvestOne();
+    const inFlight = () => this.pending.reduce((n, b) => n + b.byteLength, 0);
+    while (this.submitted > this.harvested && inFlight() + job.window.length > IN_FLIGHT_BYTES) this.harvestOne();
     const shared = this.open;
     if (!shared || job.window.buffer !== shared) throw new Error("zstd index verifier: a job's window must come from windowBuffer");
     this.open = undefined;
@@ -265,7 +258,6 @@ class WorkerVerifier implements Verifier {
     if (windowLength > 0) this.packedBytes += packedLength;
     this.results.push({
       windowLength,
-      extended: answer[1] === 1,
       packedWindow: windowLength > 0 ? new Uint8Array(shared, ANSWER_BYTES, packedLength).slice() : undefined,
     });
     this.free.push(shared);

@@ -4,17 +4,22 @@ import { ZstdDecoder } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { SpliceSource } from "./splice.ts";
-import { InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
+import { BLOCK_ROOM, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
 import { resumeHeader } from "./zstd-frame.ts";
+import { PassPieces } from "./hash-behind.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
-import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
+import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from "./zstd-verify.ts";
 
 /** Frames whose window is larger are not indexed (the build holds the window in memory). */
 export const MAX_INDEXED_WINDOW = 64 << 20;
 /** A frame start is a free point (no window); closer ones than this are not kept. */
 const FRAME_POINT_SPACING = 1 << 20;
-const INPUT_BYTES = 4 << 20;
+const INPUT_BYTES = 1 << 20;
 const PROGRESS_EVERY = 32 << 20;
+/** How far the hashing worker may fall behind the pass (the pass's ring is larger by this much). */
+const HASH_SLACK = 4 << 20;
+/** Compressed streams from this size on are hashed in a worker (smaller ones take less than its start). */
+const HASH_WORKER_FROM = 32 << 20;
 /**
  * Points that need a window are taken no closer than `spacing`, and only while the windows kept so
  * far stay under this share of the compressed bytes read: where windows are large they thin out.
@@ -25,9 +30,10 @@ export const WINDOW_BUDGET = 0.01;
  * zstd: every frame start is a point (read from the seek table where the file has one, zstd's
  * seekable format; else found by the pass); inside a frame, block boundaries about `spacing` apart are
  * candidates, each resumed from a synthesized frame header with the original window descriptor
- * and the bytes before it as a prefix (ZSTD_DCtx_refPrefix), and kept only when decoding from it
- * reproduces the span up to the next candidate and the block after it decodes (checked by
- * zstd-verify.ts, in a worker thread). The pass and the verifier decode through zstd-blocks.ts.
+ * and the bytes before it as a prefix (ZSTD_DCtx_refPrefix), kept with the shortest prefix that
+ * reproduces its probe span (about a window's worth; zstd-verify.ts, in a worker thread, while the
+ * pass goes on). The pass records the piece hashes readers check every decoded byte against
+ * (piece-hashes.ts). The pass and the probes decode through zstd-blocks.ts.
  */
 export const zstdCodec: SeekCodec = {
   compression: "zstd",
@@ -66,9 +72,9 @@ function frameStartPoints(frames: { compressed: number; decoded: number }[]): Se
   const points: SeekPoint[] = [];
   for (const f of frames) {
     if (points.length > 0 && f.decoded - points[points.length - 1]!.decoded < FRAME_POINT_SPACING) continue;
-    points.push({ decoded: f.decoded, compressed: f.compressed, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0) });
+    points.push({ decoded: f.decoded, compressed: f.compressed, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0), trusted: true });
   }
-  if (points.length === 0) points.push({ decoded: 0, compressed: 0, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0) });
+  if (points.length === 0) points.push({ decoded: 0, compressed: 0, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0), trusted: true });
   return points;
 }
 
@@ -88,12 +94,16 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
   }
   const input = new InputWindow(raw, INPUT_BYTES);
-  const blocks = new ZstdBlocks(raw, input);
-  const hash = new Xxh3State();
+  // decoded into a ring the piece hashes are made from behind the pass, in a worker where one may run
+  // and the stream is worth its start
+  const pieces = new PassPieces(opts.pieces && raw.size >= HASH_WORKER_FROM ? zstdWorkerUrl() : undefined, HASH_SLACK);
+  let ring: Uint8Array | undefined;
+  let blocks: ZstdBlocks | undefined;
+  const probeHash = new Xxh3State();
   const digest = new Uint8Array(8);
   const points: SeekPoint[] = [];
   const verifier = createVerifier(raw, opts.pieces);
-  /** candidates sent to the verifier, in order, with what they become once answered */
+  /** candidates sent to the verifier, in order, with the frame they are in */
   const sent: { job: Omit<VerifyJob, "window">; frameIndex: number }[] = [];
   const frameEnds: { blocksEnd: number; frameEnd: number }[] = [];
   let pos = 0;
@@ -120,46 +130,55 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
       // a frame start is always a good point; after a frame with points inside, keep it
       const previousInside = sent.length > 0 && sent[sent.length - 1]!.frameIndex === frameIndex - 1;
       if (decoded - lastPoint >= FRAME_POINT_SPACING || previousInside || points.length === 0) {
-        points.push({ decoded, compressed: pos, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0) });
+        pieces.cut();
+        points.push({ decoded, compressed: pos, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0), trusted: true });
         lastPoint = decoded;
       }
+      const frameRing = pieces.ringFor(Math.max(frame.windowSize, 1 << 10) + 2 * BLOCK_ROOM, decoded);
+      if (!blocks || frameRing !== ring) {
+        blocks?.close();
+        blocks = new ZstdBlocks(raw, input, frameRing);
+        ring = frameRing;
+      }
       const header = resumeHeader(frame.windowDescriptor);
-      let candidate: { decoded: number; compressed: number; window: Uint8Array } | undefined;
+      /** the candidate whose probe is being hashed, and where its probe may end */
+      let probe: { decoded: number; compressed: number; window: Uint8Array; endAt: number } | undefined;
       let lastCandidate = decoded;
-      hash.reset();
-      const closeCandidate = () => {
-        if (!candidate) return;
-        if (candidate.decoded === decoded) {
+      const closeProbe = () => {
+        if (!probe) return;
+        if (probe.decoded === decoded) {
           // an empty last block: nothing to resume to
-          candidate = undefined;
+          probe = undefined;
           return;
         }
-        hash.digestInto(digest);
-        const job: VerifyJob = {
-          decoded: candidate.decoded,
-          compressed: candidate.compressed,
-          header,
-          window: candidate.window,
-          spanEnd: decoded,
-          spanHash: digest.slice(),
-        };
+        probeHash.digestInto(digest);
+        const job: VerifyJob = { decoded: probe.decoded, compressed: probe.compressed, header, window: probe.window, spanEnd: decoded, spanHash: digest.slice() };
         verifier.submit(job);
         const { window: _w, ...kept } = job;
         sent.push({ job: kept, frameIndex });
-        candidate = undefined;
+        probe = undefined;
       };
 
-      blocks.startFrame(pos, frame.windowSize);
+      if (!blocks.startFrame(pos, frame.windowSize)) throw new Error("zstd index: the pass's ring does not hold the frame's window");
       for (;;) {
+        if (probe && decoded >= probe.endAt && blocks.atBlockBoundary()) closeProbe();
         if (blocks.atBlockBoundary() && decoded - lastCandidate >= opts.spacing && verifier.packedBytes <= WINDOW_BUDGET * blocks.pos) {
-          closeCandidate();
-          hash.reset();
-          candidate = { decoded, compressed: blocks.pos, window: blocks.historyInto(verifier.windowBuffer(Math.min(frame.windowSize, blocks.decoded))) };
+          closeProbe();
+          probeHash.reset();
+          pieces.cut();
+          probe = {
+            decoded,
+            compressed: blocks.pos,
+            window: blocks.historyInto(verifier.windowBuffer(Math.min(frame.windowSize, blocks.decoded))),
+            endAt: decoded + frame.windowSize,
+          };
           lastCandidate = decoded;
         }
+        pieces.room(BLOCK_ROOM);
         const out = blocks.next();
         if (out.length === 0) break;
-        hash.update(out);
+        pieces.feed(out);
+        if (probe) probeHash.update(out);
         decoded += out.length;
         if (blocks.pos >= nextProgress) {
           opts.onProgress?.(blocks.pos);
@@ -167,42 +186,33 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         }
       }
       pos = blocks.pos;
-      closeCandidate();
+      closeProbe();
       frameEnds[frameIndex] = { blocksEnd: blocks.blocksEnd, frameEnd: pos };
     }
     opts.onProgress?.(pos);
     const results = verifier.finish();
-    // answers in the order sent: accepted candidates become points; a rejected one may still
-    // extend the verified range of the point before it (the verifier decoded through it from there)
-    let previous: SeekPoint | undefined;
-    let previousFrame = -1;
     let rejected = 0;
     for (const [i, { job, frameIndex: f }] of sent.entries()) {
       const r: VerifyResult = results[i]!;
-      if (r.windowLength >= 0) {
-        const { blocksEnd, frameEnd } = frameEnds[f]!;
-        const p: SeekPoint = {
-          decoded: job.decoded,
-          compressed: job.compressed,
-          bits: 0,
-          window: r.packedWindow ?? new Uint8Array(0),
-          packedWindowSize: r.windowLength,
-          extra: packExtra(job.header, blocksEnd, frameEnd),
-          verifiedEnd: job.spanEnd,
-        };
-        points.push(p);
-        previous = p;
-        previousFrame = f;
-      } else {
+      if (r.windowLength < 0) {
         rejected++;
-        if (r.extended && previous && previousFrame === f && previous.verifiedEnd === job.decoded) previous.verifiedEnd = job.spanEnd;
-        else previous = undefined;
+        continue;
       }
+      const { blocksEnd, frameEnd } = frameEnds[f]!;
+      points.push({
+        decoded: job.decoded,
+        compressed: job.compressed,
+        bits: 0,
+        window: r.packedWindow ?? new Uint8Array(0),
+        packedWindowSize: r.windowLength,
+        extra: packExtra(job.header, blocksEnd, frameEnd),
+      });
     }
     points.sort((a, b) => a.decoded - b.decoded || a.compressed - b.compressed);
-    return { decodedSize: decoded, points, rejected };
+    return { decodedSize: decoded, points, rejected, pieces: pieces.finish() };
   } finally {
     verifier.close();
-    blocks.close();
+    blocks?.close();
+    pieces.close();
   }
 }
