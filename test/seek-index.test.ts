@@ -6,7 +6,7 @@ import path from "node:path";
 import { openImage } from "../src/formats/detect.ts";
 import { openRaw, openStream } from "../src/source/open.ts";
 import type { RandomAccessSource } from "../src/source/chunk-source.ts";
-import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint } from "../src/source/seek-index/index-file.ts";
+import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint, useCacheDirectory } from "../src/source/seek-index/index-file.ts";
 import { SeekableSource } from "../src/source/seek-index/seekable.ts";
 import { HashBehind } from "../src/source/seek-index/hash-behind.ts";
 import { PieceHasher } from "../src/source/seek-index/piece-hashes.ts";
@@ -64,10 +64,12 @@ let savedCache: string | undefined;
 beforeAll(() => {
   savedCache = process.env.XDG_CACHE_HOME;
   process.env.XDG_CACHE_HOME = tempDir();
+  useCacheDirectory(process.env.XDG_CACHE_HOME);
 });
 afterAll(() => {
   if (savedCache === undefined) delete process.env.XDG_CACHE_HOME;
   else process.env.XDG_CACHE_HOME = savedCache;
+  if (savedCache !== undefined) useCacheDirectory(savedCache);
 });
 
 /** The windows of `points` come back with bytes changed, as a wrong window would. */

@@ -2,6 +2,7 @@
 import { afterAll } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
+import { useCacheDirectory } from "../src/source/seek-index/index-file.ts";
 import { removeScratch, tempDir } from "./helpers.ts";
 
 // The run sets what the tests and the tools they start depend on, rather than taking the caller's:
@@ -14,5 +15,7 @@ const home = tempDir();
 fs.mkdirSync(path.join(home, ".cache"));
 process.env.HOME = home;
 process.env.XDG_CACHE_HOME = path.join(home, ".cache");
+// the library in this process: the CLI tells it the cache directory from XDG_CACHE_HOME, tests likewise
+useCacheDirectory(path.join(home, ".cache"));
 
 afterAll(removeScratch);

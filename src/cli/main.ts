@@ -8,6 +8,8 @@ import { commandLineProblem } from "./options.ts";
 if (!process.stdout.isTTY && process.env.FORCE_COLOR === undefined) process.env.NO_COLOR ??= "1";
 const { defineCommand, runCommand, runMain } = await import("citty");
 if (process.env.IMGTOOL_THREADS === "0") (await import("../source/open.ts")).allowWorkerThreads(false);
+const xdgCache = process.env.XDG_CACHE_HOME;
+if (xdgCache?.startsWith("/")) (await import("../source/seek-index/index-file.ts")).useCacheDirectory(xdgCache);
 const { catCommand, infoCommand, restoreCommand, verifyCommand } = await import("./volume-commands.ts");
 
 const main = defineCommand({

@@ -158,6 +158,13 @@ function sameKey(a: IndexKey, b: IndexKey): boolean {
   );
 }
 
+let cacheRoot: string | undefined;
+
+/** The user's cache directory (the CLI passes $XDG_CACHE_HOME); default ~/.cache. */
+export function useCacheDirectory(dir: string): void {
+  cacheRoot = dir;
+}
+
 /**
  * Where the index of an image lives: next to its first piece when that directory is writable,
  * else in the user's cache directory under a hash of the piece's real path.
@@ -168,8 +175,7 @@ export function indexPaths(firstPiece: string): { beside: string; cache: string;
   try {
     real = fs.realpathSync(firstPiece);
   } catch {}
-  const cacheRoot = process.env.XDG_CACHE_HOME && path.isAbsolute(process.env.XDG_CACHE_HOME) ? process.env.XDG_CACHE_HOME : path.join(os.homedir(), ".cache");
-  const cache = path.join(cacheRoot, "imgtool", `${hex64(Buffer.from(real))}-${path.basename(firstPiece)}${INDEX_SUFFIX}`);
+  const cache = path.join(cacheRoot ?? path.join(os.homedir(), ".cache"), "imgtool", `${hex64(Buffer.from(real))}-${path.basename(firstPiece)}${INDEX_SUFFIX}`);
   let writable = false;
   try {
     fs.accessSync(path.dirname(beside), fs.constants.W_OK);
