@@ -249,14 +249,14 @@ describe("verification", () => {
     ["lz4", "lz4 -q -BI -B4 -c", lz4SeekCodec],
   ] as const) {
     const tool = cmd.split(" ")[0]!;
-    peerTest(!which(tool) && `${tool} is not installed`)(`${name}: the build decodes once and records piece hashes; a reader never returns what a point decoded wrongly`, () => {
+    peerTest(!which(tool) && `${tool} is not installed`)(`${name}: the build decodes once and records stretch hashes; a reader never returns what a point decoded wrongly`, () => {
       const data = sampleData(21);
       const raw = open(fileOf(compress(cmd, data), `d.${name}`));
       const built = codec.build(raw, { spacing: 256 << 10 });
-      expect(built.pieces).toBeDefined();
-      expect(built.pieces!.ends[built.pieces!.ends.length - 1]).toBe(data.length);
+      expect(built.stretches).toBeDefined();
+      expect(built.stretches!.ends[built.stretches!.ends.length - 1]).toBe(data.length);
       // every point cuts a piece there
-      for (const p of built.points) if (p.decoded > 0) expect(Array.from(built.pieces!.ends)).toContain(p.decoded);
+      for (const p of built.points) if (p.decoded > 0) expect(Array.from(built.stretches!.ends)).toContain(p.decoded);
       const index = memoryIndex(built, codec.compression, raw.size, 256 << 10);
       // every point but the first shifted by a byte, as a wrong point would be
       const shifted = index.points.slice(1);

@@ -9,7 +9,7 @@ import type { RandomAccessSource } from "../src/source/chunk-source.ts";
 import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint, useCacheDirectory } from "../src/source/seek-index/index-file.ts";
 import { SeekableSource } from "../src/source/seek-index/seekable.ts";
 import { HashBehind } from "../src/source/seek-index/hash-behind.ts";
-import { PieceHasher } from "../src/source/seek-index/piece-hashes.ts";
+import { StretchHasher } from "../src/source/seek-index/stretch-hashes.ts";
 import { zstdWorkerUrl } from "../src/source/seek-index/zstd-verify.ts";
 import { CorruptIndex } from "../src/source/seek-index/stored-window.ts";
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
@@ -242,7 +242,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
   // the second: single-threaded zstd with an 8 MiB window, every 64 KiB a candidate; the streaming
   // decoder readers resume with decodes a block past what it returns, so that block must decode too
   for (const [name, spacing] of [["clonezilla-mbr-zstd/loop0p1.ext4-ptcl-img.zst.aa", 1 << 20], ["ntfs.ntfs-ptcl-img.zst", 64 << 10]] as const) {
-  test(`a point that decodes differently never returns bytes: caught by the piece hashes and skipped: ${name}`, () => {
+  test(`a point that decodes differently never returns bytes: caught by the stretch hashes and skipped: ${name}`, () => {
     const truth = fs.readFileSync(path.join(import.meta.dir, "..", "fixtures", name));
     const file = write(tempDir(), "p1.zst", truth);
     const decoded = new Uint8Array(spawnSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 }).stdout as Buffer);
@@ -313,7 +313,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     }
   });
 
-  test("the piece hashes made behind the pass in a worker equal those made in its own thread (a stream large enough for the worker, windows of two sizes)", () => {
+  test("the stretch hashes made behind the pass in a worker equal those made in its own thread (a stream large enough for the worker, windows of two sizes)", () => {
     // incompressible, with a repeated stretch now and then (matches, so windows matter)
     const part = (n: number) => {
       const b = randomBytes(n);
@@ -327,9 +327,9 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     try {
       const behind = zstdCodec.build(raw as RandomAccessSource, { spacing: 4 << 20, pieces });
       const here = zstdCodec.build(raw as RandomAccessSource, { spacing: 4 << 20 });
-      expect(behind.pieces!.ends.length).toBeGreaterThan(40);
-      expect(Array.from(behind.pieces!.ends)).toEqual(Array.from(here.pieces!.ends));
-      expect(Buffer.from(behind.pieces!.hashes).equals(Buffer.from(here.pieces!.hashes))).toBe(true);
+      expect(behind.stretches!.ends.length).toBeGreaterThan(40);
+      expect(Array.from(behind.stretches!.ends)).toEqual(Array.from(here.stretches!.ends));
+      expect(Buffer.from(behind.stretches!.hashes).equals(Buffer.from(here.stretches!.hashes))).toBe(true);
       expect(behind.points.map((p) => p.decoded)).toEqual(here.points.map((p) => p.decoded));
     } finally {
       raw.close();
@@ -338,7 +338,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     // pass waiting for room; the same pieces as hashed here
     const worker = HashBehind.start(zstdWorkerUrl(), 3 << 20, 1 << 20, 5);
     expect(worker).toBeDefined();
-    const local = new PieceHasher(5);
+    const local = new StretchHasher(5);
     const data = randomBytes(16 << 20);
     let at = 0;
     for (let i = 0, k = 0; i < data.length; k++) {
@@ -367,8 +367,8 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     const file = write(tempDir(), "frames.zst", Buffer.concat([zstd(truth.subarray(0, 1 << 20), "-3"), zstd(truth.subarray(1 << 20), "-3")]));
     const source = openIndexed(file, 1 << 30);
     expect(source.index.points.every((p) => p.trusted)).toBe(true);
-    // a piece hash that does not match what decoding gives, as after a change the index key misses
-    source.index.pieces!.hashes[8 * 1]! ^= 1;
+    // a stretch hash that does not match what decoding gives, as after a change the index key misses
+    source.index.stretches!.hashes[8 * 1]! ^= 1;
     try {
       const into = new Uint8Array(16);
       expect(() => source.readAt(into, (1 << 20) + 5)).toThrow(/damaged zstd data.*differ from those the seek index recorded/);
@@ -530,7 +530,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     raw3.close();
   });
 
-  test("an index of version 1 (no piece hashes) is built again, never read as version 2; a verdict whose seal does not match is ignored", () => {
+  test("an index of version 1 (no stretch hashes) is built again, never read as version 2; a verdict whose seal does not match is ignored", () => {
     const file = write(tempDir(), "ntfs.zst", zstd(ntfsImage(), "-T2", "-3"));
     const source = openIndexed(file, 1 << 20);
     const indexFile = source.index.path;

@@ -548,11 +548,11 @@ export class PartimageImage extends BitmapImage {
 
     for (const run of this.bitmap.runs()) {
       const runEnd = run.firstBlock + run.blockCount;
-      for (let pieceStart = run.firstBlock; pieceStart < runEnd; pieceStart += blocksPerPiece) {
-        let offset = pieceStart * bs;
-        let left = Math.min(blocksPerPiece, runEnd - pieceStart) * bs;
+      for (let stretchStart = run.firstBlock; stretchStart < runEnd; stretchStart += blocksPerPiece) {
+        let offset = stretchStart * bs;
+        let left = Math.min(blocksPerPiece, runEnd - stretchStart) * bs;
         if (offset + left > this.info.deviceSize) {
-          r.fail("partimage block lies beyond the partition size", `block ${withCommas(pieceStart)} of ${bs} bytes, partition ${withCommas(this.info.deviceSize)} bytes`);
+          r.fail("partimage block lies beyond the partition size", `block ${withCommas(stretchStart)} of ${bs} bytes, partition ${withCommas(this.info.deviceSize)} bytes`);
         }
         while (left > 0) {
           if (r.buffered === 0 && batch.length > 0) {
@@ -562,7 +562,7 @@ export class PartimageImage extends BitmapImage {
             opts.onProgress?.(r.position);
           }
           const piece = r.chunk(Math.min(left, CHECK_FREQUENCY - inCheck));
-          if (piece.length === 0) r.fail("truncated partimage data", `block ${withCommas(pieceStart)}, ${withCommas(left)} bytes of this stretch missing`);
+          if (piece.length === 0) r.fail("truncated partimage data", `block ${withCommas(stretchStart)}, ${withCommas(left)} bytes of this stretch missing`);
           if (verify) {
             crc = Bun.hash.crc32(piece, crc);
             sum += byteSum(piece);
@@ -585,13 +585,13 @@ export class PartimageImage extends BitmapImage {
             last = undefined;
             const at = r.position;
             const check = r.view(CHECK_SIZE, "partimage local check");
-            if (check[0] !== 0x43 || check[1] !== 0x48 || check[2] !== 0x4b) r.fail("missing partimage local check", `no "CHK" magic after 64 KiB of data at block ${withCommas(pieceStart)}`, at);
+            if (check[0] !== 0x43 || check[1] !== 0x48 || check[2] !== 0x4b) r.fail("missing partimage local check", `no "CHK" magic after 64 KiB of data at block ${withCommas(stretchStart)}`, at);
             if (verify) {
               sum += byteSum(check);
               const dv = new DataView(check.buffer, check.byteOffset, CHECK_SIZE);
               const stored = dv.getUint32(4, true);
               const pos = Number(dv.getBigUint64(8, true));
-              if (pos !== pieceStart) r.fail("partimage local check in the wrong place", `it names block ${withCommas(pos)}, the data is at block ${withCommas(pieceStart)}`, at + 8);
+              if (pos !== stretchStart) r.fail("partimage local check in the wrong place", `it names block ${withCommas(pos)}, the data is at block ${withCommas(stretchStart)}`, at + 8);
               if (stored !== crc >>> 0) {
                 throw new ChecksumError(r.locate(at + 4), "partimage CRC32 mismatch", `the 64 KiB of data ending at volume offset ${withCommas(offset)} (block ${withCommas(Math.floor((offset - 1) / bs))}); stored 0x${hex32(stored)}, computed 0x${hex32(crc)}`);
               }

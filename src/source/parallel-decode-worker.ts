@@ -1,7 +1,7 @@
 // One parallel decode worker (see parallel-decode.ts): reads the raw bytes and their seek index
 // through the descriptors the reader opened and checked, and decodes its share of the spans into its
 // ring, in order. zstd is decoded block by block straight into the ring (zstd-ring.ts); other
-// compressions are read into it a slot at a time. Every piece is checked against the index's piece
+// compressions are read into it a slot at a time. Every stretch is checked against the index's stretch
 // hashes before it is handed over. What this loads is kept to what zstd needs, and nothing that
 // loads node:fs (a worker is ready sooner than one that opens the image and its index again).
 import { ImageError } from "../errors.ts";
@@ -11,7 +11,7 @@ import type { SpanJob } from "./parallel-decode.ts";
 import { FileSource, borrowPieces } from "./pieces.ts";
 import type { SeekCodec } from "./seek-index/codec.ts";
 import type { StoredPoint } from "./seek-index/index-file.ts";
-import { PieceChecker, isDecodeError } from "./seek-index/piece-hashes.ts";
+import { StretchChecker, isDecodeError } from "./seek-index/stretch-hashes.ts";
 import { CorruptIndex, readStoredWindow, seekPointOf } from "./seek-index/stored-window.ts";
 import { zstdCodec } from "./seek-index/zstd.ts";
 import { ZstdRingDecoder } from "./seek-index/zstd-ring.ts";
@@ -30,7 +30,7 @@ class Closed extends Error {}
 
 /**
  * The worker's side of its ring: bytes written into the ring are handed over in slots, each a
- * contiguous stretch of at most SLOT_BYTES that never holds bytes of two spans, nor of two pieces
+ * contiguous stretch of at most SLOT_BYTES that never holds bytes of two spans, nor of two stretches
  * when they are checked.
  */
 class SlotWriter {
@@ -40,7 +40,7 @@ class SlotWriter {
 
   constructor(
     private readonly ctl: Int32Array,
-    /** bytes are checked against piece hashes: hand nothing over before commit() */
+    /** bytes are checked against stretch hashes: hand nothing over before commit() */
     private readonly checked: boolean,
   ) {}
 
@@ -58,7 +58,7 @@ class SlotWriter {
   }
 
   /**
-   * ring[at, at + n) holds the next decoded bytes: kept back until commit() (once their piece is
+   * ring[at, at + n) holds the next decoded bytes: kept back until commit() (once their stretch is
    * checked), or handed over as slots fill when nothing is checked.
    */
   add(at: number, n: number): void {
@@ -86,7 +86,7 @@ class SlotWriter {
     this.pending.length = 0;
   }
 
-  /** Forget the bytes added since the last commit (their piece decoded wrongly). */
+  /** Forget the bytes added since the last commit (their stretch decoded wrongly). */
   drop(): void {
     this.pending.length = 0;
   }
@@ -99,8 +99,8 @@ class SlotWriter {
   }
 }
 
-/** A piece decoded from a resumed point differs from the index's hash (or failed to decode): start earlier. */
-class WrongPiece extends Error {
+/** A stretch decoded from a resumed point differs from the index's hash (or failed to decode): start earlier. */
+class WrongStretch extends Error {
   constructor(readonly from: number) {
     super(`decoded differently from ${from}`);
   }
@@ -114,7 +114,7 @@ interface SpanContext {
   writer: SlotWriter;
   codec: SeekCodec;
   zstd: ZstdRingDecoder | undefined;
-  checker: PieceChecker | undefined;
+  checker: StretchChecker | undefined;
   window: (p: StoredPoint, into?: Uint8Array) => Uint8Array;
   verdicts: SharedVerdicts;
 }
@@ -149,9 +149,9 @@ class SharedVerdicts {
 }
 
 /**
- * Decode [first.decoded, spanEnd) into the ring and hand it over, each piece once it matches its
- * hash. Where a resumed point decodes a piece differently (or fails in it), the point is marked wrong
- * from there and decoding goes on from an earlier one, from that piece.
+ * Decode [first.decoded, spanEnd) into the ring and hand it over, each stretch once it matches its
+ * hash. Where a resumed point decodes a stretch differently (or fails in it), the point is marked wrong
+ * from there and decoding goes on from an earlier one, from that stretch.
  */
 function decodeSpan(c: SpanContext, first: StoredPoint, spanEnd: number): void {
   let point = first;
@@ -166,31 +166,31 @@ function decodeSpan(c: SpanContext, first: StoredPoint, spanEnd: number): void {
     } catch (e) {
       if (!c.checker || point.trusted || e instanceof Closed || e instanceof CorruptIndex || !isDecodeError(e)) throw e;
       c.writer.drop();
-      from = e instanceof WrongPiece ? e.from : c.checker.pieceStart;
+      from = e instanceof WrongStretch ? e.from : c.checker.stretchStart;
       c.verdicts.wrong(point, Math.max(point.decoded, from));
       point = earlierPoint(c.job.allPoints, from);
     }
   }
 }
 
-/** One try of decodeSpan: from `point`, handing over from `from` (a piece start) on. */
+/** One try of decodeSpan: from `point`, handing over from `from` (a stretch start) on. */
 function decodeFrom(c: SpanContext, point: StoredPoint, from: number, spanEnd: number, endsEarly: (at: number) => Error): void {
   const { writer, checker, ring } = c;
-  /** hand over ring[at, at + n), the decoded bytes at `decoded`, checking them piece by piece */
+  /** hand over ring[at, at + n), the decoded bytes at `decoded`, checking them stretch by stretch */
   const give = (bytes: Uint8Array, decoded: number) => {
     for (let o = 0; o < bytes.length; ) {
-      const n = checker ? Math.min(bytes.length - o, checker.leftInPiece) : bytes.length - o;
-      const pieceStart = checker?.pieceStart ?? 0;
+      const n = checker ? Math.min(bytes.length - o, checker.leftInStretch) : bytes.length - o;
+      const stretchStart = checker?.stretchStart ?? 0;
       writer.add(bytes.byteOffset - ring.byteOffset + o, n);
-      // a piece decoding from this point was already checked over is not hashed again
+      // a stretch decoding from this point was already checked over is not hashed again
       const part = bytes.subarray(o, o + n);
-      const verdict = checker === undefined ? undefined : checker.pieceEnd <= point.checkedTo ? checker.pass(part) : checker.update(part);
+      const verdict = checker === undefined ? undefined : checker.stretchEnd <= point.checkedTo ? checker.pass(part) : checker.update(part);
       // a trusted point's bytes are the stream's own, as one decoder gives them: where they differ
       // from the index's, the stream's own checks report the damage, as one decoder's would
-      if (verdict === false && !point.trusted) throw new WrongPiece(pieceStart);
+      if (verdict === false && !point.trusted) throw new WrongStretch(stretchStart);
       if (verdict !== undefined) {
         writer.commit();
-        if (verdict && pieceStart <= point.checkedTo) c.verdicts.checked(point, checker!.pieceStart);
+        if (verdict && stretchStart <= point.checkedTo) c.verdicts.checked(point, checker!.stretchStart);
       }
       o += n;
     }
@@ -218,7 +218,7 @@ function decodeFrom(c: SpanContext, point: StoredPoint, from: number, spanEnd: n
     for (let at = point.decoded; at < spanEnd; ) {
       const room = writer.nextSlotRoom();
       const skipping = at < from;
-      const want = skipping ? from - at : checker ? checker.leftInPiece : spanEnd - at;
+      const want = skipping ? from - at : checker ? checker.leftInStretch : spanEnd - at;
       const view = ring.subarray(room, room + Math.min(SLOT_BYTES, want, spanEnd - at));
       for (let filled = 0; filled < view.length; ) {
         const n = source.read(view.subarray(filled));
@@ -258,7 +258,7 @@ self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: Sp
   const ctl = new Int32Array(shared, 0, CTL.words);
   const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
   const ring = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES, SLOT_COUNT * SLOT_BYTES);
-  const writer = new SlotWriter(ctl, job.pieces !== undefined);
+  const writer = new SlotWriter(ctl, job.stretches !== undefined);
   lowerThreadPriority(WORKER_NICE_STEPS);
   try {
     const raw = borrowPieces(job.raw);
@@ -266,7 +266,7 @@ self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: Sp
     const window = (p: StoredPoint, into?: Uint8Array) => readStoredWindow(p, (buf, offset) => indexFile.readAt(buf, offset), job.index.file, into);
     const codec = await codecOf(job);
     const zstd = job.compression === "zstd" ? new ZstdRingDecoder(raw, ring, (at, n) => writer.reserve(at, n)) : undefined;
-    const checker = job.pieces && new PieceChecker(job.pieces);
+    const checker = job.stretches && new StretchChecker(job.stretches);
     const verdicts = new SharedVerdicts(job.verdicts, job.allPoints);
     const context: SpanContext = { job, raw, ring, writer, codec, zstd, checker, window, verdicts };
     Atomics.store(ctl, CTL.state, STATE.ready);

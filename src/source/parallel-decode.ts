@@ -2,7 +2,7 @@ import type { Location } from "../errors.ts";
 import type { ChunkSource, RandomAccessSource } from "./chunk-source.ts";
 import { type PieceDescriptor, pieceDescriptors } from "./pieces.ts";
 import type { StoredPoint } from "./seek-index/index-file.ts";
-import type { PieceHashes } from "./seek-index/piece-hashes.ts";
+import type { StretchHashes } from "./seek-index/stretch-hashes.ts";
 import { findSeekIndex } from "./seek-index/open-index.ts";
 import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
 import type { Compression } from "./sniff.ts";
@@ -26,8 +26,8 @@ export interface SpanJob {
   points: StoredPoint[];
   /** every point of the index, to go back to where one decodes wrongly */
   allPoints: StoredPoint[];
-  /** what every decoded piece is checked against (none when every point is trusted) */
-  pieces: PieceHashes | undefined;
+  /** what every decoded stretch is checked against (none when every point is trusted) */
+  stretches: StretchHashes | undefined;
   /** what the workers learn about `allPoints`: [wrong from (NaN: not seen), checked to] each, Float64 */
   verdicts: SharedArrayBuffer;
   decodedSize: number;
@@ -116,7 +116,7 @@ export function openParallelDecode(
       index: { file: index.path, descriptor: index.descriptor, size: index.bytes },
       points: starts.map((s) => pointAt.get(s)!),
       allPoints: index.points,
-      pieces: index.pieces,
+      stretches: index.stretches,
       verdicts,
       decodedSize: index.decodedSize,
     };

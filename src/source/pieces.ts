@@ -118,7 +118,7 @@ export class SplitSource extends PositionedSource {
 
   readAt(into: Uint8Array, offset: number): number {
     let done = 0;
-    let i = this.pieceAt(offset);
+    let i = this.stretchAt(offset);
     while (done < into.length && i < this.pieces.length) {
       const piece = this.pieces[i]!;
       const n = piece.readAt(into.subarray(done), offset + done - this.starts[i]! + this.header);
@@ -129,14 +129,14 @@ export class SplitSource extends PositionedSource {
     return done;
   }
 
-  private pieceAt(offset: number): number {
+  private stretchAt(offset: number): number {
     let i = this.starts.length - 1;
     while (i > 0 && this.starts[i]! > offset) i--;
     return i;
   }
 
   locate(offset: number): Location {
-    const i = this.pieceAt(offset);
+    const i = this.stretchAt(offset);
     return { file: this.pieces[i]!.name, offset: offset - this.starts[i]! + this.header };
   }
 

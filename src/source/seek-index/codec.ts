@@ -1,6 +1,6 @@
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
-import type { PieceHashes } from "./piece-hashes.ts";
+import type { StretchHashes } from "./stretch-hashes.ts";
 
 /**
  * A place in a compressed stream where decoding can start again: the decoded offset it yields,
@@ -26,7 +26,7 @@ export interface SeekPoint {
   packedWindowSize?: number;
   /**
    * The point starts a stream, frame or member that decodes on its own (the stream's own decoding
-   * from there): its output is the stream's, and a difference from the piece hashes is damage.
+   * from there): its output is the stream's, and a difference from the stretch hashes is damage.
    * Unset: a point resumed with synthesized state, whose output counts only where it matches them.
    */
   trusted?: boolean;
@@ -42,7 +42,7 @@ export interface CodecIndex {
   /** candidate points dropped because a probe decode from them went wrong */
   rejected?: number;
   /** the hashes readers check decoded bytes against; unset only when every point is trusted */
-  pieces?: PieceHashes;
+  stretches?: StretchHashes;
   /** the points were read from the stream's own seek table (zstd's seekable format), not found by decoding it */
   fromSeekTable?: boolean;
 }
@@ -60,7 +60,7 @@ export interface BuildOptions {
 export interface SeekCodec {
   readonly compression: Compression;
   /**
-   * decode the whole stream once, keeping points and the piece hashes of what it decoded; errors as
+   * decode the whole stream once, keeping points and the stretch hashes of what it decoded; errors as
    * the streaming decoder gives them (a stream carrying its own seek table may be indexed from it instead)
    */
   build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex;

@@ -1,30 +1,30 @@
-// The piece hashes of the zstd build's pass (piece-hashes.ts), made in a worker thread just behind
+// The stretch hashes of the zstd build's pass (stretch-hashes.ts), made in a worker thread just behind
 // it: the pass decodes into a ring in shared memory and queues where each block landed; the worker
-// hashes the blocks in that order and hands the pieces back through a second queue. The pass never
+// hashes the blocks in that order and hands the stretches back through a second queue. The pass never
 // writes over bytes not hashed yet: it waits while more than the ring's slack is queued.
-import { PieceHasher, type PieceHashes } from "./piece-hashes.ts";
+import { StretchHasher, type StretchHashes } from "./stretch-hashes.ts";
 
 /** Int32 control words: the worker's state, the two queues' counters. */
-const CTL = { state: 0, pushed: 1, consumed: 2, piecesWritten: 3, piecesRead: 4, words: 8 } as const;
+const CTL = { state: 0, pushed: 1, consumed: 2, stretchesWritten: 3, stretchesRead: 4, words: 8 } as const;
 const STATE = { starting: 0, ready: 1, failed: 2, finished: 3 } as const;
 /** queued blocks: [ring offset, length], or a length of CUT (a point starts here) or FINISH */
 const QUEUE_ENTRIES = 1 << 13;
 const CUT = -1;
 const FINISH = -2;
-/** pieces handed back: [end (f64), XXH3-64 (8 bytes)] */
-const PIECE_ENTRIES = 1 << 12;
+/** stretches handed back: [end (f64), XXH3-64 (8 bytes)] */
+const STRETCH_ENTRIES = 1 << 12;
 const WORKER_START_MS = 20_000;
 
 /** What the worker is given: the shared memory, and the decoded offset its first byte is at. */
 export interface HashBehindStart {
-  hashBehind: { ctl: SharedArrayBuffer; ring: SharedArrayBuffer; queue: SharedArrayBuffer; pieces: SharedArrayBuffer; decoded: number };
+  hashBehind: { ctl: SharedArrayBuffer; ring: SharedArrayBuffer; queue: SharedArrayBuffer; stretches: SharedArrayBuffer; decoded: number };
 }
 
 export class HashBehind {
   private readonly ctl: Int32Array;
   private readonly queue: Int32Array;
-  private readonly pieceEnds: Float64Array;
-  private readonly pieceHashes: Uint8Array;
+  private readonly stretchEnds: Float64Array;
+  private readonly stretchHashes: Uint8Array;
   /** the lengths of the blocks queued and not yet hashed, oldest first, and their sum */
   private readonly unhashed: number[] = [];
   private unhashedBytes = 0;
@@ -42,8 +42,8 @@ export class HashBehind {
   ) {
     this.ctl = new Int32Array(shared.ctl);
     this.queue = new Int32Array(shared.queue);
-    this.pieceEnds = new Float64Array(shared.pieces, 0, PIECE_ENTRIES);
-    this.pieceHashes = new Uint8Array(shared.pieces, 8 * PIECE_ENTRIES);
+    this.stretchEnds = new Float64Array(shared.stretches, 0, STRETCH_ENTRIES);
+    this.stretchHashes = new Uint8Array(shared.stretches, 8 * STRETCH_ENTRIES);
   }
 
   /**
@@ -55,7 +55,7 @@ export class HashBehind {
       ctl: new SharedArrayBuffer(4 * CTL.words),
       ring: new SharedArrayBuffer(needed + slack),
       queue: new SharedArrayBuffer(8 * QUEUE_ENTRIES),
-      pieces: new SharedArrayBuffer(16 * PIECE_ENTRIES),
+      stretches: new SharedArrayBuffer(16 * STRETCH_ENTRIES),
       decoded,
     };
     let worker: Worker;
@@ -95,11 +95,11 @@ export class HashBehind {
     this.waitUntil(() => this.unhashedBytes + n <= this.slack);
   }
 
-  /** All fed: the pieces, once the worker has hashed everything. */
+  /** All fed: the stretches, once the worker has hashed everything. */
   finish(): { ends: number[]; hashes: Uint8Array } {
     this.push(0, FINISH);
     this.waitUntil(() => this.unhashed.length === 0 && Atomics.load(this.ctl, CTL.state) === STATE.finished);
-    this.drainPieces();
+    this.drainStretches();
     return { ends: this.ends, hashes: this.hashes.subarray(0, 8 * this.ends.length) };
   }
 
@@ -119,35 +119,35 @@ export class HashBehind {
     Atomics.notify(this.ctl, CTL.pushed);
   }
 
-  /** Take what the worker has done (hashed blocks, pieces) until `done` holds. */
+  /** Take what the worker has done (hashed blocks, stretches) until `done` holds. */
   private waitUntil(done: () => boolean): void {
     for (;;) {
       const consumed = Atomics.load(this.ctl, CTL.consumed);
       while (this.pushed - this.unhashed.length < consumed) this.unhashedBytes -= this.unhashed.shift()!;
-      this.drainPieces();
+      this.drainStretches();
       if (done()) return;
       if (Atomics.load(this.ctl, CTL.state) === STATE.failed) throw new Error("hash behind: the worker failed");
       Atomics.wait(this.ctl, CTL.consumed, consumed, 50);
     }
   }
 
-  private drainPieces(): void {
-    const written = Atomics.load(this.ctl, CTL.piecesWritten);
-    let read = Atomics.load(this.ctl, CTL.piecesRead);
+  private drainStretches(): void {
+    const written = Atomics.load(this.ctl, CTL.stretchesWritten);
+    let read = Atomics.load(this.ctl, CTL.stretchesRead);
     if (read === written) return;
     for (; read < written; read++) {
-      const i = read % PIECE_ENTRIES;
+      const i = read % STRETCH_ENTRIES;
       const n = this.ends.length;
       if (this.hashes.length < 8 * (n + 1)) {
         const grown = new Uint8Array(this.hashes.length * 2);
         grown.set(this.hashes);
         this.hashes = grown;
       }
-      this.hashes.set(this.pieceHashes.subarray(8 * i, 8 * i + 8), 8 * n);
-      this.ends.push(this.pieceEnds[i]!);
+      this.hashes.set(this.stretchHashes.subarray(8 * i, 8 * i + 8), 8 * n);
+      this.ends.push(this.stretchEnds[i]!);
     }
-    Atomics.store(this.ctl, CTL.piecesRead, read);
-    Atomics.notify(this.ctl, CTL.piecesRead);
+    Atomics.store(this.ctl, CTL.stretchesRead, read);
+    Atomics.notify(this.ctl, CTL.stretchesRead);
   }
 }
 
@@ -156,22 +156,22 @@ export function runHashBehind(shared: HashBehindStart["hashBehind"]): void {
   const ctl = new Int32Array(shared.ctl);
   const ring = new Uint8Array(shared.ring);
   const queue = new Int32Array(shared.queue);
-  const pieceEnds = new Float64Array(shared.pieces, 0, PIECE_ENTRIES);
-  const pieceHashes = new Uint8Array(shared.pieces, 8 * PIECE_ENTRIES);
-  const hasher = new PieceHasher(shared.decoded);
+  const stretchEnds = new Float64Array(shared.stretches, 0, STRETCH_ENTRIES);
+  const stretchHashes = new Uint8Array(shared.stretches, 8 * STRETCH_ENTRIES);
+  const hasher = new StretchHasher(shared.decoded);
   let handedBack = 0;
-  /** hand back the pieces the hasher has closed since last time */
+  /** hand back the stretches the hasher has closed since last time */
   const handBack = () => {
     const { ends, hashes } = hasher.closed();
     for (; handedBack < ends.length; handedBack++) {
-      while (Atomics.load(ctl, CTL.piecesWritten) - Atomics.load(ctl, CTL.piecesRead) >= PIECE_ENTRIES) {
-        Atomics.wait(ctl, CTL.piecesRead, Atomics.load(ctl, CTL.piecesRead), 50);
+      while (Atomics.load(ctl, CTL.stretchesWritten) - Atomics.load(ctl, CTL.stretchesRead) >= STRETCH_ENTRIES) {
+        Atomics.wait(ctl, CTL.stretchesRead, Atomics.load(ctl, CTL.stretchesRead), 50);
       }
-      const written = Atomics.load(ctl, CTL.piecesWritten);
-      const i = written % PIECE_ENTRIES;
-      pieceEnds[i] = ends[handedBack]!;
-      pieceHashes.set(hashes.subarray(8 * handedBack, 8 * handedBack + 8), 8 * i);
-      Atomics.store(ctl, CTL.piecesWritten, written + 1);
+      const written = Atomics.load(ctl, CTL.stretchesWritten);
+      const i = written % STRETCH_ENTRIES;
+      stretchEnds[i] = ends[handedBack]!;
+      stretchHashes.set(hashes.subarray(8 * handedBack, 8 * handedBack + 8), 8 * i);
+      Atomics.store(ctl, CTL.stretchesWritten, written + 1);
     }
   };
   try {
@@ -200,12 +200,12 @@ export function runHashBehind(shared: HashBehindStart["hashBehind"]): void {
 }
 
 /**
- * The pass's piece hashes: made behind it by a worker while one runs, else in the pass's own thread.
+ * The pass's stretch hashes: made behind it by a worker while one runs, else in the pass's own thread.
  * A frame whose window needs a larger ring ends the worker's part there and starts another.
  */
-export class PassPieces {
+export class PassStretches {
   private behind: HashBehind | undefined;
-  private local: PieceHasher | undefined;
+  private local: StretchHasher | undefined;
   private readonly ends: number[] = [];
   private readonly hashes: Uint8Array[] = [];
 
@@ -225,7 +225,7 @@ export class PassPieces {
     if (this.behind && this.behind.ring.length >= needed + this.slack) return this.behind.ring;
     this.collectBehind();
     this.behind = this.workerUrl === undefined ? undefined : HashBehind.start(this.workerUrl, needed, this.slack, decoded);
-    if (!this.behind) this.local = new PieceHasher(decoded);
+    if (!this.behind) this.local = new StretchHasher(decoded);
     return this.behind?.ring;
   }
 
@@ -244,7 +244,7 @@ export class PassPieces {
     this.behind?.room(n);
   }
 
-  finish(): PieceHashes {
+  finish(): StretchHashes {
     this.collectBehind();
     const rest = this.local?.finish();
     const ends = Float64Array.from([...this.ends, ...(rest?.ends ?? [])]);

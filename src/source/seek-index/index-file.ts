@@ -3,11 +3,11 @@
 //                      u64 XXH64 of the table, u64 offset of the verdicts
 //   verdicts:          24 bytes a point, rewritten in place by readers: u64 decoded offset + 1 from
 //                      which decoding from the point went wrong (0: not seen to), u64 decoded offset
-//                      up to which decoding from it was checked against the piece hashes, u64 seal
+//                      up to which decoding from it was checked against the stretch hashes, u64 seal
 //                      (XXH64 of those words, the point's offsets and the table's hash; another seal:
 //                      no verdict)
 //   windows:           the points' windows, each packed as stored-window.ts says, back to back
-//   table:             JSON (what the index is of, the points, the piece hashes), ending the file
+//   table:             JSON (what the index is of, the points, the stretch hashes), ending the file
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -15,11 +15,11 @@ import { CorruptIndex, hex64, packWindow, readStoredWindow, unpackWindow } from 
 import type { RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
 import type { CodecIndex } from "./codec.ts";
-import { PIECE_GRID, type PieceHashes } from "./piece-hashes.ts";
+import { STRETCH_GRID, type StretchHashes } from "./stretch-hashes.ts";
 
 const MAGIC = "IMGTOOL-SEEKIDX\n";
 export const INDEX_VERSION = 2;
-/** Indexes of this version were verified by a second decode at build time and carry no piece hashes: built again. */
+/** Indexes of this version were verified by a second decode at build time and carry no stretch hashes: built again. */
 const REBUILT_VERSION = 1;
 const HEADER_BYTES = 48;
 const VERDICT_BYTES = 24;
@@ -50,7 +50,7 @@ export interface StoredPoint {
   trusted: boolean;
   /** decoding from this point was seen to go wrong from here on (a verdict kept in the file) */
   wrongFrom: number | undefined;
-  /** decoding from this point was checked against the piece hashes up to here (its own offset: not at all) */
+  /** decoding from this point was checked against the stretch hashes up to here (its own offset: not at all) */
   checkedTo: number;
 }
 
@@ -63,7 +63,7 @@ export interface LoadedIndex {
   notResumable?: string;
   points: StoredPoint[];
   /** what decoded bytes are checked against; undefined when every point is trusted */
-  pieces: PieceHashes | undefined;
+  stretches: StretchHashes | undefined;
   /** the index file's size in bytes */
   bytes: number;
   /** the index file's open descriptor (none for an index kept in memory) */
@@ -72,7 +72,7 @@ export interface LoadedIndex {
   window(p: StoredPoint, into?: Uint8Array): Uint8Array;
   /** Decoding from `p` went wrong at `from`: remember it (in the file too, when it can be written). */
   markWrong(p: StoredPoint, from: number): void;
-  /** Decoding from `p` matched the piece hashes up to `to`: remember it likewise (no need to check that far again). */
+  /** Decoding from `p` matched the stretch hashes up to `to`: remember it likewise (no need to check that far again). */
   markChecked(p: StoredPoint, to: number): void;
   close(): void;
 }
@@ -108,18 +108,18 @@ function readVerdict(record: Uint8Array, p: { decoded: number; compressed: numbe
   return v;
 }
 
-/** Piece hashes as the table keeps them: base64 of (u64 end, 8 hash bytes) per piece. */
-function packPieces(pieces: PieceHashes): string {
-  const out = Buffer.alloc(16 * pieces.ends.length);
-  for (let i = 0; i < pieces.ends.length; i++) {
-    out.writeBigUInt64LE(BigInt(pieces.ends[i]!), 16 * i);
-    out.set(pieces.hashes.subarray(8 * i, 8 * i + 8), 16 * i + 8);
+/** Stretch hashes as the table keeps them: base64 of (u64 end, 8 hash bytes) per stretch. */
+function packStretches(stretches: StretchHashes): string {
+  const out = Buffer.alloc(16 * stretches.ends.length);
+  for (let i = 0; i < stretches.ends.length; i++) {
+    out.writeBigUInt64LE(BigInt(stretches.ends[i]!), 16 * i);
+    out.set(stretches.hashes.subarray(8 * i, 8 * i + 8), 16 * i + 8);
   }
   return out.toString("base64");
 }
 
-/** The piece hashes of a table, checked to be ascending, on the grid, and ending at the decoded size; undefined when they are not. */
-function unpackPieces(text: string, decodedSize: number): PieceHashes | undefined {
+/** The stretch hashes of a table, checked to be ascending, on the grid, and ending at the decoded size; undefined when they are not. */
+function unpackStretches(text: string, decodedSize: number): StretchHashes | undefined {
   const bytes = Buffer.from(text, "base64");
   if (bytes.length % 16 !== 0 || bytes.length === 0) return undefined;
   const n = bytes.length / 16;
@@ -128,7 +128,7 @@ function unpackPieces(text: string, decodedSize: number): PieceHashes | undefine
   let previous = 0;
   for (let i = 0; i < n; i++) {
     const end = Number(bytes.readBigUInt64LE(16 * i));
-    if (end <= previous || end > decodedSize || Math.floor((end - 1) / PIECE_GRID) !== Math.floor(previous / PIECE_GRID)) return undefined;
+    if (end <= previous || end > decodedSize || Math.floor((end - 1) / STRETCH_GRID) !== Math.floor(previous / STRETCH_GRID)) return undefined;
     ends[i] = end;
     hashes.set(bytes.subarray(16 * i + 8, 16 * i + 16), 8 * i);
     previous = end;
@@ -219,8 +219,8 @@ export function writeIndex(target: string, compression: Compression, index: Code
         decodedSize: index.decodedSize,
         spacing,
         notResumable: index.notResumable ?? null,
-        grid: PIECE_GRID,
-        pieces: index.pieces ? packPieces(index.pieces) : null,
+        grid: STRETCH_GRID,
+        stretches: index.stretches ? packStretches(index.stretches) : null,
         points,
       }),
     );
@@ -319,12 +319,12 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
     const rows = t.points as unknown[];
     const verdictsEnd = verdictsAt + VERDICT_BYTES * rows.length;
     if (verdictsAt < HEADER_BYTES || verdictsEnd > tableOffset) bad("its verdicts lie outside the file");
-    if (t.grid !== PIECE_GRID) return undefined;
-    let pieces: PieceHashes | undefined;
-    if (t.pieces !== null) {
-      if (typeof t.pieces !== "string") bad("malformed piece hashes");
-      pieces = unpackPieces(t.pieces as string, decodedSize);
-      if (!pieces) bad("its piece hashes do not cover the decoded stream in order");
+    if (t.grid !== STRETCH_GRID) return undefined;
+    let stretches: StretchHashes | undefined;
+    if (t.stretches !== null) {
+      if (typeof t.stretches !== "string") bad("malformed stretch hashes");
+      stretches = unpackStretches(t.stretches as string, decodedSize);
+      if (!stretches) bad("its stretch hashes do not cover the decoded stream in order");
     }
     const verdicts = Buffer.alloc(VERDICT_BYTES * rows.length);
     if (fs.readSync(fd, verdicts, 0, verdicts.length, verdictsAt) < verdicts.length) bad("truncated verdicts");
@@ -343,7 +343,7 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
       if (typeof windowHash !== "string" || !/^[0-9a-f]{16}$/.test(windowHash)) bad(`${where}: malformed window checksum`);
       if (typeof extra !== "string" || extra.length > 65536) bad(`${where}: malformed state`);
       if (trusted !== 0 && trusted !== 1) bad(`${where}: malformed flag`);
-      if (trusted === 0 && !pieces) bad(`${where}: a resumed point, and no piece hashes to check it by`);
+      if (trusted === 0 && !stretches) bad(`${where}: a resumed point, and no stretch hashes to check it by`);
       if (i === 0 ? decoded !== 0 || trusted !== 1 : (decoded as number) < points[i - 1]!.decoded) bad(`${where}: points out of order`);
       const at = { decoded: decoded as number, compressed: compressed as number };
       points.push({
@@ -377,7 +377,7 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
       spacing: t.spacing as number,
       notResumable: (t.notResumable as string | null) ?? undefined,
       points,
-      pieces,
+      stretches,
       bytes: st.size,
       descriptor: fd,
       window: (p: StoredPoint, into?: Uint8Array) => readStoredWindow(p, (buf, offset) => fs.readSync(fd, buf, 0, buf.length, offset), file, into),
@@ -434,7 +434,7 @@ export function memoryIndex(index: CodecIndex, compression: Compression, compres
     spacing,
     notResumable: index.notResumable,
     points,
-    pieces: index.pieces,
+    stretches: index.stretches,
     bytes: windows.reduce((n, w) => n + w.length, 0),
     window: (p, into) => unpackWindow(windows[p.windowOffset]!, p.windowSize, { file: "seek index in memory" }, into),
     markWrong(p, from) {

@@ -1,7 +1,7 @@
 import type { Location } from "../../errors.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { SeekPoint } from "./codec.ts";
-import { PieceHasher, type PieceHashes } from "./piece-hashes.ts";
+import { StretchHasher, type StretchHashes } from "./stretch-hashes.ts";
 
 /**
  * What a codec's resume feeds its decoder: synthesized bytes (a stream header, an index, a
@@ -71,12 +71,12 @@ export function rawFrom(raw: RandomAccessSource, start: number): PartsSource {
 }
 
 /**
- * The points of a build and the piece hashes of what its pass decodes: each point cuts a piece
- * there, so that a reader resumed at it checks whole pieces from its first byte on. Nothing is
- * decoded twice: a point is checked by the readers that use it (piece-hashes.ts).
+ * The points of a build and the stretch hashes of what its pass decodes: each point cuts a stretch
+ * there, so that a reader resumed at it checks whole stretches from its first byte on. Nothing is
+ * decoded twice: a point is checked by the readers that use it (stretch-hashes.ts).
  */
 export class PointCollector {
-  private readonly hasher = new PieceHasher();
+  private readonly hasher = new StretchHasher();
   private readonly points: SeekPoint[] = [];
 
   /** A new point at the current decoded offset (the pass has produced exactly `point.decoded` bytes). */
@@ -97,10 +97,10 @@ export class PointCollector {
     this.hasher.feed(bytes);
   }
 
-  /** The pass has ended: the points (the stream's start trusted) and the piece hashes. */
-  finish(): { points: SeekPoint[]; pieces: PieceHashes } {
+  /** The pass has ended: the points (the stream's start trusted) and the stretch hashes. */
+  finish(): { points: SeekPoint[]; stretches: StretchHashes } {
     this.points.sort((a, b) => a.decoded - b.decoded);
     if (this.points[0]?.decoded === 0) this.points[0].trusted = true;
-    return { points: this.points, pieces: this.hasher.finish() };
+    return { points: this.points, stretches: this.hasher.finish() };
   }
 }

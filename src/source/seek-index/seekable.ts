@@ -2,12 +2,12 @@ import { ImageError, type Location } from "../../errors.ts";
 import { type ChunkSource, PositionedSource, type RandomAccessSource } from "../chunk-source.ts";
 import type { SeekCodec } from "./codec.ts";
 import type { LoadedIndex, StoredPoint } from "./index-file.ts";
-import { PIECE_GRID, PieceChecker, isDecodeError } from "./piece-hashes.ts";
+import { STRETCH_GRID, StretchChecker, isDecodeError } from "./stretch-hashes.ts";
 import { seekPointOf } from "./stored-window.ts";
 import { collectIfLarge } from "./memory.ts";
 
-/** Decoded bytes are cached in spans of this size, aligned to it: whole hashed pieces. */
-export const SPAN_BYTES = PIECE_GRID;
+/** Decoded bytes are cached in spans of this size, aligned to it: whole hashed stretches. */
+export const SPAN_BYTES = STRETCH_GRID;
 /** Spans kept (LRU) by each opening (the main thread and every serving thread hold one each). */
 const CACHED_SPANS = 6;
 /** Live decoders kept: several readers (nbdcopy's connections) each going forward in their own region. */
@@ -93,7 +93,7 @@ function reachOf(p: StoredPoint, size: number): number {
  * index: from the nearest point at or before the offset, the codec resumes and decodes forward.
  * A small LRU cache of decoded spans serves repeated and neighbouring reads; one live decoder
  * serves reads that go forward (a sequential copy decodes the stream once). Every span decoded is
- * checked against the index's piece hashes before it is cached or returned: where a resumed point
+ * checked against the index's stretch hashes before it is cached or returned: where a resumed point
  * decodes differently, the point is marked wrong from there (kept in the index file) and the span
  * is decoded again from an earlier point.
  */
@@ -111,7 +111,7 @@ export class SeekableSource extends PositionedSource {
   private skip: Uint8Array | undefined;
   /** counters for the curious (bench): spans decoded, resumes from a point, points found to decode wrongly */
   readonly stats = { spansDecoded: 0, resumes: 0, cacheHits: 0, wrongPoints: 0 };
-  private readonly checker: PieceChecker | undefined;
+  private readonly checker: StretchChecker | undefined;
 
   constructor(
     private readonly raw: RandomAccessSource,
@@ -121,7 +121,7 @@ export class SeekableSource extends PositionedSource {
     super();
     this.name = `${raw.name} (${codec.compression})`;
     this.size = index.decodedSize;
-    this.checker = index.pieces && new PieceChecker(index.pieces);
+    this.checker = index.stretches && new StretchChecker(index.stretches);
   }
 
   readAt(into: Uint8Array, offset: number): number {
@@ -167,8 +167,8 @@ export class SeekableSource extends PositionedSource {
   }
 
   /**
-   * Decode the span at `first` into `bytes` and check its pieces; false when a resumed point
-   * decoded a piece wrongly (or failed in it): that point is marked wrong from there, try again.
+   * Decode the span at `first` into `bytes` and check its stretches; false when a resumed point
+   * decoded a stretch wrongly (or failed in it): that point is marked wrong from there, try again.
    */
   private fillSpan(bytes: Uint8Array, first: number): boolean {
     /** which cursor's point decoded each stretch, from where */
@@ -187,7 +187,7 @@ export class SeekableSource extends PositionedSource {
         }
       } catch (e) {
         if (c.point.trusted || !this.checker || !isDecodeError(e)) throw e;
-        // the library may fail a block ahead of the bytes it returned: the piece these were in goes too
+        // the library may fail a block ahead of the bytes it returned: the stretch these were in goes too
         this.wrong(c, Math.floor(at / SPAN_BYTES) * SPAN_BYTES);
         return false;
       }
@@ -197,10 +197,10 @@ export class SeekableSource extends PositionedSource {
     const stretchEnd = (i: number) => used[i + 1]?.from ?? end;
     this.checker.startAt(first);
     for (let from = first; from < end; ) {
-      const n = this.checker.leftInPiece;
-      // the points whose decoders wrote any of this piece
+      const n = this.checker.leftInStretch;
+      // the points whose decoders wrote any of this stretch
       const culprits = used.filter((u, i) => u.from < from + n && stretchEnd(i) > from);
-      // a piece one point's decoding was already checked over is not hashed again
+      // a stretch one point's decoding was already checked over is not hashed again
       if (culprits.length === 1 && culprits[0]!.point.checkedTo >= from + n) {
         this.checker.skip();
         from += n;

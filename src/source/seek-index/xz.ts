@@ -4,7 +4,7 @@ import { ImageError, withCommas } from "../../errors.ts";
 import { LzmaDecoder } from "../../../native/lzma.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
-import type { PieceHashes } from "./piece-hashes.ts";
+import type { StretchHashes } from "./stretch-hashes.ts";
 import { type Part, PartsSource, PointCollector, rawFrom } from "./resume-support.ts";
 
 const HEADER_MAGIC = [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
@@ -163,10 +163,10 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
   }
   if (planned[0]?.decoded !== 0) planned.unshift({ decoded: 0, compressed: streams[0]?.start ?? 0, bits: 0, window: EMPTY, extra: EMPTY });
   const listed = streams.reduce((n, s) => n + s.blocks.reduce((m, b) => m + b.uncompressed, 0), 0);
-  const { decodedSize, pieces } = decodeAll(raw, opts, planned, (input) => new LzmaDecoder(input, "xz"), listed, (expected, got) =>
+  const { decodedSize, stretches } = decodeAll(raw, opts, planned, (input) => new LzmaDecoder(input, "xz"), listed, (expected, got) =>
     bad(raw, raw.size, `the index lists ${withCommas(expected)} decompressed bytes, the blocks hold ${withCommas(got)}`),
   );
-  const index: CodecIndex = { decodedSize, points: planned, pieces };
+  const index: CodecIndex = { decodedSize, points: planned, stretches };
   if (blockCount <= 1) index.notResumable = "the xz stream is one block (xz without -T0 or --block-size): reads decode it from the start";
   return index;
 }
@@ -174,7 +174,7 @@ function build(raw: RandomAccessSource, opts: BuildOptions): CodecIndex {
 /**
  * The sequential pass for codecs whose points are known before decoding (from an index or the
  * frame layout): decode everything once from `input` (the compressed stream from its start), cutting
- * the piece hashes at each planned point. Returns the decoded size and the piece hashes; `mismatch`
+ * the stretch hashes at each planned point. Returns the decoded size and the stretch hashes; `mismatch`
  * is called when it is not `expectedSize` or a point lies past it.
  */
 export function decodeAll(
@@ -184,7 +184,7 @@ export function decodeAll(
   makeDecoder: (input: PartsSource) => ChunkSource,
   expectedSize: number | undefined,
   mismatch: (expected: number, got: number) => never,
-): { decodedSize: number; pieces: PieceHashes } {
+): { decodedSize: number; stretches: StretchHashes } {
   const verifier = new PointCollector();
   const input = rawFrom(raw, 0);
   const decoder = makeDecoder(input);
@@ -212,9 +212,9 @@ export function decodeAll(
   }
   if (next < planned.length) mismatch(planned[next]!.decoded, decoded);
   if (expectedSize !== undefined && expectedSize !== decoded) mismatch(expectedSize, decoded);
-  const { points, pieces } = verifier.finish();
+  const { points, stretches } = verifier.finish();
   planned.splice(0, planned.length, ...points);
-  return { decodedSize: decoded, pieces };
+  return { decodedSize: decoded, stretches };
 }
 
 /** A complete stream made of the blocks from one on: a header, those blocks, an index of them and a footer. */
@@ -280,10 +280,10 @@ export const lzmaSeekCodec: SeekCodec = {
   compression: "lzma",
   build(raw, opts) {
     const planned: SeekPoint[] = [{ decoded: 0, compressed: 0, bits: 0, window: EMPTY, extra: EMPTY }];
-    const { decodedSize, pieces } = decodeAll(raw, opts, planned, (input) => new LzmaDecoder(input, "lzma"), undefined, () => {
+    const { decodedSize, stretches } = decodeAll(raw, opts, planned, (input) => new LzmaDecoder(input, "lzma"), undefined, () => {
       throw new ImageError(raw.locate(0), "truncated lzma data", "no decompressed bytes");
     });
-    return { decodedSize, points: planned, pieces, notResumable: "a .lzma stream has no blocks: reads decode it from the start" };
+    return { decodedSize, points: planned, stretches, notResumable: "a .lzma stream has no blocks: reads decode it from the start" };
   },
   resume: (raw, point, inputBuffer) => {
     if (point.compressed !== 0 || point.decoded !== 0) throw new ImageError(raw.locate(point.compressed), "a .lzma stream can only be decoded from its start");

@@ -38,7 +38,7 @@ const WINDOW_PACK_LEVEL = 1;
  * the probe's hash. A prefix too short makes the library fail (a match reaching before it); stale
  * entropy tables fail too; repeat offsets from before the boundary decode wrongly and are caught by
  * the hash. Past the probe no match reaches before the candidate, and what differs there all the
- * same (a repeat offset used late) is caught by the readers' piece hashes (piece-hashes.ts). Blocks
+ * same (a repeat offset used late) is caught by the readers' stretch hashes (stretch-hashes.ts). Blocks
  * are decoded in place (zstd-blocks.ts), so nothing is copied but the prefix.
  */
 export class SpanVerifier {

@@ -6,7 +6,7 @@ import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts"
 import { SpliceSource } from "./splice.ts";
 import { BLOCK_ROOM, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
 import { resumeHeader } from "./zstd-frame.ts";
-import { PassPieces } from "./hash-behind.ts";
+import { PassStretches } from "./hash-behind.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
 import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from "./zstd-verify.ts";
 
@@ -32,8 +32,8 @@ export const WINDOW_BUDGET = 0.01;
  * candidates, each resumed from a synthesized frame header with the original window descriptor
  * and the bytes before it as a prefix (ZSTD_DCtx_refPrefix), kept with the shortest prefix that
  * reproduces its probe span (about a window's worth; zstd-verify.ts, in a worker thread, while the
- * pass goes on). The pass records the piece hashes readers check every decoded byte against
- * (piece-hashes.ts). The pass and the probes decode through zstd-blocks.ts.
+ * pass goes on). The pass records the stretch hashes readers check every decoded byte against
+ * (stretch-hashes.ts). The pass and the probes decode through zstd-blocks.ts.
  */
 export const zstdCodec: SeekCodec = {
   compression: "zstd",
@@ -94,9 +94,9 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
   }
   const input = new InputWindow(raw, INPUT_BYTES);
-  // decoded into a ring the piece hashes are made from behind the pass, in a worker where one may run
+  // decoded into a ring the stretch hashes are made from behind the pass, in a worker where one may run
   // and the stream is worth its start
-  const pieces = new PassPieces(opts.pieces && raw.size >= HASH_WORKER_FROM ? zstdWorkerUrl() : undefined, HASH_SLACK);
+  const stretches = new PassStretches(opts.pieces && raw.size >= HASH_WORKER_FROM ? zstdWorkerUrl() : undefined, HASH_SLACK);
   let ring: Uint8Array | undefined;
   let blocks: ZstdBlocks | undefined;
   const probeHash = new Xxh3State();
@@ -130,11 +130,11 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
       // a frame start is always a good point; after a frame with points inside, keep it
       const previousInside = sent.length > 0 && sent[sent.length - 1]!.frameIndex === frameIndex - 1;
       if (decoded - lastPoint >= FRAME_POINT_SPACING || previousInside || points.length === 0) {
-        pieces.cut();
+        stretches.cut();
         points.push({ decoded, compressed: pos, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0), trusted: true });
         lastPoint = decoded;
       }
-      const frameRing = pieces.ringFor(Math.max(frame.windowSize, 1 << 10) + 2 * BLOCK_ROOM, decoded);
+      const frameRing = stretches.ringFor(Math.max(frame.windowSize, 1 << 10) + 2 * BLOCK_ROOM, decoded);
       if (!blocks || frameRing !== ring) {
         blocks?.close();
         blocks = new ZstdBlocks(raw, input, frameRing);
@@ -165,7 +165,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         if (blocks.atBlockBoundary() && decoded - lastCandidate >= opts.spacing && verifier.packedBytes <= WINDOW_BUDGET * blocks.pos) {
           closeProbe();
           probeHash.reset();
-          pieces.cut();
+          stretches.cut();
           probe = {
             decoded,
             compressed: blocks.pos,
@@ -174,10 +174,10 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
           };
           lastCandidate = decoded;
         }
-        pieces.room(BLOCK_ROOM);
+        stretches.room(BLOCK_ROOM);
         const out = blocks.next();
         if (out.length === 0) break;
-        pieces.feed(out);
+        stretches.feed(out);
         if (probe) probeHash.update(out);
         decoded += out.length;
         if (blocks.pos >= nextProgress) {
@@ -209,10 +209,10 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
       });
     }
     points.sort((a, b) => a.decoded - b.decoded || a.compressed - b.compressed);
-    return { decodedSize: decoded, points, rejected, pieces: pieces.finish() };
+    return { decodedSize: decoded, points, rejected, stretches: stretches.finish() };
   } finally {
     verifier.close();
     blocks?.close();
-    pieces.close();
+    stretches.close();
   }
 }
