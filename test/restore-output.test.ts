@@ -7,7 +7,7 @@ import path from "node:path";
 import { restoreImage } from "../src/commands/restore.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { progressLine } from "../src/output/progress.ts";
-import { CLI, fixture, restoredReference, runCli, sha256File, tempDir, which } from "./helpers.ts";
+import { CLI, fixture, restoredReference, runCli, sha256File, shellWord, tempDir, which } from "./helpers.ts";
 
 const IMG = fixture("ext4.ext4-ptcl-img");
 const REF = restoredReference("ext4.ext4-ptcl-img");
@@ -464,7 +464,7 @@ describe("the progress line", () => {
       return;
     }
     const out = path.join(tempDir(), "vol.raw");
-    const r = spawnSync(script, ["-qec", `stty cols 50 rows 20; ${process.execPath} ${CLI} restore ${IMG} -o ${out}`, "/dev/null"], { encoding: "utf8" });
+    const r = spawnSync(script, ["-qec", `stty cols 50 rows 20; ${[process.execPath, CLI, "restore", IMG, "-o", out].map(shellWord).join(" ")}`, "/dev/null"], { encoding: "utf8" });
     expect(r.status).toBe(0);
     const drawn = r.stdout.split(/\r|\n/).map((l) => l.replace(/\x1b\[K/g, "")).filter((l) => l.startsWith("restore ["));
     expect(drawn.length).toBeGreaterThan(0);

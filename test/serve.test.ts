@@ -539,7 +539,7 @@ describe("NBD server, read by real clients", () => {
     const image = openImage(fixture("ntfs.ntfs-ptcl-img.aa"));
     const server = serve(image, { unix: socketPath });
     try {
-      const proc = Bun.spawn(["nbdinfo", "--json", `nbd+unix:///?socket=${socketPath}`], { stdout: "pipe", stderr: "pipe" });
+      const proc = Bun.spawn(["nbdinfo", "--json", `nbd+unix:///?socket=${encodeURIComponent(socketPath)}`], { stdout: "pipe", stderr: "pipe" });
       const timer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
       const [json, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
       clearTimeout(timer);
@@ -728,7 +728,7 @@ async function serveCli(image: string, extra: string[] = []) {
   return {
     proc,
     line,
-    uri: `nbd+unix:///?socket=${socketPath}`,
+    uri: `nbd+unix:///?socket=${encodeURIComponent(socketPath)}`,
     async stop(): Promise<number> {
       proc.kill("SIGINT");
       const code = await proc.exited;
