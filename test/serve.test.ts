@@ -745,7 +745,7 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
       const volume = restoredBytes(fixture(name));
       const server = await serveCli(fixture(name), ["--threads", threads]);
       try {
-        await readInterleaved({ unix: server.uri.split("socket=")[1]! }, volume, 7);
+        await readInterleaved({ unix: decodeURIComponent(server.uri.split("socket=")[1]!) }, volume, 7);
       } finally {
         expect(await server.stop()).toBe(0);
       }
@@ -793,7 +793,7 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
     const volume = restoredBytes(fixture(name));
     if (!which("python3")) return console.log("skipped: python3 is needed for the stalled client");
     const server = await serveCli(fixture(name), ["--threads", "1"]);
-    const unix = server.uri.split("socket=")[1]!;
+    const unix = decodeURIComponent(server.uri.split("socket=")[1]!);
     // 4 × 4 MiB asked for and never taken: the thread blocks in its send
     const stall = Bun.spawn(["python3", path.join(import.meta.dir, "stalled-nbd-clients.py"), unix, "1", String(4 << 20), "4", "30"], { stdout: "pipe", stderr: "pipe" });
     try {
@@ -1157,7 +1157,7 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     let fuse: ReturnType<typeof Bun.spawn> | undefined;
     if (nbdDevice) {
       device = "/dev/nbd0";
-      expect((await spawnTool(["nbd-client", "-unix", server.uri.split("socket=")[1]!, device])).code).toBe(0);
+      expect((await spawnTool(["nbd-client", "-unix", decodeURIComponent(server.uri.split("socket=")[1]!), device])).code).toBe(0);
     } else {
       fuse = Bun.spawn(["nbdfuse", mnt, server.uri], { stdout: "ignore", stderr: "pipe" });
       device = path.join(mnt, "nbd");
@@ -1197,7 +1197,7 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     const pid = server.proc.pid;
     const memory = (field: "VmRSS" | "VmHWM") => Number(new RegExp(`${field}:\\s*(\\d+) kB`).exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
     const before = memory("VmRSS");
-    const stall = Bun.spawn(["python3", path.join(import.meta.dir, "stalled-nbd-clients.py"), server.uri.split("socket=")[1]!, "150", String(4 << 20), "4", "3"], { stdout: "pipe", stderr: "pipe" });
+    const stall = Bun.spawn(["python3", path.join(import.meta.dir, "stalled-nbd-clients.py"), decodeURIComponent(server.uri.split("socket=")[1]!), "150", String(4 << 20), "4", "3"], { stdout: "pipe", stderr: "pipe" });
     try {
       const reader = stall.stdout.getReader();
       let text = "";
