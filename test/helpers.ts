@@ -97,10 +97,14 @@ export function tempDir(): string {
 
 /** Remove the scratch directory and everything tempDir() made in it. */
 export function removeScratch(): void {
-  if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
-  scratch = undefined;
-  if (otherUsers && "root" in otherUsers) fs.rmSync(otherUsers.root, { recursive: true, force: true });
-  otherUsers = undefined;
+  try {
+    if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
+    scratch = undefined;
+  } finally {
+    // even when the scratch cannot go (a mount a failed test left in it): this one holds a copy of bun
+    if (otherUsers && "root" in otherUsers) fs.rmSync(otherUsers.root, { recursive: true, force: true });
+    otherUsers = undefined;
+  }
 }
 
 /** `s` as one word of a `sh -c` command, whatever it holds (spaces, quotes, non-ASCII). */

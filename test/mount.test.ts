@@ -63,13 +63,22 @@ function sampleRanges(size: number): [number, number][] {
   return ranges;
 }
 
+/** The fields of the /proc/mounts line of `mountpoint`; the kernel writes a space, tab, newline or backslash in a path as \ and three octal digits. */
+function mountLine(mountpoint: string): string[] | undefined {
+  const unescape = (field: string) => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+  return fs
+    .readFileSync("/proc/mounts", "utf8")
+    .split("\n")
+    .map((line) => line.split(" ").map(unescape))
+    .find((fields) => fields[1] === mountpoint);
+}
+
 function inMounts(mountpoint: string): boolean {
-  return fs.readFileSync("/proc/mounts", "utf8").split("\n").some((line) => line.split(" ")[1] === mountpoint);
+  return mountLine(mountpoint) !== undefined;
 }
 
 function mountOptions(mountpoint: string): string[] {
-  const line = fs.readFileSync("/proc/mounts", "utf8").split("\n").find((l) => l.split(" ")[1] === mountpoint);
-  return line?.split(" ")[3]?.split(",") ?? [];
+  return mountLine(mountpoint)?.[3]?.split(",") ?? [];
 }
 
 interface Mounted {

@@ -170,3 +170,21 @@ test("NAME.xz next to a split set NAME.aa.. is its own file, not a piece", () =>
   expect(image.info.pieces).toEqual([fixture("ntfs.ntfs-ptcl-img.xz")]);
   image.close();
 });
+
+test("--max-bitmap: a bitmap over the limit is refused at the header's block count; raised, the same header reads on until its bitmap ends", () => {
+  const file = path.join(import.meta.dir, "failure", "bounds", "bitmap-larger-than-the-limit.2^40-blocks.ext4-ptcl-img.zst");
+  const refused = runCli(["verify", file]);
+  expect(refused.code).toBe(3);
+  expect(refused.stderr).toBe(`imgtool: ${file}: zstd-decompressed offset 60: bitmap larger than the limit (137,438,953,472 bytes for 1,099,511,627,776 blocks; the limit is 1G, raised with --max-bitmap)\n`);
+  const raised = runCli(["verify", file, "--max-bitmap", "128G"]);
+  expect(raised.code).toBe(3);
+  expect(raised.stderr).toContain("offset 110: truncated bitmap");
+  // a real image's 256-byte bitmap (2,048 blocks) under a 128-byte limit, through info and restore too
+  const small = fixture("ext4.ext4-ptcl-img");
+  for (const args of [["info", small], ["verify", small], ["restore", small, "-o", path.join(tempDir(), "vol.raw")]]) {
+    const r = runCli([...args, "--max-bitmap", "128"]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toContain("bitmap larger than the limit (256 bytes for 2,048 blocks; the limit is 128, raised with --max-bitmap)");
+  }
+  expect(runCli(["verify", small, "--max-bitmap", "256"]).code).toBe(0);
+});

@@ -7,7 +7,7 @@ import path from "node:path";
 import { restoreImage } from "../src/commands/restore.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { progressLine } from "../src/cli/progress-bar.ts";
-import { CLI, fixture, peerTest, restoredReference, runCli, sha256File, tempDir, which } from "./helpers.ts";
+import { CLI, fixture, peerTest, restoredReference, runCli, sha256File, shellWord, tempDir, which } from "./helpers.ts";
 
 const IMG = fixture("ext4.ext4-ptcl-img");
 const REF = restoredReference("ext4.ext4-ptcl-img");
@@ -449,7 +449,7 @@ describe("the progress line", () => {
   peerTest(!which("script") && "needs script (bsdutils)")("under a 50-column terminal the bar restore draws never reaches the last column", () => {
     const script = which("script")!;
     const out = path.join(tempDir(), "vol.raw");
-    const r = spawnSync(script, ["-qec", `stty cols 50 rows 20; ${process.execPath} ${CLI} restore ${IMG} -o ${out}`, "/dev/null"], { encoding: "utf8" });
+    const r = spawnSync(script, ["-qec", `stty cols 50 rows 20; ${[process.execPath, CLI, "restore", IMG, "-o", out].map(shellWord).join(" ")}`, "/dev/null"], { encoding: "utf8" });
     expect(r.status).toBe(0);
     const drawn = r.stdout.split(/\r|\n/).map((l) => l.replace(/\x1b\[K/g, "")).filter((l) => l.startsWith("restore ["));
     expect(drawn.length).toBeGreaterThan(0);

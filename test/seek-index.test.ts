@@ -754,7 +754,7 @@ describe.skipIf(!ZSTD)("serve, mount and cat on compressed images", () => {
       const { value } = await reader.read();
       expect(new TextDecoder().decode(value)).toContain("serving");
       const out = path.join(dir, "out.raw");
-      const q = spawnSync("qemu-img", ["convert", "-f", "raw", "-O", "raw", `nbd+unix:///?socket=${socket}`, out], { encoding: "utf8" });
+      const q = spawnSync("qemu-img", ["convert", "-f", "raw", "-O", "raw", `nbd+unix:///?socket=${encodeURIComponent(socket)}`, out], { encoding: "utf8" });
       expect(q.stderr).toBe("");
       expect(q.status).toBe(0);
       expect(sha256(fs.readFileSync(out))).toBe(RESTORED[clonezilla[1]!]!);

@@ -532,7 +532,7 @@ describe("NBD server, read by real clients", () => {
     const image = openImage(fixture("ntfs.ntfs-ptcl-img.aa"));
     const server = serve(image, { unix: socketPath });
     try {
-      const proc = Bun.spawn(["nbdinfo", "--json", `nbd+unix:///?socket=${socketPath}`], { stdout: "pipe", stderr: "pipe" });
+      const proc = Bun.spawn(["nbdinfo", "--json", `nbd+unix:///?socket=${encodeURIComponent(socketPath)}`], { stdout: "pipe", stderr: "pipe" });
       const timer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
       const [json, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
       clearTimeout(timer);
@@ -721,7 +721,7 @@ async function serveCli(image: string, extra: string[] = []) {
   return {
     proc,
     line,
-    uri: `nbd+unix:///?socket=${socketPath}`,
+    uri: `nbd+unix:///?socket=${encodeURIComponent(socketPath)}`,
     async stop(): Promise<number> {
       proc.kill("SIGINT");
       const code = await proc.exited;
@@ -738,7 +738,7 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
       const volume = restoredBytes(fixture(name));
       const server = await serveCli(fixture(name), ["--threads", threads]);
       try {
-        await readInterleaved({ unix: server.uri.split("socket=")[1]! }, volume, 7);
+        await readInterleaved({ unix: decodeURIComponent(server.uri.split("socket=")[1]!) }, volume, 7);
       } finally {
         expect(await server.stop()).toBe(0);
       }
@@ -784,7 +784,7 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
     const name = "ntfs.ntfsclone-img";
     const volume = restoredBytes(fixture(name));
     const server = await serveCli(fixture(name), ["--threads", "1"]);
-    const unix = server.uri.split("socket=")[1]!;
+    const unix = decodeURIComponent(server.uri.split("socket=")[1]!);
     // 4 × 4 MiB asked for and never taken: the thread blocks in its send
     const stall = Bun.spawn(["python3", path.join(import.meta.dir, "stalled-nbd-clients.py"), unix, "1", String(4 << 20), "4", "30"], { stdout: "pipe", stderr: "pipe" });
     try {
@@ -1143,7 +1143,7 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     let fuse: ReturnType<typeof Bun.spawn> | undefined;
     if (nbdDevice) {
       device = "/dev/nbd0";
-      expect((await spawnTool(["nbd-client", "-unix", server.uri.split("socket=")[1]!, device])).code).toBe(0);
+      expect((await spawnTool(["nbd-client", "-unix", decodeURIComponent(server.uri.split("socket=")[1]!), device])).code).toBe(0);
     } else {
       fuse = Bun.spawn(["nbdfuse", mnt, server.uri], { stdout: "ignore", stderr: "pipe" });
       device = path.join(mnt, "nbd");
@@ -1182,7 +1182,7 @@ describe("real clients: map, qcow2 copy, multi-conn, overlay through qemu-io, mk
     const pid = server.proc.pid;
     const memory = (field: "VmRSS" | "VmHWM") => Number(new RegExp(`${field}:\\s*(\\d+) kB`).exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
     const before = memory("VmRSS");
-    const stall = Bun.spawn(["python3", path.join(import.meta.dir, "stalled-nbd-clients.py"), server.uri.split("socket=")[1]!, "150", String(4 << 20), "4", "3"], { stdout: "pipe", stderr: "pipe" });
+    const stall = Bun.spawn(["python3", path.join(import.meta.dir, "stalled-nbd-clients.py"), decodeURIComponent(server.uri.split("socket=")[1]!), "150", String(4 << 20), "4", "3"], { stdout: "pipe", stderr: "pipe" });
     try {
       const reader = stall.stdout.getReader();
       let text = "";
