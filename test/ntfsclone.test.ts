@@ -54,13 +54,14 @@ describe("ntfsclone fixtures restore to the manifest sha256", () => {
   test("info on a regular file reports the header's count and the scan's before any data is read", () => {
     const img = openImage(PLAIN);
     try {
-      const byKey = Object.fromEntries(img.info.fields.map((f) => [f.key, f.value]));
-      expect(byKey.imageVersion).toBe("10.1");
-      expect(byKey.clusterSize).toBe(4096);
-      expect(byKey.nrClusters).toBe(1023);
-      expect(byKey.inuse).toBe(586);
-      expect(byKey.usedClusters).toBe(587);
-      expect(byKey.dataOffset).toBe(56);
+      const info = img.info;
+      if (info.format !== "ntfsclone") throw new Error(`an ntfsclone image opened as ${info.format}`);
+      expect([info.header.majorVersion, info.header.minorVersion]).toEqual([10, 1]);
+      expect(info.header.clusterSize).toBe(4096);
+      expect(info.header.nrClusters).toBe(1023);
+      expect(info.header.inuse).toBe(586);
+      expect(info.scannedClusters).toBe(587);
+      expect(info.header.dataOffset).toBe(56);
       expect(img.info.totalBlocks).toBe(1024);
       let used = 0;
       for (const r of img.usedRuns()) used += r.blockCount;
@@ -121,7 +122,9 @@ function oldFormatImage(): string {
 test("old format (before 10.0): commands at offset 46; the restore ends with the last cluster", () => {
   const img = openImage(oldFormatImage());
   try {
-    expect(img.info.fields.find((f) => f.key === "imageVersion")!.value).toBe("3.1");
+    const info = img.info;
+    if (info.format !== "ntfsclone") throw new Error(`an ntfsclone image opened as ${info.format}`);
+    expect([info.header.majorVersion, info.header.minorVersion]).toEqual([3, 1]);
     // ntfsclone restores this to 3,334,144 bytes (checked in the differential test)
     expect(img.info.deviceSize).toBe(3334144);
     const out = restoreToBuffer(img);
@@ -164,7 +167,7 @@ describe("damaged ntfsclone images: one ImageError naming file, offset and field
         const img = openImage(file);
         try {
           if (inData) restoreToBuffer(img);
-          else void img.info.fields;
+          else void img.info.usedBlocks;
         } finally {
           img.close();
         }
