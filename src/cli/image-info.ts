@@ -119,43 +119,49 @@ function partimageLines(info: PartimageInfo): InfoLine[] {
   ];
 }
 
-/** partimage's file-system info block: counts with commas, feature masks in hex. */
+/** Labels of partimage's file-system info block, in print order; the --json key is the prefix and the field's name. */
+const FS_INFO_LABELS: { [F in PartimageFsInfo as F["fs"]]: { prefix: string; labels: { [K in Exclude<keyof F, "fs">]: string } } } = {
+  ext2: {
+    prefix: "ext2",
+    labels: {
+      groups: "ext2 groups",
+      firstBlock: "ext2 first block",
+      blockSize: "ext2 block size",
+      blocksPerGroup: "ext2 blocks/group",
+      featureCompat: "ext2 compat",
+      featureIncompat: "ext2 incompat",
+      featureRoCompat: "ext2 ro_compat",
+      revLevel: "ext2 revision",
+      uuid: "ext2 uuid",
+    },
+  },
+  fat: {
+    prefix: "fat",
+    labels: {
+      totalSectors: "fat sectors",
+      clusters: "fat clusters",
+      sectorsPerFat: "fat sectors/FAT",
+      usedClusters: "fat used clusters",
+      bytesPerSector: "fat bytes/sector",
+      sectorsPerCluster: "fat sectors/clus",
+      count: "fat FATs",
+    },
+  },
+  ntfs: { prefix: "ntfs", labels: { totalSectors: "ntfs sectors", mftLcn: "ntfs $MFT lcn", clusterSize: "ntfs cluster size", bytesPerSector: "ntfs bytes/sector" } },
+  reiserfs: { prefix: "reiser", labels: { version: "reiserfs version" } },
+};
+
+/** feature masks, printed in hex */
+const FS_INFO_MASKS = new Set(["featureCompat", "featureIncompat", "featureRoCompat"]);
+
 function fsInfoLines(fs: PartimageFsInfo): InfoLine[] {
-  const count = (key: string, label: string, n: number) => line(key, label, withCommas(n), n);
-  const mask = (key: string, label: string, n: number) => line(key, label, hex32(n), hex32(n));
-  switch (fs.fs) {
-    case "ext2":
-      return [
-        count("ext2Groups", "ext2 groups", fs.groups),
-        count("ext2FirstBlock", "ext2 first block", fs.firstBlock),
-        count("ext2BlockSize", "ext2 block size", fs.blockSize),
-        count("ext2BlocksPerGroup", "ext2 blocks/group", fs.blocksPerGroup),
-        mask("ext2FeatureCompat", "ext2 compat", fs.featureCompat),
-        mask("ext2FeatureIncompat", "ext2 incompat", fs.featureIncompat),
-        mask("ext2FeatureRoCompat", "ext2 ro_compat", fs.featureRoCompat),
-        count("ext2RevLevel", "ext2 revision", fs.revLevel),
-        line("ext2Uuid", "ext2 uuid", fs.uuid, fs.uuid),
-      ];
-    case "fat":
-      return [
-        count("fatTotalSectors", "fat sectors", fs.totalSectors),
-        count("fatClusters", "fat clusters", fs.clusters),
-        count("fatSectorsPerFat", "fat sectors/FAT", fs.sectorsPerFat),
-        count("fatUsedClusters", "fat used clusters", fs.usedClusters),
-        count("fatBytesPerSector", "fat bytes/sector", fs.bytesPerSector),
-        count("fatSectorsPerCluster", "fat sectors/clus", fs.sectorsPerCluster),
-        count("fatCount", "fat FATs", fs.fatCount),
-      ];
-    case "ntfs":
-      return [
-        count("ntfsTotalSectors", "ntfs sectors", fs.totalSectors),
-        count("ntfsMftLcn", "ntfs $MFT lcn", fs.mftLcn),
-        count("ntfsClusterSize", "ntfs cluster size", fs.clusterSize),
-        count("ntfsBytesPerSector", "ntfs bytes/sector", fs.bytesPerSector),
-      ];
-    case "reiserfs":
-      return [count("reiserVersion", "reiserfs version", fs.version)];
-  }
+  const { prefix, labels } = FS_INFO_LABELS[fs.fs];
+  return Object.entries(labels).map(([field, label]) => {
+    const key = `${prefix}${field[0]!.toUpperCase()}${field.slice(1)}`;
+    const value = fs[field as keyof typeof fs] as number | string;
+    if (typeof value === "string") return line(key, label, value, value);
+    return FS_INFO_MASKS.has(field) ? line(key, label, hex32(value), hex32(value)) : line(key, label, withCommas(value), value);
+  });
 }
 
 function formatLines(info: ImageInfo): InfoLine[] {

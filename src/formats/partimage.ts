@@ -414,7 +414,17 @@ export type PartimageFsInfo =
       revLevel: number;
       uuid: string;
     }
-  | { fs: "fat"; totalSectors: number; clusters: number; sectorsPerFat: number; usedClusters: number; bytesPerSector: number; sectorsPerCluster: number; fatCount: number }
+  | {
+      fs: "fat";
+      totalSectors: number;
+      clusters: number;
+      sectorsPerFat: number;
+      usedClusters: number;
+      bytesPerSector: number;
+      sectorsPerCluster: number;
+      /** number of FATs */
+      count: number;
+    }
   | { fs: "ntfs"; totalSectors: number; mftLcn: number; clusterSize: number; bytesPerSector: number }
   | { fs: "reiserfs"; version: number };
 
@@ -445,7 +455,7 @@ function readFsInfo(fileSystem: string, b: Uint8Array): PartimageFsInfo | undefi
       usedClusters: u32(28),
       bytesPerSector: dv.getUint16(48, true),
       sectorsPerCluster: b[54]!,
-      fatCount: b[55]!,
+      count: b[55]!,
     };
   }
   if (fileSystem === "ntfs") {
