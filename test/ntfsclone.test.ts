@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import { imageInfoJson, imageInfoText } from "../src/cli/image-info.ts";
 import { ChecksumError } from "../src/errors.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { detectNtfsclone, openNtfsclone } from "../src/formats/ntfsclone.ts";
@@ -67,6 +68,24 @@ describe("ntfsclone fixtures restore to the manifest sha256", () => {
       for (const r of img.usedRuns()) used += r.blockCount;
       expect(used).toBe(587);
       expect(sha256(restoreToBuffer(img))).toBe(want.sha256);
+    } finally {
+      img.close();
+    }
+  });
+
+  test("from a pipe the scanned count is a fact only once the data has been read", () => {
+    const img = openImage(throughFifo(PLAIN));
+    try {
+      const info = img.info;
+      if (info.format !== "ntfsclone") throw new Error(`an ntfsclone image opened as ${info.format}`);
+      expect(info.scannedClusters).toBeUndefined();
+      // the header's count and the backup boot sector's cluster, until the commands are walked
+      expect(info.usedBlocks).toBe(info.header.inuse + 1);
+      expect(imageInfoText(info)).toContain("\nused clusters     n/a                   known after the data of a pipe is read\n");
+      expect(sha256(restoreToBuffer(img))).toBe(want.sha256);
+      expect(info.scannedClusters).toBe(587);
+      expect(imageInfoText(info)).toContain("\nused clusters     587 (2.3 MB)          clusters in the image, backup boot sector's included\n");
+      expect(imageInfoJson(info).header).toMatchObject({ imageVersion: "10.1", inuse: 586, usedClusters: 587, restoredSize: want.size });
     } finally {
       img.close();
     }
