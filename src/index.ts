@@ -1,5 +1,5 @@
 export { openImage, describeContent } from "./formats/detect.ts";
-export type { Image, ImageInfo, InfoField, DataRun, UsedRun, ReadOptions } from "./formats/image.ts";
+export type { Image, ImageInfo, PartcloneInfo, PartimageInfo, NtfscloneInfo, DataRun, UsedRun, ReadOptions } from "./formats/image.ts";
 export { restoreImage, type RestoreOptions, type RestoreResult } from "./commands/restore.ts";
 export { verifyImage, type ImageVerifyResult } from "./formats/verify.ts";
 export { openStream, type OpenedStream } from "./source/open.ts";
@@ -18,7 +18,7 @@ export { FsError, type FileSystem, type FsNode, type DirEntry } from "./fs/files
 export { extractTree } from "./fs/extract.ts";
 export { buildSeekIndex, findSeekIndex } from "./source/seek-index/open-index.ts";
 export { PartcloneImage, type PartcloneHeader } from "./formats/partclone.ts";
-export { PartimageImage, type PartimageMainHeader, type PartimageLocalHeader } from "./formats/partimage.ts";
+export { PartimageImage, type PartimageVolumeHeader, type PartimageMainHeader, type PartimageLocalHeader, type PartimageFsInfo } from "./formats/partimage.ts";
 export { NtfscloneImage, type NtfscloneHeader } from "./formats/ntfsclone.ts";
 export type { OpenImageOptions } from "./formats/detect.ts";
 export type { OpenOptions } from "./source/open.ts";

@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import { imageInfoJson, imageInfoText } from "../src/cli/image-info.ts";
 import { ChecksumError } from "../src/errors.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { detectNtfsclone, openNtfsclone } from "../src/formats/ntfsclone.ts";
@@ -54,18 +55,37 @@ describe("ntfsclone fixtures restore to the manifest sha256", () => {
   test("info on a regular file reports the header's count and the scan's before any data is read", () => {
     const img = openImage(PLAIN);
     try {
-      const byKey = Object.fromEntries(img.info.fields.map((f) => [f.key, f.value]));
-      expect(byKey.imageVersion).toBe("10.1");
-      expect(byKey.clusterSize).toBe(4096);
-      expect(byKey.nrClusters).toBe(1023);
-      expect(byKey.inuse).toBe(586);
-      expect(byKey.usedClusters).toBe(587);
-      expect(byKey.dataOffset).toBe(56);
+      const info = img.info;
+      if (info.format !== "ntfsclone") throw new Error(`an ntfsclone image opened as ${info.format}`);
+      expect([info.header.majorVersion, info.header.minorVersion]).toEqual([10, 1]);
+      expect(info.header.clusterSize).toBe(4096);
+      expect(info.header.nrClusters).toBe(1023);
+      expect(info.header.inuse).toBe(586);
+      expect(info.scannedClusters).toBe(587);
+      expect(info.header.dataOffset).toBe(56);
       expect(img.info.totalBlocks).toBe(1024);
       let used = 0;
       for (const r of img.usedRuns()) used += r.blockCount;
       expect(used).toBe(587);
       expect(sha256(restoreToBuffer(img))).toBe(want.sha256);
+    } finally {
+      img.close();
+    }
+  });
+
+  test("from a pipe the scanned count is a fact only once the data has been read", () => {
+    const img = openImage(throughFifo(PLAIN));
+    try {
+      const info = img.info;
+      if (info.format !== "ntfsclone") throw new Error(`an ntfsclone image opened as ${info.format}`);
+      expect(info.scannedClusters).toBeUndefined();
+      // the header's count and the backup boot sector's cluster, until the commands are walked
+      expect(info.usedBlocks).toBe(info.header.inuse + 1);
+      expect(imageInfoText(info)).toContain("\nused clusters     n/a                   known after the data of a pipe is read\n");
+      expect(sha256(restoreToBuffer(img))).toBe(want.sha256);
+      expect(info.scannedClusters).toBe(587);
+      expect(imageInfoText(info)).toContain("\nused clusters     587 (2.3 MB)          clusters in the image, backup boot sector's included\n");
+      expect(imageInfoJson(info).header).toMatchObject({ imageVersion: "10.1", inuse: 586, usedClusters: 587, restoredSize: want.size });
     } finally {
       img.close();
     }
@@ -121,7 +141,9 @@ function oldFormatImage(): string {
 test("old format (before 10.0): commands at offset 46; the restore ends with the last cluster", () => {
   const img = openImage(oldFormatImage());
   try {
-    expect(img.info.fields.find((f) => f.key === "imageVersion")!.value).toBe("3.1");
+    const info = img.info;
+    if (info.format !== "ntfsclone") throw new Error(`an ntfsclone image opened as ${info.format}`);
+    expect([info.header.majorVersion, info.header.minorVersion]).toEqual([3, 1]);
     // ntfsclone restores this to 3,334,144 bytes (checked in the differential test)
     expect(img.info.deviceSize).toBe(3334144);
     const out = restoreToBuffer(img);
@@ -164,7 +186,7 @@ describe("damaged ntfsclone images: one ImageError naming file, offset and field
         const img = openImage(file);
         try {
           if (inData) restoreToBuffer(img);
-          else void img.info.fields;
+          else void img.info.usedBlocks;
         } finally {
           img.close();
         }

@@ -51,15 +51,16 @@ describe("partimage fixtures restore to partimage's own restore", () => {
   test("info: headers, bitmap count, file-system info and the volumes", () => {
     const img = openImage(path.join(FIX, "ext2mv-z1-V1.partimg.gz.001"));
     try {
-      const v = Object.fromEntries(img.info.fields.map((f) => [f.key, f.value]));
+      const info = img.info;
+      if (info.format !== "partimage") throw new Error(`a partimage image opened as ${info.format}`);
       expect(img.info.fsType).toBe("ext2fs");
       expect(img.info.blockSize).toBe(1024);
       expect(img.info.totalBlocks).toBe(4096);
       expect(img.info.usedBlocks).toBe(1495);
-      expect(v.headerUsedBlocks).toBe(1495);
-      expect(v.label).toBe("fxext2mv");
-      expect(v.ext2Uuid).toBe("0c0e0f00-0000-4000-8000-0000000000e3");
-      expect(v.volumes).toBe(2);
+      expect(info.localHeader.usedBlocks).toBe(1495);
+      expect(info.localHeader.label).toBe("fxext2mv");
+      expect(info.fsInfo?.fs === "ext2" && info.fsInfo.uuid).toBe("0c0e0f00-0000-4000-8000-0000000000e3");
+      expect(info.volumeHeader.number).toBe(0);
       expect(img.info.compression).toEqual(["gzip"]);
       expect(img.info.pieces.map((p) => path.basename(p))).toEqual(["ext2mv-z1-V1.partimg.gz.000", "ext2mv-z1-V1.partimg.gz.001"]);
     } finally {

@@ -638,8 +638,10 @@ describe.skipIf(!ZSTD)("checksums on random reads", () => {
   test("a read touching a damaged checksum strip fails with a checksum error; other strips read fine (plain and .zst)", () => {
     const truth = ntfsImage();
     const plain = openImage(fixture("ntfs.ntfs-ptcl-img.aa"));
-    const dataStart = plain.info.fields.find((f) => f.key === "blocksSection")!.value as number;
-    const perStrip = plain.info.fields.find((f) => f.key === "blocksPerChecksum")!.value as number;
+    const info = plain.info;
+    if (info.format !== "partclone") throw new Error(`a partclone image opened as ${info.format}`);
+    const dataStart = info.dataStart;
+    const perStrip = info.header.blocksPerChecksum;
     const bs = plain.info.blockSize;
     const inStrip0 = usedBlockOffset(plain, 3);
     const inStrip1 = usedBlockOffset(plain, perStrip + 5);
@@ -668,8 +670,10 @@ describe.skipIf(!ZSTD)("checksums on random reads", () => {
   test("a read of a strip the image (cut short while open) ends inside fails at the offset where the bytes stop", () => {
     const truth = ntfsImage();
     const plain = openImage(fixture("ntfs.ntfs-ptcl-img.aa"));
-    const dataStart = plain.info.fields.find((f) => f.key === "blocksSection")!.value as number;
-    const perStrip = plain.info.fields.find((f) => f.key === "blocksPerChecksum")!.value as number;
+    const info = plain.info;
+    if (info.format !== "partclone") throw new Error(`a partclone image opened as ${info.format}`);
+    const dataStart = info.dataStart;
+    const perStrip = info.header.blocksPerChecksum;
     const inStrip1 = usedBlockOffset(plain, perStrip + 5);
     plain.close();
     // the file stops 3 blocks into strip 1 (after strip 0's blocks and its 4-byte CRC)

@@ -38,8 +38,8 @@ const SUBJECTS = [
 function dataStart(file: string): number {
   const image = openImage(fixture(file));
   try {
-    const at = image.info.fields.find((f) => f.key === "blocksSection" || f.key === "dataOffset")?.value;
-    return typeof at === "number" ? at : 1024;
+    const info = image.info;
+    return info.format === "ntfsclone" ? info.header.dataOffset : info.dataStart;
   } finally {
     image.close();
   }

@@ -1,8 +1,8 @@
 import { withCommas } from "../errors.ts";
 import type { DiskFacts, LayoutFacts } from "../disk/disk-facts.ts";
-import type { ImageInfo } from "../formats/image.ts";
 import { humanSize } from "../formats/units.ts";
 import type { InputFacts } from "../input/input.ts";
+import { imageInfoJson, imageInfoText } from "./image-info.ts";
 
 export const partitionArg = { type: "string", description: "one partition of a disk (a Clonezilla folder or a raw disk image): its number or name (sda2); also DISK@N" } as const;
 export const diskArg = { type: "string", description: "the disk of a Clonezilla folder with several (sda)" } as const;
@@ -34,28 +34,6 @@ export function infoJson(facts: InputFacts): Record<string, unknown> {
     return rest;
   }
   return { kind: "raw-disk", file: d.file, ...layoutJson(d.disk) };
-}
-
-const TITLES: Record<ImageInfo["format"], string> = {
-  partclone: "Partclone Header",
-  partimage: "Partimage Header",
-  ntfsclone: "Ntfsclone Header",
-};
-
-export function imageInfoText(info: ImageInfo): string {
-  const title = TITLES[info.format];
-  const lines = [title, "=".repeat(title.length)];
-  for (const f of info.fields) lines.push(`${f.label.padEnd(17)} ${f.note ? `${f.text.padEnd(21)} ${f.note}` : f.text}`.trimEnd());
-  lines.push(`${"compression".padEnd(17)} ${info.compression.length ? info.compression.join(" inside ") : "none"}`);
-  lines.push(`${(info.pieces.length > 1 ? "pieces" : "file").padEnd(17)} ${info.pieces.join(" ")}`);
-  return `${lines.join("\n")}\n`;
-}
-
-export function imageInfoJson(info: ImageInfo): Record<string, unknown> {
-  const header: Record<string, unknown> = {};
-  for (const f of info.fields) header[f.key] = f.value;
-  const { fields: _fields, ...facts } = info;
-  return { ...facts, header };
 }
 
 function layoutJson(l: LayoutFacts): Record<string, unknown> {

@@ -1,26 +1,14 @@
 import { ImageError, type Location, withCommas } from "../errors.ts";
 import type { Compression } from "../source/sniff.ts";
 import type { UsedBitmap } from "./bitmap.ts";
+import type { NtfscloneHeader } from "./ntfsclone.ts";
+import type { PartcloneHeader } from "./partclone.ts";
+import type { PartimageFsInfo, PartimageLocalHeader, PartimageMainHeader, PartimageVolumeHeader } from "./partimage.ts";
 
 export type ImageFormat = "partclone" | "partimage" | "ntfsclone";
 
-/** One line of `imgtool info`: a label, a printable value, and the typed value for --json. */
-export interface InfoField {
-  key: string;
-  label: string;
-  text: string;
-  value: string | number | boolean | null;
-  /** printed after the value, e.g. "used block count based on bitmap" */
-  note?: string;
-}
-
-export function infoField(key: string, label: string, text: string, value: InfoField["value"], note?: string): InfoField {
-  return { key, label, text, value, note };
-}
-
-/** Header facts every format provides; `fields` adds what only that format knows, in print order. */
-export interface ImageInfo {
-  format: ImageFormat;
+/** Facts every format provides; the rest of ImageInfo is what only that format knows. */
+interface ImageFacts {
   /** file system type as the image names it: "EXT4", "NTFS", "BTRFS", "ext2", ... */
   fsType: string;
   blockSize: number;
@@ -33,9 +21,47 @@ export interface ImageInfo {
   checksum: string;
   compression: Compression[];
   pieces: string[];
-  /** the format's own header, printed by `info` after the common facts */
-  fields: InfoField[];
 }
+
+export interface PartcloneInfo extends ImageFacts {
+  format: "partclone";
+  header: PartcloneHeader;
+  /** checksum bytes stored after each strip (v1 images from old 64-bit builds stored 8, not the header's 4) */
+  checksumBytes: number;
+  /** bytes of the bitmap section, its crc or magic included (0 in bitmap mode NONE) */
+  bitmapBytes: number;
+  /** the bitmap's stored crc (bitmap mode BIT only) */
+  bitmapCrc: number | undefined;
+  /** stream offset of the first data block (of the decompressed stream when compressed) */
+  dataStart: number;
+}
+
+export interface PartimageInfo extends ImageFacts {
+  format: "partimage";
+  volumeHeader: PartimageVolumeHeader;
+  mainHeader: PartimageMainHeader;
+  localHeader: PartimageLocalHeader;
+  /** the file-system specific info block, where partimage defines one for the file system */
+  fsInfo: PartimageFsInfo | undefined;
+  /** the info block's stored checksum */
+  fsInfoChecksum: number;
+  /** offset of the first data block in the volumes joined (decompressed when compressed) */
+  dataStart: number;
+}
+
+export interface NtfscloneInfo extends ImageFacts {
+  format: "ntfsclone";
+  header: NtfscloneHeader;
+  /**
+   * clusters in the image, the backup boot sector's included, from a pass over its commands;
+   * undefined for a pipe until its data has been read (usedBlocks is then the header's count + 1,
+   * and deviceSize an estimate)
+   */
+  scannedClusters: number | undefined;
+}
+
+/** What `imgtool info` reports of an image, by format: typed headers and what was computed from them. */
+export type ImageInfo = PartcloneInfo | PartimageInfo | NtfscloneInfo;
 
 /** A run of used blocks with their bytes; `data` is only valid until the iteration moves on. */
 export interface DataRun {

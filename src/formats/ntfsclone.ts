@@ -5,8 +5,7 @@ import type { ByteReader } from "../source/byte-reader.ts";
 import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
 import { UsedBitmap } from "./bitmap.ts";
-import { type DataRun, type ImageInfo, ImageBase, type InfoField, infoField, type ReadOptions, type UsedRun } from "./image.ts";
-import { countWithSize, humanSize } from "./units.ts";
+import { type DataRun, ImageBase, type NtfscloneInfo, type ReadOptions, type UsedRun } from "./image.ts";
 
 /** "\0ntfsclone-image" */
 const MAGIC = Uint8Array.from([0, ...Array.from("ntfsclone-image", (c) => c.charCodeAt(0))]);
@@ -163,7 +162,7 @@ function badCommand(cmd: number): string {
 }
 
 export class NtfscloneImage extends ImageBase {
-  readonly info: ImageInfo;
+  readonly info: NtfscloneInfo;
   /** built by scan() or while the data is read; undefined until one of them has run */
   private bitmap: UsedBitmap | undefined;
   private scannedClusters: number | undefined;
@@ -187,6 +186,7 @@ export class NtfscloneImage extends ImageBase {
       checksum: "NONE",
       compression: stream.compression,
       pieces: stream.pieces,
+      header,
     };
     const source = stream.randomAccess;
     if (source) this.read = (offset, length) => this.readAt(source, offset, length);
@@ -194,8 +194,8 @@ export class NtfscloneImage extends ImageBase {
     this.info = Object.defineProperties(base, {
       usedBlocks: { enumerable: true, get: () => self.usedClusterCount() },
       deviceSize: { enumerable: true, get: () => self.deviceSize() },
-      fields: { enumerable: true, get: () => self.fields() },
-    }) as unknown as ImageInfo;
+      scannedClusters: { enumerable: true, get: () => self.scannedClusterCount() },
+    }) as unknown as NtfscloneInfo;
   }
 
   /**
@@ -227,26 +227,9 @@ export class NtfscloneImage extends ImageBase {
     return this.header.inuse + 1;
   }
 
-  private fields(): InfoField[] {
-    const h = this.header;
-    const cs = h.clusterSize;
-    const f = infoField;
-    const known = this.bitmap !== undefined || this.stream.randomAccess !== undefined;
-    const scanned = known ? this.usedClusterCount() : undefined;
-    const where = this.stream.compression.length ? `of the ${this.stream.compression.join("+")}-decompressed stream` : "in img file";
-    return [
-      f("imageVersion", "image version", `${h.majorVersion}.${h.minorVersion}`, `${h.majorVersion}.${h.minorVersion}`, h.majorVersion < FIRST_SAFE_MAJOR ? "old format (before 10.0)" : undefined),
-      f("clusterSize", "cluster size", String(cs), cs),
-      f("nrClusters", "volume clusters", withCommas(h.nrClusters), h.nrClusters),
-      f("volumeSize", "volume size", `${withCommas(h.nrClusters * cs)} (${humanSize(h.nrClusters * cs)})`, h.nrClusters * cs),
-      f("deviceSize", "device size", `${withCommas(h.deviceSize)} (${humanSize(h.deviceSize)})`, h.deviceSize),
-      f("inuse", "inuse", countWithSize(h.inuse, cs), h.inuse, "used cluster count based on the header"),
-      scanned === undefined
-        ? f("usedClusters", "used clusters", "n/a", null, "known after the data of a pipe is read")
-        : f("usedClusters", "used clusters", countWithSize(scanned, cs), scanned, "clusters in the image, backup boot sector's included"),
-      f("dataOffset", "offset_to_data", `${withCommas(h.dataOffset)} ${where}`, h.dataOffset),
-      f("restoredSize", "restored size", `${withCommas(this.deviceSize())} (${humanSize(this.deviceSize())})`, this.deviceSize(), "as ntfsclone --restore-image -O writes it"),
-    ];
+  /** the scan's count where the commands can be (or have been) walked */
+  private scannedClusterCount(): number | undefined {
+    return this.bitmap !== undefined || this.stream.randomAccess !== undefined ? this.usedClusterCount() : undefined;
   }
 
   isUsed(block: number): boolean {

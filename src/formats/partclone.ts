@@ -6,10 +6,9 @@ import type { ByteReader } from "../source/byte-reader.ts";
 import type { RandomAccessSource } from "../source/chunk-source.ts";
 import type { OpenedStream } from "../source/open.ts";
 import { BitmapLoader, type BitmapLimits, checkBitmapLimit, UsedBitmap } from "./bitmap.ts";
-import { BitmapImage, type DataRun, type ImageInfo, type InfoField, infoField, type ReadOptions, type UsedRun } from "./image.ts";
+import { BitmapImage, type DataRun, type PartcloneInfo, type ReadOptions, type UsedRun } from "./image.ts";
 import { CHECKSUM_MODES, type ChecksumKind, createStripChecksum, type StripChecksum } from "./partclone-checksum.ts";
 import { BlockLocator } from "./block-locator.ts";
-import { countWithSize, humanSize } from "./units.ts";
 
 /** A checksum strip's blocks are read in chunks of about this size (partclone's default strip, 256 blocks of 4 KiB, in one). */
 const STRIP_READ_SIZE = 1 << 20;
@@ -223,7 +222,7 @@ function checkRoom(r: ByteReader, bytes: number, field: string): void {
 }
 
 export class PartcloneImage extends BitmapImage {
-  readonly info: ImageInfo;
+  readonly info: PartcloneInfo;
   readonly dataStart: number;
   protected readonly headerUsedBlocks: number | undefined;
   private consumed = false;
@@ -255,30 +254,6 @@ export class PartcloneImage extends BitmapImage {
     }
     // format 0001's count comes from the super-block, not the bitmap
     this.headerUsedBlocks = h.imageVersion === 2 ? h.usedBlocks : undefined;
-    const checksumName = h.checksum;
-    const f = infoField;
-    const fields: InfoField[] = [
-      f("partcloneVersion", "partclone version", h.partcloneVersion ?? "n/a (image format 0001)", h.partcloneVersion ?? null),
-      f("fsType", "fs type", h.fsType, h.fsType),
-      f("deviceSize", "fs total size", `${withCommas(h.deviceSize)} (${humanSize(h.deviceSize)})`, h.deviceSize),
-      f("totalBlocks", "fs total blocks", withCommas(h.totalBlocks), h.totalBlocks),
-      f("superBlockUsedBlocks", "fs used blocks", countWithSize(h.superBlockUsedBlocks, bs), h.superBlockUsedBlocks, "used block count based on super-block"),
-      f("usedBlocks", "fs_used_bitmap", countWithSize(used, bs), used, "used block count based on bitmap"),
-      f("blockSize", "fs block size", String(bs), bs),
-      f("imageVersion", "image version", String(h.imageVersion), h.imageVersion),
-      f("cpuBits", "cpu bits", h.cpuBits === undefined ? "n/a" : String(h.cpuBits), h.cpuBits ?? null),
-      f("checksumMode", "checksum mode", checksumName, checksumName),
-      f("checksumSize", "checksum size", h.checksum === "NONE" ? "n/a" : String(checksumSize), h.checksum === "NONE" ? null : checksumSize),
-      f("blocksPerChecksum", "checksum blocks", h.checksum === "NONE" ? "n/a" : String(h.blocksPerChecksum), h.checksum === "NONE" ? null : h.blocksPerChecksum),
-      f("reseedChecksum", "checksum reseed", h.checksum === "NONE" ? "n/a" : h.reseedChecksum ? "True" : "False", h.checksum === "NONE" ? null : h.reseedChecksum),
-      f("bitmapMode", "bitmap mode", h.bitmapMode, h.bitmapMode),
-    ];
-    if (h.headerCrc !== undefined) fields.push(f("headerCrc32", "header_crc32", `0x${hex32(h.headerCrc)}`, `0x${hex32(h.headerCrc)}`));
-    fields.push(f("bitmapBytes", "bitmap", `${withCommas(bitmapBytes)} bytes (${humanSize(bitmapBytes)})`, bitmapBytes));
-    if (bitmapCrc !== undefined) fields.push(f("bitmapCrc32", "bitmap_crc32", `0x${hex32(bitmapCrc)}`, `0x${hex32(bitmapCrc)}`));
-    const where = stream.compression.length ? `of the ${stream.compression.join("+")}-decompressed stream` : "in img file";
-    fields.push(f("blocksSection", "blocks_section", `at ${withCommas(this.dataStart)} ${where}`, this.dataStart));
-
     const source = stream.randomAccess;
     if (source) {
       this.read = (offset, length) => this.readAt(source, offset, length);
@@ -295,10 +270,14 @@ export class PartcloneImage extends BitmapImage {
       totalBlocks: h.totalBlocks,
       usedBlocks: used,
       deviceSize: h.deviceSize,
-      checksum: checksumName,
+      checksum: h.checksum,
       compression: stream.compression,
       pieces: stream.pieces,
-      fields,
+      header: h,
+      checksumBytes: checksumSize,
+      bitmapBytes,
+      bitmapCrc,
+      dataStart: this.dataStart,
     };
   }
 

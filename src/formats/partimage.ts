@@ -10,8 +10,7 @@ import { FileSource, SplitSource } from "../source/pieces.ts";
 import { type OpenedStream, openStream } from "../source/open.ts";
 import { BitmapLoader, type BitmapLimits, checkBitmapLimit, type UsedBitmap } from "./bitmap.ts";
 import { BlockLocator } from "./block-locator.ts";
-import { BitmapImage, type DataRun, type ImageInfo, type InfoField, infoField, type ReadOptions } from "./image.ts";
-import { countWithSize, humanSize } from "./units.ts";
+import { BitmapImage, type DataRun, type PartimageInfo, type ReadOptions } from "./image.ts";
 
 const VOLUME_MAGIC = "PaRtImAgE-VoLuMe";
 /** the image format versions partimage 0.6.x restores (imagefile.cpp openReading) */
@@ -38,7 +37,8 @@ const MAGIC_INFO = "MAGIC-BEGIN-INFO";
 const MAGIC_DATA = "MAGIC-BEGIN-DATABLOCKS";
 const MAGIC_TAIL = "MAGIC-BEGIN-TAIL";
 const MAX_EXTENSION = 16 << 20;
-const COMPRESSIONS = ["none", "gzip", "bzip2", "lzo"];
+/** dwCompression: the compression partimage itself applied (common.h COMPRESS_*) */
+export const PARTIMAGE_COMPRESSION_MODES = ["none", "gzip", "bzip2", "lzo"];
 // strings in the headers are whatever bytes the saving machine had; latin1 maps each byte to one character
 const LATIN1 = new TextDecoder("windows-1252");
 
@@ -94,13 +94,13 @@ export function byteSum(b: Uint8Array): number {
   return total;
 }
 
-interface VolumeHeader {
+export interface PartimageVolumeHeader {
   version: string;
   number: number;
   identificator: bigint;
 }
 
-function readVolumeHeader(r: ByteReader, file: string): VolumeHeader {
+function readVolumeHeader(r: ByteReader, file: string): PartimageVolumeHeader {
   const start = r.position;
   const b = r.view(VOLUME_HEADER_SIZE, "partimage volume header");
   if (cString(b, 0, 32) !== VOLUME_MAGIC) r.fail("not a partimage volume", `no "${VOLUME_MAGIC}" magic in ${file}`, start);
@@ -146,7 +146,7 @@ class VolumeChain implements ChunkSource {
 
   constructor(
     first: OpenedStream,
-    firstHeader: VolumeHeader,
+    firstHeader: PartimageVolumeHeader,
     private readonly base: string | undefined,
   ) {
     this.current = { name: first.pieces[0]!, number: firstHeader.number, start: 0, stream: first };
@@ -400,63 +400,85 @@ function readLocalHeader(p: Parser): PartimageLocalHeader {
   return h;
 }
 
-/** What the file-system specific info block holds, for `info` (fs_ext2.h CInfoExt2Header and kin). */
-function fsInfoFields(fileSystem: string, b: Uint8Array): InfoField[] {
+/** The file-system specific info block (fs_ext2.h CInfoExt2Header, fs_fat.h CInfoFatHeader, fs_ntfs.h CInfoNtfsHeader, fs_reiser.h CInfoReiserHeader). */
+export type PartimageFsInfo =
+  | {
+      fs: "ext2";
+      groups: number;
+      firstBlock: number;
+      blockSize: number;
+      blocksPerGroup: number;
+      featureCompat: number;
+      featureIncompat: number;
+      featureRoCompat: number;
+      revLevel: number;
+      uuid: string;
+    }
+  | {
+      fs: "fat";
+      totalSectors: number;
+      clusters: number;
+      sectorsPerFat: number;
+      usedClusters: number;
+      bytesPerSector: number;
+      sectorsPerCluster: number;
+      /** number of FATs */
+      count: number;
+    }
+  | { fs: "ntfs"; totalSectors: number; mftLcn: number; clusterSize: number; bytesPerSector: number }
+  | { fs: "reiserfs"; version: number };
+
+function readFsInfo(fileSystem: string, b: Uint8Array): PartimageFsInfo | undefined {
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const f = (key: string, label: string, value: number | string): InfoField => ({ key, label, text: typeof value === "number" ? withCommas(value) : value, value });
   const u32 = (at: number) => dv.getUint32(at, true);
-  const hex = (n: number) => `0x${hex32(n)}`;
   if (fileSystem === "ext2fs" || fileSystem === "ext3fs") {
     const uuid = Array.from(b.subarray(40, 56), (x) => x.toString(16).padStart(2, "0")).join("");
-    return [
-      f("ext2Groups", "ext2 groups", u32(0)),
-      f("ext2FirstBlock", "ext2 first block", u32(8)),
-      f("ext2BlockSize", "ext2 block size", u32(12)),
-      f("ext2BlocksPerGroup", "ext2 blocks/group", u32(20)),
-      f("ext2FeatureCompat", "ext2 compat", hex(u32(24))),
-      f("ext2FeatureIncompat", "ext2 incompat", hex(u32(28))),
-      f("ext2FeatureRoCompat", "ext2 ro_compat", hex(u32(32))),
-      f("ext2RevLevel", "ext2 revision", u32(36)),
-      f("ext2Uuid", "ext2 uuid", `${uuid.slice(0, 8)}-${uuid.slice(8, 12)}-${uuid.slice(12, 16)}-${uuid.slice(16, 20)}-${uuid.slice(20)}`),
-    ];
+    return {
+      fs: "ext2",
+      groups: u32(0),
+      firstBlock: u32(8),
+      blockSize: u32(12),
+      blocksPerGroup: u32(20),
+      featureCompat: u32(24),
+      featureIncompat: u32(28),
+      featureRoCompat: u32(32),
+      revLevel: u32(36),
+      uuid: `${uuid.slice(0, 8)}-${uuid.slice(8, 12)}-${uuid.slice(12, 16)}-${uuid.slice(16, 20)}-${uuid.slice(20)}`,
+    };
   }
   if (fileSystem.startsWith("fat")) {
-    return [
-      f("fatTotalSectors", "fat sectors", u32(0)),
-      f("fatClusters", "fat clusters", u32(4)),
-      f("fatSectorsPerFat", "fat sectors/FAT", u32(16)),
-      f("fatUsedClusters", "fat used clusters", u32(28)),
-      f("fatBytesPerSector", "fat bytes/sector", dv.getUint16(48, true)),
-      f("fatSectorsPerCluster", "fat sectors/clus", b[54]!),
-      f("fatCount", "fat FATs", b[55]!),
-    ];
+    return {
+      fs: "fat",
+      totalSectors: u32(0),
+      clusters: u32(4),
+      sectorsPerFat: u32(16),
+      usedClusters: u32(28),
+      bytesPerSector: dv.getUint16(48, true),
+      sectorsPerCluster: b[54]!,
+      count: b[55]!,
+    };
   }
   if (fileSystem === "ntfs") {
-    return [
-      f("ntfsTotalSectors", "ntfs sectors", Number(dv.getBigUint64(0, true))),
-      f("ntfsMftLcn", "ntfs $MFT lcn", Number(dv.getBigUint64(8, true))),
-      f("ntfsClusterSize", "ntfs cluster size", u32(20)),
-      f("ntfsBytesPerSector", "ntfs bytes/sector", dv.getUint16(24, true)),
-    ];
+    return { fs: "ntfs", totalSectors: Number(dv.getBigUint64(0, true)), mftLcn: Number(dv.getBigUint64(8, true)), clusterSize: u32(20), bytesPerSector: dv.getUint16(24, true) };
   }
-  if (fileSystem.startsWith("reiserfs")) return [f("reiserVersion", "reiserfs version", u32(0))];
-  return [];
+  if (fileSystem.startsWith("reiserfs")) return { fs: "reiserfs", version: u32(0) };
+  return undefined;
 }
 
 export class PartimageImage extends BitmapImage {
-  readonly info: ImageInfo;
+  readonly info: PartimageInfo;
   readonly dataStart: number;
   private consumed = false;
 
   constructor(
     private readonly chain: VolumeChain,
     private readonly parser: Parser,
-    readonly volumeHeader: VolumeHeader,
+    readonly volumeHeader: PartimageVolumeHeader,
     readonly main: PartimageMainHeader,
     readonly local: PartimageLocalHeader,
     readonly bitmap: UsedBitmap,
-    fsInfo: InfoField[],
-    infoChecksum: number,
+    fsInfo: PartimageFsInfo | undefined,
+    fsInfoChecksum: number,
     compression: OpenedStream["compression"],
     pieces: string[],
   ) {
@@ -465,35 +487,6 @@ export class PartimageImage extends BitmapImage {
     this.dataStart = r.position;
     const bs = local.blockSize;
     const used = bitmap.count();
-    const f = infoField;
-    const where = compression.length ? `of the ${compression.join("+")}-decompressed volumes` : "of the volumes joined";
-    const fields: InfoField[] = [
-      f("imageFormat", "image format", volumeHeader.version, volumeHeader.version),
-      f("partimageVersion", "partimage", main.version, main.version, "version in the main header"),
-      f("fileSystem", "file system", main.fileSystem, main.fileSystem),
-      f("partitionSize", "partition size", `${withCommas(main.partitionSize)} (${humanSize(main.partitionSize)})`, main.partitionSize),
-      f("originalDevice", "original device", main.originalDevice, main.originalDevice),
-      f("description", "description", main.description || "(none)", main.description),
-      f("label", "label", local.label || "(none)", local.label),
-      f("created", "created", main.created, main.created, "local time of the saving machine"),
-      f("hostname", "hostname", main.hostname, main.hostname),
-      f("system", "system", `${main.uname.sysname} ${main.uname.release} ${main.uname.machine}`.trim(), `${main.uname.sysname} ${main.uname.release} ${main.uname.machine}`.trim()),
-      f("compressionMode", "compression mode", COMPRESSIONS[main.compression] ?? `unknown (${main.compression})`, main.compression),
-      f("volumes", "volumes", String(pieces.length), pieces.length),
-      f("identificator", "identificator", `0x${volumeHeader.identificator.toString(16).padStart(16, "0")}`, `0x${volumeHeader.identificator.toString(16).padStart(16, "0")}`),
-      f("mbrCount", "MBRs saved", String(main.mbrCount), main.mbrCount),
-      f("blockSize", "block size", String(bs), bs),
-      f("totalBlocks", "total blocks", withCommas(local.blocksCount), local.blocksCount),
-      f("headerUsedBlocks", "used blocks", countWithSize(local.usedBlocks, bs), local.usedBlocks, "used block count based on the header"),
-      f("usedBlocks", "used in bitmap", countWithSize(used, bs), used, "used block count based on bitmap"),
-      f("badBlocks", "bad blocks", withCommas(local.badBlocks), local.badBlocks),
-      f("bitmapBytes", "bitmap", `${withCommas(local.bitmapSize)} bytes (${humanSize(local.bitmapSize)})`, local.bitmapSize),
-      ...fsInfo,
-      f("mainHeaderChecksum", "main header sum", `0x${hex32(main.checksum)}`, `0x${hex32(main.checksum)}`),
-      f("localHeaderChecksum", "local header sum", `0x${hex32(local.checksum)}`, `0x${hex32(local.checksum)}`),
-      f("infoChecksum", "fs info sum", `0x${hex32(infoChecksum)}`, `0x${hex32(infoChecksum)}`),
-      f("blocksSection", "blocks_section", `at ${withCommas(this.dataStart)} ${where}`, this.dataStart),
-    ];
     // blocks tile the 64 KiB between checks only when the block size divides it
     if (compression.length === 0 && chain.volumes[0]!.stream.randomAccess && CHECK_FREQUENCY % bs === 0) {
       this.read = (offset, length) => this.readAt(offset, length);
@@ -508,7 +501,12 @@ export class PartimageImage extends BitmapImage {
       checksum: "CRC32",
       compression,
       pieces,
-      fields,
+      volumeHeader,
+      mainHeader: main,
+      localHeader: local,
+      fsInfo,
+      fsInfoChecksum,
+      dataStart: this.dataStart,
     };
   }
 
@@ -702,7 +700,7 @@ export function openPartimage(stream: OpenedStream, limits: BitmapLimits = {}): 
     p.magic(MAGIC_INFO);
     const fsInfo = p.checkedStruct(INFO_SIZE, "partimage file system info");
     p.magic(MAGIC_DATA);
-    const image = new PartimageImage(chain, p, header, main, local, bitmap, fsInfoFields(main.fileSystem, fsInfo.bytes), fsInfo.checksum, first.compression, pieces);
+    const image = new PartimageImage(chain, p, header, main, local, bitmap, readFsInfo(main.fileSystem, fsInfo.bytes), fsInfo.checksum, first.compression, pieces);
     if (first !== stream) stream.reader.close();
     return image;
   } catch (e) {

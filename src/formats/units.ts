@@ -1,5 +1,3 @@
-import { withCommas } from "../errors.ts";
-
 /** "256.1 GB": binary multiples with one decimal, as partclone-utils and imagebackup print them. */
 export function humanSize(bytes: number): string {
   const units = ["bytes", "KB", "MB", "GB", "TB", "PB"];
@@ -10,9 +8,4 @@ export function humanSize(bytes: number): string {
     u++;
   }
   return u === 0 ? `${bytes} bytes` : `${v.toFixed(1)} ${units[u]}`;
-}
-
-/** "1,168,685 (17.8 GB)" */
-export function countWithSize(count: number, bytesEach: number): string {
-  return `${withCommas(count)} (${humanSize(count * bytesEach)})`;
 }
