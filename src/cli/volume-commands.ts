@@ -10,6 +10,7 @@ import { type InputOptions, openInput } from "../input/open-input.ts";
 import { writeFully } from "../output/writer.ts";
 import { silentProgress } from "../progress.ts";
 import { identityVolume, openOverlay, type OverlayVolume } from "../volume/overlay.ts";
+import { fitArgs, prepareFit } from "./fit-args.ts";
 import { diskArg, infoJson, infoText, partitionArg } from "./info-text.ts";
 import { progressBars } from "./progress-bar.ts";
 import { guard, parseBytes } from "./run.ts";
@@ -75,6 +76,7 @@ export const restoreCommand = defineCommand({
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
     partition: partitionArg,
     disk: diskArg,
+    ...fitArgs,
     debug: { type: "boolean", description: "show stack traces of errors" },
   },
   run: ({ args }) =>
@@ -83,10 +85,12 @@ export const restoreCommand = defineCommand({
       return withInput(args.image, { partition: args.partition, disk: args.disk, decodeThreads: parseThreads(args.threads), command: "restore" }, async (input) => {
         for (const w of input.warnings) process.stderr.write(`imgtool: warning: ${w}\n`);
         let overlay: OverlayVolume | undefined;
+        const fitted = prepareFit(args, input, progressBars(args.quiet === true));
+        if (fitted && !fitted.input) return;
         try {
           if (args.overlay !== undefined) overlay = openRestoreOverlay(args.overlay, input);
           const started = performance.now();
-          const r = await restoreInterruptibly(input, args.output, {
+          const r = await restoreInterruptibly(fitted?.input ?? input, args.output, {
             // for a file system whose O_TMPFILE misbehaves: write a visible OUT.partial instead
             unnamed: process.env.IMGTOOL_TMPFILE === "0" ? false : undefined,
             overlay,
@@ -103,6 +107,7 @@ export const restoreCommand = defineCommand({
           }
         } finally {
           overlay?.close();
+          fitted?.input?.close();
         }
       });
     }),

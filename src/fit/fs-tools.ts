@@ -1,0 +1,164 @@
+// The file system tools that shrink and grow a volume held in a file: resize2fs(8), ntfsresize(8), fatresize(8).
+import fs from "node:fs";
+import { UsageError } from "../errors.ts";
+
+/** A tool failed: its output goes to the user as it printed it. */
+export class ToolError extends Error {
+  override name = "ToolError";
+  constructor(
+    message: string,
+    readonly output: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The Debian package that ships each tool, for the refusal that names it. */
+export const TOOL_PACKAGES: Record<string, string> = {
+  resize2fs: "e2fsprogs",
+  e2fsck: "e2fsprogs",
+  ntfsresize: "ntfs-3g",
+  fatresize: "fatresize",
+};
+
+const SBIN = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/** The tool's path, found on PATH or in the sbin directories a user's PATH often lacks; undefined when absent. */
+export function findTool(tool: string): string | undefined {
+  const found = Bun.which(tool);
+  if (found) return found;
+  for (const dir of SBIN) {
+    const p = `${dir}/${tool}`;
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** The tool's path, or a refusal naming the package to install. */
+export function requireTool(tool: string, why: string): string {
+  const p = findTool(tool);
+  if (!p) throw new UsageError(`${why} needs ${tool}, which is not installed (Debian package ${TOOL_PACKAGES[tool] ?? tool}: apt-get install ${TOOL_PACKAGES[tool] ?? tool})`);
+  return p;
+}
+
+interface Run {
+  code: number;
+  output: string;
+}
+
+function run(tool: string, args: string[], input?: string): Run {
+  const r = Bun.spawnSync([tool, ...args], { stdin: input === undefined ? "ignore" : new TextEncoder().encode(input), stdout: "pipe", stderr: "pipe", env: { ...process.env, LC_ALL: "C" } });
+  return { code: r.exitCode ?? 1, output: `${r.stdout.toString()}${r.stderr.toString()}` };
+}
+
+function runOk(tool: string, args: string[], what: string, okCodes = [0], input?: string): string {
+  const path = requireTool(tool, what);
+  const r = run(path, args, input);
+  if (!okCodes.includes(r.code)) throw new ToolError(`${what}: ${tool} failed (exit ${r.code}); its output is above`, r.output);
+  return r.output;
+}
+
+export type ResizableFs = "ext" | "ntfs" | "fat";
+
+/** Which tool family handles a file system name as partclone and blkid spell it; undefined: none shrinks it. */
+export function resizableFs(fsName: string | undefined): ResizableFs | undefined {
+  const n = (fsName ?? "").toLowerCase();
+  if (/^ext[234]$/.test(n) || n === "extfs") return "ext";
+  if (n === "ntfs") return "ntfs";
+  if (/^(v?fat(12|16|32)?|msdos)$/.test(n)) return "fat";
+  return undefined;
+}
+
+export const RESIZE_TOOL: Record<ResizableFs, string> = { ext: "resize2fs", ntfs: "ntfsresize", fat: "fatresize" };
+
+/**
+ * A volume in a file, and where it starts there: FAT sits behind a one-partition MBR at
+ * `offset` because fatresize works on partitions of a disk, not on bare volumes.
+ */
+export interface ScratchFile {
+  path: string;
+  offset: number;
+  /** bytes of the volume */
+  size: number;
+  /** the partition number fatresize is told */
+  partition: number;
+}
+
+const EXT_SUPERBLOCK = 1024;
+
+function extBlockSize(file: ScratchFile): number {
+  const fd = fs.openSync(file.path, "r");
+  try {
+    const b = Buffer.alloc(4);
+    fs.readSync(fd, b, 0, 4, file.offset + EXT_SUPERBLOCK + 24);
+    const log = b.readUInt32LE(0);
+    if (log > 6) throw new UsageError(`${file.path}: ext superblock block size is out of range`);
+    return 1024 << log;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The smallest size in bytes the tool can bring the volume to; undefined when it cannot shrink at all. */
+export function minimumSize(kind: ResizableFs, file: ScratchFile, name: string): number | undefined {
+  switch (kind) {
+    case "ext": {
+      const out = runOk("resize2fs", ["-P", file.path], `${name}: sizing its ext file system`);
+      const m = /minimum size of the filesystem:\s*(\d+)/i.exec(out);
+      if (!m) throw new ToolError(`${name}: resize2fs -P printed no minimum`, out);
+      return Number(m[1]) * extBlockSize(file);
+    }
+    case "ntfs": {
+      const out = runOk("ntfsresize", ["--info", "--force", "--no-progress-bar", file.path], `${name}: sizing its NTFS`, [0, 1]);
+      const m = /You might resize at (\d+) bytes/.exec(out);
+      if (m) return Number(m[1]);
+      if (/Nothing to do|can't be resized|cannot be resized/i.test(out)) return undefined;
+      throw new ToolError(`${name}: ntfsresize --info printed no minimum`, out);
+    }
+    case "fat": {
+      const out = runOk("fatresize", ["-f", "-n", String(file.partition), "-i", file.path], `${name}: sizing its FAT`);
+      const min = /Min size:\s*(\d+)/.exec(out);
+      const max = /Max size:\s*(\d+)/.exec(out);
+      if (!min || !max) throw new ToolError(`${name}: fatresize -i printed no minimum`, out);
+      // libparted's minimum keeps the FAT type's cluster-count bounds; above the maximum it cannot shrink at all
+      return Number(min[1]) > Number(max[1]) ? undefined : Number(min[1]);
+    }
+  }
+}
+
+/** Resize the volume in the file to `bytes` (smaller or larger); the file is truncated or extended to match. */
+export function resizeVolume(kind: ResizableFs, file: ScratchFile, bytes: number, name: string): void {
+  const grow = bytes > file.size;
+  if (grow) fs.truncateSync(file.path, file.offset + bytes);
+  switch (kind) {
+    case "ext": {
+      // resize2fs refuses a file system not checked since it was last mounted; this is our scratch copy
+      runOk("e2fsck", ["-f", "-y", file.path], `${name}: checking its ext file system before resizing`, [0, 1]);
+      const blocks = Math.floor(bytes / extBlockSize(file));
+      runOk("resize2fs", [file.path, String(blocks)], `${name}: resizing its ext file system`);
+      break;
+    }
+    case "ntfs":
+      runOk("ntfsresize", ["--force", "--no-progress-bar", "-s", String(bytes), file.path], `${name}: resizing its NTFS`, [0], "y\n");
+      break;
+    case "fat":
+      if (grow) throw new UsageError(`${name}: fatresize grows FAT only inside a partition table; kept at its size`);
+      runOk("fatresize", ["-f", "-n", String(file.partition), "-s", String(bytes), file.path], `${name}: resizing its FAT`);
+      break;
+  }
+  if (!grow) fs.truncateSync(file.path, file.offset + bytes);
+  file.size = bytes;
+}
+
+/** The line that tells how to grow a file system that only grows mounted. */
+export function growAfterBootHint(fsName: string | undefined, partition: string): string | undefined {
+  const n = (fsName ?? "").toLowerCase();
+  if (n === "xfs") return `${partition}: the partition grew; grow its XFS once mounted: xfs_growfs MOUNTPOINT`;
+  if (n === "btrfs") return `${partition}: the partition grew; grow its btrfs once mounted: btrfs filesystem resize max MOUNTPOINT`;
+  return undefined;
+}
