@@ -67,7 +67,7 @@ export function fitDisk(input: DiskInput, opts: FitDiskOptions): FitResult {
         continue;
       }
       const file = ensureScratch(layout, p.partition, kind, sized.scratch, { dir: scratchRoot.dir, verify: opts.verify, progress: opts.progress });
-      resizeVolume(kind, file, p.size, p.partition.name);
+      resizeVolume(kind, file, p.size, p.partition.name, p.start / layout.sectorSize);
       resized.set(p.partition.number, file);
     }
     return { plan, lines, input: new FittedDiskInput(input, layout, plan, fittedTables(layout, plan), resized, scratchRoot.remove) };

@@ -1,6 +1,8 @@
 // The file system tools that shrink and grow a volume held in a file: resize2fs(8), ntfsresize(8), fatresize(8).
 import fs from "node:fs";
+import { readSlots } from "../disk/mbr.ts";
 import { UsageError } from "../errors.ts";
+import { keepFatIdentity } from "../fs/fat.ts";
 
 /** A tool failed: its output goes to the user as it printed it. */
 export class ToolError extends Error {
@@ -126,13 +128,13 @@ export function minimumSize(kind: ResizableFs, file: ScratchFile, name: string):
       const max = /Max size:\s*(\d+)/.exec(out);
       if (!min || !max) throw new ToolError(`${name}: fatresize -i printed no minimum`, out);
       // libparted's minimum keeps the FAT type's cluster-count bounds; above the maximum it cannot shrink at all
-      return Number(min[1]) > Number(max[1]) ? undefined : Number(min[1]);
+      return Number(min[1]) > Number(max[1]) ? undefined : Number(min[1]) + FAT_SLACK;
     }
   }
 }
 
 /** Resize the volume in the file to `bytes` (smaller or larger); the file is truncated or extended to match. */
-export function resizeVolume(kind: ResizableFs, file: ScratchFile, bytes: number, name: string): void {
+export function resizeVolume(kind: ResizableFs, file: ScratchFile, bytes: number, name: string, startSector: number): void {
   const grow = bytes > file.size;
   if (grow) fs.truncateSync(file.path, file.offset + bytes);
   switch (kind) {
@@ -146,13 +148,61 @@ export function resizeVolume(kind: ResizableFs, file: ScratchFile, bytes: number
     case "ntfs":
       runOk("ntfsresize", ["--force", "--no-progress-bar", "-s", String(bytes), file.path], `${name}: resizing its NTFS`, [0], "y\n");
       break;
-    case "fat":
+    case "fat": {
       if (grow) throw new UsageError(`${name}: fatresize grows FAT only inside a partition table; kept at its size`);
-      runOk("fatresize", ["-f", "-n", String(file.partition), "-s", String(bytes), file.path], `${name}: resizing its FAT`);
+      const saved = readAt(file, 0, 512);
+      // libparted lands within some sectors either side of the size asked: ask a little less
+      runOk("fatresize", ["-f", "-n", String(file.partition), "-s", String(Math.max(0, bytes - FAT_SLACK)), file.path], `${name}: resizing its FAT`);
+      const got = scratchPartitionBytes(file);
+      if (got > bytes) throw new ToolError(`${name}: fatresize made the FAT ${got} bytes, more than its ${bytes}-byte partition`, "");
+      const boot = readAt(file, 0, 512);
+      const backupAt = new DataView(boot.buffer).getUint16(0x32, true);
+      keepFatIdentity(boot, saved, startSector);
+      writeAt(file, 0, boot);
+      if (new DataView(boot.buffer).getUint16(0x11, true) === 0 && backupAt > 0 && backupAt < 32) {
+        const backup = readAt(file, backupAt * 512, 512);
+        keepFatIdentity(backup, saved, startSector);
+        writeAt(file, backupAt * 512, backup);
+      }
       break;
+    }
   }
   if (!grow) fs.truncateSync(file.path, file.offset + bytes);
   file.size = bytes;
+}
+
+const FAT_SLACK = 256 * 1024;
+
+function readAt(file: ScratchFile, at: number, length: number): Uint8Array {
+  const fd = fs.openSync(file.path, "r");
+  try {
+    const b = new Uint8Array(length);
+    fs.readSync(fd, b, 0, length, file.offset + at);
+    return b;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function writeAt(file: ScratchFile, at: number, bytes: Uint8Array): void {
+  const fd = fs.openSync(file.path, "r+");
+  try {
+    fs.writeSync(fd, bytes, 0, bytes.length, file.offset + at);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The size fatresize gave the scratch file's one partition (and its FAT). */
+function scratchPartitionBytes(file: ScratchFile): number {
+  const fd = fs.openSync(file.path, "r");
+  try {
+    const sector = new Uint8Array(512);
+    fs.readSync(fd, sector, 0, 512, 0);
+    return readSlots(sector)[file.partition - 1]!.size * 512;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** The line that tells how to grow a file system that only grows mounted. */
