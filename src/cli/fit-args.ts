@@ -1,8 +1,10 @@
 import fs from "node:fs";
 import os from "node:os";
-import { UsageError } from "../errors.ts";
+import { UsageError, withCommas } from "../errors.ts";
+import { humanSize } from "../formats/units.ts";
+import { diskMinimums, type MinimumFacts } from "../fit/minimum.ts";
 import { fitDisk, type FitResult } from "../fit/fit-input.ts";
-import { ToolError } from "../fit/fs-tools.ts";
+import { ResizeTools, ToolError } from "../fit/fs-tools.ts";
 import { DiskInput } from "../input/disk-input.ts";
 import type { Input } from "../input/input.ts";
 import { blockDeviceSize } from "../disk/disk-volume.ts";
@@ -84,6 +86,7 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
       sizeOf: sizeOf(args["size-of"]),
       grow: args.grow,
       progress,
+      tools: toolsOnPath(),
     });
   } catch (e) {
     removeOnSignal();
@@ -101,6 +104,26 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
     };
   } else removeOnSignal();
   return fitted;
+}
+
+/** info --minimum: what the disk and each partition can be restored into, or undefined for an input that is no disk. */
+export function minimumFacts(input: Input, tmpDir: string | undefined): MinimumFacts | undefined {
+  if (!(input instanceof DiskInput) || input.kind !== "disk") throw new UsageError("--minimum is for a disk (a Clonezilla folder)");
+  return diskMinimums(input.span.layout, { tools: toolsOnPath(), tmpDir: tmpDir ?? os.tmpdir(), verify: true });
+}
+
+export function minimumText(m: MinimumFacts): string {
+  const rows = [["#", "name", "fs", "size", "minimum", "how"]];
+  for (const p of m.partitions) rows.push([String(p.number), p.name, p.fs ?? "-", humanSize(p.size), humanSize(p.minimum), p.how]);
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const lines = [`minimum sizes of disk ${m.disk}: the disk ${humanSize(m.minimum)} (${withCommas(m.minimum)} bytes) of ${humanSize(m.size)}`];
+  for (const r of rows) lines.push(`  ${r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}`);
+  return `${lines.join("\n")}\n`;
+}
+
+/** The resize tools on PATH, then in the sbin directories a user's PATH often lacks. */
+export function toolsOnPath(): ResizeTools {
+  return new ResizeTools([process.env.PATH ?? "", "/usr/local/sbin", "/usr/sbin", "/sbin"].filter(Boolean).join(":"));
 }
 
 /** Scratch copies are removed on a signal too; the process then ends as the signal would end it. */

@@ -10,7 +10,7 @@ import { type InputOptions, openInput } from "../input/open-input.ts";
 import { writeFully } from "../output/writer.ts";
 import { silentProgress } from "../progress.ts";
 import { identityVolume, openOverlay, type OverlayVolume } from "../volume/overlay.ts";
-import { fitArgs, prepareFit } from "./fit-args.ts";
+import { fitArgs, minimumFacts, minimumText, prepareFit } from "./fit-args.ts";
 import { diskArg, infoJson, infoText, partitionArg } from "./info-text.ts";
 import { progressBars } from "./progress-bar.ts";
 import { guard, parseBytes } from "./run.ts";
@@ -49,6 +49,7 @@ export const infoCommand = defineCommand({
   args: {
     image: imageArg,
     json: { type: "boolean", description: "print one JSON object" },
+    minimum: { type: "boolean", description: "of a disk: the smallest size each partition and the disk can be restored into (restores each file system sparse into a scratch file and asks its resize tool)" },
     partition: partitionArg,
     disk: diskArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
@@ -57,7 +58,8 @@ export const infoCommand = defineCommand({
     guard(() =>
       withInput(args.image, { partition: args.partition, disk: args.disk, confirmWholeSet: true, command: "info" }, (input) => {
         const facts = input.describe();
-        process.stdout.write(args.json ? `${JSON.stringify(infoJson(facts), null, 2)}\n` : infoText(facts));
+        const minimum = args.minimum ? minimumFacts(input, undefined) : undefined;
+        process.stdout.write(args.json ? `${JSON.stringify(minimum ? { ...infoJson(facts), minimum } : infoJson(facts), null, 2)}\n` : infoText(facts) + (minimum ? minimumText(minimum) : ""));
       }),
     ),
 });

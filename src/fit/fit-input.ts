@@ -7,7 +7,7 @@ import type { DiskInput } from "../input/disk-input.ts";
 import type { Input, InputFacts, VerifyReport } from "../input/input.ts";
 import type { ProgressFactory } from "../progress.ts";
 import type { Volume } from "../volume/volume.ts";
-import { growAfterBootHint, resizableFs, resizeVolume, type ScratchFile } from "./fs-tools.ts";
+import { growAfterBootHint, resizableFs, type ResizeTools, resizeVolume, type ScratchFile } from "./fs-tools.ts";
 import { type FitOptions, type FitPlan, planFit, planText } from "./plan.ts";
 import { scratchBatches, scratchDir } from "./scratch.ts";
 import { ensureScratch, sizePartitions } from "./sizing.ts";
@@ -22,6 +22,7 @@ export interface FitDiskOptions extends FitOptions {
   /** plan only: no scratch copy is resized, nothing is prepared for writing */
   dryRun?: boolean;
   progress?: ProgressFactory;
+  tools: ResizeTools;
 }
 
 export interface FitResult {
@@ -44,7 +45,7 @@ export function fitDisk(input: DiskInput, opts: FitDiskOptions): FitResult {
   const shrinking = opts.target < layout.size;
   const scratchRoot = scratchDir(opts.tmpDir);
   try {
-    const sized = sizePartitions(layout, { dir: scratchRoot.dir, verify: opts.verify, measure: shrinking, missingTool: "refuse", progress: opts.progress });
+    const sized = sizePartitions(layout, { dir: scratchRoot.dir, verify: opts.verify, measure: shrinking, missingTool: "refuse", progress: opts.progress, tools: opts.tools });
     const plan = planFit(layout, sized.sizings, opts.target, opts);
     const hints: string[] = [];
     for (const p of plan.partitions) {
@@ -67,7 +68,7 @@ export function fitDisk(input: DiskInput, opts: FitDiskOptions): FitResult {
         continue;
       }
       const file = ensureScratch(layout, p.partition, kind, sized.scratch, { dir: scratchRoot.dir, verify: opts.verify, progress: opts.progress });
-      resizeVolume(kind, file, p.size, p.partition.name, p.start / layout.sectorSize);
+      resizeVolume(opts.tools, kind, file, p.size, p.partition.name, p.start / layout.sectorSize);
       resized.set(p.partition.number, file);
     }
     return { plan, lines, input: new FittedDiskInput(input, layout, plan, fittedTables(layout, plan), resized, scratchRoot.remove) };

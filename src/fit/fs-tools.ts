@@ -23,46 +23,33 @@ export const TOOL_PACKAGES: Record<string, string> = {
   fatresize: "fatresize",
 };
 
-const SBIN = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+/**
+ * The resize tools as found on one search path (the CLI passes PATH and the sbin directories a
+ * user's PATH often lacks).
+ */
+export class ResizeTools {
+  constructor(readonly searchPath: string) {}
 
-/** The tool's path, found on PATH or in the sbin directories a user's PATH often lacks; undefined when absent. */
-export function findTool(tool: string): string | undefined {
-  const found = Bun.which(tool);
-  if (found) return found;
-  for (const dir of SBIN) {
-    const p = `${dir}/${tool}`;
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return p;
-    } catch {
-      // not here
-    }
+  /** The tool's path; undefined when absent. */
+  find(tool: string): string | undefined {
+    return Bun.which(tool, { PATH: this.searchPath }) ?? undefined;
   }
-  return undefined;
-}
 
-/** The tool's path, or a refusal naming the package to install. */
-export function requireTool(tool: string, why: string): string {
-  const p = findTool(tool);
-  if (!p) throw new UsageError(`${why} needs ${tool}, which is not installed (Debian package ${TOOL_PACKAGES[tool] ?? tool}: apt-get install ${TOOL_PACKAGES[tool] ?? tool})`);
-  return p;
-}
+  /** The tool's path, or a refusal naming the package to install. */
+  require(tool: string, why: string): string {
+    const p = this.find(tool);
+    const pkg = TOOL_PACKAGES[tool] ?? tool;
+    if (!p) throw new UsageError(`${why} needs ${tool}, which is not installed (Debian package ${pkg}: apt-get install ${pkg})`);
+    return p;
+  }
 
-interface Run {
-  code: number;
-  output: string;
-}
-
-function run(tool: string, args: string[], input?: string): Run {
-  const r = Bun.spawnSync([tool, ...args], { stdin: input === undefined ? "ignore" : new TextEncoder().encode(input), stdout: "pipe", stderr: "pipe", env: { ...process.env, LC_ALL: "C" } });
-  return { code: r.exitCode ?? 1, output: `${r.stdout.toString()}${r.stderr.toString()}` };
-}
-
-function runOk(tool: string, args: string[], what: string, okCodes = [0], input?: string): string {
-  const path = requireTool(tool, what);
-  const r = run(path, args, input);
-  if (!okCodes.includes(r.code)) throw new ToolError(`${what}: ${tool} failed (exit ${r.code}); its output is above`, r.output);
-  return r.output;
+  run(tool: string, args: string[], what: string, okCodes = [0], input?: string): string {
+    const r = Bun.spawnSync([this.require(tool, what), ...args], { stdin: input === undefined ? "ignore" : new TextEncoder().encode(input), stdout: "pipe", stderr: "pipe", env: { PATH: this.searchPath, LC_ALL: "C" } });
+    const output = `${r.stdout.toString()}${r.stderr.toString()}`;
+    const code = r.exitCode ?? 1;
+    if (!okCodes.includes(code)) throw new ToolError(`${what}: ${tool} failed (exit ${code}); its output is above`, output);
+    return output;
+  }
 }
 
 export type ResizableFs = "ext" | "ntfs" | "fat";
@@ -107,23 +94,23 @@ function extBlockSize(file: ScratchFile): number {
 }
 
 /** The smallest size in bytes the tool can bring the volume to; undefined when it cannot shrink at all. */
-export function minimumSize(kind: ResizableFs, file: ScratchFile, name: string): number | undefined {
+export function minimumSize(tools: ResizeTools, kind: ResizableFs, file: ScratchFile, name: string): number | undefined {
   switch (kind) {
     case "ext": {
-      const out = runOk("resize2fs", ["-P", file.path], `${name}: sizing its ext file system`);
+      const out = tools.run("resize2fs", ["-P", file.path], `${name}: sizing its ext file system`);
       const m = /minimum size of the filesystem:\s*(\d+)/i.exec(out);
       if (!m) throw new ToolError(`${name}: resize2fs -P printed no minimum`, out);
       return Number(m[1]) * extBlockSize(file);
     }
     case "ntfs": {
-      const out = runOk("ntfsresize", ["--info", "--force", "--no-progress-bar", file.path], `${name}: sizing its NTFS`, [0, 1]);
+      const out = tools.run("ntfsresize", ["--info", "--force", "--no-progress-bar", file.path], `${name}: sizing its NTFS`, [0, 1]);
       const m = /You might resize at (\d+) bytes/.exec(out);
       if (m) return Number(m[1]);
       if (/Nothing to do|can't be resized|cannot be resized/i.test(out)) return undefined;
       throw new ToolError(`${name}: ntfsresize --info printed no minimum`, out);
     }
     case "fat": {
-      const out = runOk("fatresize", ["-f", "-n", String(file.partition), "-i", file.path], `${name}: sizing its FAT`);
+      const out = tools.run("fatresize", ["-f", "-n", String(file.partition), "-i", file.path], `${name}: sizing its FAT`);
       const min = /Min size:\s*(\d+)/.exec(out);
       const max = /Max size:\s*(\d+)/.exec(out);
       if (!min || !max) throw new ToolError(`${name}: fatresize -i printed no minimum`, out);
@@ -134,25 +121,25 @@ export function minimumSize(kind: ResizableFs, file: ScratchFile, name: string):
 }
 
 /** Resize the volume in the file to `bytes` (smaller or larger); the file is truncated or extended to match. */
-export function resizeVolume(kind: ResizableFs, file: ScratchFile, bytes: number, name: string, startSector: number): void {
+export function resizeVolume(tools: ResizeTools, kind: ResizableFs, file: ScratchFile, bytes: number, name: string, startSector: number): void {
   const grow = bytes > file.size;
   if (grow) fs.truncateSync(file.path, file.offset + bytes);
   switch (kind) {
     case "ext": {
       // resize2fs refuses a file system not checked since it was last mounted; this is our scratch copy
-      runOk("e2fsck", ["-f", "-y", file.path], `${name}: checking its ext file system before resizing`, [0, 1]);
+      tools.run("e2fsck", ["-f", "-y", file.path], `${name}: checking its ext file system before resizing`, [0, 1]);
       const blocks = Math.floor(bytes / extBlockSize(file));
-      runOk("resize2fs", [file.path, String(blocks)], `${name}: resizing its ext file system`);
+      tools.run("resize2fs", [file.path, String(blocks)], `${name}: resizing its ext file system`);
       break;
     }
     case "ntfs":
-      runOk("ntfsresize", ["--force", "--no-progress-bar", "-s", String(bytes), file.path], `${name}: resizing its NTFS`, [0], "y\n");
+      tools.run("ntfsresize", ["--force", "--no-progress-bar", "-s", String(bytes), file.path], `${name}: resizing its NTFS`, [0], "y\n");
       break;
     case "fat": {
       if (grow) throw new UsageError(`${name}: fatresize grows FAT only inside a partition table; kept at its size`);
       const saved = readAt(file, 0, 512);
       // libparted lands within some sectors either side of the size asked: ask a little less
-      runOk("fatresize", ["-f", "-n", String(file.partition), "-s", String(Math.max(0, bytes - FAT_SLACK)), file.path], `${name}: resizing its FAT`);
+      tools.run("fatresize", ["-f", "-n", String(file.partition), "-s", String(Math.max(0, bytes - FAT_SLACK)), file.path], `${name}: resizing its FAT`);
       const got = scratchPartitionBytes(file);
       if (got > bytes) throw new ToolError(`${name}: fatresize made the FAT ${got} bytes, more than its ${bytes}-byte partition`, "");
       const boot = readAt(file, 0, 512);

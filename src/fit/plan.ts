@@ -191,6 +191,11 @@ export function planFit(layout: DiskLayout, sizings: PartitionSizing[], target: 
   return result(sizes, false);
 }
 
+/** The smallest disk the backup fits on: every partition that can shrink at its minimum. */
+export function diskMinimum(layout: DiskLayout, sizings: PartitionSizing[]): number {
+  return planFit(layout, sizings, Number.MAX_SAFE_INTEGER).minimum;
+}
+
 /** The plan as lines for the summary and --dry-run. */
 export function planText(layout: DiskLayout, plan: FitPlan, hints: string[]): string[] {
   const ss = layout.sectorSize;

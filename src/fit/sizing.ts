@@ -1,7 +1,7 @@
 import type { DiskLayout, DiskPartition } from "../disk/disk-volume.ts";
 import { fileSystemName, HEAD_BYTES } from "../fs/open.ts";
 import type { ProgressFactory } from "../progress.ts";
-import { findTool, minimumSize, RESIZE_TOOL, type ResizableFs, resizableFs, type ScratchFile, TOOL_PACKAGES } from "./fs-tools.ts";
+import { minimumSize, RESIZE_TOOL, type ResizableFs, resizableFs, type ResizeTools, type ScratchFile, TOOL_PACKAGES } from "./fs-tools.ts";
 import { isBootPartition, type PartitionSizing } from "./plan.ts";
 import { restoreToScratch } from "./scratch.ts";
 
@@ -25,6 +25,7 @@ export interface SizingOptions {
   measure: boolean;
   /** a missing tool: refuse (restore --fit) or report the partition as not measured (info) */
   missingTool: "refuse" | "report";
+  tools: ResizeTools;
   progress?: ProgressFactory;
 }
 
@@ -68,12 +69,12 @@ export function sizePartitions(layout: DiskLayout, opts: SizingOptions): Sizings
       continue;
     }
     const tool = RESIZE_TOOL[kind];
-    if (!findTool(tool) && opts.missingTool === "report") {
+    if (!opts.tools.find(tool) && opts.missingTool === "report") {
       sizings.push({ partition: p, fs, resizable: false, minimum: p.size, fixed: `not measured: ${tool} is not installed (Debian package ${TOOL_PACKAGES[tool]})` });
       continue;
     }
     const file = ensureScratch(layout, p, kind, scratch, opts);
-    const min = minimumSize(kind, file, p.name);
+    const min = minimumSize(opts.tools, kind, file, p.name);
     if (min === undefined) sizings.push({ partition: p, fs, resizable: false, minimum: p.size, fixed: `${tool} says it cannot shrink` });
     else sizings.push({ partition: p, fs, resizable: true, minimum: Math.min(p.size, min) });
   }
