@@ -139,6 +139,7 @@ export function planFit(layout: DiskLayout, sizings: PartitionSizing[], target: 
         if (s.fixed || !s.resizable) return [s.partition, s.partition.size];
         const want = asked.get(s);
         if (want !== undefined) return [s.partition, want];
+        if (f >= 1) return [s.partition, s.partition.size];
         return [s.partition, Math.min(s.partition.size, Math.max(alignUp(s.minimum, alignment), alignDown(s.partition.size * f, alignment)))];
       }),
     );
@@ -172,7 +173,7 @@ export function planFit(layout: DiskLayout, sizings: PartitionSizing[], target: 
     const sizes = new Map(original);
     const extra = lastEnd(original);
     const last = g === order.at(-1);
-    sizes.set(g.partition, g.partition.size + (last ? alignDown(extra, ss) : alignDown(extra, alignment)));
+    sizes.set(g.partition, sizes.get(g.partition)! + (last ? alignDown(extra, ss) : alignDown(extra, alignment)));
     return result(sizes, true);
   }
   if (opts.grow !== undefined) throw new UsageError("--grow is for a target larger than the backup's disk");
@@ -199,7 +200,8 @@ export function diskMinimum(layout: DiskLayout, sizings: PartitionSizing[]): num
 /** The plan as lines for the summary and --dry-run. */
 export function planText(layout: DiskLayout, plan: FitPlan, hints: string[]): string[] {
   const ss = layout.sectorSize;
-  const lines = [`new layout for ${humanSize(plan.size)} (${plan.size} bytes; the backup's disk: ${humanSize(layout.size)}, minimum ${humanSize(plan.minimum)}), ${humanSize(plan.alignment)} alignment:`];
+  const minimum = plan.size < layout.size ? `, minimum ${humanSize(plan.minimum)}` : "";
+  const lines = [`new layout for ${humanSize(plan.size)} (${plan.size} bytes; the backup's disk: ${humanSize(layout.size)}${minimum}), ${humanSize(plan.alignment)} alignment:`];
   const rows = [["#", "name", "fs", "start", "sectors", "was", "now", "action"]];
   for (const p of plan.partitions) {
     rows.push([String(p.partition.number), p.partition.name, p.fs ?? "-", String(p.start / ss), String(p.size / ss), humanSize(p.partition.size), humanSize(p.size), p.action]);
