@@ -82,14 +82,12 @@ function checkFileSystems(folder: string, disk: string): void {
   }
 }
 
-/** sfdisk -d of a disk as partitions by number. */
-function table(disk: string): { label: string; lastLba?: number; parts: Map<number, Record<string, string>> } {
-  const r = sh(["sfdisk", "-d", disk]);
-  expect(r.code).toBe(0);
+/** sfdisk -d text: the label, the last usable LBA and the partitions' fields by number. */
+function parseSf(text: string): { label: string; lastLba?: number; parts: Map<number, Record<string, string>> } {
   const parts = new Map<number, Record<string, string>>();
   let label = "";
   let lastLba: number | undefined;
-  for (const line of r.out.split("\n")) {
+  for (const line of text.split("\n")) {
     if (line.startsWith("label:")) label = line.split(":")[1]!.trim();
     if (line.startsWith("last-lba:")) lastLba = Number(line.split(":")[1]);
     const m = /^\S+?(\d+) : (.*)$/.exec(line);
@@ -104,20 +102,15 @@ function table(disk: string): { label: string; lastLba?: number; parts: Map<numb
   return { label, lastLba, parts };
 }
 
+function table(disk: string): ReturnType<typeof parseSf> {
+  const r = sh(["sfdisk", "-d", disk]);
+  expect(r.code).toBe(0);
+  return parseSf(r.out);
+}
+
 /** Same partitions, types, GUIDs, names and flags as the backup's table; all inside the new disk. */
 function checkTable(folder: string, disk: string, size: number): void {
-  const sf = fs.readFileSync(path.join(CZ, folder, "loop0-pt.sf"), "utf8");
-  const original = new Map<number, Record<string, string>>();
-  for (const line of sf.split("\n")) {
-    const m = /^\S+?(\d+) : (.*)$/.exec(line);
-    if (!m) continue;
-    const fields: Record<string, string> = {};
-    for (const kv of m[2]!.split(",")) {
-      const [k, v] = kv.split("=").map((x) => x.trim());
-      if (k && v !== undefined) fields[k] = v;
-    }
-    original.set(Number(m[1]), fields);
-  }
+  const original = parseSf(fs.readFileSync(path.join(CZ, folder, "loop0-pt.sf"), "utf8")).parts;
   const now = table(disk);
   expect(now.label).toBe(FOLDERS[folder]!.label);
   expect([...now.parts.keys()]).toEqual([...original.keys()]);
@@ -276,6 +269,22 @@ describe("refusals before a byte is written", () => {
       input.close();
     }
   });
+
+  test("a tool that fails: its output verbatim, then one line; nothing written, no scratch left", () => {
+    if (missing()) return void console.log(missing());
+    const dir = tempDir();
+    const bin = path.join(dir, "bin");
+    const scratch = path.join(dir, "scratch");
+    fs.mkdirSync(bin);
+    fs.mkdirSync(scratch);
+    fs.writeFileSync(path.join(bin, "resize2fs"), "#!/bin/sh\necho 'resize2fs 9.9 (fake)'\necho \"Bad magic number in super-block while trying to open $2\" >&2\nexit 1\n", { mode: 0o755 });
+    const out = path.join(dir, "x.img");
+    const r = runCli(["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", scratch], { env: { PATH: `${bin}:${process.env.PATH}` } });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^resize2fs 9\.9 \(fake\)\nBad magic number in super-block while trying to open \S+loop0-loop0p1\.ext\nimgtool: loop0p1: sizing its ext file system: resize2fs failed \(exit 1\); its output is above\n$/);
+    expect(fs.existsSync(out)).toBe(false);
+    expect(fs.readdirSync(scratch)).toEqual([]);
+  }, 60_000);
 
   test("--dry-run prints the plan and writes nothing; --fit options need --fit; a file target needs --size", () => {
     if (missing()) return void console.log(missing());

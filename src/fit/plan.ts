@@ -178,9 +178,9 @@ export function planFit(layout: DiskLayout, sizings: PartitionSizing[], target: 
   }
   if (opts.grow !== undefined) throw new UsageError("--grow is for a target larger than the backup's disk");
   // the largest factor whose layout fits, to a part in a million
-  let lo = 0;
+  let lo = lastEnd(original) >= 0 ? 1 : 0;
   let hi = 1;
-  for (let i = 0; i < 20; i++) {
+  for (let i = 0; i < 20 && lo < 1; i++) {
     const mid = (lo + hi) / 2;
     if (lastEnd(sizesFor(mid)) >= 0) lo = mid;
     else hi = mid;

@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { libc } from "../../native/libc.ts";
-import { SEEK_DATA, SEEK_HOLE } from "../../native/libc-file.ts";
+import { punchHole, SEEK_DATA, SEEK_HOLE } from "../../native/libc-file.ts";
 import { diskDataBatches, diskSpan } from "../disk/disk-data.ts";
 import type { DiskLayout, DiskPartition } from "../disk/disk-volume.ts";
 import { buildMbr, DEFAULT_GEOMETRY } from "../disk/mbr.ts";
@@ -11,7 +11,7 @@ import type { ResizableFs, ScratchFile } from "./fs-tools.ts";
 
 /** Where a FAT volume sits in its scratch file: behind a one-partition MBR, 1 MiB aligned. */
 const FAT_OFFSET = 1 << 20;
-const READ_CHUNK = 4 << 20;
+const READ_CHUNK = 8 << 20;
 
 /**
  * Restore one partition into a sparse file in `dir`: only the blocks its image holds are
@@ -42,9 +42,15 @@ export function restoreToScratch(layout: DiskLayout, p: DiskPartition, kind: Res
   return { path: file, offset, size: p.size, partition: 1 };
 }
 
-/** The data the scratch file holds (its holes skipped), as runs at `at` + their offset in the volume. */
+/**
+ * The data the scratch file holds (its holes skipped), as runs at `at` + their offset in the volume.
+ * Read once: each chunk's bytes are freed from the file (a hole punched) once the consumer has
+ * them, so its dirty pages are dropped instead of written back.
+ */
 export function* scratchBatches(file: ScratchFile, at: number): Generator<DataRun[], void, undefined> {
-  const fd = fs.openSync(file.path, "r");
+  const fd = fs.openSync(file.path, "r+");
+  // restore writes each batch before asking for the next: one buffer serves every chunk
+  const buf = new Uint8Array(READ_CHUNK);
   try {
     const end = file.offset + file.size;
     let pos = file.offset;
@@ -54,7 +60,6 @@ export function* scratchBatches(file: ScratchFile, at: number): Generator<DataRu
       const hole = Math.min(end, Math.max(data + 1, Number(libc().lseek(fd, data, SEEK_HOLE))));
       for (let o = data; o < hole; o += READ_CHUNK) {
         const n = Math.min(READ_CHUNK, hole - o);
-        const buf = new Uint8Array(n);
         let got = 0;
         while (got < n) {
           const k = fs.readSync(fd, buf, got, n - got, o + got);
@@ -62,6 +67,7 @@ export function* scratchBatches(file: ScratchFile, at: number): Generator<DataRu
           got += k;
         }
         yield [{ offset: at + o - file.offset, data: buf.subarray(0, got) }];
+        punchHole(fd, o, n);
       }
       pos = hole;
     }
