@@ -4,7 +4,9 @@ import { describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { printable, UsageError } from "../src/errors.ts";
+import { bytesVolume, type DiskLayout, type DiskPartition } from "../src/disk/disk-volume.ts";
 import { fitDisk } from "../src/fit/fit-input.ts";
+import { type PartitionSizing, planFit } from "../src/fit/plan.ts";
 import { ResizeTools } from "../src/fit/fs-tools.ts";
 import { openFileSystem } from "../src/fs/open.ts";
 import { DiskInput } from "../src/input/disk-input.ts";
@@ -340,5 +342,62 @@ describe("info --minimum", () => {
     const m = JSON.parse(r.stdout.toString()).minimum;
     for (const p of m.partitions) expect(p.minimum).toBe(p.size);
     expect(m.partitions.map((p: { how: string }) => p.how.split(":")[0])).toEqual(["as saved", "as saved", "as saved", "as saved"]);
+  });
+});
+
+describe("planFit (the layout alone)", () => {
+  const partition = (number: number, start: number, size: number, type: string, kind: "image" | "swap" | "container" = "image"): DiskPartition => ({
+    name: `sda${number}`,
+    number,
+    start,
+    size,
+    type,
+    content: kind === "container" ? { kind: "container" } : kind === "swap" ? { kind: "swap", header: new Uint8Array(4096) } : { kind: "volume", volume: bytesVolume("empty", new Uint8Array(0)) },
+  });
+  const sizing = (p: DiskPartition, minimum: number, fixed?: string): PartitionSizing => ({ partition: p, fs: "ext4", resizable: !fixed, minimum, fixed });
+  const mbr = (partitions: DiskPartition[], size: number): DiskLayout => ({ name: "sda", size, sectorSize: 512, label: "dos", tables: [{ offset: 0, bytes: new Uint8Array(512), what: "MBR" }], partitions });
+
+  test("logical partitions: the extended starts aligned, each logical a MiB after the last so its EBR fits", () => {
+    const ps = [partition(1, MIB, 100 * MIB, "83"), partition(2, 101 * MIB, 100 * MIB, "5", "container"), partition(5, 102 * MIB, 49 * MIB, "83"), partition(6, 152 * MIB, 48 * MIB, "83")];
+    const layout = mbr(ps, 200 * MIB);
+    const plan = planFit(layout, [sizing(ps[0]!, 10 * MIB), sizing(ps[1]!, 0, "extended partition"), sizing(ps[2]!, 10 * MIB), sizing(ps[3]!, 10 * MIB)], 100 * MIB);
+    const at = new Map(plan.partitions.map((p) => [p.partition.number, p]));
+    expect(plan.alignment).toBe(MIB);
+    expect(at.get(1)!.start).toBe(MIB);
+    expect(plan.extended!.start).toBe(at.get(1)!.start + at.get(1)!.size);
+    expect(at.get(5)!.start).toBe(plan.extended!.start + MIB);
+    expect(at.get(6)!.start).toBe(at.get(5)!.start + at.get(5)!.size + MIB);
+    expect(at.get(6)!.start + at.get(6)!.size).toBe(100 * MIB);
+    expect(plan.extended!.start + plan.extended!.size).toBe(100 * MIB);
+    for (const p of plan.partitions) expect(p.size).toBeGreaterThanOrEqual(10 * MIB);
+  });
+
+  test("a disk aligned on 63 sectors keeps that alignment; the first start stays", () => {
+    const ps = [partition(1, 63 * 512, 1000 * 63 * 512, "83"), partition(2, 1001 * 63 * 512, 1000 * 63 * 512, "83")];
+    const layout = mbr(ps, 2001 * 63 * 512);
+    const plan = planFit(layout, ps.map((p) => sizing(p, 100 * 63 * 512)), 1500 * 63 * 512);
+    expect(plan.alignment).toBeLessThan(MIB);
+    expect(plan.partitions[0]!.start).toBe(63 * 512);
+    expect(plan.partitions[1]!.start % plan.alignment).toBe(0);
+  });
+
+  test("--size-of fixes one size, the others share the rest; below the minimum is refused", () => {
+    const ps = [partition(1, MIB, 100 * MIB, "83"), partition(2, 101 * MIB, 99 * MIB, "83")];
+    const layout = mbr(ps, 200 * MIB);
+    const plan = planFit(layout, ps.map((p) => sizing(p, 10 * MIB)), 150 * MIB, { sizeOf: new Map([["1", 30 * MIB]]) });
+    expect(plan.partitions[0]!.size).toBe(30 * MIB);
+    expect(plan.partitions[1]!.start + plan.partitions[1]!.size).toBe(150 * MIB);
+    expect(() => planFit(layout, ps.map((p) => sizing(p, 10 * MIB)), 150 * MIB, { sizeOf: new Map([["1", 5 * MIB]]) })).toThrow("cannot be smaller than");
+  });
+
+  test("onto a larger disk --grow picks the partition; the ones after it move and keep their size", () => {
+    const ps = [partition(1, MIB, 100 * MIB, "83"), partition(2, 101 * MIB, 99 * MIB, "83")];
+    const layout = mbr(ps, 200 * MIB);
+    const plan = planFit(layout, ps.map((p) => sizing(p, p.size)), 300 * MIB, { grow: "1" });
+    expect(plan.partitions[0]!.size).toBe(200 * MIB);
+    expect(plan.partitions[0]!.action).toBe("grow");
+    expect(plan.partitions[1]!.start).toBe(201 * MIB);
+    expect(plan.partitions[1]!.size).toBe(99 * MIB);
+    expect(() => planFit(layout, ps.map((p) => sizing(p, 10 * MIB)), 150 * MIB, { grow: "1" })).toThrow("--grow is for a target larger");
   });
 });

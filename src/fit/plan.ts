@@ -146,12 +146,12 @@ export function planFit(layout: DiskLayout, sizings: PartitionSizing[], target: 
   const endOf = (sizes: Map<DiskPartition, number>) => place(layout, parts, sizes, alignment).end + tail;
   const smallest = sizesFor(0);
   const minimum = alignUp(endOf(smallest), ss);
-  const result = (sizes: Map<DiskPartition, number>, growing: boolean): FitPlan => {
+  const result = (sizes: Map<DiskPartition, number>): FitPlan => {
     const placed = place(layout, parts, sizes, alignment);
     const partitions = order.map((s): PlannedPartition => {
       const size = sizes.get(s.partition)!;
       const c = s.partition.content.kind;
-      const action: FitAction = c === "absent" ? "none" : c === "swap" ? "swap" : !s.resizable || size === s.partition.size ? "copy" : growing ? "grow" : "shrink";
+      const action: FitAction = c === "absent" ? "none" : c === "swap" ? "swap" : !s.resizable || size === s.partition.size ? "copy" : size > s.partition.size ? "grow" : "shrink";
       return { partition: s.partition, fs: s.fs, start: placed.starts.get(s.partition)!, size, action };
     });
     const extPart = layout.partitions.find((p) => isExtended(layout, p));
@@ -174,7 +174,7 @@ export function planFit(layout: DiskLayout, sizings: PartitionSizing[], target: 
     const extra = lastEnd(original);
     const last = g === order.at(-1);
     sizes.set(g.partition, sizes.get(g.partition)! + (last ? alignDown(extra, ss) : alignDown(extra, alignment)));
-    return result(sizes, true);
+    return result(sizes);
   }
   if (opts.grow !== undefined) throw new UsageError("--grow is for a target larger than the backup's disk");
   // the largest factor whose layout fits, to a part in a million
@@ -188,8 +188,8 @@ export function planFit(layout: DiskLayout, sizings: PartitionSizing[], target: 
   const sizes = sizesFor(lo);
   const flexible = order.filter((s) => !s.fixed && s.resizable && !asked.has(s));
   const taker = order.at(-1);
-  if (taker && flexible.includes(taker)) sizes.set(taker.partition, Math.min(taker.partition.size, sizes.get(taker.partition)! + alignDown(lastEnd(sizes), ss)));
-  return result(sizes, false);
+  if (taker && flexible.includes(taker)) sizes.set(taker.partition, sizes.get(taker.partition)! + alignDown(lastEnd(sizes), ss));
+  return result(sizes);
 }
 
 /** The smallest disk the backup fits on: every partition that can shrink at its minimum. */
