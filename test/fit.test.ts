@@ -184,6 +184,28 @@ describe("restore --fit onto a smaller disk", () => {
   }, 120_000);
 });
 
+describe("restore --fit onto a block device", () => {
+  test("its size is the device's (no --size); the disk read back from it passes every check", () => {
+    const why = missing() ?? (process.getuid?.() !== 0 ? "skipped: needs root (a loop device)" : which("losetup") ? undefined : "skipped: losetup is not installed (apt-get install mount)");
+    if (why) return void console.log(why);
+    const dir = tempDir();
+    const backing = path.join(dir, "device.img");
+    fs.writeFileSync(backing, "");
+    fs.truncateSync(backing, 200 * MIB);
+    const loop = sh(["losetup", "-f", "--show", backing]).out.trim();
+    expect(loop).toMatch(/^\/dev\/loop\d+$/);
+    try {
+      const r = runCli(["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", loop, "--fit", "--force", "-q", "--tmp-dir", dir]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+    } finally {
+      sh(["losetup", "-d", loop]);
+    }
+    checkTable("clonezilla-mbr-zstd", backing, 200 * MIB);
+    checkFileSystems("clonezilla-mbr-zstd", backing);
+  }, 120_000);
+});
+
 describe("restore --fit onto a larger disk", () => {
   test("MBR: the last (logical) ext4 grows and stays clean", () => {
     const why = missing();
