@@ -106,8 +106,8 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
   return fitted;
 }
 
-/** info --minimum: what the disk and each partition can be restored into, or undefined for an input that is no disk. */
-export function minimumFacts(input: Input, tmpDir: string | undefined): MinimumFacts | undefined {
+/** info --minimum: what the disk and each partition can be restored into. */
+export function minimumFacts(input: Input, tmpDir: string | undefined): MinimumFacts {
   if (!(input instanceof DiskInput) || input.kind !== "disk") throw new UsageError("--minimum is for a disk (a Clonezilla folder)");
   return diskMinimums(input.span.layout, { tools: toolsOnPath(), tmpDir: tmpDir ?? os.tmpdir(), verify: true });
 }

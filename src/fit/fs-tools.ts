@@ -80,17 +80,11 @@ export interface ScratchFile {
 
 const EXT_SUPERBLOCK = 1024;
 
+/** The block size of the ext superblock in the scratch file (s_log_block_size, 1024 bytes into the volume). */
 function extBlockSize(file: ScratchFile): number {
-  const fd = fs.openSync(file.path, "r");
-  try {
-    const b = Buffer.alloc(4);
-    fs.readSync(fd, b, 0, 4, file.offset + EXT_SUPERBLOCK + 24);
-    const log = b.readUInt32LE(0);
-    if (log > 6) throw new UsageError(`${file.path}: ext superblock block size is out of range`);
-    return 1024 << log;
-  } finally {
-    fs.closeSync(fd);
-  }
+  const log = new DataView(readAt(file, EXT_SUPERBLOCK + 24, 4).buffer).getUint32(0, true);
+  if (log > 6) throw new UsageError(`${file.path}: ext superblock block size is out of range`);
+  return 1024 << log;
 }
 
 /** The smallest size in bytes the tool can bring the volume to; undefined when it cannot shrink at all. */
@@ -182,14 +176,7 @@ function writeAt(file: ScratchFile, at: number, bytes: Uint8Array): void {
 
 /** The size fatresize gave the scratch file's one partition (and its FAT). */
 function scratchPartitionBytes(file: ScratchFile): number {
-  const fd = fs.openSync(file.path, "r");
-  try {
-    const sector = new Uint8Array(512);
-    fs.readSync(fd, sector, 0, 512, 0);
-    return readSlots(sector)[file.partition - 1]!.size * 512;
-  } finally {
-    fs.closeSync(fd);
-  }
+  return readSlots(readAt(file, -file.offset, 512))[file.partition - 1]!.size * 512;
 }
 
 /** The line that tells how to grow a file system that only grows mounted. */
