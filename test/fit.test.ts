@@ -240,12 +240,17 @@ describe("restore --fit onto a larger disk", () => {
   }, 120_000);
 });
 
+/** restore --fit of a fixture folder into a fresh directory (also its --tmp-dir). */
+function fitInto(folder: string, extra: string[]): { r: ReturnType<typeof runCli>; dir: string; out: string } {
+  const dir = tempDir();
+  const out = path.join(dir, "x.img");
+  return { r: runCli(["restore", path.join(CZ, folder), "-o", out, "--fit", "--tmp-dir", dir, ...extra]), dir, out };
+}
+
 describe("refusals before a byte is written", () => {
   test("a target below the minimum names the minimum; nothing is created", () => {
-    const dir = tempDir();
-    const out = path.join(dir, "small.img");
-    const r = runCli(["restore", path.join(CZ, "clonezilla-gpt-gzip"), "-o", out, "--fit", "--size", "20M", "--tmp-dir", dir]);
     if (missing()) return void console.log(missing());
+    const { r, dir } = fitInto("clonezilla-gpt-gzip", ["--size", "20M"]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/^imgtool: the backup cannot fit on 20\.0 MB \(20971520 bytes\): it needs at least .* \(\d+ bytes\)/);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
@@ -253,9 +258,7 @@ describe("refusals before a byte is written", () => {
   }, 60_000);
 
   test("an XFS partition that alone exceeds the target is named with its file system", () => {
-    const dir = tempDir();
-    const out = path.join(dir, "small.img");
-    const r = runCli(["restore", path.join(CZ, "pub-linuxfs"), "-o", out, "--fit", "--size", "300M", "--tmp-dir", dir]);
+    const { r, dir } = fitInto("pub-linuxfs", ["--size", "300M"]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/cannot fit .*loop0p2 \(xfs, 320\.0 MB\) cannot shrink: XFS cannot shrink/);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
@@ -312,9 +315,7 @@ describe("refusals before a byte is written", () => {
 
   test("--dry-run prints the plan and writes nothing; --fit options need --fit; a file target needs --size", () => {
     if (missing()) return void console.log(missing());
-    const dir = tempDir();
-    const out = path.join(dir, "x.img");
-    const dry = runCli(["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--dry-run", "--tmp-dir", dir]);
+    const { r: dry, dir, out } = fitInto("clonezilla-mbr-zstd", ["--size", "200M", "--dry-run"]);
     expect(dry.code).toBe(0);
     expect(dry.stdout.toString()).toMatch(/new layout for 200\.0 MB[^\n]*\n +# +name/);
     expect(dry.stdout.toString()).toMatch(/loop0p6 +ext4 .* shrink/);
@@ -439,8 +440,8 @@ describe("a bootable disk (make-boot.sh)", () => {
     expect(runCli(["restore", folder, "-o", plain, "-q"]).code).toBe(0);
     const expected = boot(plain);
     expect(expected).toMatch(/^IMGTOOL-BOOT-OK [0-9a-f]{64}$/);
+    const size = fs.statSync(plain).size;
     fs.rmSync(plain);
-    const size = fs.statSync(plain, { throwIfNoEntry: false })?.size ?? Number(JSON.parse(runCli(["info", folder, "--json"]).stdout.toString()).disks[0].size);
     const minimum = Number(JSON.parse(runCli(["info", folder, "--minimum", "--json"]).stdout.toString()).minimum.minimum);
     for (const target of [Math.floor((size * 0.75) / MIB) * MIB, minimum]) {
       const disk = path.join(dir, `fit-${target}.img`);

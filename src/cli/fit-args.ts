@@ -29,6 +29,7 @@ interface FitArgs {
   "dry-run"?: boolean;
   "tmp-dir"?: string;
   output: string;
+  overlay?: string;
   verify?: boolean;
   quiet?: boolean;
 }
@@ -75,6 +76,7 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
   }
   if (!(input instanceof DiskInput)) throw new UsageError("--fit restores a disk (a Clonezilla folder); this input is a single volume");
   if (args.output === "-") throw new UsageError("--fit needs a file or a block device, not stdout");
+  if (args.overlay !== undefined) throw new UsageError("--overlay changes the backup's disk as it was; it does not go with --fit");
   let fitted: FitResult;
   const removeOnSignal = onSignals(() => fitted?.input?.close());
   try {
