@@ -42,9 +42,9 @@ function fixedReason(p: DiskPartition, fs: string | undefined): string | undefin
   if (isBootPartition(p)) return "boot partition";
   if (p.content.kind === "swap") return undefined;
   const n = (fs ?? "").toLowerCase();
-  if (n === "xfs") return "XFS cannot shrink (kept as saved)";
-  if (n === "btrfs") return "btrfs shrinks only mounted (kept as saved)";
-  if (!resizableFs(fs)) return `imgtool does not know how to shrink ${fs ? `a ${fs} partition` : "this content"} (kept as saved)`;
+  if (n === "xfs") return "XFS cannot shrink";
+  if (n === "btrfs") return "btrfs shrinks only mounted";
+  if (!resizableFs(fs)) return `imgtool does not shrink ${fs ?? "unknown content"}`;
   return undefined;
 }
 
