@@ -77,8 +77,9 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
   if (!(input instanceof DiskInput)) throw new UsageError("--fit restores a disk (a Clonezilla folder); this input is a single volume");
   if (args.output === "-") throw new UsageError("--fit needs a file or a block device, not stdout");
   if (args.overlay !== undefined) throw new UsageError("--overlay changes the backup's disk as it was; it does not go with --fit");
+  let removeScratch = () => {};
+  const removeOnSignal = onSignals(() => removeScratch());
   let fitted: FitResult;
-  const removeOnSignal = onSignals(() => fitted?.input?.close());
   try {
     fitted = fitDisk(input, {
       target: targetSize(args),
@@ -89,6 +90,9 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
       grow: args.grow,
       progress,
       tools: toolsOnPath(),
+      onScratch: (remove) => {
+        removeScratch = remove;
+      },
     });
   } catch (e) {
     removeOnSignal();

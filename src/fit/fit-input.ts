@@ -23,6 +23,8 @@ export interface FitDiskOptions extends FitOptions {
   dryRun?: boolean;
   progress?: ProgressFactory;
   tools: ResizeTools;
+  /** told how to remove the scratch directory as soon as it exists (a signal handler may need to) */
+  onScratch?: (remove: () => void) => void;
 }
 
 export interface FitResult {
@@ -44,6 +46,7 @@ export function fitDisk(input: DiskInput, opts: FitDiskOptions): FitResult {
   if (layout.backing) throw new UsageError("--fit restores a Clonezilla folder; a raw disk image is copied as it is");
   const shrinking = opts.target < layout.size;
   const scratchRoot = scratchDir(opts.tmpDir);
+  opts.onScratch?.(scratchRoot.remove);
   try {
     const sized = sizePartitions(layout, { dir: scratchRoot.dir, verify: opts.verify, measure: shrinking, missingTool: "refuse", progress: opts.progress, tools: opts.tools });
     const plan = planFit(layout, sized.sizings, opts.target, opts);
