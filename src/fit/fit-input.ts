@@ -1,4 +1,5 @@
 import { UsageError } from "../errors.ts";
+import { humanSize } from "../formats/units.ts";
 import { diskDataBatches, diskSpan } from "../disk/disk-data.ts";
 import type { DiskLayout, TableBytes } from "../disk/disk-volume.ts";
 import { swapHeader } from "../disk/swap.ts";
@@ -7,7 +8,7 @@ import type { DiskInput } from "../input/disk-input.ts";
 import type { Input, InputFacts, VerifyReport } from "../input/input.ts";
 import type { ProgressFactory } from "../progress.ts";
 import type { Volume } from "../volume/volume.ts";
-import { growAfterBootHint, resizableFs, type ResizeTools, resizeVolume, type ScratchFile } from "./fs-tools.ts";
+import { growAfterBootHint, RESIZE_TOOL, resizableFs, type ResizeTools, resizeVolume, type ScratchFile } from "./fs-tools.ts";
 import { type FitOptions, type FitPlan, planFit, planText } from "./plan.ts";
 import { scratchBatches, scratchDir } from "./scratch.ts";
 import { ensureScratch, sizePartitions } from "./sizing.ts";
@@ -71,7 +72,10 @@ export function fitDisk(input: DiskInput, opts: FitDiskOptions): FitResult {
         continue;
       }
       const file = ensureScratch(layout, p.partition, kind, sized.scratch, { dir: scratchRoot.dir, verify: opts.verify, progress: opts.progress });
+      const phase = opts.progress?.(p.size, `${p.partition.name}: ${RESIZE_TOOL[kind]} ${humanSize(p.partition.size)} to`);
+      phase?.update(0);
       resizeVolume(opts.tools, kind, file, p.size, p.partition.name, p.start / layout.sectorSize);
+      phase?.finish(p.size);
       resized.set(p.partition.number, file);
     }
     return { plan, lines, input: new FittedDiskInput(input, layout, plan, fittedTables(layout, plan), resized, scratchRoot.remove) };
