@@ -51,6 +51,8 @@ export function fitDisk(input: DiskInput, opts: FitDiskOptions): FitResult {
   try {
     const sized = sizePartitions(layout, { dir: scratchRoot.dir, verify: opts.verify, measure: shrinking, missingTool: "refuse", progress: opts.progress, tools: opts.tools });
     const plan = planFit(layout, sized.sizings, opts.target, opts);
+    // fatresize grows FAT only in place: a FAT whose partition grows keeps its size
+    for (const p of plan.partitions) if (p.action === "grow" && resizableFs(p.fs) === "fat") p.action = "copy";
     const hints: string[] = [];
     for (const p of plan.partitions) {
       if (p.size <= p.partition.size || p.action !== "copy") continue;
@@ -67,10 +69,6 @@ export function fitDisk(input: DiskInput, opts: FitDiskOptions): FitResult {
       if (p.action !== "shrink" && p.action !== "grow") continue;
       const kind = resizableFs(p.fs);
       if (!kind) continue;
-      if (kind === "fat" && p.action === "grow") {
-        p.action = "copy";
-        continue;
-      }
       const file = ensureScratch(layout, p.partition, kind, sized.scratch, { dir: scratchRoot.dir, verify: opts.verify, progress: opts.progress });
       const phase = opts.progress?.(p.size, `${p.partition.name}: ${RESIZE_TOOL[kind]} ${humanSize(p.partition.size)} to`);
       phase?.update(0);
