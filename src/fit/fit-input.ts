@@ -1,8 +1,9 @@
 import { UsageError } from "../errors.ts";
 import { humanSize } from "../formats/units.ts";
-import { diskDataBatches, diskSpan } from "../disk/disk-data.ts";
+import fs from "node:fs";
+import { diskDataBatches, diskSpan, spanDataBytes } from "../disk/disk-data.ts";
 import type { DiskLayout, TableBytes } from "../disk/disk-volume.ts";
-import { swapHeader } from "../disk/swap.ts";
+import { SWAP_PAGE_SIZE, swapHeader } from "../disk/swap.ts";
 import type { DataRun } from "../formats/image.ts";
 import type { DiskInput } from "../input/disk-input.ts";
 import type { Input, InputFacts, VerifyReport } from "../input/input.ts";
@@ -115,8 +116,16 @@ export class FittedDiskInput implements Input {
     return this.source.files;
   }
 
-  dataBytes(): number | undefined {
-    return undefined;
+  /** for progress: the tables, what the copied partitions' images hold, the scratch copies' allocated bytes */
+  dataBytes(): number {
+    let n = this.tables.reduce((sum, t) => sum + t.bytes.length, 0);
+    for (const p of this.plan.partitions) {
+      const file = this.resized.get(p.partition.number);
+      if (file) n += Math.min(p.size, fs.statSync(file.path).blocks * 512);
+      else if (p.action === "copy") n += spanDataBytes(diskSpan(this.layout, p.partition));
+      else if (p.action === "swap") n += SWAP_PAGE_SIZE;
+    }
+    return n;
   }
 
   *dataBatches(opts: { verify: boolean }): Generator<DataRun[], void, undefined> {
