@@ -356,7 +356,13 @@ describe("info --minimum", () => {
     expect(m.minimum).toBe(MIB + byNumber.get(1)!.size + mib(byNumber.get(2)!.minimum) + mib(byNumber.get(3)!.minimum) + mib(byNumber.get(4)!.minimum) + 33 * 512);
     const text = runCli(["info", path.join(CZ, folder), "--minimum"]).stdout.toString();
     expect(text).toMatch(/minimum sizes of disk loop0: the disk .* \([\d,]+ bytes\) of 300\.0 MB/);
-    expect(text).toMatch(/2 +loop0p2 +ext4 +100\.0 MB +\S+ MB +resize2fs -P/);
+    expect(text).toMatch(/2 +loop0p2 +ext4 +100\.0 MB +\S+ MB +\S+ MB +resize2fs -P/);
+    // FAT: the clusters in use (partclone's used blocks) and what fatresize can bring it to
+    const mbr = JSON.parse(runCli(["info", path.join(CZ, "clonezilla-mbr-zstd"), "--minimum", "--json"]).stdout.toString()).minimum;
+    const fat = mbr.partitions.find((p: { number: number }) => p.number === 5);
+    expect(fat.used).toBeGreaterThan(0);
+    expect(fat.used).toBeLessThan(fat.minimum);
+    expect(fat.how).toContain("fatresize -i");
   }, 120_000);
 
   test("XFS, btrfs and exFAT are as saved", () => {

@@ -119,8 +119,8 @@ export function minimumFacts(input: Input, tmpDir: string | undefined): MinimumF
 }
 
 export function minimumText(m: MinimumFacts): string {
-  const rows = [["#", "name", "fs", "size", "minimum", "how"]];
-  for (const p of m.partitions) rows.push([String(p.number), p.name, p.fs ?? "-", humanSize(p.size), humanSize(p.minimum), p.how]);
+  const rows = [["#", "name", "fs", "size", "used", "minimum", "how"]];
+  for (const p of m.partitions) rows.push([String(p.number), p.name, p.fs ?? "-", humanSize(p.size), p.used === null ? "-" : humanSize(p.used), humanSize(p.minimum), p.how]);
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const lines = [`minimum sizes of disk ${m.disk}: the disk ${humanSize(m.minimum)} (${withCommas(m.minimum)} bytes) of ${humanSize(m.size)}`];
   for (const r of rows) lines.push(`  ${r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}`);

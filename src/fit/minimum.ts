@@ -1,4 +1,4 @@
-import type { DiskLayout } from "../disk/disk-volume.ts";
+import type { DiskLayout, DiskPartition } from "../disk/disk-volume.ts";
 import type { ProgressFactory } from "../progress.ts";
 import type { ResizeTools } from "./fs-tools.ts";
 import { diskMinimum } from "./plan.ts";
@@ -11,7 +11,7 @@ export interface MinimumFacts {
   /** bytes: the tables, what precedes the first partition, alignment, and each partition at its minimum */
   minimum: number;
   size: number;
-  partitions: { name: string; number: number; fs: string | null; size: number; minimum: number; how: string }[];
+  partitions: { name: string; number: number; fs: string | null; size: number; used: number | null; minimum: number; how: string }[];
 }
 
 /**
@@ -34,9 +34,20 @@ export function diskMinimums(layout: DiskLayout, opts: { tools: ResizeTools; tmp
       minimum: diskMinimum(layout, sizings),
       partitions: sizings
         .filter((s) => s.partition.content.kind !== "container")
-        .map((s) => ({ name: s.partition.name, number: s.partition.number, fs: s.fs ?? null, size: s.partition.size, minimum: s.minimum, how: how(s.fs, s.fixed) })),
+        .map((s) => ({ name: s.partition.name, number: s.partition.number, fs: s.fs ?? null, size: s.partition.size, used: usedBytes(s.partition), minimum: s.minimum, how: how(s.fs, s.fixed) })),
     };
   } finally {
     scratch.remove();
+  }
+}
+
+/** The bytes in use as the image header counts them (FAT: its clusters in use); null where no image says. */
+function usedBytes(p: DiskPartition): number | null {
+  if (p.content.kind !== "image") return null;
+  const image = p.content.open();
+  try {
+    return image.info.usedBlocks * image.info.blockSize;
+  } finally {
+    image.close();
   }
 }
