@@ -8,6 +8,7 @@ const scripts = [
   "seek-index.ts",
   "seek-codecs.ts",
   "disk.ts",
+  "fit.ts",
   "fs.ts",
   "fs-exfat.ts",
   "fs-xfs.ts",

@@ -10,6 +10,7 @@ import { type InputOptions, openInput } from "../input/open-input.ts";
 import { writeFully } from "../output/writer.ts";
 import { silentProgress } from "../progress.ts";
 import { identityVolume, openOverlay, type OverlayVolume } from "../volume/overlay.ts";
+import { fitArgs, minimumFacts, minimumText, prepareFit } from "./fit-args.ts";
 import { diskArg, infoJson, infoText, partitionArg } from "./info-text.ts";
 import { progressBars } from "./progress-bar.ts";
 import { BUILD_SEEK_INDEX, guard, parseBytes } from "./run.ts";
@@ -65,6 +66,7 @@ export const infoCommand = defineCommand({
     image: imageArg,
     json: { type: "boolean", description: "print one JSON object" },
     "max-bitmap": maxBitmapArg,
+    minimum: { type: "boolean", description: "of a disk: the smallest size each partition and the disk can be restored into (restores each file system sparse into a scratch file and asks its resize tool)" },
     partition: partitionArg,
     disk: diskArg,
     debug: { type: "boolean", description: "show stack traces of errors" },
@@ -73,7 +75,8 @@ export const infoCommand = defineCommand({
     guard(() =>
       withInput(args.image, { partition: args.partition, disk: args.disk, confirmWholeSet: true, maxBitmap: parseBytes(args["max-bitmap"], "--max-bitmap") || undefined, command: "info" }, (input) => {
         const facts = input.describe();
-        process.stdout.write(args.json ? `${JSON.stringify(infoJson(facts), null, 2)}\n` : infoText(facts));
+        const minimum = args.minimum ? minimumFacts(input, undefined) : undefined;
+        process.stdout.write(args.json ? `${JSON.stringify(minimum ? { ...infoJson(facts), minimum } : infoJson(facts), null, 2)}\n` : infoText(facts) + (minimum ? minimumText(minimum) : ""));
       }),
     ),
 });
@@ -89,6 +92,7 @@ export const restoreCommand = defineCommand({
     "output-offset": { type: "string", description: "write the volume at this byte offset of the output (e.g. 1M)" },
     overlay: { type: "string", description: "merge the changes kept in this overlay file (serve/mount --overlay)" },
     quiet: { type: "boolean", alias: "q", description: "no progress bar or summary" },
+    ...fitArgs,
     ...readAllArgs,
   },
   run: ({ args }) =>
@@ -97,10 +101,12 @@ export const restoreCommand = defineCommand({
       return withInput(args.image, readAllOptions(args, "restore"), async (input) => {
         for (const w of input.warnings) process.stderr.write(`imgtool: warning: ${w}\n`);
         let overlay: OverlayVolume | undefined;
+        const fitted = prepareFit(args, input, progressBars(args.quiet === true));
+        if (fitted && !fitted.input) return;
         try {
           if (args.overlay !== undefined) overlay = openRestoreOverlay(args.overlay, input);
           const started = performance.now();
-          const r = await restoreInterruptibly(input, args.output, {
+          const r = await restoreInterruptibly(fitted?.input ?? input, args.output, {
             // for a file system whose O_TMPFILE misbehaves: write a visible OUT.partial instead
             unnamed: process.env.IMGTOOL_TMPFILE === "0" ? false : undefined,
             overlay,
@@ -117,6 +123,7 @@ export const restoreCommand = defineCommand({
           }
         } finally {
           overlay?.close();
+          fitted?.input?.close();
         }
       });
     }),

@@ -205,3 +205,50 @@ export function partitionNumber(device: string): number {
   const m = /(\d+)$/.exec(device);
   return m ? Number(m[1]) : 0;
 }
+
+/**
+ * The primary and backup tables of a disk of `diskSectors` whose partitions moved: the saved
+ * primary (protective MBR and its boot code, disk GUID, every entry's type, GUID, name and
+ * attributes kept) with new start/end sectors per entry number, the header's backup LBA and last
+ * usable sector for the new end, and both CRCs recomputed.
+ */
+export function relocateGpt(primary: Uint8Array, sectorSize: number, moved: Map<number, { start: number; end: number }>, diskSectors: number, savedDiskSectors: number, where: { file: string; offset: number }): { primary: Uint8Array; backup: Uint8Array; backupLba: number } {
+  const ss = sectorSize;
+  const h = parseGptHeader(primary.subarray(ss, 2 * ss), where, savedDiskSectors);
+  const entryBytes = h.entryCount * h.entrySize;
+  const entrySectors = Math.ceil(entryBytes / ss);
+  if (primary.length < (h.entriesLba + entrySectors) * ss) throw new ImageError(where, "GPT entry array is cut short");
+  const out = primary.slice(0, (h.entriesLba + entrySectors) * ss);
+  const entries = out.subarray(h.entriesLba * ss, h.entriesLba * ss + entrySectors * ss);
+  const dv = new DataView(entries.buffer, entries.byteOffset, entries.byteLength);
+  for (const [n, r] of moved) {
+    if (n < 1 || n > h.entryCount) throw new Error(`GPT partition ${n} is not in the table`);
+    dv.setBigUint64((n - 1) * h.entrySize + 32, BigInt(r.start), true);
+    dv.setBigUint64((n - 1) * h.entrySize + 40, BigInt(r.end), true);
+  }
+  const entriesCrc = Bun.hash.crc32(entries.subarray(0, entryBytes)) >>> 0;
+  const last = diskSectors - 1;
+  const backupLba = last - entrySectors;
+  const header = (sector: Uint8Array, myLba: number, altLba: number, entriesLba: number) => {
+    const s = sector.slice();
+    const v = new DataView(s.buffer);
+    v.setBigUint64(24, BigInt(myLba), true);
+    v.setBigUint64(32, BigInt(altLba), true);
+    v.setBigUint64(48, BigInt(backupLba - 1), true);
+    v.setBigUint64(72, BigInt(entriesLba), true);
+    v.setUint32(88, entriesCrc, true);
+    const size = v.getUint32(12, true);
+    v.setUint32(16, 0, true);
+    v.setUint32(16, Bun.hash.crc32(s.subarray(0, size)) >>> 0, true);
+    return s;
+  };
+  const primaryHeader = header(out.subarray(ss, 2 * ss), 1, last, h.entriesLba);
+  out.set(primaryHeader, ss);
+  // the protective MBR's 0xEE slot covers the disk (or 2^32-1 sectors)
+  const pm = new DataView(out.buffer, out.byteOffset, ss);
+  for (let slot = 0; slot < 4; slot++) if (out[446 + slot * 16 + 4] === 0xee) pm.setUint32(446 + slot * 16 + 12, Math.min(diskSectors - 1, 0xffffffff), true);
+  const backup = new Uint8Array((entrySectors + 1) * ss);
+  backup.set(entries, 0);
+  backup.set(header(out.subarray(ss, 2 * ss), last, 1, backupLba), entrySectors * ss);
+  return { primary: out, backup, backupLba };
+}

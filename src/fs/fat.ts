@@ -371,3 +371,16 @@ export function shortNameDecoder(codepage: string): (b: Uint8Array) => string {
   const decoder = new TextDecoder(codepage as "utf-8");
   return (b) => decoder.decode(b);
 }
+
+/**
+ * A boot sector rewritten by a resize tool (libparted writes "MSWIN4.1", "NO NAME" and the hidden
+ * sectors of where it ran) given back what identifies the volume: the OEM name and label of
+ * `saved`, and `hiddenSectors` (the partition's start) for the disk it goes to. FAT32 keeps its
+ * label at 0x47, FAT12/16 at 0x2B; a BPB with 0 root entries is FAT32.
+ */
+export function keepFatIdentity(boot: Uint8Array, saved: Uint8Array, hiddenSectors: number): void {
+  const labelAt = (b: Uint8Array) => (view(b).getUint16(0x11, true) === 0 ? 0x47 : 0x2b);
+  boot.set(saved.subarray(3, 11), 3);
+  boot.set(saved.subarray(labelAt(saved), labelAt(saved) + 11), labelAt(boot));
+  view(boot).setUint32(0x1c, hiddenSectors, true);
+}
