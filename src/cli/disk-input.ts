@@ -8,7 +8,8 @@ import { writeFully } from "../output/writer.ts";
 import { looksLikeClonezillaFolder, readClonezillaFolder, type ClonezillaFolder } from "../disk/clonezilla.ts";
 import type { DiskLayout, DiskPartition } from "../disk/disk-volume.ts";
 import { findPartition, openDisk, splitPartitionSuffix, type OpenedDisk } from "../disk/open-disk.ts";
-import { looksLikeRawDisk, openRawDisk } from "../disk/raw-disk.ts";
+import { looksLikeRawDisk, openRawDisk, rawDiskVolumeGroups } from "../disk/raw-disk.ts";
+import { foundLvmFacts, savedLvmFacts, type VgFacts } from "../lvm/facts.ts";
 import { restoreDisk } from "../disk/restore-disk.ts";
 import { verifyFolder } from "../disk/verify-disk.ts";
 import type { Volume } from "../volume/volume.ts";
@@ -152,6 +153,7 @@ export function diskInfo(d: DiskInput, json: boolean): void {
       checksums: folder.checksums.map((c) => ({ file: path.basename(c.file), algorithm: c.algorithm, files: c.entries.length })),
       otherFiles: folder.otherFiles,
       problems: [...new Set(problems)],
+      lvm: folder.savedLvm ? savedLvmFacts(folder.savedLvm, folder.lvContent) : [],
     };
     if (json) {
       process.stdout.write(`${JSON.stringify(facts, null, 2)}\n`);
@@ -159,6 +161,7 @@ export function diskInfo(d: DiskInput, json: boolean): void {
     }
     const lines = [`Clonezilla image folder ${d.path}`];
     for (const disk of selected) lines.push("", ...layoutText(disk), ...disk.notes.map((n) => `  note: ${n}`));
+    if (!d.partition) lines.push(...lvmText(facts.lvm));
     if (!d.partition) {
       lines.push("", `saved partitions (parts): ${folder.parts.join(" ") || "none"}`);
       if (facts.checksums.length) lines.push(`checksum files: ${facts.checksums.map((c) => `${c.file} (${c.files} files)`).join(", ")}`);
@@ -171,10 +174,11 @@ export function diskInfo(d: DiskInput, json: boolean): void {
   const raw = openRawDisk(d.path);
   try {
     const facts = layoutFacts(raw.layout);
+    const lvm = foundLvmFacts(rawDiskVolumeGroups([raw.layout]));
     if (d.partition !== undefined) facts.partitions = facts.partitions.filter((p) => String(p.number) === d.partition || p.name === d.partition);
     if (d.partition !== undefined && facts.partitions.length === 0) throw new UsageError(`${d.path} has no partition ${d.partition}`);
-    if (json) process.stdout.write(`${JSON.stringify({ kind: "raw-disk", file: d.path, ...facts }, null, 2)}\n`);
-    else process.stdout.write(`${["Raw disk image", "", ...layoutText(facts)].join("\n")}\n`);
+    if (json) process.stdout.write(`${JSON.stringify({ kind: "raw-disk", file: d.path, ...facts, lvm }, null, 2)}\n`);
+    else process.stdout.write(`${["Raw disk image", "", ...layoutText(facts), ...(d.partition ? [] : lvmText(lvm))].join("\n")}\n`);
   } finally {
     raw.volume.close();
   }
@@ -212,6 +216,21 @@ function layoutText(f: ReturnType<typeof layoutFacts>): string[] {
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const r of rows) lines.push(`  ${r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}`);
+  return lines;
+}
+
+function lvmText(vgs: VgFacts[]): string[] {
+  const lines: string[] = [];
+  for (const vg of vgs) {
+    lines.push("", `LVM volume group ${vg.name}: extent ${humanSize(vg.extentSize)}, seqno ${vg.seqno}, metadata from ${vg.metadata}`);
+    for (const p of vg.pvs) lines.push(`  PV ${p.key} on ${p.partition ?? "(not found)"}: ${p.peCount} extents from ${withCommas(p.peStart)}, ${p.id}`);
+    for (const l of vg.lvs) {
+      const what = [l.layout, l.visible ? "" : "hidden", l.fs ?? "", l.compression ? l.compression.join("+") || "uncompressed" : "", l.usedBytes !== undefined ? `${humanSize(l.usedBytes)} used` : "", l.swapLabel ? `LABEL=${l.swapLabel}` : "", l.swapUuid ? `UUID=${l.swapUuid}` : ""];
+      lines.push(`  LV ${vg.name}/${l.name}: ${humanSize(l.size)}, ${what.filter(Boolean).join(", ")}${l.files ? `, ${l.files[0]}${l.files.length > 1 ? ` (+${l.files.length - 1})` : ""}` : ""}${l.problem ? ` (${l.problem})` : ""}`);
+      lines.push(`    segments: ${l.segments.join("; ")}`);
+    }
+    for (const p of vg.problems) lines.push(`  problem: ${p}`);
+  }
   return lines;
 }
 

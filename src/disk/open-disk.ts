@@ -5,7 +5,8 @@ import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import type { Volume } from "../volume/volume.ts";
 import { type ClonezillaFolder, looksLikeClonezillaFolder, readClonezillaFolder } from "./clonezilla.ts";
 import { bytesVolume, composeVolume, diskPieces, type DiskLayout, type DiskPartition, partitionVolume, type Region, sliceVolume } from "./disk-volume.ts";
-import { openRawDisk } from "./raw-disk.ts";
+import { openRawDisk, rawDiskVolumeGroups } from "./raw-disk.ts";
+import { logicalVolumeVolume, unreadableReason, type FoundVg } from "../lvm/lv-volume.ts";
 
 export interface DiskPartitionVolume extends Volume {
   readonly partition: DiskPartition;
@@ -22,6 +23,10 @@ export interface OpenedDisk {
   disks: DiskVolume[];
   /** the partitions of every disk, in order */
   partitions: DiskPartitionVolume[];
+  /** every logical volume with plain extents: partition.name "vg0/root", disk the VG's name */
+  logicalVolumes: DiskPartitionVolume[];
+  /** the VGs read from PV labels on the disk (raw disks; a folder's are in folder.savedLvm) */
+  volumeGroups: FoundVg[];
   /** set when the input was a Clonezilla folder */
   folder?: ClonezillaFolder;
   /** open every partition now: throws (naming the partition) where one has no random access */
@@ -39,7 +44,7 @@ export function openDisk(input: string, seekIndex?: SeekIndexOptions): OpenedDis
   if (looksLikeClonezillaFolder(input)) {
     const folder = readClonezillaFolder(input);
     if (folder.disks.length === 0) throw new ImageError({ file: input }, "the folder holds partitions but no disk (a saveparts image); pick one with --partition");
-    return assemble(folder.disks.map((d) => d.layout), folder, () => {}, seekIndex);
+    return assemble(folder.disks.map((d) => d.layout), folder, () => {}, seekIndex, []);
   }
   let st: fs.Stats;
   try {
@@ -49,10 +54,15 @@ export function openDisk(input: string, seekIndex?: SeekIndexOptions): OpenedDis
   }
   if (st.isDirectory()) throw new ImageError({ file: input }, "not a Clonezilla image folder (no parts or disk file)");
   const raw = openRawDisk(input);
-  return assemble([raw.layout], undefined, () => raw.volume.close(), seekIndex);
+  try {
+    return assemble([raw.layout], undefined, () => raw.volume.close(), seekIndex, rawDiskVolumeGroups([raw.layout]));
+  } catch (e) {
+    raw.volume.close();
+    throw e;
+  }
 }
 
-function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void, seekIndex: SeekIndexOptions | undefined): OpenedDisk {
+function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void, seekIndex: SeekIndexOptions | undefined, volumeGroups: FoundVg[]): OpenedDisk {
   const lazies: LazyVolume[] = [];
   const disks: DiskVolume[] = layouts.map((layout) => {
     const regions: Region[] = [];
@@ -75,9 +85,28 @@ function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, o
       .sort((a, b) => a.partition.number - b.partition.number);
     return Object.assign(volume, { layout, partitions: parts });
   });
+  const logicalVolumes: DiskPartitionVolume[] = [];
+  const lvPartition = (vg: string, lv: string, size: number, volume: Volume): DiskPartitionVolume =>
+    Object.assign(volume, { partition: { name: `${vg}/${lv}`, number: 0, start: 0, size, type: "lvm", content: { kind: "volume" as const, volume } }, disk: vg });
+  for (const v of folder?.savedLvm?.vgs ?? []) {
+    const lvLayout: DiskLayout = { name: v.vg.name, size: 0, sectorSize: 512, label: "dos", tables: [], partitions: [] };
+    for (const l of v.lvs) {
+      if (l.lv.layout !== "linear" && l.lv.layout !== "striped") continue;
+      const content = folder!.lvContent(l.imageName, l.lv.size);
+      const p: DiskPartition = { name: `${v.vg.name}/${l.lv.name}`, number: 0, start: 0, size: l.lv.size, type: "lvm", content };
+      const lazy = new LazyVolume(`${v.vg.name}/${l.lv.name}`, l.lv.size, 512, () => partitionVolume(lvLayout, p, seekIndex));
+      lazies.push(lazy);
+      logicalVolumes.push(Object.assign(lazy.asVolume(), { partition: p, disk: v.vg.name }));
+    }
+  }
+  for (const found of volumeGroups) {
+    for (const lv of found.vg.lvs) if (!unreadableReason(found, lv)) logicalVolumes.push(lvPartition(found.vg.name, lv.name, lv.size, logicalVolumeVolume(found, lv)));
+  }
   return {
     disks,
     partitions: disks.flatMap((d) => d.partitions),
+    logicalVolumes,
+    volumeGroups,
     folder,
     openAll() {
       for (const l of lazies) l.open();
@@ -122,22 +151,24 @@ class LazyVolume {
   }
 }
 
-/** "DISK@N" → DISK and N, when DISK exists and DISK@N does not. */
+/** "DISK@N" → DISK and N, when DISK exists and DISK@N does not; N is a partition ("2", "sda2") or a logical volume ("vg0/root", "vg0-root"). */
 export function splitPartitionSuffix(input: string): { input: string; partition?: string } {
   const at = input.lastIndexOf("@");
   if (at <= 0 || fs.existsSync(input)) return { input };
   const base = input.slice(0, at);
   const partition = input.slice(at + 1);
-  if (!/^[A-Za-z0-9._+:-]{1,64}$/.test(partition) || !fs.existsSync(base)) return { input };
+  if (!/^[A-Za-z0-9._+:-]{1,64}(\/[A-Za-z0-9._+-]{1,128})?$/.test(partition) || !fs.existsSync(base)) return { input };
   return { input: base, partition };
 }
 
-/** One partition of an opened disk by number ("2") or name ("sda2"). */
+/** One partition of an opened disk by number ("2") or name ("sda2"), or a logical volume by "VG/LV" or its image name "VG-LV". */
 export function findPartition(opened: OpenedDisk, which: string, diskName?: string): DiskPartitionVolume {
+  const lvs = opened.logicalVolumes.filter((l) => l.partition.name === which || l.partition.name.replace("/", "-") === which);
+  if (lvs.length === 1 && !opened.partitions.some((p) => p.partition.name === which)) return lvs[0]!;
   const candidates = opened.partitions.filter((p) => diskName === undefined || p.disk === diskName);
   const found = candidates.filter((p) => p.partition.name === which || String(p.partition.number) === which || p.partition.name === `${path.basename(p.disk)}@${which}`);
   if (found.length === 1) return found[0]!;
-  const list = candidates.map((p) => (opened.disks.length > 1 ? `${p.partition.name} (${p.disk})` : p.partition.name)).join(", ");
+  const list = [...candidates.map((p) => (opened.disks.length > 1 ? `${p.partition.name} (${p.disk})` : p.partition.name)), ...opened.logicalVolumes.map((l) => l.partition.name)].join(", ");
   if (found.length > 1) throw new UsageError(`partition ${which} is ambiguous (several disks); name it: ${list}`);
   throw new UsageError(`no partition ${which}; the partitions are: ${list || "none"}`);
 }

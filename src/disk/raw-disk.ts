@@ -1,6 +1,7 @@
 import path from "node:path";
 import { ImageError } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
+import { findVolumeGroups, type FoundPv, type FoundVg, readPvLabel } from "../lvm/lv-volume.ts";
 import { type DiskLayout, type DiskPartition, fileVolume, sliceVolume } from "./disk-volume.ts";
 import { hasGptSignature, parseGptEntries, parseGptHeader } from "./gpt.ts";
 import { EXTENDED_TYPES, hex, looksLikeMbr, readMbrPartitions, readSlots, SECTOR } from "./mbr.ts";
@@ -55,4 +56,17 @@ export function openRawDisk(file: string): { volume: Volume; layout: DiskLayout 
     volume.close();
     throw e;
   }
+}
+
+/** The LVM volume groups whose PVs are partitions of the disks (their labels, the newest metadata copy). */
+export function rawDiskVolumeGroups(layouts: DiskLayout[]): FoundVg[] {
+  const pvs: FoundPv[] = [];
+  for (const layout of layouts) {
+    for (const p of layout.partitions) {
+      if (p.content.kind !== "volume") continue;
+      const label = readPvLabel(p.name, p.content.volume);
+      if (label) pvs.push({ name: p.name, volume: p.content.volume, label });
+    }
+  }
+  return pvs.length ? findVolumeGroups(pvs) : [];
 }
