@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { ImageError } from "../errors.ts";
 import { formats, openImage } from "../formats/detect.ts";
-import { openStream } from "../source/open.ts";
+import { type OpenOptions, openStream } from "../source/open.ts";
 import { splitSuffix } from "../source/split.ts";
 import { readSavedLvm, type SavedLvm } from "../lvm/clonezilla-lvm.ts";
 import { physicalVolumeVolume } from "../lvm/pv-volume.ts";
@@ -414,7 +414,7 @@ function partitionContent(listing: FolderListing, name: string, size: number, is
   if (image) {
     const pieces = image.pieces;
     // sdXN.dd-img and sdXN.dd-ptcl-img hold partclone.dd output or, with -q1, the raw bytes of dd
-    if ((image.tool === "dd" || image.fs === "dd") && !holdsImageFormat(pieces[0]!)) return { kind: "dd", pieces, open: () => openRawStream(pieces[0]!) };
+    if ((image.tool === "dd" || image.fs === "dd") && !holdsImageFormat(pieces[0]!)) return { kind: "dd", pieces, open: (opts) => openRawStream(pieces[0]!, opts) };
     return { kind: "image", pieces, fs: image.fs, tool: image.tool, open: (opts) => openImage(pieces[0]!, opts) };
   }
   if (listing.has(swapInfo)) {
@@ -437,8 +437,8 @@ function holdsImageFormat(file: string): boolean {
 }
 
 /** A raw dd stream: decompressed sequentially, or read at any offset when a plain file. */
-export function openRawStream(file: string): RawStream {
-  const s = openStream(file);
+export function openRawStream(file: string, opts?: OpenOptions): RawStream {
+  const s = openStream(file, opts);
   const ra = s.randomAccess;
   return {
     compression: s.compression,

@@ -64,8 +64,8 @@ export function rawDiskVolumeGroups(layouts: DiskLayout[]): FoundVg[] {
   for (const layout of layouts) {
     for (const p of layout.partitions) {
       if (p.content.kind !== "volume") continue;
-      const label = readPvLabel(p.name, p.content.volume);
-      if (label) pvs.push({ name: p.name, volume: p.content.volume, label });
+      const label = readPvLabel(p.content.volume, layout.name, p.start);
+      if (label) pvs.push({ name: p.name, file: layout.name, at: p.start, volume: p.content.volume, label });
     }
   }
   return pvs.length ? findVolumeGroups(pvs) : [];

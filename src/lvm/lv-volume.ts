@@ -11,6 +11,9 @@ import { MAX_METADATA_TEXT, placeLvOffset, readVolumeGroup, type LogicalVolume, 
 export interface FoundPv {
   /** what the volume is called ("disk.raw@2", "sda2") */
   name: string;
+  /** for messages: the file the PV lies in and the PV's first byte in it */
+  file: string;
+  at: number;
   volume: Volume;
   label: PvLabel;
 }
@@ -25,12 +28,12 @@ export interface FoundVg {
   problems: string[];
 }
 
-/** A PV's label when the volume holds one; errors in a label that is there are thrown. */
-export function readPvLabel(name: string, volume: Volume): PvLabel | undefined {
+/** A PV's label when the volume holds one; errors in a label that is there are thrown (naming `file` and offsets from `at`). */
+export function readPvLabel(volume: Volume, file: string, at: number): PvLabel | undefined {
   if (volume.size < LABEL_SCAN_SECTORS * SECTOR) return undefined;
   const head = volume.read(0, LABEL_SCAN_SECTORS * SECTOR);
   if (!hasLvmLabel(head)) return undefined;
-  return parsePvLabel(head, { file: name, offset: 0 });
+  return parsePvLabel(head, { file, offset: at });
 }
 
 /** The VG metadata of each PV (newest copy over its areas), grouped by VG id, newest seqno wins. */
@@ -39,12 +42,12 @@ export function findVolumeGroups(pvs: FoundPv[]): FoundVg[] {
   for (const pv of pvs) {
     for (const area of pv.label.metadataAreas) {
       if (area.offset + area.size > pv.volume.size || area.size < 2 * MDA_HEADER_SIZE) {
-        throw new ImageError({ file: pv.name, offset: SECTOR * pv.label.sector + 72 }, `metadata area ${area.offset}+${area.size} lies outside the ${pv.volume.size}-byte PV`);
+        throw new ImageError({ file: pv.file, offset: pv.at + SECTOR * pv.label.sector + 72 }, `metadata area ${area.offset}+${area.size} lies outside the ${pv.volume.size}-byte PV`);
       }
-      const header = parseMdaHeader(pv.volume.read(area.offset, MDA_HEADER_SIZE), area, { file: pv.name, offset: area.offset });
+      const header = parseMdaHeader(pv.volume.read(area.offset, MDA_HEADER_SIZE), area, { file: pv.file, offset: pv.at + area.offset });
       const loc = header.locations[0];
       if (!loc || loc.ignored || loc.size === 0) continue;
-      if (loc.size > MAX_METADATA_TEXT) throw new ImageError({ file: pv.name, offset: area.offset + 48 }, "LVM metadata text is too long", `${loc.size} bytes`);
+      if (loc.size > MAX_METADATA_TEXT) throw new ImageError({ file: pv.file, offset: pv.at + area.offset + 48 }, "LVM metadata text is too long", `${loc.size} bytes`);
       const bytes = new Uint8Array(loc.size);
       let at = 0;
       for (const piece of textPieces(area, loc)) {
@@ -52,12 +55,12 @@ export function findVolumeGroups(pvs: FoundPv[]): FoundVg[] {
         at += piece.length;
       }
       const computed = lvmCrc(bytes);
-      const textAt = area.offset + loc.offset;
-      if (computed !== loc.checksum) throw new ChecksumError({ file: pv.name, offset: textAt }, "LVM metadata text crc mismatch", `stored 0x${loc.checksum.toString(16)}, computed 0x${computed.toString(16)}`);
+      const textAt = pv.at + area.offset + loc.offset;
+      if (computed !== loc.checksum) throw new ChecksumError({ file: pv.file, offset: textAt }, "LVM metadata text crc mismatch", `stored 0x${loc.checksum.toString(16)}, computed 0x${computed.toString(16)}`);
       const end = bytes.indexOf(0);
       const text = new TextDecoder().decode(end >= 0 ? bytes.subarray(0, end) : bytes);
       // a text that wraps around the area's end gets offsets of the unwrapped text
-      texts.push({ vg: readVolumeGroup(text, { file: pv.name, offset: textAt }), pv, where: `${pv.name} at ${textAt}` });
+      texts.push({ vg: readVolumeGroup(text, { file: pv.file, offset: textAt }), pv, where: `${pv.name} (${pv.file} at ${textAt})` });
     }
   }
   const byId = new Map<string, (typeof texts)[number]>();
@@ -76,7 +79,7 @@ export function findVolumeGroups(pvs: FoundPv[]): FoundVg[] {
         continue;
       }
       if (p.peStart + p.peCount * t.vg.extentSize > found.volume.size) {
-        throw new ImageError({ file: found.name }, `${t.vg.name} ${p.key}: ${p.peCount} extents from ${p.peStart} reach past the ${found.volume.size}-byte PV`);
+        throw new ImageError({ file: found.file, offset: found.at }, `${t.vg.name} ${p.key}: ${p.peCount} extents from ${p.peStart} reach past the ${found.volume.size}-byte PV`);
       }
       map.set(p.key, found);
     }

@@ -1,0 +1,339 @@
+import { describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import zlib from "node:zlib";
+import { openDisk } from "../src/disk/open-disk.ts";
+import { lvmCrc, parsePvLabel } from "../src/lvm/label.ts";
+import { parseMetadataText, readVolumeGroup } from "../src/lvm/metadata.ts";
+import { CLI, FIXTURES, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
+import { treeOfDirectory } from "./fs-tree.ts";
+
+const LVM_FIXTURES = path.join(FIXTURES, "clonezilla-lvm");
+const isRoot = process.getuid?.() === 0;
+
+interface Folder {
+  name: string;
+  vg: string;
+  /** the disks in the folder, in the order restore --disk takes them */
+  disks: string[];
+  /** LV name → sha256 and size of the original LV (made by make-lvm-small.sh before ocs-sr saved it) */
+  lvs: Map<string, { sha256: string; size: number }>;
+}
+
+function folder(name: string, vg: string): Folder {
+  const lvs = new Map<string, { sha256: string; size: number }>();
+  for (const line of fs.readFileSync(path.join(LVM_FIXTURES, `${name}.lv-sha256.txt`), "utf8").trim().split("\n")) {
+    const [lv, digest, size] = line.split(" ");
+    lvs.set(lv!, { sha256: digest!, size: Number(size) });
+  }
+  const dir = unpack(name);
+  const disks = fs.readFileSync(path.join(dir, "disk"), "utf8").trim().split(/\s+/);
+  return { name, vg, disks, lvs };
+}
+
+const unpacked = new Map<string, string>();
+/** A fresh copy of the folder (seek indexes get written beside its images). */
+function unpack(name: string): string {
+  const dir = tempDir();
+  const r = spawnSync("tar", ["xzf", path.join(LVM_FIXTURES, `${name}.tar.gz`), "-C", dir]);
+  if (r.status !== 0) throw new Error(`tar: ${r.stderr}`);
+  unpacked.set(name, path.join(dir, name));
+  return path.join(dir, name);
+}
+
+const SMALL = folder("lvm-small", "vg0");
+const MULTI = folder("lvm-multi", "vg1");
+const FOLDERS = [SMALL, MULTI];
+
+function restoreDisks(f: Folder): string[] {
+  const dir = unpack(f.name);
+  return f.disks.map((d) => {
+    const out = path.join(tempDir(), `${d}.raw`);
+    const r = runCli(["restore", dir, ...(f.disks.length > 1 ? ["--disk", d] : []), "-o", out, "--sparse"]);
+    if (r.code !== 0) throw new Error(`restore ${f.name} ${d}: ${r.stderr}`);
+    return out;
+  });
+}
+
+/** Loop devices of the files with a node for each partition (no udev here), detached afterwards. */
+function withLoops<T>(files: string[], fn: (partitions: string[]) => T): T {
+  const loops: string[] = [];
+  try {
+    const partitions: string[] = [];
+    for (const f of files) {
+      const loop = spawnSync("losetup", ["-f", "--show", "-P", f]).stdout.toString().trim();
+      if (!/^\/dev\/loop\d+$/.test(loop)) throw new Error(`losetup failed for ${f}`);
+      loops.push(loop);
+      spawnSync("partx", ["-a", loop]);
+      const base = path.basename(loop);
+      for (let i = 0; i < 20 && !fs.existsSync(`/sys/block/${base}/${base}p1`); i++) Bun.sleepSync(100);
+      for (const p of fs.readdirSync(`/sys/block/${base}`).filter((n) => new RegExp(`^${base}p\\d+$`).test(n))) {
+        const [major, minor] = fs.readFileSync(`/sys/block/${base}/${p}/dev`, "utf8").trim().split(":");
+        fs.rmSync(`/dev/${p}`, { force: true });
+        spawnSync("mknod", [`/dev/${p}`, "b", major!, minor!]);
+        partitions.push(`/dev/${p}`);
+      }
+    }
+    return fn(partitions);
+  } finally {
+    for (const l of loops) spawnSync("losetup", ["-d", l]);
+  }
+}
+
+/** An LVM command that sees only `devices`, never activates, never asks udev. */
+function lvm(devices: string[], args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const filter = [...devices.map((d) => `'a|^${d}$|'`), "'r|.*|'"].join(",");
+  const config = `global{activation=0} devices{filter=[${filter}] obtain_device_list_from_udev=0} activation{udev_sync=0 udev_rules=0}`;
+  const [cmd, ...rest] = args;
+  const r = spawnSync(cmd!, ["--config", config, ...rest], { env: { ...process.env, LVM_SUPPRESS_FD_WARNINGS: "1" } });
+  const stderr = r.stderr.toString().split("\n").filter((l) => l.trim() && !/Activation disabled/.test(l)).join("\n");
+  return { code: r.status, stdout: r.stdout.toString(), stderr };
+}
+
+/** Each LV's bytes as LVM's own report places them: pe_start + extent x extent_size of each PV, stripe by stripe. */
+function lvBytesByLvmReport(devices: string[], vg: string): Map<string, Uint8Array> {
+  const num = (s: string) => Number(String(s).replace(/B$/, ""));
+  const ext = num(lvm(devices, ["vgs", "--noheadings", "--units", "b", "--nosuffix", "-o", "vg_extent_size", vg]).stdout.trim());
+  const pvs = JSON.parse(lvm(devices, ["pvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "pv_name,pe_start"]).stdout).report[0].pv as { pv_name: string; pe_start: string }[];
+  const peStart = new Map(pvs.map((p) => [p.pv_name, num(p.pe_start)]));
+  const segs = JSON.parse(lvm(devices, ["lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "lv_name,lv_size,seg_start_pe,seg_size_pe,stripes,stripe_size,seg_pe_ranges", vg]).stdout).report[0].lv as Record<string, string>[];
+  const out = new Map<string, Uint8Array>();
+  const readDev = (dev: string, offset: number, length: number) => {
+    const buf = new Uint8Array(length);
+    const fd = fs.openSync(dev, "r");
+    try {
+      fs.readSync(fd, buf, 0, length, offset);
+    } finally {
+      fs.closeSync(fd);
+    }
+    return buf;
+  };
+  for (const s of segs) {
+    const lv = out.get(s.lv_name!) ?? new Uint8Array(num(s.lv_size!));
+    out.set(s.lv_name!, lv);
+    const start = num(s.seg_start_pe!) * ext;
+    const count = num(s.seg_size_pe!);
+    const stripes = num(s.stripes!);
+    const ranges = s.seg_pe_ranges!.split(" ").map((r) => ({ dev: r.slice(0, r.lastIndexOf(":")), first: Number(r.slice(r.lastIndexOf(":") + 1).split("-")[0]) }));
+    if (stripes === 1) {
+      lv.set(readDev(ranges[0]!.dev, peStart.get(ranges[0]!.dev)! + ranges[0]!.first * ext, count * ext), start);
+      continue;
+    }
+    const ss = num(s.stripe_size!);
+    for (let chunk = 0; chunk < (count * ext) / ss; chunk++) {
+      const r = ranges[chunk % stripes]!;
+      const row = Math.floor(chunk / stripes);
+      lv.set(readDev(r.dev, peStart.get(r.dev)! + r.first * ext + row * ss, ss), start + chunk * ss);
+    }
+  }
+  return out;
+}
+
+/** The image's volume as partclone.restore writes it (a dd image: its decompressed bytes). */
+function partcloneRestore(file: string): Uint8Array {
+  const out = path.join(tempDir(), "lv.out");
+  const cat = file.endsWith(".zst") ? "zstdcat" : file.endsWith(".gz") ? "zcat" : "cat";
+  const r = file.includes(".dd-ptcl-img")
+    ? spawnSync("sh", ["-c", `${cat} "$0" > "$1"`, file, out])
+    : spawnSync("sh", ["-c", `${cat} "$0" | partclone.restore -q -s - -O "$1" --restore_raw_file`, file, out]);
+  if (r.status !== 0) throw new Error(`partclone.restore ${file}: ${r.stderr}`);
+  return new Uint8Array(fs.readFileSync(out));
+}
+
+describe("info of an LVM folder", () => {
+  for (const f of FOLDERS) {
+    test(`${f.name}: every LV with its segments, file system and image; no problems`, () => {
+      const r = runCli(["info", unpacked.get(f.name)!, "--json"]);
+      expect(r.stderr).toBe("");
+      const facts = JSON.parse(r.stdout.toString());
+      expect(facts.problems).toEqual([]);
+      expect(facts.lvm.map((v: { name: string }) => v.name)).toEqual([f.vg]);
+      const lvs = facts.lvm[0].lvs as { name: string; size: number; layout: string; fs?: string; files?: string[] }[];
+      expect(lvs.map((l) => [l.name, l.size]).sort()).toEqual([...f.lvs].map(([n, v]) => [n, v.size]).sort());
+      for (const l of lvs) if (l.fs !== "swap") expect(l.files?.[0]).toStartWith(`${f.vg}-${l.name}.`);
+      if (f === MULTI) {
+        expect(lvs.find((l) => l.name === "data")!.layout).toBe("striped");
+        expect(facts.lvm[0].pvs.map((p: { partition: string }) => p.partition)).toEqual(["loop8p2", "loop7p1"]);
+      }
+      const text = runCli(["info", unpacked.get(f.name)!]).stdout.toString();
+      expect(text).toContain(`LVM volume group ${f.vg}: extent 1.0 MB`);
+    });
+  }
+});
+
+describe("restore DIR of an LVM folder", () => {
+  const lvmWhy = !isRoot ? "needs root for loop devices" : !which("losetup") ? "losetup is missing" : !which("lvs") ? "LVM's tools are missing (apt-get install lvm2)" : "";
+  for (const f of FOLDERS) {
+    test.skipIf(lvmWhy !== "")(`${f.name}: pvs/vgs/lvs/vgck/pvck accept the disks; each LV read at LVM's extents equals partclone.restore of its image and the original LV${lvmWhy ? ` (skipped: ${lvmWhy})` : ""}`, () => {
+      const disks = restoreDisks(f);
+      const dir = unpacked.get(f.name)!;
+      withLoops(disks, (parts) => {
+        const pvParts = parts.filter((p) => lvm(parts, ["pvs", "--noheadings", "-o", "pv_name"]).stdout.includes(p));
+        expect(pvParts.length).toBe(f === MULTI ? 2 : 1);
+        const vgs = lvm(parts, ["vgs", "--noheadings", "-o", "vg_name,pv_count,lv_count", f.vg]);
+        expect(vgs.stderr).toBe("");
+        expect(vgs.stdout.trim().split(/\s+/)).toEqual([f.vg, String(pvParts.length), String(f.lvs.size)]);
+        const vgck = lvm(parts, ["vgck", f.vg]);
+        expect(vgck.stderr).toBe("");
+        expect(vgck.code).toBe(0);
+        for (const p of pvParts) {
+          const pvck = lvm(parts, ["pvck", p]);
+          expect(pvck.code).toBe(0);
+          expect(pvck.stdout + pvck.stderr).not.toContain("CHECK:");
+        }
+        const segs = lvm(parts, ["lvs", "--segments", "--noheadings", "-o", "lv_name,segtype", f.vg]);
+        expect(segs.code).toBe(0);
+        if (f === MULTI) expect(segs.stdout).toMatch(/data\s+striped/);
+        const bytes = lvBytesByLvmReport(parts, f.vg);
+        expect([...bytes.keys()].sort()).toEqual([...f.lvs.keys()].sort());
+        for (const [lv, data] of bytes) {
+          expect(`${lv} ${sha256(data)}`).toBe(`${lv} ${f.lvs.get(lv)!.sha256}`);
+          const image = fs.readdirSync(dir).find((n) => n.startsWith(`${f.vg}-${lv}.`) && !n.endsWith(".imgtool-index"));
+          if (!image || !which("partclone.restore")) continue;
+          const restored = partcloneRestore(path.join(dir, image));
+          // partclone does not save NTFS's backup boot sector (the last sector); imgtool writes it as ntfsfix -d would
+          const n = image.includes(".ntfs-") ? data.length - 512 : data.length;
+          expect(restored.length).toBe(data.length);
+          expect(sha256(data.subarray(0, n))).toBe(sha256(restored.subarray(0, n)));
+        }
+      });
+    }, 120_000);
+  }
+
+  test("every restore of a folder is the same bytes; the PV text is seqno + 1 of the backup, checksums hold", () => {
+    const [a] = restoreDisks(SMALL);
+    const [b] = restoreDisks(SMALL);
+    expect(sha256File(a!)).toBe(sha256File(b!));
+    const opened = openDisk(a!);
+    try {
+      expect(opened.volumeGroups.map((v) => [v.vg.name, v.vg.seqno])).toEqual([["vg0", readVolumeGroup(fs.readFileSync(path.join(unpacked.get("lvm-small")!, "lvm_vg0.conf"), "utf8"), { file: "conf", offset: 0 }).seqno + 1]]);
+      const pv = opened.partitions[1]!;
+      const label = parsePvLabel(pv.read(0, 2048), { file: a! })!;
+      expect(label.sector).toBe(1);
+      expect(label.deviceSize).toBe(pv.size);
+      expect(label.metadataAreas).toEqual([{ offset: 4096, size: 1048576 - 4096 }]);
+    } finally {
+      opened.close();
+    }
+  }, 60_000);
+});
+
+describe("logical volumes as inputs", () => {
+  test("DIR@VG/LV, --partition VG/LV and the image's own name VG-LV read the LV; the restored disk's LVs read the same", () => {
+    const dir = unpacked.get("lvm-small")!;
+    const root = SMALL.lvs.get("root")!.sha256;
+    expect(sha256(runCli(["cat", `${dir}@vg0/root`]).stdout)).toBe(root);
+    expect(sha256(runCli(["cat", dir, "--partition", "vg0/root"]).stdout)).toBe(root);
+    expect(sha256(runCli(["cat", `${dir}@vg0-root`]).stdout)).toBe(root);
+    expect(sha256(runCli(["cat", `${dir}@vg0/swap`]).stdout)).toBe(SMALL.lvs.get("swap")!.sha256);
+    const [disk] = restoreDisks(SMALL);
+    for (const [lv, want] of SMALL.lvs) expect(`${lv} ${sha256(runCli(["cat", `${disk}@vg0/${lv}`]).stdout)}`).toBe(`${lv} ${want.sha256}`);
+    const info = runCli(["info", disk!, "--json"]);
+    const facts = JSON.parse(info.stdout.toString());
+    expect(facts.lvm[0].lvs.map((l: { name: string; fs: string }) => `${l.name} ${l.fs}`).sort()).toEqual(["data ext2/3/4 file system", "root ext2/3/4 file system", "swap swap"]);
+    const none = runCli(["cat", `${dir}@vg0/nosuch`]);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain("vg0/root");
+  }, 60_000);
+
+  test("a striped LV and an LV over two disks read through the folder; one disk of the two lacks the other PV", () => {
+    const dir = unpacked.get("lvm-multi")!;
+    for (const [lv, want] of MULTI.lvs) expect(`${lv} ${sha256(runCli(["cat", `${dir}@vg1/${lv}`]).stdout)}`).toBe(`${lv} ${want.sha256}`);
+    const [first, second] = restoreDisks(MULTI);
+    // root lies wholly on the first disk's PV; data is striped over both
+    expect(sha256(runCli(["cat", `${first}@vg1/root`]).stdout)).toBe(MULTI.lvs.get("root")!.sha256);
+    const data = runCli(["cat", `${first}@vg1/data`]);
+    expect(data.code).toBe(2);
+    const info = JSON.parse(runCli(["info", second!, "--json"]).stdout.toString());
+    expect(info.lvm[0].problems.join("\n")).toContain("pv0");
+    expect(info.lvm[0].lvs.find((l: { name: string }) => l.name === "win").fs).toBe("NTFS file system");
+  }, 60_000);
+
+  const kernelWhy = !isRoot ? "needs root" : "";
+  for (const f of FOLDERS) {
+    for (const tree of fs.readdirSync(LVM_FIXTURES).filter((n) => n.startsWith(`${f.name}.`) && n.endsWith(".tree.txt") && !/\.p\d+\.tree/.test(n))) {
+      const lv = tree.slice(f.name.length + 1, -".tree.txt".length);
+      test(`extract ${f.name}@${f.vg}/${lv} / equals the kernel's tree of the original LV${kernelWhy ? ` (owners skipped: ${kernelWhy})` : ""}`, () => {
+        const lines = fs.readFileSync(path.join(LVM_FIXTURES, tree), "utf8").trimEnd().split("\n").slice(1);
+        const dest = path.join(tempDir(), "out");
+        const r = runCli(["extract", `${unpacked.get(f.name)}@${f.vg}/${lv}`, "-o", dest]);
+        expect(r.stderr).not.toContain("imgtool:");
+        expect(r.code).toBe(0);
+        const isNtfs = lv === "win";
+        const columns = (l: string) => {
+          const [p, type, mode, owner, size, mtime, nlink, content] = l.split("\t");
+          return [p, type, mode, isRoot ? owner : "-", size, mtime, type === "d" && isNtfs ? "-" : nlink, content].join("\t");
+        };
+        const got = treeOfDirectory(dest).map(columns);
+        // ntfs-3g lists NTFS's own metadata files differently; compare what both list
+        expect(isNtfs ? got.filter((l) => !l.startsWith("$")) : got).toEqual(lines.map(columns));
+      }, 60_000);
+    }
+  }
+});
+
+describe("serve DIR of an LVM folder", () => {
+  test.skipIf(!which("qemu-img"))("qemu-img convert of the served disk equals restore DIR", async () => {
+    const dir = unpacked.get("lvm-small")!;
+    const [restored] = restoreDisks(SMALL);
+    const socket = path.join(tempDir(), "nbd.sock");
+    const proc = Bun.spawn([process.execPath, CLI, "serve", dir, "--socket", socket], { stdout: "pipe", stderr: "pipe" });
+    try {
+      const { value } = await proc.stdout.getReader().read();
+      expect(new TextDecoder().decode(value)).toContain("serving");
+      const out = path.join(tempDir(), "served.raw");
+      const q = spawnSync("qemu-img", ["convert", "-f", "raw", "-O", "raw", `nbd+unix:///?socket=${socket}`, out], { encoding: "utf8" });
+      expect(q.stderr).toBe("");
+      expect(q.status).toBe(0);
+      expect(sha256File(out)).toBe(sha256File(restored!));
+    } finally {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    }
+  }, 60_000);
+});
+
+describe("hostile LVM metadata is refused in one line naming the file and offset (test/failure/lvm/)", () => {
+  const corpus = path.join(import.meta.dir, "failure", "lvm");
+  for (const file of fs.readdirSync(corpus).filter((n) => n.endsWith(".raw.gz"))) {
+    const expected = file.slice(0, -".raw.gz".length);
+    test(expected, () => {
+      const disk = path.join(tempDir(), "disk.raw");
+      fs.writeFileSync(disk, zlib.gunzipSync(fs.readFileSync(path.join(corpus, file))));
+      for (const args of [["info", disk], ["cat", `${disk}@vg9/root`]]) {
+        const r = runCli(args);
+        expect(r.code).toBe(/crc mismatch/.test(expected) ? 4 : 3);
+        expect(r.stderr.trimEnd().split("\n")).toHaveLength(1);
+        expect(r.stderr).toStartWith(`imgtool: ${disk}: offset `);
+        expect(r.stderr).toContain(expected);
+      }
+    });
+  }
+
+  test("a vgcfgbackup file with LVs over the same extents, in a folder: one line naming lvm_vg0.conf and the offset", () => {
+    const dir = unpack("lvm-small");
+    const conf = path.join(dir, "lvm_vg0.conf");
+    fs.writeFileSync(conf, fs.readFileSync(conf, "utf8").replace(/("pv0", )16/, "$110"));
+    const r = runCli(["info", dir]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(new RegExp(`^imgtool: ${conf}: offset [\\d,]+: LVM metadata: data segment1: extents 10-19 of pv0 are also root's\\n$`));
+  });
+
+  test("parser bounds: depth, item count, number size; the LVM crc is the IEEE register seeded 0xf597a6cf without the final inversion", () => {
+    const place = { file: "t", offset: 0 };
+    expect(() => parseMetadataText(`${"a {".repeat(40)}${"}".repeat(40)}`, place)).toThrow("nests too deeply");
+    expect(() => parseMetadataText(`x = [${"1,".repeat(600_000)}1]`, place)).toThrow("more than 500000 items");
+    expect(() => parseMetadataText("x = 99999999999999999999", place)).toThrow("number too large");
+    const text = 'a { b = ["x", 1, -2] # c\n c = "q\\"r" }';
+    expect(parseMetadataText(text, place)).toEqual([{ key: "a", at: 0, children: [{ key: "b", at: 4, value: ["x", 1, -2] }, { key: "c", at: text.indexOf(" c =") + 1, value: 'q"r' }] }]);
+    // from a PV pvcreate wrote: its label sector's crc over bytes 20..511
+    let crc = 0xf597a6cf;
+    const data = new TextEncoder().encode("123456789");
+    for (const b of data) {
+      crc ^= b;
+      for (let k = 0; k < 8; k++) crc = crc & 1 ? (crc >>> 1) ^ 0xedb88320 : crc >>> 1;
+    }
+    expect(lvmCrc(data)).toBe(crc >>> 0);
+  });
+});
