@@ -11,6 +11,7 @@ const scripts = [
   "fs.ts",
   "serve.ts",
   "parallel.ts",
+  "lvm.ts",
 ];
 for (const script of scripts) {
   console.log(`\n## bench/${script}\n`);
