@@ -153,7 +153,7 @@ export function diskInfo(d: DiskInput, json: boolean): void {
       checksums: folder.checksums.map((c) => ({ file: path.basename(c.file), algorithm: c.algorithm, files: c.entries.length })),
       otherFiles: folder.otherFiles,
       problems: [...new Set(problems)],
-      lvm: folder.savedLvm ? savedLvmFacts(folder.savedLvm, folder.lvContent) : [],
+      lvm: folder.savedLvm ? savedLvmFacts(folder.savedLvm, folder.lvContent, (content, size) => partitionFacts({ name: "", size, sectorSize: 512, label: "dos", tables: [], partitions: [] }, { name: "", number: 0, start: 0, size, type: "lvm", content })) : [],
     };
     if (json) {
       process.stdout.write(`${JSON.stringify(facts, null, 2)}\n`);

@@ -1,6 +1,5 @@
 /** What `info` says about the LVM of a Clonezilla folder or a raw disk, as plain data (the CLI renders it). */
 import path from "node:path";
-import { ImageError } from "../errors.ts";
 import { describeContent } from "../formats/detect.ts";
 import type { PartitionContent } from "../disk/disk-volume.ts";
 import type { SavedLvm } from "./clonezilla-lvm.ts";
@@ -48,51 +47,28 @@ function baseFacts(vg: VolumeGroup, metadata: string): VgFacts {
   return { name: vg.name, id: vg.id, seqno: vg.seqno, extentSize: vg.extentSize, metadata, pvs: vg.pvs.map((p) => ({ key: p.key, id: p.id, peStart: p.peStart, peCount: p.peCount, devSize: p.devSize })), lvs: [], problems: [] };
 }
 
-/** The VGs a Clonezilla folder saved; `lvContent` is the folder's (image, swap header or absent). */
-export function savedLvmFacts(saved: SavedLvm, lvContent: (imageName: string, size: number) => PartitionContent): VgFacts[] {
+/** What is known of an LV's saved content (its image header, swap header, or why it is missing). */
+export type ContentFacts = Pick<LvFacts, "fs" | "files" | "compression" | "usedBytes" | "swapUuid" | "swapLabel" | "problem">;
+
+/**
+ * The VGs a Clonezilla folder saved; `lvContent` is the folder's (image, swap header or absent), `describe` says
+ * what a content holds as it does for a partition.
+ */
+export function savedLvmFacts(saved: SavedLvm, lvContent: (imageName: string, size: number) => PartitionContent, describe: (content: PartitionContent, size: number) => ContentFacts): VgFacts[] {
   return saved.vgs.map((v) => {
     const f = baseFacts(v.vg, path.basename(v.conf));
     for (const p of f.pvs) p.partition = v.pvs.find((x) => x.pv.key === p.key)?.partition;
     for (const l of v.lvs) {
       const lf: LvFacts = { name: l.lv.name, size: l.lv.size, layout: l.lv.layout, visible: l.lv.visible, segments: segmentText(v.vg, l.lv) };
       if (l.lv.layout === "linear" || l.lv.layout === "striped") {
-        try {
-          describeSaved(lf, lvContent(l.imageName, l.lv.size));
-        } catch (e) {
-          if (!(e instanceof ImageError)) throw e;
-          lf.problem = e.message;
-        }
+        const c = describe(lvContent(l.imageName, l.lv.size), l.lv.size);
+        Object.assign(lf, { fs: c.fs, files: c.files, compression: c.compression, usedBytes: c.usedBytes, swapUuid: c.swapUuid, swapLabel: c.swapLabel, problem: c.problem });
       } else lf.problem = `a ${l.lv.layout} LV: not plain extents, not restored`;
       if (!lf.fs && l.fileDescription) lf.fs = l.fileDescription.split(/[,(]/)[0]!.trim();
       f.lvs.push(lf);
     }
     return f;
   });
-}
-
-function describeSaved(f: LvFacts, c: PartitionContent): void {
-  if (c.kind === "image") {
-    f.files = c.pieces.map((x) => path.basename(x));
-    const image = c.open();
-    try {
-      f.fs = image.info.fsType;
-      f.compression = image.info.compression;
-      f.usedBytes = image.info.usedBlocks * image.info.blockSize;
-      if (image.info.deviceSize > f.size) f.problem = `the image's volume (${image.info.deviceSize} bytes) is larger than the LV`;
-    } finally {
-      image.close();
-    }
-  } else if (c.kind === "dd") {
-    f.files = c.pieces.map((x) => path.basename(x));
-    f.fs = "dd";
-    const s = c.open();
-    f.compression = s.compression;
-    s.close();
-  } else if (c.kind === "swap") {
-    f.fs = "swap";
-    f.swapUuid = c.uuid;
-    f.swapLabel = c.label;
-  } else if (c.kind === "absent") f.problem = "no image file: written as zeros";
 }
 
 /** The VGs read from PV labels on a disk. */

@@ -6,16 +6,10 @@ export const SECTOR = 512;
 /** the label is looked for in the first four sectors (LABEL_SCAN_SECTORS) */
 export const LABEL_SCAN_SECTORS = 4;
 export const MDA_HEADER_SIZE = 512;
-const LABEL_ID = "LABELONE";
-const LABEL_TYPE = "LVM2 001";
-const MDA_MAGIC = " LVM2 x[5A%r0N*>";
-const MDA_VERSION = 1;
-/** pv_header_extension: version 2 carries bootloader areas; PV_EXT_USED marks a PV that belongs to a VG */
-const PV_HEADER_EXTENSION_VERSION = 2;
-const PV_EXT_USED = 1;
-/** RAW_LOCN_IGNORED: the copy is kept but not read (metadata_copies) */
-const RAW_LOCN_IGNORED = 1;
-const ID_LEN = 32;
+/** label.h LABEL_ID, layout.h LVM2_LABEL, FMTT_MAGIC, FMTT_VERSION, ID_LEN */
+const [LABEL_ID, LABEL_TYPE, MDA_MAGIC, MDA_VERSION, ID_LEN] = ["LABELONE", "LVM2 001", " LVM2 x[5A%r0N*>", 1, 32] as const;
+/** pv_header_extension: version 2 carries bootloader areas; PV_EXT_USED marks a PV that belongs to a VG; RAW_LOCN_IGNORED: a copy kept but not read */
+const [PV_HEADER_EXTENSION_VERSION, PV_EXT_USED, RAW_LOCN_IGNORED] = [2, 1, 1] as const;
 /** lvm2 lib/misc/crc.h INITIAL_CRC; the register is the IEEE one without the final inversion */
 const INITIAL_CRC = 0xf597a6cf;
 

@@ -3,13 +3,9 @@ import { ImageError, type Location } from "../errors.ts";
 
 /** vgcfgbackup files and metadata areas hold far less; LVM's own default cap (metadata/mda size) is 1 MiB-ish */
 export const MAX_METADATA_TEXT = 16 << 20;
-const MAX_DEPTH = 16;
-const MAX_NODES = 500_000;
-const MAX_STRING = 1 << 16;
-const MAX_PVS = 4096;
-const MAX_LVS = 65536;
-const MAX_SEGMENTS = 65536;
-const MAX_STRIPES = 128;
+/** bounds on hostile text: nesting, items, a string's length; PVs, LVs, segments of an LV, stripes of a segment */
+const [MAX_DEPTH, MAX_NODES, MAX_STRING] = [16, 500_000, 1 << 16];
+const [MAX_PVS, MAX_LVS, MAX_SEGMENTS, MAX_STRIPES] = [4096, 65536, 65536, 128];
 
 export type Value = string | number | Value[];
 
@@ -350,29 +346,7 @@ export function placeLvOffset(vg: VolumeGroup, lv: LogicalVolume, offset: number
   return { pv: a.pv, pvOffset: pvOf(a.pv).peStart + a.start * ext + row * ss + within, run: Math.min(max, ss - within) };
 }
 
-/** The LV bytes behind PV `pv` bytes [offset, ...): undefined where no LV holds them, else the LV, its offset and the run. */
-export function placePvOffset(vg: VolumeGroup, pvKey: string, offset: number, max: number): { lv?: LogicalVolume; lvOffset: number; run: number } {
-  const pv = vg.pvs.find((p) => p.key === pvKey)!;
-  const ext = vg.extentSize;
-  const areas = pvAreas(vg, pvKey);
-  const rel = offset - pv.peStart;
-  for (const a of areas) {
-    const from = a.start * ext;
-    const to = from + a.extents * ext;
-    if (rel >= to) continue;
-    if (rel < from) return { lvOffset: 0, run: Math.min(max, from - rel) };
-    const inArea = rel - from;
-    const seg = a.segment;
-    if (seg.stripes.length === 1) return { lv: a.lv, lvOffset: seg.startExtent * ext + inArea, run: Math.min(max, to - rel) };
-    const ss = seg.stripeSize!;
-    const row = Math.floor(inArea / ss);
-    const within = inArea % ss;
-    return { lv: a.lv, lvOffset: seg.startExtent * ext + (row * seg.stripes.length + a.stripe) * ss + within, run: Math.min(max, ss - within) };
-  }
-  return { lvOffset: 0, run: max };
-}
-
-interface PvArea {
+export interface PvArea {
   lv: LogicalVolume;
   segment: Segment;
   stripe: number;

@@ -10,9 +10,10 @@
  *   what wrote it;
  * - every LV's bytes at pe_start + extent * extent_size, striped LVs chunk by chunk; unused extents are holes.
  */
-import { checkRange, type Extent, type Volume } from "../volume/volume.ts";
+import { bytesVolume, composeVolume, type Region } from "../disk/disk-volume.ts";
+import { checkRange, type Volume } from "../volume/volume.ts";
 import { buildMdaHeader, buildPvLabel, lvmCrc, MDA_HEADER_SIZE, SECTOR } from "./label.ts";
-import { placePvOffset, type VolumeGroup, withValue, writeMetadataText } from "./metadata.ts";
+import { type PvArea, pvAreas, type VolumeGroup, withValue, writeMetadataText } from "./metadata.ts";
 
 /** where pvcreate puts the first metadata area (after the label sectors, 4 KiB aligned) */
 export const MDA_START = 4096;
@@ -61,77 +62,62 @@ export function physicalVolumeVolume(c: PvContent): Volume {
     { offset: MDA_START, bytes: mda },
     { offset: MDA_START + MDA_HEADER_SIZE, bytes: text },
   ];
-  const dataEnd = pv.peStart + pv.peCount * vg.extentSize;
   const opened = new Map<string, Volume | undefined>();
   const lvOf = (name: string) => {
     if (!opened.has(name)) opened.set(name, c.lvVolume(name));
     return opened.get(name);
   };
-  /** the pieces of [offset, end): head bytes, LV runs, or nothing */
-  function* walk(offset: number, end: number): Generator<{ offset: number; length: number; head?: Uint8Array; lv?: Volume; lvOffset?: number }> {
-    let pos = offset;
-    for (const h of head) {
-      if (pos >= end) return;
-      const hEnd = h.offset + h.bytes.length;
-      if (hEnd <= pos) continue;
-      if (h.offset > pos) {
-        const to = Math.min(end, h.offset);
-        yield { offset: pos, length: to - pos };
-        pos = to;
-        if (pos >= end) return;
-      }
-      const to = Math.min(end, hEnd);
-      yield { offset: pos, length: to - pos, head: h.bytes.subarray(pos - h.offset, to - h.offset) };
-      pos = to;
-    }
-    while (pos < end) {
-      if (pos < pv.peStart || pos >= dataEnd) {
-        const to = pos < pv.peStart ? Math.min(end, pv.peStart) : end;
-        yield { offset: pos, length: to - pos };
-        pos = to;
-        continue;
-      }
-      const p = placePvOffset(vg, pvKey, pos, Math.min(end, dataEnd) - pos);
-      const lv = p.lv ? lvOf(p.lv.name) : undefined;
-      yield lv ? { offset: pos, length: p.run, lv, lvOffset: p.lvOffset } : { offset: pos, length: p.run };
-      pos += p.run;
-    }
+  const regions: Region[] = head.map((h) => ({ offset: h.offset, volume: bytesVolume(c.name, h.bytes) }));
+  for (const a of pvAreas(vg, pvKey)) {
+    const lv = a.lv;
+    if (lv.layout !== "linear" && lv.layout !== "striped") continue;
+    regions.push({ offset: pv.peStart + a.start * vg.extentSize, volume: areaVolume(vg, a, () => lvOf(lv.name), `${c.name} ${vg.name}/${lv.name}`) });
   }
+  regions.sort((x, y) => x.offset - y.offset);
+  return composeVolume(c.name, size, SECTOR, regions, () => {
+    for (const v of opened.values()) v?.close();
+    opened.clear();
+  });
+}
+
+/** One stripe of a segment as it lies on its PV: LV bytes chunk by chunk (all of them for a linear one); zeros when the LV has no content. */
+function areaVolume(vg: VolumeGroup, a: PvArea, lv: () => Volume | undefined, name: string): Volume {
+  const seg = a.segment;
+  const size = a.extents * vg.extentSize;
+  const n = seg.stripes.length;
+  const ss = n > 1 ? seg.stripeSize! : size;
+  const segStart = seg.startExtent * vg.extentSize;
+  /** pieces of [offset, end): the LV offset behind each */
+  const pieces = function* (offset: number, end: number) {
+    for (let pos = offset; pos < end; ) {
+      const row = Math.floor(pos / ss);
+      const within = pos - row * ss;
+      const run = Math.min(end - pos, ss - within);
+      yield { pos, run, lvOffset: segStart + (row * n + a.stripe) * ss + within };
+      pos += run;
+    }
+  };
   return {
     size,
-    name: c.name,
+    name,
     blockSize: SECTOR,
     read(offset, length) {
       checkRange(this, offset, length);
       const out = new Uint8Array(length);
-      for (const piece of walk(offset, offset + length)) {
-        if (piece.head) out.set(piece.head, piece.offset - offset);
-        else if (piece.lv) out.set(piece.lv.read(piece.lvOffset!, piece.length), piece.offset - offset);
-      }
+      const v = lv();
+      if (v) for (const p of pieces(offset, offset + length)) out.set(v.read(p.lvOffset, p.run), p.pos - offset);
       return out;
     },
     *extents(offset, length) {
       checkRange(this, offset, length);
-      let pending: Extent | undefined;
-      const add = function* (e: Extent): Generator<Extent> {
-        if (e.length === 0) return;
-        if (pending && pending.data === e.data && pending.offset + pending.length === e.offset) {
-          pending.length += e.length;
-          return;
-        }
-        if (pending) yield pending;
-        pending = { ...e };
-      };
-      for (const piece of walk(offset, offset + length)) {
-        if (piece.head) yield* add({ offset: piece.offset, length: piece.length, data: true });
-        else if (piece.lv) for (const e of piece.lv.extents(piece.lvOffset!, piece.length)) yield* add({ offset: piece.offset + (e.offset - piece.lvOffset!), length: e.length, data: e.data });
-        else yield* add({ offset: piece.offset, length: piece.length, data: false });
+      const v = lv();
+      if (!v) {
+        if (length > 0) yield { offset, length, data: false };
+        return;
       }
-      if (pending) yield pending;
+      for (const p of pieces(offset, offset + length)) for (const e of v.extents(p.lvOffset, p.run)) yield { offset: p.pos + (e.offset - p.lvOffset), length: e.length, data: e.data };
     },
-    close() {
-      for (const v of opened.values()) v?.close();
-      opened.clear();
-    },
+    // the PV closes the LVs it opened
+    close() {},
   };
 }
