@@ -273,6 +273,29 @@ describe("logical volumes as inputs", () => {
   }
 });
 
+describe("NVMe device names", () => {
+  test("lvm-small with its names as Clonezilla writes them for nvme0n1 (files nvme0n1p2..., /dev/nvme0n1p2 in the lists): the same LVs, restore accepted", () => {
+    const src = unpack("lvm-small");
+    const dir = path.join(tempDir(), "lvm-nvme");
+    fs.mkdirSync(dir);
+    const disk = SMALL.disks[0]!;
+    const rename = (s: string) => s.replaceAll(`${disk}p`, "nvme0n1p").replaceAll(disk, "nvme0n1");
+    for (const name of fs.readdirSync(src)) {
+      const bytes = fs.readFileSync(path.join(src, name));
+      const text = /\.(gz|zst|imgtool-index)$|-mbr$|hidden-data/.test(name) ? bytes : Buffer.from(rename(bytes.toString("latin1")), "latin1");
+      fs.writeFileSync(path.join(dir, rename(name)), text);
+    }
+    expect(fs.readFileSync(path.join(dir, "lvm_vg_dev.list"), "utf8")).toStartWith("vg0 /dev/nvme0n1p2 ");
+    const facts = JSON.parse(runCli(["info", dir, "--json"]).stdout.toString());
+    expect(facts.problems).toEqual([]);
+    expect(facts.lvm[0].pvs[0].partition).toBe("nvme0n1p2");
+    for (const [lv, want] of SMALL.lvs) expect(`${lv} ${sha256(runCli(["cat", `${dir}@vg0/${lv}`]).stdout)}`).toBe(`${lv} ${want.sha256}`);
+    const out = path.join(tempDir(), "nvme.raw");
+    expect(runCli(["restore", dir, "-o", out, "--sparse"]).code).toBe(0);
+    for (const [lv, want] of SMALL.lvs) expect(`${lv} ${sha256(runCli(["cat", `${out}@vg0/${lv}`]).stdout)}`).toBe(`${lv} ${want.sha256}`);
+  }, 60_000);
+});
+
 describe("serve DIR of an LVM folder", () => {
   test.skipIf(!which("qemu-img"))("qemu-img convert of the served disk equals restore DIR", async () => {
     const dir = unpacked.get("lvm-small")!;
