@@ -250,6 +250,19 @@ describe("logical volumes as inputs", () => {
     expect(info.lvm[0].lvs.find((l: { name: string }) => l.name === "win").fs).toBe("NTFS file system");
   }, 60_000);
 
+  test("a folder whose PV partition is a dd image (no LVM files): its LVs are found through the PV label in the image", () => {
+    const src = unpack("lvm-small");
+    const dir = path.join(tempDir(), "pv-as-dd");
+    fs.mkdirSync(dir);
+    for (const name of fs.readdirSync(src)) if (!/^(lvm_|vg0-|swappt-vg0-)/.test(name)) fs.copyFileSync(path.join(src, name), path.join(dir, name));
+    const pv = `${SMALL.disks[0]}p2`;
+    const bytes = runCli(["cat", `${src}@${pv}`]);
+    expect(bytes.code).toBe(0);
+    fs.writeFileSync(path.join(dir, `${pv}.dd-img`), bytes.stdout);
+    for (const [lv, want] of SMALL.lvs) expect(`${lv} ${sha256(runCli(["cat", `${dir}@vg0/${lv}`]).stdout)}`).toBe(`${lv} ${want.sha256}`);
+    expect(sha256(runCli(["cat", `${dir}@vg0-data`]).stdout)).toBe(SMALL.lvs.get("data")!.sha256);
+  }, 60_000);
+
   const kernelWhy = !isRoot ? "needs root" : "";
   for (const f of FOLDERS) {
     for (const tree of fs.readdirSync(LVM_FIXTURES).filter((n) => n.startsWith(`${f.name}.`) && n.endsWith(".tree.txt") && !/\.p\d+\.tree/.test(n))) {

@@ -5,7 +5,7 @@ import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import type { Volume } from "../volume/volume.ts";
 import { type ClonezillaFolder, looksLikeClonezillaFolder, readClonezillaFolder } from "./clonezilla.ts";
 import { bytesVolume, composeVolume, diskPieces, type DiskLayout, type DiskPartition, partitionVolume, type Region, sliceVolume } from "./disk-volume.ts";
-import { openRawDisk, rawDiskVolumeGroups } from "./raw-disk.ts";
+import { openRawDisk, rawDiskVolumeGroups, volumeGroupsOf } from "./raw-disk.ts";
 import { logicalVolumeVolume, unreadableReason, type FoundVg } from "../lvm/lv-volume.ts";
 
 export interface DiskPartitionVolume extends Volume {
@@ -23,10 +23,13 @@ export interface OpenedDisk {
   disks: DiskVolume[];
   /** the partitions of every disk, in order */
   partitions: DiskPartitionVolume[];
-  /** every logical volume with plain extents: partition.name "vg0/root", disk the VG's name */
-  logicalVolumes: DiskPartitionVolume[];
-  /** the VGs read from PV labels on the disk (raw disks; a folder's are in folder.savedLvm) */
-  volumeGroups: FoundVg[];
+  /**
+   * every logical volume with plain extents: partition.name "vg0/root", disk the VG's name. A folder without
+   * LVM files has its partition images looked at for PV labels on first use (which opens every image).
+   */
+  readonly logicalVolumes: DiskPartitionVolume[];
+  /** the VGs read from PV labels (raw disks; a folder's partition images; a folder's saved VGs are in folder.savedLvm) */
+  readonly volumeGroups: FoundVg[];
   /** set when the input was a Clonezilla folder */
   folder?: ClonezillaFolder;
   /** open every partition now: throws (naming the partition) where one has no random access */
@@ -85,9 +88,9 @@ function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, o
       .sort((a, b) => a.partition.number - b.partition.number);
     return Object.assign(volume, { layout, partitions: parts });
   });
-  const logicalVolumes: DiskPartitionVolume[] = [];
   const lvPartition = (vg: string, lv: string, size: number, volume: Volume): DiskPartitionVolume =>
     Object.assign(volume, { partition: { name: `${vg}/${lv}`, number: 0, start: 0, size, type: "lvm", content: { kind: "volume" as const, volume } }, disk: vg });
+  const savedLvs: DiskPartitionVolume[] = [];
   for (const v of folder?.savedLvm?.vgs ?? []) {
     const lvLayout: DiskLayout = { name: v.vg.name, size: 0, sectorSize: 512, label: "dos", tables: [], partitions: [] };
     for (const l of v.lvs) {
@@ -96,17 +99,26 @@ function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, o
       const p: DiskPartition = { name: `${v.vg.name}/${l.lv.name}`, number: 0, start: 0, size: l.lv.size, type: "lvm", content };
       const lazy = new LazyVolume(`${v.vg.name}/${l.lv.name}`, l.lv.size, 512, () => partitionVolume(lvLayout, p, seekIndex));
       lazies.push(lazy);
-      logicalVolumes.push(Object.assign(lazy.asVolume(), { partition: p, disk: v.vg.name }));
+      savedLvs.push(Object.assign(lazy.asVolume(), { partition: p, disk: v.vg.name }));
     }
   }
-  for (const found of volumeGroups) {
-    for (const lv of found.vg.lvs) if (!unreadableReason(found, lv)) logicalVolumes.push(lvPartition(found.vg.name, lv.name, lv.size, logicalVolumeVolume(found, lv)));
-  }
+  let found: FoundVg[] | undefined = folder && !folder.savedLvm ? undefined : volumeGroups;
+  const foundVgs = () =>
+    (found ??= volumeGroupsOf(
+      disks.flatMap((d) => d.partitions.filter((p) => p.partition.content.kind === "image" || p.partition.content.kind === "dd").map((p) => ({ name: p.partition.name, file: `${d.layout.name} ${p.partition.name}`, at: 0, volume: p as Volume }))),
+    ));
+  let lvs: DiskPartitionVolume[] | undefined;
+  const logicalVolumes = () =>
+    (lvs ??= [...savedLvs, ...foundVgs().flatMap((f) => f.vg.lvs.filter((lv) => !unreadableReason(f, lv)).map((lv) => lvPartition(f.vg.name, lv.name, lv.size, logicalVolumeVolume(f, lv))))]);
   return {
     disks,
     partitions: disks.flatMap((d) => d.partitions),
-    logicalVolumes,
-    volumeGroups,
+    get logicalVolumes() {
+      return logicalVolumes();
+    },
+    get volumeGroups() {
+      return foundVgs();
+    },
     folder,
     openAll() {
       for (const l of lazies) l.open();
@@ -163,12 +175,13 @@ export function splitPartitionSuffix(input: string): { input: string; partition?
 
 /** One partition of an opened disk by number ("2") or name ("sda2"), or a logical volume by "VG/LV" or its image name "VG-LV". */
 export function findPartition(opened: OpenedDisk, which: string, diskName?: string): DiskPartitionVolume {
-  const lvs = opened.logicalVolumes.filter((l) => l.partition.name === which || l.partition.name.replace("/", "-") === which);
-  if (lvs.length === 1 && !opened.partitions.some((p) => p.partition.name === which)) return lvs[0]!;
   const candidates = opened.partitions.filter((p) => diskName === undefined || p.disk === diskName);
   const found = candidates.filter((p) => p.partition.name === which || String(p.partition.number) === which || p.partition.name === `${path.basename(p.disk)}@${which}`);
   if (found.length === 1) return found[0]!;
-  const list = [...candidates.map((p) => (opened.disks.length > 1 ? `${p.partition.name} (${p.disk})` : p.partition.name)), ...opened.logicalVolumes.map((l) => l.partition.name)].join(", ");
+  const lvs = found.length === 0 && /^[^/]+[/-][^/]+$/.test(which) ? opened.logicalVolumes.filter((l) => l.partition.name === which || l.partition.name.replace("/", "-") === which) : [];
+  if (lvs.length === 1) return lvs[0]!;
+  const lvNames = /[/-]/.test(which) ? opened.logicalVolumes.map((l) => l.partition.name) : [];
+  const list = [...candidates.map((p) => (opened.disks.length > 1 ? `${p.partition.name} (${p.disk})` : p.partition.name)), ...lvNames].join(", ");
   if (found.length > 1) throw new UsageError(`partition ${which} is ambiguous (several disks); name it: ${list}`);
   throw new UsageError(`no partition ${which}; the partitions are: ${list || "none"}`);
 }

@@ -60,13 +60,15 @@ export function openRawDisk(file: string): { volume: Volume; layout: DiskLayout 
 
 /** The LVM volume groups whose PVs are partitions of the disks (their labels, the newest metadata copy). */
 export function rawDiskVolumeGroups(layouts: DiskLayout[]): FoundVg[] {
+  return volumeGroupsOf(layouts.flatMap((layout) => layout.partitions.flatMap((p) => (p.content.kind === "volume" ? [{ name: p.name, file: layout.name, at: p.start, volume: p.content.volume }] : []))));
+}
+
+/** The volume groups of the volumes that hold a PV label (any others are passed over); `file` and `at` place messages. */
+export function volumeGroupsOf(candidates: Omit<FoundPv, "label">[]): FoundVg[] {
   const pvs: FoundPv[] = [];
-  for (const layout of layouts) {
-    for (const p of layout.partitions) {
-      if (p.content.kind !== "volume") continue;
-      const label = readPvLabel(p.content.volume, layout.name, p.start);
-      if (label) pvs.push({ name: p.name, file: layout.name, at: p.start, volume: p.content.volume, label });
-    }
+  for (const c of candidates) {
+    const label = readPvLabel(c.volume, c.file, c.at);
+    if (label) pvs.push({ ...c, label });
   }
   return pvs.length ? findVolumeGroups(pvs) : [];
 }
