@@ -4,7 +4,9 @@ import fs from "node:fs";
 import path from "node:path";
 import zlib from "node:zlib";
 import { openDisk } from "../src/disk/open-disk.ts";
-import { lvmCrc, parsePvLabel } from "../src/lvm/label.ts";
+import { bytesVolume } from "../src/disk/disk-volume.ts";
+import { buildMdaHeader, buildPvLabel, lvmCrc, parsePvLabel } from "../src/lvm/label.ts";
+import { findVolumeGroups } from "../src/lvm/lv-volume.ts";
 import { parseMetadataText, readVolumeGroup } from "../src/lvm/metadata.ts";
 import { CLI, FIXTURES, runCli, sha256, sha256File, tempDir, which } from "./helpers.ts";
 import { treeOfDirectory } from "./fs-tree.ts";
@@ -354,6 +356,25 @@ describe("hostile LVM metadata is refused in one line naming the file and offset
     const r = runCli(["info", dir]);
     expect(r.code).toBe(3);
     expect(r.stderr).toMatch(new RegExp(`^imgtool: ${conf}: offset [\\d,]+: LVM metadata: data segment1: extents 10-19 of pv0 are also root's\\n$`));
+  });
+
+  test("a metadata text that wraps around the end of its circular area is read in its two pieces; the newest seqno over the PVs wins", () => {
+    const pvWith = (seqno: number, at: number) => {
+      const pv = new Uint8Array(64 << 10);
+      const area = { offset: 4096, size: 8192 };
+      const text = new TextEncoder().encode(`vg9 {\nid = "VGid00-0000-0000-0000-0000-0000-000000"\nseqno = ${seqno}\nextent_size = 8\nphysical_volumes {\npv0 {\nid = "abcdef-ghij-klmn-opqr-stuv-wxyz-012345"\ndev_size = 128\npe_start = 32\npe_count = 10\n}\n}\n}\n\0`);
+      pv.set(buildPvLabel({ uuid: "abcdef-ghij-klmn-opqr-stuv-wxyz-012345", deviceSize: pv.length, dataAreas: [{ offset: 16384, size: 0 }], metadataAreas: [area], inVg: true }), 512);
+      pv.set(buildMdaHeader(area, { offset: at, size: text.length, checksum: lvmCrc(text) }), 4096);
+      const first = Math.min(text.length, area.size - at);
+      pv.set(text.subarray(0, first), 4096 + at);
+      pv.set(text.subarray(first), 4096 + 512);
+      const volume = bytesVolume("pv", pv);
+      return { name: `pv${seqno}`, file: `pv${seqno}`, at: 0, volume, label: parsePvLabel(pv.subarray(0, 2048), { file: "pv" })! };
+    };
+    const wrapped = pvWith(7, 8192 - 100);
+    expect(findVolumeGroups([wrapped]).map((f) => [f.vg.name, f.vg.seqno])).toEqual([["vg9", 7]]);
+    // two copies of one VG (its id), the newer one is used
+    expect(findVolumeGroups([pvWith(3, 512), wrapped]).map((f) => [f.vg.seqno, f.source])).toEqual([[7, "pv7 (pv7 at 12188)"]]);
   });
 
   test("parser bounds: depth, item count, number size; the LVM crc is the IEEE register seeded 0xf597a6cf without the final inversion", () => {
