@@ -377,6 +377,31 @@ describe("hostile LVM metadata is refused in one line naming the file and offset
     expect(findVolumeGroups([pvWith(3, 512), wrapped]).map((f) => [f.vg.seqno, f.source])).toEqual([[7, "pv7 (pv7 at 12188)"]]);
   });
 
+  test("a thin-pool LV is named in info and its extents are holes; a swap LV without its swappt info gets a header without UUID or label", () => {
+    const dir = unpack("lvm-small");
+    const conf = path.join(dir, "lvm_vg0.conf");
+    const text = fs.readFileSync(conf, "utf8");
+    const data = text.indexOf("\t\tdata {");
+    fs.writeFileSync(conf, text.slice(0, data) + text.slice(data).replace('type = "striped"', 'type = "thin-pool"'));
+    fs.rmSync(path.join(dir, "swappt-vg0-swap.info"));
+    const facts = JSON.parse(runCli(["info", dir, "--json"]).stdout.toString());
+    expect(facts.problems).toContain("vg0/data is a thin-pool LV: its extents are not plain data and are written as holes");
+    expect(facts.lvm[0].lvs.find((l: { name: string }) => l.name === "data").layout).toBe("thin-pool");
+    const opened = openDisk(dir);
+    try {
+      expect(opened.logicalVolumes.map((l) => l.partition.name).sort()).toEqual(["vg0/root", "vg0/swap"]);
+      const swap = opened.logicalVolumes.find((l) => l.partition.name === "vg0/swap")!.read(0, 4096);
+      expect(new TextDecoder().decode(swap.subarray(4086))).toBe("SWAPSPACE2");
+      expect(swap.subarray(1024 + 12, 1024 + 44).every((b) => b === 0)).toBe(true);
+      const pv = opened.partitions[1]!;
+      const ext = 1 << 20;
+      // data's extents 16-25 of pv0: a hole, read as zeros
+      expect([...pv.extents(ext + 16 * ext, 10 * ext)]).toEqual([{ offset: ext + 16 * ext, length: 10 * ext, data: false }]);
+    } finally {
+      opened.close();
+    }
+  }, 60_000);
+
   test("parser bounds: depth, item count, number size; the LVM crc is the IEEE register seeded 0xf597a6cf without the final inversion", () => {
     const place = { file: "t", offset: 0 };
     expect(() => parseMetadataText(`${"a {".repeat(40)}${"}".repeat(40)}`, place)).toThrow("nests too deeply");

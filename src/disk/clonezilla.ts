@@ -171,7 +171,12 @@ export function readClonezillaFolder(dir: string): ClonezillaFolder {
   for (const v of savedLvm?.vgs ?? []) for (const l of v.lvs) take(`swappt-${l.imageName}.info`);
   const lvNames = new Set(savedLvm?.vgs.flatMap((v) => v.lvs.map((l) => l.imageName)) ?? []);
   const pvParts = new Set(savedLvm?.vgs.flatMap((v) => v.pvs.map((p) => p.partition)) ?? []);
-  const lvContent = (imageName: string, size: number) => partitionContent(listing, imageName, size, false, [...lvNames], images, devFs, take);
+  const swapLvs = new Set(savedLvm?.vgs.flatMap((v) => v.lvs.filter((l) => l.isSwap).map((l) => l.imageName)) ?? []);
+  const lvContent = (imageName: string, size: number): PartitionContent => {
+    const c = partitionContent(listing, imageName, size, false, [...lvNames], images, devFs, take);
+    // restore_logv runs mkswap on a swap LV (lvm_logv.list) even without its swappt info: no UUID or label then
+    return c.kind === "absent" && swapLvs.has(imageName) ? { kind: "swap", header: swapHeader(size, {}) } : c;
+  };
   const disks: ClonezillaDisk[] = [];
   for (const d of diskNames) disks.push(readDisk(listing, d, parts, images, devFs, take));
   if (savedLvm) placePhysicalVolumes(disks, savedLvm, lvContent);
