@@ -47,7 +47,7 @@ export function openDisk(input: string, seekIndex?: SeekIndexOptions): OpenedDis
   if (looksLikeClonezillaFolder(input)) {
     const folder = readClonezillaFolder(input);
     if (folder.disks.length === 0) throw new ImageError({ file: input }, "the folder holds partitions but no disk (a saveparts image); pick one with --partition");
-    return assemble(folder.disks.map((d) => d.layout), folder, () => {}, seekIndex, []);
+    return assemble(folder.disks.map((d) => d.layout), folder, () => {}, seekIndex, folder.savedLvm ? () => [] : undefined);
   }
   let st: fs.Stats;
   try {
@@ -58,14 +58,16 @@ export function openDisk(input: string, seekIndex?: SeekIndexOptions): OpenedDis
   if (st.isDirectory()) throw new ImageError({ file: input }, "not a Clonezilla image folder (no parts or disk file)");
   const raw = openRawDisk(input);
   try {
-    return assemble([raw.layout], undefined, () => raw.volume.close(), seekIndex, rawDiskVolumeGroups([raw.layout]));
+    // read when an LV is asked for: damaged LVM metadata leaves the disk and its partitions readable
+    return assemble([raw.layout], undefined, () => raw.volume.close(), seekIndex, () => rawDiskVolumeGroups([raw.layout]));
   } catch (e) {
     raw.volume.close();
     throw e;
   }
 }
 
-function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void, seekIndex: SeekIndexOptions | undefined, volumeGroups: FoundVg[]): OpenedDisk {
+/** `volumeGroups`: how to find the VGs on PV labels; undefined: look at the partitions' images for PV labels. */
+function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void, seekIndex: SeekIndexOptions | undefined, volumeGroups: (() => FoundVg[]) | undefined): OpenedDisk {
   const lazies: LazyVolume[] = [];
   const disks: DiskVolume[] = layouts.map((layout) => {
     const regions: Region[] = [];
@@ -102,9 +104,9 @@ function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, o
       savedLvs.push(Object.assign(lazy.asVolume(), { partition: p, disk: v.vg.name }));
     }
   }
-  let found: FoundVg[] | undefined = folder && !folder.savedLvm ? undefined : volumeGroups;
+  let found: FoundVg[] | undefined;
   const foundVgs = () =>
-    (found ??= volumeGroupsOf(
+    (found ??= volumeGroups ? volumeGroups() : volumeGroupsOf(
       disks.flatMap((d) => d.partitions.filter((p) => p.partition.content.kind === "image" || p.partition.content.kind === "dd").map((p) => ({ name: p.partition.name, file: `${d.layout.name} ${p.partition.name}`, at: 0, volume: p as Volume }))),
     ));
   let lvs: DiskPartitionVolume[] | undefined;
