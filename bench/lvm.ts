@@ -13,7 +13,7 @@ const TARGET = 1.5;
 
 function folders(): string[] {
   const out: string[] = [];
-  for (const name of ["lvm-small", "lvm-multi"]) {
+  for (const name of ["lvm-small", "lvm-multi", "lvm-ntfsclone"]) {
     sh(`mkdir -p ${WORK}/fixtures && rm -rf ${WORK}/fixtures/${name} && tar xzf ${ROOT}/fixtures/clonezilla-lvm/${name}.tar.gz -C ${WORK}/fixtures`);
     out.push(path.join(WORK, "fixtures", name));
   }

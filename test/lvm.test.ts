@@ -46,7 +46,8 @@ function unpack(name: string): string {
 
 const SMALL = folder("lvm-small", "vg0");
 const MULTI = folder("lvm-multi", "vg1");
-const FOLDERS = [SMALL, MULTI];
+const NTFSCLONE = folder("lvm-ntfsclone", "vg2");
+const FOLDERS = [SMALL, MULTI, NTFSCLONE];
 
 function restoreDisks(f: Folder): string[] {
   const dir = unpack(f.name);
@@ -132,13 +133,16 @@ function lvBytesByLvmReport(devices: string[], vg: string): Map<string, Uint8Arr
   return out;
 }
 
-/** The image's volume as partclone.restore writes it (a dd image: its decompressed bytes). */
+/** The image's volume as partclone.restore (ntfsclone --restore-image) writes it (a dd image: its decompressed bytes). */
 function partcloneRestore(file: string): Uint8Array {
   const out = path.join(tempDir(), "lv.out");
-  const cat = file.endsWith(".zst") ? "zstdcat" : file.endsWith(".gz") ? "zcat" : "cat";
+  // Clonezilla names a gzipped ntfsclone image .ntfs-img; zcat -f passes plain bytes through
+  const cat = file.endsWith(".zst") ? "zstdcat" : "zcat -f";
   const r = file.includes(".dd-ptcl-img")
     ? spawnSync("sh", ["-c", `${cat} "$0" > "$1"`, file, out])
-    : spawnSync("sh", ["-c", `${cat} "$0" | partclone.restore -q -s - -O "$1" --restore_raw_file`, file, out]);
+    : file.includes(".ntfs-img")
+      ? spawnSync("sh", ["-c", `${cat} "$0" | ntfsclone -q --restore-image --overwrite "$1" -`, file, out])
+      : spawnSync("sh", ["-c", `${cat} "$0" | partclone.restore -q -s - -O "$1" --restore_raw_file`, file, out]);
   if (r.status !== 0) throw new Error(`partclone.restore ${file}: ${r.stderr}`);
   return new Uint8Array(fs.readFileSync(out));
 }
@@ -187,15 +191,16 @@ describe("restore DIR of an LVM folder", () => {
         const segs = lvm(parts, ["lvs", "--segments", "--noheadings", "-o", "lv_name,segtype", f.vg]);
         expect(segs.code).toBe(0);
         if (f === MULTI) expect(segs.stdout).toMatch(/data\s+striped/);
+        expect(segs.stdout.trim().split("\n").length).toBe(f === SMALL ? 4 : f.lvs.size + (f === MULTI ? 1 : 0));
         const bytes = lvBytesByLvmReport(parts, f.vg);
         expect([...bytes.keys()].sort()).toEqual([...f.lvs.keys()].sort());
         for (const [lv, data] of bytes) {
           expect(`${lv} ${sha256(data)}`).toBe(`${lv} ${f.lvs.get(lv)!.sha256}`);
           const image = fs.readdirSync(dir).find((n) => n.startsWith(`${f.vg}-${lv}.`) && !n.endsWith(".imgtool-index"));
-          if (!image || !which("partclone.restore")) continue;
+          if (!image || !which(image.includes(".ntfs-img") ? "ntfsclone" : "partclone.restore")) continue;
           const restored = partcloneRestore(path.join(dir, image));
           // partclone does not save NTFS's backup boot sector (the last sector); imgtool writes it as ntfsfix -d would
-          const n = image.includes(".ntfs-") ? data.length - 512 : data.length;
+          const n = image.includes(".ntfs-ptcl-img") ? data.length - 512 : data.length;
           expect(restored.length).toBe(data.length);
           expect(sha256(data.subarray(0, n))).toBe(sha256(restored.subarray(0, n)));
         }
