@@ -270,6 +270,32 @@ describe("logical volumes as inputs", () => {
     expect(sha256(runCli(["cat", `${dir}@vg0-data`]).stdout)).toBe(SMALL.lvs.get("data")!.sha256);
   }, 60_000);
 
+  test.skipIf(!which("sfdisk"))("a raw disk with both PVs of a VG (the two restored PV partitions copied into one disk): every LV, the striped one too", () => {
+    const disks = restoreDisks(MULTI);
+    const pvs = disks.map((d) => {
+      const opened = openDisk(d);
+      try {
+        const pv = opened.partitions.find((p) => new TextDecoder().decode(p.read(512, 8)) === "LABELONE")!;
+        return pv.read(0, pv.size);
+      } finally {
+        opened.close();
+      }
+    });
+    const combined = path.join(tempDir(), "two-pvs.raw");
+    const sectors = pvs.map((p) => p.length / 512);
+    fs.writeFileSync(combined, new Uint8Array((2048 + sectors[0]! + sectors[1]! + 2048) * 512));
+    const r = spawnSync("sfdisk", ["-q", combined], { input: `label: dos\nstart=2048, size=${sectors[0]}, type=8e\nstart=${2048 + sectors[0]!}, size=${sectors[1]}, type=8e\n` });
+    expect(r.status).toBe(0);
+    const fd = fs.openSync(combined, "r+");
+    fs.writeSync(fd, pvs[0]!, 0, pvs[0]!.length, 2048 * 512);
+    fs.writeSync(fd, pvs[1]!, 0, pvs[1]!.length, (2048 + sectors[0]!) * 512);
+    fs.closeSync(fd);
+    const facts = JSON.parse(runCli(["info", combined, "--json"]).stdout.toString());
+    expect(facts.lvm[0].pvs.map((p: { partition: string }) => p.partition)).toEqual(["two-pvs.raw@1", "two-pvs.raw@2"]);
+    expect(facts.lvm[0].problems).toEqual([]);
+    for (const [lv, want] of MULTI.lvs) expect(`${lv} ${sha256(runCli(["cat", `${combined}@vg1/${lv}`]).stdout)}`).toBe(`${lv} ${want.sha256}`);
+  }, 60_000);
+
   const kernelWhy = !isRoot ? "needs root" : "";
   for (const f of FOLDERS) {
     for (const tree of fs.readdirSync(LVM_FIXTURES).filter((n) => n.startsWith(`${f.name}.`) && n.endsWith(".tree.txt") && !/\.p\d+\.tree/.test(n))) {
