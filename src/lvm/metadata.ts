@@ -135,6 +135,11 @@ export function writeMetadataText(nodes: Node[]): string {
         lines.push(`${n.key} {`);
         walk(n.children);
         lines.push("}");
+      } else if (Array.isArray(n.value) && n.value.some((x) => typeof x === "number") && n.value.some((x) => typeof x === "string")) {
+        // name/extent pairs (stripes, mirrors, raids): one pair a line, as export.c writes them
+        const pairs: string[] = [];
+        for (let i = 0; i < n.value.length; i += 2) pairs.push(n.value.slice(i, i + 2).map(val).join(", "));
+        lines.push(`${n.key} = [`, pairs.join(",\n"), "]");
       } else lines.push(`${n.key} = ${val(n.value!)}`);
     }
   };
