@@ -51,8 +51,8 @@ function main() {
     // a partclone.dd image without a partclone header is the raw bytes: decompressed, as restore of the folder does
     const one = (i: (typeof images)[number]) => (i.fs === "dd" ? `cat ${i.pieces.join(" ")} | ${decompressor(i.pieces[0]!)} > ${WORK}/part-${i.partition}` : `${bun} ${CLI} restore ${i.pieces[0]} -o ${WORK}/part-${i.partition} --sparse -q`);
     add("sum: imgtool restore of each image", images.map(one).join(" && "), `${images.length} processes, no table, no PV`);
-    if (need("partclone.restore")) {
-      const ptcl = images.filter((i) => i.tool === "partclone" && i.fs !== "dd");
+    const ptcl = images.filter((i) => i.tool === "partclone" && i.fs !== "dd");
+    if (need("partclone.restore") && ptcl.length) {
       add(`sum: partclone.restore of each partclone image (${ptcl.length})`, ptcl.map((i) => `cat ${i.pieces.join(" ")} | ${decompressor(i.pieces[0]!)} | partclone.restore -q -s - -O ${WORK}/part-${i.partition} -W 2>/dev/null`).join(" && "), "peer, one pipeline per image");
     }
     sh(`rm -f ${WORK}/part-* ${out}*`);
