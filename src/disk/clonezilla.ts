@@ -7,6 +7,7 @@ import { type OpenOptions, openStream } from "../source/open.ts";
 import { splitSuffix } from "../source/split.ts";
 import { readSavedLvm, type SavedLvm } from "../lvm/clonezilla-lvm.ts";
 import { physicalVolumeVolume } from "../lvm/pv-volume.ts";
+import { ascendingImage } from "../lvm/ascending-image.ts";
 import { type DiskLayout, type DiskPartition, type PartitionContent, partitionVolume, type RawStream, type TableBytes } from "./disk-volume.ts";
 import { completeBackup, hasGptSignature, parseGptEntries, parseGptHeader, partitionNumber, buildGpt } from "./gpt.ts";
 import { buildEbrs, buildMbr, DEFAULT_GEOMETRY, EXTENDED_TYPES, type Geometry, type PlannedEntry, SECTOR } from "./mbr.ts";
@@ -175,7 +176,11 @@ export function readClonezillaFolder(dir: string): ClonezillaFolder {
   const lvContent = (imageName: string, size: number): PartitionContent => {
     const c = partitionContent(listing, imageName, size, false, [...lvNames], images, devFs, take);
     // restore_logv runs mkswap on a swap LV (lvm_logv.list) even without its swappt info: no UUID or label then
-    return c.kind === "absent" && swapLvs.has(imageName) ? { kind: "swap", header: swapHeader(size, {}) } : c;
+    if (c.kind === "absent" && swapLvs.has(imageName)) return { kind: "swap", header: swapHeader(size, {}) };
+    // a PV is restored in one ascending pass: each LV image decoded in order, its seek index only for going back
+    // (a partclone image: its bitmap comes first; an ntfsclone one's is known only once its data is read)
+    if (c.kind === "image" && c.tool === "partclone") return { ...c, open: (opts?: OpenOptions) => (opts?.seekIndex ? ascendingImage(c.open({ threads: false }), () => c.open(opts)) : c.open(opts)) };
+    return c;
   };
   const disks: ClonezillaDisk[] = [];
   for (const d of diskNames) disks.push(readDisk(listing, d, parts, images, devFs, take));
