@@ -304,24 +304,24 @@ describe("logical volumes as inputs", () => {
 
   test("an LV image read in order, then back: the later reads go through its seek index and agree", () => {
     const dir = unpack("lvm-small");
+    const indexes = () => fs.readdirSync(dir).filter((n) => n.endsWith(".imgtool-index"));
     const opened = openDisk(dir);
     try {
       const root = opened.logicalVolumes.find((l) => l.partition.name === "vg0/root")!;
       const chunks: Uint8Array[] = [];
       for (let o = 0; o < root.size; o += 1 << 20) chunks.push(root.read(o, 1 << 20));
       expect(sha256(Buffer.concat(chunks))).toBe(SMALL.lvs.get("root")!.sha256);
-      expect(fs.readdirSync(dir).filter((n) => n.endsWith(".imgtool-index"))).toEqual([]);
+      expect(indexes()).toEqual([]);
       expect(sha256(root.read(3 << 20, 1 << 20))).toBe(sha256(chunks[3]!));
       expect(sha256(root.read(100, 5000))).toBe(sha256(chunks[0]!.subarray(100, 5100)));
-      expect(fs.readdirSync(dir).filter((n) => n.endsWith(".imgtool-index"))).toEqual(["vg0-root.ext4-ptcl-img.gz.imgtool-index"]);
+      expect(indexes()).toEqual(["vg0-root.ext4-ptcl-img.gz.imgtool-index"]);
     } finally {
       opened.close();
     }
   }, 60_000);
 
   test("a folder whose PV partition is a dd image (no LVM files): its LVs are found through the PV label in the image", () => {
-    const src = unpack("lvm-small");
-    const dir = path.join(tempDir(), "pv-as-dd");
+    const [src, dir] = [unpack("lvm-small"), path.join(tempDir(), "pv-as-dd")];
     fs.mkdirSync(dir);
     for (const name of fs.readdirSync(src)) if (!/^(lvm_|vg0-|swappt-vg0-)/.test(name)) fs.copyFileSync(path.join(src, name), path.join(dir, name));
     const pv = `${SMALL.disks[0]}p2`;
