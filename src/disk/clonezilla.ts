@@ -178,7 +178,8 @@ export function readClonezillaFolder(dir: string): ClonezillaFolder {
     // restore_logv runs mkswap on a swap LV (lvm_logv.list) even without its swappt info: no UUID or label then
     if (c.kind === "absent" && swapLvs.has(imageName)) return { kind: "swap", header: swapHeader(size, {}) };
     // a PV is restored in one ascending pass: each LV image decoded in order, its seek index only for going back
-    // (a partclone image: its bitmap comes first; an ntfsclone one's is known only once its data is read)
+    // (a partclone image: its bitmap comes first; an ntfsclone one's is known only once its data is read); no
+    // decoder thread: its worker would keep the process alive when a pass ends before the image does
     if (c.kind === "image" && c.tool === "partclone") return { ...c, open: (opts?: OpenOptions) => (opts?.seekIndex ? ascendingImage(c.open({ threads: false }), () => c.open(opts)) : c.open(opts)) };
     return c;
   };

@@ -17,6 +17,18 @@ export function ascendingImage(stream: Image, random: () => Image): Image {
   let done = false;
   let randomImage: Image | undefined;
   const size = stream.info.deviceSize;
+  let streamClosed = false;
+  /** past the last used block the stream has nothing more: closed there, its buffers released */
+  let lastUsedEnd = 0;
+  for (const r of stream.usedRuns()) lastUsedEnd = (r.firstBlock + r.blockCount) * stream.info.blockSize;
+  const closeStream = () => {
+    if (streamClosed) return;
+    streamClosed = true;
+    done = true;
+    pending = [];
+    batches?.return();
+    stream.close();
+  };
 
   const nextRuns = (): boolean => {
     if (done) return false;
@@ -75,6 +87,7 @@ export function ascendingImage(stream: Image, random: () => Image): Image {
       }
     }
     pos = Math.min(end, size);
+    if (pos >= lastUsedEnd) closeStream();
     return out;
   };
 
@@ -85,7 +98,7 @@ export function ascendingImage(stream: Image, random: () => Image): Image {
       if (prop === "close")
         return () => {
           randomImage?.close();
-          target.close();
+          closeStream();
         };
       const v = Reflect.get(target, prop, receiver);
       return typeof v === "function" ? v.bind(target) : v;
