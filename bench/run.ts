@@ -15,6 +15,7 @@ const scripts = [
   "serve.ts",
   "parallel.ts",
   "memory.ts",
+  "lvm.ts",
 ];
 for (const script of scripts) {
   console.log(`\n## bench/${script}\n`);

@@ -99,9 +99,10 @@ export const lsCommand = defineCommand({
 /** `ls DISK`: its partitions, each with how to name it to ls/get/extract. */
 function listPartitions(input: Input, spec: string, json: boolean): void {
   const facts = input.describe();
-  if (facts.kind !== "disk") return;
+  if (facts.kind !== "disk" && facts.kind !== "partition") return;
   const d = facts.disk;
   const disks = d.kind === "clonezilla" ? d.disks : [d.disk];
+  const base = spec.replace(/\/+$/, "");
   const rows = disks.flatMap((disk) =>
     disk.partitions.map((p) => ({
       number: p.number,
@@ -110,15 +111,19 @@ function listPartitions(input: Input, spec: string, json: boolean): void {
       fs: p.fs ?? null,
       size: p.size,
       content: p.content,
-      address: `${spec}@${disks.length > 1 ? p.name : p.number}`,
+      address: `${base}@${disks.length > 1 ? p.name : p.number}`,
       ...(p.problem ? { problem: p.problem } : {}),
     })),
   );
+  // the logical volumes of its volume groups, named VG/LV
+  for (const vg of d.lvm) {
+    for (const lv of vg.lvs) rows.push({ number: 0, name: `${vg.name}/${lv.name}`, disk: vg.name, fs: lv.fs ?? null, size: lv.size, content: `LV (${lv.layout})`, address: `${base}@${vg.name}/${lv.name}`, ...(lv.problem ? { problem: lv.problem } : {}) });
+  }
   if (json) {
     writeOut(`${JSON.stringify(rows, null, 1)}\n`);
     return;
   }
-  const table = [["#", "name", "fs", "size", "content", "address"], ...rows.map((r) => [String(r.number), r.name, r.fs ?? "-", humanSize(r.size), r.problem ? `${r.content} (${r.problem})` : r.content, r.address])];
+  const table = [["#", "name", "fs", "size", "content", "address"], ...rows.map((r) => [r.number ? String(r.number) : "-", r.name, r.fs ?? "-", humanSize(r.size), r.problem ? `${r.content} (${r.problem})` : r.content, r.address])];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
   for (const r of table) writeOut(`${r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}\n`);
 }

@@ -1,5 +1,6 @@
 import { withCommas } from "../errors.ts";
 import type { DiskFacts, LayoutFacts } from "../disk/disk-facts.ts";
+import type { VgFacts } from "../lvm/facts.ts";
 import { humanSize } from "../formats/units.ts";
 import type { InputFacts } from "../input/input.ts";
 import { imageInfoJson, imageInfoText } from "./image-info.ts";
@@ -33,7 +34,7 @@ export function infoJson(facts: InputFacts): Record<string, unknown> {
     const { partition: _partition, ...rest } = d;
     return rest;
   }
-  return { kind: "raw-disk", file: d.file, ...layoutJson(d.disk) };
+  return { kind: "raw-disk", file: d.file, ...layoutJson(d.disk), lvm: d.lvm };
 }
 
 function layoutJson(l: LayoutFacts): Record<string, unknown> {
@@ -42,9 +43,10 @@ function layoutJson(l: LayoutFacts): Record<string, unknown> {
 }
 
 function diskInfoText(d: DiskFacts): string {
-  if (d.kind === "raw-disk") return `${["Raw disk image", "", ...layoutText(d.disk)].join("\n")}\n`;
+  if (d.kind === "raw-disk") return `${["Raw disk image", "", ...layoutText(d.disk), ...(d.partition ? [] : lvmText(d.lvm))].join("\n")}\n`;
   const lines = [`Clonezilla image folder ${d.dir}`];
   for (const disk of d.disks) lines.push("", ...layoutText(disk), ...disk.notes.map((n) => `  note: ${n}`));
+  if (d.partition === undefined) lines.push(...lvmText(d.lvm));
   if (d.partition === undefined) {
     lines.push("", `saved partitions (parts): ${d.parts.join(" ") || "none"}`);
     if (d.checksums.length) lines.push(`checksum files: ${d.checksums.map((c) => `${c.file} (${c.files} files)`).join(", ")}`);
@@ -52,6 +54,21 @@ function diskInfoText(d: DiskFacts): string {
   }
   lines.push(d.problems.length ? `problems:\n${d.problems.map((p) => `  ${p}`).join("\n")}` : "problems: none");
   return `${lines.join("\n")}\n`;
+}
+
+function lvmText(vgs: VgFacts[]): string[] {
+  const lines: string[] = [];
+  for (const vg of vgs) {
+    lines.push("", `LVM volume group ${vg.name}: extent ${humanSize(vg.extentSize)}, seqno ${vg.seqno}, metadata from ${vg.metadata}`);
+    for (const p of vg.pvs) lines.push(`  PV ${p.key} on ${p.partition ?? "(not found)"}: ${p.peCount} extents from ${withCommas(p.peStart)}, ${p.id}`);
+    for (const l of vg.lvs) {
+      const what = [l.layout, l.visible ? "" : "hidden", l.fs ?? "", l.compression ? l.compression.join("+") || "uncompressed" : "", l.usedBytes !== undefined ? `${humanSize(l.usedBytes)} used` : "", l.swapLabel ? `LABEL=${l.swapLabel}` : "", l.swapUuid ? `UUID=${l.swapUuid}` : ""];
+      lines.push(`  LV ${vg.name}/${l.name}: ${humanSize(l.size)}, ${what.filter(Boolean).join(", ")}${l.files ? `, ${l.files[0]}${l.files.length > 1 ? ` (+${l.files.length - 1})` : ""}` : ""}${l.problem ? ` (${l.problem})` : ""}`);
+      lines.push(`    segments: ${l.segments.join("; ")}`);
+    }
+    for (const p of vg.problems) lines.push(`  problem: ${p}`);
+  }
+  return lines;
 }
 
 function layoutText(f: LayoutFacts): string[] {

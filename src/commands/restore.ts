@@ -54,9 +54,12 @@ const SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
  * handler: the kernel frees it when the process dies, so the signals keep their default action.)
  */
 export async function restoreInterruptibly(input: Input, out: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
-  let uninstall = () => {};
-  const steps = restoreSteps(input, out, opts, (target) => {
-    if (target.partialPath !== undefined) uninstall = removeOnSignal(target, opts.onSignal);
+  let target: OutputTarget | undefined;
+  // asked for OUT.partial: the handlers are there before it is created, so no signal finds it unguarded
+  let uninstall = opts.unnamed === false ? removeOnSignal(() => target, opts.onSignal) : () => {};
+  const steps = restoreSteps(input, out, opts, (opened) => {
+    target = opened;
+    if (opened.partialPath !== undefined && opts.unnamed !== false) uninstall = removeOnSignal(() => target, opts.onSignal);
   });
   try {
     let paused = performance.now();
@@ -75,11 +78,14 @@ export async function restoreInterruptibly(input: Input, out: string, opts: Rest
   }
 }
 
-function removeOnSignal(target: OutputTarget, onSignal: RestoreOptions["onSignal"]): () => void {
+function removeOnSignal(target: () => OutputTarget | undefined, onSignal: RestoreOptions["onSignal"]): () => void {
   const handlers = Object.entries(SIGNALS).map(([name, number]) => {
     const handler = () => {
-      target.abort();
-      onSignal?.(name, target.partialPath!);
+      const t = target();
+      if (t?.partialPath !== undefined) {
+        t.abort();
+        onSignal?.(name, t.partialPath);
+      }
       process.exit(128 + number);
     };
     process.on(name, handler);

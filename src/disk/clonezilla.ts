@@ -3,9 +3,12 @@ import fs from "node:fs";
 import path from "node:path";
 import { ImageError } from "../errors.ts";
 import { formats, openImage } from "../formats/detect.ts";
-import { openStream } from "../source/open.ts";
+import { type OpenOptions, openStream } from "../source/open.ts";
 import { splitSuffix } from "../source/split.ts";
-import type { DiskLayout, DiskPartition, PartitionContent, RawStream, TableBytes } from "./disk-volume.ts";
+import { readSavedLvm, type SavedLvm } from "../lvm/clonezilla-lvm.ts";
+import { physicalVolumeVolume } from "../lvm/pv-volume.ts";
+import { ascendingImage } from "../lvm/ascending-image.ts";
+import { type DiskLayout, type DiskPartition, type PartitionContent, partitionVolume, type RawStream, type TableBytes } from "./disk-volume.ts";
 import { completeBackup, hasGptSignature, parseGptEntries, parseGptHeader, partitionNumber, buildGpt } from "./gpt.ts";
 import { buildEbrs, buildMbr, DEFAULT_GEOMETRY, EXTENDED_TYPES, type Geometry, type PlannedEntry, SECTOR } from "./mbr.ts";
 import { MAX_DUMP_BYTES, parseSfdiskDump, type SfdiskDump } from "./sfdisk-dump.ts";
@@ -56,8 +59,12 @@ export interface ClonezillaFolder {
   problems: string[];
   /** files the folder has that nothing here reads */
   otherFiles: string[];
-  /** LVM files present (logical volumes are listed, not placed on the disk) */
+  /** LVM files present */
   lvm: string[];
+  /** the volume groups Clonezilla saved (lvm_vg_dev.list, lvm_<VG>.conf), their PVs and LVs */
+  savedLvm?: SavedLvm;
+  /** each saved LV's content by its image name ("vg0-root"): an image, a swap header, or absent */
+  lvContent(imageName: string, size: number): PartitionContent;
 }
 
 /** The folder's regular files by name; symlinks and anything else are refused, never followed. */
@@ -160,15 +167,33 @@ export function readClonezillaFolder(dir: string): ClonezillaFolder {
   const images = findImages(listing, used);
   const devFs = parseDevFsList(listing.text(take("dev-fs.list")));
   const blkdev = listing.text(take("blkdev.list"));
+  const savedLvm = readSavedLvm(listing, deviceFileName);
+  for (const f of savedLvm?.files ?? []) take(f);
+  for (const v of savedLvm?.vgs ?? []) for (const l of v.lvs) take(`swappt-${l.imageName}.info`);
+  const lvNames = new Set(savedLvm?.vgs.flatMap((v) => v.lvs.map((l) => l.imageName)) ?? []);
+  const pvParts = new Set(savedLvm?.vgs.flatMap((v) => v.pvs.map((p) => p.partition)) ?? []);
+  const swapLvs = new Set(savedLvm?.vgs.flatMap((v) => v.lvs.filter((l) => l.isSwap).map((l) => l.imageName)) ?? []);
+  const lvContent = (imageName: string, size: number): PartitionContent => {
+    const c = partitionContent(listing, imageName, size, false, [...lvNames], images, devFs, take);
+    // restore_logv runs mkswap on a swap LV (lvm_logv.list) even without its swappt info: no UUID or label then
+    if (c.kind === "absent" && swapLvs.has(imageName)) return { kind: "swap", header: swapHeader(size, {}) };
+    // a PV is restored in one ascending pass: each LV image decoded in order, its seek index only for going back
+    // (a partclone image: its bitmap comes first; an ntfsclone one's is known only once its data is read); no
+    // decoder thread: its worker would keep the process alive when a pass ends before the image does
+    if (c.kind === "image" && c.tool === "partclone") return { ...c, open: (opts?: OpenOptions) => (opts?.seekIndex ? ascendingImage(c.open({ threads: false }), () => c.open(opts)) : c.open(opts)) };
+    return c;
+  };
   const disks: ClonezillaDisk[] = [];
   for (const d of diskNames) disks.push(readDisk(listing, d, parts, images, devFs, take));
+  if (savedLvm) placePhysicalVolumes(disks, savedLvm, lvContent);
   for (const p of parts) {
+    if (pvParts.has(p)) continue;
     if (!disks.some((d) => d.layout.partitions.some((q) => q.name === p))) {
       problems.push(`${p} is in parts but in no saved partition table`);
     }
     if (!images.some((i) => i.partition === p)) problems.push(`${p}: no image file (${p}.<fs>-ptcl-img..., ${p}.ntfs-img..., ${p}.dd-img...)`);
   }
-  for (const img of images) if (!parts.includes(img.partition)) problems.push(`${img.pieces[0]}: an image of ${img.partition}, which parts does not list`);
+  for (const img of images) if (!parts.includes(img.partition) && !lvNames.has(img.partition)) problems.push(`${img.pieces[0]}: an image of ${img.partition}, which parts does not list`);
   if (blkdev !== undefined) {
     const known = new Set(blkdev.split("\n").slice(1).map((l) => l.trim().split(/\s+/)[0]).filter(Boolean));
     for (const p of parts) if (!known.has(p)) problems.push(`${p} is not in blkdev.list`);
@@ -181,11 +206,46 @@ export function readClonezillaFolder(dir: string): ClonezillaFolder {
     if (text !== undefined) checksums.push(parseChecksumList(text, file, listing));
   }
   const lvm = [...listing.files.keys()].filter((n) => /^lvm_/.test(n));
-  for (const n of lvm) used.add(n);
-  if (lvm.length) problems.push(`LVM (${lvm.join(", ")}): logical volume images are listed but not placed on the disk`);
+  if (lvm.length && !savedLvm) problems.push(`LVM (${lvm.join(", ")}): no lvm_vg_dev.list, so the logical volumes cannot be placed on the disk`);
+  if (savedLvm) {
+    problems.push(...savedLvm.problems);
+    for (const v of savedLvm.vgs) {
+      for (const pv of v.pvs) if (!disks.some((d) => d.layout.partitions.some((q) => q.name === pv.partition))) problems.push(`${v.vg.name}: PV ${pv.partition} is in no saved partition table`);
+      for (const l of v.lvs) if (l.lv.layout !== "linear" && l.lv.layout !== "striped") continue;
+      else if (!l.isSwap && !images.some((i) => i.partition === l.imageName) && l.lv.visible) problems.push(`${v.vg.name}/${l.lv.name}: no image file (${l.imageName}.<fs>-ptcl-img...): written as zeros`);
+    }
+  }
   for (const n of listing.files.keys()) if (/^(Info-.*\.txt|clonezilla-img|blkid\.list|.*-chs\.sf|.*-gpt\.gdisk|.*-gpt\.sgdisk|.*-pt\.parted\.compact|.*-size|efi-nvram\.dat)$/.test(n)) used.add(n);
   const otherFiles = [...[...listing.files.keys()].filter((n) => !used.has(n)), ...listing.refused].sort();
-  return { dir, disks, parts, images, checksums, problems, otherFiles, lvm };
+  return { dir, disks, parts, images, checksums, problems, otherFiles, lvm, savedLvm, lvContent };
+}
+
+/** Each PV partition holds the PV as vgcfgrestore and the LV images' restores leave it. */
+function placePhysicalVolumes(disks: ClonezillaDisk[], saved: SavedLvm, lvContent: (imageName: string, size: number) => PartitionContent): void {
+  for (const disk of disks) {
+    for (const p of disk.layout.partitions) {
+      const vg = saved.vgs.find((v) => v.pvs.some((x) => x.partition === p.name));
+      if (!vg) continue;
+      const pv = vg.pvs.find((x) => x.partition === p.name)!;
+      const lvLayout: DiskLayout = { name: vg.vg.name, size: 0, sectorSize: disk.layout.sectorSize, label: disk.layout.label, tables: [], partitions: [] };
+      const volume = physicalVolumeVolume({
+        vg: vg.vg,
+        pvKey: pv.pv.key,
+        uuid: pv.uuid,
+        size: p.size,
+        name: `${disk.layout.name} ${p.name}`,
+        confName: path.basename(vg.conf),
+        lvVolume(lvName) {
+          const l = vg.lvs.find((x) => x.lv.name === lvName)!;
+          if (l.lv.layout !== "linear" && l.lv.layout !== "striped") return undefined;
+          const content = lvContent(l.imageName, l.lv.size);
+          if (content.kind === "absent") return undefined;
+          return partitionVolume(lvLayout, { name: `${vg.vg.name}/${lvName}`, number: 0, start: 0, size: l.lv.size, type: "lvm", content });
+        },
+      });
+      p.content = { kind: "volume", volume };
+    }
+  }
 }
 
 function findImages(listing: FolderListing, used: Set<string>): ImageFile[] {
@@ -365,7 +425,7 @@ function partitionContent(listing: FolderListing, name: string, size: number, is
   if (image) {
     const pieces = image.pieces;
     // sdXN.dd-img and sdXN.dd-ptcl-img hold partclone.dd output or, with -q1, the raw bytes of dd
-    if ((image.tool === "dd" || image.fs === "dd") && !holdsImageFormat(pieces[0]!)) return { kind: "dd", pieces, open: () => openRawStream(pieces[0]!) };
+    if ((image.tool === "dd" || image.fs === "dd") && !holdsImageFormat(pieces[0]!)) return { kind: "dd", pieces, open: (opts) => openRawStream(pieces[0]!, opts) };
     return { kind: "image", pieces, fs: image.fs, tool: image.tool, open: (opts) => openImage(pieces[0]!, opts) };
   }
   if (listing.has(swapInfo)) {
@@ -388,8 +448,8 @@ function holdsImageFormat(file: string): boolean {
 }
 
 /** A raw dd stream: decompressed sequentially, or read at any offset when a plain file. */
-export function openRawStream(file: string): RawStream {
-  const s = openStream(file);
+export function openRawStream(file: string, opts?: OpenOptions): RawStream {
+  const s = openStream(file, opts);
   const ra = s.randomAccess;
   return {
     compression: s.compression,

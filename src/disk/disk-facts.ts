@@ -1,7 +1,10 @@
 import path from "node:path";
 import { ImageError } from "../errors.ts";
 import { describeContent } from "../formats/detect.ts";
+import { fileSystemName, HEAD_BYTES } from "../fs/open.ts";
+import { foundLvmFacts, savedLvmFacts, type VgFacts } from "../lvm/facts.ts";
 import type { ClonezillaFolder } from "./clonezilla.ts";
+import { rawDiskVolumeGroups } from "./raw-disk.ts";
 import type { DiskLayout, DiskPartition } from "./disk-volume.ts";
 
 /** What `info` shows of one partition of a disk. */
@@ -44,10 +47,12 @@ export type DiskFacts =
       checksums: { file: string; algorithm: string; files: number }[];
       otherFiles: string[];
       problems: string[];
+      /** the volume groups the folder saved (lvm_*.list, lvm_VG.conf) */
+      lvm: VgFacts[];
       /** the partition the input names, when it names one */
       partition?: string;
     }
-  | { kind: "raw-disk"; file: string; disk: LayoutFacts; partition?: string };
+  | { kind: "raw-disk"; file: string; disk: LayoutFacts; lvm: VgFacts[]; partition?: string };
 
 /** A partition's facts; opening its image to read the header (damage is a `problem`, not thrown). */
 export function partitionFacts(layout: DiskLayout, p: DiskPartition): PartitionFacts {
@@ -79,8 +84,8 @@ export function partitionFacts(layout: DiskLayout, p: DiskPartition): PartitionF
       f.swapUuid = c.uuid;
       f.swapLabel = c.label;
     } else if (c.kind === "volume") {
-      const head = c.volume.read(0, Math.min(2048, c.volume.size));
-      f.fs = describeContent(head).replace(/^looks like (an? )?/, "");
+      const head = c.volume.read(0, Math.min(HEAD_BYTES, c.volume.size));
+      f.fs = fileSystemName(head) ?? describeContent(head.subarray(0, 2048)).replace(/^looks like (an? )?/, "");
     } else if (c.kind === "absent") {
       f.problem = c.reason;
     }
@@ -118,6 +123,12 @@ export function folderFacts(folder: ClonezillaFolder, partition?: string): DiskF
     checksums: folder.checksums.map((c) => ({ file: path.basename(c.file), algorithm: c.algorithm, files: c.entries.length })),
     otherFiles: folder.otherFiles,
     problems: [...new Set(problems)],
+    lvm: folder.savedLvm ? savedLvmFacts(folder.savedLvm, folder.lvContent, (content, size) => partitionFacts({ name: "", size, sectorSize: 512, label: "dos", tables: [], partitions: [] }, { name: "", number: 0, start: 0, size, type: "lvm", content })) : [],
     partition,
   };
+}
+
+/** A raw disk's facts: its table and partitions, and the volume groups its PV labels describe. */
+export function rawDiskFacts(file: string, layout: DiskLayout, only?: (p: DiskPartition) => boolean, partition?: string): DiskFacts {
+  return { kind: "raw-disk", file, disk: layoutFacts(layout, [], only), lvm: foundLvmFacts(rawDiskVolumeGroups([layout])), partition };
 }

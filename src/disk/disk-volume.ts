@@ -11,7 +11,7 @@ export type PartitionContent =
   /** a partclone/ntfsclone/partimage image (any compression, split or not) */
   | { kind: "image"; pieces: string[]; fs: string; tool: string; open(opts?: OpenOptions): Image }
   /** a raw `dd` of the partition, maybe compressed (Clonezilla's sdXN.dd-img) */
-  | { kind: "dd"; pieces: string[]; open(): RawStream }
+  | { kind: "dd"; pieces: string[]; open(opts?: OpenOptions): RawStream }
   /** not imaged: its first page written from the saved UUID and label */
   | { kind: "swap"; header: Uint8Array; uuid?: string; label?: string }
   /** bytes already on a disk (a partition of a raw disk image) */
@@ -247,7 +247,8 @@ export function partitionVolume(layout: DiskLayout, p: DiskPartition, seekIndex:
     case "absent":
       return composeVolume(name, p.size, layout.sectorSize, []);
     case "dd": {
-      const stream = c.open();
+      // compressed: read at random through its seek index
+      const stream = c.open({ seekIndex });
       const readAt = stream.readAt;
       if (!readAt) {
         stream.close();

@@ -5,7 +5,8 @@ import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import type { Volume } from "../volume/volume.ts";
 import { type ClonezillaFolder, looksLikeClonezillaFolder, readClonezillaFolder } from "./clonezilla.ts";
 import { bytesVolume, composeVolume, diskParts, type DiskLayout, type DiskPartition, partitionVolume, type Region, sliceVolume } from "./disk-volume.ts";
-import { openRawDisk } from "./raw-disk.ts";
+import { openRawDisk, rawDiskVolumeGroups, volumeGroupsOf } from "./raw-disk.ts";
+import { logicalVolumeVolume, unreadableReason, type FoundVg } from "../lvm/lv-volume.ts";
 
 export interface DiskPartitionVolume extends Volume {
   readonly partition: DiskPartition;
@@ -22,6 +23,13 @@ export interface OpenedDisk {
   disks: DiskVolume[];
   /** the partitions of every disk, in order */
   partitions: DiskPartitionVolume[];
+  /**
+   * every logical volume with plain extents: partition.name "vg0/root", disk the VG's name. A folder without
+   * LVM files has its partition images looked at for PV labels on first use (which opens every image).
+   */
+  readonly logicalVolumes: DiskPartitionVolume[];
+  /** the VGs read from PV labels (raw disks; a folder's partition images; a folder's saved VGs are in folder.savedLvm) */
+  readonly volumeGroups: FoundVg[];
   /** set when the input was a Clonezilla folder */
   folder?: ClonezillaFolder;
   /** open every partition now: throws (naming the partition) where one has no random access */
@@ -39,7 +47,7 @@ export function openDisk(input: string, seekIndex?: SeekIndexOptions): OpenedDis
   if (looksLikeClonezillaFolder(input)) {
     const folder = readClonezillaFolder(input);
     if (folder.disks.length === 0) throw new ImageError({ file: input }, "the folder holds partitions but no disk (a saveparts image); pick one with --partition");
-    return assemble(folder.disks.map((d) => d.layout), folder, () => {}, seekIndex);
+    return assemble(folder.disks.map((d) => d.layout), folder, () => {}, seekIndex, folder.savedLvm ? () => [] : undefined);
   }
   let st: fs.Stats;
   try {
@@ -49,10 +57,17 @@ export function openDisk(input: string, seekIndex?: SeekIndexOptions): OpenedDis
   }
   if (st.isDirectory()) throw new ImageError({ file: input }, "not a Clonezilla image folder (no parts or disk file)");
   const raw = openRawDisk(input);
-  return assemble([raw.layout], undefined, () => raw.volume.close(), seekIndex);
+  try {
+    // read when an LV is asked for: damaged LVM metadata leaves the disk and its partitions readable
+    return assemble([raw.layout], undefined, () => raw.volume.close(), seekIndex, () => rawDiskVolumeGroups([raw.layout]));
+  } catch (e) {
+    raw.volume.close();
+    throw e;
+  }
 }
 
-function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void, seekIndex: SeekIndexOptions | undefined): OpenedDisk {
+/** `volumeGroups`: how to find the VGs on PV labels; undefined: look at the partitions' images for PV labels. */
+function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, onClose: () => void, seekIndex: SeekIndexOptions | undefined, volumeGroups: (() => FoundVg[]) | undefined): OpenedDisk {
   const lazies: LazyVolume[] = [];
   const disks: DiskVolume[] = layouts.map((layout) => {
     const regions: Region[] = [];
@@ -75,9 +90,37 @@ function assemble(layouts: DiskLayout[], folder: ClonezillaFolder | undefined, o
       .sort((a, b) => a.partition.number - b.partition.number);
     return Object.assign(volume, { layout, partitions: parts });
   });
+  const lvPartition = (vg: string, lv: string, size: number, volume: Volume): DiskPartitionVolume =>
+    Object.assign(volume, { partition: { name: `${vg}/${lv}`, number: 0, start: 0, size, type: "lvm", content: { kind: "volume" as const, volume } }, disk: vg });
+  const savedLvs: DiskPartitionVolume[] = [];
+  for (const v of folder?.savedLvm?.vgs ?? []) {
+    const lvLayout: DiskLayout = { name: v.vg.name, size: 0, sectorSize: 512, label: "dos", tables: [], partitions: [] };
+    for (const l of v.lvs) {
+      if (l.lv.layout !== "linear" && l.lv.layout !== "striped") continue;
+      const content = folder!.lvContent(l.imageName, l.lv.size);
+      const p: DiskPartition = { name: `${v.vg.name}/${l.lv.name}`, number: 0, start: 0, size: l.lv.size, type: "lvm", content };
+      const lazy = new LazyVolume(`${v.vg.name}/${l.lv.name}`, l.lv.size, 512, () => partitionVolume(lvLayout, p, seekIndex));
+      lazies.push(lazy);
+      savedLvs.push(Object.assign(lazy.asVolume(), { partition: p, disk: v.vg.name }));
+    }
+  }
+  let found: FoundVg[] | undefined;
+  const foundVgs = () =>
+    (found ??= volumeGroups ? volumeGroups() : volumeGroupsOf(
+      disks.flatMap((d) => d.partitions.filter((p) => p.partition.content.kind === "image" || p.partition.content.kind === "dd").map((p) => ({ name: p.partition.name, file: `${d.layout.name} ${p.partition.name}`, at: 0, volume: p as Volume }))),
+    ));
+  let lvs: DiskPartitionVolume[] | undefined;
+  const logicalVolumes = () =>
+    (lvs ??= [...savedLvs, ...foundVgs().flatMap((f) => f.vg.lvs.filter((lv) => !unreadableReason(f, lv)).map((lv) => lvPartition(f.vg.name, lv.name, lv.size, logicalVolumeVolume(f, lv))))]);
   return {
     disks,
     partitions: disks.flatMap((d) => d.partitions),
+    get logicalVolumes() {
+      return logicalVolumes();
+    },
+    get volumeGroups() {
+      return foundVgs();
+    },
     folder,
     openAll() {
       for (const l of lazies) l.open();
@@ -122,22 +165,25 @@ class LazyVolume {
   }
 }
 
-/** "DISK@N" → DISK and N, when DISK exists and DISK@N does not. */
+/** "DISK@N" → DISK and N, when DISK exists and DISK@N does not; N is a partition ("2", "sda2") or a logical volume ("vg0/root", "vg0-root"). */
 export function splitPartitionSuffix(input: string): { input: string; partition?: string } {
   const at = input.lastIndexOf("@");
   if (at <= 0 || fs.existsSync(input)) return { input };
   const base = input.slice(0, at);
   const partition = input.slice(at + 1);
-  if (!/^[A-Za-z0-9._+:-]{1,64}$/.test(partition) || !fs.existsSync(base)) return { input };
+  if (!/^[A-Za-z0-9._+:-]{1,64}(\/[A-Za-z0-9._+-]{1,128})?$/.test(partition) || !fs.existsSync(base)) return { input };
   return { input: base, partition };
 }
 
-/** One partition of an opened disk by number ("2") or name ("sda2"). */
+/** One partition of an opened disk by number ("2") or name ("sda2"), or a logical volume by "VG/LV" or its image name "VG-LV". */
 export function findPartition(opened: OpenedDisk, which: string, diskName?: string): DiskPartitionVolume {
   const candidates = opened.partitions.filter((p) => diskName === undefined || p.disk === diskName);
   const found = candidates.filter((p) => p.partition.name === which || String(p.partition.number) === which || p.partition.name === `${path.basename(p.disk)}@${which}`);
   if (found.length === 1) return found[0]!;
-  const list = candidates.map((p) => (opened.disks.length > 1 ? `${p.partition.name} (${p.disk})` : p.partition.name)).join(", ");
+  const lvs = found.length === 0 && /^[^/]+[/-][^/]+$/.test(which) ? opened.logicalVolumes.filter((l) => l.partition.name === which || l.partition.name.replace("/", "-") === which) : [];
+  if (lvs.length === 1) return lvs[0]!;
+  const lvNames = /[/-]/.test(which) ? opened.logicalVolumes.map((l) => l.partition.name) : [];
+  const list = [...candidates.map((p) => (opened.disks.length > 1 ? `${p.partition.name} (${p.disk})` : p.partition.name)), ...lvNames].join(", ");
   if (found.length > 1) throw new UsageError(`partition ${which} is ambiguous (several disks); name it: ${list}`);
   throw new UsageError(`no partition ${which}; the partitions are: ${list || "none"}`);
 }

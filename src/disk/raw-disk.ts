@@ -1,6 +1,7 @@
 import path from "node:path";
 import { ImageError } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
+import { findVolumeGroups, type FoundPv, type FoundVg, readPvLabel } from "../lvm/lv-volume.ts";
 import { type DiskLayout, type DiskPartition, fileVolume, sliceVolume } from "./disk-volume.ts";
 import { hasGptSignature, parseGptEntries, parseGptHeader } from "./gpt.ts";
 import { EXTENDED_TYPES, hex, looksLikeMbr, readMbrPartitions, readSlots, SECTOR } from "./mbr.ts";
@@ -55,4 +56,19 @@ export function openRawDisk(file: string): { volume: Volume; layout: DiskLayout 
     volume.close();
     throw e;
   }
+}
+
+/** The LVM volume groups whose PVs are partitions of the disks (their labels, the newest metadata copy). */
+export function rawDiskVolumeGroups(layouts: DiskLayout[]): FoundVg[] {
+  return volumeGroupsOf(layouts.flatMap((layout) => layout.partitions.flatMap((p) => (p.content.kind === "volume" ? [{ name: p.name, file: layout.name, at: p.start, volume: p.content.volume }] : []))));
+}
+
+/** The volume groups of the volumes that hold a PV label (any others are passed over); `file` and `at` place messages. */
+export function volumeGroupsOf(candidates: Omit<FoundPv, "label">[]): FoundVg[] {
+  const pvs: FoundPv[] = [];
+  for (const c of candidates) {
+    const label = readPvLabel(c.volume, c.file, c.at);
+    if (label) pvs.push({ ...c, label });
+  }
+  return pvs.length ? findVolumeGroups(pvs) : [];
 }

@@ -3,7 +3,7 @@ import path from "node:path";
 import { ImageError, UsageError } from "../errors.ts";
 import { type ClonezillaFolder, looksLikeClonezillaFolder, readClonezillaFolder } from "../disk/clonezilla.ts";
 import { diskDataBatches, type DiskSpan, diskSpan, spanDataBytes, unsavedPartitions } from "../disk/disk-data.ts";
-import { folderFacts, layoutFacts } from "../disk/disk-facts.ts";
+import { folderFacts, rawDiskFacts } from "../disk/disk-facts.ts";
 import type { DiskLayout, DiskPartition } from "../disk/disk-volume.ts";
 import { findPartition, openDisk, type OpenedDisk } from "../disk/open-disk.ts";
 import { openRawDisk } from "../disk/raw-disk.ts";
@@ -138,7 +138,7 @@ export class DiskInput implements Input {
       return { kind: this.kind, disk: facts };
     }
     const only = partition ? (p: DiskPartition) => p === partition : undefined;
-    return { kind: this.kind, disk: { kind: "raw-disk", file: this.path, disk: layoutFacts(this.span.layout, [], only), partition: partition?.name } };
+    return { kind: this.kind, disk: rawDiskFacts(this.path, this.span.layout, only, partition?.name) };
   }
 
   /** as the user named the partition ("2", "sda2"); undefined for a whole disk */
@@ -158,7 +158,7 @@ export class DiskInput implements Input {
 }
 
 /** Every regular file of the folder: an output may be none of them. */
-function folderFiles(dir: string): string[] {
+export function folderFiles(dir: string): string[] {
   return fs
     .readdirSync(dir)
     .map((n) => path.join(dir, n))

@@ -10,7 +10,7 @@ import type { Volume } from "../volume/volume.ts";
  * volume itself (a dd copy, a restored volume), a whole disk (a Clonezilla folder, a raw disk image)
  * or one partition of a disk.
  */
-export type InputKind = "image" | "volume" | "disk" | "partition";
+export type InputKind = "image" | "volume" | "disk" | "partition" | "logical-volume";
 
 /** The facts `info` shows, by kind; plain data (src/cli/ renders them). */
 export type InputFacts =

@@ -6,7 +6,8 @@ import { looksLikeRawDisk } from "../disk/raw-disk.ts";
 import { splitPartitionSuffix } from "../disk/open-disk.ts";
 import { openStream } from "../source/open.ts";
 import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
-import { DiskInput } from "./disk-input.ts";
+import { DiskInput, folderFiles } from "./disk-input.ts";
+import { LogicalVolumeInput, looksLikeLogicalVolume } from "./lv-input.ts";
 import { ImageInput } from "./image-input.ts";
 import type { Input } from "./input.ts";
 import { VolumeInput } from "./volume-input.ts";
@@ -62,7 +63,13 @@ export function openInput(spec: string, options: InputOptions = {}): Input {
     st = undefined;
   }
   if (st?.isDirectory() || (st && (st.isFile() || st.isBlockDevice()) && isRawDisk(file))) {
-    return new DiskInput(spec, file, { partition, disk: options.disk, seekIndex: options.seekIndex });
+    try {
+      return new DiskInput(spec, file, { partition, disk: options.disk, seekIndex: options.seekIndex });
+    } catch (e) {
+      // not a partition of the disk's tables: a logical volume on it, when the name can be one
+      if (!(e instanceof UsageError) || partition === undefined || !looksLikeLogicalVolume(partition)) throw e;
+      return new LogicalVolumeInput(spec, file, partition, st.isDirectory() ? folderFiles(file) : [file], options.seekIndex);
+    }
   }
   if (partition !== undefined) {
     throw new UsageError(`${file}: --partition needs a disk (a Clonezilla folder or a raw disk image with an MBR or GPT); this is ${st ? "not one" : "missing"}`);
