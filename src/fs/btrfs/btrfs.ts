@@ -85,32 +85,29 @@ export class BtrfsFileSystem implements FileSystem {
     const chunks = new ChunkMap(volume, this.sb.devid);
     chunks.addSysChunkArray(this.sb);
     this.trees = new TreeReader(volume, this.sb, chunks);
-    const chunkRoot: TreeRoot = { logical: this.sb.chunkRoot, level: this.sb.chunkRootLevel, name: "chunk tree" };
-    for (const block of this.trees.blocks(chunkRoot, (e) => this.noteMissing(e))) {
-      if (block.level !== 0) continue;
-      for (let slot = 0; slot < block.nritems; slot++) {
-        const item = this.trees.itemAt(block, slot);
-        if (item.key.type === CHUNK_ITEM && item.key.objectid === FIRST_CHUNK_TREE_OBJECTID) chunks.add(parseChunk(volume, item.key.offset, item.data, item.volumeOffset).chunk);
-      }
+    const chunkRoot: TreeRoot = { logical: this.sb.chunkRoot, level: this.sb.chunkRootLevel, name: "chunk tree", id: 3 };
+    const all = { objectid: MAX_OFFSET, type: 255, offset: MAX_OFFSET };
+    for (const item of this.trees.items(chunkRoot, { objectid: 0, type: 0, offset: 0 }, all, (e) => this.damaged(e))) {
+      if (item.key.type === CHUNK_ITEM && item.key.objectid === FIRST_CHUNK_TREE_OBJECTID) chunks.add(parseChunk(volume, item.key.offset, item.data, item.volumeOffset).chunk);
     }
-    this.rootTree = { logical: this.sb.root, level: this.sb.rootLevel, name: "root tree" };
+    this.rootTree = { logical: this.sb.root, level: this.sb.rootLevel, name: "root tree", id: 1 };
     let csumRoot: TreeRoot | undefined;
     for (const item of this.trees.items(this.rootTree, { objectid: 0, type: 0, offset: 0 }, { objectid: MAX_OFFSET, type: 255, offset: MAX_OFFSET }, (e) => this.damaged(e))) {
       const id = item.key.objectid;
       if (item.key.type === ROOT_ITEM && id === CSUM_TREE_OBJECTID) {
         const r = parseRootItem(item, volume.name);
-        csumRoot = { logical: r.bytenr, level: r.level, name: "csum tree" };
+        csumRoot = { logical: r.bytenr, level: r.level, name: "csum tree", id: CSUM_TREE_OBJECTID };
       } else if (item.key.type === ROOT_ITEM && (id === FS_TREE_OBJECTID || (id >= FIRST_FREE_OBJECTID && id < LAST_FREE_OBJECTID))) {
         const r = parseRootItem(item, volume.name);
         if (r.refs === 0 && id !== FS_TREE_OBJECTID) continue;
         const existing = this.subvols.get(id);
         if (existing) {
           existing.item = r;
-          existing.root = { logical: r.bytenr, level: r.level, name: `subvolume ${id}` };
+          existing.root = { logical: r.bytenr, level: r.level, name: `subvolume ${id}`, id };
           continue;
         }
         if (this.bySlot.length >= MAX_SUBVOLUMES) throw new FsError(volume.name, item.volumeOffset, `more than ${MAX_SUBVOLUMES} subvolumes`);
-        const sv: Subvolume = { id, slot: this.bySlot.length + 1, root: { logical: r.bytenr, level: r.level, name: `subvolume ${id}` }, item: r };
+        const sv: Subvolume = { id, slot: this.bySlot.length + 1, root: { logical: r.bytenr, level: r.level, name: `subvolume ${id}`, id }, item: r };
         this.subvols.set(id, sv);
         this.bySlot.push(sv);
       } else if (item.key.type === ROOT_REF) {
@@ -123,12 +120,14 @@ export class BtrfsFileSystem implements FileSystem {
     this.view = top;
     this.data = new FileData(this.trees, csumRoot, options.verifyData !== false);
     if (options.subvol !== undefined) this.view = this.subvolumeNamed(options.subvol);
+    this.missingTreeBlocks();
   }
 
   private noteMissing(e: MissingTreeBlock): void {
     if (this.missing.some((m) => m.logical === e.logical)) return;
     this.missing.push(e);
-    this.warnings.push(e.problem);
+    const rebuilt = this.trees.rebuilt.get(e.logical);
+    this.warnings.push(rebuilt ? `${e.problem}; rebuilt from the ${rebuilt} blocks below it that the image holds` : `${e.problem}; what lies below it is not shown`);
   }
 
   private damaged(e: FsError): void {
@@ -370,13 +369,20 @@ export class BtrfsFileSystem implements FileSystem {
    * image does not hold: what `imgtool verify` names for partclone images that lack them.
    */
   missingTreeBlocks(): MissingTreeBlock[] {
-    const roots: TreeRoot[] = [this.rootTree];
+    const roots: TreeRoot[] = [{ logical: this.sb.chunkRoot, level: this.sb.chunkRootLevel, name: "chunk tree", id: 3 }, this.rootTree];
     for (const item of this.trees.items(this.rootTree, { objectid: 0, type: 0, offset: 0 }, { objectid: MAX_OFFSET, type: 255, offset: MAX_OFFSET }, (e) => this.damaged(e))) {
       if (item.key.type !== ROOT_ITEM) continue;
       const r = parseRootItem(item, this.volume.name);
-      roots.push({ logical: r.bytenr, level: r.level, name: `tree ${item.key.objectid}` });
+      roots.push({ logical: r.bytenr, level: r.level, name: `tree ${item.key.objectid}`, id: item.key.objectid });
     }
-    for (const root of roots) for (const _ of this.trees.blocks(root, (e) => this.noteMissing(e)));
+    for (const root of roots) {
+      try {
+        this.trees.missingBlocks(root, (e) => this.noteMissing(e));
+      } catch (e) {
+        if (!(e instanceof FsError)) throw e;
+        this.warnings.push(`${root.name}: ${e.problem}`);
+      }
+    }
     return this.missing;
   }
 

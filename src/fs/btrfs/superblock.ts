@@ -20,7 +20,8 @@ const INCOMPAT_RAID_STRIPE_TREE = 1 << 14;
 /** every incompat flag up to SIMPLE_QUOTA (1 << 16) that a reader of one device's trees can ignore */
 const INCOMPAT_READABLE = 0x1ffff & ~INCOMPAT_EXTENT_TREE_V2 & ~INCOMPAT_RAID_STRIPE_TREE;
 
-export const BLOCK_GROUP_DUP = 1 << 5;
+const BLOCK_GROUP_SYSTEM = 1 << 1;
+const BLOCK_GROUP_METADATA = 1 << 2;
 const PROFILE_NAMES: [number, string][] = [[1 << 3, "RAID0"], [1 << 4, "RAID1"], [1 << 6, "RAID10"], [1 << 7, "RAID5"], [1 << 8, "RAID6"], [1 << 9, "RAID1C3"], [1 << 10, "RAID1C4"]];
 
 export interface Superblock {
@@ -204,6 +205,11 @@ export class ChunkMap {
       }
       return physical;
     });
+  }
+
+  /** The chunks holding tree blocks (system and metadata). */
+  metadataChunks(): Chunk[] {
+    return this.chunks.filter((c) => c.type & (BLOCK_GROUP_SYSTEM | BLOCK_GROUP_METADATA));
   }
 
   private find(logical: number): Chunk | undefined {

@@ -49,9 +49,24 @@ export interface TreeRoot {
   level: number;
   /** the tree's name in messages ("root tree", "subvolume 256") */
   name: string;
+  /** its objectid in the root tree: the owner its blocks carry */
+  id: number;
+}
+
+/** A tree block found by scanning the metadata chunks. */
+interface FoundBlock {
+  logical: number;
+  level: number;
+  generation: number;
+  firstKey: Key;
 }
 
 export const le64 = (v: DataView, at: number) => v.getUint32(at, true) + v.getUint32(at + 4, true) * 2 ** 32;
+
+function writeLe64(v: DataView, at: number, n: number): void {
+  v.setUint32(at, n % 2 ** 32, true);
+  v.setUint32(at + 4, Math.floor(n / 2 ** 32), true);
+}
 
 export function readKey(v: DataView, at: number): Key {
   return { objectid: le64(v, at), type: v.getUint8(at + 8), offset: le64(v, at + 9) };
@@ -71,6 +86,10 @@ export class MissingTreeBlock extends FsError {
 /** Reads, checks and caches tree blocks, and searches trees. */
 export class TreeReader {
   private readonly cache = new Map<number, TreeBlock>();
+  /** every good tree block the image holds, by owner: read once, when a missing interior node is rebuilt */
+  private found: Map<number, FoundBlock[]> | undefined;
+  /** interior nodes the image lacks, rebuilt from the blocks below them: logical → how many children were found */
+  readonly rebuilt = new Map<number, number>();
 
   constructor(
     readonly volume: Volume,
@@ -166,11 +185,11 @@ export class TreeReader {
     yield* this.walk(root, root.logical, root.level, from, to, [], onDamage);
   }
 
-  private *walk(root: TreeRoot, logical: number, level: number, from: Key, to: Key, path: number[], onDamage?: (e: FsError) => void): Iterable<Item> {
+  private *walk(root: TreeRoot, logical: number, level: number, from: Key, to: Key, path: number[], onDamage?: (e: FsError) => void, bounds?: [Key | undefined, Key | undefined]): Iterable<Item> {
     if (path.includes(logical)) {
       throw new FsError(this.volume.name, undefined, `${root.name}: tree block at logical ${withCommas(path[path.length - 1]!)} points back to block ${withCommas(logical)} above it: a loop in the tree`);
     }
-    const block = this.block(logical, level);
+    const block = this.blockOf(root, logical, level, bounds);
     if (level === 0) {
       for (let slot = this.lastAtOrBelow(block, from, true); slot < block.nritems; slot++) {
         const item = this.itemAt(block, slot);
@@ -182,12 +201,13 @@ export class TreeReader {
     path.push(logical);
     for (let slot = Math.max(0, this.lastAtOrBelow(block, from, false)); slot < block.nritems; slot++) {
       if (compareKeys(this.keyAt(block, slot), to) > 0) break;
+      const childBounds: [Key, Key | undefined] = [this.keyAt(block, slot), slot + 1 < block.nritems ? this.keyAt(block, slot + 1) : bounds?.[1]];
       if (!onDamage) {
-        yield* this.walk(root, this.childAt(block, slot), level - 1, from, to, path);
+        yield* this.walk(root, this.childAt(block, slot), level - 1, from, to, path, undefined, childBounds);
         continue;
       }
       try {
-        yield* this.walk(root, this.childAt(block, slot), level - 1, from, to, path, onDamage);
+        yield* this.walk(root, this.childAt(block, slot), level - 1, from, to, path, onDamage, childBounds);
       } catch (e) {
         if (!(e instanceof FsError)) throw e;
         onDamage(e);
@@ -212,6 +232,72 @@ export class TreeReader {
     return best;
   }
 
+  /**
+   * The block, or for an interior node the image lacks, a node rebuilt from the blocks one level
+   * down that carry the tree's owner and lie in the node's key range (`bounds`): in a partclone
+   * image the blocks it holds are the live ones, so they are what the lost node pointed to.
+   */
+  blockOf(root: TreeRoot, logical: number, level: number, bounds?: [Key | undefined, Key | undefined]): TreeBlock {
+    try {
+      return this.block(logical, level);
+    } catch (e) {
+      if (!(e instanceof MissingTreeBlock) || level === 0) throw e;
+      const children = this.foundBlocks()
+        .get(root.id)
+        ?.filter((b) => b.level === level - 1 && (!bounds?.[0] || compareKeys(b.firstKey, bounds[0]) >= 0) && (!bounds?.[1] || compareKeys(b.firstKey, bounds[1]) < 0))
+        .sort((a, b) => compareKeys(a.firstKey, b.firstKey));
+      if (!children?.length) throw e;
+      const data = new Uint8Array(HEADER_SIZE + children.length * KEY_PTR_SIZE);
+      const view = new DataView(data.buffer);
+      children.forEach((c, i) => {
+        const at = HEADER_SIZE + i * KEY_PTR_SIZE;
+        writeLe64(view, at, c.firstKey.objectid);
+        data[at + 8] = c.firstKey.type;
+        writeLe64(view, at + 9, c.firstKey.offset);
+        writeLe64(view, at + 17, c.logical);
+        writeLe64(view, at + 25, c.generation);
+      });
+      const block: TreeBlock = { logical, physical: e.volumeOffset!, level, owner: root.id, nritems: children.length, data, view };
+      this.cache.set(logical, block);
+      this.rebuilt.set(logical, children.length);
+      return block;
+    }
+  }
+
+  /** Every tree block in the metadata chunks the image holds whose checksum, address and fsid are good. */
+  private foundBlocks(): Map<number, FoundBlock[]> {
+    if (this.found) return this.found;
+    const found = new Map<number, FoundBlock[]>();
+    const seen = new Set<number>();
+    const { nodeSize } = this.sb;
+    for (const chunk of this.chunks.metadataChunks()) {
+      for (const stripe of chunk.stripes) {
+        if (stripe.offset + chunk.length > this.volume.size) continue;
+        for (const run of this.volume.extents(stripe.offset, chunk.length)) {
+          if (!run.data) continue;
+          const first = Math.ceil((run.offset - stripe.offset) / nodeSize) * nodeSize + stripe.offset;
+          for (let physical = first; physical + nodeSize <= run.offset + run.length; physical += nodeSize) {
+            const logical = chunk.logical + (physical - stripe.offset);
+            if (seen.has(logical)) continue;
+            const data = this.volume.read(physical, nodeSize);
+            const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+            if (le64(view, 0x30) !== logical || !this.sb.metadataFsid.every((x, i) => x === data[0x20 + i])) continue;
+            if (!checksumMatches(this.sb.csumType, data.subarray(0x20), data)) continue;
+            const nritems = view.getUint32(0x60, true);
+            if (nritems === 0 || le64(view, 0x50) > this.sb.generation) continue;
+            seen.add(logical);
+            const owner = le64(view, 0x58);
+            const list = found.get(owner) ?? [];
+            list.push({ logical, level: data[0x64]!, generation: le64(view, 0x50), firstKey: readKey(view, HEADER_SIZE) });
+            found.set(owner, list);
+          }
+        }
+      }
+    }
+    this.found = found;
+    return found;
+  }
+
   /** The item with the greatest key at most `key`, or undefined. */
   atOrBefore(root: TreeRoot, key: Key): Item | undefined {
     let logical = root.logical;
@@ -219,7 +305,7 @@ export class TreeReader {
     for (let level = root.level; ; level--) {
       if (path.includes(logical)) throw new FsError(this.volume.name, undefined, `${root.name}: a loop in the tree at block ${withCommas(logical)}`);
       path.push(logical);
-      const block = this.block(logical, level);
+      const block = this.blockOf(root, logical, level);
       let slot = this.lastAtOrBelow(block, key, false);
       if (level === 0) return slot >= 0 ? this.itemAt(block, slot) : undefined;
       if (slot < 0) slot = 0;
@@ -227,22 +313,38 @@ export class TreeReader {
     }
   }
 
-  /** Every block of the tree (for verify): missing ones go to `onMissing`, their subtrees skipped. */
-  *blocks(root: TreeRoot, onMissing: (e: MissingTreeBlock) => void): Iterable<TreeBlock> {
-    const stack: { logical: number; level: number; path: number[] }[] = [{ logical: root.logical, level: root.level, path: [] }];
+  /**
+   * Every tree block of the tree the image does not hold, without reading leaves (their presence
+   * is the image's bitmap): interior nodes are read, a missing one rebuilt when it can be.
+   */
+  missingBlocks(root: TreeRoot, onMissing: (e: MissingTreeBlock) => void): void {
+    const stack: { logical: number; level: number; path: number[]; bounds?: [Key | undefined, Key | undefined] }[] = [{ logical: root.logical, level: root.level, path: [] }];
     while (stack.length > 0) {
-      const { logical, level, path } = stack.pop()!;
+      const { logical, level, path, bounds } = stack.pop()!;
       if (path.includes(logical)) throw new FsError(this.volume.name, undefined, `${root.name}: a loop in the tree at block ${withCommas(logical)}`);
+      if (level === 0) {
+        const missing = this.chunks.map(logical, this.sb.nodeSize).every((physical) => ![...this.volume.extents(physical, this.sb.nodeSize)].every((e) => e.data));
+        if (missing) onMissing(new MissingTreeBlock(this.volume.name, logical, this.chunks.map(logical, this.sb.nodeSize)[0]!));
+        continue;
+      }
       let block: TreeBlock;
       try {
         block = this.block(logical, level);
       } catch (e) {
         if (!(e instanceof MissingTreeBlock)) throw e;
+        try {
+          block = this.blockOf(root, logical, level, bounds);
+        } catch (again) {
+          if (!(again instanceof MissingTreeBlock)) throw again;
+          onMissing(e);
+          continue;
+        }
         onMissing(e);
-        continue;
       }
-      yield block;
-      if (level > 0) for (let slot = block.nritems - 1; slot >= 0; slot--) stack.push({ logical: this.childAt(block, slot), level: level - 1, path: [...path, logical] });
+      for (let slot = block.nritems - 1; slot >= 0; slot--) {
+        const childBounds: [Key, Key | undefined] = [this.keyAt(block, slot), slot + 1 < block.nritems ? this.keyAt(block, slot + 1) : bounds?.[1]];
+        stack.push({ logical: this.childAt(block, slot), level: level - 1, path: [...path, logical], bounds: childBounds });
+      }
     }
   }
 }
