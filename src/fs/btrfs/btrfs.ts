@@ -395,3 +395,10 @@ function formatUuid(b: Uint8Array): string {
   const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
+
+/** `ls --subvolumes`: one line per subvolume (id, parent, generation, ro/rw, uuid, path), under a header. */
+export function subvolumeTable(fsys: FileSystem, escape: (name: Uint8Array) => string): string {
+  if (!(fsys instanceof BtrfsFileSystem)) throw new UsageError(`--subvolumes: the volume holds ${fsys.type}, which has no subvolumes`);
+  const rows = fsys.subvolumes().map((s) => [s.id, s.parent, s.generation, s.readOnly ? "ro" : "rw", s.uuid, escape(s.path)].join("\t"));
+  return `${["id", "parent", "generation", "flags", "uuid", "path"].join("\t")}\n${rows.map((r) => `${r}\n`).join("")}`;
+}
