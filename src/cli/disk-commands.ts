@@ -4,6 +4,8 @@ import { growPipe, makeBlocking } from "../../native/libc.ts";
 import { catRange } from "../commands/cat.ts";
 import { restoreImageInterruptibly } from "../commands/restore.ts";
 import { verifyImage } from "../commands/verify.ts";
+import { missingTreeBlocksOf } from "../fs/btrfs/btrfs.ts";
+import { openInputVolume } from "./input-volume.ts";
 import { EXIT, UsageError, withCommas } from "../errors.ts";
 import { openImage } from "../formats/detect.ts";
 import type { Image, ImageInfo } from "../formats/image.ts";
@@ -150,6 +152,9 @@ export const verifyCommand = defineCommand({
           for (const p of r.problems) process.stderr.write(`imgtool: ${p}\n`);
           return EXIT.CHECKSUM;
         }
+        const missing = missingTreeBlocksOf(image, () => openInputVolume(args.image, "verify").volume);
+        for (const m of missing) process.stderr.write(`imgtool: ${m}\n`);
+        if (missing.length > 0) return EXIT.BAD_INPUT;
         if (!args.quiet) {
           const { info } = image;
           process.stdout.write(

@@ -1,7 +1,8 @@
 // btrfs read-only on one device: subvolumes as the kernel shows them mounted with subvolid=5, or one of them.
 import { crc32c } from "../../../native/crc32c.ts";
 import { UsageError, withCommas } from "../../errors.ts";
-import type { Volume } from "../../volume/volume.ts";
+import type { Image } from "../../formats/image.ts";
+import { imageVolume, type Volume } from "../../volume/volume.ts";
 import { type DirEntry, type FileSystem, FsError, type FsNode, type Xattr } from "../filesystem.ts";
 import { equalBytes, splitPath } from "../path.ts";
 import { FileData } from "./data.ts";
@@ -401,4 +402,20 @@ export function subvolumeTable(fsys: FileSystem, escape: (name: Uint8Array) => s
   if (!(fsys instanceof BtrfsFileSystem)) throw new UsageError(`--subvolumes: the volume holds ${fsys.type}, which has no subvolumes`);
   const rows = fsys.subvolumes().map((s) => [s.id, s.parent, s.generation, s.readOnly ? "ro" : "rw", s.uuid, escape(s.path)].join("\t"));
   return `${["id", "parent", "generation", "flags", "uuid", "path"].join("\t")}\n${rows.map((r) => `${r}\n`).join("")}`;
+}
+
+/**
+ * `imgtool verify`'s question for a btrfs image: which tree blocks the file system points to
+ * that the image does not hold (one message each, naming logical address and volume offset).
+ * An image without random access (compressed) is read through `randomAccess` (its seek index).
+ */
+export function missingTreeBlocksOf(image: Image, randomAccess: () => Volume): string[] {
+  if (!/btrfs/i.test(image.info.fsType)) return [];
+  const volume = image.read ? imageVolume(image) : randomAccess();
+  try {
+    if (!detectBtrfs(volume.read(0, Math.min(volume.size, 0x10048)))) return [];
+    return new BtrfsFileSystem(volume).missing.map((m) => m.message);
+  } finally {
+    if (!image.read) volume.close();
+  }
 }
