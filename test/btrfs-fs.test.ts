@@ -1,0 +1,216 @@
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { gunzipSync } from "node:zlib";
+import { openInputVolume } from "../src/cli/input-volume.ts";
+import { type BtrfsFileSystem, openBtrfs } from "../src/fs/btrfs/btrfs.ts";
+import { treeOf, treeOfDirectory } from "./fs-tree.ts";
+import { FIXTURES, fixture, runCli, tempDir, which } from "./helpers.ts";
+
+// each test restores, mounts and extracts on a machine shared with others
+setDefaultTimeout(120_000);
+
+const isRoot = process.getuid?.() === 0;
+const kernelBtrfs = fs.existsSync("/proc/filesystems") && /\tbtrfs$/m.test(fs.readFileSync("/proc/filesystems", "utf8"));
+const kernelWhy = !isRoot ? "needs root for a loop mount" : !which("losetup") ? "losetup is missing" : !kernelBtrfs ? "the kernel has no btrfs driver" : "";
+const btrfsProgsWhy = kernelWhy || (!which("btrfs") || !which("mkfs.btrfs") ? "btrfs-progs is missing (apt-get install btrfs-progs)" : "");
+
+/** fixtures/make-btrfs-fs.sh's images, each with the tree the kernel showed before imaging */
+const MADE = ["btrfs-features", "btrfs-xxhash-64k", "btrfs-sha256", "btrfs-blake2"];
+/** the kernel's stand-ins for subvolumes a snapshot does not hold: their mtime is when they were looked at */
+const STAND_INS = ["snap-ro/nested", "snap-rw/nested"];
+const FAILURE = path.join(import.meta.dir, "failure", "fs");
+
+/** A compressed fixture copied where its seek index may be written. */
+function scratchCopy(name: string): string {
+  const copy = path.join(tempDir(), name);
+  fs.copyFileSync(fixture(name), copy);
+  return copy;
+}
+
+function openImageFs(img: string, options: { subvol?: string } = {}): BtrfsFileSystem {
+  const { volume } = openInputVolume(img, "ls");
+  return openBtrfs(volume, options);
+}
+
+function storedTree(name: string): string[] {
+  return gunzipSync(fs.readFileSync(fixture(`${name}.tree.txt.gz`))).toString().split("\n").filter((l) => l !== "");
+}
+
+/** Rows with the mtime column (6th) of the given paths blanked. */
+function withoutMtimes(rows: string[], paths: string[]): string[] {
+  return rows.map((r) => {
+    const cols = r.split("\t");
+    if (paths.includes(cols[0]!)) cols[5] = "*";
+    return cols.join("\t");
+  });
+}
+
+/** A directory tree as `extract` can reproduce it on another file system: directories' link counts are the destination's. */
+function extractable(rows: string[]): string[] {
+  return rows.map((r) => {
+    const cols = r.split("\t");
+    if (cols[1] === "d") cols[6] = "*";
+    return cols.join("\t");
+  });
+}
+
+/** Paths under `root` grouped by inode (device and inode on a btrfs mount), groups of two or more, sorted. */
+function hardLinkGroups(root: string): string[][] {
+  const groups = new Map<string, string[]>();
+  const walk = (dir: string, rel: string) => {
+    for (const name of fs.readdirSync(dir).sort()) {
+      const full = path.join(dir, name);
+      const st = fs.lstatSync(full, { bigint: true });
+      if (st.isDirectory()) walk(full, `${rel}${name}/`);
+      else {
+        const key = `${st.dev}:${st.ino}`;
+        groups.set(key, [...(groups.get(key) ?? []), `${rel}${name}`]);
+      }
+    }
+  };
+  walk(root, "");
+  return [...groups.values()].filter((g) => g.length > 1).sort((a, b) => (a[0]! < b[0]! ? -1 : 1));
+}
+
+/** Directories of a btrfs mount the kernel shows as stand-ins (inode 2). */
+function standIns(root: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: string, rel: string) => {
+    for (const name of fs.readdirSync(dir)) {
+      const full = path.join(dir, name);
+      const st = fs.lstatSync(full);
+      if (!st.isDirectory()) continue;
+      if (st.ino === 2) out.push(`${rel}${name}`);
+      else walk(full, `${rel}${name}/`);
+    }
+  };
+  walk(root, "");
+  return out;
+}
+
+/** Restores the image (--sparse), mounts it read-only (subvolid=5) and runs `use` on the mount point. */
+function withKernelMount<T>(img: string, use: (mnt: string) => T): T {
+  const dir = tempDir();
+  const vol = path.join(dir, "volume.raw");
+  const r = runCli(["restore", img, "-o", vol, "--sparse"]);
+  if (r.code !== 0) throw new Error(`restore ${img}: ${r.stderr}`);
+  const mnt = path.join(dir, "mnt");
+  fs.mkdirSync(mnt);
+  const m = Bun.spawnSync(["mount", "-o", "ro,loop,subvolid=5", vol, mnt], { stderr: "pipe" });
+  if (m.exitCode !== 0) throw new Error(`mount: ${m.stderr.toString()}`);
+  try {
+    return use(mnt);
+  } finally {
+    Bun.spawnSync(["umount", mnt]);
+  }
+}
+
+/** A fresh, empty btrfs mounted for `use`: extract's destination that takes btrfs.* xattrs and shows directories as btrfs does. */
+function withScratchBtrfs<T>(use: (dir: string) => T): T {
+  const dir = tempDir();
+  const vol = path.join(dir, "scratch.raw");
+  fs.writeFileSync(vol, "");
+  fs.truncateSync(vol, 256 << 20);
+  const mk = Bun.spawnSync(["mkfs.btrfs", "-q", vol], { stderr: "pipe" });
+  if (mk.exitCode !== 0) throw new Error(`mkfs.btrfs: ${mk.stderr.toString()}`);
+  const mnt = path.join(dir, "mnt");
+  fs.mkdirSync(mnt);
+  const m = Bun.spawnSync(["mount", "-o", "loop", vol, mnt], { stderr: "pipe" });
+  if (m.exitCode !== 0) throw new Error(`mount: ${m.stderr.toString()}`);
+  try {
+    return use(mnt);
+  } finally {
+    Bun.spawnSync(["umount", mnt]);
+  }
+}
+
+function extract(img: string, ...extra: string[]): { dest: string; code: number | null; stderr: string } {
+  return extractInto(tempDir(), img, ...extra);
+}
+
+function extractInto(dir: string, img: string, ...extra: string[]): { dest: string; code: number | null; stderr: string } {
+  const dest = path.join(dir, "out");
+  const r = runCli(["extract", img, ...extra, "-o", dest]);
+  return { dest, code: r.code, stderr: r.stderr };
+}
+
+describe("btrfs: the reader's tree equals the one the kernel showed of the original file system", () => {
+  for (const name of MADE) {
+    test(name, () => {
+      const fsys = openImageFs(scratchCopy(`${name}.btrfs-ptcl-img.zst`));
+      try {
+        expect(fsys.warnings).toEqual([]);
+        expect(withoutMtimes(treeOf(fsys, { xattrs: true }), STAND_INS)).toEqual(withoutMtimes(storedTree(name), STAND_INS));
+      } finally {
+        fsys.close();
+      }
+    });
+  }
+
+  test("pub-linuxfs p3 (Clonezilla, partclone.btrfs 0.3.23): the @ subvolume's only interior node is not in the image; it is named, rebuilt from its leaves, and the tree equals the kernel's", () => {
+    const disk = path.join(tempDir(), "pub-linuxfs");
+    fs.cpSync(path.join(FIXTURES, "clonezilla", "pub-linuxfs"), disk, { recursive: true });
+    const fsys = openImageFs(`${disk}@3`);
+    try {
+      expect(fsys.missing.map((m) => [m.logical, m.volumeOffset])).toEqual([[30_916_608, 39_305_216]]);
+      expect(fsys.warnings).toEqual([expect.stringMatching(/^tree block at logical 30,916,608 \(volume offset 39,305,216\) is not in the image: .*; rebuilt from the 3 blocks below it/)]);
+      const want = fs.readFileSync(path.join(FIXTURES, "clonezilla", "pub-linuxfs.p3.tree.txt"), "utf8").split("\n").filter((l) => l !== "" && !l.startsWith("#"));
+      expect(treeOf(fsys, { xattrs: true })).toEqual(want.sort());
+    } finally {
+      fsys.close();
+    }
+    const v = runCli(["verify", path.join(disk, "loop0p3.btrfs-ptcl-img.zst")]);
+    expect(v.code).toBe(3);
+    expect(v.stderr).toMatch(/^imgtool: .*loop0p3\.btrfs-ptcl-img\.zst: offset 39,305,216: tree block at logical 30,916,608 \(volume offset 39,305,216\) is not in the image/);
+  });
+});
+
+describe("btrfs: extract / (into a fresh btrfs) equals the kernel's read-only loop mount (subvolid=5)", () => {
+  for (const name of [...MADE.map((n) => `${n}.btrfs-ptcl-img.zst`), "btrfs.btrfs-ptcl-img"]) {
+    test.skipIf(btrfsProgsWhy !== "")(`${name}${btrfsProgsWhy ? ` (skipped: ${btrfsProgsWhy})` : ""}`, () => {
+      const img = name.endsWith(".zst") ? scratchCopy(name) : fixture(name);
+      withScratchBtrfs((dir) => {
+        const x = extractInto(dir, img);
+        expect(x.stderr).not.toContain("imgtool:");
+        expect(x.code).toBe(0);
+        withKernelMount(img, (mnt) => {
+          const stand = standIns(mnt);
+          if (name !== "btrfs.btrfs-ptcl-img") expect(stand.sort()).toEqual(STAND_INS);
+          const want = withoutMtimes(treeOfDirectory(mnt, undefined, { xattrs: true }), stand);
+          expect(withoutMtimes(treeOfDirectory(x.dest, undefined, { xattrs: true }), stand)).toEqual(want);
+          expect(hardLinkGroups(x.dest)).toEqual(hardLinkGroups(mnt));
+        });
+      });
+    });
+  }
+
+  test.skipIf(btrfsProgsWhy !== "")(`ls --subvolumes lists what btrfs subvolume list shows; --subvol by id and path${btrfsProgsWhy ? ` (skipped: ${btrfsProgsWhy})` : ""}`, () => {
+    const img = scratchCopy("btrfs-features.btrfs-ptcl-img.zst");
+    const ours = runCli(["ls", "--subvolumes", img]);
+    expect(ours.code).toBe(0);
+    const rows = ours.stdout.toString().trim().split("\n").slice(1).map((l) => l.split("\t"));
+    withKernelMount(img, (mnt) => {
+      const list = (flag?: string) => {
+        const r = Bun.spawnSync(["btrfs", "subvolume", "list", "-a", "-g", "-p", "-u", ...(flag ? [flag] : []), mnt], { stdout: "pipe" });
+        return r.stdout.toString().trim().split("\n").map((l) => /^ID (\d+) gen (\d+) parent (\d+) top level \d+ uuid (\S+) path (?:<FS_TREE>\/)?(.*)$/.exec(l)!.slice(1));
+      };
+      const readOnly = new Set(list("-r").map((r) => r[0]));
+      const want = list().map(([id, gen, parent, uuid, p]) => [id, parent, gen, readOnly.has(id) ? "ro" : "rw", uuid, p]);
+      expect(rows).toEqual(want as string[][]);
+      for (const [id, , , , , p] of rows) {
+        const byId = extract(img, "--subvol", id!);
+        const byPath = extract(img, "--subvol", p!);
+        expect(byId.code).toBe(0);
+        expect(byPath.code).toBe(0);
+        const stand = standIns(path.join(mnt, p!)).filter((s) => !s.includes("/"));
+        const want = extractable(withoutMtimes(treeOfDirectory(path.join(mnt, p!), undefined, { xattrs: true }), stand));
+        expect(extractable(withoutMtimes(treeOfDirectory(byId.dest, undefined, { xattrs: true }), stand))).toEqual(want);
+        expect(treeOfDirectory(byPath.dest, undefined, { xattrs: true })).toEqual(treeOfDirectory(byId.dest, undefined, { xattrs: true }));
+      }
+    });
+    const bad = runCli(["ls", "--subvol", "d", img]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toBe("imgtool: --subvol d: not a subvolume of the image (imgtool ls --subvolumes IMG lists them)\n");
+  });
+});
