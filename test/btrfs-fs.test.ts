@@ -166,6 +166,62 @@ describe("btrfs: the reader's tree equals the one the kernel showed of the origi
   });
 });
 
+describe("btrfs: the fixtures hold what they are made to test", () => {
+  const enc = new TextEncoder();
+  test("btrfs-features: compression of each kind, inline (plain and compressed), prealloc, holes, shared extents", () => {
+    const fsys = openImageFs(scratchCopy("btrfs-features.btrfs-ptcl-img.zst"));
+    try {
+      const items = (p: string) => fsys.extentItems(fsys.lookup(enc.encode(p))!);
+      const kinds = (p: string) => items(p).map((e) => `${["inline", "regular", "prealloc"][e.type]}${e.compression ? `:${["", "zlib", "lzo", "zstd"][e.compression]}` : ""}${e.type !== 0 && e.diskBytenr === 0 ? ":hole" : ""}`);
+      expect(new Set(kinds("zlib/text.txt"))).toEqual(new Set(["regular:zlib"]));
+      expect(new Set(kinds("lzo/text.txt"))).toEqual(new Set(["regular:lzo"]));
+      expect(new Set(kinds("zstd/text.txt"))).toEqual(new Set(["regular:zstd"]));
+      for (const c of ["zlib", "lzo", "zstd"]) expect(kinds(`${c}/inline-compressed.txt`)).toEqual([`inline:${c}`]);
+      expect(kinds("plain/inline-2048")).toEqual(["inline"]);
+      expect(kinds("plain/regular-2049")).toEqual(["regular"]);
+      expect(kinds("plain/prealloc")).toEqual(["prealloc"]);
+      expect(kinds("plain/prealloc-part")).toEqual(["prealloc", "regular", "prealloc"]);
+      // no-holes: the punched range and the sparse file's gaps have no items at all
+      expect(items("plain/punched").map((e) => [e.fileOffset, e.numBytes])).toEqual([[0, 131072], [262144, 131072]]);
+      expect(items("plain/sparse").map((e) => e.fileOffset)).toEqual([2 << 20]);
+      // the reflinked copy shares big.bin's disk extent around its rewritten 8 KiB, with an offset into it
+      const big = items("plain/big.bin")[0]!;
+      const copy = items("plain/reflink.bin");
+      expect(copy.map((e) => [e.diskBytenr === big.diskBytenr, e.extentOffset])).toEqual([[true, 0], [false, 0], [true, 40 * 4096 + 8192]]);
+      expect(items("zstd/text-reflink.txt").some((e) => e.diskBytenr === items("zstd/text.txt")[0]!.diskBytenr)).toBe(true);
+      expect([...fsys.list(fsys.lookup(enc.encode("many"))!)].length).toBe(10_000);
+      expect(fsys.sb.nodeSize).toBe(16384);
+    } finally {
+      fsys.close();
+    }
+  });
+
+  test("btrfs-xxhash-64k: explicit hole items (no-holes off), lzo, 64 KiB nodes, xxhash64", () => {
+    const fsys = openImageFs(scratchCopy("btrfs-xxhash-64k.btrfs-ptcl-img.zst"));
+    try {
+      const items = fsys.extentItems(fsys.lookup(enc.encode("d/sparse"))!);
+      expect(items.some((e) => e.type === 1 && e.diskBytenr === 0)).toBe(true);
+      expect(items.some((e) => e.compression === 2)).toBe(true);
+      expect([fsys.sb.nodeSize, fsys.sb.csumType]).toEqual([65536, 1]);
+    } finally {
+      fsys.close();
+    }
+  });
+
+  test("btrfs-sha256 and btrfs-blake2: their checksum types, blake2's 4 KiB nodes, four subvolumes", () => {
+    const sha = openImageFs(scratchCopy("btrfs-sha256.btrfs-ptcl-img.zst"));
+    const blake = openImageFs(scratchCopy("btrfs-blake2.btrfs-ptcl-img.zst"));
+    try {
+      expect(sha.sb.csumType).toBe(2);
+      expect([blake.sb.csumType, blake.sb.nodeSize]).toEqual([3, 4096]);
+      expect(blake.subvolumes().length).toBe(4);
+    } finally {
+      sha.close();
+      blake.close();
+    }
+  });
+});
+
 describe("btrfs: extract / (into a fresh btrfs) equals the kernel's read-only loop mount (subvolid=5)", () => {
   for (const name of [...MADE.map((n) => `${n}.btrfs-ptcl-img.zst`), "btrfs.btrfs-ptcl-img"]) {
     test.skipIf(btrfsProgsWhy !== "")(`${name}${btrfsProgsWhy ? ` (skipped: ${btrfsProgsWhy})` : ""}`, () => {

@@ -9,7 +9,7 @@ import { FileData } from "./data.ts";
 import {
   CHUNK_ITEM, CSUM_TREE_OBJECTID, DIR_INDEX, DIR_ITEM, type DirItem, FIRST_CHUNK_TREE_OBJECTID,
   FIRST_FREE_OBJECTID, FS_TREE_OBJECTID, INODE_EXTREF, INODE_ITEM, INODE_NODATASUM, INODE_REF, type InodeItem, LAST_FREE_OBJECTID,
-  ROOT_ITEM, ROOT_REF, type RootItem, type RootRef, XATTR_ITEM, inodeOf, isReadOnly, kindOfMode, parseDirItems, parseInodeRefs,
+  type FileExtent, ROOT_ITEM, ROOT_REF, type RootItem, type RootRef, XATTR_ITEM, inodeOf, isReadOnly, kindOfMode, parseDirItems, parseInodeRefs,
   parseRootItem, parseRootRef,
 } from "./items.ts";
 import { ChunkMap, parseChunk, readSuperblock, type Superblock } from "./superblock.ts";
@@ -280,6 +280,12 @@ export class BtrfsFileSystem implements FileSystem {
   fileExtents(file: FsNode): Iterable<{ offset: number; length: number }> {
     const { sv, ino, inode } = this.inodeOf(file);
     return this.data.dataRuns(sv.root, ino, inode.size);
+  }
+
+  /** The file's EXTENT_DATA items as they are on disk (what `fileExtents` and `readFile` are made of). */
+  extentItems(file: FsNode): readonly FileExtent[] {
+    const { sv, ino } = this.inodeOf(file);
+    return this.data.extents(sv.root, ino);
   }
 
   readlink(link: FsNode): Uint8Array {
