@@ -270,3 +270,41 @@ describe("btrfs: extract / (into a fresh btrfs) equals the kernel's read-only lo
     expect(bad.stderr).toBe("imgtool: --subvol d: not a subvolume of the image (imgtool ls --subvolumes IMG lists them)\n");
   });
 });
+
+describe("btrfs: damaged images (test/failure/fs/*.btrfs-ptcl-img.zst, made by make-btrfs.sh): one line each, the rest extracted, exit 5", () => {
+  const cases: [string, RegExp, number][] = [
+    ["tree-block-fails-its-checksum", /: offset 5,500,928: \/docs: tree block at logical 5,500,928 fails its crc32c checksum$/m, 296],
+    ["chunk-maps-past-the-end-of-the-volume", /: \/random\.bin: the chunk at logical 13,631,488 maps to volume offsets 10,737,418,240\.\.10,745,806,848, past the end of the 167,772,160-byte volume$/m, 304],
+    ["loop-in-the-tree", /: \/many: subvolume 5: tree block at logical 5,476,352 points back to block 5,476,352 above it: a loop in the tree$/m, 244],
+    ["compressed-extent-does-not-decode", /: offset 13,651,968: \/big\.txt: compressed extent at logical 13,651,968 \(16,384 bytes, file offset 0\) does not decode: zstd: /m, 305],
+    ["data-checksum-mismatch", /: offset 13,635,584: \/random\.bin: data checksum mismatch at file offset 4,096 \(logical 13,635,584, volume offset 13,635,584\)$/m, 305],
+    ["tree-block-not-in-the-image", /: offset 5,500,928: \/docs: tree block at logical 5,500,928 \(volume offset 5,500,928\) is not in the image/m, 296],
+  ];
+  for (const [name, message, files] of cases) {
+    test(name, () => {
+      const img = path.join(tempDir(), `${name}.btrfs-ptcl-img.zst`);
+      fs.copyFileSync(path.join(FAILURE, `${name}.btrfs-ptcl-img.zst`), img);
+      const x = extract(img);
+      expect(x.stderr).toMatch(message);
+      expect(x.stderr).toContain(`extracted ${files} files`);
+      expect(x.code).toBe(5);
+      expect(fs.readFileSync(path.join(x.dest, "keep.txt"), "utf8")).toBe("kept\n");
+    });
+  }
+
+  test("--no-verify reads data whose checksum does not match", () => {
+    const img = path.join(tempDir(), "data-checksum-mismatch.btrfs-ptcl-img.zst");
+    fs.copyFileSync(path.join(FAILURE, "data-checksum-mismatch.btrfs-ptcl-img.zst"), img);
+    const r = runCli(["get", "--no-verify", img, "random.bin"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.length).toBe(20000);
+  });
+
+  test("verify names the tree block the image does not hold, at its address (exit 3); the image's own checksums are good", () => {
+    const img = path.join(tempDir(), "tree-block-not-in-the-image.btrfs-ptcl-img.zst");
+    fs.copyFileSync(path.join(FAILURE, "tree-block-not-in-the-image.btrfs-ptcl-img.zst"), img);
+    const v = runCli(["verify", img]);
+    expect(v.stderr).toBe(`imgtool: ${img}: offset 5,500,928: tree block at logical 5,500,928 (volume offset 5,500,928) is not in the image: its bitmap marks it unused (partclone.btrfs before its 2026 fix left tree blocks out)\n`);
+    expect(v.code).toBe(3);
+  });
+});

@@ -387,7 +387,7 @@ export class BtrfsFileSystem implements FileSystem {
         this.trees.missingBlocks(root, (e) => this.noteMissing(e));
       } catch (e) {
         if (!(e instanceof FsError)) throw e;
-        this.warnings.push(`${root.name}: ${e.problem}`);
+        this.warnings.push(e.problem);
       }
     }
     return this.missing;
