@@ -9,6 +9,7 @@ const scripts = [
   "seek-codecs.ts",
   "disk.ts",
   "fs.ts",
+  "fs-btrfs.ts",
   "serve.ts",
   "parallel.ts",
 ];
