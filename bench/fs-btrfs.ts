@@ -5,7 +5,7 @@
 // Needs root (loop mount), btrfs-progs, partclone.btrfs, zstd.
 import fs from "node:fs";
 import path from "node:path";
-import { CLI, WORK, need, sh, wall, writeRandomFiles, writeTextFiles } from "./common.ts";
+import { CLI, WORK, need, printColumns, sh, wall, writeRandomFiles, writeTextFiles } from "./common.ts";
 import { openImage } from "../src/formats/detect.ts";
 import { openFileSystem } from "../src/fs/open.ts";
 import { resolveFollowing } from "../src/fs/extract.ts";
@@ -13,39 +13,43 @@ import { imageVolume } from "../src/volume/volume.ts";
 
 const TARGET = "/small/d17/file-0042.txt";
 
-function makeImage(): string {
-  fs.mkdirSync(WORK, { recursive: true });
-  const vol = path.join(WORK, "btrfs-2g.vol");
+/** The cached partclone image of the bench's btrfs, made on first use. */
+function benchImage(): string {
   const img = path.join(WORK, "btrfs-2g.btrfs-ptcl-img");
   if (fs.existsSync(`${img}.done`)) return img;
   console.error("bench: making a 2 GiB btrfs (compress-force=zstd) with ~1.1 GiB of files and its partclone image (once; cached in .bench/)");
+  const vol = path.join(WORK, "btrfs-2g.vol");
   const mnt = path.join(WORK, "btrfs-mnt");
-  fs.mkdirSync(mnt, { recursive: true });
-  sh(`rm -f ${vol} && truncate -s 2G ${vol} && mkfs.btrfs -q -f ${vol} && mount -o loop,compress-force=zstd ${vol} ${mnt}`);
+  sh(`mkdir -p ${mnt} && rm -f ${vol} && truncate -s 2G ${vol} && mkfs.btrfs -q -f ${vol} && mount -o loop,compress-force=zstd ${vol} ${mnt} && mkdir ${mnt}/text ${mnt}/big`);
   try {
-    sh(`mkdir ${mnt}/text ${mnt}/big`);
     writeTextFiles(`${mnt}/text`, 12);
     writeRandomFiles(`${mnt}/big`, 4);
     sh(`cd ${mnt} && mkdir small && for d in $(seq 0 29); do mkdir small/d$d; for f in $(seq -w 0 99); do printf 'file %s of dir %s\\n%.0s' $f $d $(seq 1 $((RANDOM % 200 + 1))) > small/d$d/file-00$f.txt; done; done`);
   } finally {
     sh(`umount ${mnt}`);
   }
-  sh(`partclone.btrfs -q -c -s ${vol} -O ${img} 2>/dev/null`);
-  fs.rmSync(vol);
-  fs.writeFileSync(`${img}.done`, "");
+  sh(`partclone.btrfs -q -c -s ${vol} -O ${img} 2>/dev/null && rm ${vol} && touch ${img}.done`);
   return img;
 }
 
-/** Bytes this process has read through read(2)-family calls so far. */
-function rchar(): number {
-  return Number(/rchar: (\d+)/.exec(fs.readFileSync("/proc/self/io", "utf8"))![1]);
-}
+/** What this process has read so far (read(2) and friends), from /proc/self/io. */
+const bytesRead = () => Number(/rchar: (\d+)/.exec(fs.readFileSync("/proc/self/io", "utf8"))![1]);
+const seconds = (s: number) => s.toFixed(2);
+const met = (ok: boolean) => (ok ? "met" : "MISSED");
 
-interface Row {
-  what: string;
-  seconds: number;
-  read: string;
-  note: string;
+/** TARGET out of the zstd image through its seek index, in this process: seconds, bytes read, the file. */
+function getInProcess(zst: string): { getSeconds: number; getRead: number; bytes: Uint8Array } {
+  const readBefore = bytesRead();
+  const started = performance.now();
+  const fsys = openFileSystem(imageVolume(openImage(zst, { seekIndex: { mode: "use-if-present" } })));
+  try {
+    const target = resolveFollowing(fsys, new TextEncoder().encode(TARGET))!;
+    const bytes = new Uint8Array(target.size);
+    fsys.readFile(target, 0, bytes);
+    return { getSeconds: (performance.now() - started) / 1000, getRead: bytesRead() - readBefore, bytes };
+  } finally {
+    fsys.close();
+  }
 }
 
 function main() {
@@ -54,48 +58,35 @@ function main() {
     console.log(`bench/fs-btrfs.ts: skipped (${why})`);
     return;
   }
-  const img = makeImage();
-  const imageBytes = fs.statSync(img).size;
+  fs.mkdirSync(WORK, { recursive: true });
+  const img = benchImage();
   const zst = `${img}.zst`;
   if (!fs.existsSync(`${zst}.done`)) sh(`zstd -q -f -T2 -3 ${img} -o ${zst} && touch ${zst}.done`);
   const zstBytes = fs.statSync(zst).size;
-  const rows: Row[] = [];
   const out = path.join(WORK, "btrfs-get.out");
+  const table = [["what", "seconds", "read of the image", "target"]];
 
-  // one small file out of the zstd image, its seek index present (built by the first get)
   fs.rmSync(`${zst}.imgtool-index`, { force: true });
-  rows.push({ what: "imgtool get from IMG.zst, no index yet (builds it)", seconds: wall(`${process.execPath} ${CLI} get ${zst} ${TARGET} > ${out}`), read: "", note: `zstd image ${zstBytes.toLocaleString("en-US")} B` });
-  const before = rchar();
-  const t0 = performance.now();
-  const fsys = openFileSystem(imageVolume(openImage(zst, { seekIndex: { mode: "use-if-present" } })));
-  const node = resolveFollowing(fsys, new TextEncoder().encode(TARGET))!;
-  const data = new Uint8Array(node.size);
-  fsys.readFile(node, 0, data);
-  fsys.close();
-  const seconds = (performance.now() - t0) / 1000;
-  const read = rchar() - before;
-  rows.push({ what: `get ${TARGET} from IMG.zst, index present (in process)`, seconds, read: `${read.toLocaleString("en-US")} B = ${((read / zstBytes) * 100).toFixed(3)}%`, note: `target ≤ 2 s, ≤ 1%: ${seconds <= 2 && read <= zstBytes / 100 ? "met" : "MISSED"}` });
-  rows.push({ what: "imgtool get from IMG.zst, index present (CLI, with Bun's start)", seconds: wall(`${process.execPath} ${CLI} get ${zst} ${TARGET} > ${out}`), read: "", note: "" });
-  if (!fs.readFileSync(out).equals(data)) throw new Error("bench: imgtool get differs from the in-process read");
+  table.push(["imgtool get from IMG.zst, no index yet (builds it)", seconds(wall(`${process.execPath} ${CLI} get ${zst} ${TARGET} > ${out}`)), "", ""]);
+  const { getSeconds, getRead, bytes } = getInProcess(zst);
+  table.push([`get ${TARGET} from IMG.zst, index present (in process)`, seconds(getSeconds), `${getRead.toLocaleString("en-US")} B = ${((getRead / zstBytes) * 100).toFixed(3)}%`, `≤ 2 s, ≤ 1%: ${met(getSeconds <= 2 && getRead <= zstBytes / 100)}`]);
+  table.push(["imgtool get from IMG.zst, index present (CLI, with Bun's start)", seconds(wall(`${process.execPath} ${CLI} get ${zst} ${TARGET} > ${out}`)), "", ""]);
+  if (!fs.readFileSync(out).equals(bytes)) throw new Error("bench: imgtool get differs from the in-process read");
 
-  // the whole file system out of the (uncompressed) partclone image
   const dest = path.join(WORK, "btrfs-extract");
-  const ref = path.join(WORK, "btrfs-cp");
-  sh(`rm -rf ${dest} ${ref}`);
+  const copy = path.join(WORK, "btrfs-cp");
+  const raw = path.join(WORK, "btrfs-all.raw");
+  sh(`rm -rf ${dest} ${copy}`);
   const extract = wall(`${process.execPath} ${CLI} extract ${img} -o ${dest}`);
-  rows.push({ what: "imgtool extract / -o DIR", seconds: extract, read: "", note: "" });
-  const restore = wall(`${process.execPath} ${CLI} restore ${img} -o ${WORK}/btrfs-all.raw --sparse --force`);
-  const mountCp = wall(`mkdir -p ${WORK}/btrfs-m && mount -o ro,loop ${WORK}/btrfs-all.raw ${WORK}/btrfs-m && cp -a ${WORK}/btrfs-m ${ref}; umount ${WORK}/btrfs-m`);
-  const peer = restore + mountCp;
-  rows.push({ what: "restore --sparse + loop mount + cp -a", seconds: peer, read: "", note: `restore ${restore.toFixed(2)} s + mount/cp -a ${mountCp.toFixed(2)} s; extract target no slower: ${extract <= peer ? "met" : "MISSED"}` });
-  rows.push({ what: "floor: cat IMG > /dev/null", seconds: wall(`cat ${img} > /dev/null`), read: "", note: "" });
-  const same = Bun.spawnSync(["diff", "-r", "--no-dereference", dest, ref], { stdout: "ignore" }).exitCode === 0;
-  sh(`rm -rf ${dest} ${ref} ${WORK}/btrfs-all.raw ${out}`);
-
-  console.log(`image: ${img} (${imageBytes.toLocaleString("en-US")} bytes, uncompressed partclone; ${zst}: ${zstBytes.toLocaleString("en-US")} bytes; page cache warm)`);
-  console.log("| what | seconds | bytes read of the image | note |");
-  console.log("| --- | --- | --- | --- |");
-  for (const r of rows) console.log(`| ${r.what} | ${r.seconds.toFixed(2)} | ${r.read} | ${r.note} |`);
+  const restore = wall(`${process.execPath} ${CLI} restore ${img} -o ${raw} --sparse --force`);
+  const mountCopy = wall(`mkdir -p ${WORK}/btrfs-m && mount -o ro,loop ${raw} ${WORK}/btrfs-m && cp -a ${WORK}/btrfs-m ${copy}; umount ${WORK}/btrfs-m`);
+  table.push(["imgtool extract / -o DIR", seconds(extract), "", `no slower than the next row: ${met(extract <= restore + mountCopy)}`]);
+  table.push(["restore --sparse + loop mount + cp -a", seconds(restore + mountCopy), "", `restore ${seconds(restore)} s + mount/cp -a ${seconds(mountCopy)} s`]);
+  table.push(["floor: cat IMG > /dev/null", seconds(wall(`cat ${img} > /dev/null`)), "", ""]);
+  const same = Bun.spawnSync(["diff", "-r", "--no-dereference", dest, copy], { stdout: "ignore" }).exitCode === 0;
+  sh(`rm -rf ${dest} ${copy} ${raw} ${out}`);
+  console.log(`image: ${img} (${fs.statSync(img).size.toLocaleString("en-US")} bytes, uncompressed partclone); IMG.zst ${zstBytes.toLocaleString("en-US")} bytes (one zstd frame); page cache warm`);
+  printColumns(table);
   console.log(`extracted tree equals cp -a's: ${same}`);
 }
 

@@ -89,15 +89,11 @@ function standIns(root: string): string[] {
   return out;
 }
 
-/** Restores the image (--sparse), mounts it read-only (subvolid=5) and runs `use` on the mount point. */
-function withKernelMount<T>(img: string, use: (mnt: string) => T): T {
-  const dir = tempDir();
-  const vol = path.join(dir, "volume.raw");
-  const r = runCli(["restore", img, "-o", vol, "--sparse"]);
-  if (r.code !== 0) throw new Error(`restore ${img}: ${r.stderr}`);
-  const mnt = path.join(dir, "mnt");
+/** `vol` mounted with `options` for `use`, unmounted after. */
+function withLoopMount<T>(vol: string, options: string, use: (mnt: string) => T): T {
+  const mnt = path.join(path.dirname(vol), "mnt");
   fs.mkdirSync(mnt);
-  const m = Bun.spawnSync(["mount", "-o", "ro,loop,subvolid=5", vol, mnt], { stderr: "pipe" });
+  const m = Bun.spawnSync(["mount", "-o", options, vol, mnt], { stderr: "pipe" });
   if (m.exitCode !== 0) throw new Error(`mount: ${m.stderr.toString()}`);
   try {
     return use(mnt);
@@ -106,23 +102,22 @@ function withKernelMount<T>(img: string, use: (mnt: string) => T): T {
   }
 }
 
+/** Restores the image (--sparse), mounts it read-only (subvolid=5) and runs `use` on the mount point. */
+function withKernelMount<T>(img: string, use: (mnt: string) => T): T {
+  const vol = path.join(tempDir(), "volume.raw");
+  const r = runCli(["restore", img, "-o", vol, "--sparse"]);
+  if (r.code !== 0) throw new Error(`restore ${img}: ${r.stderr}`);
+  return withLoopMount(vol, "ro,loop,subvolid=5", use);
+}
+
 /** A fresh, empty btrfs mounted for `use`: extract's destination that takes btrfs.* xattrs and shows directories as btrfs does. */
 function withScratchBtrfs<T>(use: (dir: string) => T): T {
-  const dir = tempDir();
-  const vol = path.join(dir, "scratch.raw");
+  const vol = path.join(tempDir(), "scratch.raw");
   fs.writeFileSync(vol, "");
   fs.truncateSync(vol, 256 << 20);
   const mk = Bun.spawnSync(["mkfs.btrfs", "-q", vol], { stderr: "pipe" });
   if (mk.exitCode !== 0) throw new Error(`mkfs.btrfs: ${mk.stderr.toString()}`);
-  const mnt = path.join(dir, "mnt");
-  fs.mkdirSync(mnt);
-  const m = Bun.spawnSync(["mount", "-o", "loop", vol, mnt], { stderr: "pipe" });
-  if (m.exitCode !== 0) throw new Error(`mount: ${m.stderr.toString()}`);
-  try {
-    return use(mnt);
-  } finally {
-    Bun.spawnSync(["umount", mnt]);
-  }
+  return withLoopMount(vol, "loop", use);
 }
 
 function extract(img: string, ...extra: string[]): { dest: string; code: number | null; stderr: string } {

@@ -3,13 +3,13 @@ import { crc32c } from "../../../native/crc32c.ts";
 import { UsageError, withCommas } from "../../errors.ts";
 import type { Image } from "../../formats/image.ts";
 import { imageVolume, type Volume } from "../../volume/volume.ts";
-import { type DirEntry, type FileSystem, FsError, type FsNode, type Xattr } from "../filesystem.ts";
+import { type DirEntry, type FileSystem, FsError, type FsNode, type Xattr, kindOfMode } from "../filesystem.ts";
 import { equalBytes, splitPath } from "../path.ts";
 import { FileData } from "./data.ts";
 import {
   CHUNK_ITEM, CSUM_TREE_OBJECTID, DIR_INDEX, DIR_ITEM, type DirItem, FIRST_CHUNK_TREE_OBJECTID,
   FIRST_FREE_OBJECTID, FS_TREE_OBJECTID, INODE_EXTREF, INODE_ITEM, INODE_NODATASUM, INODE_REF, type InodeItem, LAST_FREE_OBJECTID,
-  type FileExtent, ROOT_ITEM, ROOT_REF, type RootItem, type RootRef, XATTR_ITEM, inodeOf, isReadOnly, kindOfMode, parseDirItems, parseInodeRefs,
+  type FileExtent, ROOT_ITEM, ROOT_REF, type RootItem, type RootRef, XATTR_ITEM, inodeOf, isReadOnly, parseDirItems, parseInodeRefs,
   parseRootItem, parseRootRef,
 } from "./items.ts";
 import { ChunkMap, parseChunk, readSuperblock, type Superblock } from "./superblock.ts";

@@ -4,10 +4,7 @@ import { EncodedCompression } from "../../btrfs/protocol.ts";
 import { withCommas } from "../../errors.ts";
 import { FsError } from "../filesystem.ts";
 import { checksumMatches } from "./checksum.ts";
-import {
-  COMPRESS_LZO, COMPRESS_NONE, COMPRESS_ZLIB, COMPRESS_ZSTD, EXTENT_CSUM, EXTENT_CSUM_OBJECTID, EXTENT_DATA, EXTENT_INLINE,
-  EXTENT_PREALLOC, type FileExtent, parseFileExtent,
-} from "./items.ts";
+import { Compression, EXTENT_CSUM, EXTENT_CSUM_OBJECTID, EXTENT_DATA, ExtentType, type FileExtent, parseFileExtent } from "./items.ts";
 import { type Item, MAX_OFFSET, type TreeReader, type TreeRoot } from "./tree.ts";
 
 /** A file's extents, checked, sorted by file offset. */
@@ -46,15 +43,15 @@ export class FileData {
       const e = parseFileExtent(item, this.name);
       const what = `file extent of inode ${ino} at file offset ${withCommas(e.fileOffset)}`;
       if (!Number.isSafeInteger(e.fileOffset + e.numBytes)) throw new FsError(this.name, e.volumeOffset, `${what} covers ${e.numBytes} bytes, past what a file holds`);
-      if (e.compression !== COMPRESS_NONE && e.type !== EXTENT_INLINE && e.diskBytenr !== 0) {
+      if (e.compression !== Compression.NONE && e.type !== ExtentType.INLINE && e.diskBytenr !== 0) {
         if (e.ramBytes > MAX_UNCOMPRESSED || e.diskNumBytes > MAX_COMPRESSED) {
           throw new FsError(this.name, e.volumeOffset, `${what} is compressed with ${withCommas(e.diskNumBytes)} bytes decoding to ${withCommas(e.ramBytes)}; btrfs keeps both at most 128 KiB`);
         }
         if (e.extentOffset + e.numBytes > e.ramBytes) throw new FsError(this.name, e.volumeOffset, `${what} uses bytes ${withCommas(e.extentOffset)}..${withCommas(e.extentOffset + e.numBytes)} of an extent decoding to ${withCommas(e.ramBytes)}`);
-      } else if (e.type !== EXTENT_INLINE && e.diskBytenr !== 0 && e.extentOffset + e.numBytes > e.diskNumBytes) {
+      } else if (e.type !== ExtentType.INLINE && e.diskBytenr !== 0 && e.extentOffset + e.numBytes > e.diskNumBytes) {
         throw new FsError(this.name, e.volumeOffset, `${what} uses bytes ${withCommas(e.extentOffset)}..${withCommas(e.extentOffset + e.numBytes)} of a ${withCommas(e.diskNumBytes)}-byte disk extent`);
       }
-      if (e.type === EXTENT_INLINE && e.ramBytes > MAX_UNCOMPRESSED) throw new FsError(this.name, e.volumeOffset, `${what} is inline and claims ${withCommas(e.ramBytes)} bytes`);
+      if (e.type === ExtentType.INLINE && e.ramBytes > MAX_UNCOMPRESSED) throw new FsError(this.name, e.volumeOffset, `${what} is inline and claims ${withCommas(e.ramBytes)} bytes`);
       const previous = extents[extents.length - 1];
       if (previous && previous.fileOffset + previous.numBytes > e.fileOffset) throw new FsError(this.name, e.volumeOffset, `${what} overlaps the extent before it`);
       extents.push(e);
@@ -67,7 +64,7 @@ export class FileData {
   *dataRuns(tree: TreeRoot, ino: number, size: number): Iterable<{ offset: number; length: number }> {
     let run: { offset: number; length: number } | undefined;
     for (const e of this.extents(tree, ino)) {
-      if (e.type === EXTENT_PREALLOC || (e.type !== EXTENT_INLINE && e.diskBytenr === 0)) continue;
+      if (e.type === ExtentType.PREALLOC || (e.type !== ExtentType.INLINE && e.diskBytenr === 0)) continue;
       const start = e.fileOffset;
       const end = Math.min(size, e.fileOffset + e.numBytes);
       if (end <= start) continue;
@@ -98,12 +95,12 @@ export class FileData {
       const s = Math.max(offset, e.fileOffset);
       const t = Math.min(end, e.fileOffset + e.numBytes);
       if (t <= s) continue;
-      if (e.type === EXTENT_INLINE) {
+      if (e.type === ExtentType.INLINE) {
         const bytes = this.inline(e);
         into.set(bytes.subarray(Math.min(bytes.length, s - e.fileOffset), Math.min(bytes.length, t - e.fileOffset)), s - offset);
-      } else if (e.type === EXTENT_PREALLOC || e.diskBytenr === 0) {
+      } else if (e.type === ExtentType.PREALLOC || e.diskBytenr === 0) {
         continue;
-      } else if (e.compression !== COMPRESS_NONE) {
+      } else if (e.compression !== Compression.NONE) {
         const bytes = this.decodedExtent(e, noDataSum);
         into.set(bytes.subarray(e.extentOffset + s - e.fileOffset, e.extentOffset + t - e.fileOffset), s - offset);
       } else {
@@ -114,7 +111,7 @@ export class FileData {
   }
 
   private inline(e: FileExtent): Uint8Array {
-    if (e.compression === COMPRESS_NONE) return e.inline!;
+    if (e.compression === Compression.NONE) return e.inline!;
     const cached = this.decoded.get(-e.volumeOffset - 1);
     if (cached) return cached;
     const out = new Uint8Array(e.ramBytes);
@@ -142,9 +139,9 @@ export class FileData {
 
   private decode(compression: number, data: Uint8Array, out: Uint8Array, volumeOffset: number, what: string): void {
     const encoded =
-      compression === COMPRESS_ZLIB ? EncodedCompression.ZLIB
-      : compression === COMPRESS_ZSTD ? EncodedCompression.ZSTD
-      : compression === COMPRESS_LZO ? EncodedCompression.LZO_4K + Math.log2(this.sectorSize / 4096)
+      compression === Compression.ZLIB ? EncodedCompression.ZLIB
+      : compression === Compression.ZSTD ? EncodedCompression.ZSTD
+      : compression === Compression.LZO ? EncodedCompression.LZO_4K + Math.log2(this.sectorSize / 4096)
       : -1;
     try {
       decompressExtent(encoded, data, out);

@@ -1,6 +1,6 @@
 // btrfs item keys and the layouts of the items a reader needs, per btrfs-progs kernel-shared/uapi/btrfs_tree.h (btrfs_inode_item, btrfs_dir_item, btrfs_inode_ref, btrfs_inode_extref, btrfs_root_item, btrfs_root_ref, btrfs_file_extent_item).
 import { withCommas } from "../../errors.ts";
-import { FsError, type NodeKind, type Timestamp } from "../filesystem.ts";
+import { FsError, type Timestamp } from "../filesystem.ts";
 import { type Item, type Key, le64, readKey } from "./tree.ts";
 
 export const INODE_ITEM = 1;
@@ -75,19 +75,6 @@ export function parseInode(data: Uint8Array): InodeItem {
 export function inodeOf(item: Item, volumeName: string): InodeItem {
   if (item.data.length < INODE_ITEM_SIZE) throw new FsError(volumeName, item.volumeOffset, `inode item of inode ${item.key.objectid} is ${item.data.length} bytes, shorter than ${INODE_ITEM_SIZE}`);
   return parseInode(item.data);
-}
-
-export function kindOfMode(mode: number): NodeKind | undefined {
-  switch (mode & 0o170000) {
-    case 0o100000: return "file";
-    case 0o040000: return "directory";
-    case 0o120000: return "symlink";
-    case 0o020000: return "char-device";
-    case 0o060000: return "block-device";
-    case 0o010000: return "fifo";
-    case 0o140000: return "socket";
-    default: return undefined;
-  }
 }
 
 /** One entry of a DIR_ITEM, DIR_INDEX or XATTR_ITEM (several may share an item when names collide). */
@@ -198,15 +185,12 @@ export function parseRootRef(item: Item, volumeName: string): RootRef {
   return { dirid: le64(v, 0), name: item.data.slice(18, 18 + nameLen) };
 }
 
-export const EXTENT_INLINE = 0;
-export const EXTENT_REG = 1;
-export const EXTENT_PREALLOC = 2;
-export const COMPRESS_NONE = 0;
-export const COMPRESS_ZLIB = 1;
-export const COMPRESS_LZO = 2;
-export const COMPRESS_ZSTD = 3;
-const FILE_EXTENT_INLINE_DATA = 21;
-const FILE_EXTENT_SIZE = 53;
+/** btrfs_file_extent_item.type */
+export const ExtentType = { INLINE: 0, REG: 1, PREALLOC: 2 } as const;
+/** btrfs_file_extent_item.compression (BTRFS_COMPRESS_*) */
+export const Compression = { NONE: 0, ZLIB: 1, LZO: 2, ZSTD: 3 } as const;
+/** where an inline extent's data starts; the size of a regular or prealloc extent item */
+const [FILE_EXTENT_INLINE_DATA, FILE_EXTENT_SIZE] = [21, 53];
 
 /** One EXTENT_DATA item: a run of a file from `fileOffset`. */
 export interface FileExtent {
@@ -234,12 +218,12 @@ export function parseFileExtent(item: Item, volumeName: string): FileExtent {
   const compression = item.data[16]!;
   const base = { fileOffset: item.key.offset, type, compression, ramBytes: le64(v, 8), volumeOffset: item.volumeOffset };
   if (item.data[17] !== 0 || v.getUint16(18, true) !== 0) throw new FsError(volumeName, item.volumeOffset, `${what} is encrypted or encoded (${item.data[17]}, ${v.getUint16(18, true)}); this reader does not decode that`);
-  if (compression > COMPRESS_ZSTD) throw new FsError(volumeName, item.volumeOffset, `${what} has compression ${compression}, not one btrfs defines`);
-  if (type === EXTENT_INLINE) {
+  if (compression > Compression.ZSTD) throw new FsError(volumeName, item.volumeOffset, `${what} has compression ${compression}, not one btrfs defines`);
+  if (type === ExtentType.INLINE) {
     const inline = item.data.subarray(FILE_EXTENT_INLINE_DATA);
-    return { ...base, inline, diskBytenr: 0, diskNumBytes: 0, extentOffset: 0, numBytes: compression === COMPRESS_NONE ? inline.length : base.ramBytes };
+    return { ...base, inline, diskBytenr: 0, diskNumBytes: 0, extentOffset: 0, numBytes: compression === Compression.NONE ? inline.length : base.ramBytes };
   }
-  if (type !== EXTENT_REG && type !== EXTENT_PREALLOC) throw new FsError(volumeName, item.volumeOffset, `${what} has type ${type}, not inline, regular or prealloc`);
+  if (type !== ExtentType.REG && type !== ExtentType.PREALLOC) throw new FsError(volumeName, item.volumeOffset, `${what} has type ${type}, not inline, regular or prealloc`);
   if (item.data.length < FILE_EXTENT_SIZE) throw new FsError(volumeName, item.volumeOffset, `${what} is ${item.data.length} bytes, shorter than 53`);
   return { ...base, diskBytenr: le64(v, 21), diskNumBytes: le64(v, 29), extentOffset: le64(v, 37), numBytes: le64(v, 45) };
 }

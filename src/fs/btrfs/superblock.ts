@@ -8,10 +8,10 @@ export const SUPER_INFO_SIZE = 4096;
 /** the primary copy, then the mirrors (btrfs_sb_offset: 64 KiB, 64 MiB, 256 GiB) */
 export const SUPER_OFFSETS = [0x10000, 64 * 2 ** 20, 256 * 2 ** 30];
 const MAGIC = "_BHRfS_M";
+/** BTRFS_SYSTEM_CHUNK_ARRAY_SIZE */
 const SYS_CHUNK_ARRAY_MAX = 2048;
-const DISK_KEY_SIZE = 17;
-const CHUNK_SIZE = 48;
-const STRIPE_SIZE = 32;
+/** sizes of btrfs_disk_key, btrfs_chunk without its stripes, btrfs_stripe */
+const [DISK_KEY_SIZE, CHUNK_SIZE, STRIPE_SIZE] = [17, 48, 32];
 const CHUNK_ITEM_KEY = 228;
 
 const INCOMPAT_METADATA_UUID = 1 << 10;

@@ -5,16 +5,9 @@
 #   bash test/failure/fs/make-btrfs.sh
 set -euo pipefail
 out=$(pwd)/test/failure/fs
-work=$(mktemp -d)
+work=$(mktemp -d); mkdir "$work/mnt"
+trap 'umount "$work/mnt" 2>/dev/null; rm -rf "$work"' EXIT
 mnt=$work/mnt
-loop=""
-cleanup() {
-  mountpoint -q "$mnt" && umount "$mnt"
-  [ -n "$loop" ] && losetup -d "$loop"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -p "$mnt"
 truncate -s 160M "$work/base.vol"
 mkfs.btrfs -q -f -n 4096 -m single -d single "$work/base.vol"
 mount -o loop,noatime,compress=zstd "$work/base.vol" "$mnt"
