@@ -86,6 +86,7 @@ export class BtrfsFileSystem implements FileSystem {
     const chunks = new ChunkMap(volume, this.sb.devid);
     chunks.addSysChunkArray(this.sb);
     this.trees = new TreeReader(volume, this.sb, chunks);
+    this.trees.onMissing = (e) => this.noteMissing(e);
     const chunkRoot: TreeRoot = { logical: this.sb.chunkRoot, level: this.sb.chunkRootLevel, name: "chunk tree", id: 3 };
     const all = { objectid: MAX_OFFSET, type: 255, offset: MAX_OFFSET };
     for (const item of this.trees.items(chunkRoot, { objectid: 0, type: 0, offset: 0 }, all, (e) => this.damaged(e))) {
@@ -120,8 +121,16 @@ export class BtrfsFileSystem implements FileSystem {
     this.top = top;
     this.view = top;
     this.data = new FileData(this.trees, csumRoot, options.verifyData !== false);
+    // a tree whose root block the image lacks is named now (and rebuilt when it can be); blocks
+    // further down are named as they are met, and all of them by missingTreeBlocks (verify)
+    for (const root of [...(csumRoot ? [csumRoot] : []), ...this.bySlot.map((sv) => sv.root)]) {
+      try {
+        if (!this.trees.held(root.logical)) this.trees.blockOf(root, root.logical, root.level);
+      } catch (e) {
+        if (!(e instanceof FsError)) throw e;
+      }
+    }
     if (options.subvol !== undefined) this.view = this.subvolumeNamed(options.subvol);
-    this.missingTreeBlocks();
   }
 
   private noteMissing(e: MissingTreeBlock): void {
@@ -420,7 +429,7 @@ export function missingTreeBlocksOf(image: Image, randomAccess: () => Volume): s
   const volume = image.read ? imageVolume(image) : randomAccess();
   try {
     if (!detectBtrfs(volume.read(0, Math.min(volume.size, 0x10048)))) return [];
-    return new BtrfsFileSystem(volume).missing.map((m) => m.message);
+    return new BtrfsFileSystem(volume).missingTreeBlocks().map((m) => m.message);
   } finally {
     if (!image.read) volume.close();
   }

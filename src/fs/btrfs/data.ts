@@ -41,19 +41,19 @@ export class FileData {
     const extents: FileExtent[] = [];
     for (const item of this.trees.items(tree, { objectid: ino, type: EXTENT_DATA, offset: 0 }, { objectid: ino, type: EXTENT_DATA, offset: MAX_OFFSET })) {
       const e = parseFileExtent(item, this.name);
-      const what = `file extent of inode ${ino} at file offset ${withCommas(e.fileOffset)}`;
-      if (!Number.isSafeInteger(e.fileOffset + e.numBytes)) throw new FsError(this.name, e.volumeOffset, `${what} covers ${e.numBytes} bytes, past what a file holds`);
+      const what = () => `file extent of inode ${ino} at file offset ${withCommas(e.fileOffset)}`;
+      if (!Number.isSafeInteger(e.fileOffset + e.numBytes)) throw new FsError(this.name, e.volumeOffset, `${what()} covers ${e.numBytes} bytes, past what a file holds`);
       if (e.compression !== Compression.NONE && e.type !== ExtentType.INLINE && e.diskBytenr !== 0) {
         if (e.ramBytes > MAX_UNCOMPRESSED || e.diskNumBytes > MAX_COMPRESSED) {
-          throw new FsError(this.name, e.volumeOffset, `${what} is compressed with ${withCommas(e.diskNumBytes)} bytes decoding to ${withCommas(e.ramBytes)}; btrfs keeps both at most 128 KiB`);
+          throw new FsError(this.name, e.volumeOffset, `${what()} is compressed with ${withCommas(e.diskNumBytes)} bytes decoding to ${withCommas(e.ramBytes)}; btrfs keeps both at most 128 KiB`);
         }
-        if (e.extentOffset + e.numBytes > e.ramBytes) throw new FsError(this.name, e.volumeOffset, `${what} uses bytes ${withCommas(e.extentOffset)}..${withCommas(e.extentOffset + e.numBytes)} of an extent decoding to ${withCommas(e.ramBytes)}`);
+        if (e.extentOffset + e.numBytes > e.ramBytes) throw new FsError(this.name, e.volumeOffset, `${what()} uses bytes ${withCommas(e.extentOffset)}..${withCommas(e.extentOffset + e.numBytes)} of an extent decoding to ${withCommas(e.ramBytes)}`);
       } else if (e.type !== ExtentType.INLINE && e.diskBytenr !== 0 && e.extentOffset + e.numBytes > e.diskNumBytes) {
-        throw new FsError(this.name, e.volumeOffset, `${what} uses bytes ${withCommas(e.extentOffset)}..${withCommas(e.extentOffset + e.numBytes)} of a ${withCommas(e.diskNumBytes)}-byte disk extent`);
+        throw new FsError(this.name, e.volumeOffset, `${what()} uses bytes ${withCommas(e.extentOffset)}..${withCommas(e.extentOffset + e.numBytes)} of a ${withCommas(e.diskNumBytes)}-byte disk extent`);
       }
-      if (e.type === ExtentType.INLINE && e.ramBytes > MAX_UNCOMPRESSED) throw new FsError(this.name, e.volumeOffset, `${what} is inline and claims ${withCommas(e.ramBytes)} bytes`);
+      if (e.type === ExtentType.INLINE && e.ramBytes > MAX_UNCOMPRESSED) throw new FsError(this.name, e.volumeOffset, `${what()} is inline and claims ${withCommas(e.ramBytes)} bytes`);
       const previous = extents[extents.length - 1];
-      if (previous && previous.fileOffset + previous.numBytes > e.fileOffset) throw new FsError(this.name, e.volumeOffset, `${what} overlaps the extent before it`);
+      if (previous && previous.fileOffset + previous.numBytes > e.fileOffset) throw new FsError(this.name, e.volumeOffset, `${what()} overlaps the extent before it`);
       extents.push(e);
     }
     this.last = { key, extents };
@@ -115,7 +115,7 @@ export class FileData {
     const cached = this.decoded.get(-e.volumeOffset - 1);
     if (cached) return cached;
     const out = new Uint8Array(e.ramBytes);
-    this.decode(e.compression, e.inline!, out, e.volumeOffset, `inline extent at file offset ${withCommas(e.fileOffset)}`);
+    this.decode(e.compression, e.inline!, out, e.volumeOffset, () => `inline extent at file offset ${withCommas(e.fileOffset)}`);
     this.remember(-e.volumeOffset - 1, out);
     return out;
   }
@@ -127,7 +127,7 @@ export class FileData {
     const data = this.trees.volume.read(physical, e.diskNumBytes);
     if (!noDataSum) this.checkSums(e.diskBytenr, physical, data, e.fileOffset, true);
     const out = new Uint8Array(e.ramBytes);
-    this.decode(e.compression, data, out, physical, `compressed extent at logical ${withCommas(e.diskBytenr)} (${withCommas(e.diskNumBytes)} bytes, file offset ${withCommas(e.fileOffset)})`);
+    this.decode(e.compression, data, out, physical, () => `compressed extent at logical ${withCommas(e.diskBytenr)} (${withCommas(e.diskNumBytes)} bytes, file offset ${withCommas(e.fileOffset)})`);
     this.remember(e.diskBytenr, out);
     return out;
   }
@@ -137,7 +137,7 @@ export class FileData {
     this.decoded.set(key, bytes);
   }
 
-  private decode(compression: number, data: Uint8Array, out: Uint8Array, volumeOffset: number, what: string): void {
+  private decode(compression: number, data: Uint8Array, out: Uint8Array, volumeOffset: number, what: () => string): void {
     const encoded =
       compression === Compression.ZLIB ? EncodedCompression.ZLIB
       : compression === Compression.ZSTD ? EncodedCompression.ZSTD
@@ -147,7 +147,7 @@ export class FileData {
       decompressExtent(encoded, data, out);
     } catch (e) {
       if (!(e instanceof DecompressError)) throw e;
-      throw new FsError(this.name, volumeOffset, `${what} does not decode: ${e.message}`);
+      throw new FsError(this.name, volumeOffset, `${what()} does not decode: ${e.message}`);
     }
   }
 

@@ -26,8 +26,6 @@ export const FIRST_CHUNK_TREE_OBJECTID = 256;
 export const LAST_FREE_OBJECTID = 2 ** 64 - 256;
 /** BTRFS_EXTENT_CSUM_OBJECTID (-10 as u64) */
 export const EXTENT_CSUM_OBJECTID = 2 ** 64 - 10;
-/** BTRFS_EMPTY_SUBVOL_DIR_OBJECTID: what the kernel shows for a subvolume a snapshot cannot reach */
-export const EMPTY_SUBVOL_DIR_OBJECTID = 2;
 
 export const INODE_NODATASUM = 1 << 0;
 const ROOT_SUBVOL_RDONLY = 1 << 0;
@@ -212,18 +210,18 @@ export interface FileExtent {
 
 export function parseFileExtent(item: Item, volumeName: string): FileExtent {
   const v = view(item.data);
-  const what = `file extent of inode ${item.key.objectid} at file offset ${withCommas(item.key.offset)}`;
-  if (item.data.length < FILE_EXTENT_INLINE_DATA) throw new FsError(volumeName, item.volumeOffset, `${what} is ${item.data.length} bytes, shorter than 21`);
+  const what = () => `file extent of inode ${item.key.objectid} at file offset ${withCommas(item.key.offset)}`;
+  if (item.data.length < FILE_EXTENT_INLINE_DATA) throw new FsError(volumeName, item.volumeOffset, `${what()} is ${item.data.length} bytes, shorter than 21`);
   const type = item.data[20]!;
   const compression = item.data[16]!;
   const base = { fileOffset: item.key.offset, type, compression, ramBytes: le64(v, 8), volumeOffset: item.volumeOffset };
-  if (item.data[17] !== 0 || v.getUint16(18, true) !== 0) throw new FsError(volumeName, item.volumeOffset, `${what} is encrypted or encoded (${item.data[17]}, ${v.getUint16(18, true)}); this reader does not decode that`);
-  if (compression > Compression.ZSTD) throw new FsError(volumeName, item.volumeOffset, `${what} has compression ${compression}, not one btrfs defines`);
+  if (item.data[17] !== 0 || v.getUint16(18, true) !== 0) throw new FsError(volumeName, item.volumeOffset, `${what()} is encrypted or encoded (${item.data[17]}, ${v.getUint16(18, true)}); this reader does not decode that`);
+  if (compression > Compression.ZSTD) throw new FsError(volumeName, item.volumeOffset, `${what()} has compression ${compression}, not one btrfs defines`);
   if (type === ExtentType.INLINE) {
     const inline = item.data.subarray(FILE_EXTENT_INLINE_DATA);
     return { ...base, inline, diskBytenr: 0, diskNumBytes: 0, extentOffset: 0, numBytes: compression === Compression.NONE ? inline.length : base.ramBytes };
   }
-  if (type !== ExtentType.REG && type !== ExtentType.PREALLOC) throw new FsError(volumeName, item.volumeOffset, `${what} has type ${type}, not inline, regular or prealloc`);
-  if (item.data.length < FILE_EXTENT_SIZE) throw new FsError(volumeName, item.volumeOffset, `${what} is ${item.data.length} bytes, shorter than 53`);
+  if (type !== ExtentType.REG && type !== ExtentType.PREALLOC) throw new FsError(volumeName, item.volumeOffset, `${what()} has type ${type}, not inline, regular or prealloc`);
+  if (item.data.length < FILE_EXTENT_SIZE) throw new FsError(volumeName, item.volumeOffset, `${what()} is ${item.data.length} bytes, shorter than 53`);
   return { ...base, diskBytenr: le64(v, 21), diskNumBytes: le64(v, 29), extentOffset: le64(v, 37), numBytes: le64(v, 45) };
 }

@@ -90,6 +90,8 @@ export class TreeReader {
   private found: Map<number, FoundBlock[]> | undefined;
   /** interior nodes the image lacks, rebuilt from the blocks below them: logical → how many children were found */
   readonly rebuilt = new Map<number, number>();
+  /** told of every tree block the image lacks, as it is met (after a rebuild, when one was made) */
+  onMissing?: (e: MissingTreeBlock) => void;
 
   constructor(
     readonly volume: Volume,
@@ -241,27 +243,39 @@ export class TreeReader {
     try {
       return this.block(logical, level);
     } catch (e) {
-      if (!(e instanceof MissingTreeBlock) || level === 0) throw e;
-      const children = this.foundBlocks()
-        .get(root.id)
-        ?.filter((b) => b.level === level - 1 && (!bounds?.[0] || compareKeys(b.firstKey, bounds[0]) >= 0) && (!bounds?.[1] || compareKeys(b.firstKey, bounds[1]) < 0))
-        .sort((a, b) => compareKeys(a.firstKey, b.firstKey));
-      if (!children?.length) throw e;
-      const data = new Uint8Array(HEADER_SIZE + children.length * KEY_PTR_SIZE);
-      const view = new DataView(data.buffer);
-      children.forEach((c, i) => {
-        const at = HEADER_SIZE + i * KEY_PTR_SIZE;
-        writeLe64(view, at, c.firstKey.objectid);
-        data[at + 8] = c.firstKey.type;
-        writeLe64(view, at + 9, c.firstKey.offset);
-        writeLe64(view, at + 17, c.logical);
-        writeLe64(view, at + 25, c.generation);
-      });
-      const block: TreeBlock = { logical, physical: e.volumeOffset!, level, owner: root.id, nritems: children.length, data, view };
-      this.cache.set(logical, block);
-      this.rebuilt.set(logical, children.length);
-      return block;
+      if (!(e instanceof MissingTreeBlock)) throw e;
+      const rebuilt = level > 0 ? this.rebuild(root, logical, level, bounds, e) : undefined;
+      this.onMissing?.(e);
+      if (!rebuilt) throw e;
+      return rebuilt;
     }
+  }
+
+  /** Is the block at `logical` in the image (one of its copies), by the image's bitmap alone? */
+  held(logical: number): boolean {
+    return this.chunks.map(logical, this.sb.nodeSize).some((physical) => [...this.volume.extents(physical, this.sb.nodeSize)].every((e) => e.data));
+  }
+
+  private rebuild(root: TreeRoot, logical: number, level: number, bounds: [Key | undefined, Key | undefined] | undefined, e: MissingTreeBlock): TreeBlock | undefined {
+    const children = this.foundBlocks()
+      .get(root.id)
+      ?.filter((b) => b.level === level - 1 && (!bounds?.[0] || compareKeys(b.firstKey, bounds[0]) >= 0) && (!bounds?.[1] || compareKeys(b.firstKey, bounds[1]) < 0))
+      .sort((a, b) => compareKeys(a.firstKey, b.firstKey));
+    if (!children?.length) return undefined;
+    const data = new Uint8Array(HEADER_SIZE + children.length * KEY_PTR_SIZE);
+    const view = new DataView(data.buffer);
+    children.forEach((c, i) => {
+      const at = HEADER_SIZE + i * KEY_PTR_SIZE;
+      writeLe64(view, at, c.firstKey.objectid);
+      data[at + 8] = c.firstKey.type;
+      writeLe64(view, at + 9, c.firstKey.offset);
+      writeLe64(view, at + 17, c.logical);
+      writeLe64(view, at + 25, c.generation);
+    });
+    const block: TreeBlock = { logical, physical: e.volumeOffset!, level, owner: root.id, nritems: children.length, data, view };
+    this.cache.set(logical, block);
+    this.rebuilt.set(logical, children.length);
+    return block;
   }
 
   /** Every tree block in the metadata chunks the image holds whose checksum, address and fsid are good. */
@@ -323,23 +337,16 @@ export class TreeReader {
       const { logical, level, path, bounds } = stack.pop()!;
       if (path.includes(logical)) throw new FsError(this.volume.name, undefined, `${root.name}: a loop in the tree at block ${withCommas(logical)}`);
       if (level === 0) {
-        const missing = this.chunks.map(logical, this.sb.nodeSize).every((physical) => ![...this.volume.extents(physical, this.sb.nodeSize)].every((e) => e.data));
-        if (missing) onMissing(new MissingTreeBlock(this.volume.name, logical, this.chunks.map(logical, this.sb.nodeSize)[0]!));
+        if (!this.held(logical)) onMissing(new MissingTreeBlock(this.volume.name, logical, this.chunks.map(logical, this.sb.nodeSize)[0]!));
         continue;
       }
       let block: TreeBlock;
       try {
-        block = this.block(logical, level);
+        block = this.blockOf(root, logical, level, bounds);
       } catch (e) {
         if (!(e instanceof MissingTreeBlock)) throw e;
-        try {
-          block = this.blockOf(root, logical, level, bounds);
-        } catch (again) {
-          if (!(again instanceof MissingTreeBlock)) throw again;
-          onMissing(e);
-          continue;
-        }
         onMissing(e);
+        continue;
       }
       for (let slot = block.nritems - 1; slot >= 0; slot--) {
         const childBounds: [Key, Key | undefined] = [this.keyAt(block, slot), slot + 1 < block.nritems ? this.keyAt(block, slot + 1) : bounds?.[1]];
