@@ -1,6 +1,6 @@
 // bun bench/fs-btrfs.ts (part of npm run bench): files out of a btrfs image with zstd-compressed data,
 // against restore + kernel loop mount + cp -a, in one run. Makes (once, cached in .bench/) a 2 GiB btrfs
-// mounted compress-force=zstd holding ~1.1 GiB: 12 text files of 64 MiB (compressed extents), 4 random ones
+// mounted compress-force=zstd holding ~1.3 GiB: 12 text files of ~69 MB (compressed extents), 8 random ones
 // of 64 MiB and 3,000 small files in 30 directories; its partclone image and that image in one zstd frame.
 // Needs root (loop mount), btrfs-progs, partclone.btrfs, zstd.
 import fs from "node:fs";
@@ -17,13 +17,13 @@ const TARGET = "/small/d17/file-0042.txt";
 function benchImage(): string {
   const img = path.join(WORK, "btrfs-2g.btrfs-ptcl-img");
   if (fs.existsSync(`${img}.done`)) return img;
-  console.error("bench: making a 2 GiB btrfs (compress-force=zstd) with ~1.1 GiB of files and its partclone image (once; cached in .bench/)");
+  console.error("bench: making a 2 GiB btrfs (compress-force=zstd) with ~1.3 GiB of files and its partclone image (once; cached in .bench/)");
   const vol = path.join(WORK, "btrfs-2g.vol");
   const mnt = path.join(WORK, "btrfs-mnt");
   sh(`mkdir -p ${mnt} && rm -f ${vol} && truncate -s 2G ${vol} && mkfs.btrfs -q -f ${vol} && mount -o loop,compress-force=zstd ${vol} ${mnt} && mkdir ${mnt}/text ${mnt}/big`);
   try {
     writeTextFiles(`${mnt}/text`, 12);
-    writeRandomFiles(`${mnt}/big`, 4);
+    writeRandomFiles(`${mnt}/big`, 8);
     sh(`cd ${mnt} && mkdir small && for d in $(seq 0 29); do mkdir small/d$d; for f in $(seq -w 0 99); do printf 'file %s of dir %s\\n%.0s' $f $d $(seq 1 $((RANDOM % 200 + 1))) > small/d$d/file-00$f.txt; done; done`);
   } finally {
     sh(`umount ${mnt}`);

@@ -4,6 +4,7 @@ import path from "node:path";
 import { gunzipSync } from "node:zlib";
 import { openInputVolume } from "../src/cli/input-volume.ts";
 import { type BtrfsFileSystem, openBtrfs } from "../src/fs/btrfs/btrfs.ts";
+import type { Volume } from "../src/volume/volume.ts";
 import { treeOf, treeOfDirectory } from "./fs-tree.ts";
 import { FIXTURES, fixture, runCli, tempDir, which } from "./helpers.ts";
 
@@ -301,5 +302,58 @@ describe("btrfs: damaged images (test/failure/fs/*.btrfs-ptcl-img.zst, made by m
     const v = runCli(["verify", img]);
     expect(v.stderr).toBe(`imgtool: ${img}: offset 5,500,928: tree block at logical 5,500,928 (volume offset 5,500,928) is not in the image: its bitmap marks it unused (partclone.btrfs before its 2026 fix left tree blocks out)\n`);
     expect(v.code).toBe(3);
+  });
+});
+
+describe("btrfs: superblocks", () => {
+  /** btrfs-sha256's volume restored into a file, patched by `edit`, read as a Volume. */
+  function patchedVolume(edit: (fd: number) => void): Volume {
+    const raw = path.join(tempDir(), "volume.raw");
+    const r = runCli(["restore", scratchCopy("btrfs-sha256.btrfs-ptcl-img.zst"), "-o", raw, "--sparse"]);
+    if (r.code !== 0) throw new Error(r.stderr);
+    const fd = fs.openSync(raw, "r+");
+    edit(fd);
+    const size = fs.fstatSync(fd).size;
+    return {
+      size,
+      name: raw,
+      blockSize: 4096,
+      read(offset, length) {
+        const b = new Uint8Array(length);
+        fs.readSync(fd, b, 0, length, offset);
+        return b;
+      },
+      *extents(offset, length) {
+        yield { offset, length, data: true };
+      },
+      close: () => fs.closeSync(fd),
+    };
+  }
+  const superblockAt = (fd: number, at: number) => {
+    const b = new Uint8Array(4096);
+    fs.readSync(fd, b, 0, 4096, at);
+    return b;
+  };
+  const withSha256 = (b: Uint8Array) => (b.set(new Bun.CryptoHasher("sha256").update(b.subarray(0x20)).digest(), 0), b);
+
+  test("a primary superblock that fails its checksum: the mirror at 64 MiB is read, with a warning, and the tree is the same", () => {
+    const volume = patchedVolume((fd) => fs.writeSync(fd, new Uint8Array([0x55]), 0, 1, 0x10000 + 0x300));
+    const fsys = openBtrfs(volume);
+    try {
+      expect(fsys.warnings).toEqual([expect.stringMatching(/^the superblock at 65,536 fails its sha256 checksum; read the mirror at offset 67,108,864 \(generation \d+\) instead$/)]);
+      expect(withoutMtimes(treeOf(fsys, { xattrs: true }), STAND_INS)).toEqual(withoutMtimes(storedTree("btrfs-sha256"), STAND_INS));
+    } finally {
+      fsys.close();
+    }
+  });
+
+  test("a file system over two devices is one line naming the count", () => {
+    const volume = patchedVolume((fd) => {
+      const b = superblockAt(fd, 0x10000);
+      b[0x88] = 2;
+      fs.writeSync(fd, withSha256(b), 0, 4096, 0x10000);
+    });
+    expect(() => openBtrfs(volume)).toThrow(/offset 65,672: the file system spans 2 devices; imgtool reads single-device btrfs only/);
+    volume.close();
   });
 });
