@@ -42,6 +42,7 @@ export function checksumOf(type: number, data: Uint8Array): Uint8Array {
 
 /** Does `stored` (at least the digest's length) hold the digest of `data`? */
 export function checksumMatches(type: number, data: Uint8Array, stored: Uint8Array): boolean {
+  if (type === CSUM_CRC32C) return (~crc32c(data, 0xffffffff) >>> 0) === ((stored[0]! | (stored[1]! << 8) | (stored[2]! << 16) | (stored[3]! << 24)) >>> 0);
   const got = checksumOf(type, data);
   for (let i = 0; i < got.length; i++) if (got[i] !== stored[i]) return false;
   return true;

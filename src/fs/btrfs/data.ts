@@ -14,11 +14,13 @@ interface ExtentList {
 }
 
 const DECODED_CACHE = 8;
+const CSUM_ITEMS_KEPT = 16;
 
 export class FileData {
   private last: ExtentList | undefined;
   /** decoded compressed extents by disk address (and inline ones by item offset) */
   private readonly decoded = new Map<number, Uint8Array>();
+  private lastCsums: Item[] = [];
   private readonly sectorSize: number;
   private readonly csumSize: number;
 
@@ -168,6 +170,20 @@ export class FileData {
     into.set(data.subarray(logical - first, logical - first + into.length));
   }
 
+  /** The csum items covering [logical, end): the last ones found when one of them covers it all (one item holds up to a leaf's worth). */
+  private csumItems(csumRoot: TreeRoot, logical: number, end: number): Item[] {
+    const span = (item: Item) => item.key.offset + Math.floor(item.data.length / this.csumSize) * this.sectorSize;
+    const hit = this.lastCsums.find((item) => item.key.offset <= logical && end <= span(item));
+    if (hit) return [hit];
+    const items: Item[] = [];
+    const key = (offset: number) => ({ objectid: EXTENT_CSUM_OBJECTID, type: EXTENT_CSUM, offset });
+    const before = this.trees.atOrBefore(csumRoot, key(logical));
+    if (before && before.key.objectid === EXTENT_CSUM_OBJECTID && before.key.type === EXTENT_CSUM && before.key.offset < logical) items.push(before);
+    for (const item of this.trees.items(csumRoot, key(logical), key(end - 1))) items.push(item);
+    this.lastCsums = items.slice(-CSUM_ITEMS_KEPT);
+    return items;
+  }
+
   /** Each sector of `data` (at `logical`) against its checksum, where the csum tree has one. */
   private checkSums(logical: number, physical: number, data: Uint8Array, fileOffset: number, compressed: boolean): void {
     if (!this.verify || !this.csumRoot) return;
@@ -187,8 +203,6 @@ export class FileData {
         }
       }
     };
-    const before = this.trees.atOrBefore(this.csumRoot, { objectid: EXTENT_CSUM_OBJECTID, type: EXTENT_CSUM, offset: logical });
-    if (before && before.key.objectid === EXTENT_CSUM_OBJECTID && before.key.type === EXTENT_CSUM && before.key.offset < logical) check(before);
-    for (const item of this.trees.items(this.csumRoot, { objectid: EXTENT_CSUM_OBJECTID, type: EXTENT_CSUM, offset: logical }, { objectid: EXTENT_CSUM_OBJECTID, type: EXTENT_CSUM, offset: end - 1 })) check(item);
+    for (const item of this.csumItems(this.csumRoot, logical, end)) check(item);
   }
 }
