@@ -128,10 +128,18 @@ export class FileData {
     const physical = this.trees.chunks.map(e.diskBytenr, e.diskNumBytes)[0]!;
     const data = this.trees.volume.read(physical, e.diskNumBytes);
     if (!noDataSum) this.checkSums(e.diskBytenr, physical, data, e.fileOffset, true);
-    const out = new Uint8Array(e.ramBytes);
+    const out = this.decodeBuffer(e.ramBytes);
     this.decode(e.compression, data, out, physical, () => `compressed extent at logical ${withCommas(e.diskBytenr)} (${withCommas(e.diskNumBytes)} bytes, file offset ${withCommas(e.fileOffset)})`);
     this.remember(e.diskBytenr, out);
     return out;
+  }
+
+  /** A buffer for a decoded extent: the one the cache is about to drop when it is of the size, else a new one. */
+  private decodeBuffer(length: number): Uint8Array {
+    if (this.decoded.size < DECODED_CACHE) return new Uint8Array(length);
+    const [oldest, bytes] = this.decoded.entries().next().value!;
+    this.decoded.delete(oldest);
+    return bytes.length === length ? bytes : new Uint8Array(length);
   }
 
   private remember(key: number, bytes: Uint8Array): void {
