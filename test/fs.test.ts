@@ -230,15 +230,17 @@ describe("extract DIR@N of the real Clonezilla folders gives every file of the o
       fs.cpSync(path.join(FIXTURES, "clonezilla", folder!), dir, { recursive: true });
       for (const f of fs.readdirSync(dir)) fs.chmodSync(path.join(dir, f), 0o644);
       const x = extract(`${dir}@${n}`);
-      expect(x.stderr).not.toContain("imgtool:");
+      // warnings are not failures (pub-linuxfs@3: a tree block partclone left out, rebuilt)
+      expect(x.stderr.replace(/^imgtool: .*: warning: .*\n/gm, "")).not.toContain("imgtool:");
       expect(x.code).toBe(0);
       const isFat = lines.some((l) => l.startsWith("zstd\t"));
       const isNtfs = lines[0]!.split("\t")[2] === "0777";
-      // FAT: mtools set the rest; NTFS: ntfs-3g counts a directory's links as 1
+      const dirLinksOne = lines.some((l) => /^[^\t]*\td\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t1\t/.test(l));
+      // FAT: mtools set the rest; NTFS and btrfs: ntfs-3g and btrfs count a directory's links as 1
       const columns = (l: string) => {
         const [p, type, mode, owner, size, mtime, nlink, content] = l.split("\t");
         if (isFat) return [p, type, size, content].join("\t");
-        return [p, type, mode, isRoot ? owner : "-", size, mtime, type === "d" && isNtfs ? "-" : nlink, content].join("\t");
+        return [p, type, mode, isRoot ? owner : "-", size, mtime, type === "d" && (isNtfs || dirLinksOne) ? "-" : nlink, content].join("\t");
       };
       // the recorded trees write bytes outside printable ASCII as \xNN
       const escaped = (l: string) => Array.from(Buffer.from(l), (b) => (b >= 0x20 && b < 0x7f) || b === 9 ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`).join("");
