@@ -7,9 +7,9 @@ import { type DirEntry, type FileSystem, FsError, type FsNode, type Xattr, kindO
 import { equalBytes, splitPath } from "../path.ts";
 import { FileData } from "./data.ts";
 import {
-  CHUNK_ITEM, CSUM_TREE_OBJECTID, DIR_INDEX, DIR_ITEM, type DirItem, FIRST_CHUNK_TREE_OBJECTID,
+  CHUNK_ITEM, CHUNK_TREE_OBJECTID, CSUM_TREE_OBJECTID, DIR_INDEX, DIR_ITEM, type DirItem, FIRST_CHUNK_TREE_OBJECTID,
   FIRST_FREE_OBJECTID, FS_TREE_OBJECTID, INODE_EXTREF, INODE_ITEM, INODE_NODATASUM, INODE_REF, type InodeItem, LAST_FREE_OBJECTID,
-  type FileExtent, ROOT_ITEM, ROOT_REF, type RootItem, type RootRef, XATTR_ITEM, inodeOf, isReadOnly, parseDirItems, parseInodeRefs,
+  type FileExtent, ROOT_ITEM, ROOT_REF, ROOT_TREE_OBJECTID, type RootItem, type RootRef, XATTR_ITEM, inodeOf, isReadOnly, parseDirItems, parseInodeRefs,
   parseRootItem, parseRootRef,
 } from "./items.ts";
 import { ChunkMap, parseChunk, readSuperblock, type Superblock } from "./superblock.ts";
@@ -87,12 +87,12 @@ export class BtrfsFileSystem implements FileSystem {
     chunks.addSysChunkArray(this.sb);
     this.trees = new TreeReader(volume, this.sb, chunks);
     this.trees.onMissing = (e) => this.noteMissing(e);
-    const chunkRoot: TreeRoot = { logical: this.sb.chunkRoot, level: this.sb.chunkRootLevel, name: "chunk tree", id: 3 };
+    const chunkRoot: TreeRoot = { logical: this.sb.chunkRoot, level: this.sb.chunkRootLevel, name: "chunk tree", id: CHUNK_TREE_OBJECTID };
     const all = { objectid: MAX_OFFSET, type: 255, offset: MAX_OFFSET };
     for (const item of this.trees.items(chunkRoot, { objectid: 0, type: 0, offset: 0 }, all, (e) => this.damaged(e))) {
       if (item.key.type === CHUNK_ITEM && item.key.objectid === FIRST_CHUNK_TREE_OBJECTID) chunks.add(parseChunk(volume, item.key.offset, item.data, item.volumeOffset).chunk);
     }
-    this.rootTree = { logical: this.sb.root, level: this.sb.rootLevel, name: "root tree", id: 1 };
+    this.rootTree = { logical: this.sb.root, level: this.sb.rootLevel, name: "root tree", id: ROOT_TREE_OBJECTID };
     let csumRoot: TreeRoot | undefined;
     for (const item of this.trees.items(this.rootTree, { objectid: 0, type: 0, offset: 0 }, { objectid: MAX_OFFSET, type: 255, offset: MAX_OFFSET }, (e) => this.damaged(e))) {
       const id = item.key.objectid;
@@ -385,7 +385,7 @@ export class BtrfsFileSystem implements FileSystem {
    * image does not hold: what `imgtool verify` names for partclone images that lack them.
    */
   missingTreeBlocks(): MissingTreeBlock[] {
-    const roots: TreeRoot[] = [{ logical: this.sb.chunkRoot, level: this.sb.chunkRootLevel, name: "chunk tree", id: 3 }, this.rootTree];
+    const roots: TreeRoot[] = [{ logical: this.sb.chunkRoot, level: this.sb.chunkRootLevel, name: "chunk tree", id: CHUNK_TREE_OBJECTID }, this.rootTree];
     for (const item of this.trees.items(this.rootTree, { objectid: 0, type: 0, offset: 0 }, { objectid: MAX_OFFSET, type: 255, offset: MAX_OFFSET }, (e) => this.damaged(e))) {
       if (item.key.type !== ROOT_ITEM) continue;
       const r = parseRootItem(item, this.volume.name);

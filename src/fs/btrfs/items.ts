@@ -12,7 +12,6 @@ export const DIR_INDEX = 96;
 export const EXTENT_DATA = 108;
 export const EXTENT_CSUM = 128;
 export const ROOT_ITEM = 132;
-export const ROOT_BACKREF = 144;
 export const ROOT_REF = 156;
 export const CHUNK_ITEM = 228;
 
@@ -139,17 +138,15 @@ export interface RootItem {
   refs: number;
   uuid: Uint8Array;
   parentUuid: Uint8Array;
-  ctransid: number;
-  otime: Timestamp;
 }
 
-/** The root item's fields up to otime; older, shorter root items (before generation_v2) have no uuids. */
+/** The root item's fields up to its level; older, shorter root items (before generation_v2) have no uuids. */
 const ROOT_ITEM_MIN = 239;
 
 export function parseRootItem(item: Item, volumeName: string): RootItem {
   if (item.data.length < ROOT_ITEM_MIN) throw new FsError(volumeName, item.volumeOffset, `root item of tree ${item.key.objectid} is ${item.data.length} bytes, shorter than ${ROOT_ITEM_MIN}`);
   const v = view(item.data);
-  const full = item.data.length >= 351;
+  const full = item.data.length >= 279;
   return {
     inode: parseInode(item.data),
     generation: le64(v, 160),
@@ -160,8 +157,6 @@ export function parseRootItem(item: Item, volumeName: string): RootItem {
     level: item.data[238]!,
     uuid: full ? item.data.slice(247, 263) : new Uint8Array(16),
     parentUuid: full ? item.data.slice(263, 279) : new Uint8Array(16),
-    ctransid: full ? le64(v, 295) : 0,
-    otime: full ? timestamp(v, 339) : { sec: 0, nsec: 0 },
   };
 }
 
@@ -169,7 +164,7 @@ export function isReadOnly(root: RootItem): boolean {
   return (root.flags & ROOT_SUBVOL_RDONLY) !== 0;
 }
 
-/** btrfs_root_ref: a subvolume's place in its parent (ROOT_REF key: parent, child; ROOT_BACKREF: child, parent). */
+/** btrfs_root_ref: a subvolume's place in its parent (ROOT_REF key: parent, child). */
 export interface RootRef {
   dirid: number;
   name: Uint8Array;

@@ -43,7 +43,6 @@ export interface Superblock {
   incompat: number;
   devid: number;
   fsid: Uint8Array;
-  label: string;
   sysChunkArray: Uint8Array;
 }
 
@@ -71,7 +70,6 @@ function parseSuperblock(volume: Volume, offset: number): Superblock | string {
   const sysChunkArraySize = v.getUint32(0xa0, true);
   if (sysChunkArraySize > SYS_CHUNK_ARRAY_MAX) return `has a ${sysChunkArraySize}-byte sys_chunk_array, more than its ${SYS_CHUNK_ARRAY_MAX} bytes`;
   const incompat = le64(v, 0xbc);
-  const label = new TextDecoder().decode(b.subarray(0x12b, 0x12b + 256)).replace(/\0.*$/s, "");
   return {
     offset,
     csumType,
@@ -89,7 +87,6 @@ function parseSuperblock(volume: Volume, offset: number): Superblock | string {
     chunkRootLevel: b[0xc7]!,
     devid: le64(v, 0xc9),
     fsid: b.slice(0x20, 0x30),
-    label,
     sysChunkArray: b.slice(0x32b, 0x32b + sysChunkArraySize),
   };
 }
@@ -113,6 +110,7 @@ export function readSuperblock(volume: Volume, warnings: string[]): Superblock {
   if (!found) throw new FsError(volume.name, SUPER_OFFSETS[0], `no usable btrfs superblock: ${problems.join("; ")}`);
   if (found.offset !== SUPER_OFFSETS[0]) warnings.push(`${problems[0]}; read the mirror at offset ${withCommas(found.offset)} (generation ${found.generation}) instead`);
   const at = found.offset;
+  if (found.totalBytes > volume.size) warnings.push(`the file system is ${withCommas(found.totalBytes)} bytes, the volume ${withCommas(volume.size)}: what lies past the volume's end cannot be read`);
   if (found.numDevices !== 1) {
     throw new FsError(volume.name, at + 0x88, `the file system spans ${found.numDevices} devices; imgtool reads single-device btrfs only (restore every device and mount them with the kernel)`);
   }
