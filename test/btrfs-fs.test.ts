@@ -4,9 +4,12 @@ import path from "node:path";
 import { gunzipSync } from "node:zlib";
 import { openInputVolume } from "../src/cli/input-volume.ts";
 import { type BtrfsFileSystem, openBtrfs } from "../src/fs/btrfs/btrfs.ts";
+import { ImageError } from "../src/errors.ts";
+import { checksumMatches, checksumOf } from "../src/fs/btrfs/checksum.ts";
+import { FsError, type FsNode } from "../src/fs/filesystem.ts";
 import type { Volume } from "../src/volume/volume.ts";
 import { treeOf, treeOfDirectory } from "./fs-tree.ts";
-import { FIXTURES, fixture, runCli, tempDir, which } from "./helpers.ts";
+import { FIXTURES, fixture, runCli, seededRandom, tempDir, which } from "./helpers.ts";
 
 // each test restores, mounts and extracts on a machine shared with others
 setDefaultTimeout(120_000);
@@ -355,5 +358,101 @@ describe("btrfs: superblocks", () => {
     });
     expect(() => openBtrfs(volume)).toThrow(/offset 65,672: the file system spans 2 devices; imgtool reads single-device btrfs only/);
     volume.close();
+  });
+});
+
+describe("btrfs: hostile tree blocks", () => {
+  test("300 seeded corruptions of btrfs-blake2's tree blocks (checksums made to match): only FsError, every walk bounded", () => {
+    const raw = path.join(tempDir(), "volume.raw");
+    const r = runCli(["restore", scratchCopy("btrfs-blake2.btrfs-ptcl-img.zst"), "-o", raw, "--sparse"]);
+    expect(r.code).toBe(0);
+    const fd = fs.openSync(raw, "r");
+    try {
+      const base: Volume = {
+        size: fs.fstatSync(fd).size,
+        name: raw,
+        blockSize: 4096,
+        read(offset, length) {
+          const b = new Uint8Array(length);
+          fs.readSync(fd, b, 0, length, offset);
+          return b;
+        },
+        *extents(offset, length) {
+          yield { offset, length, data: true };
+        },
+        close() {},
+      };
+      const good = openBtrfs(base);
+      const nodeSize = good.sb.nodeSize;
+      // every tree block of the volume: the leaves and nodes the corruption picks from
+      const blocks: number[] = [];
+      for (let at = 0; at + nodeSize <= base.size; at += nodeSize) {
+        const b = base.read(at, nodeSize);
+        if (b.subarray(0x20, 0x30).every((x, i) => x === good.sb.metadataFsid[i]) && checksumMatches(good.sb.csumType, b.subarray(0x20), b)) blocks.push(at);
+      }
+      expect(blocks.length).toBeGreaterThan(50);
+      const random = seededRandom(23);
+      const pick = (n: number) => Math.floor(random() * n);
+      const outcomes = { read: 0, refused: 0 };
+      for (let iteration = 0; iteration < 300; iteration++) {
+        const patches = new Map<number, Uint8Array>();
+        for (let k = 0; k <= pick(3); k++) {
+          const at = blocks[pick(blocks.length)]!;
+          const b = patches.get(at) ?? base.read(at, nodeSize);
+          for (let j = 0; j <= pick(8); j++) b[0x20 + pick(nodeSize - 0x20)] = random() < 0.5 ? pick(256) : random() < 0.5 ? 0xff : 0;
+          b.set(checksumOf(good.sb.csumType, b.subarray(0x20)), 0);
+          patches.set(at, b);
+        }
+        const volume: Volume = {
+          ...base,
+          read(offset, length) {
+            const out = base.read(offset, length);
+            for (const [at, b] of patches) {
+              const from = Math.max(offset, at);
+              const to = Math.min(offset + length, at + b.length);
+              if (from < to) out.set(b.subarray(from - at, to - at), from - offset);
+            }
+            return out;
+          },
+        };
+        try {
+          const fsys = openBtrfs(volume);
+          const buffer = new Uint8Array(1 << 20);
+          const seen = new Set<number>();
+          const walk = (dir: FsNode) => {
+            if (seen.has(dir.id)) return;
+            seen.add(dir.id);
+            for (const e of fsys.list(dir, () => {})) {
+              if (e.damage) continue;
+              try {
+                [...fsys.xattrs(e.node)];
+                if (e.node.kind === "directory") walk(e.node);
+                else if (e.node.kind === "symlink") fsys.readlink(e.node);
+                else if (e.node.kind === "file") {
+                  for (const run of fsys.fileExtents(e.node)) {
+                    for (let pos = run.offset; pos < run.offset + run.length; ) {
+                      const n = fsys.readFile(e.node, pos, buffer.subarray(0, Math.min(buffer.length, run.offset + run.length - pos)));
+                      if (n === 0) break;
+                      pos += n;
+                    }
+                  }
+                }
+              } catch (err) {
+                if (!(err instanceof FsError)) throw err;
+              }
+            }
+          };
+          walk(fsys.root());
+          fsys.missingTreeBlocks();
+          outcomes.read++;
+        } catch (err) {
+          if (!(err instanceof FsError) && !(err instanceof ImageError)) throw new Error(`iteration ${iteration}: ${(err as Error).stack}`);
+          outcomes.refused++;
+        }
+      }
+      expect(outcomes.read + outcomes.refused).toBe(300);
+    } finally {
+      fs.closeSync(fd);
+    }
   });
 });

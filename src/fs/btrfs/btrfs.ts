@@ -188,6 +188,7 @@ export class BtrfsFileSystem implements FileSystem {
     }
     if (!item) throw new FsError(this.volume.name, undefined, `subvolume ${sv.id} has no inode ${ino}`);
     const inode = inodeOf(item, this.volume.name);
+    if (!Number.isSafeInteger(inode.size)) throw new FsError(this.volume.name, item.volumeOffset, `inode ${ino} of subvolume ${sv.id} claims ${inode.size} bytes, more than this reader counts exactly (2^53)`);
     const kind = kindOfMode(inode.mode);
     if (!kind) throw new FsError(this.volume.name, item.volumeOffset, `inode ${ino} of subvolume ${sv.id} has mode 0${inode.mode.toString(8)}, of no file type`);
     const node: FsNode = {
