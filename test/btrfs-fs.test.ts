@@ -308,6 +308,24 @@ describe("btrfs: damaged images (test/failure/fs/*.btrfs-ptcl-img.zst, made by m
   });
 });
 
+/** A Volume over an open file: every byte data (a restored volume). */
+function fileVolume(fd: number, name: string): Volume {
+  return {
+    size: fs.fstatSync(fd).size,
+    name,
+    blockSize: 4096,
+    read(offset, length) {
+      const b = new Uint8Array(length);
+      fs.readSync(fd, b, 0, length, offset);
+      return b;
+    },
+    *extents(offset, length) {
+      yield { offset, length, data: true };
+    },
+    close: () => fs.closeSync(fd),
+  };
+}
+
 describe("btrfs: superblocks", () => {
   /** btrfs-sha256's volume restored into a file, patched by `edit`, read as a Volume. */
   function patchedVolume(edit: (fd: number) => void): Volume {
@@ -316,21 +334,7 @@ describe("btrfs: superblocks", () => {
     if (r.code !== 0) throw new Error(r.stderr);
     const fd = fs.openSync(raw, "r+");
     edit(fd);
-    const size = fs.fstatSync(fd).size;
-    return {
-      size,
-      name: raw,
-      blockSize: 4096,
-      read(offset, length) {
-        const b = new Uint8Array(length);
-        fs.readSync(fd, b, 0, length, offset);
-        return b;
-      },
-      *extents(offset, length) {
-        yield { offset, length, data: true };
-      },
-      close: () => fs.closeSync(fd),
-    };
+    return fileVolume(fd, raw);
   }
   const superblockAt = (fd: number, at: number) => {
     const b = new Uint8Array(4096);
@@ -366,22 +370,8 @@ describe("btrfs: hostile tree blocks", () => {
     const raw = path.join(tempDir(), "volume.raw");
     const r = runCli(["restore", scratchCopy("btrfs-blake2.btrfs-ptcl-img.zst"), "-o", raw, "--sparse"]);
     expect(r.code).toBe(0);
-    const fd = fs.openSync(raw, "r");
+    const base = fileVolume(fs.openSync(raw, "r"), raw);
     try {
-      const base: Volume = {
-        size: fs.fstatSync(fd).size,
-        name: raw,
-        blockSize: 4096,
-        read(offset, length) {
-          const b = new Uint8Array(length);
-          fs.readSync(fd, b, 0, length, offset);
-          return b;
-        },
-        *extents(offset, length) {
-          yield { offset, length, data: true };
-        },
-        close() {},
-      };
       const good = openBtrfs(base);
       const nodeSize = good.sb.nodeSize;
       // every tree block of the volume: the leaves and nodes the corruption picks from
@@ -452,7 +442,7 @@ describe("btrfs: hostile tree blocks", () => {
       }
       expect(outcomes.read + outcomes.refused).toBe(300);
     } finally {
-      fs.closeSync(fd);
+      base.close();
     }
   });
 });
