@@ -12,6 +12,7 @@ const scripts = [
   "fs.ts",
   "fs-exfat.ts",
   "fs-xfs.ts",
+  "fs-btrfs.ts",
   "serve.ts",
   "parallel.ts",
   "memory.ts",

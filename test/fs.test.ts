@@ -231,17 +231,19 @@ describe("extract DIR@N of the real Clonezilla folders gives every file of the o
       fs.cpSync(path.join(FIXTURES, "clonezilla", folder!), dir, { recursive: true });
       for (const f of fs.readdirSync(dir)) fs.chmodSync(path.join(dir, f), 0o644);
       const x = extract(`${dir}@${n}`);
-      expect(x.stderr).not.toContain("imgtool:");
+      // warnings are not failures (pub-linuxfs@3: a tree block partclone left out, rebuilt)
+      expect(x.stderr.replace(/^imgtool: .*: warning: .*\n/gm, "")).not.toContain("imgtool:");
       expect(x.code).toBe(0);
       const isFat = lines.some((l) => l.startsWith("zstd\t"));
       const isNtfs = lines[0]!.split("\t")[2] === "0777";
-      // FAT: mtools set the rest; NTFS: ntfs-3g counts a directory's links as 1
+      const dirLinksOne = lines.some((l) => /^[^\t]*\td\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t1\t/.test(l));
+      // FAT: mtools set the rest; NTFS and btrfs: ntfs-3g and btrfs count a directory's links as 1
       const columns = (l: string) => {
         const [p, type, mode, owner, size, mtime, nlink, content] = l.split("\t");
         if (isFat) return [p, type, size, content].join("\t");
         // a device's numbers: lstree.py writes them as the content (size 0), treeOfDirectory as the size
         const dev = type === "c" || type === "b" ? (size!.includes(",") ? size : content) : undefined;
-        return [p, type, mode, isRoot ? owner : "-", dev ?? size, mtime, type === "d" && isNtfs ? "-" : nlink, dev ? "-" : content].join("\t");
+        return [p, type, mode, isRoot ? owner : "-", dev ?? size, mtime, type === "d" && (isNtfs || dirLinksOne) ? "-" : nlink, dev ? "-" : content].join("	");
       };
       // the recorded trees write bytes outside printable ASCII as \xNN
       const escaped = (l: string) => Array.from(Buffer.from(l), (b) => (b >= 0x20 && b < 0x7f) || b === 9 ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`).join("");
@@ -442,9 +444,14 @@ describe("containment and refusals", () => {
   });
 
   test("file systems imgtool cannot read: one line naming it and pointing at imgtool mount", () => {
-    const b = runCli(["ls", fixture("btrfs.btrfs-ptcl-img")]);
+    // a volume whose first bytes say squashfs (a file that is a volume is an input like an image)
+    const squashfs = path.join(tempDir(), "squash.img");
+    const bytes = new Uint8Array(1 << 17);
+    bytes.set(new TextEncoder().encode("hsqs"), 0);
+    fs.writeFileSync(squashfs, bytes);
+    const b = runCli(["ls", squashfs]);
     expect(b.code).toBe(3);
-    expect(b.stderr).toMatch(/^imgtool: .*btrfs.btrfs-ptcl-img: the volume holds btrfs; imgtool cannot read btrfs: show the volume with `imgtool mount IMG DIR`.*\n$/);
+    expect(b.stderr).toMatch(/^imgtool: .*: the volume holds squashfs; imgtool cannot read squashfs: show the volume with `imgtool mount IMG DIR`.*\n$/);
   });
 
   test("a compressed image is read through its seek index; a pipe is refused with what to do instead", () => {

@@ -1,10 +1,12 @@
 import { constants as zlibConstants, inflateSync } from "node:zlib";
+import type { Pointer } from "bun:ffi";
 import { LazyLibrary } from "../../native/ffi.ts";
 import { EncodedCompression } from "./protocol.ts";
 
 const zstd = new LazyLibrary("libzstd.so.1", "libzstd1", {
   ZSTD_findFrameCompressedSize: { args: ["ptr", "u64"], returns: "u64" },
-  ZSTD_decompress: { args: ["ptr", "u64", "ptr", "u64"], returns: "u64" },
+  ZSTD_createDCtx: { args: [], returns: "ptr" },
+  ZSTD_decompressDCtx: { args: ["ptr", "ptr", "u64", "ptr", "u64"], returns: "u64" },
   ZSTD_isError: { args: ["u64"], returns: "u32" },
   ZSTD_getErrorName: { args: ["u64"], returns: "cstring" },
 });
@@ -63,13 +65,18 @@ function inflateExtent(data: Uint8Array, out: Uint8Array): number {
   return inflated.length;
 }
 
+let zstdContext: Pointer | null | undefined;
+
 /** One zstd frame, followed by the zero padding of the last sector. */
 function zstdExtent(data: Uint8Array, out: Uint8Array): number {
   const lib = zstd.tryLoad();
   if (!lib) throw new DecompressError(`zstd data, but ${zstd.soname} is not installed (apt-get install ${zstd.aptPackage})`);
   const frameLength = lib.ZSTD_findFrameCompressedSize(data, data.length);
   if (lib.ZSTD_isError(frameLength)) throw new DecompressError(`zstd: ${lib.ZSTD_getErrorName(frameLength)}`);
-  const produced = lib.ZSTD_decompress(out, out.length, data, frameLength);
+  // one context for the process: ZSTD_decompress would allocate and free one per extent
+  zstdContext ??= lib.ZSTD_createDCtx();
+  if (!zstdContext) throw new DecompressError("zstd: ZSTD_createDCtx failed (out of memory)");
+  const produced = lib.ZSTD_decompressDCtx(zstdContext, out, out.length, data, frameLength);
   if (lib.ZSTD_isError(produced)) throw new DecompressError(`zstd: ${lib.ZSTD_getErrorName(produced)}`);
   return Number(produced);
 }

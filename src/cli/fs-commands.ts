@@ -6,6 +6,7 @@ import type { DirEntry, FileSystem, FsNode } from "../fs/filesystem.ts";
 import { escapeName, jsonEntry, longLine } from "../fs/listing.ts";
 import { type OpenFsOptions, openFileSystem } from "../fs/open.ts";
 import { splitPath } from "../fs/path.ts";
+import { subvolumeTable } from "../fs/btrfs/btrfs.ts";
 import { diskArg, partitionArg } from "./info-text.ts";
 import { humanSize } from "../formats/units.ts";
 import type { Input } from "../input/input.ts";
@@ -20,15 +21,17 @@ const fsArgs = {
   partition: partitionArg,
   disk: diskArg,
   codepage: { type: "string", description: "FAT: code page of 8.3 names (default cp437; cp850, or a label like ibm866)" },
+  subvol: { type: "string", description: "btrfs: show this subvolume (its id, or its path from the top level) instead of the top level (id 5)" },
+  verify: { type: "boolean", default: true, description: "check file data against the file system's checksums (btrfs)", negativeDescription: "do not check file data checksums" },
   debug: { type: "boolean", description: "show stack traces of errors" },
 } as const;
 
 /** The file system inside IMG (an image, a volume, a disk's partition with --partition or DISK@N), read at random. */
-function openImageFileSystem(input: string, command: string, args: { partition?: string; disk?: string; codepage?: string }): FileSystem {
+function openImageFileSystem(input: string, command: string, args: { partition?: string; disk?: string; codepage?: string; subvol?: string; verify?: boolean }): FileSystem {
   return fileSystemOf(openInput(input, { command, partition: args.partition, disk: args.disk, randomAccess: true, seekIndex: BUILD_SEEK_INDEX }), input, args);
 }
 
-function fileSystemOf(opened: Input, input: string, args: { codepage?: string }): FileSystem {
+function fileSystemOf(opened: Input, input: string, args: { codepage?: string; subvol?: string; verify?: boolean }): FileSystem {
   if (opened.kind === "disk") {
     opened.close();
     throw new UsageError(`${input} is a whole disk; name one of its partitions (imgtool ls ${input} lists them)`);
@@ -44,14 +47,15 @@ function fileSystemOf(opened: Input, input: string, args: { codepage?: string })
   }
 }
 
-function fsOptions(args: { codepage?: string }): OpenFsOptions {
-  if (args.codepage === undefined) return {};
+function fsOptions(args: { codepage?: string; subvol?: string; verify?: boolean }): OpenFsOptions {
+  const btrfs = { subvol: args.subvol, verifyData: args.verify !== false };
+  if (args.codepage === undefined) return { btrfs };
   try {
     new TextDecoder(args.codepage as "utf-8");
   } catch {
     if (!["cp437", "cp850"].includes(args.codepage.toLowerCase())) throw new UsageError(`--codepage: unknown code page ${JSON.stringify(args.codepage)} (cp437, cp850 or a WHATWG encoding label)`);
   }
-  return { fat: { codepage: args.codepage } };
+  return { fat: { codepage: args.codepage }, btrfs };
 }
 
 const encoder = new TextEncoder();
@@ -70,6 +74,7 @@ export const lsCommand = defineCommand({
     long: { type: "boolean", alias: "l", description: "mode, links, owner, group, size, mtime, symlink target (names escaped as ls -b)" },
     recursive: { type: "boolean", alias: "R", description: "everything below PATH, one path per line" },
     json: { type: "boolean", description: "one JSON array of entries (names that are not UTF-8 as name_base64)" },
+    subvolumes: { type: "boolean", description: "btrfs: list the subvolumes (id, parent, generation, ro/rw, uuid, path)" },
     ...fsArgs,
   },
   run: ({ args }) =>
@@ -85,6 +90,7 @@ export const lsCommand = defineCommand({
       }
       const fsys = fileSystemOf(input, args.image, args);
       try {
+        if (args.subvolumes) return void writeOut(subvolumeTable(fsys, escapeName));
         const path = pathBytes(args.path ?? "/");
         const node = fsys.lookup(path);
         if (!node) throw new UsageError(`${args.image}: ${args.path}: no such file or directory in the file system`);

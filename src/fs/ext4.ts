@@ -5,7 +5,7 @@
 import { crc32c } from "../../native/crc32c.ts";
 import { withCommas } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
-import { type DirEntry, type FileSystem, FsError, type FsNode, type NodeKind, type Timestamp } from "./filesystem.ts";
+import { type DirEntry, type FileSystem, FsError, type FsNode, type NodeKind, type Timestamp, kindOfMode } from "./filesystem.ts";
 import { equalBytes, splitPath } from "./path.ts";
 
 const SUPERBLOCK_OFFSET = 1024;
@@ -375,7 +375,7 @@ class ExtFileSystem implements FileSystem {
     const generation = v.getUint32(0x64, true);
     if (this.csumSeed !== undefined) this.checkInodeChecksum(number, raw, generation, extra, offset);
     const mode = v.getUint16(0, true);
-    const kind = kindOf(mode);
+    const kind = kindOfMode(mode);
     if (!kind) throw this.error(offset, `inode ${number} has mode 0${mode.toString(8)}, which is no file type`);
     const flags = v.getUint32(0x20, true);
     const sizeHigh = v.getUint32(0x6c, true);
@@ -597,19 +597,6 @@ function hasDirentTail(block: Uint8Array): boolean {
   const t = block.length - 12;
   const v = view(block);
   return v.getUint32(t, true) === 0 && v.getUint16(t + 4, true) === 12 && block[t + 6] === 0 && block[t + 7] === 0xde;
-}
-
-function kindOf(mode: number): NodeKind | undefined {
-  switch (mode & 0o170000) {
-    case 0o100000: return "file";
-    case 0o040000: return "directory";
-    case 0o120000: return "symlink";
-    case 0o020000: return "char-device";
-    case 0o060000: return "block-device";
-    case 0o010000: return "fifo";
-    case 0o140000: return "socket";
-    default: return undefined;
-  }
 }
 
 const DIRENT_KINDS: (NodeKind | undefined)[] = [undefined, "file", "directory", "char-device", "block-device", "fifo", "socket", "symlink"];

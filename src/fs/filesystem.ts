@@ -3,6 +3,20 @@ import type { Volume } from "../volume/volume.ts";
 
 export type NodeKind = "file" | "directory" | "symlink" | "char-device" | "block-device" | "fifo" | "socket";
 
+/** The kind of node a POSIX mode's file-type bits (S_IFMT) name; undefined for none. */
+export function kindOfMode(mode: number): NodeKind | undefined {
+  switch (mode & 0o170000) {
+    case 0o100000: return "file";
+    case 0o040000: return "directory";
+    case 0o120000: return "symlink";
+    case 0o020000: return "char-device";
+    case 0o060000: return "block-device";
+    case 0o010000: return "fifo";
+    case 0o140000: return "socket";
+    default: return undefined;
+  }
+}
+
 /** Seconds and nanoseconds since the epoch, as the file system stores them (no float rounding). */
 export interface Timestamp {
   sec: number;

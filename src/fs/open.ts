@@ -1,5 +1,6 @@
 import { ImageError } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
+import { type BtrfsOptions, detectBtrfs, openBtrfs } from "./btrfs/btrfs.ts";
 import { detectExt, openExt } from "./ext4.ts";
 import { type ExfatOptions, detectExfat, openExfat } from "./exfat.ts";
 import { type FatOptions, detectFat, openFat } from "./fat.ts";
@@ -10,6 +11,7 @@ import { detectXfs, openXfs } from "./xfs.ts";
 export interface OpenFsOptions {
   fat?: FatOptions;
   exfat?: ExfatOptions;
+  btrfs?: BtrfsOptions;
 }
 
 /** Enough of the volume's start for every signature below (btrfs's superblock is at 64 KiB). */
@@ -30,7 +32,7 @@ const FILE_SYSTEMS: FsKind[] = [
   { name: "exFAT", detect: detectExfat, open: (v, o) => openExfat(v, o.exfat) },
   { name: "ext2/3/4", detect: detectExt, open: (v) => openExt(v) },
   { name: "vfat", detect: detectFat, open: (v, o) => openFat(v, o.fat) },
-  { name: "btrfs", detect: (h) => ascii(h, 0x10040, "_BHRfS_M") },
+  { name: "btrfs", detect: detectBtrfs, open: (v, o) => openBtrfs(v, o.btrfs) },
   { name: "xfs", detect: detectXfs, open: (v) => openXfs(v) },
   { name: "f2fs", detect: (h) => h.length > 0x404 && h[0x400] === 0x10 && h[0x401] === 0x20 && h[0x402] === 0xf5 && h[0x403] === 0xf2 },
   { name: "reiserfs", detect: (h) => ascii(h, 0x10034, "ReIsEr") },

@@ -3,6 +3,7 @@ import path from "node:path";
 import { UsageError, withCommas } from "../errors.ts";
 import { humanSize } from "../formats/units.ts";
 import { verifyImage } from "../formats/verify.ts";
+import { missingTreeBlocksOf } from "../fs/btrfs/btrfs.ts";
 import type { Image } from "../formats/image.ts";
 import { partimageSetName, partimageVolumeSet } from "../formats/partimage.ts";
 import type { ProgressFactory } from "../progress.ts";
@@ -66,8 +67,10 @@ export class ImageInput implements Input {
   verify(progress?: ProgressFactory): VerifyReport {
     const { info } = this.image;
     const r = verifyImage(this.image, progress);
-    const checked = r.ok ? [`${info.format}, ${info.checksum === "NONE" ? "no data checksums" : `${info.checksum} checksums`}, ${withCommas(info.usedBlocks)} used blocks, ${humanSize(r.dataBytes)} of data`] : [];
-    return { checksumProblems: r.problems, otherProblems: [], checked, dataBytes: r.dataBytes };
+    // a btrfs image from partclone.btrfs before its fix may lack tree blocks the file system points to
+    const missing = r.ok && this.name !== "-" ? missingTreeBlocksOf(this.image, () => this.openVolume()) : [];
+    const checked = r.ok && missing.length === 0 ? [`${info.format}, ${info.checksum === "NONE" ? "no data checksums" : `${info.checksum} checksums`}, ${withCommas(info.usedBlocks)} used blocks, ${humanSize(r.dataBytes)} of data`] : [];
+    return { checksumProblems: r.problems, otherProblems: missing, checked, dataBytes: r.dataBytes };
   }
 
   describe(): InputFacts {
