@@ -512,3 +512,28 @@ describe("hostile LVM metadata is refused in one line naming the file and offset
     expect(lvmCrc(data)).toBe(crc >>> 0);
   });
 });
+
+describe("one logical volume, through the commands that read an input", () => {
+  test("restore, verify and info of DIR@VG/LV; verify DIR reads every LV image and names a damaged one", () => {
+    const dir = unpack("lvm-small");
+    const out = path.join(tempDir(), "root.raw");
+    expect(runCli(["restore", `${dir}@vg0/root`, "-o", out]).code).toBe(0);
+    expect(sha256File(out)).toBe(SMALL.lvs.get("root")!.sha256);
+    const one = runCli(["verify", `${dir}@vg0-data`]);
+    expect(one.code).toBe(0);
+    expect(one.stdout.toString()).toMatch(/OK \(logical volume vg0\/data, /);
+    expect(runCli(["info", `${dir}@vg0/root`]).stdout.toString()).toMatch(/^content +ext2\/3\/4$/m);
+    const all = runCli(["verify", dir]);
+    expect(all.code).toBe(0);
+    expect(all.stdout.toString()).toMatch(/^vg0\/root: vg0-root\.ext4-ptcl-img\.gz OK/m);
+    expect(all.stdout.toString()).toMatch(/^vg0\/data: vg0-data\.ext4-ptcl-img\.gz OK/m);
+    // a flipped byte deep in an LV's compressed image: verify DIR names the LV
+    const image = path.join(dir, fs.readdirSync(dir).find((n) => n.startsWith("vg0-data."))!);
+    const bytes = fs.readFileSync(image);
+    bytes[bytes.length >> 1]! ^= 0x40;
+    fs.writeFileSync(image, bytes);
+    const bad = runCli(["verify", dir]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr.toString()).toMatch(/^imgtool: vg0\/data: /m);
+  }, 120_000);
+});

@@ -4,6 +4,7 @@ import { ChecksumError, ImageError } from "../errors.ts";
 import { verifyImage } from "../formats/verify.ts";
 import type { ProgressFactory } from "../progress.ts";
 import type { ClonezillaFolder } from "./clonezilla.ts";
+import type { DiskPartition } from "./disk-volume.ts";
 
 export interface DiskVerifyResult {
   /** checksums that did not hold (data checksums of images, MD5SUMS & co.) */
@@ -22,39 +23,12 @@ const HASH_CHUNK = 4 << 20;
  */
 export function verifyFolder(folder: ClonezillaFolder, progress?: ProgressFactory): DiskVerifyResult {
   const r: DiskVerifyResult = { checksumProblems: [], otherProblems: [...folder.problems], checked: [] };
-  for (const disk of folder.disks) {
-    for (const p of disk.layout.partitions) {
-      const c = p.content;
-      try {
-        if (c.kind === "image") {
-          const image = c.open();
-          try {
-            if (image.info.deviceSize > p.size) r.otherProblems.push(`${p.name}: the image's volume (${image.info.deviceSize} bytes) is larger than the partition (${p.size} bytes)`);
-            const v = verifyImage(image, progress);
-            for (const line of v.problems) (line.includes("checksum") || line.includes("CRC") ? r.checksumProblems : r.otherProblems).push(`${p.name}: ${line}`);
-            if (v.ok) r.checked.push(`${p.name}: ${path.basename(c.pieces[0]!)}${c.pieces.length > 1 ? ` (+${c.pieces.length - 1} pieces)` : ""} OK (${image.info.checksum === "NONE" ? "no data checksums" : `${image.info.checksum} checksums`})`);
-          } finally {
-            image.close();
-          }
-        } else if (c.kind === "dd") {
-          const s = c.open();
-          try {
-            const buf = new Uint8Array(HASH_CHUNK);
-            let n = 0;
-            for (let got; (got = s.read(buf)) > 0; ) n += got;
-            if (n !== p.size) r.otherProblems.push(`${p.name}: the dd image holds ${n} bytes, the partition ${p.size}`);
-            else r.checked.push(`${p.name}: ${path.basename(c.pieces[0]!)} OK (dd, ${n} bytes)`);
-          } finally {
-            s.close();
-          }
-        } else if (c.kind === "absent" && c.reason.startsWith("in parts")) {
-          r.otherProblems.push(`${p.name}: ${c.reason}`);
-        }
-      } catch (e) {
-        if (e instanceof ChecksumError) r.checksumProblems.push(`${p.name}: ${e.message}`);
-        else if (e instanceof ImageError) r.otherProblems.push(`${p.name}: ${e.message}`);
-        else throw e;
-      }
+  for (const disk of folder.disks) for (const p of disk.layout.partitions) verifyPart(p, r, progress);
+  // the logical volumes, each from its own image (lvm_VG.conf, VG-LV.*-ptcl-img.*)
+  for (const vg of folder.savedLvm?.vgs ?? []) {
+    for (const l of vg.lvs) {
+      const content = folder.lvContent(l.imageName, l.lv.size);
+      verifyPart({ name: `${vg.vg.name}/${l.lv.name}`, number: 0, start: 0, size: l.lv.size, type: "lvm", content }, r, progress);
     }
   }
   for (const list of folder.checksums) {
@@ -95,4 +69,39 @@ export function hashFile(file: string, algorithm: string): string {
     fs.closeSync(fd);
   }
   return h.digest("hex");
+}
+
+/** One partition's (or logical volume's) image read through with its checksums; what held or failed goes into `r`. */
+function verifyPart(p: DiskPartition, r: DiskVerifyResult, progress: ProgressFactory | undefined): void {
+  const c = p.content;
+  try {
+    if (c.kind === "image") {
+      const image = c.open();
+      try {
+        if (image.info.deviceSize > p.size) r.otherProblems.push(`${p.name}: the image's volume (${image.info.deviceSize} bytes) is larger than the partition (${p.size} bytes)`);
+        const v = verifyImage(image, progress);
+        for (const line of v.problems) (line.includes("checksum") || line.includes("CRC") ? r.checksumProblems : r.otherProblems).push(`${p.name}: ${line}`);
+        if (v.ok) r.checked.push(`${p.name}: ${path.basename(c.pieces[0]!)}${c.pieces.length > 1 ? ` (+${c.pieces.length - 1} pieces)` : ""} OK (${image.info.checksum === "NONE" ? "no data checksums" : `${image.info.checksum} checksums`})`);
+      } finally {
+        image.close();
+      }
+    } else if (c.kind === "dd") {
+      const s = c.open();
+      try {
+        const buf = new Uint8Array(HASH_CHUNK);
+        let n = 0;
+        for (let got; (got = s.read(buf)) > 0; ) n += got;
+        if (n !== p.size) r.otherProblems.push(`${p.name}: the dd image holds ${n} bytes, the partition ${p.size}`);
+        else r.checked.push(`${p.name}: ${path.basename(c.pieces[0]!)} OK (dd, ${n} bytes)`);
+      } finally {
+        s.close();
+      }
+    } else if (c.kind === "absent" && c.reason.startsWith("in parts")) {
+      r.otherProblems.push(`${p.name}: ${c.reason}`);
+    }
+  } catch (e) {
+    if (e instanceof ChecksumError) r.checksumProblems.push(`${p.name}: ${e.message}`);
+    else if (e instanceof ImageError) r.otherProblems.push(`${p.name}: ${e.message}`);
+    else throw e;
+  }
 }

@@ -125,7 +125,7 @@ export class DiskInput implements Input {
     }
     const only = this.options.partition;
     if (only === undefined && this.options.disk !== undefined) void this.span;
-    const folder: ClonezillaFolder = only === undefined ? this.folder : { ...this.folder, checksums: [], disks: this.folder.disks.map((d) => ({ ...d, layout: { ...d.layout, partitions: d.layout.partitions.filter((p) => p === this.chosenPartition()) } })) };
+    const folder: ClonezillaFolder = only === undefined ? this.folder : { ...this.folder, checksums: [], savedLvm: undefined, disks: this.folder.disks.map((d) => ({ ...d, layout: { ...d.layout, partitions: d.layout.partitions.filter((p) => p === this.chosenPartition()) } })) };
     const r = verifyFolder(folder, progress);
     return { checksumProblems: r.checksumProblems, otherProblems: r.otherProblems, checked: r.checked, dataBytes: 0 };
   }
