@@ -32,7 +32,7 @@ describe("every command refuses an unknown option, a missing value and a yes/no 
     refused(["restore", IMG, "-o", out, "--bogus-option", "7"], "unknown option --bogus-option (did you mean --partition?)", [out]);
     refused(["restore", IMG, "-o", out, "--sparce"], "unknown option --sparce (did you mean --sparse?)", [out]);
     refused(["restore", IMG, "-o", out, "--no-verfy"], "unknown option --no-verfy (did you mean --no-verify?)", [out]);
-    refused(["restore", DISK, "-o", out, "--fit"], "unknown option --fit (did you mean --quiet?)", [out]);
+    refused(["restore", DISK, "-o", out, "--fitt"], "unknown option --fitt (did you mean --fit?)", [out]);
     refused(["restore", IMG, "-o"], "option -o needs a value", [out]);
     // citty would write to a file named --force
     const cwd = process.cwd();
