@@ -59,6 +59,7 @@ export class DiskInput implements Input {
     this.layouts = layouts;
     this.kind = options.partition === undefined ? "disk" : "partition";
     if (options.partition !== undefined || options.disk !== undefined) {
+      // a partition or disk the input does not have is refused now, before anything else is opened
       try {
         void this.span;
       } catch (e) {
