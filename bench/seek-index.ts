@@ -73,7 +73,7 @@ async function main() {
     `${floor.rssMiB.toFixed(1)}`,
   ]);
   rows.push([
-    `imgtool index (spacing ${j.spacing >> 20} MiB; one decode + piece hashes; best of ${RUNS})`,
+    `imgtool index (spacing ${j.spacing >> 20} MiB; one decode + stretch hashes; best of ${RUNS})`,
     `${built.seconds.toFixed(2)} s = ${(built.seconds / floor.seconds).toFixed(2)}x; CPU ${built.cpu.toFixed(2)} s = ${(built.cpu / floor.cpu).toFixed(2)}x`,
     `${built.rssMiB.toFixed(1)}`,
   ]);
