@@ -47,10 +47,17 @@ export class LogicalVolumeInput implements Input {
     return n;
   }
 
+  /** Its data in order, read into one reused buffer where the volume can (a batch is valid until the next). */
   *dataBatches(): Generator<DataRun[], void, undefined> {
-    for (const e of this.lv.extents(0, this.lv.size)) {
+    const lv = this.lv;
+    const buffer = lv.readInto ? new Uint8Array(CHUNK) : undefined;
+    for (const e of lv.extents(0, lv.size)) {
       if (!e.data) continue;
-      for (let at = e.offset; at < e.offset + e.length; at += CHUNK) yield [{ offset: at, data: this.lv.read(at, Math.min(CHUNK, e.offset + e.length - at)) }];
+      for (let at = e.offset; at < e.offset + e.length; at += CHUNK) {
+        const n = Math.min(CHUNK, e.offset + e.length - at);
+        if (buffer) lv.readInto!(at, buffer.subarray(0, n));
+        yield [{ offset: at, data: buffer ? buffer.subarray(0, n) : lv.read(at, n) }];
+      }
     }
   }
 
