@@ -18,4 +18,5 @@ process.env.XDG_CACHE_HOME = path.join(home, ".cache");
 // the library in this process: the CLI tells it the cache directory from XDG_CACHE_HOME, tests likewise
 useCacheDirectory(path.join(home, ".cache"));
 
-afterAll(removeScratch);
+// the run's scratch can hold gigabytes of restored disks: on a busy disk removing it outlasts the 60 s test timeout
+afterAll(removeScratch, 10 * 60 * 1000);
