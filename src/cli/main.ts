@@ -1,5 +1,6 @@
 #!/usr/bin/env bun
 import pkg from "../../package.json" with { type: "json" };
+import { useDecodeSettings } from "../../native/decode-settings.ts";
 import { EXIT } from "../errors.ts";
 
 const rawArgs = process.argv.slice(2);
@@ -15,6 +16,8 @@ if (onlyArg === "--version" || onlyArg === "-v" || onlyArg === "-V") {
 if (!process.stdout.isTTY && process.env.FORCE_COLOR === undefined) process.env.NO_COLOR ??= "1";
 const { defineCommand, runCommand, runMain } = await import("citty");
 const { commandLineProblem } = await import("./options.ts");
+const decodeMemory = process.env.IMGTOOL_DECODE_MEMORY;
+useDecodeSettings({ gzipWithZlib: process.env.IMGTOOL_GZIP === "zlib", windowMiB: decodeMemory ? Number(decodeMemory) : undefined });
 if (process.env.IMGTOOL_THREADS === "0") (await import("../source/open.ts")).allowWorkerThreads(false);
 const xdgCache = process.env.XDG_CACHE_HOME;
 if (xdgCache?.startsWith("/")) (await import("../source/seek-index/index-file.ts")).useCacheDirectory(xdgCache);
