@@ -75,6 +75,7 @@ function loadLibc() {
     recv: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i64 },
     sendmsg: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i64 },
     shutdown: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    isatty: { args: [FFIType.i32], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {

@@ -7,13 +7,15 @@ const rawArgs = process.argv.slice(2);
 const onlyArg = rawArgs.length === 1 ? rawArgs[0] : undefined;
 // answered before anything else is loaded: every command pays only for the modules it uses
 if (onlyArg === "--version" || onlyArg === "-v" || onlyArg === "-V") {
-  process.stdout.write(`${pkg.version}\n`);
+  // Bun.write, not process.stdout: the first touch of that loads node's stream modules (about 10 ms)
+  await Bun.write(Bun.stdout, `${pkg.version}\n`);
   process.exit(EXIT.OK);
 }
 
 // citty colours its help even into a pipe or a file, deciding when it is loaded: keep escape codes
 // for terminals by deciding first
-if (!process.stdout.isTTY && process.env.FORCE_COLOR === undefined) process.env.NO_COLOR ??= "1";
+const { isTerminal } = await import("../../native/libc-file.ts");
+if (!isTerminal(1) && process.env.FORCE_COLOR === undefined) process.env.NO_COLOR ??= "1";
 const { defineCommand, runCommand, runMain } = await import("citty");
 const { commandLineProblem } = await import("./options.ts");
 const decodeMemory = process.env.IMGTOOL_DECODE_MEMORY;
