@@ -773,6 +773,36 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
     }
   }, 60_000);
 
+  peerTest((process.getuid?.() !== 0 || !which("zstd")) && "needs root (a read-only bind mount) and zstd")("a compressed image in a read-only directory: the serving threads find its seek index in XDG_CACHE_HOME, where the main thread wrote it", async () => {
+    const dir = tempDir();
+    const ro = tempDir();
+    const cache = tempDir();
+    const truth = restoredBytes(fixture("ext4.ext4-ptcl-img"));
+    fs.writeFileSync(path.join(dir, "e.zst"), Bun.spawnSync(["zstd", "-q", "-c", fixture("ext4.ext4-ptcl-img")]).stdout);
+    expect(spawnSync("mount", ["--bind", dir, ro]).status).toBe(0);
+    try {
+      expect(spawnSync("mount", ["-o", "remount,bind,ro", ro]).status).toBe(0);
+      const socketPath = path.join(tempDir(), "s.sock");
+      const proc = Bun.spawn([process.execPath, CLI, "serve", path.join(ro, "e.zst"), "--socket", socketPath, "--threads", "2"], {
+        stdout: "pipe",
+        stderr: "pipe",
+        env: { ...process.env, XDG_CACHE_HOME: cache },
+      });
+      try {
+        const line = await firstLine(proc.stdout);
+        expect(line).toStartWith("serving");
+        await readInterleaved({ unix: socketPath }, truth, 9);
+      } finally {
+        proc.kill("SIGINT");
+        expect(await proc.exited).toBe(0);
+      }
+      expect(await new Response(proc.stderr).text()).toBe("");
+      expect(fs.readdirSync(path.join(cache, "imgtool")).filter((f) => f.endsWith("e.zst.imgtool-index"))).toHaveLength(1);
+    } finally {
+      spawnSync("umount", [ro]);
+    }
+  }, 60_000);
+
   test("--threads takes a count from 0 to 64 (each thread opens the export again)", () => {
     for (const bad of ["65", "-1", "two"]) {
       const r = runCli(["serve", fixture("ext4.ext4-ptcl-img"), "--port", "0", "--threads", bad]);
