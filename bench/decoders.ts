@@ -95,7 +95,7 @@ try {
   const buf = new Uint8Array(64 * MiB);
   fs.readSync(fs.openSync(plain, "r"), buf, 0, buf.length, 0);
   const mb = (s: number, rounds: number) => `${((64 * rounds) / s).toFixed(0)} MB/s`;
-  for (const { name, fn } of crc32cImplementations) console.log(`crc32c ${name}: ${mb(seconds(() => fn(buf)), 1)} (64 MiB buffer)`);
+  for (const { name, fn } of crc32cImplementations()) console.log(`crc32c ${name}: ${mb(seconds(() => fn(buf)), 1)} (64 MiB buffer)`);
   const cmd = buf.subarray(0, 200);
   const calls = 500_000;
   console.log(`crc32c() on 200-byte commands: ${((200 * calls) / MiB / seconds(() => { for (let i = 0; i < calls; i++) crc32c(cmd); })).toFixed(0)} MB/s`);

@@ -75,18 +75,19 @@ interface Crc32cImplementation {
   nativeFrom: number;
 }
 
-/** The implementations available here, best first (every one, for tests and the bench). */
-export const crc32cImplementations: Crc32cImplementation[] = [
-  ...(isal.tryLoad() ? [{ name: "libisal crc32_iscsi", fn: crc32cIsal, nativeFrom: 256 }] : []),
-  ...(ext2fs.tryLoad() ? [{ name: "libext2fs ext2fs_crc32c_le", fn: crc32cExt2fs, nativeFrom: 4096 }] : []),
-  { name: "JavaScript slicing-by-8", fn: crc32cJs, nativeFrom: Infinity },
-];
+/** The implementations available here, best first (every one, for tests and the bench); libraries load on the first call. */
+export function crc32cImplementations(): Crc32cImplementation[] {
+  return [
+    ...(isal.tryLoad() ? [{ name: "libisal crc32_iscsi", fn: crc32cIsal, nativeFrom: 256 }] : []),
+    ...(ext2fs.tryLoad() ? [{ name: "libext2fs ext2fs_crc32c_le", fn: crc32cExt2fs, nativeFrom: 4096 }] : []),
+    { name: "JavaScript slicing-by-8", fn: crc32cJs, nativeFrom: Infinity },
+  ];
+}
 
-const best = crc32cImplementations[0]!;
-const native = best.fn;
-const nativeFrom = best.nativeFrom;
+let best: Crc32cImplementation | undefined;
 
 /** CRC-32C of `data` continuing from `seed` (0 for a send stream command), no inversion. */
 export function crc32c(data: Uint8Array, seed = 0): number {
-  return data.length < nativeFrom ? crc32cJs(data, seed) : native(data, seed);
+  best ??= crc32cImplementations()[0]!;
+  return data.length < best.nativeFrom ? crc32cJs(data, seed) : best.fn(data, seed);
 }

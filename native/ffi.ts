@@ -1,6 +1,7 @@
 import { type FFIFunction, type Library, type Pointer, CString, dlopen, ptr } from "bun:ffi";
 import { ImageError, type Location, withCommas } from "../src/errors.ts";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
+import { decodeSettings } from "./decode-settings.ts";
 
 /** Compressed bytes handed to the library per refill; one such buffer per decoder, for its lifetime. */
 export const INPUT_BUFFER_SIZE = 1 << 20;
@@ -196,11 +197,11 @@ const MAX_U32 = 0xffffffff;
 const DEFAULT_DECODE_WINDOW = 128 << 20;
 
 /**
- * The largest window (history) a decoder may allocate because its input says so: 128 MiB, or
- * IMGTOOL_DECODE_MEMORY in MiB (a power of two is used as is, anything else rounds down to one).
+ * The largest window (history) a decoder may allocate because its input says so: 128 MiB, or the
+ * settings' windowMiB (a power of two is used as is, anything else rounds down to one; at most 2048).
  */
 export function decodeMemoryLimit(): { window: number; text: string } {
-  const mib = Number(process.env.IMGTOOL_DECODE_MEMORY);
+  const mib = decodeSettings().windowMiB ?? Number.NaN;
   const wanted = Number.isFinite(mib) && mib >= 1 ? Math.min(mib, 2048) * (1 << 20) : DEFAULT_DECODE_WINDOW;
   const window = 2 ** Math.floor(Math.log2(wanted));
   return { window, text: `${window / (1 << 20)} MiB` };

@@ -43,6 +43,14 @@ export function lockFile(fd: number): boolean {
   return libc().flock(fd, LOCK_EX | LOCK_NB) === 0;
 }
 
+/**
+ * Whether fd is a terminal. process.stdout.isTTY would answer too, but the first touch of
+ * process.stdout or stderr loads node's stream modules (about 10 ms of every start-up).
+ */
+export function isTerminal(fd: number): boolean {
+  return libc().isatty(fd) === 1;
+}
+
 /** Ask for a larger pipe buffer (fewer, larger reads); harmless where fd is not a pipe. */
 export function growPipe(fd: number, bytes: number): void {
   libc().fcntl(fd, F_SETPIPE_SZ, bytes);

@@ -75,6 +75,7 @@ function loadLibc() {
     recv: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i64 },
     sendmsg: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i64 },
     shutdown: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    isatty: { args: [FFIType.i32], returns: FFIType.i32 },
   });
 }
 export function libc(): NonNullable<typeof libcSymbols> {
@@ -86,12 +87,17 @@ export function libc(): NonNullable<typeof libcSymbols> {
   return libcSymbols;
 }
 
-const ERRNO_NAMES = new Map(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));
+let errnoNames: Map<number, string> | undefined;
+/** errno number -> name, built when a call first fails (os.constants costs a start-up a few ms) */
+function errnoText(errno: number): string {
+  errnoNames ??= new Map(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));
+  return errnoNames.get(errno) ?? `errno ${errno}`;
+}
 
 /** An Error like node's for a failed libc call, with `code` = the errno's name. */
 export function libcError(call: string, target: Uint8Array): NodeJS.ErrnoException {
   const errno = read.i32(libc().__errno_location()!, 0);
-  const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+  const code = errnoText(errno);
   const err = new Error(`${code}: ${call} '${printable(target)}'`) as NodeJS.ErrnoException;
   err.code = code;
   err.errno = errno;
@@ -109,5 +115,5 @@ export function cPath(p: Uint8Array): Buffer {
 /** The name of the errno the last failed call left (e.g. "ENOSYS"). */
 export function errnoName(): string {
   const errno = read.i32(libc().__errno_location()!, 0);
-  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+  return errnoText(errno);
 }

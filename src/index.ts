@@ -3,6 +3,7 @@ export type { Image, ImageInfo, PartcloneInfo, PartimageInfo, NtfscloneInfo, Dat
 export { restoreImage, type RestoreOptions, type RestoreResult } from "./commands/restore.ts";
 export { verifyImage, type ImageVerifyResult } from "./formats/verify.ts";
 export { openStream, type OpenedStream } from "./source/open.ts";
+export { useDecodeSettings, type DecodeSettings } from "../native/decode-settings.ts";
 export { ImageError, ChecksumError, UsageError, EXIT } from "./errors.ts";
 export { catRange } from "./commands/cat.ts";
 export { openSendStream, SendStreamParser, type SendCommand, type CommandType, type SendStreamOptions } from "./btrfs/stream.ts";

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { memorySource, missingTools, peerTest } from "./helpers.ts";
+import { memorySource, missingTools, peerTest, runCli } from "./helpers.ts";
 import { ImageError } from "../src/errors.ts";
 import { ByteReader } from "../src/source/byte-reader.ts";
 import type { ChunkSource } from "../src/source/chunk-source.ts";
@@ -10,7 +10,9 @@ import { createDecoder } from "../src/source/decode.ts";
 import { openStream } from "../src/source/open.ts";
 import type { Compression } from "../src/source/sniff.ts";
 import { crc32c, crc32cImplementations, crc32cJs } from "../native/crc32c.ts";
-import { LazyLibrary, structLayout } from "../native/ffi.ts";
+import { decodeMemoryLimit, LazyLibrary, structLayout } from "../native/ffi.ts";
+import { decodeSettings, useDecodeSettings } from "../native/decode-settings.ts";
+import { isalUsable } from "../native/isal.ts";
 import { digestXxh128, digestXxh64, Xxh128State, Xxh64State } from "../native/xxhash.ts";
 import { ZstdDecoder, zstdCompress } from "../native/zstd.ts";
 
@@ -313,7 +315,7 @@ describe("xxhash", () => {
 
 describe("crc32c", () => {
   test("the CRC-32C check value (seed ~0, result inverted)", () => {
-    for (const { fn } of crc32cImplementations) expect(~fn(Buffer.from("123456789"), 0xffffffff) >>> 0).toBe(0xe3069283);
+    for (const { fn } of crc32cImplementations()) expect(~fn(Buffer.from("123456789"), 0xffffffff) >>> 0).toBe(0xe3069283);
   });
   test("every command of a real btrfs send stream (crc32c(0, header with crc zeroed + attributes))", () => {
     const s = fs.readFileSync(path.join(FIX, "full-v1.btrfs-send"));
@@ -325,14 +327,14 @@ describe("crc32c", () => {
       const cmd = Buffer.from(s.subarray(off, off + 10 + len));
       cmd.writeUInt32LE(0, 6);
       expect(crc32c(cmd)).toBe(stored);
-      for (const { fn } of crc32cImplementations) expect(fn(cmd, 0)).toBe(stored);
+      for (const { fn } of crc32cImplementations()) expect(fn(cmd, 0)).toBe(stored);
       off += 10 + len;
     }
     expect(commands).toBeGreaterThan(10);
   });
   test("native and JS agree on every length and alignment, and chain through the seed", () => {
     const data = mixedData(70_000, 5);
-    for (const { name, fn } of crc32cImplementations) {
+    for (const { name, fn } of crc32cImplementations()) {
       for (const [from, len] of [
         [0, 0],
         [1, 1],
@@ -362,4 +364,60 @@ describe("zstd decoders share contexts", () => {
     broken.close();
     for (let i = 0; i < 3; i++) expect(drainSource(new ZstdDecoder(memorySource(packedB, 4096))).equals(b)).toBe(true);
   });
+});
+
+describe("decode settings (IMGTOOL_DECODE_MEMORY, IMGTOOL_GZIP) are the CLI's, handed to the decoding threads", () => {
+  const zst = path.join(FIX, `${NTFS}.zst`);
+  const xz = path.join(FIX, `${NTFS}.xz`);
+  const wideWindow = path.join(import.meta.dir, "failure", "bounds", "zstd-data-needs-too-much-memory-to-decode.1-GiB-window.ext4-ptcl-img.zst");
+  // the same run with the decoder in a worker thread (the default) and in the main one
+  const both = (args: string[], env: Record<string, string>) => [runCli(args, { env }), runCli(args, { env: { ...env, IMGTOOL_THREADS: "0" } })];
+
+  test("in the library: a window over the setting is refused; the default is 128 MiB", () => {
+    const saved = decodeSettings();
+    try {
+      expect(decodeMemoryLimit().text).toBe("128 MiB");
+      useDecodeSettings({ gzipWithZlib: false, windowMiB: 1 });
+      expect(decodeMemoryLimit().text).toBe("1 MiB");
+      expect(() => drainSource(createDecoder("zstd", memorySource(fs.readFileSync(zst))))).toThrow(/needs too much memory to decode.*larger than 1 MiB/);
+      useDecodeSettings({ gzipWithZlib: false, windowMiB: 3000 });
+      expect(decodeMemoryLimit().text).toBe("2048 MiB");
+    } finally {
+      useDecodeSettings(saved);
+    }
+  });
+
+  test("IMGTOOL_DECODE_MEMORY=1 refuses zstd and xz windows over 1 MiB, in a worker thread and without", () => {
+    for (const [file, what] of [
+      [zst, /zstd data needs too much memory to decode \(the frame's window is larger than 1 MiB/],
+      [xz, /xz data needs too much memory to decode \(the xz dictionary needs more than 1 MiB/],
+    ] as const) {
+      for (const r of both(["verify", file], { IMGTOOL_DECODE_MEMORY: "1" })) {
+        expect(r.code).toBe(3);
+        expect(r.stderr).toMatch(what);
+      }
+      for (const r of both(["verify", file], {})) expect(r.code).toBe(0);
+    }
+  });
+
+  test("IMGTOOL_DECODE_MEMORY=1024 lets a 1 GiB zstd window decode, in a worker thread and without", () => {
+    for (const r of both(["verify", wideWindow], {})) {
+      expect(r.code).toBe(3);
+      expect(r.stderr).toMatch(/larger than 128 MiB; to allow more, set IMGTOOL_DECODE_MEMORY/);
+    }
+    for (const r of both(["verify", wideWindow], { IMGTOOL_DECODE_MEMORY: "1024" })) {
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+    }
+  });
+
+  test.skipIf(!isalUsable())("IMGTOOL_GZIP=zlib decodes gzip with zlib instead of ISA-L (their words for a bad trailer differ)", () => {
+    const flipped = Buffer.from(fs.readFileSync(path.join(FIX, `${NTFS}.gz`)));
+    flipped[flipped.length - 6]! ^= 1; // inside the trailer's crc32
+    const file = path.join(tmp, "trailer-crc.gz");
+    fs.writeFileSync(file, flipped);
+    for (const r of both(["verify", file], {})) expect(r.stderr).toMatch(/corrupt gzip data \(crc32 or length mismatch in the gzip trailer\)/);
+    for (const r of both(["verify", file], { IMGTOOL_GZIP: "zlib" })) expect(r.stderr).toMatch(/corrupt gzip data \(incorrect data check\)/);
+  });
+  if (!isalUsable()) console.log("skip: IMGTOOL_GZIP=zlib test: ISA-L is not usable here, so gzip is zlib's either way");
 });

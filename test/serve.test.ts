@@ -745,32 +745,51 @@ describe("imgtool serve: clients on threads of their own (--threads)", () => {
     }, 60_000);
   }
 
-  peerTest((process.getuid?.() !== 0 || !which("zstd")) && "needs root (a read-only bind mount) and zstd")("a compressed image whose seek index can be kept in memory only (read-only directory and cache): served on one thread, with a line saying why", async () => {
+  /** A zstd copy of the ext4 fixture in a directory bind-mounted read-only; `body` gets the image's path there. */
+  async function withReadOnlyZstdImage(body: (image: string) => Promise<void>): Promise<void> {
     const dir = tempDir();
     const ro = tempDir();
-    const truth = restoredBytes(fixture("ext4.ext4-ptcl-img"));
     fs.writeFileSync(path.join(dir, "e.zst"), Bun.spawnSync(["zstd", "-q", "-c", fixture("ext4.ext4-ptcl-img")]).stdout);
     expect(spawnSync("mount", ["--bind", dir, ro]).status).toBe(0);
     try {
       expect(spawnSync("mount", ["-o", "remount,bind,ro", ro]).status).toBe(0);
-      const socketPath = path.join(tempDir(), "s.sock");
-      const proc = Bun.spawn([process.execPath, CLI, "serve", path.join(ro, "e.zst"), "--socket", socketPath, "--threads", "2"], {
-        stdout: "pipe",
-        stderr: "pipe",
-        env: { ...process.env, XDG_CACHE_HOME: ro },
-      });
-      try {
-        const line = await firstLine(proc.stdout);
-        expect(line).toStartWith("serving");
-        await readInterleaved({ unix: socketPath }, truth, 9);
-      } finally {
-        proc.kill("SIGINT");
-        expect(await proc.exited).toBe(0);
-      }
-      expect(await new Response(proc.stderr).text()).toContain("imgtool: serving every client on this one thread: the serving threads could not open the image themselves (");
+      await body(path.join(ro, "e.zst"));
     } finally {
       spawnSync("umount", [ro]);
     }
+  }
+
+  /** `serve IMAGE --threads 2` with XDG_CACHE_HOME=cache: clients' reads checked, SIGINT ends it; its stderr. */
+  async function serveOnThreads(image: string, cache: string): Promise<string> {
+    const socketPath = path.join(tempDir(), "s.sock");
+    const proc = Bun.spawn([process.execPath, CLI, "serve", image, "--socket", socketPath, "--threads", "2"], {
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, XDG_CACHE_HOME: cache },
+    });
+    try {
+      const line = await firstLine(proc.stdout);
+      expect(line).toStartWith("serving");
+      await readInterleaved({ unix: socketPath }, restoredBytes(fixture("ext4.ext4-ptcl-img")), 9);
+    } finally {
+      proc.kill("SIGINT");
+      expect(await proc.exited).toBe(0);
+    }
+    return new Response(proc.stderr).text();
+  }
+
+  peerTest((process.getuid?.() !== 0 || !which("zstd")) && "needs root (a read-only bind mount) and zstd")("a compressed image whose seek index can be kept in memory only (read-only directory and cache): served on one thread, with a line saying why", async () => {
+    await withReadOnlyZstdImage(async (image) => {
+      expect(await serveOnThreads(image, path.dirname(image))).toContain("imgtool: serving every client on this one thread: the serving threads could not open the image themselves (");
+    });
+  }, 60_000);
+
+  peerTest((process.getuid?.() !== 0 || !which("zstd")) && "needs root (a read-only bind mount) and zstd")("a compressed image in a read-only directory: the serving threads find its seek index in XDG_CACHE_HOME, where the main thread wrote it", async () => {
+    await withReadOnlyZstdImage(async (image) => {
+      const cache = tempDir();
+      expect(await serveOnThreads(image, cache)).toBe("");
+      expect(fs.readdirSync(path.join(cache, "imgtool")).filter((f) => f.endsWith("e.zst.imgtool-index"))).toHaveLength(1);
+    });
   }, 60_000);
 
   test("--threads takes a count from 0 to 64 (each thread opens the export again)", () => {

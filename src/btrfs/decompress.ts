@@ -1,4 +1,3 @@
-import { constants as zlibConstants, inflateSync } from "node:zlib";
 import type { Pointer } from "bun:ffi";
 import { LazyLibrary } from "../../native/ffi.ts";
 import { EncodedCompression } from "./protocol.ts";
@@ -52,6 +51,8 @@ export function decompressExtent(compression: number, data: Uint8Array, out: Uin
 
 /** One zlib stream, followed by the zero padding of the last sector. */
 function inflateExtent(data: Uint8Array, out: Uint8Array): number {
+  // node:zlib costs about 10 ms to load: only streams with zlib extents pay it
+  const { constants: zlibConstants, inflateSync } = require("node:zlib") as typeof import("node:zlib");
   let inflated: Buffer;
   try {
     inflated = inflateSync(data, { maxOutputLength: Math.max(out.length, 1), finishFlush: zlibConstants.Z_SYNC_FLUSH });

@@ -1,3 +1,4 @@
+import { isTerminal } from "../../native/libc-file.ts";
 import { humanSize } from "../formats/units.ts";
 import type { ProgressFactory, ProgressReport } from "../progress.ts";
 
@@ -11,7 +12,7 @@ export class Progress implements ProgressReport {
     /** undefined when the total is not known (a pipe): then no percentage or ETA */
     private readonly total: number | undefined,
     private readonly label: string,
-    enabled = process.stderr.isTTY === true,
+    enabled = isTerminal(2),
   ) {
     this.enabled = enabled;
   }
@@ -41,7 +42,7 @@ export class Progress implements ProgressReport {
 
 /** Bars on stderr when it is a terminal; undefined (nobody told, no totals computed) otherwise or when `quiet`. */
 export function progressBars(quiet = false): ProgressFactory | undefined {
-  if (quiet || process.stderr.isTTY !== true) return undefined;
+  if (quiet || !isTerminal(2)) return undefined;
   return (total, label) => new Progress(total, label, true);
 }
 

@@ -7,7 +7,6 @@ import { missingTreeBlocksOf } from "../fs/btrfs/btrfs.ts";
 import type { Image } from "../formats/image.ts";
 import { partimageSetName, partimageVolumeSet } from "../formats/partimage.ts";
 import type { ProgressFactory } from "../progress.ts";
-import { seekCodecFor } from "../source/seek-index/open-index.ts";
 import { splitSetName } from "../source/split.ts";
 import { imageIdentity, imageVolume, type Volume } from "../volume/volume.ts";
 import type { Input, InputFacts, VerifyReport } from "./input.ts";
@@ -98,7 +97,8 @@ export function refuseWithoutRandomAccess(image: Image, input: string, command: 
     throw new UsageError(`${input}: ${command} needs a regular file it can read at any offset, not a pipe; save the image to a file first or use imgtool restore`);
   }
   if (compression.length > 0) {
-    // every compressor named here decompresses with -d
+    // every compressor named here decompresses with -d; the seek index modules load only for this message
+    const { seekCodecFor } = require("../source/seek-index/open-index.ts") as typeof import("../source/seek-index/open-index.ts");
     const why =
       !seekCodecFor(compression[0]!) ? `imgtool has no seek index for ${compression[0]} data yet`
       : compression.length > 1 ? `it is compressed ${compression.length} times over`

@@ -1,9 +1,11 @@
 // A thread that serves NBD clients one at a time with blocking socket calls, so that the reads,
 // the decoding and the sends of several clients run on several cores. It opens the export again
 // (read-only; a compressed image only through the seek index the main thread left on disk).
+import { type DecodeSettings, useDecodeSettings } from "../../native/decode-settings.ts";
 import { closeFd, makeBlocking } from "../../native/libc-file.ts";
 import { recvInto, SocketSender } from "../../native/libc-thread.ts";
 import { openInputVolume } from "../input/input-volume.ts";
+import { useCacheDirectory } from "../source/seek-index/index-file.ts";
 import { volumeExport } from "./image-export.ts";
 import { MAX_CHUNK, type NbdExport, NbdConnection, type NbdTransport } from "./nbd-connection.ts";
 
@@ -17,7 +19,7 @@ export interface NbdThreadInput {
   exportName: string;
 }
 
-export type ToNbdThread = { open: NbdThreadInput } | { serve: number; remoteAddress: string };
+export type ToNbdThread = { open: NbdThreadInput; settings: DecodeSettings; cacheDirectory: string | undefined } | { serve: number; remoteAddress: string };
 export type FromNbdThread = { ready: true } | { failed: string } | { done: number } | { error: string };
 
 /** Small replies and headers gathered into one send; a larger chunk goes out with them at once. */
@@ -102,6 +104,9 @@ function serve(fd: number, remoteAddress: string): void {
 self.onmessage = (event: MessageEvent<ToNbdThread>) => {
   const message = event.data;
   if ("open" in message) {
+    useDecodeSettings(message.settings);
+    // the main thread may have written the export's seek index there
+    if (message.cacheDirectory !== undefined) useCacheDirectory(message.cacheDirectory);
     const { image, partition, disk, exportName } = message.open;
     try {
       const input = openInputVolume(image, { command: "serve", partition, disk, seekIndex: { mode: "use-if-present" } });

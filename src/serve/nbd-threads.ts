@@ -1,6 +1,8 @@
 // The threads of `serve` (src/serve/nbd-thread.ts): each opens the export itself and serves one
 // client at a time; the event loop's thread keeps the clients beyond them.
+import { decodeSettings } from "../../native/decode-settings.ts";
 import { shutdownSocket } from "../../native/libc-thread.ts";
+import { cacheDirectory } from "../source/seek-index/index-file.ts";
 import type { NbdThreads } from "./nbd-server.ts";
 import type { FromNbdThread, NbdThreadInput, ToNbdThread } from "./nbd-thread.ts";
 
@@ -58,7 +60,7 @@ export async function startNbdThreads(count: number, input: NbdThreadInput, onEr
           }
           if (started) onError(`a serving thread failed: ${event.message}`);
         };
-        worker.postMessage({ open: input } satisfies ToNbdThread);
+        worker.postMessage({ open: input, settings: decodeSettings(), cacheDirectory: cacheDirectory() } satisfies ToNbdThread);
       });
     }),
   );

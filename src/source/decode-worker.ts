@@ -1,12 +1,14 @@
 // The decode worker: opens the raw bytes again, decodes every compression layer, and fills the
 // shared ring (see threaded-decode.ts) until the end of the stream.
+import { type DecodeSettings, useDecodeSettings } from "../../native/decode-settings.ts";
 import { decodeLayers, openRaw, type RawSpec } from "./open.ts";
 import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failureOf } from "./threaded-decode.ts";
 
 declare const self: Worker;
 
-self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec }>) => {
-  const { shared, spec } = event.data;
+self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec; settings: DecodeSettings }>) => {
+  const { shared, spec, settings } = event.data;
+  useDecodeSettings(settings);
   const ctl = new Int32Array(shared, 0, CTL.words);
   const message = new Uint8Array(shared, CTL.words * 4, 2 * MESSAGE_BYTES);
   const slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);

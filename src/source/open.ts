@@ -4,11 +4,15 @@ import { ByteReader } from "./byte-reader.ts";
 import { type ChunkSource, type RandomAccessSource, isRandomAccess } from "./chunk-source.ts";
 import { createDecoder } from "./decode.ts";
 import { openFileSource, StreamSource } from "./file.ts";
-import { openParallelDecode } from "./parallel-decode.ts";
-import { openSeekable, type SeekIndexOptions } from "./seek-index/open-index.ts";
+import type { SeekIndexOptions } from "./seek-index/open-index.ts";
 import { type Compression, sniffCompression } from "./sniff.ts";
 import { findSplitPieces, openSplitSet, pieceAfter } from "./split.ts";
-import { ThreadedDecodeSource, WorkerDidNotStart } from "./threaded-decode.ts";
+
+// Loaded on first use, synchronously: a plain file (most btrfs-receive and info runs) needs none of
+// them, and their import graphs (every seek index codec, the worker plumbing) are most of a start-up.
+const seekIndexModule = () => require("./seek-index/open-index.ts") as typeof import("./seek-index/open-index.ts");
+const parallelDecodeModule = () => require("./parallel-decode.ts") as typeof import("./parallel-decode.ts");
+const threadedDecodeModule = () => require("./threaded-decode.ts") as typeof import("./threaded-decode.ts");
 
 /** What `openStream` found: the decoded bytes and how it got to them. */
 export interface OpenedStream {
@@ -66,7 +70,7 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
     return { reader: new ByteReader(head.source), compression: [], pieces, randomAccess: isRandomAccess(raw) ? raw : undefined };
   }
   if (opts.seekIndex && opts.seekIndex.mode !== "never" && isRandomAccess(raw)) {
-    const seekable = openSeekable(raw, pieces, kind, opts.seekIndex);
+    const seekable = seekIndexModule().openSeekable(raw, pieces, kind, opts.seekIndex);
     if (seekable) {
       const inner = new Uint8Array(SNIFF_BYTES);
       const n = seekable.readAt(inner, 0);
@@ -80,7 +84,7 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
     }
   }
   if ((opts.decodeThreads ?? 1) > 1 && isRandomAccess(raw)) {
-    const parallel = openParallelDecode(raw, pieces, kind, opts.decodeThreads!);
+    const parallel = parallelDecodeModule().openParallelDecode(raw, pieces, kind, opts.decodeThreads!);
     if (parallel) {
       const decoded = decodeLayers(parallel);
       return { reader: new ByteReader(decoded.source), compression: [kind, ...decoded.compression], pieces };
@@ -88,6 +92,7 @@ export function openStream(input: string | number, opts: OpenOptions = {}): Open
   }
   if (opts.threads !== false && workerThreads) {
     const spec: RawSpec = raw instanceof StreamSource ? { fd: raw.fd, name: raw.name, head: head.bytes } : { pieces };
+    const { ThreadedDecodeSource, WorkerDidNotStart } = threadedDecodeModule();
     try {
       const threaded = new ThreadedDecodeSource(spec);
       if (!(raw instanceof StreamSource)) raw.close();

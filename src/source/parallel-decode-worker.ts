@@ -4,6 +4,7 @@
 // compressions are read into it a slot at a time. Every stretch is checked against the index's stretch
 // hashes before it is handed over. What this loads is kept to what zstd needs, and nothing that
 // loads node:fs (a worker is ready sooner than one that opens the image and its index again).
+import { type DecodeSettings, useDecodeSettings } from "../../native/decode-settings.ts";
 import { ImageError } from "../errors.ts";
 import type { RandomAccessSource } from "./chunk-source.ts";
 import { lowerThreadPriority } from "../../native/libc-thread.ts";
@@ -253,8 +254,9 @@ async function codecOf(job: SpanJob): Promise<SeekCodec> {
   return codec;
 }
 
-self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob }>) => {
-  const { shared, job } = event.data;
+self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob; settings: DecodeSettings }>) => {
+  const { shared, job, settings } = event.data;
+  useDecodeSettings(settings);
   const ctl = new Int32Array(shared, 0, CTL.words);
   const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
   const ring = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES, SLOT_COUNT * SLOT_BYTES);

@@ -1,3 +1,4 @@
+import { decodeSettings } from "../../native/decode-settings.ts";
 import type { Location } from "../errors.ts";
 import type { ChunkSource, RandomAccessSource } from "./chunk-source.ts";
 import { type PieceDescriptor, pieceDescriptors } from "./pieces.ts";
@@ -183,7 +184,7 @@ export class ParallelDecodeSource implements ChunkSource {
     for (let w = 0; w < n; w++) {
       const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
       const worker = new Worker(workerUrl());
-      worker.postMessage({ shared, job: { ...job, worker: w, workers: n } satisfies SpanJob });
+      worker.postMessage({ shared, job: { ...job, worker: w, workers: n } satisfies SpanJob, settings: decodeSettings() });
       const ctl = new Int32Array(shared, 0, CTL.words);
       const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
       const slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);

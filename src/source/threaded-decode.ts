@@ -1,3 +1,4 @@
+import { decodeSettings } from "../../native/decode-settings.ts";
 import { ImageError, type Location } from "../errors.ts";
 import type { ChunkSource } from "./chunk-source.ts";
 import { DecodedRing } from "./decoded-ring.ts";
@@ -101,7 +102,7 @@ export class ThreadedDecodeSource implements ChunkSource {
     this.ring = new DecodedRing(this.ctl, new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES), () => this.rethrow());
     this.firstName = "fd" in spec ? spec.name : spec.pieces[0]!;
     this.worker = new Worker(workerUrl());
-    this.worker.postMessage({ shared, spec });
+    this.worker.postMessage({ shared, spec, settings: decodeSettings() });
     const deadline = performance.now() + WORKER_START_MS;
     while (Atomics.load(this.ctl, CTL.state) === STATE.starting) {
       if (performance.now() > deadline) {

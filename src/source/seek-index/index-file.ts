@@ -165,6 +165,11 @@ export function useCacheDirectory(dir: string): void {
   cacheRoot = dir;
 }
 
+/** The cache directory set by useCacheDirectory (undefined: ~/.cache), to hand to a thread that looks for indexes. */
+export function cacheDirectory(): string | undefined {
+  return cacheRoot;
+}
+
 /**
  * Where the index of an image lives: next to its first piece when that directory is writable,
  * else in the user's cache directory under a hash of the piece's real path.

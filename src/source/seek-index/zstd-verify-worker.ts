@@ -2,6 +2,7 @@
 // candidate's probe span from the candidate alone while the build's pass goes on (see
 // zstd-verify.ts); another hashes the pass's decoded blocks just behind it (hash-behind.ts).
 // The hashing one loads only what hashing needs: the probing one loads the rest when it starts.
+import { type DecodeSettings, useDecodeSettings } from "../../../native/decode-settings.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import { type HashBehindStart, runHashBehind } from "./hash-behind.ts";
 import type { SpanVerifier, WorkerJob } from "./zstd-verify.ts";
@@ -24,13 +25,14 @@ function fail(e: unknown): void {
   Atomics.notify(ctl, probing.VCTL.done);
 }
 
-self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob | HashBehindStart>) => {
+self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[]; settings: DecodeSettings } | WorkerJob | HashBehindStart>) => {
   const data = event.data;
   if ("hashBehind" in data) {
     runHashBehind(data.hashBehind);
     return;
   }
   if ("pieces" in data) {
+    useDecodeSettings(data.settings);
     // jobs come only once this has said it is ready
     probing = await import("./zstd-verify.ts");
     const { VCTL, VMESSAGE_BYTES, VSTATE } = probing;

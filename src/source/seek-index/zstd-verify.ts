@@ -1,3 +1,4 @@
+import { decodeSettings } from "../../../native/decode-settings.ts";
 import { Xxh3State } from "../../../native/xxhash.ts";
 import { ZstdCompressor } from "../../../native/zstd.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
@@ -202,7 +203,7 @@ class WorkerVerifier implements Verifier {
     } catch {
       return undefined;
     }
-    worker.postMessage({ shared, pieces });
+    worker.postMessage({ shared, pieces, settings: decodeSettings() });
     const v = new WorkerVerifier(worker, shared);
     const deadline = performance.now() + WORKER_START_MS;
     while (Atomics.load(v.ctl, VCTL.state) === VSTATE.starting) {
