@@ -1,52 +1,53 @@
-// The zstd index's worker threads: one opens the compressed pieces again and decodes each
-// candidate's probe span from the candidate alone while the build's pass goes on (see
-// zstd-verify.ts); another hashes the pass's decoded blocks just behind it (hash-behind.ts).
-// The hashing one loads only what hashing needs: the probing one loads the rest when it starts.
+// The zstd index's worker thread: opens the compressed pieces again and decodes each candidate's
+// probe span from the candidate alone while the build's pass goes on (see zstd-verify.ts). Jobs
+// may come before it has started: they wait for it, in order.
 import type { RandomAccessSource } from "../chunk-source.ts";
-import { type HashBehindStart, runHashBehind } from "./hash-behind.ts";
 import type { SpanVerifier, WorkerJob } from "./zstd-verify.ts";
 
-/** zstd-verify.ts, loaded by the probing worker when it starts */
+/** zstd-verify.ts, loaded when the worker starts */
 let probing: typeof import("./zstd-verify.ts");
 
 declare const self: Worker;
 
 let ctl: Int32Array;
-let message: Uint8Array;
 let verifier: SpanVerifier;
+/** settled once the worker has started (or failed to) */
+let started: Promise<boolean> | undefined;
 
-function fail(e: unknown): void {
-  const bytes = new TextEncoder().encode(String((e as Error)?.message ?? e)).subarray(0, probing.VMESSAGE_BYTES);
-  message.set(bytes);
-  Atomics.store(ctl, probing.VCTL.messageLength, bytes.length);
+/** a job failed: the ones after it are left to the build's thread (answers are counted in order) */
+let failed = false;
+
+function fail(): void {
+  failed = true;
   Atomics.store(ctl, probing.VCTL.state, probing.VSTATE.failed);
   Atomics.notify(ctl, probing.VCTL.state);
   Atomics.notify(ctl, probing.VCTL.done);
 }
 
-self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob | HashBehindStart>) => {
+async function start(data: { shared: SharedArrayBuffer; pieces: string[] }): Promise<boolean> {
+  probing = await import("./zstd-verify.ts");
+  const { VCTL, VSTATE } = probing;
+  ctl = new Int32Array(data.shared, 0, VCTL.words);
+  try {
+    const { openRaw } = await import("../open.ts");
+    const { raw } = openRaw({ pieces: data.pieces });
+    verifier = new probing.SpanVerifier(raw as RandomAccessSource);
+    Atomics.store(ctl, VCTL.state, VSTATE.ready);
+    Atomics.notify(ctl, VCTL.state);
+    return true;
+  } catch {
+    fail();
+    return false;
+  }
+}
+
+self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob>) => {
   const data = event.data;
-  if ("hashBehind" in data) {
-    runHashBehind(data.hashBehind);
-    return;
-  }
   if ("pieces" in data) {
-    // jobs come only once this has said it is ready
-    probing = await import("./zstd-verify.ts");
-    const { VCTL, VMESSAGE_BYTES, VSTATE } = probing;
-    ctl = new Int32Array(data.shared, 0, VCTL.words);
-    message = new Uint8Array(data.shared, VCTL.words * 4, VMESSAGE_BYTES);
-    try {
-      const { openRaw } = await import("../open.ts");
-      const { raw } = openRaw({ pieces: data.pieces });
-      verifier = new probing.SpanVerifier(raw as RandomAccessSource);
-      Atomics.store(ctl, VCTL.state, VSTATE.ready);
-      Atomics.notify(ctl, VCTL.state);
-    } catch (e) {
-      fail(e);
-    }
+    started = start(data);
     return;
   }
+  if (!(await started) || failed) return;
   try {
     // the window is read only until run() returns; the packed answer then goes over it
     const window = new Uint8Array(data.shared, probing.ANSWER_BYTES, data.windowLength);
@@ -59,7 +60,7 @@ self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces:
     answer[2] = packed.length;
     Atomics.add(ctl, probing.VCTL.done, 1);
     Atomics.notify(ctl, probing.VCTL.done);
-  } catch (e) {
-    fail(e);
+  } catch {
+    fail();
   }
 };

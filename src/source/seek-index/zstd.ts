@@ -4,11 +4,11 @@ import { ZstdDecoder } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { SpliceSource } from "./splice.ts";
-import { BLOCK_ROOM, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
+import { InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
 import { resumeHeader } from "./zstd-frame.ts";
-import { PassStretches } from "./hash-behind.ts";
+import { StretchHasher } from "./stretch-hashes.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
-import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from "./zstd-verify.ts";
+import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
 
 /** Frames whose window is larger are not indexed (the build holds the window in memory). */
 export const MAX_INDEXED_WINDOW = 64 << 20;
@@ -16,10 +16,6 @@ export const MAX_INDEXED_WINDOW = 64 << 20;
 const FRAME_POINT_SPACING = 1 << 20;
 const INPUT_BYTES = 1 << 20;
 const PROGRESS_EVERY = 32 << 20;
-/** How far the hashing worker may fall behind the pass (the pass's ring is larger by this much). */
-const HASH_SLACK = 4 << 20;
-/** Compressed streams from this size on are hashed in a worker (smaller ones take less than its start). */
-const HASH_WORKER_FROM = 32 << 20;
 /**
  * Points that need a window are taken no closer than `spacing`, and only while the windows kept so
  * far stay under this share of the compressed bytes read: where windows are large they thin out.
@@ -94,11 +90,9 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
   }
   const input = new InputWindow(raw, INPUT_BYTES);
-  // decoded into a ring the stretch hashes are made from behind the pass, in a worker where one may run
-  // and the stream is worth its start
-  const stretches = new PassStretches(opts.pieces && raw.size >= HASH_WORKER_FROM ? zstdWorkerUrl() : undefined, HASH_SLACK);
-  let ring: Uint8Array | undefined;
-  let blocks: ZstdBlocks | undefined;
+  // each block is hashed as it lands, while it is still in the processor's cache
+  const stretches = new StretchHasher();
+  const blocks = new ZstdBlocks(raw, input);
   const probeHash = new Xxh3State();
   const digest = new Uint8Array(8);
   const points: SeekPoint[] = [];
@@ -134,12 +128,6 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         points.push({ decoded, compressed: pos, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0), trusted: true });
         lastPoint = decoded;
       }
-      const frameRing = stretches.ringFor(Math.max(frame.windowSize, 1 << 10) + 2 * BLOCK_ROOM, decoded);
-      if (!blocks || frameRing !== ring) {
-        blocks?.close();
-        blocks = new ZstdBlocks(raw, input, frameRing);
-        ring = frameRing;
-      }
       const header = resumeHeader(frame.windowDescriptor);
       /** the candidate whose probe is being hashed, and where its probe may end */
       let probe: { decoded: number; compressed: number; window: Uint8Array; endAt: number } | undefined;
@@ -174,7 +162,6 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
           };
           lastCandidate = decoded;
         }
-        stretches.room(BLOCK_ROOM);
         const out = blocks.next();
         if (out.length === 0) break;
         stretches.feed(out);
@@ -212,7 +199,6 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     return { decodedSize: decoded, points, rejected, stretches: stretches.finish() };
   } finally {
     verifier.close();
-    blocks?.close();
-    stretches.close();
+    blocks.close();
   }
 }
