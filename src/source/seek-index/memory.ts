@@ -9,8 +9,8 @@ let afterLast = 0;
 /**
  * Decoders and readers leave MiB-sized buffers behind that a lazy collector lets pile up: collect
  * them when the process has grown, so its memory stays bounded whatever the image size. A process
- * that stays at its size (a sequential copy reusing its buffers) is not collected again and again:
- * a full collection of a serving thread's heap takes milliseconds.
+ * that stays at its size (a sequential copy reusing its buffers) gets only a quick collection of
+ * its young objects: a full one of a serving thread's heap takes milliseconds, and left it as large.
  */
 export function collectIfLarge(): void {
   const rss = process.memoryUsage.rss();
