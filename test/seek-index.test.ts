@@ -10,8 +10,9 @@ import { SeekableSource } from "../src/source/seek-index/seekable.ts";
 import { CorruptIndex } from "../src/source/seek-index/stored-window.ts";
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
 import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
+import { ChainedHash, HASH_CHUNK, StretchChecker, StretchHasher } from "../src/source/seek-index/stretch-hashes.ts";
+import { dlopen, ptr } from "bun:ffi";
 import { unpackExtra, zstdCodec } from "../src/source/seek-index/zstd.ts";
-import { Xxh3State } from "../native/xxhash.ts";
 import { CLI, errorOf, fixture, type OtherUserRuntime, otherUserRuntime, restoredBytes, restoreToBuffer, runCli, seededRandom, sha256, tempDir, which } from "./helpers.ts";
 
 const ZSTD = which("zstd");
@@ -92,6 +93,88 @@ function openIndexed(file: string, spacing = SPACING) {
   if (!source) throw new Error("no seekable source");
   return source;
 }
+
+describe("stretch hashes", () => {
+  // the reference: XXH3-64 from the system library, of each chunk at its fixed offsets, folded in turn
+  const xxh = dlopen("libxxhash.so.0", { XXH3_64bits: { args: ["ptr", "u64"], returns: "u64" } });
+  const xxh3 = (bytes: Uint8Array) => BigInt.asUintN(64, BigInt(xxh.symbols.XXH3_64bits(bytes.length > 0 ? ptr(bytes) : null, bytes.length)));
+  const reference = (bytes: Uint8Array, at: number) => {
+    let value = 0n;
+    for (let o = 0; o < bytes.length; ) {
+      const n = Math.min(HASH_CHUNK - ((at + o) % HASH_CHUNK), bytes.length - o);
+      const pair = Buffer.alloc(16);
+      pair.writeBigUInt64LE(value, 0);
+      pair.writeBigUInt64LE(xxh3(bytes.subarray(o, o + n)), 8);
+      value = xxh3(pair);
+      o += n;
+    }
+    return value;
+  };
+  const valueOf = (hash: ChainedHash) => {
+    const out = new Uint8Array(8);
+    hash.digestInto(out);
+    return new DataView(out.buffer).getBigUint64(0, true);
+  };
+
+  test("a stretch's value folds the XXH3-64 of each 64 KiB chunk it covers, however its bytes come in pieces", () => {
+    const random = seededRandom(11);
+    const bytes = seededBytes(700_000, 5);
+    for (const at of [0, 1, HASH_CHUNK - 3, 5 * HASH_CHUNK, 123_457]) {
+      for (const length of [0, 1, 240, 241, HASH_CHUNK - (at % HASH_CHUNK), HASH_CHUNK + 1, bytes.length]) {
+        const part = bytes.subarray(0, length);
+        const whole = new ChainedHash();
+        whole.reset(at);
+        whole.update(part);
+        const expected = reference(part, at);
+        expect(valueOf(whole)).toBe(expected);
+        // the same bytes in random pieces, some straddling chunk ends
+        const pieces = new ChainedHash();
+        pieces.reset(at);
+        for (let o = 0; o < length; ) {
+          const n = Math.min(length - o, 1 + Math.floor(random() * 3 * HASH_CHUNK));
+          pieces.update(part.subarray(o, o + n));
+          o += n;
+        }
+        expect(valueOf(pieces)).toBe(expected);
+      }
+    }
+    // one byte changed anywhere changes the value
+    const changed = Buffer.from(bytes);
+    changed[HASH_CHUNK + 17]! ^= 1;
+    expect(reference(changed, 0)).not.toBe(reference(bytes, 0));
+  });
+
+  test("what the pass records, a reader checks: the same bytes match, a changed byte fails its stretch only", () => {
+    const bytes = seededBytes(3 << 20, 9);
+    const hasher = new StretchHasher();
+    const cuts = [100_000, 1_500_001];
+    let at = 0;
+    for (const n of [70_000, 30_000, 1_400_001, 1 << 20, bytes.length]) {
+      const end = Math.min(bytes.length, at + n);
+      hasher.feed(bytes.subarray(at, end));
+      at = end;
+      if (cuts.includes(at)) hasher.cut();
+      if (at === bytes.length) break;
+    }
+    const stretches = hasher.finish();
+    expect(Array.from(stretches.ends)).toEqual([100_000, 1 << 20, 1_500_001, 2 << 20, 3 << 20]);
+    const checkAll = (data: Uint8Array) => {
+      const checker = new StretchChecker(stretches);
+      checker.startAt(0);
+      const verdicts: (boolean | undefined)[] = [];
+      for (let o = 0; o < data.length; ) {
+        const n = checker.leftInStretch;
+        verdicts.push(checker.update(data.subarray(o, o + n)));
+        o += n;
+      }
+      return verdicts;
+    };
+    expect(checkAll(bytes)).toEqual([true, true, true, true, true]);
+    const changed = Buffer.from(bytes);
+    changed[1_200_000]! ^= 0x40;
+    expect(checkAll(changed)).toEqual([true, true, false, true, true]);
+  });
+});
 
 describe.skipIf(!ZSTD)("zstd seek index", () => {
   if (!ZSTD) console.log("skipped: zstd is not installed (apt-get install zstd)");
@@ -374,7 +457,8 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       expect(p).toBeDefined();
       const window = source.index.window(p);
       const end = source.index.points[source.index.points.indexOf(p) + 1]?.decoded ?? decoded.length;
-      const hash = new Xxh3State();
+      const hash = new ChainedHash();
+      hash.reset(p.decoded);
       hash.update(decoded.subarray(p.decoded, end));
       const spanHash = new Uint8Array(8);
       hash.digestInto(spanHash);
@@ -515,7 +599,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     raw3.close();
   });
 
-  test("an index of version 1 (no stretch hashes) is built again, never read as version 2; a verdict whose seal does not match is ignored", () => {
+  test("an index of version 1 (no stretch hashes) or 2 (other stretch hashes) is built again, never read as version 3; a verdict whose seal does not match is ignored", () => {
     const file = write(tempDir(), "ntfs.zst", zstd(ntfsImage(), "-T2", "-3"));
     const source = openIndexed(file, 1 << 20);
     const indexFile = source.index.path;
@@ -537,19 +621,21 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     const unsealed = readIndex(indexFile, raw as RandomAccessSource, key, "zstd")!;
     expect(unsealed.points.every((p) => p.wrongFrom === undefined)).toBe(true);
     unsealed.close();
-    // version 1: not read, built again by the next reader that builds
-    const old = Buffer.from(sealed);
-    old.writeUInt32LE(1, 16);
-    fs.writeFileSync(indexFile, old);
-    expect(readIndex(indexFile, raw as RandomAccessSource, key, "zstd")).toBeUndefined();
-    raw.close();
-    const again = openIndexed(file, 1 << 20);
-    try {
-      expect(fs.readFileSync(indexFile).readUInt32LE(16)).toBe(2);
-      expectReadsEqual(again, ntfsImage(), [], 3);
-    } finally {
-      again.close();
+    // versions 1 and 2: not read, built again by the next reader that builds
+    for (const version of [1, 2]) {
+      const old = Buffer.from(sealed);
+      old.writeUInt32LE(version, 16);
+      fs.writeFileSync(indexFile, old);
+      expect(readIndex(indexFile, raw as RandomAccessSource, key, "zstd")).toBeUndefined();
+      const again = openIndexed(file, 1 << 20);
+      try {
+        expect(fs.readFileSync(indexFile).readUInt32LE(16)).toBe(3);
+        expectReadsEqual(again, ntfsImage(), [], 3);
+      } finally {
+        again.close();
+      }
     }
+    raw.close();
   });
 
   // nobody must reach the program, its working directory and the files: all under a directory made for it

@@ -1,8 +1,8 @@
-import { Xxh3State } from "../../../native/xxhash.ts";
 import { ZstdCompressor } from "../../../native/zstd.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
+import { ChainedHash } from "./stretch-hashes.ts";
 import { parseFrameHeader } from "./zstd-frame.ts";
 
 /** A candidate point inside a zstd frame and what decoding from it must reproduce first. */
@@ -18,7 +18,7 @@ export interface VerifyJob {
    * can reach back before the candidate), or the next candidate, or the frame's end
    */
   spanEnd: number;
-  /** XXH3-64 of the decoded bytes [decoded, spanEnd) as the build's pass produced them */
+  /** the ChainedHash of the decoded bytes [decoded, spanEnd) as the build's pass produced them */
   spanHash: Uint8Array;
 }
 
@@ -44,7 +44,7 @@ const WINDOW_PACK_LEVEL = 1;
 export class SpanVerifier {
   /** the decoder a candidate is tried with */
   private trial: ZstdBlocks | undefined;
-  private readonly hash = new Xxh3State();
+  private readonly hash = new ChainedHash();
   private readonly digest = new Uint8Array(8);
   private readonly packer = new ZstdCompressor();
 
@@ -71,7 +71,7 @@ export class SpanVerifier {
   }
 
   private decodeSpan(blocks: ZstdBlocks, job: VerifyJob): "same" | "different" | "error" {
-    this.hash.reset();
+    this.hash.reset(job.decoded);
     const length = job.spanEnd - job.decoded;
     const startedAt = blocks.decoded;
     try {

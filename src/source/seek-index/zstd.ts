@@ -1,12 +1,11 @@
 import { ImageError, UsageError, withCommas } from "../../errors.ts";
-import { Xxh3State } from "../../../native/xxhash.ts";
 import { ZstdDecoder } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { SpliceSource } from "./splice.ts";
 import { InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
 import { resumeHeader } from "./zstd-frame.ts";
-import { StretchHasher } from "./stretch-hashes.ts";
+import { ChainedHash, StretchHasher } from "./stretch-hashes.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
 import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
 
@@ -93,7 +92,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
   // each block is hashed as it lands, while it is still in the processor's cache
   const stretches = new StretchHasher();
   const blocks = new ZstdBlocks(raw, input);
-  const probeHash = new Xxh3State();
+  const probeHash = new ChainedHash();
   const digest = new Uint8Array(8);
   const points: SeekPoint[] = [];
   const verifier = createVerifier(raw, opts.pieces);
@@ -152,7 +151,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         if (probe && decoded >= probe.endAt && blocks.atBlockBoundary()) closeProbe();
         if (blocks.atBlockBoundary() && decoded - lastCandidate >= opts.spacing && verifier.packedBytes <= WINDOW_BUDGET * blocks.pos) {
           closeProbe();
-          probeHash.reset();
+          probeHash.reset(decoded);
           stretches.cut();
           probe = {
             decoded,
