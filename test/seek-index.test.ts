@@ -9,7 +9,8 @@ import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint, 
 import { SeekableSource } from "../src/source/seek-index/seekable.ts";
 import { CorruptIndex } from "../src/source/seek-index/stored-window.ts";
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
-import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
+import { SpanVerifier, zstdWorkerUrl } from "../src/source/seek-index/zstd-verify.ts";
+import { ReadAheadInput } from "../src/source/seek-index/read-ahead.ts";
 import { ChainedHash, HASH_CHUNK, StretchChecker, StretchHasher } from "../src/source/seek-index/stretch-hashes.ts";
 import { dlopen, ptr } from "bun:ffi";
 import { unpackExtra, zstdCodec } from "../src/source/seek-index/zstd.ts";
@@ -427,6 +428,58 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       expectReadsEqual(source, truth, source.index.points.map((p) => p.decoded), 7);
     } finally {
       source.close();
+    }
+  }, 60_000);
+
+  test("the compressed input read ahead by a worker is the file's bytes wherever the pass asks, and so is the pass's own reading when the worker cannot open it", async () => {
+    const bytes = seededBytes(11 << 20, 3);
+    const file = write(tempDir(), "input.bin", bytes);
+    const { raw } = openRaw(file);
+    try {
+      for (const pieces of [[file], [`${file}.missing`]]) {
+        const input = ReadAheadInput.start(zstdWorkerUrl(), pieces, raw as RandomAccessSource, 1 << 20)!;
+        expect(input).toBeDefined();
+        const random = seededRandom(4);
+        try {
+          // the worker has started (or has not, with the piece missing: 50 tries)
+          for (let t = 0; t < (pieces[0] === file ? 500 : 50) && input.slotReads === 0; t++) {
+            await Bun.sleep(10);
+            input.need(0, 1);
+          }
+          for (let at = 0, k = 0; at < bytes.length; k++) {
+            // let the worker get ahead now and then
+            if (k % 40 === 0) await Bun.sleep(5);
+            const n = Math.min(1 + Math.floor(random() * 131_075), bytes.length - at);
+            const i = input.need(at, n);
+            expect(input.available(at)).toBeGreaterThanOrEqual(n);
+            if (!Buffer.from(input.buf.subarray(i, i + n)).equals(bytes.subarray(at, at + n))) throw new Error(`bytes differ at ${at} (${pieces[0]})`);
+            at += n + (k % 7 === 0 ? 3 : 0);
+          }
+          // at the end: fewer bytes than asked for
+          const i = input.need(bytes.length - 10, 100);
+          expect(input.available(bytes.length - 10)).toBe(10);
+          expect(Buffer.from(input.buf.subarray(i, i + 10)).equals(bytes.subarray(bytes.length - 10))).toBe(true);
+          if (pieces[0] === file) expect(input.slotReads).toBeGreaterThan(10);
+          else expect(input.slotReads).toBe(0);
+        } finally {
+          input.close();
+        }
+      }
+    } finally {
+      raw.close();
+    }
+    // a stream large enough to be read ahead: the same index as read by the pass alone
+    const big = write(tempDir(), "big.zst", zstd(Buffer.concat([seededBytes(30 << 20, 8), ntfsImage(), seededBytes(6 << 20, 9)]), "-T2", "-1"));
+    const opened = openRaw(big);
+    try {
+      expect((opened.raw as RandomAccessSource).size).toBeGreaterThan(32 << 20);
+      const ahead = zstdCodec.build(opened.raw as RandomAccessSource, { spacing: 4 << 20, pieces: opened.pieces });
+      const alone = zstdCodec.build(opened.raw as RandomAccessSource, { spacing: 4 << 20 });
+      expect(Array.from(ahead.stretches!.ends)).toEqual(Array.from(alone.stretches!.ends));
+      expect(Buffer.from(ahead.stretches!.hashes).equals(Buffer.from(alone.stretches!.hashes))).toBe(true);
+      expect(ahead.decodedSize).toBe(alone.decodedSize);
+    } finally {
+      opened.raw.close();
     }
   }, 60_000);
 

@@ -1,7 +1,9 @@
-// The zstd index's worker thread: opens the compressed pieces again and decodes each candidate's
-// probe span from the candidate alone while the build's pass goes on (see zstd-verify.ts). Jobs
-// may come before it has started: they wait for it, in order.
+// The zstd index's worker threads: one opens the compressed pieces again and decodes each
+// candidate's probe span from the candidate alone while the build's pass goes on (see
+// zstd-verify.ts; jobs may come before it has started: they wait for it, in order); another reads
+// the compressed input ahead of the pass (read-ahead.ts).
 import type { RandomAccessSource } from "../chunk-source.ts";
+import type { ReadAheadStart } from "./read-ahead.ts";
 import type { SpanVerifier, WorkerJob } from "./zstd-verify.ts";
 
 /** zstd-verify.ts, loaded when the worker starts */
@@ -41,8 +43,21 @@ async function start(data: { shared: SharedArrayBuffer; pieces: string[] }): Pro
   }
 }
 
-self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob>) => {
+self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob | ReadAheadStart>) => {
   const data = event.data;
+  if ("readAhead" in data) {
+    const [{ runReadAhead }, { openRaw }] = await Promise.all([import("./read-ahead.ts"), import("../open.ts")]);
+    let raw: RandomAccessSource;
+    try {
+      raw = openRaw({ pieces: data.readAhead.pieces }).raw as RandomAccessSource;
+    } catch {
+      // never ready: the pass reads for itself
+      return;
+    }
+    runReadAhead(data.readAhead, raw);
+    raw.close();
+    return;
+  }
   if ("pieces" in data) {
     started = start(data);
     return;

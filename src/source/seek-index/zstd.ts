@@ -3,11 +3,12 @@ import { ZstdDecoder } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { SpliceSource } from "./splice.ts";
-import { InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
+import { type CompressedInput, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
+import { ReadAheadInput } from "./read-ahead.ts";
 import { resumeHeader } from "./zstd-frame.ts";
 import { ChainedHash, StretchHasher } from "./stretch-hashes.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
-import { type VerifyJob, type VerifyResult, createVerifier } from "./zstd-verify.ts";
+import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from "./zstd-verify.ts";
 
 /** Frames whose window is larger are not indexed (the build holds the window in memory). */
 export const MAX_INDEXED_WINDOW = 64 << 20;
@@ -15,6 +16,8 @@ export const MAX_INDEXED_WINDOW = 64 << 20;
 const FRAME_POINT_SPACING = 1 << 20;
 const INPUT_BYTES = 1 << 20;
 const PROGRESS_EVERY = 32 << 20;
+/** Compressed streams from this size on are read ahead of the pass by a worker (smaller ones take less than its start). */
+const READ_AHEAD_FROM = 32 << 20;
 /**
  * Points that need a window are taken no closer than `spacing`, and only while the windows kept so
  * far stay under this share of the compressed bytes read: where windows are large they thin out.
@@ -88,7 +91,8 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     opts.onProgress?.(raw.size);
     return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
   }
-  const input = new InputWindow(raw, INPUT_BYTES);
+  const ahead = opts.pieces && raw.size >= READ_AHEAD_FROM ? ReadAheadInput.start(zstdWorkerUrl(), opts.pieces, raw, INPUT_BYTES) : undefined;
+  const input: CompressedInput = ahead ?? new InputWindow(raw, INPUT_BYTES);
   // each block is hashed as it lands, while it is still in the processor's cache
   const stretches = new StretchHasher();
   const blocks = new ZstdBlocks(raw, input);
@@ -199,5 +203,6 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
   } finally {
     verifier.close();
     blocks.close();
+    ahead?.close();
   }
 }
