@@ -13,7 +13,7 @@ const OVERLAP = 256 << 10;
 const STRIDE = SLOT + OVERLAP;
 const SLOTS = 8;
 /** Int32 control words; then per slot the raw slot number + 1 it holds (0: none yet) and its length */
-const CTL = { released: 0, stop: 1, words: 4 } as const;
+const CTL = { released: 0, stop: 1, waiting: 2, words: 4 } as const;
 
 /** What the worker is given. */
 export interface ReadAheadStart {
@@ -104,7 +104,8 @@ export class ReadAheadInput implements CompressedInput {
   private release(k: number): void {
     if (Atomics.load(this.ctl, CTL.released) >= k) return;
     Atomics.store(this.ctl, CTL.released, k);
-    Atomics.notify(this.ctl, CTL.released);
+    // a wake-up costs a system call: only for a worker that sleeps (it says so before it looks again)
+    if (Atomics.load(this.ctl, CTL.waiting) === 1) Atomics.notify(this.ctl, CTL.released);
   }
 
   close(): void {
@@ -123,9 +124,12 @@ export function runReadAhead(shared: ReadAheadStart["readAhead"], raw: RandomAcc
   try {
     for (let k = 0; k * SLOT < raw.size; k++) {
       k = Math.max(k, Atomics.load(ctl, CTL.released));
-      for (let released = Atomics.load(ctl, CTL.released); k - released >= SLOTS; released = Atomics.load(ctl, CTL.released)) {
+      while (k - Atomics.load(ctl, CTL.released) >= SLOTS) {
+        Atomics.store(ctl, CTL.waiting, 1);
+        const released = Atomics.load(ctl, CTL.released);
+        if (k - released >= SLOTS && !Atomics.load(ctl, CTL.stop)) Atomics.wait(ctl, CTL.released, released, 1000);
+        Atomics.store(ctl, CTL.waiting, 0);
         if (Atomics.load(ctl, CTL.stop)) return;
-        Atomics.wait(ctl, CTL.released, released, 1000);
       }
       if (Atomics.load(ctl, CTL.stop)) return;
       const i = k % SLOTS;
@@ -134,7 +138,6 @@ export function runReadAhead(shared: ReadAheadStart["readAhead"], raw: RandomAcc
       const n = raw.readAt(slots.subarray(i * STRIDE, (i + 1) * STRIDE), k * SLOT);
       lengths[i] = n;
       Atomics.store(tags, i, k + 1);
-      Atomics.notify(tags, i);
     }
   } catch {
     // a read failed: the pass reads for itself, and meets the error where it is
