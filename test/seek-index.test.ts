@@ -4,6 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { openImage } from "../src/formats/detect.ts";
 import { openRaw, openStream } from "../src/source/open.ts";
+import { FileSource } from "../src/source/pieces.ts";
 import type { RandomAccessSource } from "../src/source/chunk-source.ts";
 import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint, useCacheDirectory } from "../src/source/seek-index/index-file.ts";
 import { SeekableSource } from "../src/source/seek-index/seekable.ts";
@@ -409,8 +410,10 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     try {
       const here = zstdCodec.build(raw as RandomAccessSource, { spacing: 1 << 20 });
       const inWorker = zstdCodec.build(raw as RandomAccessSource, { spacing: 1 << 20, pieces });
-      // the worker opens the pieces by name: one that is not there makes it fail, and its jobs come back here
-      const failed = zstdCodec.build(raw as RandomAccessSource, { spacing: 1 << 20, pieces: [`${file}.missing`] });
+      // the worker reads through the source's descriptor: one no file is open on makes it fail, and its jobs come back here
+      const unreadable = Object.create(raw) as FileSource;
+      Object.defineProperty(unreadable, "descriptor", { get: () => ({ name: file, fd: 1 << 20, size: raw.size }) });
+      const failed = zstdCodec.build(unreadable, { spacing: 1 << 20, pieces });
       const shape = (i: typeof here) => new Map(i.points.map((p) => [p.decoded, [p.compressed, p.packedWindowSize ?? 0, p.trusted === true]]));
       expect(here.points.filter((p) => (p.packedWindowSize ?? 0) > 0).length).toBeGreaterThan(0);
       expect(here.points.filter((p) => !p.trusted && (p.packedWindowSize ?? 0) === 0).length).toBeGreaterThan(2);
@@ -431,18 +434,20 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     }
   }, 60_000);
 
-  test("the compressed input read ahead by a worker is the file's bytes wherever the pass asks, and so is the pass's own reading when the worker cannot open it", async () => {
+  test("the compressed input read ahead by a worker is the file's bytes wherever the pass asks, and so is the pass's own reading when the worker cannot read", async () => {
     const bytes = seededBytes(11 << 20, 3);
     const file = write(tempDir(), "input.bin", bytes);
     const { raw } = openRaw(file);
     try {
-      for (const pieces of [[file], [`${file}.missing`]]) {
-        const input = ReadAheadInput.start(zstdWorkerUrl(), pieces, raw as RandomAccessSource, 1 << 20)!;
+      // the second time through a descriptor no file is open on: every read of the worker fails
+      for (const fd of [undefined, 1 << 20]) {
+        const pieces = fd === undefined ? undefined : [{ name: file, fd, size: bytes.length }];
+        const input = ReadAheadInput.start(zstdWorkerUrl(), raw as RandomAccessSource, 1 << 20, pieces)!;
         expect(input).toBeDefined();
         const random = seededRandom(4);
         try {
           // the worker has started (or has not, with the piece missing: 50 tries)
-          for (let t = 0; t < (pieces[0] === file ? 500 : 50) && input.slotReads === 0; t++) {
+          for (let t = 0; t < (fd === undefined ? 500 : 50) && input.slotReads === 0; t++) {
             await Bun.sleep(10);
             input.need(0, 1);
           }
@@ -452,14 +457,14 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
             const n = Math.min(1 + Math.floor(random() * 131_075), bytes.length - at);
             const i = input.need(at, n);
             expect(input.available(at)).toBeGreaterThanOrEqual(n);
-            if (!Buffer.from(input.buf.subarray(i, i + n)).equals(bytes.subarray(at, at + n))) throw new Error(`bytes differ at ${at} (${pieces[0]})`);
+            if (!Buffer.from(input.buf.subarray(i, i + n)).equals(bytes.subarray(at, at + n))) throw new Error(`bytes differ at ${at} (fd ${fd})`);
             at += n + (k % 7 === 0 ? 3 : 0);
           }
           // at the end: fewer bytes than asked for
           const i = input.need(bytes.length - 10, 100);
           expect(input.available(bytes.length - 10)).toBe(10);
           expect(Buffer.from(input.buf.subarray(i, i + 10)).equals(bytes.subarray(bytes.length - 10))).toBe(true);
-          if (pieces[0] === file) expect(input.slotReads).toBeGreaterThan(10);
+          if (fd === undefined) expect(input.slotReads).toBeGreaterThan(10);
           else expect(input.slotReads).toBe(0);
         } finally {
           input.close();

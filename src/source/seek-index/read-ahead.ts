@@ -4,6 +4,7 @@
 // wherever it has not read yet, or if it fails, the pass reads for itself (InputWindow).
 import { type Pointer, ptr } from "bun:ffi";
 import type { RandomAccessSource } from "../chunk-source.ts";
+import { type PieceDescriptor, pieceDescriptors } from "../pieces.ts";
 import { type CompressedInput, InputWindow } from "./zstd-blocks.ts";
 
 /** Raw bytes a slot starts apart; each holds OVERLAP more, so that a block starting in it ends in it. */
@@ -17,7 +18,8 @@ const CTL = { released: 0, stop: 1, waiting: 2, words: 4 } as const;
 
 /** What the worker is given. */
 export interface ReadAheadStart {
-  readAhead: { pieces: string[]; ctl: SharedArrayBuffer; slots: SharedArrayBuffer };
+  /** the descriptors of the pass's own source, read through (never opened again: no node:fs in the worker) */
+  readAhead: { pieces: PieceDescriptor[]; ctl: SharedArrayBuffer; slots: SharedArrayBuffer };
 }
 
 /** The pass's side: `need` as InputWindow's, from the worker's slots where they hold the bytes. */
@@ -47,8 +49,12 @@ export class ReadAheadInput implements CompressedInput {
     this.own = new InputWindow(raw, ownBytes);
   }
 
-  /** A worker reading `pieces` (what `raw` was opened from) ahead; undefined when none can be made. */
-  static start(workerUrl: string, pieces: string[], raw: RandomAccessSource, ownBytes: number): ReadAheadInput | undefined {
+  /**
+   * A worker reading `raw` ahead through its descriptors (kept open by the caller until close());
+   * undefined when none can be made (a source with no descriptors, no worker).
+   */
+  static start(workerUrl: string, raw: RandomAccessSource, ownBytes: number, pieces = pieceDescriptors(raw)): ReadAheadInput | undefined {
+    if (!pieces) return undefined;
     const shared = { pieces, ctl: new SharedArrayBuffer(4 * (CTL.words + 2 * SLOTS)), slots: new SharedArrayBuffer(SLOTS * STRIDE) };
     let worker: Worker;
     try {

@@ -1,8 +1,8 @@
-// The zstd index's worker threads: one opens the compressed pieces again and decodes each
-// candidate's probe span from the candidate alone while the build's pass goes on (see
+// The zstd index's worker threads, reading the compressed pieces through the build's descriptors:
+// one decodes each candidate's probe span from the candidate alone while the build's pass goes on (see
 // zstd-verify.ts; jobs may come before it has started: they wait for it, in order); another reads
 // the compressed input ahead of the pass (read-ahead.ts).
-import type { RandomAccessSource } from "../chunk-source.ts";
+import type { PieceDescriptor } from "../pieces.ts";
 import type { ReadAheadStart } from "./read-ahead.ts";
 import type { SpanVerifier, WorkerJob } from "./zstd-verify.ts";
 
@@ -26,14 +26,16 @@ function fail(): void {
   Atomics.notify(ctl, probing.VCTL.done);
 }
 
-async function start(data: { shared: SharedArrayBuffer; pieces: string[] }): Promise<boolean> {
+async function start(data: { shared: SharedArrayBuffer; pieces: PieceDescriptor[] }): Promise<boolean> {
   probing = await import("./zstd-verify.ts");
   const { VCTL, VSTATE } = probing;
   ctl = new Int32Array(data.shared, 0, VCTL.words);
   try {
-    const { openRaw } = await import("../open.ts");
-    const { raw } = openRaw({ pieces: data.pieces });
-    verifier = new probing.SpanVerifier(raw as RandomAccessSource);
+    const { borrowPieces } = await import("../pieces.ts");
+    const raw = borrowPieces(data.pieces);
+    // the descriptors are readable here (a read error in a probe would only reject its candidate)
+    raw.readAt(new Uint8Array(1), 0);
+    verifier = new probing.SpanVerifier(raw);
     Atomics.store(ctl, VCTL.state, VSTATE.ready);
     Atomics.notify(ctl, VCTL.state);
     return true;
@@ -43,19 +45,11 @@ async function start(data: { shared: SharedArrayBuffer; pieces: string[] }): Pro
   }
 }
 
-self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: string[] } | WorkerJob | ReadAheadStart>) => {
+self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; pieces: PieceDescriptor[] } | WorkerJob | ReadAheadStart>) => {
   const data = event.data;
   if ("readAhead" in data) {
-    const [{ runReadAhead }, { openRaw }] = await Promise.all([import("./read-ahead.ts"), import("../open.ts")]);
-    let raw: RandomAccessSource;
-    try {
-      raw = openRaw({ pieces: data.readAhead.pieces }).raw as RandomAccessSource;
-    } catch {
-      // never ready: the pass reads for itself
-      return;
-    }
-    runReadAhead(data.readAhead, raw);
-    raw.close();
+    const [{ runReadAhead }, { borrowPieces }] = await Promise.all([import("./read-ahead.ts"), import("../pieces.ts")]);
+    runReadAhead(data.readAhead, borrowPieces(data.readAhead.pieces));
     return;
   }
   if ("pieces" in data) {

@@ -1,6 +1,7 @@
 import { ZstdCompressor } from "../../../native/zstd.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
+import { type PieceDescriptor, pieceDescriptors } from "../pieces.ts";
 import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
 import { ChainedHash } from "./stretch-hashes.ts";
 import { parseFrameHeader } from "./zstd-frame.ts";
@@ -111,13 +112,13 @@ export interface Verifier {
 }
 
 /**
- * In a worker thread when the raw source can be opened again by name (two cores: the pass and the
- * probes at once); the pass does not wait for the worker to start, and a worker that fails or never
- * starts leaves its jobs to this thread.
+ * In a worker thread (two cores: the pass and the probes at once) when `threads` allows one and the
+ * raw source has descriptors the worker can read through (it opens nothing again); the pass does not
+ * wait for the worker to start, and a worker that fails or never starts leaves its jobs to this thread.
  */
-export function createVerifier(raw: RandomAccessSource, pieces: string[] | undefined): Verifier {
+export function createVerifier(raw: RandomAccessSource, threads: boolean, pieces = pieceDescriptors(raw)): Verifier {
   const inline = () => new InlineVerifier(raw);
-  if (pieces && pieces.length > 0) {
+  if (threads && pieces) {
     const w = WorkerVerifier.start(pieces, inline);
     if (w) return w;
   }
@@ -205,7 +206,7 @@ class WorkerVerifier implements Verifier {
   }
 
   /** The worker is told to start; jobs wait in its queue until it has. */
-  static start(pieces: string[], inline: () => InlineVerifier): WorkerVerifier | undefined {
+  static start(pieces: PieceDescriptor[], inline: () => InlineVerifier): WorkerVerifier | undefined {
     const shared = new SharedArrayBuffer(VCTL.words * 4);
     let worker: Worker;
     try {

@@ -91,7 +91,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     opts.onProgress?.(raw.size);
     return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
   }
-  const ahead = opts.pieces && raw.size >= READ_AHEAD_FROM ? ReadAheadInput.start(zstdWorkerUrl(), opts.pieces, raw, INPUT_BYTES) : undefined;
+  const ahead = opts.pieces && raw.size >= READ_AHEAD_FROM ? ReadAheadInput.start(zstdWorkerUrl(), raw, INPUT_BYTES) : undefined;
   const input: CompressedInput = ahead ?? new InputWindow(raw, INPUT_BYTES);
   // each block is hashed as it lands, while it is still in the processor's cache
   const stretches = new StretchHasher();
@@ -99,7 +99,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
   const probeHash = new ChainedHash();
   const digest = new Uint8Array(8);
   const points: SeekPoint[] = [];
-  const verifier = createVerifier(raw, opts.pieces);
+  const verifier = createVerifier(raw, opts.pieces !== undefined);
   /** candidates sent to the verifier, in order, with the frame they are in */
   const sent: { job: Omit<VerifyJob, "window">; frameIndex: number }[] = [];
   const frameEnds: { blocksEnd: number; frameEnd: number }[] = [];
