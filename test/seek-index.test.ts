@@ -1,21 +1,20 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { openImage } from "../src/formats/detect.ts";
 import { openRaw, openStream } from "../src/source/open.ts";
+import { FileSource } from "../src/source/pieces.ts";
 import type { RandomAccessSource } from "../src/source/chunk-source.ts";
 import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint, useCacheDirectory } from "../src/source/seek-index/index-file.ts";
 import { SeekableSource } from "../src/source/seek-index/seekable.ts";
-import { HashBehind } from "../src/source/seek-index/hash-behind.ts";
-import { StretchHasher } from "../src/source/seek-index/stretch-hashes.ts";
-import { zstdWorkerUrl } from "../src/source/seek-index/zstd-verify.ts";
 import { CorruptIndex } from "../src/source/seek-index/stored-window.ts";
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
-import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
+import { SpanVerifier, zstdWorkerUrl } from "../src/source/seek-index/zstd-verify.ts";
+import { ReadAheadInput } from "../src/source/seek-index/read-ahead.ts";
+import { ChainedHash, HASH_CHUNK, StretchChecker, StretchHasher } from "../src/source/seek-index/stretch-hashes.ts";
+import { dlopen, ptr } from "bun:ffi";
 import { unpackExtra, zstdCodec } from "../src/source/seek-index/zstd.ts";
-import { Xxh3State } from "../native/xxhash.ts";
 import { CLI, errorOf, fixture, type OtherUserRuntime, otherUserRuntime, restoredBytes, restoreToBuffer, runCli, seededRandom, sha256, tempDir, which } from "./helpers.ts";
 
 const ZSTD = which("zstd");
@@ -30,6 +29,14 @@ function zstd(data: Uint8Array, ...args: string[]): Uint8Array {
   const r = spawnSync("zstd", ["-q", "-c", ...args], { input: data, maxBuffer: 1 << 28 });
   if (r.status !== 0) throw new Error(`zstd ${args.join(" ")}: ${r.stderr}`);
   return new Uint8Array(r.stdout);
+}
+
+/** `n` incompressible bytes, the same for the same seed */
+function seededBytes(n: number, seed: number): Uint8Array {
+  const random = seededRandom(seed);
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = Math.floor(random() * 256);
+  return out;
 }
 
 function write(dir: string, name: string, data: Uint8Array): string {
@@ -88,6 +95,88 @@ function openIndexed(file: string, spacing = SPACING) {
   if (!source) throw new Error("no seekable source");
   return source;
 }
+
+describe("stretch hashes", () => {
+  // the reference: XXH3-64 from the system library, of each chunk at its fixed offsets, folded in turn
+  const xxh = dlopen("libxxhash.so.0", { XXH3_64bits: { args: ["ptr", "u64"], returns: "u64" } });
+  const xxh3 = (bytes: Uint8Array) => BigInt.asUintN(64, BigInt(xxh.symbols.XXH3_64bits(bytes.length > 0 ? ptr(bytes) : null, bytes.length)));
+  const reference = (bytes: Uint8Array, at: number) => {
+    let value = 0n;
+    for (let o = 0; o < bytes.length; ) {
+      const n = Math.min(HASH_CHUNK - ((at + o) % HASH_CHUNK), bytes.length - o);
+      const pair = Buffer.alloc(16);
+      pair.writeBigUInt64LE(value, 0);
+      pair.writeBigUInt64LE(xxh3(bytes.subarray(o, o + n)), 8);
+      value = xxh3(pair);
+      o += n;
+    }
+    return value;
+  };
+  const valueOf = (hash: ChainedHash) => {
+    const out = new Uint8Array(8);
+    hash.digestInto(out);
+    return new DataView(out.buffer).getBigUint64(0, true);
+  };
+
+  test("a stretch's value folds the XXH3-64 of each 64 KiB chunk it covers, however its bytes come in pieces", () => {
+    const random = seededRandom(11);
+    const bytes = seededBytes(700_000, 5);
+    for (const at of [0, 1, HASH_CHUNK - 3, 5 * HASH_CHUNK, 123_457]) {
+      for (const length of [0, 1, 240, 241, HASH_CHUNK - (at % HASH_CHUNK), HASH_CHUNK + 1, bytes.length]) {
+        const part = bytes.subarray(0, length);
+        const whole = new ChainedHash();
+        whole.reset(at);
+        whole.update(part);
+        const expected = reference(part, at);
+        expect(valueOf(whole)).toBe(expected);
+        // the same bytes in random pieces, some straddling chunk ends
+        const pieces = new ChainedHash();
+        pieces.reset(at);
+        for (let o = 0; o < length; ) {
+          const n = Math.min(length - o, 1 + Math.floor(random() * 3 * HASH_CHUNK));
+          pieces.update(part.subarray(o, o + n));
+          o += n;
+        }
+        expect(valueOf(pieces)).toBe(expected);
+      }
+    }
+    // one byte changed anywhere changes the value
+    const changed = Buffer.from(bytes);
+    changed[HASH_CHUNK + 17]! ^= 1;
+    expect(reference(changed, 0)).not.toBe(reference(bytes, 0));
+  });
+
+  test("what the pass records, a reader checks: the same bytes match, a changed byte fails its stretch only", () => {
+    const bytes = seededBytes(3 << 20, 9);
+    const hasher = new StretchHasher();
+    const cuts = [100_000, 1_500_001];
+    let at = 0;
+    for (const n of [70_000, 30_000, 1_400_001, 1 << 20, bytes.length]) {
+      const end = Math.min(bytes.length, at + n);
+      hasher.feed(bytes.subarray(at, end));
+      at = end;
+      if (cuts.includes(at)) hasher.cut();
+      if (at === bytes.length) break;
+    }
+    const stretches = hasher.finish();
+    expect(Array.from(stretches.ends)).toEqual([100_000, 1 << 20, 1_500_001, 2 << 20, 3 << 20]);
+    const checkAll = (data: Uint8Array) => {
+      const checker = new StretchChecker(stretches);
+      checker.startAt(0);
+      const verdicts: (boolean | undefined)[] = [];
+      for (let o = 0; o < data.length; ) {
+        const n = checker.leftInStretch;
+        verdicts.push(checker.update(data.subarray(o, o + n)));
+        o += n;
+      }
+      return verdicts;
+    };
+    expect(checkAll(bytes)).toEqual([true, true, true, true, true]);
+    const changed = Buffer.from(bytes);
+    changed[1_200_000]! ^= 0x40;
+    expect(checkAll(changed)).toEqual([true, true, false, true, true]);
+  });
+});
 
 describe.skipIf(!ZSTD)("zstd seek index", () => {
   if (!ZSTD) console.log("skipped: zstd is not installed (apt-get install zstd)");
@@ -313,53 +402,90 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     }
   });
 
-  test("the stretch hashes made behind the pass in a worker equal those made in its own thread (a stream large enough for the worker, windows of two sizes)", () => {
-    // incompressible, with a repeated stretch now and then (matches, so windows matter)
-    const part = (n: number) => {
-      const b = randomBytes(n);
-      for (let at = 0; at + (1 << 20) < n; at += 3 << 20) b.copy(b, at + (1 << 19), at, at + (1 << 18));
-      return b;
-    };
-    // a second frame with a larger window: the worker's ring is replaced there
-    const file = write(tempDir(), "big.zst", Buffer.concat([zstd(part(36 << 20), "-T2", "-1"), zstd(part(8 << 20), "-1", "--long=25")]));
-    expect(fs.statSync(file).size).toBeGreaterThan(32 << 20);
+  test("the probes are answered the same whether a worker makes them or, when it cannot start, the build's own thread", () => {
+    // text with repeats (points need windows) and incompressible stretches (points need none)
+    const truth = Buffer.concat(Array.from({ length: 4 }, (_, i) => (i % 2 === 1 ? Buffer.from(ntfsImage()) : Buffer.from(seededBytes(8 << 20, i)))));
+    const file = write(tempDir(), "probes.zst", zstd(truth, "-T2", "-3"));
     const { raw, pieces } = openRaw(file);
     try {
-      const behind = zstdCodec.build(raw as RandomAccessSource, { spacing: 4 << 20, pieces });
-      const here = zstdCodec.build(raw as RandomAccessSource, { spacing: 4 << 20 });
-      expect(behind.stretches!.ends.length).toBeGreaterThan(40);
-      expect(Array.from(behind.stretches!.ends)).toEqual(Array.from(here.stretches!.ends));
-      expect(Buffer.from(behind.stretches!.hashes).equals(Buffer.from(here.stretches!.hashes))).toBe(true);
-      expect(behind.points.map((p) => p.decoded)).toEqual(here.points.map((p) => p.decoded));
+      const here = zstdCodec.build(raw as RandomAccessSource, { spacing: 1 << 20 });
+      const inWorker = zstdCodec.build(raw as RandomAccessSource, { spacing: 1 << 20, pieces });
+      // the worker reads through the source's descriptor: one no file is open on makes it fail, and its jobs come back here
+      const unreadable = Object.create(raw) as FileSource;
+      Object.defineProperty(unreadable, "descriptor", { get: () => ({ name: file, fd: 1 << 20, size: raw.size }) });
+      const failed = zstdCodec.build(unreadable, { spacing: 1 << 20, pieces });
+      const shape = (i: typeof here) => new Map(i.points.map((p) => [p.decoded, [p.compressed, p.packedWindowSize ?? 0, p.trusted === true]]));
+      expect(here.points.filter((p) => (p.packedWindowSize ?? 0) > 0).length).toBeGreaterThan(0);
+      expect(here.points.filter((p) => !p.trusted && (p.packedWindowSize ?? 0) === 0).length).toBeGreaterThan(2);
+      // answers come back later from a worker, so more candidates may pass the window budget first:
+      // every point both builds have is the same point with the same window
+      for (const other of [shape(inWorker), shape(failed)]) {
+        for (const [decoded, point] of shape(here)) expect(other.get(decoded)).toEqual(point);
+      }
+      expect(Buffer.from(failed.stretches!.hashes).equals(Buffer.from(here.stretches!.hashes))).toBe(true);
     } finally {
       raw.close();
     }
-    // the worker itself: blocks written in turn into a ring four times smaller than the stream, the
-    // pass waiting for room; the same pieces as hashed here
-    const worker = HashBehind.start(zstdWorkerUrl(), 3 << 20, 1 << 20, 5);
-    expect(worker).toBeDefined();
-    const local = new StretchHasher(5);
-    const data = randomBytes(16 << 20);
-    let at = 0;
-    for (let i = 0, k = 0; i < data.length; k++) {
-      const n = Math.min(data.length - i, 1 + ((k * 7919) % (128 << 10)));
-      worker!.room(n);
-      if (at + n > worker!.ring.length) at = 0;
-      worker!.ring.set(data.subarray(i, i + n), at);
-      worker!.feed(worker!.ring.subarray(at, at + n));
-      local.feed(data.subarray(i, i + n));
-      if (k % 37 === 0) {
-        worker!.cut();
-        local.cut();
-      }
-      at += n;
-      i += n;
+    const source = openIndexed(file, 1 << 20);
+    try {
+      expectReadsEqual(source, truth, source.index.points.map((p) => p.decoded), 7);
+    } finally {
+      source.close();
     }
-    const fromWorker = worker!.finish();
-    worker!.close();
-    const fromHere = local.finish();
-    expect(fromWorker.ends).toEqual(Array.from(fromHere.ends));
-    expect(Buffer.from(fromWorker.hashes).equals(Buffer.from(fromHere.hashes))).toBe(true);
+  }, 60_000);
+
+  test("the compressed input read ahead by a worker is the file's bytes wherever the pass asks, and so is the pass's own reading when the worker cannot read", async () => {
+    const bytes = seededBytes(11 << 20, 3);
+    const file = write(tempDir(), "input.bin", bytes);
+    const { raw } = openRaw(file);
+    try {
+      // the second time through a descriptor no file is open on: every read of the worker fails
+      for (const fd of [undefined, 1 << 20]) {
+        const pieces = fd === undefined ? undefined : [{ name: file, fd, size: bytes.length }];
+        const input = ReadAheadInput.start(zstdWorkerUrl(), raw as RandomAccessSource, 1 << 20, pieces)!;
+        expect(input).toBeDefined();
+        const random = seededRandom(4);
+        try {
+          // the worker has started (or has not, with the piece missing: 50 tries)
+          for (let t = 0; t < (fd === undefined ? 500 : 50) && input.slotReads === 0; t++) {
+            await Bun.sleep(10);
+            input.need(0, 1);
+          }
+          for (let at = 0, k = 0; at < bytes.length; k++) {
+            // let the worker get ahead now and then
+            if (k % 40 === 0) await Bun.sleep(5);
+            const n = Math.min(1 + Math.floor(random() * 131_075), bytes.length - at);
+            const i = input.need(at, n);
+            expect(input.available(at)).toBeGreaterThanOrEqual(n);
+            if (!Buffer.from(input.buf.subarray(i, i + n)).equals(bytes.subarray(at, at + n))) throw new Error(`bytes differ at ${at} (fd ${fd})`);
+            at += n + (k % 7 === 0 ? 3 : 0);
+          }
+          // at the end: fewer bytes than asked for
+          const i = input.need(bytes.length - 10, 100);
+          expect(input.available(bytes.length - 10)).toBe(10);
+          expect(Buffer.from(input.buf.subarray(i, i + 10)).equals(bytes.subarray(bytes.length - 10))).toBe(true);
+          if (fd === undefined) expect(input.slotReads).toBeGreaterThan(10);
+          else expect(input.slotReads).toBe(0);
+        } finally {
+          input.close();
+        }
+      }
+    } finally {
+      raw.close();
+    }
+    // a stream large enough to be read ahead: the same index as read by the pass alone
+    const big = write(tempDir(), "big.zst", zstd(Buffer.concat([seededBytes(30 << 20, 8), ntfsImage(), seededBytes(6 << 20, 9)]), "-T2", "-1"));
+    const opened = openRaw(big);
+    try {
+      expect((opened.raw as RandomAccessSource).size).toBeGreaterThan(32 << 20);
+      const ahead = zstdCodec.build(opened.raw as RandomAccessSource, { spacing: 4 << 20, pieces: opened.pieces });
+      const alone = zstdCodec.build(opened.raw as RandomAccessSource, { spacing: 4 << 20 });
+      expect(Array.from(ahead.stretches!.ends)).toEqual(Array.from(alone.stretches!.ends));
+      expect(Buffer.from(ahead.stretches!.hashes).equals(Buffer.from(alone.stretches!.hashes))).toBe(true);
+      expect(ahead.decodedSize).toBe(alone.decodedSize);
+    } finally {
+      opened.raw.close();
+    }
   }, 60_000);
 
   test("a trusted point (a frame start) that decodes other bytes than the build recorded is damage: one line, exit 3", () => {
@@ -389,7 +515,8 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       expect(p).toBeDefined();
       const window = source.index.window(p);
       const end = source.index.points[source.index.points.indexOf(p) + 1]?.decoded ?? decoded.length;
-      const hash = new Xxh3State();
+      const hash = new ChainedHash();
+      hash.reset(p.decoded);
       hash.update(decoded.subarray(p.decoded, end));
       const spanHash = new Uint8Array(8);
       hash.digestInto(spanHash);
@@ -530,7 +657,7 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     raw3.close();
   });
 
-  test("an index of version 1 (no stretch hashes) is built again, never read as version 2; a verdict whose seal does not match is ignored", () => {
+  test("an index of version 1 (no stretch hashes) or 2 (other stretch hashes) is built again, never read as version 3; a verdict whose seal does not match is ignored", () => {
     const file = write(tempDir(), "ntfs.zst", zstd(ntfsImage(), "-T2", "-3"));
     const source = openIndexed(file, 1 << 20);
     const indexFile = source.index.path;
@@ -552,19 +679,21 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     const unsealed = readIndex(indexFile, raw as RandomAccessSource, key, "zstd")!;
     expect(unsealed.points.every((p) => p.wrongFrom === undefined)).toBe(true);
     unsealed.close();
-    // version 1: not read, built again by the next reader that builds
-    const old = Buffer.from(sealed);
-    old.writeUInt32LE(1, 16);
-    fs.writeFileSync(indexFile, old);
-    expect(readIndex(indexFile, raw as RandomAccessSource, key, "zstd")).toBeUndefined();
-    raw.close();
-    const again = openIndexed(file, 1 << 20);
-    try {
-      expect(fs.readFileSync(indexFile).readUInt32LE(16)).toBe(2);
-      expectReadsEqual(again, ntfsImage(), [], 3);
-    } finally {
-      again.close();
+    // versions 1 and 2: not read, built again by the next reader that builds
+    for (const version of [1, 2]) {
+      const old = Buffer.from(sealed);
+      old.writeUInt32LE(version, 16);
+      fs.writeFileSync(indexFile, old);
+      expect(readIndex(indexFile, raw as RandomAccessSource, key, "zstd")).toBeUndefined();
+      const again = openIndexed(file, 1 << 20);
+      try {
+        expect(fs.readFileSync(indexFile).readUInt32LE(16)).toBe(3);
+        expectReadsEqual(again, ntfsImage(), [], 3);
+      } finally {
+        again.close();
+      }
     }
+    raw.close();
   });
 
   // nobody must reach the program, its working directory and the files: all under a directory made for it

@@ -1,5 +1,5 @@
 // The .imgtool-index file, imgtool's own layout (documented in README.md, "Seek index"):
-//   header (48 bytes): magic "IMGTOOL-SEEKIDX\n", u32 version (2), u32 table length, u64 table offset,
+//   header (48 bytes): magic "IMGTOOL-SEEKIDX\n", u32 version (3), u32 table length, u64 table offset,
 //                      u64 XXH64 of the table, u64 offset of the verdicts
 //   verdicts:          24 bytes a point, rewritten in place by readers: u64 decoded offset + 1 from
 //                      which decoding from the point went wrong (0: not seen to), u64 decoded offset
@@ -18,9 +18,12 @@ import type { CodecIndex } from "./codec.ts";
 import { STRETCH_GRID, type StretchHashes } from "./stretch-hashes.ts";
 
 const MAGIC = "IMGTOOL-SEEKIDX\n";
-export const INDEX_VERSION = 2;
-/** Indexes of this version were verified by a second decode at build time and carry no stretch hashes: built again. */
-const REBUILT_VERSION = 1;
+export const INDEX_VERSION = 3;
+/**
+ * Indexes of these versions are built again: version 1 was verified by a second decode at build time
+ * and carries no stretch hashes; version 2's stretch hashes are XXH3-64 of each whole stretch.
+ */
+const REBUILT_VERSIONS = [1, 2];
 const HEADER_BYTES = 48;
 const VERDICT_BYTES = 24;
 const KEY_HASH_BYTES = 1 << 20;
@@ -285,7 +288,7 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
     if (fs.readSync(fd, header, 0, HEADER_BYTES, 0) < HEADER_BYTES) bad("shorter than its header");
     if (header.toString("latin1", 0, 16) !== MAGIC) bad("no imgtool index magic");
     const version = header.readUInt32LE(16);
-    if (version === REBUILT_VERSION) return undefined;
+    if (REBUILT_VERSIONS.includes(version)) return undefined;
     if (version !== INDEX_VERSION) bad(`version ${version}, this imgtool reads version ${INDEX_VERSION}`);
     const tableLength = header.readUInt32LE(20);
     const tableOffset = Number(header.readBigUInt64LE(24));

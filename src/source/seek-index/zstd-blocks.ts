@@ -17,8 +17,18 @@ export const BLOCK_ROOM = 2 * BLOCK_SIZE_MAX + 64;
 /** A structured zstd dictionary starts so; a raw prefix that does would be read as one. */
 const DICTIONARY_MAGIC = 0xec30a437;
 
+/** Compressed input as the library is handed it: `need` puts bytes in `buf` (at `address`) and says where. */
+export interface CompressedInput {
+  readonly buf: Uint8Array;
+  readonly address: Pointer;
+  /** At least `n` bytes from raw offset `at` in buf (fewer only at the end); returns the index in buf. */
+  need(at: number, n: number): number;
+  /** bytes in buf from raw offset `at` on, after need(at, ...) */
+  available(at: number): number;
+}
+
 /** Compressed input read in order, handed to the library in exactly the pieces it asks for. */
-export class InputWindow {
+export class InputWindow implements CompressedInput {
   readonly buf: Uint8Array;
   readonly address: Pointer;
   /** raw offset of buf[0] */
@@ -46,7 +56,7 @@ export class InputWindow {
 }
 
 /** What starts at raw offset `pos`: a skippable frame (its whole size) or a frame (its header). */
-export function frameAt(raw: RandomAccessSource, input: InputWindow, pos: number): { skip: number } | { frame: FrameHeader } {
+export function frameAt(raw: RandomAccessSource, input: CompressedInput, pos: number): { skip: number } | { frame: FrameHeader } {
   const headAt = input.need(pos, 18);
   const head = input.buf.subarray(headAt, headAt + Math.min(18, input.available(pos)));
   const skip = skippableFrameSize(head);
@@ -86,7 +96,7 @@ export class ZstdBlocks {
 
   constructor(
     private readonly raw: RandomAccessSource,
-    private readonly input: InputWindow,
+    private readonly input: CompressedInput,
     /** the caller's ring, written in turn (see nextBlockAt); else one of its own, sized by each frame's window */
     private readonly callersRing?: Uint8Array,
   ) {

@@ -1,9 +1,10 @@
 import { decodeSettings } from "../../../native/decode-settings.ts";
-import { Xxh3State } from "../../../native/xxhash.ts";
 import { ZstdCompressor } from "../../../native/zstd.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
+import { type PieceDescriptor, pieceDescriptors } from "../pieces.ts";
 import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
+import { ChainedHash } from "./stretch-hashes.ts";
 import { parseFrameHeader } from "./zstd-frame.ts";
 
 /** A candidate point inside a zstd frame and what decoding from it must reproduce first. */
@@ -19,7 +20,7 @@ export interface VerifyJob {
    * can reach back before the candidate), or the next candidate, or the frame's end
    */
   spanEnd: number;
-  /** XXH3-64 of the decoded bytes [decoded, spanEnd) as the build's pass produced them */
+  /** the ChainedHash of the decoded bytes [decoded, spanEnd) as the build's pass produced them */
   spanHash: Uint8Array;
 }
 
@@ -45,7 +46,7 @@ const WINDOW_PACK_LEVEL = 1;
 export class SpanVerifier {
   /** the decoder a candidate is tried with */
   private trial: ZstdBlocks | undefined;
-  private readonly hash = new Xxh3State();
+  private readonly hash = new ChainedHash();
   private readonly digest = new Uint8Array(8);
   private readonly packer = new ZstdCompressor();
 
@@ -72,7 +73,7 @@ export class SpanVerifier {
   }
 
   private decodeSpan(blocks: ZstdBlocks, job: VerifyJob): "same" | "different" | "error" {
-    this.hash.reset();
+    this.hash.reset(job.decoded);
     const length = job.spanEnd - job.decoded;
     const startedAt = blocks.decoded;
     try {
@@ -111,13 +112,18 @@ export interface Verifier {
   close(): void;
 }
 
-/** In a worker thread when the raw source can be opened again by name (two cores: the pass and the probes at once). */
-export function createVerifier(raw: RandomAccessSource, pieces: string[] | undefined): Verifier {
-  if (pieces && pieces.length > 0) {
-    const w = WorkerVerifier.start(pieces);
+/**
+ * In a worker thread (two cores: the pass and the probes at once) when `threads` allows one and the
+ * raw source has descriptors the worker can read through (it opens nothing again); the pass does not
+ * wait for the worker to start, and a worker that fails or never starts leaves its jobs to this thread.
+ */
+export function createVerifier(raw: RandomAccessSource, threads: boolean, pieces = pieceDescriptors(raw)): Verifier {
+  const inline = () => new InlineVerifier(raw);
+  if (threads && pieces) {
+    const w = WorkerVerifier.start(pieces, inline);
     if (w) return w;
   }
-  return new InlineVerifier(raw);
+  return inline();
 }
 
 class InlineVerifier implements Verifier {
@@ -133,9 +139,13 @@ class InlineVerifier implements Verifier {
     return this.window.subarray(0, n);
   }
   submit(job: VerifyJob): void {
+    this.results.push(this.answer(job));
+  }
+  /** The answer to `job` (its packed window copied out of the verifier's buffer). */
+  answer(job: VerifyJob): VerifyResult {
     const r = this.verifier.run(job);
     this.packedBytes += r.packedWindow?.length ?? 0;
-    this.results.push({ ...r, packedWindow: r.packedWindow?.slice() });
+    return { ...r, packedWindow: r.packedWindow?.slice() };
   }
   finish(): VerifyResult[] {
     return this.results;
@@ -146,10 +156,8 @@ class InlineVerifier implements Verifier {
 }
 
 // Shared control words between the build and its verify worker.
-export const VCTL = { state: 0, done: 1, messageLength: 2, words: 4 } as const;
+export const VCTL = { state: 0, done: 1, words: 4 } as const;
 export const VSTATE = { starting: 0, ready: 1, failed: 2 } as const;
-export const VMESSAGE_BYTES = 16 << 10;
-/** candidates in flight: each holds a window copy (at most the frame's window size) */
 /**
  * Window bytes of candidates in flight (at least one candidate): enough that the pass never waits
  * for the probes on a loaded machine, where the worker gets the CPU later than the pass.
@@ -157,7 +165,7 @@ export const VMESSAGE_BYTES = 16 << 10;
 const IN_FLIGHT_BYTES = 12 << 20;
 const WORKER_START_MS = 20_000;
 
-/** The script of the zstd build's worker threads (probes, hashing behind the pass). */
+/** The script of the zstd build's worker thread (the probes). */
 export function zstdWorkerUrl(): string {
   return import.meta.url.startsWith("file:///$bunfs/") ? "./source/seek-index/zstd-verify-worker.ts" : new URL("./zstd-verify-worker.ts", import.meta.url).href;
 }
@@ -176,10 +184,13 @@ export const ANSWER_BYTES = 16;
 
 class WorkerVerifier implements Verifier {
   private readonly ctl: Int32Array;
-  private readonly message: Uint8Array;
   private submitted = 0;
   private harvested = 0;
-  private readonly pending: SharedArrayBuffer[] = [];
+  /** jobs sent and not answered yet, oldest first, with the buffer holding each one's window */
+  private readonly pending: { job: Omit<VerifyJob, "window">; shared: SharedArrayBuffer; windowLength: number }[] = [];
+  /** set once the worker failed or did not start in time: this thread answers the jobs left */
+  private fallback: InlineVerifier | undefined;
+  private readonly startedAt = performance.now();
   /** job buffers answered and free again */
   private readonly free: SharedArrayBuffer[] = [];
   /** the buffer of the last windowBuffer, for the next submit */
@@ -190,13 +201,14 @@ class WorkerVerifier implements Verifier {
   private constructor(
     private readonly worker: Worker,
     shared: SharedArrayBuffer,
+    private readonly inline: () => InlineVerifier,
   ) {
     this.ctl = new Int32Array(shared, 0, VCTL.words);
-    this.message = new Uint8Array(shared, VCTL.words * 4, VMESSAGE_BYTES);
   }
 
-  static start(pieces: string[]): WorkerVerifier | undefined {
-    const shared = new SharedArrayBuffer(VCTL.words * 4 + VMESSAGE_BYTES);
+  /** The worker is told to start; jobs wait in its queue until it has. */
+  static start(pieces: PieceDescriptor[], inline: () => InlineVerifier): WorkerVerifier | undefined {
+    const shared = new SharedArrayBuffer(VCTL.words * 4);
     let worker: Worker;
     try {
       worker = new Worker(zstdWorkerUrl());
@@ -204,20 +216,7 @@ class WorkerVerifier implements Verifier {
       return undefined;
     }
     worker.postMessage({ shared, pieces, settings: decodeSettings() });
-    const v = new WorkerVerifier(worker, shared);
-    const deadline = performance.now() + WORKER_START_MS;
-    while (Atomics.load(v.ctl, VCTL.state) === VSTATE.starting) {
-      if (performance.now() > deadline) {
-        worker.terminate();
-        return undefined;
-      }
-      Atomics.wait(v.ctl, VCTL.state, VSTATE.starting, 100);
-    }
-    if (Atomics.load(v.ctl, VCTL.state) === VSTATE.failed) {
-      worker.terminate();
-      return undefined;
-    }
-    return v;
+    return new WorkerVerifier(worker, shared, inline);
   }
 
   windowBuffer(n: number): Uint8Array {
@@ -233,26 +232,41 @@ class WorkerVerifier implements Verifier {
   }
 
   submit(job: VerifyJob): void {
-    while (this.harvested < Atomics.load(this.ctl, VCTL.done)) this.harvestOne();
-    const inFlight = () => this.pending.reduce((n, b) => n + b.byteLength, 0);
-    while (this.submitted > this.harvested && inFlight() + job.window.length > IN_FLIGHT_BYTES) this.harvestOne();
     const shared = this.open;
     if (!shared || job.window.buffer !== shared) throw new Error("zstd index verifier: a job's window must come from windowBuffer");
     this.open = undefined;
+    if (this.fallback) {
+      while (this.pending.length > 0) this.harvestOne();
+      this.take(this.fallback.answer(job));
+      this.free.push(shared);
+      return;
+    }
+    while (this.harvested < Atomics.load(this.ctl, VCTL.done)) this.harvestOne();
+    const inFlight = () => this.pending.reduce((n, p) => n + p.shared.byteLength, 0);
+    while (this.pending.length > 0 && inFlight() + job.window.length > IN_FLIGHT_BYTES) this.harvestOne();
     const { window: _w, ...rest } = job;
     const message: WorkerJob = { index: this.submitted, job: rest, windowLength: job.window.length, shared };
-    this.pending.push(shared);
+    this.pending.push({ job: rest, shared, windowLength: job.window.length });
     this.worker.postMessage(message);
     this.submitted++;
   }
 
+  /** Take the oldest job's answer, from the worker, or from this thread once the worker is given up. */
   private harvestOne(): void {
     const want = this.harvested + 1;
-    while (Atomics.load(this.ctl, VCTL.done) < want) {
-      if (Atomics.load(this.ctl, VCTL.state) === VSTATE.failed) this.rethrow();
-      Atomics.wait(this.ctl, VCTL.done, want - 1, 200);
+    while (!this.fallback && Atomics.load(this.ctl, VCTL.done) < want) {
+      const state = Atomics.load(this.ctl, VCTL.state);
+      if (state === VSTATE.failed || (state === VSTATE.starting && performance.now() - this.startedAt > WORKER_START_MS)) this.giveUp();
+      else Atomics.wait(this.ctl, VCTL.done, want - 1, 200);
     }
-    const shared = this.pending.shift()!;
+    const { job, shared, windowLength: sent } = this.pending.shift()!;
+    // the jobs the worker answered before it failed keep their answers (the packed window went over the window)
+    if (Atomics.load(this.ctl, VCTL.done) < want) {
+      this.take(this.fallback!.answer({ ...job, window: new Uint8Array(shared, ANSWER_BYTES, sent) }));
+      this.free.push(shared);
+      this.harvested++;
+      return;
+    }
     const answer = new Int32Array(shared, 0, 3);
     const windowLength = answer[0]!;
     const packedLength = answer[2]!;
@@ -266,17 +280,26 @@ class WorkerVerifier implements Verifier {
   }
 
   finish(): VerifyResult[] {
-    while (this.harvested < this.submitted) this.harvestOne();
+    while (this.pending.length > 0) this.harvestOne();
     return this.results;
   }
 
-  private rethrow(): never {
-    const text = new TextDecoder().decode(this.message.slice(0, Atomics.load(this.ctl, VCTL.messageLength)));
+  private take(r: VerifyResult): void {
+    this.packedBytes += r.packedWindow?.length ?? 0;
+    this.results.push(r);
+  }
+
+  /**
+   * The worker failed (it could not open the image, or ran out of memory) or did not start: it is
+   * ended, and this thread answers the jobs it has not (their windows are still where they were sent).
+   */
+  private giveUp(): void {
     this.worker.terminate();
-    throw new Error(`zstd index verifier: ${text}`);
+    this.fallback = this.inline();
   }
 
   close(): void {
     this.worker.terminate();
+    this.fallback?.close();
   }
 }

@@ -1,12 +1,12 @@
 import { ImageError, UsageError, withCommas } from "../../errors.ts";
-import { Xxh3State } from "../../../native/xxhash.ts";
 import { ZstdDecoder } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { SpliceSource } from "./splice.ts";
-import { BLOCK_ROOM, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
+import { type CompressedInput, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
+import { ReadAheadInput } from "./read-ahead.ts";
 import { resumeHeader } from "./zstd-frame.ts";
-import { PassStretches } from "./hash-behind.ts";
+import { ChainedHash, StretchHasher } from "./stretch-hashes.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
 import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from "./zstd-verify.ts";
 
@@ -16,10 +16,8 @@ export const MAX_INDEXED_WINDOW = 64 << 20;
 const FRAME_POINT_SPACING = 1 << 20;
 const INPUT_BYTES = 1 << 20;
 const PROGRESS_EVERY = 32 << 20;
-/** How far the hashing worker may fall behind the pass (the pass's ring is larger by this much). */
-const HASH_SLACK = 4 << 20;
-/** Compressed streams from this size on are hashed in a worker (smaller ones take less than its start). */
-const HASH_WORKER_FROM = 32 << 20;
+/** Compressed streams from this size on are read ahead of the pass by a worker (smaller ones take less than its start). */
+const READ_AHEAD_FROM = 32 << 20;
 /**
  * Points that need a window are taken no closer than `spacing`, and only while the windows kept so
  * far stay under this share of the compressed bytes read: where windows are large they thin out.
@@ -93,16 +91,15 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     opts.onProgress?.(raw.size);
     return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
   }
-  const input = new InputWindow(raw, INPUT_BYTES);
-  // decoded into a ring the stretch hashes are made from behind the pass, in a worker where one may run
-  // and the stream is worth its start
-  const stretches = new PassStretches(opts.pieces && raw.size >= HASH_WORKER_FROM ? zstdWorkerUrl() : undefined, HASH_SLACK);
-  let ring: Uint8Array | undefined;
-  let blocks: ZstdBlocks | undefined;
-  const probeHash = new Xxh3State();
+  const ahead = opts.pieces && raw.size >= READ_AHEAD_FROM ? ReadAheadInput.start(zstdWorkerUrl(), raw, INPUT_BYTES) : undefined;
+  const input: CompressedInput = ahead ?? new InputWindow(raw, INPUT_BYTES);
+  // each block is hashed as it lands, while it is still in the processor's cache
+  const stretches = new StretchHasher();
+  const blocks = new ZstdBlocks(raw, input);
+  const probeHash = new ChainedHash();
   const digest = new Uint8Array(8);
   const points: SeekPoint[] = [];
-  const verifier = createVerifier(raw, opts.pieces);
+  const verifier = createVerifier(raw, opts.pieces !== undefined);
   /** candidates sent to the verifier, in order, with the frame they are in */
   const sent: { job: Omit<VerifyJob, "window">; frameIndex: number }[] = [];
   const frameEnds: { blocksEnd: number; frameEnd: number }[] = [];
@@ -134,12 +131,6 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         points.push({ decoded, compressed: pos, bits: 0, window: new Uint8Array(0), extra: new Uint8Array(0), trusted: true });
         lastPoint = decoded;
       }
-      const frameRing = stretches.ringFor(Math.max(frame.windowSize, 1 << 10) + 2 * BLOCK_ROOM, decoded);
-      if (!blocks || frameRing !== ring) {
-        blocks?.close();
-        blocks = new ZstdBlocks(raw, input, frameRing);
-        ring = frameRing;
-      }
       const header = resumeHeader(frame.windowDescriptor);
       /** the candidate whose probe is being hashed, and where its probe may end */
       let probe: { decoded: number; compressed: number; window: Uint8Array; endAt: number } | undefined;
@@ -164,7 +155,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         if (probe && decoded >= probe.endAt && blocks.atBlockBoundary()) closeProbe();
         if (blocks.atBlockBoundary() && decoded - lastCandidate >= opts.spacing && verifier.packedBytes <= WINDOW_BUDGET * blocks.pos) {
           closeProbe();
-          probeHash.reset();
+          probeHash.reset(decoded);
           stretches.cut();
           probe = {
             decoded,
@@ -174,7 +165,6 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
           };
           lastCandidate = decoded;
         }
-        stretches.room(BLOCK_ROOM);
         const out = blocks.next();
         if (out.length === 0) break;
         stretches.feed(out);
@@ -212,7 +202,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     return { decodedSize: decoded, points, rejected, stretches: stretches.finish() };
   } finally {
     verifier.close();
-    blocks?.close();
-    stretches.close();
+    blocks.close();
+    ahead?.close();
   }
 }
