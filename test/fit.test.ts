@@ -8,11 +8,13 @@ import { bytesVolume, type DiskLayout, type DiskPartition } from "../src/disk/di
 import { fitDisk } from "../src/fit/fit-input.ts";
 import { type PartitionSizing, planFit } from "../src/fit/plan.ts";
 import { ResizeTools } from "../src/fit/fs-tools.ts";
+import { FAT_OFFSET, SplitView } from "../src/fit/view.ts";
+import { readSlots } from "../src/disk/mbr.ts";
 import { openFileSystem } from "../src/fs/open.ts";
 import { DiskInput } from "../src/input/disk-input.ts";
 import { openInput } from "../src/input/open-input.ts";
 import { treeOf } from "./fs-tree.ts";
-import { FIXTURES, runCli, tempDir, which } from "./helpers.ts";
+import { CLI, FIXTURES, runCli, tempDir, which } from "./helpers.ts";
 
 const CZ = path.join(FIXTURES, "clonezilla");
 const MIB = 1 << 20;
@@ -297,6 +299,29 @@ describe("refusals before a byte is written", () => {
     }
   });
 
+  test("no FUSE to show the tools their volumes: refused naming fuse3, before anything exists", () => {
+    if (missing()) return void console.log(missing());
+    const input = openInput(path.join(CZ, "clonezilla-mbr-zstd"));
+    const dir = tempDir();
+    const bin = path.join(dir, "bin");
+    fs.mkdirSync(bin);
+    // the resize tools are there, fusermount3 is not
+    for (const tool of ["e2fsck", "resize2fs", "ntfsresize", "fatresize"]) fs.symlinkSync(which(tool)!, path.join(bin, tool));
+    try {
+      let error: unknown;
+      try {
+        fitDisk(input as DiskInput, { target: 200 * MIB, tools: new ResizeTools(bin, dir) });
+      } catch (e) {
+        error = e;
+      }
+      expect(error).toBeInstanceOf(UsageError);
+      expect((error as Error).message).toBe("loop0p1: sizing its ext file system: FUSE needs fusermount3, which is not installed (apt-get install fuse3)");
+      expect(fs.readdirSync(dir)).toEqual(["bin"]);
+    } finally {
+      input.close();
+    }
+  });
+
   test("a tool that fails: its output verbatim, then one line; nothing written, no scratch left", () => {
     if (missing()) return void console.log(missing());
     const dir = tempDir();
@@ -327,6 +352,108 @@ describe("refusals before a byte is written", () => {
     expect(noSize.code).toBe(2);
     expect(noSize.stderr).toContain("needs --size");
     expect(fs.readdirSync(dir)).toEqual([]);
+  }, 60_000);
+});
+
+describe("the view a resize tool works on", () => {
+  test("reads and writes split at the new size: the target's bytes before it, the overlay's past it; FAT behind a one-partition MBR", () => {
+    const dir = tempDir();
+    const target = path.join(dir, "target");
+    const at = 3 * 4096;
+    const old = 64 * 1024;
+    const kept = 40 * 1024;
+    const before = new Uint8Array(at + kept + 8192).map((_, i) => (i * 7 + 3) & 0xff);
+    fs.writeFileSync(target, before);
+    const fd = fs.openSync(target, "r+");
+    const view = new SplitView("t", old, kept, false, dir);
+    try {
+      view.writeBeyond(kept + 100, new Uint8Array(50).fill(0xab));
+      view.place(fd, at);
+      expect(view.size).toBe(old);
+      const r = view.read(kept - 10, 200);
+      expect([...r.subarray(0, 10)]).toEqual([...before.subarray(at + kept - 10, at + kept)]);
+      expect(r.subarray(10, 110).every((b) => b === 0)).toBe(true);
+      expect(r.subarray(110, 160).every((b) => b === 0xab)).toBe(true);
+      expect(r.subarray(160).every((b) => b === 0)).toBe(true);
+      view.write(kept - 4, Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]));
+      const after = fs.readFileSync(target);
+      expect([...after.subarray(at + kept - 4, at + kept)]).toEqual([1, 2, 3, 4]);
+      // what follows the kept part in the target (the next partition's room) is untouched
+      expect(after.subarray(at + kept).equals(Buffer.from(before.subarray(at + kept)))).toBe(true);
+      expect(after.subarray(0, at + kept - 4).equals(Buffer.from(before.subarray(0, at + kept - 4)))).toBe(true);
+      expect([...view.read(kept - 4, 8)]).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      // the overlay is unnamed: nothing appears in the directory
+      expect(fs.readdirSync(dir)).toEqual(["target"]);
+    } finally {
+      view.close();
+    }
+    const fat = new SplitView("f", old, kept, true, dir);
+    try {
+      fat.place(fd, at);
+      expect(fat.size).toBe(FAT_OFFSET + old);
+      const head = fat.read(0, 512);
+      expect([head[510], head[511]]).toEqual([0x55, 0xaa]);
+      expect(readSlots(head)[0]).toMatchObject({ start: FAT_OFFSET / 512, size: old / 512 });
+      expect([...fat.read(FAT_OFFSET, 16)]).toEqual([...before.subarray(at, at + 16)]);
+      // the head (fatresize rewrites the MBR's entry) stays in memory, never reaches the target
+      fat.write(446, new Uint8Array(16));
+      expect(fat.read(446, 16).every((b) => b === 0)).toBe(true);
+      expect(fs.readFileSync(target).subarray(0, at).equals(Buffer.from(before.subarray(0, at)))).toBe(true);
+    } finally {
+      fat.close();
+      fs.closeSync(fd);
+    }
+  });
+
+  test("a tool that fails while the disk is written: its output verbatim, one line, no output file, nothing left in --tmp-dir", () => {
+    if (missing()) return void console.log(missing());
+    const dir = tempDir();
+    const bin = path.join(dir, "bin");
+    const tmp = path.join(dir, "tmp");
+    fs.mkdirSync(bin);
+    fs.mkdirSync(tmp);
+    // e2fsck runs only when the partition is resized, after it is written
+    fs.writeFileSync(path.join(bin, "e2fsck"), "#!/bin/sh\necho 'e2fsck 9.9 (fake)'\necho \"$3: Superblock invalid\" >&2\nexit 8\n", { mode: 0o755 });
+    const out = path.join(dir, "x.img");
+    const r = runCli(["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", tmp, "-q"], { env: { PATH: `${bin}:${process.env.PATH}` } });
+    expect(r.stderr).toMatch(/^e2fsck 9\.9 \(fake\)\n\S+\/loop0p1\.ext: Superblock invalid\nimgtool: loop0p1: checking its ext file system before resizing: e2fsck failed \(exit 8\); its output is above\n$/);
+    expect(r.code).toBe(1);
+    expect(fs.existsSync(out)).toBe(false);
+    expect(fs.readdirSync(dir).sort()).toEqual(["bin", "tmp"]);
+    expect(fs.readdirSync(tmp)).toEqual([]);
+  }, 60_000);
+
+  test("a signal while a tool runs on its view: the tool is ended, nothing is left (no output, no mount, no directory), exit 128 + n", async () => {
+    if (missing()) return void console.log(missing());
+    const dir = tempDir();
+    const bin = path.join(dir, "bin");
+    const tmp = path.join(dir, "tmp");
+    fs.mkdirSync(bin);
+    fs.mkdirSync(tmp);
+    const started = path.join(dir, "started");
+    fs.writeFileSync(path.join(bin, "e2fsck"), `#!/bin/sh\necho $$ > ${started}\nexec sleep 60\n`, { mode: 0o755 });
+    const out = path.join(dir, "x.img");
+    const child = Bun.spawn([process.execPath, CLI, "restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", tmp, "-q"], {
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, PATH: `${bin}:${process.env.PATH}` },
+    });
+    const deadline = Date.now() + 30_000;
+    while (!fs.existsSync(started) && Date.now() < deadline) await Bun.sleep(50);
+    expect(fs.existsSync(started)).toBe(true);
+    const mounts = () => fs.readFileSync("/proc/self/mounts", "utf8").split("\n").filter((l) => l.includes(tmp));
+    expect(mounts().length).toBe(1);
+    child.kill("SIGTERM");
+    const code = await child.exited;
+    const stderr = await new Response(child.stderr).text();
+    expect({ code, stderr }).toEqual({ code: 143, stderr: "imgtool: stopped by SIGTERM\n" });
+    const tool = Number(fs.readFileSync(started, "utf8"));
+    await Bun.sleep(200);
+    expect(fs.existsSync(`/proc/${tool}`) ? fs.readFileSync(`/proc/${tool}/stat`, "utf8").split(" ")[2] : "gone").toMatch(/gone|Z/);
+    expect(mounts()).toEqual([]);
+    expect(fs.existsSync(out)).toBe(false);
+    expect(fs.readdirSync(tmp)).toEqual([]);
   }, 60_000);
 });
 

@@ -20,8 +20,9 @@ export interface ToolThreadJob {
 }
 
 /** Indexes of the Int32 flags at the start of the shared buffer. */
-export const ToolFlag = { started: 0, mounted: 1, done: 2, resultBytes: 3 } as const;
-export const RESULT_OFFSET = 16;
+export const ToolFlag = { started: 0, mounted: 1, done: 2, resultBytes: 3, child: 4 } as const;
+export const FLAG_COUNT = 5;
+export const RESULT_OFFSET = 4 * FLAG_COUNT;
 
 export interface ToolResult {
   code: number;

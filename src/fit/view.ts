@@ -4,11 +4,11 @@ import { fuseMissing } from "../../native/fuse.ts";
 import { O_TMPFILE } from "../../native/libc.ts";
 import { type DiskLayout, type DiskPartition, bytesVolume, composeVolume, partitionVolume } from "../disk/disk-volume.ts";
 import { buildMbr, DEFAULT_GEOMETRY } from "../disk/mbr.ts";
-import { StoppedBySignal, UsageError } from "../errors.ts";
+import { StoppedBySignal } from "../errors.ts";
 import { mountVolume } from "../serve/fuse.ts";
 import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import { checkRange, type Volume, type WritableVolume } from "../volume/volume.ts";
-import { RESULT_OFFSET, type ToolCommand, ToolFlag, type ToolThreadJob, type ToolThreadReport } from "./tool-job.ts";
+import { FLAG_COUNT, RESULT_OFFSET, type ToolCommand, ToolFlag, type ToolThreadJob, type ToolThreadReport } from "./tool-job.ts";
 
 /** Where a FAT volume sits in its view: behind a one-partition MBR, 1 MiB aligned (fatresize works on a partition of a disk). */
 export const FAT_OFFSET = 1 << 20;
@@ -200,7 +200,7 @@ export function runOnView(view: ToolView, name: string, tmpDir: string, searchPa
   const dir = fs.mkdtempSync(path.join(tmpDir, "imgtool-fit-"));
   const file = path.join(dir, name);
   const shared = new SharedArrayBuffer(RESULT_OFFSET + RESULT_BYTES);
-  const flags = new Int32Array(shared, 0, 4);
+  const flags = new Int32Array(shared, 0, FLAG_COUNT);
   const worker = new Worker(threadUrl(), { smol: true });
   // its end is awaited through the shared flags, never through the event loop
   worker.unref();
@@ -233,12 +233,17 @@ export function runOnView(view: ToolView, name: string, tmpDir: string, searchPa
         Atomics.notify(flags, ToolFlag.mounted);
       }
     }
-    // after a signal the tool sees the file vanish and stops soon
+    if (end.by === "signal") {
+      // the view is gone: the tool is ended rather than left to fail on it
+      const child = Atomics.load(flags, ToolFlag.child);
+      if (child > 0) process.kill(child, "SIGTERM");
+      throw new StoppedBySignal(end.signal);
+    }
     if (Atomics.wait(flags, ToolFlag.done, 0, THREAD_END_MS) === "timed-out") throw new Error("the resize tool did not end after its view was unmounted");
-    if (end.by === "signal") throw new StoppedBySignal(end.signal);
     const bytes = new Uint8Array(shared, RESULT_OFFSET, Atomics.load(flags, ToolFlag.resultBytes)).slice();
     const report = JSON.parse(new TextDecoder().decode(bytes)) as ToolThreadReport;
-    if (callbackError !== undefined) throw new UsageError(`${view.volume.name}: a read or write of the tool failed: ${(callbackError as Error).message}`);
+    // the image or the target failed under the tool (which then saw EIO): that is the error to report
+    if (callbackError !== undefined) throw callbackError;
     return report;
   } finally {
     worker.terminate();
