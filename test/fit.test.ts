@@ -16,7 +16,9 @@ import { openInput } from "../src/input/open-input.ts";
 import { treeOf } from "./fs-tree.ts";
 import { CLI, FIXTURES, runCli, tempDir, which } from "./helpers.ts";
 
-const CZ = path.join(FIXTURES, "clonezilla");
+/** A copy of the Clonezilla fixtures: --fit builds the seek index of each image it measures next to it, as mount and serve do */
+const CZ = path.join(tempDir(), "clonezilla");
+fs.cpSync(path.join(FIXTURES, "clonezilla"), CZ, { recursive: true });
 const MIB = 1 << 20;
 const TOOLS = ["resize2fs", "e2fsck", "ntfsresize", "ntfsfix", "fatresize", "fsck.fat", "sgdisk", "sfdisk", "blkid"];
 
