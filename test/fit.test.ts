@@ -147,6 +147,18 @@ function fit(folder: string, size: number, extra: string[] = []): { disk: string
   return { disk, stderr: r.stderr, scratch };
 }
 
+/** restore --fit of clonezilla-mbr-zstd onto 200M with `tool` replaced by a script on PATH; output and --tmp-dir in a fresh directory */
+function withFakeTool(tool: string, script: string): { dir: string; tmp: string; out: string; args: string[]; env: Record<string, string> } {
+  const dir = tempDir();
+  const bin = path.join(dir, "bin");
+  const tmp = path.join(dir, "tmp");
+  fs.mkdirSync(bin);
+  fs.mkdirSync(tmp);
+  fs.writeFileSync(path.join(bin, tool), `#!/bin/sh\n${script}`, { mode: 0o755 });
+  const out = path.join(dir, "x.img");
+  return { dir, tmp, out, args: ["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", tmp, "-q"], env: { PATH: `${bin}:${process.env.PATH}` } };
+}
+
 describe("restore --fit onto a smaller disk", () => {
   for (const folder of Object.keys(FOLDERS)) {
     for (const share of [0.6, 0.8]) {
@@ -324,20 +336,14 @@ describe("refusals before a byte is written", () => {
     }
   });
 
-  test("a tool that fails: its output verbatim, then one line; nothing written, no scratch left", () => {
+  test("a tool that fails: its output verbatim, then one line; nothing written, nothing left in --tmp-dir", () => {
     if (missing()) return void console.log(missing());
-    const dir = tempDir();
-    const bin = path.join(dir, "bin");
-    const scratch = path.join(dir, "scratch");
-    fs.mkdirSync(bin);
-    fs.mkdirSync(scratch);
-    fs.writeFileSync(path.join(bin, "resize2fs"), "#!/bin/sh\necho 'resize2fs 9.9 (fake)'\necho \"Bad magic number in super-block while trying to open $2\" >&2\nexit 1\n", { mode: 0o755 });
-    const out = path.join(dir, "x.img");
-    const r = runCli(["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", scratch], { env: { PATH: `${bin}:${process.env.PATH}` } });
+    const { tmp, out, args, env } = withFakeTool("resize2fs", "echo 'resize2fs 9.9 (fake)'\necho \"Bad magic number in super-block while trying to open $2\" >&2\nexit 1\n");
+    const r = runCli(args, { env });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^resize2fs 9\.9 \(fake\)\nBad magic number in super-block while trying to open \S+\/loop0p1\.ext\nimgtool: loop0p1: sizing its ext file system: resize2fs failed \(exit 1\); its output is above\n$/);
     expect(fs.existsSync(out)).toBe(false);
-    expect(fs.readdirSync(scratch)).toEqual([]);
+    expect(fs.readdirSync(tmp)).toEqual([]);
   }, 60_000);
 
   test("--dry-run prints the plan and writes nothing; --fit options need --fit; a file target needs --size", () => {
@@ -409,15 +415,9 @@ describe("the view a resize tool works on", () => {
 
   test("a tool that fails while the disk is written: its output verbatim, one line, no output file, nothing left in --tmp-dir", () => {
     if (missing()) return void console.log(missing());
-    const dir = tempDir();
-    const bin = path.join(dir, "bin");
-    const tmp = path.join(dir, "tmp");
-    fs.mkdirSync(bin);
-    fs.mkdirSync(tmp);
     // e2fsck runs only when the partition is resized, after it is written
-    fs.writeFileSync(path.join(bin, "e2fsck"), "#!/bin/sh\necho 'e2fsck 9.9 (fake)'\necho \"$3: Superblock invalid\" >&2\nexit 8\n", { mode: 0o755 });
-    const out = path.join(dir, "x.img");
-    const r = runCli(["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", tmp, "-q"], { env: { PATH: `${bin}:${process.env.PATH}` } });
+    const { dir, tmp, out, args, env } = withFakeTool("e2fsck", "echo 'e2fsck 9.9 (fake)'\necho \"$3: Superblock invalid\" >&2\nexit 8\n");
+    const r = runCli(args, { env });
     expect(r.stderr).toMatch(/^e2fsck 9\.9 \(fake\)\n\S+\/loop0p1\.ext: Superblock invalid\nimgtool: loop0p1: checking its ext file system before resizing: e2fsck failed \(exit 8\); its output is above\n$/);
     expect(r.code).toBe(1);
     expect(fs.existsSync(out)).toBe(false);
@@ -427,20 +427,9 @@ describe("the view a resize tool works on", () => {
 
   test("a signal while a tool runs on its view: the tool is ended, nothing is left (no output, no mount, no directory), exit 128 + n", async () => {
     if (missing()) return void console.log(missing());
-    const dir = tempDir();
-    const bin = path.join(dir, "bin");
-    const tmp = path.join(dir, "tmp");
-    fs.mkdirSync(bin);
-    fs.mkdirSync(tmp);
-    const started = path.join(dir, "started");
-    fs.writeFileSync(path.join(bin, "e2fsck"), `#!/bin/sh\necho $$ > ${started}\nexec sleep 60\n`, { mode: 0o755 });
-    const out = path.join(dir, "x.img");
-    const child = Bun.spawn([process.execPath, CLI, "restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", tmp, "-q"], {
-      stdin: "ignore",
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, PATH: `${bin}:${process.env.PATH}` },
-    });
+    const started = path.join(tempDir(), "started");
+    const { tmp, out, args, env } = withFakeTool("e2fsck", `echo $$ > ${started}\nexec sleep 60\n`);
+    const child = Bun.spawn([process.execPath, CLI, ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
     const deadline = Date.now() + 30_000;
     while (!fs.existsSync(started) && Date.now() < deadline) await Bun.sleep(50);
     expect(fs.existsSync(started)).toBe(true);
