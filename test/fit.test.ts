@@ -4,11 +4,11 @@ import { describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { printable, UsageError } from "../src/errors.ts";
-import { bytesVolume, type DiskLayout, type DiskPartition } from "../src/disk/disk-volume.ts";
+import { bytesVolume, type DiskLayout, type DiskPartition, partitionVolume } from "../src/disk/disk-volume.ts";
 import { fitDisk } from "../src/fit/fit-input.ts";
 import { type PartitionSizing, planFit } from "../src/fit/plan.ts";
 import { ResizeTools } from "../src/fit/fs-tools.ts";
-import { FAT_OFFSET, SplitView } from "../src/fit/view.ts";
+import { FAT_OFFSET, InOrderVolume, SplitView } from "../src/fit/view.ts";
 import { readSlots } from "../src/disk/mbr.ts";
 import { openFileSystem } from "../src/fs/open.ts";
 import { DiskInput } from "../src/input/disk-input.ts";
@@ -410,6 +410,38 @@ describe("the view a resize tool works on", () => {
     } finally {
       fat.close();
       fs.closeSync(fd);
+    }
+  });
+
+  test("the read-only view decodes the image in order as far as reads reach, then reads at random", () => {
+    const input = openInput(path.join(CZ, "clonezilla-mbr-zstd"));
+    try {
+      const layout = (input as DiskInput).span.layout;
+      const p = layout.partitions.find((x) => x.number === 1)!;
+      const whole = partitionVolume(layout, p);
+      let opened = 0;
+      const random = () => {
+        opened++;
+        return partitionVolume(layout, p);
+      };
+      const view = new InOrderVolume(layout, p, random, 2 * MIB);
+      try {
+        // the superblock and the group descriptors: decoded in order, no random access opened
+        for (const [at, n] of [[1024, 1024], [0, 4096], [4096, 8192], [1024, 1024]] as const) expect(Buffer.from(view.read(at, n)).equals(Buffer.from(whole.read(at, n)))).toBe(true);
+        expect(opened).toBe(0);
+        // far past 2 MiB of data: through the random-access volume, opened once
+        const far = p.size - 64 * 1024;
+        expect(Buffer.from(view.read(far, 65536)).equals(Buffer.from(whole.read(far, 65536)))).toBe(true);
+        expect(Buffer.from(view.read(p.size / 2, 4096)).equals(Buffer.from(whole.read(p.size / 2, 4096)))).toBe(true);
+        expect(opened).toBe(1);
+        // what was decoded in order is still read from there
+        expect(Buffer.from(view.read(512, 3000)).equals(Buffer.from(whole.read(512, 3000)))).toBe(true);
+      } finally {
+        view.close();
+        whole.close();
+      }
+    } finally {
+      input.close();
     }
   });
 

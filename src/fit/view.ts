@@ -2,7 +2,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { fuseMissing } from "../../native/fuse.ts";
 import { O_TMPFILE } from "../../native/libc.ts";
+import { diskDataBatches, diskSpan } from "../disk/disk-data.ts";
 import { type DiskLayout, type DiskPartition, bytesVolume, composeVolume, partitionVolume } from "../disk/disk-volume.ts";
+import type { DataRun } from "../formats/image.ts";
 import { buildMbr, DEFAULT_GEOMETRY } from "../disk/mbr.ts";
 import { StoppedBySignal } from "../errors.ts";
 import { mountVolume } from "../serve/fuse.ts";
@@ -36,14 +38,99 @@ export interface ToolView {
 
 /**
  * A partition as its image holds it, read-only, for the tools that measure (resize2fs -P,
- * ntfsresize --info, fatresize -i): read at random, nothing restored.
+ * ntfsresize --info, fatresize -i): nothing restored; what they read is decoded in order from
+ * the image's start (they read their metadata near it), at random through the seek index past that.
  */
 export function imageView(layout: DiskLayout, p: DiskPartition, fat: boolean, seekIndex: SeekIndexOptions | undefined): ToolView {
-  const inner = partitionVolume(layout, p, seekIndex);
+  const inner = new InOrderVolume(layout, p, () => partitionVolume(layout, p, seekIndex));
   if (!fat) return { volume: inner, offset: 0, partition: 1, size: p.size };
   const head = bytesVolume(`${p.name} disk head`, fatDiskHead(p.size), SS);
   const volume = composeVolume(`${layout.name} ${p.name}`, FAT_OFFSET + p.size, SS, [{ offset: 0, volume: head }, { offset: FAT_OFFSET, volume: inner }]);
   return { volume, offset: FAT_OFFSET, partition: 1, size: p.size };
+}
+
+/** decoded data an InOrderVolume keeps before it turns to random access */
+const IN_ORDER_BYTES = 64 << 20;
+
+/**
+ * A partition read from its image in order, as far as reads reach: the data decoded so far is
+ * kept (at most `keepBytes` of it), so reads near the start cost a few MiB of decoding instead
+ * of a seek index (a decoding pass over the whole image). A read past what may be kept goes to
+ * `random` (the partition read at random), opened then.
+ */
+export class InOrderVolume implements Volume {
+  readonly size: number;
+  readonly name: string;
+  readonly blockSize: number;
+  private readonly runs: DataRun[] = [];
+  /** the volume is decoded up to here */
+  private frontier = 0;
+  private kept = 0;
+  private readonly batches: Iterator<DataRun[]>;
+  private randomAccess: Volume | undefined;
+
+  constructor(
+    layout: DiskLayout,
+    p: DiskPartition,
+    private readonly random: () => Volume,
+    private readonly keepBytes = IN_ORDER_BYTES,
+  ) {
+    this.size = p.size;
+    this.name = `${layout.name} ${p.name}`;
+    this.blockSize = layout.sectorSize;
+    this.batches = diskDataBatches(diskSpan(layout, p), false)[Symbol.iterator]();
+  }
+
+  read(offset: number, length: number): Uint8Array {
+    checkRange(this, offset, length);
+    const end = offset + length;
+    while (this.frontier < end && this.kept < this.keepBytes) this.decodeMore();
+    if (this.frontier < end) {
+      this.randomAccess ??= this.random();
+      return this.randomAccess.read(offset, length);
+    }
+    const out = new Uint8Array(length);
+    // the first run that ends past offset
+    let lo = 0;
+    let hi = this.runs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const r = this.runs[mid]!;
+      if (r.offset + r.data.length <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < this.runs.length && this.runs[i]!.offset < end; i++) {
+      const r = this.runs[i]!;
+      const a = Math.max(offset, r.offset);
+      const b = Math.min(end, r.offset + r.data.length);
+      out.set(r.data.subarray(a - r.offset, b - r.offset), a - offset);
+    }
+    return out;
+  }
+
+  *extents(offset: number, length: number) {
+    checkRange(this, offset, length);
+    if (length > 0) yield { offset, length, data: true };
+  }
+
+  close(): void {
+    this.batches.return?.();
+    this.randomAccess?.close();
+  }
+
+  private decodeMore(): void {
+    const next = this.batches.next();
+    if (next.done) {
+      this.frontier = this.size;
+      return;
+    }
+    for (const r of next.value) {
+      // the image's reader may reuse its buffers for the next batch
+      this.runs.push({ offset: r.offset, data: r.data.slice() });
+      this.kept += r.data.length;
+      this.frontier = Math.max(this.frontier, r.offset + r.data.length);
+    }
+  }
 }
 
 /**
