@@ -47,8 +47,8 @@ function main() {
   const bun = process.execPath;
   const full = path.join(WORK, "full.img");
   const fitted = path.join(WORK, "fitted.img");
-  const scratch = path.join(WORK, "scratch");
-  fs.mkdirSync(scratch);
+  const tmp = path.join(WORK, "tmp");
+  fs.mkdirSync(tmp);
   sh(`cat ${dir}/* > /dev/null`);
   const rows: { run: string; seconds: number; note: string }[] = [];
 
@@ -57,7 +57,7 @@ function main() {
   console.error(`bench: fit: plain restore ${plain.toFixed(2)} s`);
   rows.push({ run: "imgtool restore DIR (full-size file)", seconds: plain, note: `${(diskSize / MIB).toFixed(0)} MiB disk` });
   sh("sync");
-  const fit = wall(`${bun} ${CLI} restore ${dir} -o ${fitted} --fit --size ${target} --tmp-dir ${scratch} -q`);
+  const fit = wall(`${bun} ${CLI} restore ${dir} -o ${fitted} --fit --size ${target} --tmp-dir ${tmp} -q`);
   console.error(`bench: fit: restore --fit ${fit.toFixed(2)} s`);
   rows.push({ run: "imgtool restore DIR --fit (70% file)", seconds: fit, note: `${(target / MIB).toFixed(0)} MiB; ${(fit / plain).toFixed(2)}x the plain restore (target <= 2x)` });
 

@@ -120,6 +120,11 @@ export function escapeFuseOption(value: string): string {
   return value.replace(/[\\,]/g, (c) => `\\${c}`);
 }
 
+/** What to install for FUSE when libfuse3 is missing; undefined when it is there. */
+export function fuseMissing(): string | undefined {
+  return fuse3.tryLoad() ? undefined : `FUSE needs ${fuse3.soname}, which is not installed (apt-get install ${fuse3.aptPackage} fuse3)`;
+}
+
 /**
  * Mount `fs` at `mountpoint` and serve it until it is unmounted (fusermount3 -u) or SIGINT,
  * SIGTERM or SIGHUP arrives (libfuse's handlers, installed before mounting, end the loop), then
@@ -127,7 +132,7 @@ export function escapeFuseOption(value: string): string {
  */
 export function runFuse(mountpoint: string, fs: FuseFileSystem, opts: FuseMountOptions): FuseEnd {
   const lib = fuse3.tryLoad();
-  if (!lib) throw new Error(`FUSE needs ${fuse3.soname}, which is not installed (apt-get install ${fuse3.aptPackage} fuse3)`);
+  if (!lib) throw new Error(fuseMissing());
   const callbacks = operationCallbacks(fs, opts.onCallbackError);
   const operations = new BigUint64Array(OPERATIONS.size / 8);
   for (const [name, callback] of Object.entries(callbacks)) operations[OPERATIONS.offset[name]! / 8] = BigInt(callback.ptr!);

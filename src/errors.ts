@@ -1,3 +1,4 @@
+import os from "node:os";
 /** Thousands separators, as partclone.info prints counts: 1,048,576. */
 export function withCommas(n: number | bigint): string {
   return n.toLocaleString("en-US");
@@ -41,6 +42,18 @@ export class ChecksumError extends ImageError {
 /** The user asked for something that cannot be done (existing output, bad option). */
 export class UsageError extends Error {
   override name = "UsageError";
+}
+
+/**
+ * A signal (SIGINT, SIGTERM, SIGHUP) ended a step that blocks the event loop (a FUSE loop); what
+ * the step had made is undone. The process ends with 128 + the signal's number, as the signal would.
+ */
+export class StoppedBySignal extends Error {
+  override name = "StoppedBySignal";
+  constructor(readonly signal: number) {
+    const name = Object.entries(os.constants.signals).find(([, n]) => n === signal)?.[0] ?? `signal ${signal}`;
+    super(`stopped by ${name}`);
+  }
 }
 
 /** Exit codes, documented in README.md. */

@@ -4,17 +4,21 @@ import { describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { printable, UsageError } from "../src/errors.ts";
-import { bytesVolume, type DiskLayout, type DiskPartition } from "../src/disk/disk-volume.ts";
+import { bytesVolume, type DiskLayout, type DiskPartition, partitionVolume } from "../src/disk/disk-volume.ts";
 import { fitDisk } from "../src/fit/fit-input.ts";
 import { type PartitionSizing, planFit } from "../src/fit/plan.ts";
 import { ResizeTools } from "../src/fit/fs-tools.ts";
+import { FAT_OFFSET, InOrderVolume, SplitView } from "../src/fit/view.ts";
+import { readSlots } from "../src/disk/mbr.ts";
 import { openFileSystem } from "../src/fs/open.ts";
 import { DiskInput } from "../src/input/disk-input.ts";
 import { openInput } from "../src/input/open-input.ts";
 import { treeOf } from "./fs-tree.ts";
-import { FIXTURES, runCli, tempDir, which } from "./helpers.ts";
+import { CLI, FIXTURES, runCli, tempDir, which } from "./helpers.ts";
 
-const CZ = path.join(FIXTURES, "clonezilla");
+/** A copy of the Clonezilla fixtures: --fit builds the seek index of each image it measures next to it, as mount and serve do */
+const CZ = path.join(tempDir(), "clonezilla");
+fs.cpSync(path.join(FIXTURES, "clonezilla"), CZ, { recursive: true });
 const MIB = 1 << 20;
 const TOOLS = ["resize2fs", "e2fsck", "ntfsresize", "ntfsfix", "fatresize", "fsck.fat", "sgdisk", "sfdisk", "blkid"];
 
@@ -141,6 +145,18 @@ function fit(folder: string, size: number, extra: string[] = []): { disk: string
   expect(fs.statSync(disk).size).toBe(size);
   expect(fs.readdirSync(scratch)).toEqual([]);
   return { disk, stderr: r.stderr, scratch };
+}
+
+/** restore --fit of clonezilla-mbr-zstd onto 200M with `tool` replaced by a script on PATH; output and --tmp-dir in a fresh directory */
+function withFakeTool(tool: string, script: string): { dir: string; tmp: string; out: string; args: string[]; env: Record<string, string> } {
+  const dir = tempDir();
+  const bin = path.join(dir, "bin");
+  const tmp = path.join(dir, "tmp");
+  fs.mkdirSync(bin);
+  fs.mkdirSync(tmp);
+  fs.writeFileSync(path.join(bin, tool), `#!/bin/sh\n${script}`, { mode: 0o755 });
+  const out = path.join(dir, "x.img");
+  return { dir, tmp, out, args: ["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", tmp, "-q"], env: { PATH: `${bin}:${process.env.PATH}` } };
 }
 
 describe("restore --fit onto a smaller disk", () => {
@@ -285,7 +301,7 @@ describe("refusals before a byte is written", () => {
       expect(input).toBeInstanceOf(DiskInput);
       let error: unknown;
       try {
-        fitDisk(input as DiskInput, { target: 200 * MIB, tmpDir: dir, verify: true, tools: new ResizeTools("/nonexistent") });
+        fitDisk(input as DiskInput, { target: 200 * MIB, tools: new ResizeTools("/nonexistent", dir) });
       } catch (e) {
         error = e;
       }
@@ -297,20 +313,37 @@ describe("refusals before a byte is written", () => {
     }
   });
 
-  test("a tool that fails: its output verbatim, then one line; nothing written, no scratch left", () => {
+  test("no FUSE to show the tools their volumes: refused naming fuse3, before anything exists", () => {
     if (missing()) return void console.log(missing());
+    const input = openInput(path.join(CZ, "clonezilla-mbr-zstd"));
     const dir = tempDir();
     const bin = path.join(dir, "bin");
-    const scratch = path.join(dir, "scratch");
     fs.mkdirSync(bin);
-    fs.mkdirSync(scratch);
-    fs.writeFileSync(path.join(bin, "resize2fs"), "#!/bin/sh\necho 'resize2fs 9.9 (fake)'\necho \"Bad magic number in super-block while trying to open $2\" >&2\nexit 1\n", { mode: 0o755 });
-    const out = path.join(dir, "x.img");
-    const r = runCli(["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", scratch], { env: { PATH: `${bin}:${process.env.PATH}` } });
+    // the resize tools are there, fusermount3 is not
+    for (const tool of ["e2fsck", "resize2fs", "ntfsresize", "fatresize"]) fs.symlinkSync(which(tool)!, path.join(bin, tool));
+    try {
+      let error: unknown;
+      try {
+        fitDisk(input as DiskInput, { target: 200 * MIB, tools: new ResizeTools(bin, dir) });
+      } catch (e) {
+        error = e;
+      }
+      expect(error).toBeInstanceOf(UsageError);
+      expect((error as Error).message).toBe("loop0p1: sizing its ext file system: FUSE needs fusermount3, which is not installed (apt-get install fuse3)");
+      expect(fs.readdirSync(dir)).toEqual(["bin"]);
+    } finally {
+      input.close();
+    }
+  });
+
+  test("a tool that fails: its output verbatim, then one line; nothing written, nothing left in --tmp-dir", () => {
+    if (missing()) return void console.log(missing());
+    const { tmp, out, args, env } = withFakeTool("resize2fs", "echo 'resize2fs 9.9 (fake)'\necho \"Bad magic number in super-block while trying to open $2\" >&2\nexit 1\n");
+    const r = runCli(args, { env });
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^resize2fs 9\.9 \(fake\)\nBad magic number in super-block while trying to open \S+loop0-loop0p1\.ext\nimgtool: loop0p1: sizing its ext file system: resize2fs failed \(exit 1\); its output is above\n$/);
+    expect(r.stderr).toMatch(/^resize2fs 9\.9 \(fake\)\nBad magic number in super-block while trying to open \S+\/loop0p1\.ext\nimgtool: loop0p1: sizing its ext file system: resize2fs failed \(exit 1\); its output is above\n$/);
     expect(fs.existsSync(out)).toBe(false);
-    expect(fs.readdirSync(scratch)).toEqual([]);
+    expect(fs.readdirSync(tmp)).toEqual([]);
   }, 60_000);
 
   test("--dry-run prints the plan and writes nothing; --fit options need --fit; a file target needs --size", () => {
@@ -327,6 +360,123 @@ describe("refusals before a byte is written", () => {
     expect(noSize.code).toBe(2);
     expect(noSize.stderr).toContain("needs --size");
     expect(fs.readdirSync(dir)).toEqual([]);
+  }, 60_000);
+});
+
+describe("the view a resize tool works on", () => {
+  test("reads and writes split at the new size: the target's bytes before it, the overlay's past it; FAT behind a one-partition MBR", () => {
+    const dir = tempDir();
+    const target = path.join(dir, "target");
+    const at = 3 * 4096;
+    const old = 64 * 1024;
+    const kept = 40 * 1024;
+    const before = new Uint8Array(at + kept + 8192).map((_, i) => (i * 7 + 3) & 0xff);
+    fs.writeFileSync(target, before);
+    const fd = fs.openSync(target, "r+");
+    const view = new SplitView("t", old, kept, false, dir);
+    try {
+      view.writeBeyond(kept + 100, new Uint8Array(50).fill(0xab));
+      view.place(fd, at);
+      expect(view.size).toBe(old);
+      const r = view.read(kept - 10, 200);
+      expect([...r.subarray(0, 10)]).toEqual([...before.subarray(at + kept - 10, at + kept)]);
+      expect(r.subarray(10, 110).every((b) => b === 0)).toBe(true);
+      expect(r.subarray(110, 160).every((b) => b === 0xab)).toBe(true);
+      expect(r.subarray(160).every((b) => b === 0)).toBe(true);
+      view.write(kept - 4, Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]));
+      const after = fs.readFileSync(target);
+      expect([...after.subarray(at + kept - 4, at + kept)]).toEqual([1, 2, 3, 4]);
+      // what follows the kept part in the target (the next partition's room) is untouched
+      expect(after.subarray(at + kept).equals(Buffer.from(before.subarray(at + kept)))).toBe(true);
+      expect(after.subarray(0, at + kept - 4).equals(Buffer.from(before.subarray(0, at + kept - 4)))).toBe(true);
+      expect([...view.read(kept - 4, 8)]).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      // the overlay is unnamed: nothing appears in the directory
+      expect(fs.readdirSync(dir)).toEqual(["target"]);
+    } finally {
+      view.close();
+    }
+    const fat = new SplitView("f", old, kept, true, dir);
+    try {
+      fat.place(fd, at);
+      expect(fat.size).toBe(FAT_OFFSET + old);
+      const head = fat.read(0, 512);
+      expect([head[510], head[511]]).toEqual([0x55, 0xaa]);
+      expect(readSlots(head)[0]).toMatchObject({ start: FAT_OFFSET / 512, size: old / 512 });
+      expect([...fat.read(FAT_OFFSET, 16)]).toEqual([...before.subarray(at, at + 16)]);
+      // the head (fatresize rewrites the MBR's entry) stays in memory, never reaches the target
+      fat.write(446, new Uint8Array(16));
+      expect(fat.read(446, 16).every((b) => b === 0)).toBe(true);
+      expect(fs.readFileSync(target).subarray(0, at).equals(Buffer.from(before.subarray(0, at)))).toBe(true);
+    } finally {
+      fat.close();
+      fs.closeSync(fd);
+    }
+  });
+
+  test("the read-only view decodes the image in order as far as reads reach, then reads at random", () => {
+    const input = openInput(path.join(CZ, "clonezilla-mbr-zstd"));
+    try {
+      const layout = (input as DiskInput).span.layout;
+      const p = layout.partitions.find((x) => x.number === 1)!;
+      const whole = partitionVolume(layout, p);
+      let opened = 0;
+      const random = () => {
+        opened++;
+        return partitionVolume(layout, p);
+      };
+      const view = new InOrderVolume(layout, p, random, 2 * MIB);
+      try {
+        // the superblock and the group descriptors: decoded in order, no random access opened
+        for (const [at, n] of [[1024, 1024], [0, 4096], [4096, 8192], [1024, 1024]] as const) expect(Buffer.from(view.read(at, n)).equals(Buffer.from(whole.read(at, n)))).toBe(true);
+        expect(opened).toBe(0);
+        // far past 2 MiB of data: through the random-access volume, opened once
+        const far = p.size - 64 * 1024;
+        expect(Buffer.from(view.read(far, 65536)).equals(Buffer.from(whole.read(far, 65536)))).toBe(true);
+        expect(Buffer.from(view.read(p.size / 2, 4096)).equals(Buffer.from(whole.read(p.size / 2, 4096)))).toBe(true);
+        expect(opened).toBe(1);
+        // what was decoded in order is still read from there
+        expect(Buffer.from(view.read(512, 3000)).equals(Buffer.from(whole.read(512, 3000)))).toBe(true);
+      } finally {
+        view.close();
+        whole.close();
+      }
+    } finally {
+      input.close();
+    }
+  });
+
+  test("a tool that fails while the disk is written: its output verbatim, one line, no output file, nothing left in --tmp-dir", () => {
+    if (missing()) return void console.log(missing());
+    // e2fsck runs only when the partition is resized, after it is written
+    const { dir, tmp, out, args, env } = withFakeTool("e2fsck", "echo 'e2fsck 9.9 (fake)'\necho \"$3: Superblock invalid\" >&2\nexit 8\n");
+    const r = runCli(args, { env });
+    expect(r.stderr).toMatch(/^e2fsck 9\.9 \(fake\)\n\S+\/loop0p1\.ext: Superblock invalid\nimgtool: loop0p1: checking its ext file system before resizing: e2fsck failed \(exit 8\); its output is above\n$/);
+    expect(r.code).toBe(1);
+    expect(fs.existsSync(out)).toBe(false);
+    expect(fs.readdirSync(dir).sort()).toEqual(["bin", "tmp"]);
+    expect(fs.readdirSync(tmp)).toEqual([]);
+  }, 60_000);
+
+  test("a signal while a tool runs on its view: the tool is ended, nothing is left (no output, no mount, no directory), exit 128 + n", async () => {
+    if (missing()) return void console.log(missing());
+    const started = path.join(tempDir(), "started");
+    const { tmp, out, args, env } = withFakeTool("e2fsck", `echo $$ > ${started}\nexec sleep 60\n`);
+    const child = Bun.spawn([process.execPath, CLI, ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
+    const deadline = Date.now() + 30_000;
+    while (!fs.existsSync(started) && Date.now() < deadline) await Bun.sleep(50);
+    expect(fs.existsSync(started)).toBe(true);
+    const mounts = () => fs.readFileSync("/proc/self/mounts", "utf8").split("\n").filter((l) => l.includes(tmp));
+    expect(mounts().length).toBe(1);
+    child.kill("SIGTERM");
+    const code = await child.exited;
+    const stderr = await new Response(child.stderr).text();
+    expect({ code, stderr }).toEqual({ code: 143, stderr: "imgtool: stopped by SIGTERM\n" });
+    const tool = Number(fs.readFileSync(started, "utf8"));
+    await Bun.sleep(200);
+    expect(fs.existsSync(`/proc/${tool}`) ? fs.readFileSync(`/proc/${tool}/stat`, "utf8").split(" ")[2] : "gone").toMatch(/gone|Z/);
+    expect(mounts()).toEqual([]);
+    expect(fs.existsSync(out)).toBe(false);
+    expect(fs.readdirSync(tmp)).toEqual([]);
   }, 60_000);
 });
 

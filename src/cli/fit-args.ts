@@ -9,7 +9,7 @@ import { DiskInput } from "../input/disk-input.ts";
 import type { Input } from "../input/input.ts";
 import { blockDeviceSize } from "../disk/disk-volume.ts";
 import type { ProgressFactory } from "../progress.ts";
-import { parseBytes } from "./run.ts";
+import { BUILD_SEEK_INDEX, parseBytes } from "./run.ts";
 
 /** The options `restore` takes for --fit. */
 export const fitArgs = {
@@ -18,7 +18,7 @@ export const fitArgs = {
   "size-of": { type: "string", description: "with --fit: sizes of partitions, N=SIZE[,N=SIZE...] (e.g. 2=10G,sda3=4G)" },
   grow: { type: "string", description: "with --fit onto a larger target: the partition that takes the extra room (default: the last)" },
   "dry-run": { type: "boolean", description: "with --fit: print the new layout and write nothing" },
-  "tmp-dir": { type: "string", description: "with --fit: where sparse scratch copies of resized partitions go (default: the system's temporary directory)" },
+  "tmp-dir": { type: "string", description: "with --fit: where the resize tools' views are mounted and what a shrinking partition holds past its new end is kept meanwhile (default: the system's temporary directory)" },
 } as const;
 
 interface FitArgs {
@@ -77,45 +77,48 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
   if (!(input instanceof DiskInput)) throw new UsageError("--fit restores a disk (a Clonezilla folder); this input is a single volume");
   if (args.output === "-") throw new UsageError("--fit needs a file or a block device, not stdout");
   if (args.overlay !== undefined) throw new UsageError("--overlay changes the backup's disk as it was; it does not go with --fit");
-  let removeScratch = () => {};
-  const removeOnSignal = onSignals(() => removeScratch());
   let fitted: FitResult;
   try {
     fitted = fitDisk(input, {
       target: targetSize(args),
-      tmpDir: args["tmp-dir"] ?? os.tmpdir(),
-      verify: args.verify !== false,
       dryRun: args["dry-run"] === true,
       sizeOf: sizeOf(args["size-of"]),
       grow: args.grow,
+      seekIndex: BUILD_SEEK_INDEX,
       progress,
-      tools: toolsOnPath(),
-      onScratch: (remove) => {
-        removeScratch = remove;
-      },
+      tools: toolsOnPath(args["tmp-dir"]),
     });
   } catch (e) {
-    removeOnSignal();
-    if (e instanceof ToolError) process.stderr.write(e.output.endsWith("\n") ? e.output : `${e.output}\n`);
+    printToolOutput(e);
     throw e;
   }
   const text = `${fitted.lines.join("\n")}\n`;
   if (args["dry-run"]) process.stdout.write(text);
   else if (!args.quiet) process.stderr.write(text);
-  const close = fitted.input?.close.bind(fitted.input);
-  if (fitted.input && close) {
-    fitted.input.close = () => {
-      removeOnSignal();
-      close();
+  const fittedInput = fitted.input;
+  if (fittedInput) {
+    // the tools run as the disk is written: one that fails has its output printed before restore's one line
+    const batches = fittedInput.dataBatches.bind(fittedInput);
+    fittedInput.dataBatches = function* (opts) {
+      try {
+        yield* batches(opts);
+      } catch (e) {
+        printToolOutput(e);
+        throw e;
+      }
     };
-  } else removeOnSignal();
+  }
   return fitted;
+}
+
+function printToolOutput(e: unknown): void {
+  if (e instanceof ToolError && e.output) process.stderr.write(e.output.endsWith("\n") ? e.output : `${e.output}\n`);
 }
 
 /** info --minimum: what the disk and each partition can be restored into. */
 export function minimumFacts(input: Input, tmpDir: string | undefined): MinimumFacts {
   if (!(input instanceof DiskInput) || input.kind !== "disk") throw new UsageError("--minimum is for a disk (a Clonezilla folder)");
-  return diskMinimums(input.span.layout, { tools: toolsOnPath(), tmpDir: tmpDir ?? os.tmpdir(), verify: true });
+  return diskMinimums(input.span.layout, { tools: toolsOnPath(tmpDir), seekIndex: BUILD_SEEK_INDEX });
 }
 
 export function minimumText(m: MinimumFacts): string {
@@ -128,23 +131,6 @@ export function minimumText(m: MinimumFacts): string {
 }
 
 /** The resize tools on PATH, then in the sbin directories a user's PATH often lacks. */
-export function toolsOnPath(): ResizeTools {
-  return new ResizeTools([process.env.PATH ?? "", "/usr/local/sbin", "/usr/sbin", "/sbin"].filter(Boolean).join(":"));
-}
-
-/** Scratch copies are removed on a signal too; the process then ends as the signal would end it. */
-function onSignals(cleanup: () => void): () => void {
-  const numbers = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
-  const handlers = Object.entries(numbers).map(([name, n]) => {
-    const handler = () => {
-      cleanup();
-      // restore's own handler removes its partial output and exits
-      if (process.listenerCount(name) === 1) process.exit(128 + n);
-    };
-    process.on(name, handler);
-    return [name, handler] as const;
-  });
-  return () => {
-    for (const [name, h] of handlers) process.off(name, h);
-  };
+export function toolsOnPath(tmpDir: string | undefined): ResizeTools {
+  return new ResizeTools([process.env.PATH ?? "", "/usr/local/sbin", "/usr/sbin", "/sbin"].filter(Boolean).join(":"), tmpDir ?? os.tmpdir());
 }

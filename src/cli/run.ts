@@ -1,4 +1,4 @@
-import { ChecksumError, EXIT, ImageError, UsageError } from "../errors.ts";
+import { ChecksumError, EXIT, ImageError, StoppedBySignal, UsageError } from "../errors.ts";
 import { Progress } from "./progress-bar.ts";
 import type { IndexProgress, SeekIndexOptions } from "../source/seek-index/open-index.ts";
 
@@ -33,7 +33,8 @@ export async function guard(body: () => void | number | Promise<void | number>):
     process.stderr.write(`imgtool: ${err.message?.split("\n")[0] ?? String(e)}\n`);
     if (process.argv.includes("--debug") || process.env.IMGTOOL_DEBUG === "1") process.stderr.write(`${err.stack}\n`);
     code =
-      e instanceof ChecksumError ? EXIT.CHECKSUM
+      e instanceof StoppedBySignal ? 128 + e.signal
+      : e instanceof ChecksumError ? EXIT.CHECKSUM
       : e instanceof ImageError ? EXIT.BAD_INPUT
       : e instanceof UsageError ? EXIT.USAGE
       : EXIT.FAILURE;

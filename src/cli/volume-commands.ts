@@ -66,7 +66,7 @@ export const infoCommand = defineCommand({
     image: imageArg,
     json: { type: "boolean", description: "print one JSON object" },
     "max-bitmap": maxBitmapArg,
-    minimum: { type: "boolean", description: "of a disk: the smallest size each partition and the disk can be restored into (restores each file system sparse into a scratch file and asks its resize tool)" },
+    minimum: { type: "boolean", description: "of a disk: the smallest size each partition and the disk can be restored into (asks each file system's resize tool, which reads it from the image through a read-only FUSE view)" },
     partition: partitionArg,
     disk: diskArg,
     debug: { type: "boolean", description: "show stack traces of errors" },

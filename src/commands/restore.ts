@@ -116,7 +116,7 @@ function* restoreSteps(input: Input, out: string, opts: RestoreOptions, opened: 
     const progress = opts.progress ? opts.progress(input.dataBytes(), "restore") : silentProgress(undefined, "restore");
     let dataBytes = 0;
     let end = 0;
-    const batches = input.dataBatches({ verify: opts.verify !== false });
+    const batches = input.dataBatches({ verify: opts.verify !== false, written: { settle: (to) => target.writer.settle(to) } });
     for (const batch of opts.overlay ? mergeOverlay(batches, opts.overlay) : batches) {
       target.writer.writeBatch(batch);
       for (const run of batch) {

@@ -1,8 +1,10 @@
-// The file system tools that shrink and grow a volume held in a file: resize2fs(8), ntfsresize(8), fatresize(8).
-import fs from "node:fs";
+// The file system tools that shrink and grow a volume seen as a file: resize2fs(8), ntfsresize(8), fatresize(8).
+import os from "node:os";
 import { readSlots } from "../disk/mbr.ts";
 import { UsageError } from "../errors.ts";
 import { keepFatIdentity } from "../fs/fat.ts";
+import type { WritableVolume } from "../volume/volume.ts";
+import { FILE, runOnView, type ToolView, viewUnavailable } from "./view.ts";
 
 /** A tool failed: its output goes to the user as it printed it. */
 export class ToolError extends Error {
@@ -25,10 +27,14 @@ export const TOOL_PACKAGES: Record<string, string> = {
 
 /**
  * The resize tools as found on one search path (the CLI passes PATH and the sbin directories a
- * user's PATH often lacks).
+ * user's PATH often lacks), and where the views they work on are mounted.
  */
 export class ResizeTools {
-  constructor(readonly searchPath: string) {}
+  constructor(
+    readonly searchPath: string,
+    /** where each view's mount directory and overlay go */
+    readonly tmpDir: string = os.tmpdir(),
+  ) {}
 
   /** The tool's path; undefined when absent. */
   find(tool: string): string | undefined {
@@ -43,13 +49,38 @@ export class ResizeTools {
     return p;
   }
 
-  run(tool: string, args: string[], what: string, okCodes = [0], input?: string): string {
-    const r = Bun.spawnSync([this.require(tool, what), ...args], { stdin: input === undefined ? "ignore" : new TextEncoder().encode(input), stdout: "pipe", stderr: "pipe", env: { PATH: this.searchPath, LC_ALL: "C" } });
-    const output = `${r.stdout.toString()}${r.stderr.toString()}`;
-    const code = r.exitCode ?? 1;
-    if (!okCodes.includes(code)) throw new ToolError(`${what}: ${tool} failed (exit ${code}); its output is above`, output);
-    return output;
+  /** A refusal when a view cannot be mounted (no libfuse3, fusermount3 or /dev/fuse). */
+  requireViews(why: string): void {
+    const missing = viewUnavailable(this.searchPath);
+    if (missing) throw new UsageError(`${why}: ${missing}`);
   }
+
+  /**
+   * Run each tool in turn on the view (mounted for the time of the runs, named `name`; FILE in
+   * args stands for it); their outputs. The first that fails: a ToolError with its output.
+   */
+  run(view: ToolView, name: string, runs: ToolRun[]): string[] {
+    const commands = runs.map((r) => ({ argv: [this.require(r.tool, r.what), ...r.args], env: { PATH: this.searchPath, LC_ALL: "C" }, input: r.input, okCodes: r.okCodes ?? [0] }));
+    this.requireViews(runs[0]!.what);
+    const report = runOnView(view, name, this.tmpDir, this.searchPath, commands);
+    for (const [i, result] of report.results.entries()) {
+      const r = runs[i]!;
+      if (!(r.okCodes ?? [0]).includes(result.code)) throw new ToolError(`${r.what}: ${r.tool} failed (exit ${result.code}); its output is above`, result.output);
+    }
+    if (report.results.length < runs.length) throw new ToolError(`${runs[report.results.length]!.what}: ${runs[report.results.length]!.tool} did not run`, "");
+    if (report.unmountFailed) throw new UsageError(`${runs[0]!.what}: the view could not be unmounted: ${report.unmountFailed}`);
+    return report.results.map((r) => r.output);
+  }
+}
+
+/** One tool run on a view. */
+export interface ToolRun {
+  tool: string;
+  args: string[];
+  /** what it does, for messages: "sda1: resizing its ext file system" */
+  what: string;
+  okCodes?: number[];
+  input?: string;
 }
 
 export type ResizableFs = "ext" | "ntfs" | "fat";
@@ -65,46 +96,36 @@ export function resizableFs(fsName: string | undefined): ResizableFs | undefined
 
 export const RESIZE_TOOL: Record<ResizableFs, string> = { ext: "resize2fs", ntfs: "ntfsresize", fat: "fatresize" };
 
-/**
- * A volume in a file, and where it starts there: FAT sits behind a one-partition MBR at
- * `offset` because fatresize works on partitions of a disk, not on bare volumes.
- */
-export interface ScratchFile {
-  path: string;
-  offset: number;
-  /** bytes of the volume */
-  size: number;
-  /** the partition number fatresize is told */
-  partition: number;
-}
-
 const EXT_SUPERBLOCK = 1024;
 
-/** The block size of the ext superblock in the scratch file (s_log_block_size, 1024 bytes into the volume). */
-function extBlockSize(file: ScratchFile): number {
-  const log = new DataView(readAt(file, EXT_SUPERBLOCK + 24, 4).buffer).getUint32(0, true);
-  if (log > 6) throw new UsageError(`${file.path}: ext superblock block size is out of range`);
+/** The block size of the ext superblock in the view (s_log_block_size, 1024 bytes into the volume). */
+function extBlockSize(view: ToolView, name: string): number {
+  const log = new DataView(view.volume.read(view.offset + EXT_SUPERBLOCK + 24, 4).buffer).getUint32(0, true);
+  if (log > 6) throw new UsageError(`${name}: ext superblock block size is out of range`);
   return 1024 << log;
 }
 
+const viewName = (name: string, kind: ResizableFs) => `${name.replace(/[^\w.-]/g, "_")}.${kind}`;
+
 /** The smallest size in bytes the tool can bring the volume to; undefined when it cannot shrink at all. */
-export function minimumSize(tools: ResizeTools, kind: ResizableFs, file: ScratchFile, name: string): number | undefined {
+export function minimumSize(tools: ResizeTools, kind: ResizableFs, view: ToolView, name: string): number | undefined {
+  const file = viewName(name, kind);
   switch (kind) {
     case "ext": {
-      const out = tools.run("resize2fs", ["-P", file.path], `${name}: sizing its ext file system`);
+      const [out = ""] = tools.run(view, file, [{ tool: "resize2fs", args: ["-P", FILE], what: `${name}: sizing its ext file system` }]);
       const m = /minimum size of the filesystem:\s*(\d+)/i.exec(out);
       if (!m) throw new ToolError(`${name}: resize2fs -P printed no minimum`, out);
-      return Number(m[1]) * extBlockSize(file);
+      return Number(m[1]) * extBlockSize(view, name);
     }
     case "ntfs": {
-      const out = tools.run("ntfsresize", ["--info", "--force", "--no-progress-bar", file.path], `${name}: sizing its NTFS`, [0, 1]);
+      const [out = ""] = tools.run(view, file, [{ tool: "ntfsresize", args: ["--info", "--force", "--no-progress-bar", FILE], what: `${name}: sizing its NTFS`, okCodes: [0, 1] }]);
       const m = /You might resize at (\d+) bytes/.exec(out);
       if (m) return Number(m[1]);
       if (/Nothing to do|can't be resized|cannot be resized/i.test(out)) return undefined;
       throw new ToolError(`${name}: ntfsresize --info printed no minimum`, out);
     }
     case "fat": {
-      const out = tools.run("fatresize", ["-f", "-n", String(file.partition), "-i", file.path], `${name}: sizing its FAT`);
+      const [out = ""] = tools.run(view, file, [{ tool: "fatresize", args: ["-f", "-n", String(view.partition), "-i", FILE], what: `${name}: sizing its FAT` }]);
       const min = /Min size:\s*(\d+)/.exec(out);
       const max = /Max size:\s*(\d+)/.exec(out);
       if (!min || !max) throw new ToolError(`${name}: fatresize -i printed no minimum`, out);
@@ -114,70 +135,48 @@ export function minimumSize(tools: ResizeTools, kind: ResizableFs, file: Scratch
   }
 }
 
-/** Resize the volume in the file to `bytes` (smaller or larger); the file is truncated or extended to match. */
-export function resizeVolume(tools: ResizeTools, kind: ResizableFs, file: ScratchFile, bytes: number, name: string, startSector: number): void {
-  const grow = bytes > file.size;
-  if (grow) fs.truncateSync(file.path, file.offset + bytes);
+/**
+ * Resize the volume in the view to `bytes` (smaller or larger). Shrinking, the view is the volume
+ * at its old size and the tool moves what lies past `bytes`; growing, it is already `bytes` long.
+ */
+export function resizeVolume(tools: ResizeTools, kind: ResizableFs, view: ToolView & { volume: WritableVolume }, bytes: number, name: string, startSector: number): void {
+  const grow = bytes > view.size;
+  const file = viewName(name, kind);
   switch (kind) {
     case "ext": {
-      // resize2fs refuses a file system not checked since it was last mounted; this is our scratch copy
-      tools.run("e2fsck", ["-f", "-y", file.path], `${name}: checking its ext file system before resizing`, [0, 1]);
-      const blocks = Math.floor(bytes / extBlockSize(file));
-      tools.run("resize2fs", [file.path, String(blocks)], `${name}: resizing its ext file system`);
+      const blocks = Math.floor(bytes / extBlockSize(view, name));
+      tools.run(view, file, [
+        // resize2fs refuses a file system not checked since it was last mounted
+        { tool: "e2fsck", args: ["-f", "-y", FILE], what: `${name}: checking its ext file system before resizing`, okCodes: [0, 1] },
+        { tool: "resize2fs", args: [FILE, String(blocks)], what: `${name}: resizing its ext file system` },
+      ]);
       break;
     }
     case "ntfs":
-      tools.run("ntfsresize", ["--force", "--no-progress-bar", "-s", String(bytes), file.path], `${name}: resizing its NTFS`, [0], "y\n");
+      tools.run(view, file, [{ tool: "ntfsresize", args: ["--force", "--no-progress-bar", "-s", String(bytes), FILE], what: `${name}: resizing its NTFS`, input: "y\n" }]);
       break;
     case "fat": {
       if (grow) throw new UsageError(`${name}: fatresize grows FAT only inside a partition table; kept at its size`);
-      const saved = readAt(file, 0, 512);
+      const saved = view.volume.read(view.offset, 512);
       // libparted lands within some sectors either side of the size asked: ask a little less
-      tools.run("fatresize", ["-f", "-n", String(file.partition), "-s", String(Math.max(0, bytes - FAT_SLACK)), file.path], `${name}: resizing its FAT`);
-      const got = scratchPartitionBytes(file);
+      tools.run(view, file, [{ tool: "fatresize", args: ["-f", "-n", String(view.partition), "-s", String(Math.max(0, bytes - FAT_SLACK)), FILE], what: `${name}: resizing its FAT` }]);
+      const got = readSlots(view.volume.read(0, 512))[view.partition - 1]!.size * 512;
       if (got > bytes) throw new ToolError(`${name}: fatresize made the FAT ${got} bytes, more than its ${bytes}-byte partition`, "");
-      const boot = readAt(file, 0, 512);
+      const boot = view.volume.read(view.offset, 512);
       const backupAt = new DataView(boot.buffer).getUint16(0x32, true);
       keepFatIdentity(boot, saved, startSector);
-      writeAt(file, 0, boot);
+      view.volume.write(view.offset, boot);
       if (new DataView(boot.buffer).getUint16(0x11, true) === 0 && backupAt > 0 && backupAt < 32) {
-        const backup = readAt(file, backupAt * 512, 512);
+        const backup = view.volume.read(view.offset + backupAt * 512, 512);
         keepFatIdentity(backup, saved, startSector);
-        writeAt(file, backupAt * 512, backup);
+        view.volume.write(view.offset + backupAt * 512, backup);
       }
       break;
     }
   }
-  if (!grow) fs.truncateSync(file.path, file.offset + bytes);
-  file.size = bytes;
 }
 
 const FAT_SLACK = 256 * 1024;
-
-function readAt(file: ScratchFile, at: number, length: number): Uint8Array {
-  const fd = fs.openSync(file.path, "r");
-  try {
-    const b = new Uint8Array(length);
-    fs.readSync(fd, b, 0, length, file.offset + at);
-    return b;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-function writeAt(file: ScratchFile, at: number, bytes: Uint8Array): void {
-  const fd = fs.openSync(file.path, "r+");
-  try {
-    fs.writeSync(fd, bytes, 0, bytes.length, file.offset + at);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** The size fatresize gave the scratch file's one partition (and its FAT). */
-function scratchPartitionBytes(file: ScratchFile): number {
-  return readSlots(readAt(file, -file.offset, 512))[file.partition - 1]!.size * 512;
-}
 
 /** The line that tells how to grow a file system that only grows mounted. */
 export function growAfterBootHint(fsName: string | undefined, partition: string): string | undefined {

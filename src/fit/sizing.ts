@@ -1,9 +1,10 @@
 import type { DiskLayout, DiskPartition } from "../disk/disk-volume.ts";
 import { fileSystemName, HEAD_BYTES } from "../fs/open.ts";
 import type { ProgressFactory } from "../progress.ts";
-import { minimumSize, RESIZE_TOOL, type ResizableFs, resizableFs, type ResizeTools, type ScratchFile, TOOL_PACKAGES } from "./fs-tools.ts";
+import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
+import { minimumSize, RESIZE_TOOL, resizableFs, type ResizeTools, TOOL_PACKAGES } from "./fs-tools.ts";
 import { isBootPartition, type PartitionSizing } from "./plan.ts";
-import { restoreToScratch } from "./scratch.ts";
+import { imageView } from "./view.ts";
 
 /** the smallest swap area mkswap makes: 10 pages */
 export const SWAP_MINIMUM = 10 * 4096;
@@ -18,21 +19,14 @@ export function partitionFs(p: DiskPartition): string | undefined {
 }
 
 export interface SizingOptions {
-  /** where scratch copies of the partitions go */
-  dir: string;
-  verify: boolean;
-  /** measure the minimum of each file system (restores each into a scratch file); else every minimum is its size */
+  /** measure the minimum of each file system (its tool reads it from the image); else every minimum is its size */
   measure: boolean;
   /** a missing tool: refuse (restore --fit) or report the partition as not measured (info) */
   missingTool: "refuse" | "report";
   tools: ResizeTools;
+  /** how compressed images are read at random (their seek index) */
+  seekIndex?: SeekIndexOptions;
   progress?: ProgressFactory;
-}
-
-export interface Sizings {
-  sizings: PartitionSizing[];
-  /** the scratch copies made while measuring, by partition */
-  scratch: Map<DiskPartition, { kind: ResizableFs; file: ScratchFile }>;
 }
 
 /** Why a partition keeps its size, or undefined when a tool can resize it. */
@@ -49,12 +43,11 @@ function fixedReason(p: DiskPartition, fs: string | undefined): string | undefin
 }
 
 /**
- * Each partition's smallest size: what resize2fs -P, ntfsresize --info or fatresize -i computes on a
- * sparse scratch copy of it (kept for the resize that follows), a swap header's 10 pages, or its
- * size for what cannot shrink.
+ * Each partition's smallest size: what resize2fs -P, ntfsresize --info or fatresize -i computes on
+ * a read-only view of it as its image holds it (read at random, nothing restored), a swap header's
+ * 10 pages, or its size for what cannot shrink.
  */
-export function sizePartitions(layout: DiskLayout, opts: SizingOptions): Sizings {
-  const scratch: Sizings["scratch"] = new Map();
+export function sizePartitions(layout: DiskLayout, opts: SizingOptions): PartitionSizing[] {
   const sizings: PartitionSizing[] = [];
   for (const p of layout.partitions) {
     const fs = partitionFs(p);
@@ -73,21 +66,17 @@ export function sizePartitions(layout: DiskLayout, opts: SizingOptions): Sizings
       sizings.push({ partition: p, fs, resizable: false, minimum: p.size, fixed: `not measured: ${tool} is not installed (Debian package ${TOOL_PACKAGES[tool]})` });
       continue;
     }
-    const file = ensureScratch(layout, p, kind, scratch, opts);
-    const min = minimumSize(opts.tools, kind, file, p.name);
+    const phase = opts.progress?.(undefined, `${p.name}: ${tool} measuring`);
+    const view = imageView(layout, p, kind === "fat", opts.seekIndex);
+    let min: number | undefined;
+    try {
+      min = minimumSize(opts.tools, kind, view, p.name);
+    } finally {
+      view.volume.close();
+    }
+    phase?.finish(0);
     if (min === undefined) sizings.push({ partition: p, fs, resizable: false, minimum: p.size, fixed: `${tool} says it cannot shrink` });
     else sizings.push({ partition: p, fs, resizable: true, minimum: Math.min(p.size, min) });
   }
-  return { sizings, scratch };
-}
-
-/** The partition's scratch copy, restored now if it was not yet. */
-export function ensureScratch(layout: DiskLayout, p: DiskPartition, kind: ResizableFs, scratch: Sizings["scratch"], opts: Pick<SizingOptions, "dir" | "verify" | "progress">): ScratchFile {
-  const have = scratch.get(p);
-  if (have) return have.file;
-  const progress = opts.progress?.(undefined, `${p.name}: scratch copy`);
-  const file = restoreToScratch(layout, p, kind, opts.dir, opts.verify, progress);
-  progress?.finish(file.size);
-  scratch.set(p, { kind, file });
-  return file;
+  return sizings;
 }

@@ -28,6 +28,16 @@ export interface VerifyReport {
   dataBytes: number;
 }
 
+/**
+ * The output as restore writes it, for an input that changes what it wrote before going on
+ * (restore --fit resizes each file system in place): what was yielded up to volume offset `to` is
+ * written (the gaps up to it as restore fills them) and the bytes are at `base` + their offset in
+ * the open descriptor `fd`; the input may read and rewrite them there, up to `to`, before it yields again.
+ */
+export interface WrittenOutput {
+  settle(to: number): { fd: number; base: number };
+}
+
 export interface Input {
   readonly kind: InputKind;
   /** as the user named it */
@@ -44,7 +54,7 @@ export interface Input {
    * The data, ascending, checksums verified unless `verify` is false; what restore writes and
    * verify reads. Read once, in order: works on pipes and compressed streams without an index.
    */
-  dataBatches(opts: { verify: boolean }): Iterable<DataRun[]>;
+  dataBatches(opts: { verify: boolean; written?: WrittenOutput }): Iterable<DataRun[]>;
   /**
    * The volume at any offset (serve, mount, cat, file systems): a compressed image through its seek
    * index; throws a UsageError saying why where that cannot be.

@@ -63,6 +63,16 @@ export class VolumeWriter {
     this.flush();
   }
 
+  /**
+   * Write everything up to volume offset `to` (the gap to it as the policy says); the bytes are
+   * then at `base` + their offset in `fd`, to be read and rewritten in place below `to`.
+   */
+  settle(to: number): { fd: number; base: number } {
+    if (this.base === null) throw new Error(`${this.name}: a stream cannot be rewritten in place`);
+    this.finish(to);
+    return { fd: this.fd, base: this.base };
+  }
+
   /** Complete the volume to `size` bytes; the caller syncs and closes. */
   finish(size: number): void {
     if (size > this.cursor) this.gap(size);
