@@ -36,6 +36,12 @@ function makerMissing(): string | undefined {
 const skipReason = makerMissing();
 if (skipReason) console.log(`test/boot.test.ts: booting a Clonezilla folder skipped: ${skipReason}`);
 
+/** The smallest disk `info --minimum` says the folder fits. */
+function minimumOf(folder: string): number {
+  const r = spawnSync(process.execPath, [CLI, "info", folder, "--minimum", "--json"], { encoding: "utf8" });
+  return Number(JSON.parse(r.stdout).minimum.minimum);
+}
+
 /** qemu's serial console (stdout) for a disk, until the guest powers off or BOOT_SECONDS pass. */
 async function boot(drive: string): Promise<string> {
   const qemu = Bun.spawn([...QEMU, "-drive", drive], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
@@ -120,5 +126,23 @@ describe.skipIf(skipReason !== undefined)("a Clonezilla folder of a disk that bo
       expect(await mounter.exited).toBe(0);
     },
     (BOOT_SECONDS + 60) * 1000,
+  );
+  const fitMissing = ["resize2fs", "e2fsck"].find((t) => !which(t)) ?? (fuseMissing ? "fuse" : undefined);
+  if (fitMissing && !skipReason) console.log(`test/boot.test.ts: booting a disk restored with --fit skipped: ${fitMissing} is missing`);
+  test.skipIf(fitMissing !== undefined)(
+    "restore DIR --fit onto 75% of the disk and onto its minimum: each boots and prints the same marker (GRUB in the MBR gap still finds /boot)",
+    async () => {
+      const dir = tempDir();
+      for (const target of [Math.floor((200e6 * 0.75) / (1 << 20)) * (1 << 20), minimumOf(folder)]) {
+        const disk = path.join(dir, `fit-${target}.img`);
+        const r = spawnSync(process.execPath, [CLI, "restore", folder, "-o", disk, "--fit", "--size", String(target), "-q", "--tmp-dir", dir], { encoding: "utf8" });
+        expect({ target, code: r.status, stderr: r.stderr }).toEqual({ target, code: 0, stderr: "" });
+        expect({ target, size: fs.statSync(disk).size }).toEqual({ target, size: target });
+        const serial = await boot(`file=${disk},format=raw,snapshot=on`);
+        expect({ target, booted: serial.includes(`IMGTOOL-BOOT-OK ${marker}`) }).toEqual({ target, booted: true });
+        fs.rmSync(disk);
+      }
+    },
+    2 * (BOOT_SECONDS + 60) * 1000,
   );
 });
