@@ -9,7 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Attr, Cmd } from "../src/btrfs/protocol.ts";
 import { EXIT, withCommas } from "../src/errors.ts";
-import { runCli, tempDir, which } from "./helpers.ts";
+import { loopBtrfs, runCli, tempDir, which } from "./helpers.ts";
 import { type Attribute, SendStreamWriter, bytesOf, u64 } from "./send-stream-writer.ts";
 
 const BTRFS = which("btrfs");
@@ -164,23 +164,7 @@ describe.skipIf(!ROOT)("btrfs-receive: a run of writes that fills the destinatio
 
 describe.skipIf(!BTRFS || !MKFS || !ROOT)("differential: runs of writes, btrfs receive into a loop-mounted btrfs against imgtool btrfs-receive", () => {
   if (!BTRFS || !MKFS || !ROOT) console.log("skipped: runs of writes against btrfs receive: needs root, btrfs and mkfs.btrfs");
-  const work = tempDir();
-  const mountPoint = path.join(work, "mnt");
-  let mounted = false;
-  const setup = () => {
-    if (mounted) return;
-    const volume = path.join(work, "vol");
-    fs.writeFileSync(volume, "");
-    fs.truncateSync(volume, 300 << 20);
-    fs.mkdirSync(mountPoint);
-    expect(Bun.spawnSync([MKFS!, "-q", "-f", volume]).exitCode).toBe(0);
-    const mount = Bun.spawnSync(["mount", "-o", "loop", volume, mountPoint], { stderr: "pipe" });
-    if (mount.exitCode !== 0) throw new Error(`mount -o loop failed: ${mount.stderr}`);
-    mounted = true;
-  };
-  afterAll(() => {
-    if (mounted) Bun.spawnSync(["umount", mountPoint]);
-  }, { timeout: 60_000 });
+  const { mountPoint, setup } = loopBtrfs(MKFS!);
 
   const both = (files: string[], writes: Write[]) => {
     setup();
