@@ -66,6 +66,20 @@ export function bestOf(command: string, runs: number, before = () => {}, stdout:
   return { ...best!, rssMiB: rss };
 }
 
+/**
+ * The standalone executable as users run it (`npm run build`: dist/imgtool), for the rows whose
+ * targets count the start-up; undefined, with the reason printed, when the build fails.
+ */
+export function buildBinary(): string | undefined {
+  try {
+    sh(`cd ${ROOT} && npm run build --silent`);
+    return path.join(ROOT, "dist", "imgtool");
+  } catch (e) {
+    console.log(`bench: no standalone-binary rows: npm run build failed: ${(e as Error).message.split("\n")[1] ?? ""}`);
+    return undefined;
+  }
+}
+
 /** Makes `vol` an ext4 volume of `size` (truncate's syntax), mounts it on `mnt` for `fill`, and unmounts it. */
 export function withExt4Volume(vol: string, size: string, mnt: string, fill: (mnt: string) => void): void {
   fs.mkdirSync(mnt, { recursive: true });

@@ -10,7 +10,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { CLI, type Measured, ROOT, WORK, bestOf, need, sh, withExt4Volume, writeRandomFiles, writeTextFiles } from "./common.ts";
+import { CLI, type Measured, WORK, bestOf, buildBinary, need, sh, withExt4Volume, writeRandomFiles, writeTextFiles } from "./common.ts";
 
 const VOLUME_MIB = Number(process.env.BENCH_PAR_VOLUME_MIB ?? 1536);
 const USED_MB = Number(process.env.BENCH_PAR_USED_MB ?? 1024);
@@ -103,13 +103,7 @@ function main() {
   // the standalone executable too, for the targets that count its start-up: `--help` takes it 60-80 ms
   // against 150-170 ms for the sources run by bun (what npx imgtool runs); over a whole verify the two
   // were within this VM's spread (medians of 8 alternating runs: 1.145 s and 1.19 s)
-  let binary: string | undefined;
-  try {
-    sh(`cd ${ROOT} && npm run build --silent`);
-    binary = `${ROOT}/dist/imgtool`;
-  } catch (e) {
-    console.log(`bench: no standalone-binary rows: npm run build failed: ${(e as Error).message.split("\n")[1] ?? ""}`);
-  }
+  const binary = buildBinary();
   const shmOut = path.join(SHM, `imgtool-bench-par-${process.pid}.raw`);
   const diskOut = path.join(WORK, "par-out.raw");
   const rows: Row[] = [];

@@ -1,11 +1,11 @@
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { deflateSync } from "node:zlib";
 import fs from "node:fs";
 import path from "node:path";
 import { Attr, Cmd, EncodedCompression } from "../src/btrfs/protocol.ts";
 import { RECEIVED_INDEX } from "../src/btrfs/received-index.ts";
 import { EXIT } from "../src/errors.ts";
-import { FIXTURES, fixture, runCli, tempDir, which } from "./helpers.ts";
+import { FIXTURES, fixture, loopBtrfs, runCli, tempDir, which } from "./helpers.ts";
 import { type Attribute, SendStreamWriter, bytesOf, timespec, u32, u64 } from "./send-stream-writer.ts";
 
 /** lstree.py exactly as fixtures/MAKE.md gives it: the script that made the .tree.txt references. */
@@ -383,24 +383,7 @@ const MKFS = which("mkfs.btrfs");
 const ROOT = process.getuid?.() === 0;
 
 describe.skipIf(!BTRFS || !MKFS || !ROOT)("differential: btrfs receive into a loop-mounted btrfs against imgtool btrfs-receive", () => {
-  const work = tempDir();
-  const mountPoint = path.join(work, "mnt");
-  let mounted = false;
-  const setup = () => {
-    if (mounted) return;
-    const volume = path.join(work, "vol");
-    fs.writeFileSync(volume, "");
-    fs.truncateSync(volume, 300 << 20);
-    fs.mkdirSync(mountPoint);
-    expect(Bun.spawnSync([MKFS!, "-q", "-f", volume]).exitCode).toBe(0);
-    const mount = Bun.spawnSync(["mount", "-o", "loop", volume, mountPoint], { stderr: "pipe" });
-    if (mount.exitCode !== 0) throw new Error(`mount -o loop failed: ${mount.stderr}`);
-    mounted = true;
-  };
-  // an umount waits for writeback: seconds on a loaded machine
-  afterAll(() => {
-    if (mounted) Bun.spawnSync(["umount", mountPoint]);
-  }, { timeout: 60_000 });
+  const { mountPoint, setup } = loopBtrfs(MKFS!);
 
   // streams received in order into one directory each, on btrfs and here
   const groups = [["full-v1", "incr-v1"], ["names-v1", "names-incr-v1"], ["multi-v1"], ["sparse-v2"], ["v2-zstd"], ["v2-zlib-lzo"], ["nodata-v1"]];

@@ -1,4 +1,4 @@
-import { expect, test } from "bun:test";
+import { afterAll, expect, test } from "bun:test";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -298,4 +298,30 @@ export async function firstLine(stream: ReadableStream<Uint8Array>): Promise<str
     reader.releaseLock();
   }
   return text.split("\n")[0]!;
+}
+
+/**
+ * A btrfs of `mib` MiB on a loop device, made and mounted at the first setup() (mkfs is mkfs.btrfs's
+ * path), unmounted after the describe block that calls this (an umount waits for writeback: seconds
+ * on a loaded machine).
+ */
+export function loopBtrfs(mkfs: string, mib = 300): { mountPoint: string; setup: () => void } {
+  const work = tempDir();
+  const mountPoint = path.join(work, "mnt");
+  let mounted = false;
+  const setup = () => {
+    if (mounted) return;
+    const volume = path.join(work, "vol");
+    fs.writeFileSync(volume, "");
+    fs.truncateSync(volume, mib << 20);
+    fs.mkdirSync(mountPoint);
+    expect(spawnSync(mkfs, ["-q", "-f", volume]).status).toBe(0);
+    const mount = spawnSync("mount", ["-o", "loop", volume, mountPoint]);
+    if (mount.status !== 0) throw new Error(`mount -o loop failed: ${mount.stderr}`);
+    mounted = true;
+  };
+  afterAll(() => {
+    if (mounted) spawnSync("umount", [mountPoint]);
+  }, { timeout: 60_000 });
+  return { mountPoint, setup };
 }

@@ -83,6 +83,7 @@ export interface ReceiveResult {
  */
 export function receiveSendStream(parser: SendStreamParser, dir: string, options: ReceiveOptions = {}): ReceiveResult {
   const receiver = new Receiver(parser, dir, options);
+  parser.beforeRelease = () => receiver.flushWrites();
   try {
     let applied = 0;
     for (let command = parser.read(); command; command = parser.read()) {
@@ -92,14 +93,35 @@ export function receiveSendStream(parser: SendStreamParser, dir: string, options
     receiver.finishSubvolume();
     options.onProgress?.(parser.reader.position);
   } catch (e) {
-    if (e instanceof Error) e.message = `${e.message}; ${receiver.progress()}`;
-    throw e;
+    // the writes of the commands before the failing one are done first (a failure of theirs comes first)
+    let first = e;
+    try {
+      receiver.flushWrites();
+    } catch (earlier) {
+      first = earlier;
+    }
+    if (first instanceof Error) first.message = `${first.message}; ${receiver.progress()}`;
+    throw first;
   } finally {
+    parser.beforeRelease = undefined;
     receiver.close();
   }
   return { subvolumes: receiver.finished, commands: parser.count, refusedXattrs: receiver.refusedXattrs };
 }
 // ---- the receiver ----
+
+/**
+ * Write commands not written yet: consecutive writes to the held file at contiguous offsets, each
+ * already checked (crc, attributes, offset), their data still views into the parser's buffer.
+ * Written as one pwritev before any other command, before the parser reuses its buffer, and at the end.
+ */
+interface PendingWrites {
+  fd: number;
+  start: number;
+  end: number;
+  data: Uint8Array[];
+  commands: Extract<SendCommand, { type: "write" }>[];
+}
 
 interface CurrentSubvolume {
   name: Buffer;
@@ -134,6 +156,8 @@ const WRITE_FLAGS = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 const READ_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 /** uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown */
 const MAX_ID = 0xfffffffe;
+/** IOV_MAX */
+const MAX_PENDING_WRITES = 1024;
 
 class Receiver {
   readonly finished: ReceivedSubvolume[] = [];
@@ -147,6 +171,9 @@ class Receiver {
   /** a mkfile or mkdir not done yet (createLater): the command and its path, copied */
   private pendingFile: { command: SendCommand; path: Uint8Array } | undefined;
   private command: SendCommand | undefined;
+  private pendingWrites: PendingWrites | undefined;
+  /** the commands read when the failing command was: set when a write fails after later commands were read */
+  private readWhenFailed: number | undefined;
   /** per file (dev:ino) whose xattrs were refused: the names refused, so that their removal is not an error */
   private readonly refusedXattrNames = new Map<string, Set<string>>();
   /** the decoded bytes of one encoded_write: at most BTRFS_MAX_UNCOMPRESSED, reused */
@@ -172,10 +199,11 @@ class Receiver {
   progress(): string {
     const done = this.finished.length ? `received ${this.finished.map((s) => printable(s.name)).join(", ")}; ` : "";
     const partial = this.current ? `${printable(this.current.name)} is incomplete after ${this.current.commands} commands` : "no subvolume in progress";
-    return `${done}${partial} (${this.parser.count} commands read)`;
+    return `${done}${partial} (${this.readWhenFailed ?? this.parser.count} commands read)`;
   }
 
   close(): void {
+    this.pendingWrites = undefined;
     this.pendingFile = undefined;
     this.closeWriteFile();
     this.current?.root.close();
@@ -238,6 +266,8 @@ class Receiver {
   }
 
   apply(command: SendCommand): void {
+    if (command.type === "write" && this.addToPendingWrites(command)) return;
+    this.flushWrites();
     if (this.pendingFile) {
       if (this.createRenamed(command)) return;
       this.makePendingFile();
@@ -382,9 +412,12 @@ class Receiver {
           unlinkAt(place.dir, this.entry(place, "removed"), cmd.type === "rmdir" ? AT_REMOVEDIR : 0, place.path);
           this.forget(place);
         });
-      case "write":
-        this.writeAt(this.writeFile(cmd.path), cmd.data, this.offset(cmd.fileOffset, "offset"));
+      case "write": {
+        const fd = this.writeFile(cmd.path);
+        const start = this.offset(cmd.fileOffset, "offset");
+        this.pendingWrites = { fd, start, end: start + cmd.data.length, data: [cmd.data], commands: [cmd] };
         return;
+      }
       case "encoded_write":
         return this.encodedWrite(cmd);
       case "clone":
@@ -468,6 +501,7 @@ class Receiver {
 
   /** Record the current subvolume as received (btrfs receive sets its received uuid then). */
   finishSubvolume(): void {
+    this.flushWrites();
     if (this.pendingFile) this.makePendingFile();
     this.closeWriteFile();
     const s = this.current;
@@ -529,6 +563,36 @@ class Receiver {
       this.holdFile(fd, place, { dev: st.dev, ino: st.ino });
       return fd;
     });
+  }
+
+  /** A write that continues the pending ones (same held file, the next offset) joins them; true when it did. */
+  private addToPendingWrites(cmd: Extract<SendCommand, { type: "write" }>): boolean {
+    const p = this.pendingWrites;
+    if (!p || p.data.length === MAX_PENDING_WRITES || cmd.fileOffset !== p.end || this.heldFile(cmd.path) !== p.fd) return false;
+    p.data.push(cmd.data);
+    p.commands.push(cmd);
+    p.end += cmd.data.length;
+    this.current!.commands++;
+    return true;
+  }
+
+  /** Write the pending writes; a failure is the command whose bytes could not be written. */
+  flushWrites(): void {
+    const p = this.pendingWrites;
+    if (!p) return;
+    this.pendingWrites = undefined;
+    const total = p.end - p.start;
+    let done = 0;
+    try {
+      while (done < total) done += fs.writevSync(p.fd, done === 0 ? p.data : remainingViews(p.data, done), p.start + done);
+    } catch (e) {
+      let i = 0;
+      for (let at = p.data[0]!.length; at <= done && i < p.data.length - 1; at += p.data[++i]!.length);
+      this.command = p.commands[i]!;
+      this.readWhenFailed = this.command.index;
+      if (this.current) this.current.commands -= p.commands.length - 1 - i;
+      this.failed(e);
+    }
   }
 
   private writeAt(fd: number, data: Uint8Array, position: number): void {
@@ -657,6 +721,13 @@ class Receiver {
 }
 
 const EMPTY = new Uint8Array(0);
+
+/** The views after their first `skip` bytes. */
+function remainingViews(views: Uint8Array[], skip: number): Uint8Array[] {
+  let i = 0;
+  while (skip >= views[i]!.length) skip -= views[i++]!.length;
+  return [views[i]!.subarray(skip), ...views.slice(i + 1)];
+}
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;

@@ -140,6 +140,11 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
   private cmdIndex = 0;
   private cmdOffset = 0;
   private cmdNumber = 0;
+  /**
+   * Called before the reader's buffer may be reused or moved: the byte views of every command
+   * read so far are valid up to this call, not only to the next command.
+   */
+  beforeRelease: (() => void) | undefined;
 
   constructor(
     readonly reader: ByteReader,
@@ -214,6 +219,7 @@ export class SendStreamParser implements IterableIterator<SendCommand>, AsyncIte
 
   /** Hand the consumed part of the window back to the reader, before using the reader directly. */
   private syncReader(): void {
+    this.beforeRelease?.();
     this.reader.skip(this.winPos, "command");
     this.win = this.win.subarray(0, 0);
     this.winPos = 0;
