@@ -313,6 +313,71 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     }
   });
 
+  /** `raw` counting the compressed bytes read through it */
+  function counting(raw: RandomAccessSource): { raw: RandomAccessSource; read: () => number } {
+    let n = 0;
+    const counted = Object.create(raw) as RandomAccessSource;
+    counted.readAt = (into, offset) => {
+      const got = raw.readAt(into, offset);
+      n += got;
+      return got;
+    };
+    return { raw: counted, read: () => n };
+  }
+
+  test("a cold read far past its point skims there: raw blocks before its span are passed by their headers, not read; the bytes equal the stream", () => {
+    const MiB = 1 << 20;
+    // incompressible (stored as raw blocks) with a compressible stretch every 3 MiB (compressed blocks between)
+    const truth = randomBytes(24 * MiB);
+    for (let at = MiB; at < truth.length; at += 3 * MiB) truth.fill(at & 0xff, at, at + 65536);
+    const file = write(tempDir(), "skim.zst", zstd(truth, "-T2", "-3"));
+    const indexed = openIndexed(file, 12 * MiB);
+    const { raw } = openRaw(file);
+    try {
+      const point = indexed.index.points.find((p) => p.extra.length > 0)!;
+      expect(point.decoded).toBeGreaterThanOrEqual(12 * MiB);
+      for (const [from, offset] of [[0, 9 * MiB + 5], [point.decoded, point.decoded + 10 * MiB + 77]] as const) {
+        const c = counting(raw as RandomAccessSource);
+        const reader = new SeekableSource(c.raw, zstdCodec, { ...indexed.index, close() {} });
+        const got = new Uint8Array(4096);
+        expect(reader.readAt(got, offset)).toBe(got.length);
+        expect(Buffer.from(got).equals(Buffer.from(truth.subarray(offset, offset + got.length)))).toBe(true);
+        expect(reader.stats.skimMisses).toBe(0);
+        // its span (1 MiB) and the compressible stretches' blocks; decoding from the point would read `offset - from` more
+        expect(c.read()).toBeLessThan(2 * MiB);
+        expect(offset - from).toBeGreaterThan(8 * MiB);
+      }
+      expectReadsEqual(indexed, truth, indexed.index.points.map((p) => p.decoded), 11);
+    } finally {
+      raw.close();
+      indexed.close();
+    }
+  });
+
+  test("a skimmed span whose blocks reach back into a skimmed raw block is decoded again in full: right bytes, and the point is not blamed", () => {
+    const MiB = 1 << 20;
+    const truth = randomBytes(16 * MiB);
+    // incompressible where it first appears (a raw block), then copied into the span at 10 MiB (a match into it)
+    truth.copy(truth, 10 * MiB + 100_000, 9 * MiB + 200_000, 9 * MiB + 700_000);
+    const file = write(tempDir(), "skim-miss.zst", zstd(truth, "-3"));
+    const indexed = openIndexed(file, 6 * MiB);
+    const { raw } = openRaw(file);
+    try {
+      const point = indexed.index.points.findLast((p) => p.decoded <= 10 * MiB)!;
+      expect(point.decoded).toBeLessThanOrEqual(9 * MiB);
+      const reader = new SeekableSource(raw as RandomAccessSource, zstdCodec, { ...indexed.index, close() {} });
+      const got = new Uint8Array(600_000);
+      expect(reader.readAt(got, 10 * MiB)).toBe(got.length);
+      expect(Buffer.from(got).equals(Buffer.from(truth.subarray(10 * MiB, 10 * MiB + got.length)))).toBe(true);
+      expect(reader.stats.skimMisses).toBe(1);
+      expect(reader.stats.wrongPoints).toBe(0);
+      expect(point.wrongFrom).toBeUndefined();
+    } finally {
+      raw.close();
+      indexed.close();
+    }
+  });
+
   test("the stretch hashes made behind the pass in a worker equal those made in its own thread (a stream large enough for the worker, windows of two sizes)", () => {
     // incompressible, with a repeated stretch now and then (matches, so windows matter)
     const part = (n: number) => {

@@ -70,4 +70,10 @@ export interface SeekCodec {
    * that resumes for each cold read keeps one per decoder), else into the decoder's own.
    */
   resume(raw: RandomAccessSource, point: SeekPoint, inputBuffer?: Uint8Array): ChunkSource;
+  /**
+   * Like resume, for a reader that wants none of the first `skimTo` decoded bytes: input the codec
+   * can pass over without decoding (zstd's raw blocks, by their headers) is not read, and the bytes
+   * after are right only where they match the stretch hashes (a miss is the skimming's, not the point's).
+   */
+  skim?(raw: RandomAccessSource, point: SeekPoint, skimTo: number, inputBuffer?: Uint8Array): ChunkSource;
 }

@@ -5,10 +5,15 @@ import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { SeekPoint } from "./codec.ts";
 import { BLOCK_ROOM, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
-import { parseFrameHeader } from "./zstd-frame.ts";
+import { parseFrameHeader, resumeHeader, skippableFrameSize } from "./zstd-frame.ts";
 import { unpackExtra, zstdCodec } from "./zstd.ts";
 
 const EMPTY = new Uint8Array(0);
+/** RFC 8878: a frame header is at most 18 bytes; a frame's checksum is 4 */
+const FRAME_HEADER_MAX = 18;
+const CHECKSUM_BYTES = 4;
+/** Frames with larger windows are not skimmed (their ring would be as large): read as they are. */
+const MAX_SKIMMED_WINDOW = 64 << 20;
 /** What a frame too large for the ring is read in: by a streaming decoder, this much at a time. */
 const STREAMED_PIECE = 256 << 10;
 
@@ -24,6 +29,8 @@ export class ZstdRingDecoder {
   private frameOpen = false;
   /** a resumed frame's blocks end before its checksum: the next frame starts here */
   private resumedFrameEnd: number | undefined;
+  /** a frame started with a synthesized header ends with the checksum it had this many bytes long */
+  private resumedChecksum = 0;
   /** compressed offset of the next frame to read when no frame is open */
   private pos = 0;
   /** the rest of the stream from a frame on, when that frame's window is larger than the ring allows */
@@ -33,8 +40,9 @@ export class ZstdRingDecoder {
     private readonly raw: RandomAccessSource,
     private readonly ring: Uint8Array,
     private readonly reserve: (at: number, n: number) => void,
+    inputBuffer?: Uint8Array,
   ) {
-    this.input = new InputWindow(raw, INPUT_BUFFER_SIZE);
+    this.input = new InputWindow(raw, inputBuffer ?? INPUT_BUFFER_SIZE);
     this.blocks = new ZstdBlocks(raw, this.input, ring);
   }
 
@@ -49,13 +57,20 @@ export class ZstdRingDecoder {
     return this.ring.subarray(at, at + n);
   }
 
-  /** Start over at `point`; false when its frame's window does not fit the ring (decode it otherwise). */
-  start(point: SeekPoint): boolean {
+  /**
+   * Start over at `point`; false when its frame's window does not fit the ring (decode it otherwise).
+   * With `skimTo`, the raw blocks of the point's frame that end within that many decoded bytes are
+   * not read (ZstdBlocks.skimUntil): a frame start is then resumed with a synthesized header, whose
+   * frame has no checksum to fail.
+   */
+  start(point: SeekPoint, skimTo = 0): boolean {
     this.closeStream();
     this.frameOpen = false;
     this.resumedFrameEnd = undefined;
+    this.resumedChecksum = 0;
     if (point.extra.length === 0) {
       this.pos = point.compressed;
+      if (skimTo > 0) this.startSkimming(point.compressed, skimTo);
       return true;
     }
     const { header, frameEnd } = unpackExtra(point, this.raw);
@@ -64,7 +79,21 @@ export class ZstdRingDecoder {
     if (!this.blocks.resume(header, point.compressed, point.window, windowSize)) return false;
     this.frameOpen = true;
     this.resumedFrameEnd = frameEnd;
+    this.blocks.skimUntil(skimTo);
     return true;
+  }
+
+  /** Open the frame at `at` with a synthesized header, skimming; left closed (read as it is) where that cannot be. */
+  private startSkimming(at: number, skimTo: number): void {
+    const headAt = this.input.needOnly(at, Math.min(FRAME_HEADER_MAX, this.raw.size - at));
+    const head = this.input.buf.subarray(headAt, headAt + this.input.available(at));
+    if (skippableFrameSize(head) !== undefined) return;
+    const frame = parseFrameHeader(head, this.raw.locate(at));
+    if (frame.dictionaryId !== 0) return;
+    if (!this.blocks.resume(resumeHeader(frame.windowDescriptor), at + frame.headerSize, EMPTY, frame.windowSize)) return;
+    this.frameOpen = true;
+    this.resumedChecksum = frame.checksum ? CHECKSUM_BYTES : 0;
+    this.blocks.skimUntil(skimTo);
   }
 
   /** The next decoded bytes, a view into the ring (empty at the end of the stream). */
@@ -88,9 +117,10 @@ export class ZstdRingDecoder {
       this.reserve(this.blocks.nextBlockAt(), BLOCK_ROOM);
       const out = this.blocks.next();
       if (out.length > 0) return out;
-      this.pos = this.resumedFrameEnd ?? this.blocks.pos;
+      this.pos = this.resumedFrameEnd ?? this.blocks.pos + this.resumedChecksum;
       this.frameOpen = false;
       this.resumedFrameEnd = undefined;
+      this.resumedChecksum = 0;
     }
   }
 
@@ -121,4 +151,45 @@ export class ZstdRingDecoder {
     this.streamed?.source.close();
     this.streamed = undefined;
   }
+}
+
+/**
+ * The decoded stream from `point` on for a reader that wants nothing of its first `skimTo` bytes: the
+ * raw blocks among those are not read (ZstdBlocks.skimUntil), so what follows is right only where
+ * no block reaches back into one of them; the reader checks it against the stretch hashes.
+ */
+export function skimZstd(raw: RandomAccessSource, point: SeekPoint, skimTo: number, inputBuffer?: Uint8Array): ChunkSource {
+  let windowSize: number;
+  if (point.extra.length > 0) {
+    windowSize = parseFrameHeader(unpackExtra(point, raw).header, raw.locate(point.compressed)).windowSize;
+  } else {
+    const head = new Uint8Array(Math.min(FRAME_HEADER_MAX, raw.size - point.compressed));
+    raw.readAt(head, point.compressed);
+    windowSize = skippableFrameSize(head) === undefined ? parseFrameHeader(head, raw.locate(point.compressed)).windowSize : 0;
+  }
+  if (windowSize > MAX_SKIMMED_WINDOW) return zstdCodec.resume(raw, point, inputBuffer);
+  const decoder = new ZstdRingDecoder(raw, new Uint8Array(Math.max(windowSize, 1 << 10) + 2 * BLOCK_ROOM), () => {}, inputBuffer);
+  if (!decoder.start(point, skimTo)) {
+    decoder.close();
+    return zstdCodec.resume(raw, point, inputBuffer);
+  }
+  let out: Uint8Array = EMPTY;
+  let taken = 0;
+  return {
+    name: `${raw.name} (zstd)`,
+    size: undefined,
+    read(into: Uint8Array): number {
+      if (taken === out.length) {
+        out = decoder.next();
+        taken = 0;
+        if (out.length === 0) return 0;
+      }
+      const n = Math.min(into.length, out.length - taken);
+      into.set(out.subarray(taken, taken + n));
+      taken += n;
+      return n;
+    },
+    locate: (offset: number) => ({ file: raw.name, offset, decoded: "zstd" }),
+    close: () => decoder.close(),
+  };
 }

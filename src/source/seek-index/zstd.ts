@@ -8,6 +8,7 @@ import { BLOCK_ROOM, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
 import { resumeHeader } from "./zstd-frame.ts";
 import { PassStretches } from "./hash-behind.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
+import { skimZstd } from "./zstd-ring.ts";
 import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from "./zstd-verify.ts";
 
 /** Frames whose window is larger are not indexed (the build holds the window in memory). */
@@ -39,6 +40,7 @@ export const zstdCodec: SeekCodec = {
   compression: "zstd",
   build: buildZstdIndex,
   resume: resumeZstd,
+  skim: (raw, point, skimTo, inputBuffer) => skimZstd(raw, point, skimTo, inputBuffer),
 };
 
 /** What a point inside a frame carries in `extra`: the header to synthesize and where the frame's blocks end. */
