@@ -1,6 +1,6 @@
 import { ImageError, type Location } from "../../errors.ts";
 import { type ChunkSource, PositionedSource, type RandomAccessSource } from "../chunk-source.ts";
-import type { SeekCodec } from "./codec.ts";
+import type { SeekCodec, SkimBuffers, SkimmingSource } from "./codec.ts";
 import type { LoadedIndex, StoredPoint } from "./index-file.ts";
 import { STRETCH_GRID, StretchChecker, isDecodeError } from "./stretch-hashes.ts";
 import { seekPointOf } from "./stored-window.ts";
@@ -20,17 +20,16 @@ const KEEP_SKIPPED = 4 * SPAN_BYTES;
 const SKIP_BYTES = 1 << 20;
 const GC_EVERY_SPANS = 16;
 /**
- * A decoder resumed this far or further behind the wanted offset skims its way there where the codec
- * can (SeekCodec.skim): a cold read far from a point then reads little more than its own span.
+ * A decoder this far or further behind the wanted offset skims its way there where the codec can
+ * (SeekCodec.skim): a read far from a point or from the last one reads little more than its own span.
  */
 const SKIM_FROM = SPAN_BYTES;
 /** What a resumed decoder reads compressed input in: several live at once, and a cold read wants little. */
 const RESUME_INPUT_BYTES = 256 << 10;
 
-/** A decoder's window and input buffers, kept from one resume to the next: a cold read allocates none. */
-interface ResumeBuffers {
+/** A decoder's window, input and ring buffers, kept from one resume to the next: a cold read allocates none. */
+interface ResumeBuffers extends SkimBuffers {
   window: Uint8Array;
-  input: Uint8Array;
 }
 
 /**
@@ -80,13 +79,13 @@ class SpanCache {
 
 /** A decoder resumed at a point, and how far it has got. */
 interface Cursor {
-  decoder: ChunkSource;
+  decoder: ChunkSource | SkimmingSource;
   at: number;
   /** the point it started from */
   point: StoredPoint;
   /** lent to its decoder until it is closed */
   buffers: ResumeBuffers;
-  /** resumed skimming (SeekCodec.skim): every stretch it decodes is hashed, and a miss is the skimming's, not the point's */
+  /** it has skimmed (SkimmingSource.skimNext): every stretch it decodes is hashed, and a miss is the skimming's, not the point's */
   skimmed: boolean;
 }
 
@@ -121,8 +120,11 @@ export class SeekableSource extends PositionedSource {
   private skip: Uint8Array | undefined;
   /** counters for the curious (bench): spans decoded, resumes from a point, points found to decode wrongly */
   readonly stats = { spansDecoded: 0, resumes: 0, cacheHits: 0, wrongPoints: 0, skimMisses: 0 };
-  /** spans (by their first offset) that a skimming decoder got wrong: decoded in full from now on */
-  private readonly noSkim = new Set<number>();
+  /**
+   * Spans (by their first offset) that a skimming decoder got wrong, and how often: once, it keeps
+   * the bytes its decoding may reach back to real (SkimmingSource.reach); twice, it does not skim.
+   */
+  private readonly skimMissesAt = new Map<number, number>();
   private readonly checker: StretchChecker | undefined;
 
   constructor(
@@ -260,7 +262,7 @@ export class SeekableSource extends PositionedSource {
       if (i >= 0) this.cursors.splice(i, 1);
       this.closeCursor(c);
     }
-    this.noSkim.add(first);
+    this.skimMissesAt.set(first, (this.skimMissesAt.get(first) ?? 0) + 1);
     return "skim missed";
   }
 
@@ -294,12 +296,17 @@ export class SeekableSource extends PositionedSource {
       const buffers = this.spareBuffers.pop() ?? { window: new Uint8Array(0), input: new Uint8Array(RESUME_INPUT_BYTES) };
       const point = seekPointOf(this.index, best, buffers.window);
       if (point.window.length > buffers.window.length) buffers.window = point.window;
-      const span = Math.floor(at / SPAN_BYTES) * SPAN_BYTES;
-      const skimmed = this.checker !== undefined && this.codec.skim !== undefined && at - best.decoded >= SKIM_FROM && !this.noSkim.has(span);
-      const decoder = skimmed ? this.codec.skim!(this.raw, point, at - best.decoded, buffers.input) : this.codec.resume(this.raw, point, buffers.input);
-      cur = { decoder, at: best.decoded, point: best, buffers, skimmed };
+      // a skimming decoder only where what it gives is checked
+      const decoder = this.checker && this.codec.skim ? this.codec.skim(this.raw, point, buffers) : this.codec.resume(this.raw, point, buffers.input);
+      cur = { decoder, at: best.decoded, point: best, buffers, skimmed: false };
     }
     this.cursors.push(cur);
+    const span = Math.floor(at / SPAN_BYTES) * SPAN_BYTES;
+    const missed = this.skimMissesAt.get(span) ?? 0;
+    if ("skimNext" in cur.decoder && missed < 2) {
+      const skim = at - cur.at - (missed === 0 ? 0 : cur.decoder.reach);
+      if (skim >= SKIM_FROM && cur.decoder.skimNext(skim)) cur.skimmed = true;
+    }
     try {
       while (cur.at < at) {
         this.skip ??= new Uint8Array(SKIP_BYTES);
@@ -309,7 +316,7 @@ export class SeekableSource extends PositionedSource {
       }
     } catch (e) {
       if (cur.skimmed && isDecodeError(e)) {
-        this.skimMissed([cur], Math.floor(at / SPAN_BYTES) * SPAN_BYTES);
+        this.skimMissed([cur], span);
         this.stats.skimMisses++;
         return this.cursorFor(at);
       }

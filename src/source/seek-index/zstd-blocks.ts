@@ -101,10 +101,7 @@ export class ZstdBlocks {
   private pending: Uint8Array | undefined;
   /** bytes the library has put out since the start (taken or not) */
   private produced = 0;
-  /**
-   * Raw blocks that end within this many bytes produced are not read but decoded as zeros of their
-   * size (see skimUntil); set per start, 0: none.
-   */
+  /** raw blocks that end within this many bytes produced are not read but decoded as zeros (see skimNext) */
   private skimTo = 0;
   /** the body of the block whose header was made into an RLE block's: its real size, to pass over */
   private skimmedBody: number | undefined;
@@ -159,14 +156,14 @@ export class ZstdBlocks {
   }
 
   /**
-   * From here on, a raw (stored) block that ends within `n` bytes produced since the start is not
-   * read: its header alone is, and the block is decoded as zeros of its size (an RLE block put in its
-   * place), so the library's state goes on as before. Until then, input is read no further than each
-   * step needs. For a reader that wants nothing before that offset: the bytes after it are right
-   * only where no later block reaches back into a skimmed one, which the reader checks.
+   * The next `n` decoded bytes are not wanted: a raw (stored) block that ends within them is not
+   * read; its header alone is, and the block is decoded as zeros of its size (an RLE block put in
+   * its place), so the library's state goes on as before. Until then, input is read no further than
+   * each step needs. The bytes after are right only where no later block reaches back into a
+   * skimmed one, which the caller checks.
    */
-  skimUntil(n: number): void {
-    this.skimTo = n;
+  skimNext(n: number): void {
+    this.skimTo = this.produced + n;
   }
 
   /**

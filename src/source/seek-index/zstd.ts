@@ -40,7 +40,7 @@ export const zstdCodec: SeekCodec = {
   compression: "zstd",
   build: buildZstdIndex,
   resume: resumeZstd,
-  skim: (raw, point, skimTo, inputBuffer) => skimZstd(raw, point, skimTo, inputBuffer),
+  skim: (raw, point, buffers) => skimZstd(raw, point, buffers),
 };
 
 /** What a point inside a frame carries in `extra`: the header to synthesize and where the frame's blocks end. */
