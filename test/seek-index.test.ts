@@ -6,12 +6,12 @@ import path from "node:path";
 import { openImage } from "../src/formats/detect.ts";
 import { openRaw, openStream } from "../src/source/open.ts";
 import type { RandomAccessSource } from "../src/source/chunk-source.ts";
-import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint, useCacheDirectory } from "../src/source/seek-index/index-file.ts";
+import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint, useCacheDirectory, writeIndex } from "../src/source/seek-index/index-file.ts";
 import { SeekableSource } from "../src/source/seek-index/seekable.ts";
 import { HashBehind } from "../src/source/seek-index/hash-behind.ts";
 import { StretchHasher } from "../src/source/seek-index/stretch-hashes.ts";
 import { zstdWorkerUrl } from "../src/source/seek-index/zstd-verify.ts";
-import { CorruptIndex } from "../src/source/seek-index/stored-window.ts";
+import { CorruptIndex, hex64 } from "../src/source/seek-index/stored-window.ts";
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
 import { SpanVerifier } from "../src/source/seek-index/zstd-verify.ts";
 import { unpackExtra, zstdCodec } from "../src/source/seek-index/zstd.ts";
@@ -554,6 +554,36 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       expectReadsEqual(source, newer, [], 6);
     } finally {
       source.close();
+    }
+  });
+
+  test("the key hashes 64 KiB at each end; an index whose key hashed 1 MiB (made before) is compared over that, and used", () => {
+    const truth = randomBytes(3 << 20);
+    const file = write(tempDir(), "key.zst", zstd(truth, "-3"));
+    const { raw, pieces } = openRaw(file);
+    try {
+      const r = raw as RandomAccessSource;
+      const key = currentKey(r, pieces);
+      expect(key.hashed).toBe(64 << 10);
+      const ends = (n: number) => {
+        const head = new Uint8Array(n);
+        const tail = new Uint8Array(n);
+        r.readAt(head, 0);
+        r.readAt(tail, r.size - n);
+        return { head: hex64(head), tail: hex64(tail) };
+      };
+      expect({ head: key.head, tail: key.tail }).toEqual(ends(64 << 10));
+      const built = zstdCodec.build(r, { spacing: 1 << 20 });
+      const target = `${file}.imgtool-index`;
+      const { hashed: _, ...firstKey } = { ...key, ...ends(1 << 20) };
+      writeIndex(target, "zstd", built, firstKey, r.size, 1 << 20);
+      const found = readIndex(target, r, key, "zstd");
+      expect(found?.points.length).toBe(built.points.length);
+      found!.close();
+      writeIndex(target, "zstd", built, { ...firstKey, tail: ends(64 << 10).tail }, r.size, 1 << 20);
+      expect(readIndex(target, r, key, "zstd")).toBeUndefined();
+    } finally {
+      raw.close();
     }
   });
 
