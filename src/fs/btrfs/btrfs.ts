@@ -404,6 +404,7 @@ export class BtrfsFileSystem implements FileSystem {
   }
 
   close(): void {
+    this.data.close();
     this.volume.close();
   }
 }
