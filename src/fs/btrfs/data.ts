@@ -108,8 +108,13 @@ export class FileData {
   read(tree: TreeRoot, ino: number, size: number, offset: number, into: Uint8Array, noDataSum = false): number {
     if (offset >= size) return 0;
     const end = Math.min(size, offset + into.length);
-    into.fill(0, 0, end - offset);
     const extents = this.extents(tree, ino);
+    /** bytes before this are set; holes, prealloc and what inline data leaves are zeroed as they are passed */
+    let setTo = offset;
+    const zeroTo = (to: number) => {
+      if (to > setTo) into.fill(0, setTo - offset, to - offset);
+      setTo = Math.max(setTo, to);
+    };
     let lo = 0;
     let hi = extents.length;
     while (lo < hi) {
@@ -124,17 +129,25 @@ export class FileData {
       if (t <= s) continue;
       if (e.type === ExtentType.INLINE) {
         const bytes = this.inline(e);
-        into.set(bytes.subarray(Math.min(bytes.length, s - e.fileOffset), Math.min(bytes.length, t - e.fileOffset)), s - offset);
+        const part = bytes.subarray(Math.min(bytes.length, s - e.fileOffset), Math.min(bytes.length, t - e.fileOffset));
+        zeroTo(s);
+        into.set(part, s - offset);
+        setTo = s + part.length;
       } else if (e.type === ExtentType.PREALLOC || e.diskBytenr === 0) {
         continue;
       } else if (e.compression !== Compression.NONE) {
         if (++this.inARow >= DECODE_AHEAD_FROM) this.decodeAhead(extents, i, noDataSum);
         const bytes = this.decodedExtent(e, noDataSum);
+        zeroTo(s);
         into.set(bytes.subarray(e.extentOffset + s - e.fileOffset, e.extentOffset + t - e.fileOffset), s - offset);
+        setTo = t;
       } else {
+        zeroTo(s);
         this.readPlain(e.diskBytenr + e.extentOffset + (s - e.fileOffset), into.subarray(s - offset, t - offset), s, noDataSum);
+        setTo = t;
       }
     }
+    zeroTo(end);
     return end - offset;
   }
 
