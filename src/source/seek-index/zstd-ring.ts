@@ -95,6 +95,7 @@ export class ZstdRingDecoder {
     this.blocks.skimNext(n);
     return true;
   }
+
   /** Open the next frame (past skippable ones); false at the end of the stream. */
   private openFrame(): boolean {
     for (;;) {
