@@ -6,9 +6,6 @@ import { openInputVolume } from "../src/input/input-volume.ts";
 import { type BtrfsFileSystem, openBtrfs } from "../src/fs/btrfs/btrfs.ts";
 import { ImageError } from "../src/errors.ts";
 import { checksumMatches, checksumOf } from "../src/fs/btrfs/checksum.ts";
-import { DecodeAhead, SLOTS } from "../src/fs/btrfs/decode-ahead.ts";
-import { EncodedCompression } from "../src/btrfs/protocol.ts";
-import { zstdCompress } from "../native/zstd.ts";
 import { FsError, type FsNode } from "../src/fs/filesystem.ts";
 import type { Volume } from "../src/volume/volume.ts";
 import { treeOf, treeOfDirectory } from "./fs-tree.ts";
@@ -448,39 +445,4 @@ describe("btrfs: hostile tree blocks", () => {
       base.close();
     }
   });
-});
-
-test("extents decoded ahead in the worker come back as they were, in any order taken; one that does not decode is left to the reader", () => {
-  const random = seededRandom(23);
-  const extents = Array.from({ length: SLOTS + 5 }, (_, i) => {
-    const plain = new Uint8Array(128 << 10);
-    for (let j = 0; j < plain.length; j += 16) plain.fill(Math.floor(random() * 8) + i, j, j + 16);
-    return plain;
-  });
-  const ahead = new DecodeAhead();
-  try {
-    const submit = (i: number, bytes: Uint8Array) => {
-      ahead.input(bytes.length).set(bytes);
-      ahead.submit(i, EncodedCompression.ZSTD, bytes.length, extents[i]!.length);
-    };
-    for (let i = 0; i < SLOTS; i++) submit(i, i === 3 ? new Uint8Array(100).fill(7) : zstdCompress(extents[i]!, 3));
-    expect(ahead.full).toBe(true);
-    const out = new Uint8Array(128 << 10);
-    for (const i of [1, 0, 2]) {
-      expect(ahead.take(i, out)).toBe(true);
-      expect(Buffer.from(out).equals(Buffer.from(extents[i]!))).toBe(true);
-    }
-    expect(ahead.take(3, out)).toBe(false);
-    // slots come free in turn: the next ones go where 0.. were
-    expect(ahead.full).toBe(false);
-    for (let i = SLOTS; i < SLOTS + 4; i++) submit(i, zstdCompress(extents[i]!, 3));
-    expect(ahead.full).toBe(true);
-    for (let i = SLOTS + 3; i >= 4; i--) {
-      expect(ahead.take(i, out)).toBe(true);
-      expect(Buffer.from(out).equals(Buffer.from(extents[i]!))).toBe(true);
-    }
-    expect(ahead.take(99, out)).toBe(false);
-  } finally {
-    ahead.close();
-  }
 });

@@ -404,7 +404,6 @@ export class BtrfsFileSystem implements FileSystem {
   }
 
   close(): void {
-    this.data.close();
     this.volume.close();
   }
 }

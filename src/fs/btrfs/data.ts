@@ -1,8 +1,7 @@
 // File data of btrfs: EXTENT_DATA runs (inline, regular, prealloc, holes), compressed extents and data checksums from the csum tree.
 import { DecompressError, MAX_COMPRESSED, MAX_UNCOMPRESSED, decompressExtent } from "../../btrfs/decompress.ts";
 import { EncodedCompression } from "../../btrfs/protocol.ts";
-import { ImageError, withCommas } from "../../errors.ts";
-import { DecodeAhead } from "./decode-ahead.ts";
+import { withCommas } from "../../errors.ts";
 import { FsError } from "../filesystem.ts";
 import { checksumMatches } from "./checksum.ts";
 import { Compression, EXTENT_CSUM, EXTENT_CSUM_OBJECTID, EXTENT_DATA, ExtentType, type FileExtent, parseFileExtent } from "./items.ts";
@@ -15,17 +14,7 @@ interface ExtentList {
 }
 
 const DECODED_CACHE = 8;
-/** a file read this many compressed extents in is read on: later ones are decoded ahead, in a worker */
-const DECODE_AHEAD_FROM = 2;
 const CSUM_ITEMS_KEPT = 16;
-
-/** A file extent's compression as decompressExtent takes it (send-stream numbering); -1 when unknown. */
-function encodedCompression(compression: number, sectorSize: number): number {
-  return compression === Compression.ZLIB ? EncodedCompression.ZLIB
-    : compression === Compression.ZSTD ? EncodedCompression.ZSTD
-    : compression === Compression.LZO ? EncodedCompression.LZO_4K + Math.log2(sectorSize / 4096)
-    : -1;
-}
 
 export class FileData {
   private last: ExtentList | undefined;
@@ -34,10 +23,6 @@ export class FileData {
   private lastCsums: Item[] = [];
   /** what compressed extents and checked sectors are read into, kept from one read to the next */
   private scratch = new Uint8Array(0);
-  /** started for the first file read on through its compressed extents */
-  private ahead: DecodeAhead | undefined;
-  /** compressed extents taken in a row from the file being read (when it reaches DECODE_AHEAD_FROM, decode ahead) */
-  private inARow = 0;
   private readonly sectorSize: number;
   private readonly csumSize: number;
 
@@ -50,11 +35,6 @@ export class FileData {
     this.csumSize = trees.sb.csumSize;
   }
 
-  close(): void {
-    this.ahead?.close();
-    this.ahead = undefined;
-  }
-
   private get name(): string {
     return this.trees.volume.name;
   }
@@ -62,9 +42,6 @@ export class FileData {
   extents(tree: TreeRoot, ino: number): FileExtent[] {
     const key = `${tree.logical}:${ino}`;
     if (this.last?.key === key) return this.last.extents;
-    // another file: what was decoded ahead for the last one is not wanted
-    this.inARow = 0;
-    this.ahead?.drop();
     const extents: FileExtent[] = [];
     for (const item of this.trees.items(tree, { objectid: ino, type: EXTENT_DATA, offset: 0 }, { objectid: ino, type: EXTENT_DATA, offset: MAX_OFFSET })) {
       const e = parseFileExtent(item, this.name);
@@ -136,7 +113,6 @@ export class FileData {
       } else if (e.type === ExtentType.PREALLOC || e.diskBytenr === 0) {
         continue;
       } else if (e.compression !== Compression.NONE) {
-        if (++this.inARow >= DECODE_AHEAD_FROM) this.decodeAhead(extents, i, noDataSum);
         const bytes = this.decodedExtent(e, noDataSum);
         zeroTo(s);
         into.set(bytes.subarray(e.extentOffset + s - e.fileOffset, e.extentOffset + t - e.fileOffset), s - offset);
@@ -161,41 +137,9 @@ export class FileData {
     return out;
   }
 
-  /**
-   * Hand the compressed extents after extents[i] over to the worker, as many as it has room for
-   * (their bytes read and checked here; one that fails its check is left for the read to report).
-   */
-  private decodeAhead(extents: FileExtent[], i: number, noDataSum: boolean): void {
-    this.ahead ??= new DecodeAhead();
-    for (let j = i + 1; j < extents.length && !this.ahead.full; j++) {
-      const e = extents[j]!;
-      if (e.type === ExtentType.INLINE || e.type === ExtentType.PREALLOC || e.diskBytenr === 0 || e.compression === Compression.NONE) continue;
-      if (this.ahead.has(e.diskBytenr) || this.decoded.get(e.diskBytenr)?.length === e.ramBytes) continue;
-      const encoded = encodedCompression(e.compression, this.sectorSize);
-      if (encoded < 0) continue;
-      try {
-        const physical = this.trees.chunks.map(e.diskBytenr, e.diskNumBytes)[0]!;
-        const data = this.ahead.input(e.diskNumBytes);
-        this.volumeBytes(physical, e.diskNumBytes, data);
-        if (!noDataSum) this.checkSums(e.diskBytenr, physical, data, e.fileOffset, true);
-        this.ahead.submit(e.diskBytenr, encoded, data.length, e.ramBytes);
-      } catch (err) {
-        if (!(err instanceof FsError || err instanceof ImageError)) throw err;
-        return;
-      }
-    }
-  }
-
   private decodedExtent(e: FileExtent, noDataSum: boolean): Uint8Array {
     const cached = this.decoded.get(e.diskBytenr);
     if (cached && cached.length === e.ramBytes) return cached;
-    if (this.ahead?.has(e.diskBytenr)) {
-      const out = this.decodeBuffer(e.ramBytes);
-      if (this.ahead.take(e.diskBytenr, out)) {
-        this.remember(e.diskBytenr, out);
-        return out;
-      }
-    }
     const physical = this.trees.chunks.map(e.diskBytenr, e.diskNumBytes)[0]!;
     const data = this.volumeBytes(physical, e.diskNumBytes);
     if (!noDataSum) this.checkSums(e.diskBytenr, physical, data, e.fileOffset, true);
@@ -219,8 +163,13 @@ export class FileData {
   }
 
   private decode(compression: number, data: Uint8Array, out: Uint8Array, volumeOffset: number, what: () => string): void {
+    const encoded =
+      compression === Compression.ZLIB ? EncodedCompression.ZLIB
+      : compression === Compression.ZSTD ? EncodedCompression.ZSTD
+      : compression === Compression.LZO ? EncodedCompression.LZO_4K + Math.log2(this.sectorSize / 4096)
+      : -1;
     try {
-      decompressExtent(encodedCompression(compression, this.sectorSize), data, out);
+      decompressExtent(encoded, data, out);
     } catch (e) {
       if (!(e instanceof DecompressError)) throw e;
       throw new FsError(this.name, volumeOffset, `${what()} does not decode: ${e.message}`);
@@ -245,19 +194,12 @@ export class FileData {
     into.set(data.subarray(logical - first, logical - first + into.length));
   }
 
-  /**
-   * Volume bytes [offset, offset + length) in `into` (exactly that long) when given, else in the
-   * scratch buffer (valid until the next call), or as the volume returns them.
-   */
-  private volumeBytes(offset: number, length: number, into?: Uint8Array): Uint8Array {
+  /** Volume bytes [offset, offset + length) in the scratch buffer (valid until the next call), or as the volume returns them. */
+  private volumeBytes(offset: number, length: number): Uint8Array {
     const volume = this.trees.volume;
-    if (!volume.readInto) {
-      const bytes = volume.read(offset, length);
-      into?.set(bytes);
-      return into ?? bytes;
-    }
-    if (!into && this.scratch.length < length) this.scratch = new Uint8Array(Math.max(length, 2 * this.scratch.length));
-    const bytes = into ?? this.scratch.subarray(0, length);
+    if (!volume.readInto) return volume.read(offset, length);
+    if (this.scratch.length < length) this.scratch = new Uint8Array(Math.max(length, 2 * this.scratch.length));
+    const bytes = this.scratch.subarray(0, length);
     volume.readInto(offset, bytes);
     return bytes;
   }
