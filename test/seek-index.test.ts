@@ -1,14 +1,15 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { openImage } from "../src/formats/detect.ts";
 import { openRaw, openStream } from "../src/source/open.ts";
 import { FileSource } from "../src/source/pieces.ts";
 import type { RandomAccessSource } from "../src/source/chunk-source.ts";
-import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint, useCacheDirectory } from "../src/source/seek-index/index-file.ts";
+import { currentKey, indexPaths, type LoadedIndex, readIndex, type StoredPoint, useCacheDirectory, writeIndex } from "../src/source/seek-index/index-file.ts";
 import { SeekableSource } from "../src/source/seek-index/seekable.ts";
-import { CorruptIndex } from "../src/source/seek-index/stored-window.ts";
+import { CorruptIndex, hex64 } from "../src/source/seek-index/stored-window.ts";
 import { buildSeekIndex, findSeekIndex, openSeekable } from "../src/source/seek-index/open-index.ts";
 import { SpanVerifier, zstdWorkerUrl } from "../src/source/seek-index/zstd-verify.ts";
 import { ReadAheadInput } from "../src/source/seek-index/read-ahead.ts";
@@ -402,6 +403,81 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
     }
   });
 
+  /** `raw` counting the compressed bytes read through it */
+  function counting(raw: RandomAccessSource): { raw: RandomAccessSource; read: () => number } {
+    let n = 0;
+    const counted = Object.create(raw) as RandomAccessSource;
+    counted.readAt = (into, offset) => {
+      const got = raw.readAt(into, offset);
+      n += got;
+      return got;
+    };
+    return { raw: counted, read: () => n };
+  }
+
+  test("a cold read far past its point skims there: raw blocks before its span are passed by their headers, not read; the bytes equal the stream", () => {
+    const MiB = 1 << 20;
+    // incompressible (stored as raw blocks) with a compressible stretch every 3 MiB (compressed blocks between)
+    const truth = randomBytes(24 * MiB);
+    for (let at = MiB; at < truth.length; at += 3 * MiB) truth.fill(at & 0xff, at, at + 65536);
+    const file = write(tempDir(), "skim.zst", zstd(truth, "-T2", "-3"));
+    const indexed = openIndexed(file, 12 * MiB);
+    const { raw } = openRaw(file);
+    try {
+      const point = indexed.index.points.find((p) => p.extra.length > 0)!;
+      expect(point.decoded).toBeGreaterThanOrEqual(12 * MiB);
+      for (const [from, offset] of [[0, 9 * MiB + 5], [point.decoded, point.decoded + 10 * MiB + 77]] as const) {
+        const c = counting(raw as RandomAccessSource);
+        const reader = new SeekableSource(c.raw, zstdCodec, { ...indexed.index, close() {} });
+        const got = new Uint8Array(4096);
+        expect(reader.readAt(got, offset)).toBe(got.length);
+        expect(Buffer.from(got).equals(Buffer.from(truth.subarray(offset, offset + got.length)))).toBe(true);
+        expect(reader.stats.skimMisses).toBe(0);
+        // its span (1 MiB) and the compressible stretches' blocks; decoding from the point would read `offset - from` more
+        expect(c.read()).toBeLessThan(2 * MiB);
+        expect(offset - from).toBeGreaterThan(8 * MiB);
+      }
+      // a decoder left behind by an earlier read skims likewise on its way to a far one
+      const c = counting(raw as RandomAccessSource);
+      const reader = new SeekableSource(c.raw, zstdCodec, { ...indexed.index, close() {} });
+      const got = new Uint8Array(4096);
+      reader.readAt(got, 100);
+      const before = c.read();
+      expect(reader.readAt(got, 10 * MiB)).toBe(got.length);
+      expect(Buffer.from(got).equals(Buffer.from(truth.subarray(10 * MiB, 10 * MiB + got.length)))).toBe(true);
+      expect(reader.stats.resumes).toBe(1);
+      expect(c.read() - before).toBeLessThan(2 * MiB);
+      expectReadsEqual(indexed, truth, indexed.index.points.map((p) => p.decoded), 11);
+    } finally {
+      raw.close();
+      indexed.close();
+    }
+  });
+
+  test("a skimmed span whose blocks reach back into a skimmed raw block is decoded again, the window before it read: right bytes, and the point is not blamed", () => {
+    const MiB = 1 << 20;
+    const truth = randomBytes(16 * MiB);
+    // incompressible where it first appears (a raw block), then copied into the span at 10 MiB (a match into it)
+    truth.copy(truth, 10 * MiB + 100_000, 9 * MiB + 200_000, 9 * MiB + 700_000);
+    const file = write(tempDir(), "skim-miss.zst", zstd(truth, "-3"));
+    const indexed = openIndexed(file, 6 * MiB);
+    const { raw } = openRaw(file);
+    try {
+      const point = indexed.index.points.findLast((p) => p.decoded <= 10 * MiB)!;
+      expect(point.decoded).toBeLessThanOrEqual(9 * MiB);
+      const reader = new SeekableSource(raw as RandomAccessSource, zstdCodec, { ...indexed.index, close() {} });
+      const got = new Uint8Array(600_000);
+      expect(reader.readAt(got, 10 * MiB)).toBe(got.length);
+      expect(Buffer.from(got).equals(Buffer.from(truth.subarray(10 * MiB, 10 * MiB + got.length)))).toBe(true);
+      expect(reader.stats.skimMisses).toBe(1);
+      expect(reader.stats.wrongPoints).toBe(0);
+      expect(point.wrongFrom).toBeUndefined();
+    } finally {
+      raw.close();
+      indexed.close();
+    }
+  });
+
   test("the probes are answered the same whether a worker makes them or, when it cannot start, the build's own thread", () => {
     // text with repeats (points need windows) and incompressible stretches (points need none)
     const truth = Buffer.concat(Array.from({ length: 4 }, (_, i) => (i % 2 === 1 ? Buffer.from(ntfsImage()) : Buffer.from(seededBytes(8 << 20, i)))));
@@ -606,6 +682,36 @@ describe.skipIf(!ZSTD)("zstd seek index", () => {
       expectReadsEqual(source, newer, [], 6);
     } finally {
       source.close();
+    }
+  });
+
+  test("the key hashes 64 KiB at each end; an index whose key hashed 1 MiB (made before) is compared over that, and used", () => {
+    const truth = randomBytes(3 << 20);
+    const file = write(tempDir(), "key.zst", zstd(truth, "-3"));
+    const { raw, pieces } = openRaw(file);
+    try {
+      const r = raw as RandomAccessSource;
+      const key = currentKey(r, pieces);
+      expect(key.hashed).toBe(64 << 10);
+      const ends = (n: number) => {
+        const head = new Uint8Array(n);
+        const tail = new Uint8Array(n);
+        r.readAt(head, 0);
+        r.readAt(tail, r.size - n);
+        return { head: hex64(head), tail: hex64(tail) };
+      };
+      expect({ head: key.head, tail: key.tail }).toEqual(ends(64 << 10));
+      const built = zstdCodec.build(r, { spacing: 1 << 20 });
+      const target = `${file}.imgtool-index`;
+      const { hashed: _, ...firstKey } = { ...key, ...ends(1 << 20) };
+      writeIndex(target, "zstd", built, firstKey, r.size, 1 << 20);
+      const found = readIndex(target, r, key, "zstd");
+      expect(found?.points.length).toBe(built.points.length);
+      found!.close();
+      writeIndex(target, "zstd", built, { ...firstKey, tail: ends(64 << 10).tail }, r.size, 1 << 20);
+      expect(readIndex(target, r, key, "zstd")).toBeUndefined();
+    } finally {
+      raw.close();
     }
   });
 

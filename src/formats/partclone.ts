@@ -260,7 +260,7 @@ export class PartcloneImage extends BitmapImage {
       this.readInto = (offset, into) => {
         const locator = this.locate();
         this.verifyStrips(locator, source, offset, into.length);
-        locator.readInto(source, offset, into, this.info.deviceSize);
+        locator.readInto(this.fromCheckedChunk(source), offset, into, this.info.deviceSize);
       };
     }
     this.info = {
@@ -383,6 +383,10 @@ export class PartcloneImage extends BitmapImage {
   private verifiedStrips: Uint8Array | undefined;
   /** a strip is read through this in chunks (a strip may be any number of blocks) */
   private stripScratch: Uint8Array | undefined;
+  /** the image bytes the last chunk checked left in stripScratch: reads within them are served from there */
+  private checkedChunk = { at: 0, length: 0 };
+  /** the image's source, reading what it can from the chunk just checked */
+  private checkedSource: RandomAccessSource | undefined;
   private readonly storedChecksum = new Uint8Array(MAX_CHECKSUM_SIZE);
 
   private locate(): BlockLocator {
@@ -393,7 +397,23 @@ export class PartcloneImage extends BitmapImage {
   private readAt(source: RandomAccessSource, offset: number, length: number): Uint8Array {
     const locator = this.locate();
     this.verifyStrips(locator, source, offset, length);
-    return locator.read(source, offset, length, this.info.deviceSize);
+    return locator.read(this.fromCheckedChunk(source), offset, length, this.info.deviceSize);
+  }
+
+  /** `source`, with reads that fall in the chunk verifyStrips has just read and checked served from its copy (a strip is not read twice). */
+  private fromCheckedChunk(source: RandomAccessSource): RandomAccessSource {
+    if (this.checkedSource) return this.checkedSource;
+    const through = Object.create(source) as RandomAccessSource;
+    through.readAt = (into, offset) => {
+      const c = this.checkedChunk;
+      if (offset >= c.at && offset + into.length <= c.at + c.length) {
+        into.set(this.stripScratch!.subarray(offset - c.at, offset - c.at + into.length));
+        return into.length;
+      }
+      return source.readAt(into, offset);
+    };
+    this.checkedSource = through;
+    return through;
   }
 
   private verifyStrips(locator: BlockLocator, source: RandomAccessSource, offset: number, length: number): void {
@@ -414,6 +434,7 @@ export class PartcloneImage extends BitmapImage {
       if (this.verifiedStrips[strip >> 3]! & (1 << (strip & 7))) continue;
       const blocks = Math.min(per, used - strip * per);
       const at = this.dataStart + strip * (per * bs + csSize);
+      this.checkedChunk = { at: 0, length: 0 };
       check.reset();
       const dataBytes = blocks * bs;
       const readSize = Math.max(bs, Math.floor(STRIP_READ_SIZE / bs) * bs);
@@ -441,6 +462,9 @@ export class PartcloneImage extends BitmapImage {
         );
       }
       this.verifiedStrips[strip >> 3]! |= 1 << (strip & 7);
+      // the strip's last chunk is still in the scratch: its data bytes are checked now
+      const lastChunk = dataBytes - ((dataBytes - 1) % readSize) - 1;
+      this.checkedChunk = { at: at + lastChunk, length: dataBytes - lastChunk };
     }
   }
 

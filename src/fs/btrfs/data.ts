@@ -21,6 +21,8 @@ export class FileData {
   /** decoded compressed extents by disk address (and inline ones by item offset) */
   private readonly decoded = new Map<number, Uint8Array>();
   private lastCsums: Item[] = [];
+  /** what compressed extents and checked sectors are read into, kept from one read to the next */
+  private scratch = new Uint8Array(0);
   private readonly sectorSize: number;
   private readonly csumSize: number;
 
@@ -83,8 +85,13 @@ export class FileData {
   read(tree: TreeRoot, ino: number, size: number, offset: number, into: Uint8Array, noDataSum = false): number {
     if (offset >= size) return 0;
     const end = Math.min(size, offset + into.length);
-    into.fill(0, 0, end - offset);
     const extents = this.extents(tree, ino);
+    /** bytes before this are set; holes, prealloc and what inline data leaves are zeroed as they are passed */
+    let setTo = offset;
+    const zeroTo = (to: number) => {
+      if (to > setTo) into.fill(0, setTo - offset, to - offset);
+      setTo = Math.max(setTo, to);
+    };
     let lo = 0;
     let hi = extents.length;
     while (lo < hi) {
@@ -99,16 +106,24 @@ export class FileData {
       if (t <= s) continue;
       if (e.type === ExtentType.INLINE) {
         const bytes = this.inline(e);
-        into.set(bytes.subarray(Math.min(bytes.length, s - e.fileOffset), Math.min(bytes.length, t - e.fileOffset)), s - offset);
+        const part = bytes.subarray(Math.min(bytes.length, s - e.fileOffset), Math.min(bytes.length, t - e.fileOffset));
+        zeroTo(s);
+        into.set(part, s - offset);
+        setTo = s + part.length;
       } else if (e.type === ExtentType.PREALLOC || e.diskBytenr === 0) {
         continue;
       } else if (e.compression !== Compression.NONE) {
         const bytes = this.decodedExtent(e, noDataSum);
+        zeroTo(s);
         into.set(bytes.subarray(e.extentOffset + s - e.fileOffset, e.extentOffset + t - e.fileOffset), s - offset);
+        setTo = t;
       } else {
+        zeroTo(s);
         this.readPlain(e.diskBytenr + e.extentOffset + (s - e.fileOffset), into.subarray(s - offset, t - offset), s, noDataSum);
+        setTo = t;
       }
     }
+    zeroTo(end);
     return end - offset;
   }
 
@@ -126,7 +141,7 @@ export class FileData {
     const cached = this.decoded.get(e.diskBytenr);
     if (cached && cached.length === e.ramBytes) return cached;
     const physical = this.trees.chunks.map(e.diskBytenr, e.diskNumBytes)[0]!;
-    const data = this.trees.volume.read(physical, e.diskNumBytes);
+    const data = this.volumeBytes(physical, e.diskNumBytes);
     if (!noDataSum) this.checkSums(e.diskBytenr, physical, data, e.fileOffset, true);
     const out = this.decodeBuffer(e.ramBytes);
     this.decode(e.compression, data, out, physical, () => `compressed extent at logical ${withCommas(e.diskBytenr)} (${withCommas(e.diskNumBytes)} bytes, file offset ${withCommas(e.fileOffset)})`);
@@ -169,13 +184,24 @@ export class FileData {
     const physical = this.trees.chunks.map(first, last - first)[0]!;
     if (!this.verify || !this.csumRoot || noDataSum) {
       const head = logical - first;
-      const bytes = this.trees.volume.read(physical + head, into.length);
-      into.set(bytes);
+      const volume = this.trees.volume;
+      if (volume.readInto) volume.readInto(physical + head, into);
+      else into.set(volume.read(physical + head, into.length));
       return;
     }
-    const data = this.trees.volume.read(physical, last - first);
+    const data = this.volumeBytes(physical, last - first);
     this.checkSums(first, physical, data, fileOffset - (logical - first), false);
     into.set(data.subarray(logical - first, logical - first + into.length));
+  }
+
+  /** Volume bytes [offset, offset + length) in the scratch buffer (valid until the next call), or as the volume returns them. */
+  private volumeBytes(offset: number, length: number): Uint8Array {
+    const volume = this.trees.volume;
+    if (!volume.readInto) return volume.read(offset, length);
+    if (this.scratch.length < length) this.scratch = new Uint8Array(Math.max(length, 2 * this.scratch.length));
+    const bytes = this.scratch.subarray(0, length);
+    volume.readInto(offset, bytes);
+    return bytes;
   }
 
   /** The csum items covering [logical, end): the last ones found when one of them covers it all (one item holds up to a leaf's worth). */

@@ -70,4 +70,29 @@ export interface SeekCodec {
    * that resumes for each cold read keeps one per decoder), else into the decoder's own.
    */
   resume(raw: RandomAccessSource, point: SeekPoint, inputBuffer?: Uint8Array): ChunkSource;
+  /**
+   * Like resume, for a reader that checks what it gets against the stretch hashes and may say it
+   * does not want the next bytes (SkimmingSource.skimNext). `buffers` are lent (kept from one
+   * resume to the next); the codec may replace `ring` by a larger one.
+   */
+  skim?(raw: RandomAccessSource, point: SeekPoint, buffers: SkimBuffers): SkimmingSource;
+}
+
+/** A resumed decoder's buffers, lent by a reader that resumes for each cold read. */
+export interface SkimBuffers {
+  input: Uint8Array;
+  ring?: Uint8Array;
+}
+
+/** The decoded stream from a point, which can pass over bytes its reader does not want. */
+export interface SkimmingSource extends ChunkSource {
+  /**
+   * The next `n` bytes are not wanted: input the codec can pass over without decoding (zstd's raw
+   * blocks, by their headers) is not read; those bytes come out as other bytes (zeros), and the bytes
+   * after them are right only where they match the stretch hashes (a miss is the skimming's, not the
+   * point's). False when nothing can be passed over here: the bytes stay the point's decoding.
+   */
+  skimNext(n: number): boolean;
+  /** how far back the next bytes may reach for what they decode from (zstd: the frame's window) */
+  readonly reach: number;
 }

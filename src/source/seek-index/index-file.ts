@@ -26,7 +26,10 @@ export const INDEX_VERSION = 3;
 const REBUILT_VERSIONS = [1, 2];
 const HEADER_BYTES = 48;
 const VERDICT_BYTES = 24;
-const KEY_HASH_BYTES = 1 << 20;
+/** the head and tail hashed into an index's key: a read at open costs this twice */
+const KEY_HASH_BYTES = 64 << 10;
+/** what indexes whose key does not say were hashed over */
+const FIRST_KEY_HASH_BYTES = 1 << 20;
 /** no window any codec keeps is larger (zstd frames past this are indexed at frame starts only) */
 const MAX_WINDOW = 64 << 20;
 export const INDEX_SUFFIX = ".imgtool-index";
@@ -34,9 +37,11 @@ export const INDEX_SUFFIX = ".imgtool-index";
 /** What an index is of: the pieces as they were when it was built. */
 export interface IndexKey {
   pieces: { name: string; size: number; mtimeMs: number }[];
-  /** XXH64 of the first and of the last MiB of the joined compressed stream */
+  /** XXH64 of the first and of the last `hashed` bytes of the joined compressed stream */
   head: string;
   tail: string;
+  /** absent in the first indexes: 1 MiB */
+  hashed?: number;
 }
 
 /** A point as the file keeps it: its window is read (and checked) only when a read needs it. */
@@ -145,11 +150,16 @@ export function currentKey(raw: RandomAccessSource, pieces: string[]): IndexKey 
     const st = fs.statSync(name);
     return { name: path.basename(name), size: st.size, mtimeMs: st.mtimeMs };
   });
-  const headBytes = new Uint8Array(Math.min(KEY_HASH_BYTES, raw.size));
+  return { pieces: stats, ...endHashes(raw, KEY_HASH_BYTES) };
+}
+
+/** The hashes of the first and last `hashed` bytes of `raw`. */
+function endHashes(raw: RandomAccessSource, hashed: number): { head: string; tail: string; hashed: number } {
+  const headBytes = new Uint8Array(Math.min(hashed, raw.size));
   raw.readAt(headBytes, 0);
-  const tailBytes = new Uint8Array(Math.min(KEY_HASH_BYTES, raw.size));
+  const tailBytes = new Uint8Array(Math.min(hashed, raw.size));
   raw.readAt(tailBytes, raw.size - tailBytes.length);
-  return { pieces: stats, head: hex64(headBytes), tail: hex64(tailBytes) };
+  return { head: hex64(headBytes), tail: hex64(tailBytes), hashed };
 }
 
 function sameKey(a: IndexKey, b: IndexKey): boolean {
@@ -315,7 +325,11 @@ export function readIndex(file: string, raw: RandomAccessSource, key: IndexKey, 
     ) {
       bad("its table has no valid key");
     }
-    if (!sameKey(k!, key) || t.compression !== compression) return undefined;
+    const hashed = k!.hashed ?? FIRST_KEY_HASH_BYTES;
+    if (!isCount(hashed, FIRST_KEY_HASH_BYTES) || hashed === 0) bad("its table has no valid key");
+    // an index hashed over other lengths than this imgtool's is compared over its own
+    const now = hashed === (key.hashed ?? FIRST_KEY_HASH_BYTES) ? key : { ...key, ...endHashes(raw, hashed) };
+    if (!sameKey(k!, now) || t.compression !== compression) return undefined;
     const compressedSize = raw.size;
     if (t.compressedSize !== compressedSize) bad("its compressed size is not the image's");
     const MAX_DECODED = 2 ** 53 - 1;

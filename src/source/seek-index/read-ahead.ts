@@ -90,6 +90,14 @@ export class ReadAheadInput implements CompressedInput {
     return this.own.need(at, n);
   }
 
+  needOnly(at: number, n: number): number {
+    const k = Math.floor(at / SLOT);
+    if (n <= OVERLAP && this.slotReady(k)) return this.need(at, n);
+    this.fromSlots = false;
+    this.release(k);
+    return this.own.needOnly(at, n);
+  }
+
   available(at: number): number {
     if (!this.fromSlots) return this.own.available(at);
     const k = Math.floor(at / SLOT);

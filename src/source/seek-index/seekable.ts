@@ -1,6 +1,6 @@
 import { ImageError, type Location } from "../../errors.ts";
 import { type ChunkSource, PositionedSource, type RandomAccessSource } from "../chunk-source.ts";
-import type { SeekCodec } from "./codec.ts";
+import type { SeekCodec, SkimBuffers, SkimmingSource } from "./codec.ts";
 import type { LoadedIndex, StoredPoint } from "./index-file.ts";
 import { STRETCH_GRID, StretchChecker, isDecodeError } from "./stretch-hashes.ts";
 import { seekPointOf } from "./stored-window.ts";
@@ -19,13 +19,17 @@ const CURSORS = 2;
 const KEEP_SKIPPED = 4 * SPAN_BYTES;
 const SKIP_BYTES = 1 << 20;
 const GC_EVERY_SPANS = 16;
+/**
+ * A decoder this far or further behind the wanted offset skims its way there where the codec can
+ * (SeekCodec.skim): a read far from a point or from the last one reads little more than its own span.
+ */
+const SKIM_FROM = SPAN_BYTES;
 /** What a resumed decoder reads compressed input in: several live at once, and a cold read wants little. */
 const RESUME_INPUT_BYTES = 256 << 10;
 
-/** A decoder's window and input buffers, kept from one resume to the next: a cold read allocates none. */
-interface ResumeBuffers {
+/** A decoder's window, input and ring buffers, kept from one resume to the next: a cold read allocates none. */
+interface ResumeBuffers extends SkimBuffers {
   window: Uint8Array;
-  input: Uint8Array;
 }
 
 /**
@@ -75,13 +79,18 @@ class SpanCache {
 
 /** A decoder resumed at a point, and how far it has got. */
 interface Cursor {
-  decoder: ChunkSource;
+  decoder: ChunkSource | SkimmingSource;
   at: number;
   /** the point it started from */
   point: StoredPoint;
   /** lent to its decoder until it is closed */
   buffers: ResumeBuffers;
+  /** it has skimmed (SkimmingSource.skimNext): every stretch it decodes is hashed, and a miss is the skimming's, not the point's */
+  skimmed: boolean;
 }
+
+/** How filling a span went: done, or to be tried again because a point decoded wrongly or a skim missed. */
+type Fill = "done" | "wrong point" | "skim missed";
 
 /** Where decoding from `p` is not known to go wrong: up to the end, or to its verdict. */
 function reachOf(p: StoredPoint, size: number): number {
@@ -110,7 +119,12 @@ export class SeekableSource extends PositionedSource {
   /** where a decoder's output is thrown away on its way to a wanted offset (made on first need) */
   private skip: Uint8Array | undefined;
   /** counters for the curious (bench): spans decoded, resumes from a point, points found to decode wrongly */
-  readonly stats = { spansDecoded: 0, resumes: 0, cacheHits: 0, wrongPoints: 0 };
+  readonly stats = { spansDecoded: 0, resumes: 0, cacheHits: 0, wrongPoints: 0, skimMisses: 0 };
+  /**
+   * Spans (by their first offset) that a skimming decoder got wrong, and how often: once, it keeps
+   * the bytes its decoding may reach back to real (SkimmingSource.reach); twice, it does not skim.
+   */
+  private readonly skimMissesAt = new Map<number, number>();
   private readonly checker: StretchChecker | undefined;
 
   constructor(
@@ -157,7 +171,10 @@ export class SeekableSource extends PositionedSource {
     const reuse = this.spare && this.spare.length === length ? this.spare : undefined;
     this.spare = undefined;
     const bytes = reuse ?? new Uint8Array(length);
-    while (!this.fillSpan(bytes, first)) this.stats.wrongPoints++;
+    for (let fill = this.fillSpan(bytes, first); fill !== "done"; fill = this.fillSpan(bytes, first)) {
+      if (fill === "wrong point") this.stats.wrongPoints++;
+      else this.stats.skimMisses++;
+    }
     this.stats.spansDecoded++;
     // the decoders' and the readers' buffers are garbage soon, but a lazy collector lets tens of MiB
     // of them pile up: collect now and then so the reader's memory stays bounded
@@ -167,17 +184,18 @@ export class SeekableSource extends PositionedSource {
   }
 
   /**
-   * Decode the span at `first` into `bytes` and check its stretches; false when a resumed point
-   * decoded a stretch wrongly (or failed in it): that point is marked wrong from there, try again.
+   * Decode the span at `first` into `bytes` and check its stretches; not done when a resumed point
+   * decoded a stretch wrongly (or failed in it): that point is marked wrong from there, try again;
+   * nor when a skimming decoder did: the span is decoded in full next time.
    */
-  private fillSpan(bytes: Uint8Array, first: number): boolean {
+  private fillSpan(bytes: Uint8Array, first: number): Fill {
     /** which cursor's point decoded each stretch, from where */
-    const used: { from: number; point: StoredPoint }[] = [];
+    const used: { from: number; point: StoredPoint; skimmed: boolean }[] = [];
     let at = first;
     while (at < first + bytes.length) {
       const c = this.cursorFor(at);
       const end = Math.min(first + bytes.length, reachOf(c.point, this.size));
-      used.push({ from: at, point: c.point });
+      used.push({ from: at, point: c.point, skimmed: c.skimmed });
       try {
         while (at < end) {
           const n = c.decoder.read(bytes.subarray(at - first, end - first));
@@ -186,13 +204,14 @@ export class SeekableSource extends PositionedSource {
           c.at = at;
         }
       } catch (e) {
+        if (c.skimmed && isDecodeError(e)) return this.skimMissed([c], first);
         if (c.point.trusted || !this.checker || !isDecodeError(e)) throw e;
         // the library may fail a block ahead of the bytes it returned: the stretch these were in goes too
         this.wrong(c, Math.floor(at / SPAN_BYTES) * SPAN_BYTES);
-        return false;
+        return "wrong point";
       }
     }
-    if (!this.checker) return true;
+    if (!this.checker) return "done";
     const end = first + bytes.length;
     const stretchEnd = (i: number) => used[i + 1]?.from ?? end;
     this.checker.startAt(first);
@@ -201,7 +220,7 @@ export class SeekableSource extends PositionedSource {
       // the points whose decoders wrote any of this stretch
       const culprits = used.filter((u, i) => u.from < from + n && stretchEnd(i) > from);
       // a stretch one point's decoding was already checked over is not hashed again
-      if (culprits.length === 1 && culprits[0]!.point.checkedTo >= from + n) {
+      if (culprits.length === 1 && !culprits[0]!.skimmed && culprits[0]!.point.checkedTo >= from + n) {
         this.checker.skip();
         from += n;
         continue;
@@ -209,6 +228,12 @@ export class SeekableSource extends PositionedSource {
       if (this.checker.update(bytes.subarray(from - first, from - first + n))) {
         from += n;
         continue;
+      }
+      if (culprits.some((u) => u.skimmed)) {
+        return this.skimMissed(
+          this.cursors.filter((c) => c.skimmed && culprits.some((u) => u.point === c.point)),
+          first,
+        );
       }
       if (culprits.every((u) => u.point.trusted)) {
         throw new ImageError(
@@ -223,11 +248,22 @@ export class SeekableSource extends PositionedSource {
         if (c) this.wrong(c, Math.max(from, u.from));
         else this.index.markWrong(u.point, Math.max(from, u.from));
       }
-      return false;
+      return "wrong point";
     }
     // a point whose checked range these stretches continue: checked further now
-    for (const [i, u] of used.entries()) if (u.from <= u.point.checkedTo) this.index.markChecked(u.point, stretchEnd(i));
-    return true;
+    for (const [i, u] of used.entries()) if (!u.skimmed && u.from <= u.point.checkedTo) this.index.markChecked(u.point, stretchEnd(i));
+    return "done";
+  }
+
+  /** Skimming decoders got the span at `first` (or their way to it) wrong: drop them; the span is decoded in full. */
+  private skimMissed(skimmers: Cursor[], first: number): Fill {
+    for (const c of skimmers) {
+      const i = this.cursors.indexOf(c);
+      if (i >= 0) this.cursors.splice(i, 1);
+      this.closeCursor(c);
+    }
+    this.skimMissesAt.set(first, (this.skimMissesAt.get(first) ?? 0) + 1);
+    return "skim missed";
   }
 
   /** Decoding from the point of `c` went wrong from `from` on: say so, and drop the decoder. */
@@ -260,10 +296,17 @@ export class SeekableSource extends PositionedSource {
       const buffers = this.spareBuffers.pop() ?? { window: new Uint8Array(0), input: new Uint8Array(RESUME_INPUT_BYTES) };
       const point = seekPointOf(this.index, best, buffers.window);
       if (point.window.length > buffers.window.length) buffers.window = point.window;
-      const decoder = this.codec.resume(this.raw, point, buffers.input);
-      cur = { decoder, at: best.decoded, point: best, buffers };
+      // a skimming decoder only where what it gives is checked
+      const decoder = this.checker && this.codec.skim ? this.codec.skim(this.raw, point, buffers) : this.codec.resume(this.raw, point, buffers.input);
+      cur = { decoder, at: best.decoded, point: best, buffers, skimmed: false };
     }
     this.cursors.push(cur);
+    const span = Math.floor(at / SPAN_BYTES) * SPAN_BYTES;
+    const missed = this.skimMissesAt.get(span) ?? 0;
+    if ("skimNext" in cur.decoder && missed < 2) {
+      const skim = at - cur.at - (missed === 0 ? 0 : cur.decoder.reach);
+      if (skim >= SKIM_FROM && cur.decoder.skimNext(skim)) cur.skimmed = true;
+    }
     try {
       while (cur.at < at) {
         this.skip ??= new Uint8Array(SKIP_BYTES);
@@ -272,6 +315,11 @@ export class SeekableSource extends PositionedSource {
         cur.at += n;
       }
     } catch (e) {
+      if (cur.skimmed && isDecodeError(e)) {
+        this.skimMissed([cur], span);
+        this.stats.skimMisses++;
+        return this.cursorFor(at);
+      }
       if (cur.point.trusted || !this.checker || !isDecodeError(e)) throw e;
       // on its way to `at` it failed: it cannot serve this span, nor any past where it failed
       this.wrong(cur, Math.floor(Math.min(cur.at, at) / SPAN_BYTES) * SPAN_BYTES);

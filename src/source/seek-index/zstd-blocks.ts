@@ -14,6 +14,10 @@ import { BLOCK_SIZE_MAX, type FrameHeader, parseFrameHeader, skippableFrameSize 
  */
 export const BLOCK_ROOM = 2 * BLOCK_SIZE_MAX + 64;
 
+/** Block_Type values (RFC 8878 3.1.1.2) */
+const RAW_BLOCK = 0;
+const RLE_BLOCK = 1;
+
 /** A structured zstd dictionary starts so; a raw prefix that does would be read as one. */
 const DICTIONARY_MAGIC = 0xec30a437;
 
@@ -23,6 +27,8 @@ export interface CompressedInput {
   readonly address: Pointer;
   /** At least `n` bytes from raw offset `at` in buf (fewer only at the end); returns the index in buf. */
   need(at: number, n: number): number;
+  /** Like need, reading no more than the `n` bytes asked for (where the input after them may not be wanted). */
+  needOnly(at: number, n: number): number;
   /** bytes in buf from raw offset `at` on, after need(at, ...) */
   available(at: number): number;
 }
@@ -36,9 +42,9 @@ export class InputWindow implements CompressedInput {
   end = 0;
   constructor(
     private readonly raw: RandomAccessSource,
-    bytes: number,
+    bytes: number | Uint8Array,
   ) {
-    this.buf = new Uint8Array(bytes);
+    this.buf = typeof bytes === "number" ? new Uint8Array(bytes) : bytes;
     this.address = ptr(this.buf);
   }
 
@@ -46,10 +52,22 @@ export class InputWindow implements CompressedInput {
   need(at: number, n: number): number {
     if (at >= this.base && at + n <= this.base + this.end) return at - this.base;
     if (n > this.buf.length) throw new Error(`zstd: ${n} bytes in one piece`);
+    // what is already here of it moves to the start, and is not read again
+    const kept = at >= this.base && at < this.base + this.end ? this.base + this.end - at : 0;
+    if (kept > 0) this.buf.copyWithin(0, at - this.base, this.end);
     this.base = at;
-    this.end = this.raw.readAt(this.buf, at);
+    this.end = kept + this.raw.readAt(this.buf.subarray(kept), at + kept);
     return 0;
   }
+  /** Like need, reading no more than the `n` bytes asked for (where the input after them may not be wanted). */
+  needOnly(at: number, n: number): number {
+    if (at >= this.base && at + n <= this.base + this.end) return at - this.base;
+    if (n > this.buf.length) throw new Error(`zstd: ${n} bytes in one piece`);
+    this.base = at;
+    this.end = this.raw.readAt(this.buf.subarray(0, n), at);
+    return 0;
+  }
+
   available(at: number): number {
     return Math.max(0, this.base + this.end - at);
   }
@@ -93,6 +111,14 @@ export class ZstdBlocks {
   decoded = 0;
   /** a block decoded by peek() and not yet taken */
   private pending: Uint8Array | undefined;
+  /** bytes the library has put out since the start (taken or not) */
+  private produced = 0;
+  /** raw blocks that end within this many bytes produced are not read but decoded as zeros (see skimNext) */
+  private skimTo = 0;
+  /** the body of the block whose header was made into an RLE block's: its real size, to pass over */
+  private skimmedBody: number | undefined;
+  /** a block header read on its own (3 bytes), then rewritten, and the RLE block's one byte (zero) */
+  private readonly blockHeader = new Uint8Array(4);
 
   constructor(
     private readonly raw: RandomAccessSource,
@@ -136,6 +162,20 @@ export class ZstdBlocks {
     this.blocksEnd = at;
     this.decoded = 0;
     this.pending = undefined;
+    this.produced = 0;
+    this.skimTo = 0;
+    this.skimmedBody = undefined;
+  }
+
+  /**
+   * The next `n` decoded bytes are not wanted: a raw (stored) block that ends within them is not
+   * read; its header alone is, and the block is decoded as zeros of its size (an RLE block put in
+   * its place), so the library's state goes on as before. Until then, input is read no further than
+   * each step needs. The bytes after are right only where no later block reaches back into a
+   * skimmed one, which the caller checks.
+   */
+  skimNext(n: number): void {
+    this.skimTo = this.produced + n;
   }
 
   /**
@@ -216,32 +256,54 @@ export class ZstdBlocks {
       const want = Number(this.lib.ZSTD_nextSrcSizeToDecompress(this.dctx));
       if (want === 0) return this.ring.subarray(0, 0);
       const kind = this.lib.ZSTD_nextInputType(this.dctx);
-      const at = this.input.need(this.pos, want);
-      if (this.input.available(this.pos) < want) {
-        throw new ImageError(this.raw.locate(this.pos), "truncated zstd data", `the stream ends inside a frame, after ${withCommas(this.decoded)} decompressed bytes of it`);
+      const skimming = this.produced < this.skimTo;
+      let source: Pointer;
+      /** compressed bytes this step passes over */
+      let advance = want;
+      if (this.skimmedBody !== undefined) {
+        source = (ptr(this.blockHeader) + 3) as Pointer;
+        advance = this.skimmedBody;
+        this.skimmedBody = undefined;
+      } else if (skimming && kind === ZSTD_INPUT.blockHeader) {
+        if (this.raw.readAt(this.blockHeader.subarray(0, 3), this.pos) < 3) throw this.truncated();
+        const h = this.blockHeader;
+        const word = h[0]! | (h[1]! << 8) | (h[2]! << 16);
+        const size = word >>> 3;
+        if (((word >>> 1) & 3) === RAW_BLOCK && this.produced + size <= this.skimTo) {
+          const rle = (word & 1) | (RLE_BLOCK << 1) | (size << 3);
+          h[0] = rle & 0xff;
+          h[1] = (rle >>> 8) & 0xff;
+          h[2] = rle >>> 16;
+          h[3] = 0;
+          this.skimmedBody = size;
+        }
+        source = ptr(this.blockHeader);
+      } else {
+        const at = skimming ? this.input.needOnly(this.pos, want) : this.input.need(this.pos, want);
+        if (this.input.available(this.pos) < want) throw this.truncated();
+        source = (this.input.address + at) as Pointer;
       }
       if (this.nextBlockAt() !== this.ringPos) {
         this.prevEnd = this.ringPos;
         this.ringPos = 0;
       }
-      const rc = this.lib.ZSTD_decompressContinue(
-        this.dctx,
-        (this.ringAddress + this.ringPos) as Pointer,
-        BLOCK_ROOM,
-        (this.input.address + at) as Pointer,
-        want,
-      );
+      const rc = this.lib.ZSTD_decompressContinue(this.dctx, (this.ringAddress + this.ringPos) as Pointer, BLOCK_ROOM, source, want);
       const err = zstdError(this.lib, rc);
       if (err) throw new ImageError(this.raw.locate(this.pos), "corrupt zstd data", err);
-      this.pos += want;
+      this.pos += advance;
       if (kind !== ZSTD_INPUT.checksum) this.blocksEnd = this.pos;
       const n = Number(rc);
       if (n > 0) {
         const out = this.ring.subarray(this.ringPos, this.ringPos + n);
         this.ringPos += n;
+        this.produced += n;
         return out;
       }
     }
+  }
+
+  private truncated(): ImageError {
+    return new ImageError(this.raw.locate(this.pos), "truncated zstd data", `the stream ends inside a frame, after ${withCommas(this.decoded)} decompressed bytes of it`);
   }
 
   /** At the end of a frame's last block: check its checksum, if it has one, without decoding further. */

@@ -8,6 +8,7 @@ import { ReadAheadInput } from "./read-ahead.ts";
 import { resumeHeader } from "./zstd-frame.ts";
 import { ChainedHash, StretchHasher } from "./stretch-hashes.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
+import { skimZstd } from "./zstd-ring.ts";
 import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from "./zstd-verify.ts";
 
 /** Frames whose window is larger are not indexed (the build holds the window in memory). */
@@ -37,6 +38,7 @@ export const zstdCodec: SeekCodec = {
   compression: "zstd",
   build: buildZstdIndex,
   resume: resumeZstd,
+  skim: (raw, point, buffers) => skimZstd(raw, point, buffers),
 };
 
 /** What a point inside a frame carries in `extra`: the header to synthesize and where the frame's blocks end. */
