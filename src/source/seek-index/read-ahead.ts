@@ -12,7 +12,7 @@ const SLOT = 1 << 20;
 /** more than a block and its header (128 KiB + 3), or a frame header */
 const OVERLAP = 256 << 10;
 const STRIDE = SLOT + OVERLAP;
-const SLOTS = 8;
+const SLOTS = 4;
 /** Int32 control words; then per slot the raw slot number + 1 it holds (0: none yet) and its length */
 const CTL = { released: 0, stop: 1, waiting: 2, words: 4 } as const;
 
