@@ -6,6 +6,7 @@ import { type Pointer, ptr } from "bun:ffi";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import { type PieceDescriptor, pieceDescriptors } from "../pieces.ts";
 import { type CompressedInput, InputWindow } from "./zstd-blocks.ts";
+import { waitWhile } from "../atomic-wait.ts";
 
 /** Raw bytes a slot starts apart; each holds OVERLAP more, so that a block starting in it ends in it. */
 const SLOT = 1 << 20;
@@ -14,7 +15,7 @@ const OVERLAP = 256 << 10;
 const STRIDE = SLOT + OVERLAP;
 const SLOTS = 4;
 /** Int32 control words; then per slot the raw slot number + 1 it holds (0: none yet) and its length */
-const CTL = { released: 0, stop: 1, waiting: 2, words: 4 } as const;
+const CTL = { released: 0, stop: 1, waiting: 2, started: 3, words: 4 } as const;
 
 /** What the worker is given. */
 export interface ReadAheadStart {
@@ -125,6 +126,8 @@ export class ReadAheadInput implements CompressedInput {
   close(): void {
     Atomics.store(this.ctl, CTL.stop, 1);
     Atomics.notify(this.ctl, CTL.released);
+    // not ended while it still loads its modules (see WorkerVerifier.close)
+    waitWhile(this.ctl, CTL.started, 0, 5_000);
     this.worker.terminate();
   }
 }
@@ -135,6 +138,8 @@ export function runReadAhead(shared: ReadAheadStart["readAhead"], raw: RandomAcc
   const tags = new Int32Array(shared.ctl, 4 * CTL.words, SLOTS);
   const lengths = new Int32Array(shared.ctl, 4 * (CTL.words + SLOTS), SLOTS);
   const slots = new Uint8Array(shared.slots);
+  Atomics.store(ctl, CTL.started, 1);
+  Atomics.notify(ctl, CTL.started);
   try {
     for (let k = 0; k * SLOT < raw.size; k++) {
       k = Math.max(k, Atomics.load(ctl, CTL.released));

@@ -1,3 +1,4 @@
+import { waitWhile } from "../atomic-wait.ts";
 import { decodeSettings } from "../../../native/decode-settings.ts";
 import { ZstdCompressor } from "../../../native/zstd.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
@@ -299,7 +300,14 @@ class WorkerVerifier implements Verifier {
   }
 
   close(): void {
+    // a worker ended while it still loads its modules can bring the runtime down (Bun 1.3.14 crashed so
+    // once in ten runs of a small build that was over before its worker had started): let it start first
+    if (!this.fallback) waitWhile(this.ctl, VCTL.state, VSTATE.starting, WORKER_SETTLE_MS);
     this.worker.terminate();
     this.fallback?.close();
   }
 }
+
+/** how long closing waits for a worker still starting (it takes tens of milliseconds) */
+const WORKER_SETTLE_MS = 5_000;
+
