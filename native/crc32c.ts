@@ -75,19 +75,25 @@ interface Crc32cImplementation {
   nativeFrom: number;
 }
 
+const ISAL: Crc32cImplementation = { name: "libisal crc32_iscsi", fn: crc32cIsal, nativeFrom: 256 };
+const EXT2FS: Crc32cImplementation = { name: "libext2fs ext2fs_crc32c_le", fn: crc32cExt2fs, nativeFrom: 4096 };
+const JS: Crc32cImplementation = { name: "JavaScript slicing-by-8", fn: crc32cJs, nativeFrom: Infinity };
+
 /** The implementations available here, best first (every one, for tests and the bench); libraries load on the first call. */
 export function crc32cImplementations(): Crc32cImplementation[] {
-  return [
-    ...(isal.tryLoad() ? [{ name: "libisal crc32_iscsi", fn: crc32cIsal, nativeFrom: 256 }] : []),
-    ...(ext2fs.tryLoad() ? [{ name: "libext2fs ext2fs_crc32c_le", fn: crc32cExt2fs, nativeFrom: 4096 }] : []),
-    { name: "JavaScript slicing-by-8", fn: crc32cJs, nativeFrom: Infinity },
-  ];
+  return [...(isal.tryLoad() ? [ISAL] : []), ...(ext2fs.tryLoad() ? [EXT2FS] : []), JS];
 }
 
 let best: Crc32cImplementation | undefined;
 
+/** The best one, loading no library past the first that loads. */
+function bestImplementation(): Crc32cImplementation {
+  if (isal.tryLoad()) return ISAL;
+  return ext2fs.tryLoad() ? EXT2FS : JS;
+}
+
 /** CRC-32C of `data` continuing from `seed` (0 for a send stream command), no inversion. */
 export function crc32c(data: Uint8Array, seed = 0): number {
-  best ??= crc32cImplementations()[0]!;
+  best ??= bestImplementation();
   return data.length < best.nativeFrom ? crc32cJs(data, seed) : best.fn(data, seed);
 }
