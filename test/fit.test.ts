@@ -390,6 +390,11 @@ describe("the view a resize tool works on", () => {
       expect(after.subarray(at + kept).equals(Buffer.from(before.subarray(at + kept)))).toBe(true);
       expect(after.subarray(0, at + kept - 4).equals(Buffer.from(before.subarray(0, at + kept - 4)))).toBe(true);
       expect([...view.read(kept - 4, 8)]).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      // zeroing spans both parts, a piece at a time, and stops where it was told
+      view.zero(kept - 2, 110);
+      expect([...view.read(kept - 4, 2)]).toEqual([1, 2]);
+      expect(view.read(kept - 2, 110).every((b) => b === 0)).toBe(true);
+      expect(view.read(kept + 108, 42).every((b) => b === 0xab)).toBe(true);
       // the overlay is unnamed: nothing appears in the directory
       expect(fs.readdirSync(dir)).toEqual(["target"]);
     } finally {
@@ -407,6 +412,13 @@ describe("the view a resize tool works on", () => {
       fat.write(446, new Uint8Array(16));
       expect(fat.read(446, 16).every((b) => b === 0)).toBe(true);
       expect(fs.readFileSync(target).subarray(0, at).equals(Buffer.from(before.subarray(0, at)))).toBe(true);
+      // a zeroed range longer than the piece zero() writes at a time (the whole view: head, kept part, overlay)
+      expect(fat.size).toBeGreaterThan(1 << 20);
+      fat.zero(0, fat.size);
+      expect(fat.read(0, fat.size).every((b) => b === 0)).toBe(true);
+      const zeroed = fs.readFileSync(target);
+      expect(zeroed.subarray(at, at + kept).every((b) => b === 0)).toBe(true);
+      expect(zeroed.subarray(at + kept).equals(Buffer.from(before.subarray(at + kept)))).toBe(true);
     } finally {
       fat.close();
       fs.closeSync(fd);

@@ -15,6 +15,8 @@ import { FLAG_COUNT, RESULT_OFFSET, type ToolCommand, ToolFlag, type ToolThreadJ
 /** Where a FAT volume sits in its view: behind a one-partition MBR, 1 MiB aligned (fatresize works on a partition of a disk). */
 export const FAT_OFFSET = 1 << 20;
 const SS = 512;
+/** what zero() writes from, a piece at a time (a range may be the whole volume) */
+const ZEROS = new Uint8Array(1 << 20);
 
 /** The one-partition disk head a FAT view starts with: MBR and zeros up to FAT_OFFSET. */
 function fatDiskHead(volumeBytes: number): Uint8Array {
@@ -197,7 +199,8 @@ export class SplitView implements WritableVolume {
   }
 
   zero(offset: number, length: number): void {
-    this.write(offset, new Uint8Array(length));
+    checkRange(this, offset, length);
+    for (let at = offset; at < offset + length; at += ZEROS.length) this.write(at, ZEROS.subarray(0, Math.min(ZEROS.length, offset + length - at)));
   }
 
   *extents(offset: number, length: number) {
