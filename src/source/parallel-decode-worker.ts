@@ -5,7 +5,7 @@
 // hashes before it is handed over. What this loads is kept to what zstd needs, and nothing that
 // loads node:fs (a worker is ready sooner than one that opens the image and its index again).
 import { type DecodeSettings, useDecodeSettings } from "../../native/decode-settings.ts";
-import { ImageError } from "../errors.ts";
+import { ImageError, withCommas } from "../errors.ts";
 import type { RandomAccessSource } from "./chunk-source.ts";
 import { lowerThreadPriority } from "../../native/libc-thread.ts";
 import type { SpanJob } from "./parallel-decode.ts";
@@ -183,12 +183,17 @@ function decodeFrom(c: SpanContext, point: StoredPoint, from: number, spanEnd: n
       const n = checker ? Math.min(bytes.length - o, checker.leftInStretch) : bytes.length - o;
       const stretchStart = checker?.stretchStart ?? 0;
       writer.add(bytes.byteOffset - ring.byteOffset + o, n);
-      // a stretch decoding from this point was already checked over is not hashed again
-      const part = bytes.subarray(o, o + n);
-      const verdict = checker === undefined ? undefined : checker.stretchEnd <= point.checkedTo ? checker.pass(part) : checker.update(part);
-      // a trusted point's bytes are the stream's own, as one decoder gives them: where they differ
-      // from the index's, the stream's own checks report the damage, as one decoder's would
-      if (verdict === false && !point.trusted) throw new WrongStretch(stretchStart);
+      // every stretch is hashed, even one decoded from this point before: the compressed bytes may
+      // have changed since, and this comparison stands in for the frame's own checksum (see openParallelDecode)
+      const verdict = checker?.update(bytes.subarray(o, o + n));
+      if (verdict === false) {
+        if (!point.trusted) throw new WrongStretch(stretchStart);
+        throw new ImageError(
+          { file: c.job.file, offset: stretchStart, decoded: c.job.compression },
+          `corrupt ${c.job.compression} data`,
+          `the bytes decompressed at ${withCommas(stretchStart)}..${withCommas(checker!.stretchStart)} differ from those the seek index recorded, in a pass whose checksums held`,
+        );
+      }
       if (verdict !== undefined) {
         writer.commit();
         if (verdict && stretchStart <= point.checkedTo) c.verdicts.checked(point, checker!.stretchStart);

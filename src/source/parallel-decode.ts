@@ -103,6 +103,10 @@ export function openParallelDecode(
     if (!starts || starts.length < 2 || index.descriptor === undefined) return undefined;
     const checks = streamChecks(raw, compression, index, starts);
     if (!checks) return undefined;
+    // With stretch hashes the workers compare every byte with the hashes the index's build took in a
+    // pass whose frame checksums and member trailers held: equal bytes have those sums too, and
+    // hashing whole frames again here, in order, would be this thread's work alone.
+    if (index.stretches) checks.length = 0;
     const pointAt = new Map(index.points.map((p) => [p.decoded, p]));
     const verdicts = new SharedArrayBuffer(16 * index.points.length);
     const learned = new Float64Array(verdicts);

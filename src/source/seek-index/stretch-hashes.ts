@@ -189,21 +189,6 @@ export class StretchChecker {
     this.hash.reset(this.at);
   }
 
-  /** The stretch's end, when the whole stretch is known good: pass its bytes with pass() instead of update(). */
-  get stretchEnd(): number {
-    return this.stretches.ends[this.stretch]!;
-  }
-
-  /** Like update, for bytes of a stretch known good: not hashed; true at the stretch's end. */
-  pass(bytes: Uint8Array): true | undefined {
-    if (bytes.length > this.leftInStretch) throw new Error("seek index: bytes past the end of a hashed stretch");
-    this.at += bytes.length;
-    if (this.at < this.stretches.ends[this.stretch]!) return undefined;
-    this.stretch++;
-    this.hash.reset(this.at);
-    return true;
-  }
-
   /**
    * The next decoded bytes (at most to the current stretch's end). Returns undefined while the stretch
    * is open, else whether it matched (and moves on to the next stretch).
