@@ -2,16 +2,14 @@
 // shared ring (see threaded-decode.ts) until the end of the stream.
 import { type DecodeSettings, useDecodeSettings } from "../../native/decode-settings.ts";
 import { decodeLayers, openRaw, type RawSpec } from "./open.ts";
-import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failureOf } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, STATE, failureOf, ringMemory } from "./threaded-decode.ts";
 
 declare const self: Worker;
 
 self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec; settings: DecodeSettings }>) => {
   const { shared, spec, settings } = event.data;
   useDecodeSettings(settings);
-  const ctl = new Int32Array(shared, 0, CTL.words);
-  const message = new Uint8Array(shared, CTL.words * 4, 2 * MESSAGE_BYTES);
-  const slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);
+  const { ctl, messages: message, ring: slots, slots: slotCount } = ringMemory(shared);
   // each message has its own area, written once and then announced by the state word
   const say = (which: number, value: unknown) => {
     const bytes = new TextEncoder().encode(JSON.stringify(value));
@@ -50,7 +48,7 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec
       Atomics.notify(ctl, flag);
       if (filled === 0) break;
       decoded += filled;
-      slot = (slot + 1) % SLOT_COUNT;
+      slot = (slot + 1) % slotCount;
     }
     source.close();
   } catch (e) {
@@ -58,6 +56,6 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec
     Atomics.store(ctl, CTL.state, STATE.failed);
     Atomics.notify(ctl, CTL.state);
     // wake the reader wherever it waits
-    for (let i = 0; i < SLOT_COUNT; i++) Atomics.notify(ctl, CTL.slotFlag(i));
+    for (let i = 0; i < slotCount; i++) Atomics.notify(ctl, CTL.slotFlag(i));
   }
 };

@@ -1,4 +1,4 @@
-import { CTL, SLOT, SLOT_COUNT, STATE } from "./threaded-decode.ts";
+import { CTL, type RingMemory, SLOT, STATE } from "./threaded-decode.ts";
 
 const EMPTY = new Uint8Array(0);
 
@@ -13,12 +13,19 @@ export class DecodedRing {
   /** a slot fully taken whose bytes the caller may still be using: released at the next call */
   private held = -1;
 
+  private readonly ctl: Int32Array;
+  private readonly slots: Uint8Array;
+  private readonly count: number;
+
   constructor(
-    private readonly ctl: Int32Array,
-    private readonly slots: Uint8Array,
+    memory: RingMemory,
     /** throws the worker's failure (called once it has said it failed) */
     private readonly failed: () => never,
-  ) {}
+  ) {
+    this.ctl = memory.ctl;
+    this.slots = memory.ring;
+    this.count = memory.slots;
+  }
 
   /**
    * Up to `max` bytes (at least 1) of the next filled slot, consumed, waiting for the worker to fill
@@ -40,7 +47,7 @@ export class DecodedRing {
     if (this.consumedInSlot === length) {
       this.held = this.slot;
       this.consumedInSlot = 0;
-      this.slot = (this.slot + 1) % SLOT_COUNT;
+      this.slot = (this.slot + 1) % this.count;
     }
     return this.slots.subarray(start, start + n);
   }
@@ -65,7 +72,7 @@ export class DecodedRing {
   /** Tell the worker to stop, waking it wherever it waits for a slot. */
   close(): void {
     Atomics.store(this.ctl, CTL.closed, 1);
-    for (let i = 0; i < SLOT_COUNT; i++) {
+    for (let i = 0; i < this.count; i++) {
       Atomics.store(this.ctl, CTL.slotFlag(i), SLOT.empty);
       Atomics.notify(this.ctl, CTL.slotFlag(i));
     }

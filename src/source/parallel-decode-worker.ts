@@ -16,7 +16,7 @@ import { StretchChecker, isDecodeError } from "./seek-index/stretch-hashes.ts";
 import { CorruptIndex, readStoredWindow, seekPointOf } from "./seek-index/stored-window.ts";
 import { zstdCodec } from "./seek-index/zstd.ts";
 import { ZstdRingDecoder } from "./seek-index/zstd-ring.ts";
-import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, SLOT_COUNT, STATE, failureOf } from "./threaded-decode.ts";
+import { CTL, MESSAGE, MESSAGE_BYTES, SLOT, SLOT_BYTES, STATE, failureOf, ringMemory } from "./threaded-decode.ts";
 
 declare const self: Worker;
 
@@ -41,13 +41,14 @@ class SlotWriter {
 
   constructor(
     private readonly ctl: Int32Array,
+    private readonly slots: number,
     /** bytes are checked against stretch hashes: hand nothing over before commit() */
     private readonly checked: boolean,
   ) {}
 
   /** Returns once no slot handed over and not yet taken holds any of ring[at, at + n). */
   reserve(at: number, n: number): void {
-    for (let i = 0; i < SLOT_COUNT; i++) {
+    for (let i = 0; i < this.slots; i++) {
       const flag = CTL.slotFlag(i);
       while (Atomics.load(this.ctl, flag) === SLOT.full) {
         const start = Atomics.load(this.ctl, CTL.slotOffset(i));
@@ -82,7 +83,7 @@ class SlotWriter {
       Atomics.store(this.ctl, CTL.slotLength(this.slot), n);
       Atomics.store(this.ctl, flag, SLOT.full);
       Atomics.notify(this.ctl, flag);
-      this.slot = (this.slot + 1) % SLOT_COUNT;
+      this.slot = (this.slot + 1) % this.slots;
     }
     this.pending.length = 0;
   }
@@ -262,10 +263,9 @@ async function codecOf(job: SpanJob): Promise<SeekCodec> {
 self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: SpanJob; settings: DecodeSettings }>) => {
   const { shared, job, settings } = event.data;
   useDecodeSettings(settings);
-  const ctl = new Int32Array(shared, 0, CTL.words);
-  const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
-  const ring = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES, SLOT_COUNT * SLOT_BYTES);
-  const writer = new SlotWriter(ctl, job.stretches !== undefined);
+  const { ctl, messages, ring, slots } = ringMemory(shared);
+  const message = messages.subarray(MESSAGE.failure * MESSAGE_BYTES, (MESSAGE.failure + 1) * MESSAGE_BYTES);
+  const writer = new SlotWriter(ctl, slots, job.stretches !== undefined);
   lowerThreadPriority(WORKER_NICE_STEPS);
   try {
     const raw = borrowPieces(job.raw);
@@ -292,6 +292,6 @@ self.onmessage = async (event: MessageEvent<{ shared: SharedArrayBuffer; job: Sp
     message.set(bytes);
     Atomics.store(ctl, CTL.messageLength(MESSAGE.failure), bytes.length);
     Atomics.store(ctl, CTL.state, STATE.failed);
-    for (let i = 0; i < SLOT_COUNT; i++) Atomics.notify(ctl, CTL.slotFlag(i));
+    for (let i = 0; i < slots; i++) Atomics.notify(ctl, CTL.slotFlag(i));
   }
 };

@@ -8,7 +8,14 @@ import { findSeekIndex } from "./seek-index/open-index.ts";
 import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
 import type { Compression } from "./sniff.ts";
 import { DecodedRing } from "./decoded-ring.ts";
-import { CTL, MESSAGE, MESSAGE_BYTES, SLOT_BYTES, SLOT_COUNT, workerFailure } from "./threaded-decode.ts";
+import { MESSAGE, MESSAGE_BYTES, newRingMemory, workerFailure } from "./threaded-decode.ts";
+
+/**
+ * Slots of each worker's ring: more than a span of the default 16 MiB spacing, so that a worker a
+ * span ahead of the reader decodes all of it instead of waiting for the reader to reach it (with
+ * 12, that wait left a core idle about a tenth of a restore onto tmpfs).
+ */
+export const PARALLEL_SLOT_COUNT = 20;
 
 /** A span is decoded by one worker from one seek point on; shorter spans are joined up to this. */
 export const MIN_SPAN_BYTES = 8 << 20;
@@ -155,7 +162,7 @@ interface Ring {
  * The decoded stream of an indexed compressed file, decoded by several workers at once: worker w
  * decodes spans w, w + n, w + 2n, ... from their seek points into its own ring, and this reader takes
  * the spans in order, so the bytes (and the first error, at its place) are those of one decoder.
- * Memory: n rings of SLOT_COUNT × SLOT_BYTES.
+ * Memory: n rings of PARALLEL_SLOT_COUNT × SLOT_BYTES.
  */
 export class ParallelDecodeSource implements ChunkSource {
   readonly size = undefined;
@@ -186,13 +193,12 @@ export class ParallelDecodeSource implements ChunkSource {
     this.compression = job.compression;
     const n = Math.max(1, Math.min(workers, job.points.length));
     for (let w = 0; w < n; w++) {
-      const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
+      const memory = newRingMemory(PARALLEL_SLOT_COUNT);
       const worker = new Worker(workerUrl());
-      worker.postMessage({ shared, job: { ...job, worker: w, workers: n } satisfies SpanJob, settings: decodeSettings() });
-      const ctl = new Int32Array(shared, 0, CTL.words);
-      const message = new Uint8Array(shared, CTL.words * 4 + MESSAGE.failure * MESSAGE_BYTES, MESSAGE_BYTES);
-      const slots = new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES);
-      this.rings.push({ worker, ctl, message, ring: new DecodedRing(ctl, slots, () => this.rethrow(ctl, message)) });
+      worker.postMessage({ shared: memory.shared, job: { ...job, worker: w, workers: n } satisfies SpanJob, settings: decodeSettings() });
+      const { ctl } = memory;
+      const message = memory.messages.subarray(MESSAGE.failure * MESSAGE_BYTES, (MESSAGE.failure + 1) * MESSAGE_BYTES);
+      this.rings.push({ worker, ctl, message, ring: new DecodedRing(memory, () => this.rethrow(ctl, message)) });
     }
     this.leftInSpan = this.spanLength(0);
   }

@@ -5,11 +5,12 @@ import { DecodedRing } from "./decoded-ring.ts";
 import type { RawSpec } from "./open.ts";
 import type { Compression } from "./sniff.ts";
 
-// Shared memory between this thread and the decode worker: a ring of SLOT_COUNT × SLOT_BYTES bytes
-// the worker fills with decoded bytes while this thread parses and writes the previous ones (two
-// cores, two jobs), handed over in slots: [offset, length] pieces of the ring, taken in order. The
-// sequential worker fills the ring slot by slot; a parallel zstd worker decodes blocks straight into
-// it and hands over the pieces they landed in (parallel-decode-worker.ts).
+// Shared memory between this thread and a decode worker: a ring of n × SLOT_BYTES bytes the worker
+// fills with decoded bytes while this thread parses and writes the previous ones (two cores, two
+// jobs), handed over in n slots: [offset, length] pieces of the ring, taken in order. The sequential
+// worker fills the ring slot by slot; a parallel zstd worker decodes blocks straight into it and hands
+// over the pieces they landed in (parallel-decode-worker.ts).
+/** the sequential worker's ring (restore's memory target counts it) */
 export const SLOT_COUNT = 12;
 export const SLOT_BYTES = 1 << 20;
 /**
@@ -27,8 +28,34 @@ export const CTL = {
   slotFlag: (i: number) => 4 + 3 * i,
   slotLength: (i: number) => 5 + 3 * i,
   slotOffset: (i: number) => 6 + 3 * i,
-  words: 4 + 3 * SLOT_COUNT,
 } as const;
+const ctlWords = (slots: number) => 4 + 3 * slots;
+
+/** The views of a ring's shared memory: control words, the two message areas, the ring of `slots` × SLOT_BYTES. */
+export interface RingMemory {
+  shared: SharedArrayBuffer;
+  ctl: Int32Array;
+  messages: Uint8Array;
+  ring: Uint8Array;
+  slots: number;
+}
+
+export function newRingMemory(slots: number): RingMemory {
+  return ringMemory(new SharedArrayBuffer(ctlWords(slots) * 4 + 2 * MESSAGE_BYTES + slots * SLOT_BYTES));
+}
+
+/** The views of memory made by newRingMemory (in the worker: its slot count follows from its size). */
+export function ringMemory(shared: SharedArrayBuffer): RingMemory {
+  const slots = (shared.byteLength - ctlWords(0) * 4 - 2 * MESSAGE_BYTES) / (SLOT_BYTES + 12);
+  const words = ctlWords(slots);
+  return {
+    shared,
+    slots,
+    ctl: new Int32Array(shared, 0, words),
+    messages: new Uint8Array(shared, words * 4, 2 * MESSAGE_BYTES),
+    ring: new Uint8Array(shared, words * 4 + 2 * MESSAGE_BYTES, slots * SLOT_BYTES),
+  };
+}
 export const STATE = { starting: 0, ready: 1, failed: 2 } as const;
 export const SLOT = { empty: 0, full: 1 } as const;
 
@@ -96,13 +123,13 @@ export class ThreadedDecodeSource implements ChunkSource {
   private firstName: string;
 
   constructor(spec: RawSpec) {
-    const shared = new SharedArrayBuffer(CTL.words * 4 + 2 * MESSAGE_BYTES + SLOT_COUNT * SLOT_BYTES);
-    this.ctl = new Int32Array(shared, 0, CTL.words);
-    this.message = new Uint8Array(shared, CTL.words * 4, 2 * MESSAGE_BYTES);
-    this.ring = new DecodedRing(this.ctl, new Uint8Array(shared, CTL.words * 4 + 2 * MESSAGE_BYTES), () => this.rethrow());
+    const memory = newRingMemory(SLOT_COUNT);
+    this.ctl = memory.ctl;
+    this.message = memory.messages;
+    this.ring = new DecodedRing(memory, () => this.rethrow());
     this.firstName = "fd" in spec ? spec.name : spec.pieces[0]!;
     this.worker = new Worker(workerUrl());
-    this.worker.postMessage({ shared, spec, settings: decodeSettings() });
+    this.worker.postMessage({ shared: memory.shared, spec, settings: decodeSettings() });
     const deadline = performance.now() + WORKER_START_MS;
     while (Atomics.load(this.ctl, CTL.state) === STATE.starting) {
       if (performance.now() > deadline) {
