@@ -2,9 +2,9 @@ import fs from "node:fs";
 import os from "node:os";
 import { UsageError, withCommas } from "../errors.ts";
 import { humanSize } from "../formats/units.ts";
-import { diskMinimums, type MinimumFacts } from "../fit/minimum.ts";
-import { fitDisk, type FitResult } from "../fit/fit-input.ts";
-import { ResizeTools, ToolError } from "../fit/fs-tools.ts";
+import type { MinimumFacts } from "../fit/minimum.ts";
+import type { FitResult } from "../fit/fit-input.ts";
+import type { ResizeTools } from "../fit/fs-tools.ts";
 import { DiskInput } from "../input/disk-input.ts";
 import type { Input } from "../input/input.ts";
 import { blockDeviceSize } from "../disk/disk-volume.ts";
@@ -12,6 +12,9 @@ import type { ProgressFactory } from "../progress.ts";
 import { BUILD_SEEK_INDEX, parseBytes } from "./run.ts";
 
 /** The options `restore` takes for --fit. */
+// the fit modules (and FUSE) are loaded only for --fit and --minimum
+const fsTools = () => require("../fit/fs-tools.ts") as typeof import("../fit/fs-tools.ts");
+
 export const fitArgs = {
   fit: { type: "boolean", description: "lay the disk out anew for the target's size: file systems shrunk (or the last grown) by resize2fs, ntfsresize, fatresize" },
   size: { type: "string", description: "with --fit: the size of a file target (e.g. 20G)" },
@@ -79,7 +82,7 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
   if (args.overlay !== undefined) throw new UsageError("--overlay changes the backup's disk as it was; it does not go with --fit");
   let fitted: FitResult;
   try {
-    fitted = fitDisk(input, {
+    fitted = (require("../fit/fit-input.ts") as typeof import("../fit/fit-input.ts")).fitDisk(input, {
       target: targetSize(args),
       dryRun: args["dry-run"] === true,
       sizeOf: sizeOf(args["size-of"]),
@@ -112,13 +115,13 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
 }
 
 function printToolOutput(e: unknown): void {
-  if (e instanceof ToolError && e.output) process.stderr.write(e.output.endsWith("\n") ? e.output : `${e.output}\n`);
+  if (e instanceof fsTools().ToolError && e.output) process.stderr.write(e.output.endsWith("\n") ? e.output : `${e.output}\n`);
 }
 
 /** info --minimum: what the disk and each partition can be restored into. */
 export function minimumFacts(input: Input, tmpDir: string | undefined): MinimumFacts {
   if (!(input instanceof DiskInput) || input.kind !== "disk") throw new UsageError("--minimum is for a disk (a Clonezilla folder)");
-  return diskMinimums(input.span.layout, { tools: toolsOnPath(tmpDir), seekIndex: BUILD_SEEK_INDEX });
+  return (require("../fit/minimum.ts") as typeof import("../fit/minimum.ts")).diskMinimums(input.span.layout, { tools: toolsOnPath(tmpDir), seekIndex: BUILD_SEEK_INDEX });
 }
 
 export function minimumText(m: MinimumFacts): string {
@@ -132,5 +135,5 @@ export function minimumText(m: MinimumFacts): string {
 
 /** The resize tools on PATH, then in the sbin directories a user's PATH often lacks. */
 export function toolsOnPath(tmpDir: string | undefined): ResizeTools {
-  return new ResizeTools([process.env.PATH ?? "", "/usr/local/sbin", "/usr/sbin", "/sbin"].filter(Boolean).join(":"), tmpDir ?? os.tmpdir());
+  return new (fsTools().ResizeTools)([process.env.PATH ?? "", "/usr/local/sbin", "/usr/sbin", "/sbin"].filter(Boolean).join(":"), tmpDir ?? os.tmpdir());
 }

@@ -4,7 +4,7 @@ import { humanSize } from "../formats/units.ts";
 import { isRandomAccess } from "../source/chunk-source.ts";
 import { openRaw } from "../source/open.ts";
 import { buildSeekIndex, DEFAULT_SPACING, seekCodecFor } from "../source/seek-index/open-index.ts";
-import { seekCodecs } from "../source/seek-index/codecs.ts";
+import { SEEKABLE_COMPRESSIONS } from "../source/seek-index/codecs.ts";
 import { sniffCompression } from "../source/sniff.ts";
 import { DiskInput } from "../input/disk-input.ts";
 import { ImageInput } from "../input/image-input.ts";
@@ -55,7 +55,7 @@ function indexImage(image: string, spacing: number, json: boolean): boolean {
     if (!kind) return false;
     const codec = seekCodecFor(kind);
     if (!codec) {
-      throw new UsageError(`${image}: imgtool has no seek index for ${kind} data (it has for: ${Object.keys(seekCodecs).join(", ")}); decompress it first or use imgtool restore`);
+      throw new UsageError(`${image}: imgtool has no seek index for ${kind} data (it has for: ${SEEKABLE_COMPRESSIONS.join(", ")}); decompress it first or use imgtool restore`);
     }
     const built = buildSeekIndex(raw, pieces, codec, { spacing, onProgress: indexProgressBar(), threads: process.env.IMGTOOL_THREADS !== "0" });
     if (json) {

@@ -1,12 +1,17 @@
 import { ImageError } from "../errors.ts";
 import type { Volume } from "../volume/volume.ts";
-import { type BtrfsOptions, detectBtrfs, openBtrfs } from "./btrfs/btrfs.ts";
-import { detectExt, openExt } from "./ext4.ts";
-import { type ExfatOptions, detectExfat, openExfat } from "./exfat.ts";
-import { type FatOptions, detectFat, openFat } from "./fat.ts";
+import type { BtrfsOptions } from "./btrfs/btrfs.ts";
+import type { ExfatOptions } from "./exfat.ts";
+import type { FatOptions } from "./fat.ts";
 import type { FileSystem } from "./filesystem.ts";
-import { detectNtfs, openNtfs } from "./ntfs.ts";
-import { detectXfs, openXfs } from "./xfs.ts";
+
+// each reader is loaded when a volume is first tried against it: restore and verify load none
+const btrfs = () => require("./btrfs/btrfs.ts") as typeof import("./btrfs/btrfs.ts");
+const ext4 = () => require("./ext4.ts") as typeof import("./ext4.ts");
+const exfat = () => require("./exfat.ts") as typeof import("./exfat.ts");
+const fat = () => require("./fat.ts") as typeof import("./fat.ts");
+const ntfs = () => require("./ntfs.ts") as typeof import("./ntfs.ts");
+const xfs = () => require("./xfs.ts") as typeof import("./xfs.ts");
 
 export interface OpenFsOptions {
   fat?: FatOptions;
@@ -28,12 +33,12 @@ const ascii = (head: Uint8Array, at: number, text: string) => head.length >= at 
 
 /** One line per file system, most specific signatures first (NTFS and exFAT boot sectors look like FAT's). */
 const FILE_SYSTEMS: FsKind[] = [
-  { name: "NTFS", detect: detectNtfs, open: (v) => openNtfs(v) },
-  { name: "exFAT", detect: detectExfat, open: (v, o) => openExfat(v, o.exfat) },
-  { name: "ext2/3/4", detect: detectExt, open: (v) => openExt(v) },
-  { name: "vfat", detect: detectFat, open: (v, o) => openFat(v, o.fat) },
-  { name: "btrfs", detect: detectBtrfs, open: (v, o) => openBtrfs(v, o.btrfs) },
-  { name: "xfs", detect: detectXfs, open: (v) => openXfs(v) },
+  { name: "NTFS", detect: (h) => ntfs().detectNtfs(h), open: (v) => ntfs().openNtfs(v) },
+  { name: "exFAT", detect: (h) => exfat().detectExfat(h), open: (v, o) => exfat().openExfat(v, o.exfat) },
+  { name: "ext2/3/4", detect: (h) => ext4().detectExt(h), open: (v) => ext4().openExt(v) },
+  { name: "vfat", detect: (h) => fat().detectFat(h), open: (v, o) => fat().openFat(v, o.fat) },
+  { name: "btrfs", detect: (h) => btrfs().detectBtrfs(h), open: (v, o) => btrfs().openBtrfs(v, o.btrfs) },
+  { name: "xfs", detect: (h) => xfs().detectXfs(h), open: (v) => xfs().openXfs(v) },
   { name: "f2fs", detect: (h) => h.length > 0x404 && h[0x400] === 0x10 && h[0x401] === 0x20 && h[0x402] === 0xf5 && h[0x403] === 0xf2 },
   { name: "reiserfs", detect: (h) => ascii(h, 0x10034, "ReIsEr") },
   { name: "jfs", detect: (h) => ascii(h, 0x8000, "JFS1") },

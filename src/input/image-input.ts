@@ -3,7 +3,6 @@ import path from "node:path";
 import { UsageError, withCommas } from "../errors.ts";
 import { humanSize } from "../formats/units.ts";
 import { verifyImage } from "../formats/verify.ts";
-import { missingTreeBlocksOf } from "../fs/btrfs/btrfs.ts";
 import type { Image } from "../formats/image.ts";
 import { partimageSetName, partimageVolumeSet } from "../formats/partimage.ts";
 import type { ProgressFactory } from "../progress.ts";
@@ -67,7 +66,8 @@ export class ImageInput implements Input {
     const { info } = this.image;
     const r = verifyImage(this.image, progress);
     // a btrfs image from partclone.btrfs before its fix may lack tree blocks the file system points to
-    const missing = r.ok && this.name !== "-" ? missingTreeBlocksOf(this.image, () => this.openVolume()) : [];
+    const btrfs = r.ok && this.name !== "-" && /btrfs/i.test(info.fsType);
+    const missing = btrfs ? (require("../fs/btrfs/btrfs.ts") as typeof import("../fs/btrfs/btrfs.ts")).missingTreeBlocksOf(this.image, () => this.openVolume()) : [];
     const checked = r.ok && missing.length === 0 ? [`${info.format}, ${info.checksum === "NONE" ? "no data checksums" : `${info.checksum} checksums`}, ${withCommas(info.usedBlocks)} used blocks, ${humanSize(r.dataBytes)} of data`] : [];
     return { checksumProblems: r.problems, otherProblems: missing, checked, dataBytes: r.dataBytes };
   }

@@ -255,7 +255,7 @@ function earlierPoint(points: StoredPoint[], at: number): StoredPoint {
 
 async function codecOf(job: SpanJob): Promise<SeekCodec> {
   if (job.compression === "zstd") return zstdCodec;
-  const codec = (await import("./seek-index/codecs.ts")).seekCodecs[job.compression];
+  const codec = (await import("./seek-index/codecs.ts")).seekCodecOf(job.compression);
   if (!codec) throw new Error(`no seek codec for ${job.compression}`);
   return codec;
 }

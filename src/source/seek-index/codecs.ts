@@ -1,17 +1,19 @@
 import type { Compression } from "../sniff.ts";
-import { bzip2SeekCodec } from "./bzip2.ts";
 import type { SeekCodec } from "./codec.ts";
-import { gzipSeekCodec } from "./gzip.ts";
-import { lz4SeekCodec } from "./lz4.ts";
-import { lzmaSeekCodec, xzSeekCodec } from "./xz.ts";
-import { zstdCodec } from "./zstd.ts";
 
-/** The compressions that can be read at any offset through a seek index, one module each. */
-export const seekCodecs: Partial<Record<Compression, SeekCodec>> = {
-  zstd: zstdCodec,
-  gzip: gzipSeekCodec,
-  bzip2: bzip2SeekCodec,
-  xz: xzSeekCodec,
-  lzma: lzmaSeekCodec,
-  lz4: lz4SeekCodec,
+/** The compressions that can be read at any offset through a seek index, one module each, loaded when first used. */
+const CODECS: Partial<Record<Compression, () => SeekCodec>> = {
+  zstd: () => (require("./zstd.ts") as typeof import("./zstd.ts")).zstdCodec,
+  gzip: () => (require("./gzip.ts") as typeof import("./gzip.ts")).gzipSeekCodec,
+  bzip2: () => (require("./bzip2.ts") as typeof import("./bzip2.ts")).bzip2SeekCodec,
+  xz: () => (require("./xz.ts") as typeof import("./xz.ts")).xzSeekCodec,
+  lzma: () => (require("./xz.ts") as typeof import("./xz.ts")).lzmaSeekCodec,
+  lz4: () => (require("./lz4.ts") as typeof import("./lz4.ts")).lz4SeekCodec,
 };
+
+export const SEEKABLE_COMPRESSIONS = Object.keys(CODECS) as Compression[];
+
+/** The seek codec of a compression, or undefined when imgtool has none for it. */
+export function seekCodecOf(compression: Compression): SeekCodec | undefined {
+  return CODECS[compression]?.();
+}

@@ -2,7 +2,7 @@ import { UsageError, withCommas } from "../../errors.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import type { Compression } from "../sniff.ts";
 import type { SeekCodec } from "./codec.ts";
-import { seekCodecs } from "./codecs.ts";
+import { seekCodecOf } from "./codecs.ts";
 import { currentKey, indexPaths, type LoadedIndex, memoryIndex, readIndex, writeIndex } from "./index-file.ts";
 import { SeekableSource } from "./seekable.ts";
 
@@ -46,7 +46,7 @@ export interface BuiltIndex {
 
 /** The seek codec of a compression, or undefined when imgtool has none for it. */
 export function seekCodecFor(compression: Compression): SeekCodec | undefined {
-  return seekCodecs[compression];
+  return seekCodecOf(compression);
 }
 
 /** Build the index of `raw` and write it where it belongs; what was built. */
