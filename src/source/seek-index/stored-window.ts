@@ -3,7 +3,7 @@
 // index-file.ts, which needs node:fs, so that a decode worker can read windows through the index's
 // descriptor without loading node:fs.
 import { ImageError } from "../../errors.ts";
-import { Xxh64State } from "../../../native/xxhash.ts";
+import { digestXxh64 } from "../../../native/xxhash.ts";
 import { zstdCompress, zstdDecompress } from "../../../native/zstd.ts";
 import type { SeekPoint } from "./codec.ts";
 import type { LoadedIndex, StoredPoint } from "./index-file.ts";
@@ -17,11 +17,7 @@ export class CorruptIndex extends ImageError {
 
 /** XXH64 (seed 0) of `data` as 16 hex digits. */
 export function hex64(data: Uint8Array): string {
-  const h = new Xxh64State();
-  h.update(data);
-  const d = new Uint8Array(8);
-  h.digestInto(d);
-  return Buffer.from(d).toString("hex");
+  return Buffer.from(digestXxh64(data)).toString("hex");
 }
 
 /** A window as the file stores it. */
