@@ -4,12 +4,11 @@ import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
 import { SpliceSource } from "./splice.ts";
 import { type CompressedInput, InputWindow, ZstdBlocks, frameAt } from "./zstd-blocks.ts";
-import { ReadAheadInput } from "./read-ahead.ts";
 import { resumeHeader } from "./zstd-frame.ts";
 import { ChainedHash, StretchHasher } from "./stretch-hashes.ts";
 import { readSeekTable } from "./zstd-seek-table.ts";
 import { skimZstd } from "./zstd-ring.ts";
-import { type VerifyJob, type VerifyResult, createVerifier, zstdWorkerUrl } from "./zstd-verify.ts";
+import type { VerifyJob, VerifyResult } from "./zstd-verify.ts";
 
 /** Frames whose window is larger are not indexed (the build holds the window in memory). */
 export const MAX_INDEXED_WINDOW = 64 << 20;
@@ -93,6 +92,9 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
     opts.onProgress?.(raw.size);
     return { decodedSize: table.decodedSize, points: frameStartPoints(table.frames), fromSeekTable: true };
   }
+  // what only the build needs is loaded here: a reader (a decode worker above all) starts without it
+  const { createVerifier, zstdWorkerUrl } = require("./zstd-verify.ts") as typeof import("./zstd-verify.ts");
+  const { ReadAheadInput } = require("./read-ahead.ts") as typeof import("./read-ahead.ts");
   const ahead = opts.pieces && raw.size >= READ_AHEAD_FROM ? ReadAheadInput.start(zstdWorkerUrl(), raw, INPUT_BYTES) : undefined;
   const input: CompressedInput = ahead ?? new InputWindow(raw, INPUT_BYTES);
   // each block is hashed as it lands, while it is still in the processor's cache
