@@ -3,6 +3,7 @@ import { formatLocalTime } from "./local-time.ts";
 import { OutputBuffer } from "./output-buffer.ts";
 import { COMMAND_NAMES } from "./protocol.ts";
 import type { SendCommand, SendStreamParser } from "./stream.ts";
+import { uuidText } from "./uuid.ts";
 
 /**
  * Which btrfs-progs' `receive --dump` text to reproduce (btrfs-progs cmds/receive-dump.c):
@@ -308,18 +309,6 @@ export class ReceiveDumpPrinter {
   private fail(c: SendCommand, what: string, detail: string): never {
     throw new ImageError(this.locate(c.offset), `command #${c.index} (${c.type}): ${what}`, detail);
   }
-}
-
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
-
-/** Lowercase 8-4-4-4-12, as uuid_unparse prints. */
-export function uuidText(u: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < 16; i++) {
-    if (i === 4 || i === 6 || i === 8 || i === 10) s += "-";
-    s += HEX[u[i]!];
-  }
-  return s;
 }
 
 /** Print a whole stream as `btrfs receive --dump` would; the output is flushed even on error. */

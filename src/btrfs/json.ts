@@ -1,4 +1,4 @@
-import { uuidText } from "./dump.ts";
+import { uuidText } from "./uuid.ts";
 import { OutputBuffer } from "./output-buffer.ts";
 import type { SendCommand, SendStreamParser, Timespec } from "./stream.ts";
 

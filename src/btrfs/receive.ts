@@ -41,7 +41,7 @@ import {
 } from "../../native/libc-at.ts";
 import { closeFd, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from "../../native/libc-file.ts";
 import { DecompressError, decompressExtent, MAX_COMPRESSED, MAX_UNCOMPRESSED } from "./decompress.ts";
-import { uuidText } from "./dump.ts";
+import { uuidText } from "./uuid.ts";
 import { EncodedCompression } from "./protocol.ts";
 import { cloneRange, copyTree, punchOrZero } from "./range-copy.ts";
 import { RECEIVED_INDEX, ReceivedIndex } from "./received-index.ts";
