@@ -2,7 +2,7 @@
 // path component of that directory), their path forms (xattrs, nanosecond lutimes, mknod, set-id chmod),
 // linking unnamed files and no-replace renames.
 import { ptr } from "bun:ffi";
-import { cPath, errnoName, libc, libcError, O_CLOEXEC, O_NOFOLLOW, O_PATH } from "./libc.ts";
+import { cPath, ENOENT, errnoName, lastErrno, libc, libcError, O_CLOEXEC, O_NOFOLLOW, O_PATH } from "./libc.ts";
 import { closeFd } from "./libc-file.ts";
 
 // linux/fcntl.h, linux/fs.h
@@ -246,8 +246,9 @@ export function statAt(dirfd: number, name: Uint8Array | null, display: Uint8Arr
       ? libc().statx(dirfd, EMPTY_NAME, AT_EMPTY_PATH, STATX_WANTED, statxBytes)
       : libc().statx(dirfd, cName(name), AT_SYMLINK_NOFOLLOW, STATX_WANTED, statxBytes);
   if (rc !== 0) {
-    // no Error (and its stack) for the answer "nothing there", which callers ask for often
-    if (errnoName() === "ENOENT") return undefined;
+    // no Error (and its stack) for the answer "nothing there", which callers ask for often, and no
+    // table of errno names (node:os's constants cost a start-up about 1 ms) to recognise it
+    if (lastErrno() === ENOENT) return undefined;
     throw libcError("statx", display);
   }
   const b = statxView;

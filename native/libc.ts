@@ -27,6 +27,8 @@ export const S_IFIFO = 0o010000;
 export const S_IFDIR = 0o040000;
 export const S_IFLNK = 0o120000;
 export const S_IFREG = 0o100000;
+// asm-generic/errno-base.h
+export const ENOENT = 2;
 export const EINTR = 4;
 
 let libcSymbols: ReturnType<typeof loadLibc> | undefined;
@@ -112,8 +114,12 @@ export function cPath(p: Uint8Array): Buffer {
   return out;
 }
 
+/** The errno the last failed call left. */
+export function lastErrno(): number {
+  return read.i32(libc().__errno_location()!, 0);
+}
+
 /** The name of the errno the last failed call left (e.g. "ENOSYS"). */
 export function errnoName(): string {
-  const errno = read.i32(libc().__errno_location()!, 0);
-  return errnoText(errno);
+  return errnoText(lastErrno());
 }
