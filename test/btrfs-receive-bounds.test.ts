@@ -44,12 +44,13 @@ function encodedWrite(fileOffset: number, unencodedLen: number | bigint, compres
 }
 
 /**
- * Runs the command given in PEAK_RSS_ARGV and prints its exit code, stderr and peak RSS: from a
+ * Runs the command given in PEAK_RSS_ARGV and prints its exit code, stderr and peak RSS (Bun 1.4 gives
+ * the child's in bytes, where getrusage gives KiB): from a
  * fresh process, whose children's rusage holds this one child only (the test runner's holds every
  * child it ever ran).
  */
 const PEAK_RSS = `const r = Bun.spawnSync(JSON.parse(process.env.PEAK_RSS_ARGV), { stdout: "ignore", stderr: "pipe" });
-process.stdout.write(JSON.stringify({ code: r.exitCode, stderr: r.stderr.toString(), maxRssKb: r.resourceUsage.maxRSS }));`;
+process.stdout.write(JSON.stringify({ code: r.exitCode, stderr: r.stderr.toString(), maxRssKb: Math.round(r.resourceUsage.maxRSS / 1024) }));`;
 
 /** The CLI on a stream: exit code, stderr, peak RSS in KiB. */
 function receive(bytes: Uint8Array, dir = tempDir()) {
