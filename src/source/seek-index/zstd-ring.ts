@@ -1,7 +1,7 @@
 // A zstd stream from a seek point, decoded block by block straight into a caller's ring: the
 // parallel restore's workers (parallel-decode-worker.ts) hand those bytes over where they landed,
 // with no copy out of a decoder's own window.
-import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
+import { INPUT_BUFFER_SIZE, decodeMemoryLimit } from "../../../native/ffi.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { SeekPoint, SkimBuffers, SkimmingSource } from "./codec.ts";
 import { ImageError } from "../../errors.ts";
@@ -107,14 +107,16 @@ export class ZstdRingDecoder {
       }
       const { frame } = found;
       this.windowSize = frame.windowSize;
-      if (this.skimmable && frame.dictionaryId === 0) {
+      // a window past the decode memory limit goes to the streaming decoder, which refuses it
+      const allowed = frame.windowSize <= decodeMemoryLimit().window;
+      if (allowed && this.skimmable && frame.dictionaryId === 0) {
         // a header without the checksum: skimmed blocks decode to other bytes than the frame's
         if (this.blocks.resume(resumeHeader(frame.windowDescriptor), this.pos + frame.headerSize, EMPTY, frame.windowSize)) {
           this.frameOpen = true;
           this.resumedChecksum = frame.checksum ? CHECKSUM_BYTES : 0;
           return true;
         }
-      } else if (this.blocks.startFrame(this.pos, frame.windowSize)) {
+      } else if (allowed && this.blocks.startFrame(this.pos, frame.windowSize)) {
         this.frameOpen = true;
         return true;
       }
