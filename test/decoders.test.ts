@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -189,6 +190,16 @@ describe("several members / frames / streams, as made by the real tools", () => 
   });
   peerTest(missingTools("xz"))("lzma: a .lzma file", () => {
     check("one.lzma", run(["xz", "--format=lzma", "-c"], whole), "lzma");
+  });
+  peerTest(missingTools("zstd"))("zstd frames decoded in the worker's ring, one whose window is larger than the ring among them: the same bytes", () => {
+    // 20 MiB whose second half repeats the first 10 MiB back: --long=24 keeps a 16 MiB window, more
+    // than the worker's 12 MiB ring can hold, so that frame goes through the streaming decoder
+    const half = Buffer.concat(Array.from({ length: 10 }, (_, i) => (i % 2 ? Buffer.alloc(1 << 20, i) : randomBytes(1 << 20))));
+    const long = Buffer.concat([half, half]);
+    const packed = Buffer.concat([run(["zstd", "-q", "-c", "-1"], whole), run(["zstd", "-q", "-c", "--long=24", "-3"], long), run(["zstd", "-q", "-c", "-19"], whole)]);
+    const { bytes, compression } = drainPath(tmpFile("frames.zst", packed));
+    expect(compression).toEqual(["zstd"]);
+    expect(bytes.equals(Buffer.concat([whole, long, whole]))).toBe(true);
   });
   peerTest(missingTools("gzip", "zstd"))("gzip inside zstd", () => {
     const zst = run(["zstd", "-q", "-c"], run(["gzip", "-c"], whole));
