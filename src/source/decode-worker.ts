@@ -80,9 +80,9 @@ self.onmessage = (event: MessageEvent<{ shared: SharedArrayBuffer; spec: RawSpec
 
 /**
  * A file or split set of zstd frames, decoded block by block straight into the ring as a parallel
- * worker does (libzstd's streaming decoder copies every block out of a window of its own: a tenth of
- * this thread's time). False, with nothing handed over, when the file is not zstd or what it holds
- * is compressed again: then the layers are decoded as for any other input.
+ * worker does (libzstd's streaming decoder would copy every block out of a window of its own). False,
+ * with nothing handed over, when the file is not zstd or what it holds is compressed again: then the
+ * layers are decoded as for any other input.
  */
 function zstdIntoRing(
   raw: RandomAccessSource,

@@ -12,8 +12,8 @@ import { MESSAGE, MESSAGE_BYTES, newRingMemory, workerFailure } from "./threaded
 
 /**
  * Slots of each worker's ring: more than a span of the default 16 MiB spacing, so that a worker a
- * span ahead of the reader decodes all of it instead of waiting for the reader to reach it (with
- * 12, that wait left a core idle about a tenth of a restore onto tmpfs).
+ * span ahead of the reader decodes all of it instead of waiting, with a core idle, for the reader to
+ * reach it.
  */
 export const PARALLEL_SLOT_COUNT = 20;
 
