@@ -247,7 +247,7 @@ export function statAt(dirfd: number, name: Uint8Array | null, display: Uint8Arr
       : libc().statx(dirfd, cName(name), AT_SYMLINK_NOFOLLOW, STATX_WANTED, statxBytes);
   if (rc !== 0) {
     // no Error (and its stack) for the answer "nothing there", which callers ask for often, and no
-    // table of errno names (node:os's constants cost a start-up about 1 ms) to recognise it
+    // table of errno names (node:os's constants, slow to build) to recognise it
     if (lastErrno() === ENOENT) return undefined;
     throw libcError("statx", display);
   }

@@ -8,8 +8,8 @@ import type { Compression } from "./sniff.ts";
 // Shared memory between this thread and a decode worker: a ring of n × SLOT_BYTES bytes the worker
 // fills with decoded bytes while this thread parses and writes the previous ones (two cores, two
 // jobs), handed over in n slots: [offset, length] pieces of the ring, taken in order. The sequential
-// worker fills the ring slot by slot; a parallel zstd worker decodes blocks straight into it and hands
-// over the pieces they landed in (parallel-decode-worker.ts).
+// worker fills the ring slot by slot; zstd blocks, in it and in a parallel worker, are decoded straight
+// into the ring and handed over as the pieces they landed in (slot-writer.ts).
 /** the sequential worker's ring (restore's memory target counts it) */
 export const SLOT_COUNT = 12;
 export const SLOT_BYTES = 1 << 20;
