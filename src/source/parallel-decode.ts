@@ -5,7 +5,6 @@ import { type PieceDescriptor, pieceDescriptors } from "./pieces.ts";
 import type { StoredPoint } from "./seek-index/index-file.ts";
 import type { StretchHashes } from "./seek-index/stretch-hashes.ts";
 import { findSeekIndex } from "./seek-index/open-index.ts";
-import { type StreamCheck, streamChecks } from "./seek-index/stream-checks.ts";
 import type { Compression } from "./sniff.ts";
 import { DecodedRing } from "./decoded-ring.ts";
 import { MESSAGE, MESSAGE_BYTES, newRingMemory, workerFailure } from "./threaded-decode.ts";
@@ -108,12 +107,10 @@ export function openParallelDecode(
       minSpan,
     );
     if (!starts || starts.length < 2 || index.descriptor === undefined) return undefined;
-    const checks = streamChecks(raw, compression, index, starts);
-    if (!checks) return undefined;
-    // With stretch hashes the workers compare every byte with the hashes the index's build took in a
-    // pass whose frame checksums and member trailers held: equal bytes have those sums too, and
-    // hashing whole frames again here, in order, would be this thread's work alone.
-    if (index.stretches) checks.length = 0;
+    // No whole-frame check (zstd's XXH64, a gzip member's CRC-32) is made here, in order: a span
+    // starts inside a frame only at a resumed point, and an index with resumed points has stretch
+    // hashes, taken in a pass whose frame checksums and member trailers held. The workers compare
+    // every byte with them; equal bytes have those sums too.
     const pointAt = new Map(index.points.map((p) => [p.decoded, p]));
     const verdicts = new SharedArrayBuffer(16 * index.points.length);
     const learned = new Float64Array(verdicts);
@@ -132,7 +129,7 @@ export function openParallelDecode(
       verdicts,
       decodedSize: index.decodedSize,
     };
-    parallel = new ParallelDecodeSource(job, threads, checks, () => {
+    parallel = new ParallelDecodeSource(job, threads, () => {
       // what the workers learned about the points goes into the index, for the next reader
       for (const [i, p] of index.points.entries()) {
         if (!Number.isNaN(learned[2 * i]!)) index.markWrong(p, learned[2 * i]!);
@@ -175,14 +172,9 @@ export class ParallelDecodeSource implements ChunkSource {
   private closeInputs: (() => void) | undefined;
   private readonly compression: Compression;
 
-  /** decoded bytes handed out so far */
-  private position = 0;
-
   constructor(
     job: Omit<SpanJob, "worker" | "workers">,
     workers: number,
-    /** whole-frame checks the workers cannot make, in order */
-    private readonly checks: StreamCheck[],
     /** closes what the workers read through, once they are stopped */
     closeInputs: () => void,
   ) {
@@ -223,8 +215,6 @@ export class ParallelDecodeSource implements ChunkSource {
     const bytes = ring.take(Math.min(max, this.leftInSpan));
     if (bytes.length === 0) throw new Error(`parallel decode: the worker of span ${this.span} ended early`);
     this.leftInSpan -= bytes.length;
-    if (this.checks.length) this.check(bytes);
-    this.position += bytes.length;
     return bytes;
   }
 
@@ -241,21 +231,6 @@ export class ParallelDecodeSource implements ChunkSource {
     // a worker still in a read when this closes its descriptor reads nothing anyone takes: its ring is closed
     this.closeInputs?.();
     this.closeInputs = undefined;
-  }
-
-  /** Feed the bytes at `position` to the checks they fall in; finish those that end here. */
-  private check(bytes: Uint8Array): void {
-    const end = this.position + bytes.length;
-    while (this.checks.length) {
-      const c = this.checks[0]!;
-      if (c.start >= end) return;
-      const from = Math.max(c.start, this.position);
-      const to = Math.min(c.end, end);
-      if (to > from) c.update(bytes.subarray(from - this.position, to - this.position));
-      if (c.end > end) return;
-      this.checks.shift();
-      c.finish();
-    }
   }
 
   private spanLength(i: number): number {
