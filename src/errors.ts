@@ -1,4 +1,3 @@
-import os from "node:os";
 /** Thousands separators, as partclone.info prints counts: 1,048,576. */
 export function withCommas(n: number | bigint): string {
   return n.toLocaleString("en-US");
@@ -51,7 +50,9 @@ export class UsageError extends Error {
 export class StoppedBySignal extends Error {
   override name = "StoppedBySignal";
   constructor(readonly signal: number) {
-    const name = Object.entries(os.constants.signals).find(([, n]) => n === signal)?.[0] ?? `signal ${signal}`;
+    // node:os only here: errors.ts is loaded by every thread, and this is made at most once a run
+    const { signals } = (require("node:os") as typeof import("node:os")).constants;
+    const name = Object.entries(signals).find(([, n]) => n === signal)?.[0] ?? `signal ${signal}`;
     super(`stopped by ${name}`);
   }
 }
