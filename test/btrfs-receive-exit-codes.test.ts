@@ -58,6 +58,8 @@ describe("btrfs-receive: an error of the stream's making exits 3, naming the str
     const lines = run.stderr.trimEnd().split("\n");
     expect(lines).toHaveLength(2);
     expect(lines[1]).toStartWith(`imgtool: ${run.file}: offset ${withCommas(s.offset)}: command #3 (write): EFBIG`);
+    // the write call names no file: the message does, and the offset in it
+    expect(lines[1]).toContain(`pwritev 'f' at file offset ${withCommas(2 ** 50)}`);
   });
 
   test("a name of 256 bytes: ENAMETOOLONG, at the command's offset", () => {

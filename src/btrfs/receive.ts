@@ -2,7 +2,8 @@
 // commands as progs/receive.c applies them; their encoding in stream.ts and protocol.ts).
 import fs from "node:fs";
 import path from "node:path";
-import { ImageError, UsageError, describeLocation, printable } from "../errors.ts";
+import { ImageError, UsageError, describeLocation, printable, withCommas } from "../errors.ts";
+import { MAX_IOV, writeAll } from "../output/writer.ts";
 import {
   libc,
   libcError,
@@ -156,8 +157,6 @@ const WRITE_FLAGS = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 const READ_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 /** uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown */
 const MAX_ID = 0xfffffffe;
-/** IOV_MAX */
-const MAX_PENDING_WRITES = 1024;
 
 class Receiver {
   readonly finished: ReceivedSubvolume[] = [];
@@ -568,7 +567,7 @@ class Receiver {
   /** A write that continues the pending ones (same held file, the next offset) joins them; true when it did. */
   private addToPendingWrites(cmd: Extract<SendCommand, { type: "write" }>): boolean {
     const p = this.pendingWrites;
-    if (!p || p.data.length === MAX_PENDING_WRITES || cmd.fileOffset !== p.end || this.heldFile(cmd.path) !== p.fd) return false;
+    if (!p || p.data.length === MAX_IOV || cmd.fileOffset !== p.end || this.heldFile(cmd.path) !== p.fd) return false;
     p.data.push(cmd.data);
     p.commands.push(cmd);
     p.end += cmd.data.length;
@@ -581,17 +580,20 @@ class Receiver {
     const p = this.pendingWrites;
     if (!p) return;
     this.pendingWrites = undefined;
-    const total = p.end - p.start;
-    let done = 0;
     try {
-      while (done < total) done += fs.writevSync(p.fd, done === 0 ? p.data : remainingViews(p.data, done), p.start + done);
+      writeAll(p.fd, p.data, p.end - p.start, p.start);
     } catch (e) {
+      const done = (e as { written?: number }).written ?? 0;
       let i = 0;
-      for (let at = p.data[0]!.length; at <= done && i < p.data.length - 1; at += p.data[++i]!.length);
-      this.command = p.commands[i]!;
-      this.readWhenFailed = this.command.index;
+      let at = p.start;
+      for (; i < p.data.length - 1 && at + p.data[i]!.length <= p.start + done; i++) at += p.data[i]!.length;
+      const cmd = p.commands[i]! as Extract<SendCommand, { type: "write" }>;
+      this.command = cmd;
+      this.readWhenFailed = cmd.index;
       if (this.current) this.current.commands -= p.commands.length - 1 - i;
-      this.failed(e);
+      // the write call names no file: say which, and where in it
+      const err = e as NodeJS.ErrnoException;
+      this.failed(Object.assign(new Error(`${err.message} '${printable(cmd.path)}' at file offset ${withCommas(p.start + done)}`), { code: err.code }));
     }
   }
 
@@ -721,13 +723,6 @@ class Receiver {
 }
 
 const EMPTY = new Uint8Array(0);
-
-/** The views after their first `skip` bytes. */
-function remainingViews(views: Uint8Array[], skip: number): Uint8Array[] {
-  let i = 0;
-  while (skip >= views[i]!.length) skip -= views[i++]!.length;
-  return [views[i]!.subarray(skip), ...views.slice(i + 1)];
-}
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;

@@ -24,7 +24,8 @@ export type GapPolicy =
   | "allocate";
 
 const ZEROS = new Uint8Array(1 << 20);
-const MAX_IOV = 1024;
+/** IOV_MAX: the most buffers one writev takes */
+export const MAX_IOV = 1024;
 /** gaps shorter than this are written as zeros even where they could be allocated */
 const MIN_ALLOCATE = 256 << 10;
 /** how much written data may wait before its writeback is started (positional outputs only) */
@@ -128,8 +129,11 @@ export function writeFully(fd: number, bytes: Uint8Array): void {
   writeAll(fd, [bytes], bytes.length, null);
 }
 
-/** writev until every byte is out (a pipe may take less; a non-blocking one may say EAGAIN: then wait in poll). */
-function writeAll(fd: number, bufs: Uint8Array[], total: number, position: number | null): void {
+/**
+ * writev until every byte is out (a pipe may take less; a non-blocking one may say EAGAIN: then wait
+ * in poll). An error carries `written`: the bytes out before it.
+ */
+export function writeAll(fd: number, bufs: Uint8Array[], total: number, position: number | null): void {
   let done = 0;
   while (done < total) {
     let n: number;
@@ -141,7 +145,7 @@ function writeAll(fd: number, bufs: Uint8Array[], total: number, position: numbe
         waitWritable(fd);
         continue;
       }
-      throw e;
+      throw Object.assign(e as Error, { written: done });
     }
     done += n;
   }
