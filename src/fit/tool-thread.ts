@@ -7,6 +7,22 @@ import { FLAG_COUNT, RESULT_OFFSET, ToolFlag, type ToolResult, type ToolThreadJo
 
 declare const self: Worker;
 
+/** what is kept of a tool's output: its end, where tools print why they stopped (e2fsck -y can print megabytes) */
+const OUTPUT_TAIL_BYTES = 64 << 10;
+
+/** The last `max` bytes a stream gives, as text, holding no more than about that much while it runs. */
+async function tailOf(stream: ReadableStream<Uint8Array>, max: number): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  let held = 0;
+  for await (const chunk of stream) {
+    chunks.push(chunk);
+    held += chunk.length;
+    while (held - chunks[0]!.length >= max) held -= chunks.shift()!.length;
+  }
+  const all = Buffer.concat(chunks);
+  return all.subarray(Math.max(0, all.length - max)).toString();
+}
+
 async function runJob(job: ToolThreadJob): Promise<ToolThreadReport> {
   const flags = new Int32Array(job.shared, 0, FLAG_COUNT);
   Atomics.store(flags, ToolFlag.started, 1);
@@ -19,14 +35,19 @@ async function runJob(job: ToolThreadJob): Promise<ToolThreadReport> {
     const child = Bun.spawn(c.argv, { stdin: c.input === undefined ? "ignore" : new TextEncoder().encode(c.input), stdout: "pipe", stderr: "pipe", env: c.env });
     // the main thread ends the child when a signal ends the mount
     Atomics.store(flags, ToolFlag.child, child.pid);
-    const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+    const [stdout, stderr] = await Promise.all([tailOf(child.stdout, OUTPUT_TAIL_BYTES), tailOf(child.stderr, OUTPUT_TAIL_BYTES), child.exited]);
     Atomics.store(flags, ToolFlag.child, 0);
     const signal = child.signalCode ? (os.constants.signals[child.signalCode as keyof typeof os.constants.signals] ?? 0) : 0;
     results.push({ code: child.exitCode ?? 128 + signal, output: `${stdout}${stderr}` });
     if (!c.okCodes.includes(results.at(-1)!.code)) break;
   }
-  const u = Bun.spawnSync(job.unmount, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  return { results, unmountFailed: u.exitCode === 0 ? undefined : `${u.stdout.toString()}${u.stderr.toString()}`.trim() || `exit ${u.exitCode}` };
+  const unmount = (argv: string[]) => Bun.spawnSync(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const u = unmount(job.unmount);
+  if (u.exitCode === 0) return { results };
+  // the main thread serves the view until it is unmounted: a busy view is detached (lazily) so that
+  // its loop ends, and the first failure is reported
+  unmount([job.unmount[0]!, "-u", "-z", job.unmount.at(-1)!]);
+  return { results, unmountFailed: `${u.stdout.toString()}${u.stderr.toString()}`.trim() || `exit ${u.exitCode}` };
 }
 
 self.onmessage = async (event: MessageEvent<ToolThreadJob>) => {
@@ -40,14 +61,15 @@ self.onmessage = async (event: MessageEvent<ToolThreadJob>) => {
   const flags = new Int32Array(job.shared, 0, FLAG_COUNT);
   const room = new Uint8Array(job.shared, RESULT_OFFSET);
   let bytes = new TextEncoder().encode(JSON.stringify(report));
-  if (bytes.length > room.length) {
-    // outputs too long for the buffer keep their ends, where tools print why they stopped
-    const keep = Math.floor(room.length / (2 * Math.max(1, report.results.length))) - 64;
-    report = { ...report, results: report.results.map((r) => ({ code: r.code, output: r.output.length > keep ? r.output.slice(-keep) : r.output })) };
-    bytes = new TextEncoder().encode(JSON.stringify(report));
+  // outputs too long for the buffer keep their ends, shorter until the whole report (escapes and
+  // all) fits: never a report cut inside its JSON
+  for (let keep = OUTPUT_TAIL_BYTES; bytes.length > room.length; keep >>= 1) {
+    const end = (text: string) => (keep > 0 ? text.slice(-keep) : "");
+    const cut = report.results.map((r) => ({ code: r.code, output: end(r.output) }));
+    bytes = new TextEncoder().encode(JSON.stringify({ ...report, results: cut, unmountFailed: report.unmountFailed && end(report.unmountFailed) }));
   }
-  room.set(bytes.subarray(0, room.length));
-  Atomics.store(flags, ToolFlag.resultBytes, Math.min(bytes.length, room.length));
+  room.set(bytes);
+  Atomics.store(flags, ToolFlag.resultBytes, bytes.length);
   Atomics.store(flags, ToolFlag.done, 1);
   Atomics.notify(flags, ToolFlag.done);
 };

@@ -323,13 +323,19 @@ export function runOnView(view: ToolView, name: string, tmpDir: string, searchPa
         Atomics.notify(flags, ToolFlag.mounted);
       }
     }
-    if (end.by === "signal") {
-      // the view is gone: the tool is ended rather than left to fail on it
+    // the view is gone: a tool still running is ended rather than left to fail on it
+    const endTool = () => {
       const child = Atomics.load(flags, ToolFlag.child);
       if (child > 0) process.kill(child, "SIGTERM");
+    };
+    if (end.by === "signal") {
+      endTool();
       throw new StoppedBySignal(end.signal);
     }
-    if (Atomics.wait(flags, ToolFlag.done, 0, THREAD_END_MS) === "timed-out") throw new Error("the resize tool did not end after its view was unmounted");
+    if (Atomics.wait(flags, ToolFlag.done, 0, THREAD_END_MS) === "timed-out") {
+      endTool();
+      throw new Error(`${name}: the resize tool did not end after its view was unmounted`);
+    }
     const bytes = new Uint8Array(shared, RESULT_OFFSET, Atomics.load(flags, ToolFlag.resultBytes)).slice();
     const report = JSON.parse(new TextDecoder().decode(bytes)) as ToolThreadReport;
     // the image or the target failed under the tool (which then saw EIO): that is the error to report
