@@ -196,6 +196,11 @@ const MAX_U32 = 0xffffffff;
 /** The default window a decoder may allocate: 128 MiB, what zstd -d allows without --memory. */
 const DEFAULT_DECODE_WINDOW = 128 << 20;
 
+/** The error of an input that asks for more memory than decoders may take (see decodeMemoryLimit). */
+export function tooMuchMemory(where: Location, kind: string, detail: string): ImageError {
+  return new ImageError(where, `${kind} data needs too much memory to decode`, `${detail}; to allow more, set IMGTOOL_DECODE_MEMORY=<MiB> (as zstd -d --memory)`);
+}
+
 /**
  * The largest window (history) a decoder may allocate because its input says so: 128 MiB, or the
  * settings' windowMiB (a power of two is used as is, anything else rounds down to one; at most 2048).
@@ -318,7 +323,7 @@ export abstract class NativeDecoder implements ChunkSource {
 
   /** The input asks for more memory than decoders may take (see decodeMemoryLimit). */
   protected tooLarge(detail: string, consumed = 0): never {
-    throw new ImageError(this.compressedLocation(consumed), `${this.kind} data needs too much memory to decode`, `${detail}; to allow more, set IMGTOOL_DECODE_MEMORY=<MiB> (as zstd -d --memory)`);
+    throw tooMuchMemory(this.compressedLocation(consumed), this.kind, detail);
   }
 
   protected truncated(): never {

@@ -411,6 +411,22 @@ describe("decode settings (IMGTOOL_DECODE_MEMORY, IMGTOOL_GZIP) are the CLI's, h
     }
   });
 
+  test("IMGTOOL_DECODE_MEMORY=1 refuses a zstd window over 1 MiB for reads at random too: building the index, and through an index built without it", () => {
+    const copy = path.join(tmp, "limited.zst");
+    fs.copyFileSync(zst, copy);
+    const what = /^imgtool: .*limited\.zst: offset 0: zstd data needs too much memory to decode \(the frame's window is larger than 1 MiB/;
+    const cat = (env: Record<string, string>) => runCli(["cat", copy, "--offset", "1M", "--length", "4K"], { env });
+    for (const r of [cat({ IMGTOOL_DECODE_MEMORY: "1" }), runCli(["index", copy], { env: { IMGTOOL_DECODE_MEMORY: "1" } })]) {
+      expect(r.code).toBe(3);
+      expect(r.stderr).toMatch(what);
+    }
+    expect(runCli(["index", copy]).code).toBe(0);
+    const limited = cat({ IMGTOOL_DECODE_MEMORY: "1" });
+    expect(limited.code).toBe(3);
+    expect(limited.stderr).toMatch(what);
+    expect(cat({}).code).toBe(0);
+  });
+
   test("IMGTOOL_DECODE_MEMORY=1024 lets a 1 GiB zstd window decode, in a worker thread and without", () => {
     for (const r of both(["verify", wideWindow], {})) {
       expect(r.code).toBe(3);

@@ -4,6 +4,7 @@
 import { type Pointer, ptr } from "bun:ffi";
 import { ImageError, withCommas } from "../../errors.ts";
 import { ZSTD_INPUT, zstdError, zstdLibrary } from "../../../native/zstd.ts";
+import { decodeMemoryLimit } from "../../../native/ffi.ts";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import { BLOCK_SIZE_MAX, type FrameHeader, parseFrameHeader, skippableFrameSize } from "./zstd-frame.ts";
 
@@ -134,8 +135,13 @@ export class ZstdBlocks {
     this.dctx = d;
   }
 
-  /** A ring for frames of this window (kept while later frames need no more); false when the caller's is too small. */
+  /**
+   * A ring for frames of this window (kept while later frames need no more); false when the caller's
+   * is too small, or the window is past the decode memory limit (the streaming decoder the caller
+   * falls back to refuses it, in one line).
+   */
   private fit(windowSize: number): boolean {
+    if (windowSize > decodeMemoryLimit().window) return false;
     const size = Math.max(windowSize, 1 << 10) + 2 * BLOCK_ROOM;
     if (this.ring.length >= size) return true;
     if (this.callersRing) return false;
@@ -269,7 +275,8 @@ export class ZstdBlocks {
         const h = this.blockHeader;
         const word = h[0]! | (h[1]! << 8) | (h[2]! << 16);
         const size = word >>> 3;
-        if (((word >>> 1) & 3) === RAW_BLOCK && this.produced + size <= this.skimTo) {
+        // a size no block can have, or past the input, is decoded as it is, for the library to refuse
+        if (((word >>> 1) & 3) === RAW_BLOCK && size <= BLOCK_SIZE_MAX && this.pos + 3 + size <= this.raw.size && this.produced + size <= this.skimTo) {
           const rle = (word & 1) | (RLE_BLOCK << 1) | (size << 3);
           h[0] = rle & 0xff;
           h[1] = (rle >>> 8) & 0xff;

@@ -107,16 +107,14 @@ export class ZstdRingDecoder {
       }
       const { frame } = found;
       this.windowSize = frame.windowSize;
-      // a window past the decode memory limit goes to the streaming decoder, which refuses it
-      const allowed = frame.windowSize <= decodeMemoryLimit().window;
-      if (allowed && this.skimmable && frame.dictionaryId === 0) {
+      if (this.skimmable && frame.dictionaryId === 0) {
         // a header without the checksum: skimmed blocks decode to other bytes than the frame's
         if (this.blocks.resume(resumeHeader(frame.windowDescriptor), this.pos + frame.headerSize, EMPTY, frame.windowSize)) {
           this.frameOpen = true;
           this.resumedChecksum = frame.checksum ? CHECKSUM_BYTES : 0;
           return true;
         }
-      } else if (allowed && this.blocks.startFrame(this.pos, frame.windowSize)) {
+      } else if (this.blocks.startFrame(this.pos, frame.windowSize)) {
         this.frameOpen = true;
         return true;
       }
@@ -198,7 +196,8 @@ export function skimZstd(raw: RandomAccessSource, point: SeekPoint, buffers: Ski
     windowSize = skippableFrameSize(head) === undefined ? parseFrameHeader(head, raw.locate(point.compressed)).windowSize : 0;
   }
   const ringSize = Math.max(windowSize, 1 << 10) + 2 * BLOCK_ROOM;
-  if (windowSize > MAX_SKIMMED_WINDOW) return Object.assign(zstdCodec.resume(raw, point, buffers.input), { skimNext: () => false, reach: windowSize });
+  // a window past the decode memory limit goes to the streaming decoder, which refuses it
+  if (windowSize > Math.min(MAX_SKIMMED_WINDOW, decodeMemoryLimit().window)) return Object.assign(zstdCodec.resume(raw, point, buffers.input), { skimNext: () => false, reach: windowSize });
   if (!buffers.ring || buffers.ring.length < ringSize) buffers.ring = new Uint8Array(ringSize);
   const decoder = new ZstdRingDecoder(raw, buffers.ring, () => {}, buffers.input, true);
   if (!decoder.start(point)) {

@@ -1,4 +1,5 @@
 import { ImageError, UsageError, withCommas } from "../../errors.ts";
+import { decodeMemoryLimit, tooMuchMemory } from "../../../native/ffi.ts";
 import { ZstdDecoder } from "../../../native/zstd.ts";
 import type { ChunkSource, RandomAccessSource } from "../chunk-source.ts";
 import type { BuildOptions, CodecIndex, SeekCodec, SeekPoint } from "./codec.ts";
@@ -154,6 +155,7 @@ function buildZstdIndex(raw: RandomAccessSource, opts: BuildOptions): CodecIndex
         probe = undefined;
       };
 
+      if (frame.windowSize > decodeMemoryLimit().window) throw tooMuchMemory(raw.locate(pos), "zstd", `the frame's window is larger than ${decodeMemoryLimit().text}`);
       if (!blocks.startFrame(pos, frame.windowSize)) throw new Error("zstd index: the pass's ring does not hold the frame's window");
       for (;;) {
         if (probe && decoded >= probe.endAt && blocks.atBlockBoundary()) closeProbe();
