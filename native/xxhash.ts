@@ -8,9 +8,6 @@ const xxh = new LazyLibrary("libxxhash.so.0", "libxxhash0", {
   XXH64_update: { args: ["ptr", "ptr", "u64"], returns: "i32" },
   XXH64_digest: { args: ["ptr"], returns: "u64" },
   XXH3_createState: { args: [], returns: "ptr" },
-  XXH3_64bits_reset: { args: ["ptr"], returns: "i32" },
-  XXH3_64bits_update: { args: ["ptr", "ptr", "u64"], returns: "i32" },
-  XXH3_64bits_digest: { args: ["ptr"], returns: "u64" },
   XXH3_freeState: { args: ["ptr"], returns: "i32" },
   XXH3_128bits_reset: { args: ["ptr"], returns: "i32" },
   XXH3_128bits_update: { args: ["ptr", "ptr", "u64"], returns: "i32" },
@@ -57,27 +54,6 @@ function newXxh3State(owner: object): Pointer {
   if (!s) throw new Error("XXH3_createState: out of memory");
   freeXxh3.register(owner, s);
   return s;
-}
-
-/** XXH3 64-bit (seed 0): the fastest of the family, for hashes imgtool keeps to itself. */
-export class Xxh3State {
-  private readonly lib = lib();
-  private readonly state = newXxh3State(this);
-  private readonly view = new DataView(new ArrayBuffer(8));
-  constructor() {
-    this.reset();
-  }
-  reset(): void {
-    this.lib.XXH3_64bits_reset(this.state);
-  }
-  update(data: Uint8Array): void {
-    if (data.length > 0) this.lib.XXH3_64bits_update(this.state, ptr(data), data.length);
-  }
-  /** The 8 digest bytes into out[0..8). */
-  digestInto(out: Uint8Array): void {
-    this.view.setBigUint64(0, this.lib.XXH3_64bits_digest(this.state), true);
-    out.set(new Uint8Array(this.view.buffer));
-  }
 }
 
 /**

@@ -123,11 +123,6 @@ export class StretchHasher {
     return this.at;
   }
 
-  /** The stretches closed so far (live: valid until the next call). */
-  closed(): { ends: number[]; hashes: Uint8Array } {
-    return { ends: this.ends, hashes: this.hashes };
-  }
-
   finish(): StretchHashes {
     this.cut();
     return { ends: Float64Array.from(this.ends), hashes: this.hashes.slice(0, 8 * this.ends.length) };
