@@ -18,6 +18,7 @@ const FILES = Number(process.env.BENCH_RECEIVE_FILES ?? 20_000);
 const DATA_MB = Number(process.env.BENCH_RECEIVE_DATA_MB ?? 256);
 const TARGETS = { small: 1, data: 1, rssMiB: 128 };
 const RUNS = Number(process.env.BENCH_RECEIVE_RUNS ?? 3);
+if (!(RUNS >= 1)) throw new Error("bench: BENCH_RECEIVE_RUNS must be at least 1");
 
 /** The faster of two runs, with the higher peak RSS of both. */
 function fastest(best: Measured | undefined, run: Measured): Measured {
@@ -90,9 +91,9 @@ for i in range(${FILES}):
       }
     }
     settle();
+    if (!theirs || !ours) throw new Error("bench: no run was measured");
     const subvolume = fs.readdirSync(theirsDir)[0]!;
     const floor = measure(["cp", "-a", "--reflink=never", path.join(theirsDir, subvolume), path.join(fresh(), subvolume)], "ignore");
-    if (!theirs || !ours) throw new Error("bench: BENCH_RECEIVE_RUNS must be at least 1");
     const rate = (t: Measured) => (kind === "small" ? `${Math.round(FILES / t.seconds)} files/s` : `${Math.round(mb / t.seconds)} MB/s`);
     const target = TARGETS[kind];
     const name = kind === "small" ? `${FILES} small files (${Math.round(mb)} MB stream)` : `data (${Math.round(mb)} MB stream)`;

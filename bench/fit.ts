@@ -86,6 +86,8 @@ function main() {
   console.log(`| ${"run".padEnd(58)} | seconds | note |`);
   console.log(`|${"-".repeat(60)}|---------|------|`);
   for (const r of rows) console.log(`| ${r.run.padEnd(58)} | ${r.seconds.toFixed(2).padStart(7)} | ${r.note} |`);
+  console.log(`\n| target (issue 24) | measured | limit | |\n|---|---|---|---|`);
+  console.log(`| restore --fit ≤ 2x the plain restore | ${(fit / plain).toFixed(2)}x | 2x | ${fit / plain <= 2 ? "met" : "MISSED"} |`);
   if (process.env.BENCH_FIT_KEEP !== "1") fs.rmSync(WORK, { recursive: true, force: true });
 }
 
