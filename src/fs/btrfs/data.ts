@@ -189,6 +189,13 @@ export class FileData {
       else into.set(volume.read(physical + head, into.length));
       return;
     }
+    const volume = this.trees.volume;
+    if (first === logical && last === logical + into.length && volume.readInto) {
+      // whole sectors (extract's and get's reads): checked where they land, no scratch copy
+      volume.readInto(physical, into);
+      this.checkSums(first, physical, into, fileOffset, false);
+      return;
+    }
     const data = this.volumeBytes(physical, last - first);
     this.checkSums(first, physical, data, fileOffset - (logical - first), false);
     into.set(data.subarray(logical - first, logical - first + into.length));
