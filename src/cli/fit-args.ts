@@ -11,10 +11,10 @@ import { blockDeviceSize } from "../disk/disk-volume.ts";
 import type { ProgressFactory } from "../progress.ts";
 import { BUILD_SEEK_INDEX, parseBytes } from "./run.ts";
 
-/** The options `restore` takes for --fit. */
 // the fit modules (and FUSE) are loaded only for --fit and --minimum
 const fsTools = () => require("../fit/fs-tools.ts") as typeof import("../fit/fs-tools.ts");
 
+/** The options `restore` takes for --fit. */
 export const fitArgs = {
   fit: { type: "boolean", description: "lay the disk out anew for the target's size: file systems shrunk (or the last grown) by resize2fs, ntfsresize, fatresize" },
   size: { type: "string", description: "with --fit: the size of a file target (e.g. 20G)" },
@@ -68,8 +68,8 @@ function sizeOf(text: string | undefined): Map<string, number> {
 
 /**
  * --fit for restore: the plan printed (stdout for --dry-run, else stderr as a summary before writing),
- * the fitted input to write, or undefined when nothing is to be written. A tool's output is printed
- * as it was before its one-line refusal.
+ * the fitted input to write, or undefined when nothing is to be written. A tool that fails carries
+ * its output (ToolError), which the command line prints before its one-line refusal.
  */
 export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactory | undefined): FitResult | undefined {
   const misplaced = (["size", "size-of", "grow", "dry-run", "tmp-dir"] as const).filter((k) => args[k] !== undefined && args[k] !== false);
@@ -80,42 +80,19 @@ export function prepareFit(args: FitArgs, input: Input, progress: ProgressFactor
   if (!(input instanceof DiskInput)) throw new UsageError("--fit restores a disk (a Clonezilla folder); this input is a single volume");
   if (args.output === "-") throw new UsageError("--fit needs a file or a block device, not stdout");
   if (args.overlay !== undefined) throw new UsageError("--overlay changes the backup's disk as it was; it does not go with --fit");
-  let fitted: FitResult;
-  try {
-    fitted = (require("../fit/fit-input.ts") as typeof import("../fit/fit-input.ts")).fitDisk(input, {
-      target: targetSize(args),
-      dryRun: args["dry-run"] === true,
-      sizeOf: sizeOf(args["size-of"]),
-      grow: args.grow,
-      seekIndex: BUILD_SEEK_INDEX,
-      progress,
-      tools: toolsOnPath(args["tmp-dir"]),
-    });
-  } catch (e) {
-    printToolOutput(e);
-    throw e;
-  }
+  const fitted = (require("../fit/fit-input.ts") as typeof import("../fit/fit-input.ts")).fitDisk(input, {
+    target: targetSize(args),
+    dryRun: args["dry-run"] === true,
+    sizeOf: sizeOf(args["size-of"]),
+    grow: args.grow,
+    seekIndex: BUILD_SEEK_INDEX,
+    progress,
+    tools: toolsOnPath(args["tmp-dir"]),
+  });
   const text = `${fitted.lines.join("\n")}\n`;
   if (args["dry-run"]) process.stdout.write(text);
   else if (!args.quiet) process.stderr.write(text);
-  const fittedInput = fitted.input;
-  if (fittedInput) {
-    // the tools run as the disk is written: one that fails has its output printed before restore's one line
-    const batches = fittedInput.dataBatches.bind(fittedInput);
-    fittedInput.dataBatches = function* (opts) {
-      try {
-        yield* batches(opts);
-      } catch (e) {
-        printToolOutput(e);
-        throw e;
-      }
-    };
-  }
   return fitted;
-}
-
-function printToolOutput(e: unknown): void {
-  if (e instanceof fsTools().ToolError && e.output) process.stderr.write(e.output.endsWith("\n") ? e.output : `${e.output}\n`);
 }
 
 /** info --minimum: what the disk and each partition can be restored into. */

@@ -30,6 +30,9 @@ export async function guard(body: () => void | number | Promise<void | number>):
       // the reader of our stdout went away (| head): not an error of ours
       process.exit(EXIT.OK);
     }
+    // an error of a program imgtool ran (a resize tool) carries what it printed: shown before the line
+    const output = (e as { output?: unknown }).output;
+    if (typeof output === "string" && output !== "") process.stderr.write(output.endsWith("\n") ? output : `${output}\n`);
     process.stderr.write(`imgtool: ${err.message?.split("\n")[0] ?? String(e)}\n`);
     if (process.argv.includes("--debug") || process.env.IMGTOOL_DEBUG === "1") process.stderr.write(`${err.stack}\n`);
     code =
