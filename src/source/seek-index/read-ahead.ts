@@ -6,7 +6,7 @@ import { type Pointer, ptr } from "bun:ffi";
 import type { RandomAccessSource } from "../chunk-source.ts";
 import { type PieceDescriptor, pieceDescriptors } from "../pieces.ts";
 import { type CompressedInput, InputWindow } from "./zstd-blocks.ts";
-import { waitWhile } from "../atomic-wait.ts";
+import { terminateWhenStarted } from "../atomic-wait.ts";
 
 /** Raw bytes a slot starts apart; each holds OVERLAP more, so that a block starting in it ends in it. */
 const SLOT = 1 << 20;
@@ -126,9 +126,7 @@ export class ReadAheadInput implements CompressedInput {
   close(): void {
     Atomics.store(this.ctl, CTL.stop, 1);
     Atomics.notify(this.ctl, CTL.released);
-    // not ended while it still loads its modules (see WorkerVerifier.close)
-    waitWhile(this.ctl, CTL.started, 0, 5_000);
-    this.worker.terminate();
+    terminateWhenStarted(this.worker, this.ctl, CTL.started, 0);
   }
 }
 

@@ -1,4 +1,4 @@
-import { waitWhile } from "../atomic-wait.ts";
+import { terminateWhenStarted } from "../atomic-wait.ts";
 import { decodeSettings } from "../../../native/decode-settings.ts";
 import { ZstdCompressor } from "../../../native/zstd.ts";
 import { INPUT_BUFFER_SIZE } from "../../../native/ffi.ts";
@@ -291,23 +291,17 @@ class WorkerVerifier implements Verifier {
   }
 
   /**
-   * The worker failed (it could not open the image, or ran out of memory) or did not start: it is
-   * ended, and this thread answers the jobs it has not (their windows are still where they were sent).
+   * The worker failed (it could not open the image, or ran out of memory) or did not start: this
+   * thread answers the jobs it has not (their windows are still where they were sent). The worker is
+   * ended at close, once it has started.
    */
   private giveUp(): void {
-    this.worker.terminate();
     this.fallback = this.inline();
   }
 
   close(): void {
-    // a worker ended while it still loads its modules can bring the runtime down (Bun 1.3.14 crashed so
-    // once in ten runs of a small build that was over before its worker had started): let it start first
-    if (!this.fallback) waitWhile(this.ctl, VCTL.state, VSTATE.starting, WORKER_SETTLE_MS);
-    this.worker.terminate();
+    terminateWhenStarted(this.worker, this.ctl, VCTL.state, VSTATE.starting);
     this.fallback?.close();
   }
 }
-
-/** how long closing waits for a worker still starting (it takes tens of milliseconds) */
-const WORKER_SETTLE_MS = 5_000;
 
