@@ -425,6 +425,21 @@ describe("the view a resize tool works on", () => {
     }
   });
 
+  test("a write the target refuses names the view, the part and the volume offset", () => {
+    const dir = tempDir();
+    const target = path.join(dir, "target");
+    fs.writeFileSync(target, new Uint8Array(64 * 1024));
+    const readOnly = fs.openSync(target, "r");
+    const view = new SplitView("sda2", 64 * 1024, 40 * 1024, false, dir);
+    try {
+      view.place(readOnly, 0);
+      expect(() => view.write(4096, new Uint8Array(8))).toThrow("sda2: cannot write the target at volume offset 4,096: EBADF");
+    } finally {
+      view.close();
+      fs.closeSync(readOnly);
+    }
+  });
+
   test("the read-only view decodes the image in order as far as reads reach, then reads at random", () => {
     const input = openInput(path.join(CZ, "clonezilla-mbr-zstd"));
     try {

@@ -6,7 +6,8 @@ import { diskDataBatches, diskSpan } from "../disk/disk-data.ts";
 import { type DiskLayout, type DiskPartition, bytesVolume, composeVolume, partitionVolume } from "../disk/disk-volume.ts";
 import type { DataRun } from "../formats/image.ts";
 import { buildMbr, DEFAULT_GEOMETRY } from "../disk/mbr.ts";
-import { StoppedBySignal } from "../errors.ts";
+import { StoppedBySignal, withCommas } from "../errors.ts";
+import { OutputError } from "../output/writer.ts";
 import { mountVolume } from "../serve/fuse.ts";
 import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import { checkRange, type Volume, type WritableVolume } from "../volume/volume.ts";
@@ -177,7 +178,21 @@ export class SplitView implements WritableVolume {
   /** Data of the volume at `offset`, at or past `kept`: into the overlay. */
   writeBeyond(offset: number, data: Uint8Array): void {
     if (this.overlay === undefined || offset < this.kept) throw new Error(`${this.name}: ${offset} is not beyond the kept ${this.kept} bytes`);
-    writeFull(this.overlay, data, offset - this.kept);
+    this.io("write", "the overlay in --tmp-dir", offset, () => writeFull(this.overlay!, data, offset - this.kept));
+  }
+
+  /** A read or write of the target or the overlay, whose failure names the view and the offset (the call names neither). */
+  private io(what: "read" | "write", of: string, offset: number, body: () => void): void {
+    try {
+      body();
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+      throw new OutputError(`${this.name}: cannot ${what} ${of} at volume offset ${withCommas(offset)}: ${code}`);
+    }
+  }
+
+  private whereName(where: number): string {
+    return where === this.overlay ? "the overlay in --tmp-dir" : "the target";
   }
 
   read(offset: number, length: number): Uint8Array {
@@ -185,7 +200,7 @@ export class SplitView implements WritableVolume {
     const out = new Uint8Array(length);
     this.each(offset, length, (where, pos, from, n) => {
       if (where === "head") out.set(this.head.subarray(pos, pos + n), from);
-      else readFull(where, out.subarray(from, from + n), pos);
+      else this.io("read", this.whereName(where), offset + from, () => readFull(where, out.subarray(from, from + n), pos));
     });
     return out;
   }
@@ -194,7 +209,7 @@ export class SplitView implements WritableVolume {
     checkRange(this, offset, data.length);
     this.each(offset, data.length, (where, pos, from, n) => {
       if (where === "head") this.head.set(data.subarray(from, from + n), pos);
-      else writeFull(where, data.subarray(from, from + n), pos);
+      else this.io("write", this.whereName(where), offset + from, () => writeFull(where, data.subarray(from, from + n), pos));
     });
   }
 
