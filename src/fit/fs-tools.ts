@@ -68,7 +68,8 @@ export class ResizeTools {
       if (!(r.okCodes ?? [0]).includes(result.code)) throw new ToolError(`${r.what}: ${r.tool} failed (exit ${result.code}); its output is above`, result.output);
     }
     if (report.results.length < runs.length) throw new ToolError(`${runs[report.results.length]!.what}: ${runs[report.results.length]!.tool} did not run`, "");
-    if (report.unmountFailed) throw new UsageError(`${runs[0]!.what}: the view could not be unmounted: ${report.unmountFailed}`);
+    // the system's failure, not the user's: exit 1
+    if (report.unmountFailed) throw new Error(`${runs[0]!.what}: the view could not be unmounted: ${report.unmountFailed}`);
     return report.results.map((r) => r.output);
   }
 }
@@ -140,7 +141,6 @@ export function minimumSize(tools: ResizeTools, kind: ResizableFs, view: ToolVie
  * at its old size and the tool moves what lies past `bytes`; growing, it is already `bytes` long.
  */
 export function resizeVolume(tools: ResizeTools, kind: ResizableFs, view: ToolView & { volume: WritableVolume }, bytes: number, name: string, startSector: number): void {
-  const grow = bytes > view.size;
   const file = viewName(name, kind);
   switch (kind) {
     case "ext": {
@@ -156,7 +156,6 @@ export function resizeVolume(tools: ResizeTools, kind: ResizableFs, view: ToolVi
       tools.run(view, file, [{ tool: "ntfsresize", args: ["--force", "--no-progress-bar", "-s", String(bytes), FILE], what: `${name}: resizing its NTFS`, input: "y\n" }]);
       break;
     case "fat": {
-      if (grow) throw new UsageError(`${name}: fatresize grows FAT only inside a partition table; kept at its size`);
       const saved = view.volume.read(view.offset, 512);
       // libparted lands within some sectors either side of the size asked: ask a little less
       tools.run(view, file, [{ tool: "fatresize", args: ["-f", "-n", String(view.partition), "-s", String(Math.max(0, bytes - FAT_SLACK)), FILE], what: `${name}: resizing its FAT` }]);
