@@ -1,7 +1,7 @@
 // libc calls on an open descriptor: reads, holes and fallocate, writeback control, pipe size and
 // blocking mode, locks, block device sizes.
-import { ptr, read } from "bun:ffi";
-import { EINTR, libc, libcError, O_NONBLOCK } from "./libc.ts";
+import { ptr } from "bun:ffi";
+import { EINTR, lastErrno, libc, libcError, O_NONBLOCK } from "./libc.ts";
 
 // linux/fs.h, linux/falloc.h, unistd.h, fcntl.h, poll.h
 export const FICLONE = 0x40049409;
@@ -62,7 +62,7 @@ export function preadFd(fd: number, into: Uint8Array, offset: number, display: U
   for (;;) {
     const n = Number(libc().pread(fd, into, into.length, offset));
     if (n >= 0) return n;
-    if (read.i32(libc().__errno_location()!, 0) !== EINTR) throw libcError("pread", display);
+    if (lastErrno() !== EINTR) throw libcError("pread", display);
   }
 }
 /** The size in bytes of the block device open on fd. */

@@ -1,7 +1,7 @@
 // libc calls for threads and signals: a connected socket served with blocking calls on a thread of
 // its own, a thread's scheduling priority, default signal actions.
-import { ptr, read } from "bun:ffi";
-import { EINTR, libc, libcError } from "./libc.ts";
+import { ptr } from "bun:ffi";
+import { EINTR, lastErrno, libc, libcError } from "./libc.ts";
 
 // x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) of calls glibc 2.36 does not wrap
 const SYS_gettid = 186;
@@ -46,7 +46,7 @@ export function recvInto(fd: number, into: Uint8Array): number {
   for (;;) {
     const n = Number(libc().recv(fd, ptr(into), into.length, 0));
     if (n >= 0) return n;
-    const errno = read.i32(libc().__errno_location()!, 0);
+    const errno = lastErrno();
     if (errno !== EINTR) return -errno;
   }
 }
@@ -80,7 +80,7 @@ export class SocketSender {
       this.headerView.setBigUint64(24, BigInt(count), true);
       let n = Number(libc().sendmsg(this.fd, ptr(this.header), MSG_NOSIGNAL));
       if (n < 0) {
-        if (read.i32(libc().__errno_location()!, 0) === EINTR) continue;
+        if (lastErrno() === EINTR) continue;
         return false;
       }
       // step past what was taken

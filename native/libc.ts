@@ -98,7 +98,7 @@ function errnoText(errno: number): string {
 
 /** An Error like node's for a failed libc call, with `code` = the errno's name. */
 export function libcError(call: string, target: Uint8Array): NodeJS.ErrnoException {
-  const errno = read.i32(libc().__errno_location()!, 0);
+  const errno = lastErrno();
   const code = errnoText(errno);
   const err = new Error(`${code}: ${call} '${printable(target)}'`) as NodeJS.ErrnoException;
   err.code = code;

@@ -3,7 +3,7 @@
 // attrib,runlist}.h; on-disk records (MFT record, attribute record) from layout.h.
 import { FFIType, JSCallback, type Pointer, read, toArrayBuffer } from "bun:ffi";
 import { LazyLibrary, cstr, readCString } from "./ffi.ts";
-import { libc } from "./libc.ts";
+import { lastErrno as errno, libc } from "./libc.ts";
 
 const ntfs3g = new LazyLibrary("libntfs-3g.so.89", "libntfs-3g89", {
   ntfs_device_alloc: { args: [FFIType.ptr, FFIType.i64, FFIType.ptr, FFIType.ptr], returns: FFIType.ptr },
@@ -95,9 +95,6 @@ const EROFS = 30;
 
 function setErrno(code: number): void {
   new Int32Array(toArrayBuffer(libc().__errno_location()!, 0, 4))[0] = code;
-}
-function errno(): number {
-  return read.i32(libc().__errno_location()!, 0);
 }
 
 /**
