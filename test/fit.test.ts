@@ -8,7 +8,7 @@ import { bytesVolume, type DiskLayout, type DiskPartition, partitionVolume } fro
 import { fitDisk } from "../src/fit/fit-input.ts";
 import { type PartitionSizing, planFit } from "../src/fit/plan.ts";
 import { ResizeTools } from "../src/fit/fs-tools.ts";
-import { FAT_OFFSET, InOrderVolume, SplitView } from "../src/fit/view.ts";
+import { FAT_OFFSET, InOrderVolume, SplitView, viewUnavailable } from "../src/fit/view.ts";
 import { readSlots } from "../src/disk/mbr.ts";
 import { openFileSystem } from "../src/fs/open.ts";
 import { DiskInput } from "../src/input/disk-input.ts";
@@ -25,7 +25,10 @@ const TOOLS = ["resize2fs", "e2fsck", "ntfsresize", "ntfsfix", "fatresize", "fsc
 /** Why the tests cannot run here, or undefined. */
 function missing(): string | undefined {
   const absent = TOOLS.filter((t) => !which(t));
-  return absent.length ? `skipped: ${absent.join(", ")} not installed (apt-get install e2fsprogs ntfs-3g fatresize dosfstools gdisk fdisk)` : undefined;
+  if (absent.length) return `skipped: ${absent.join(", ")} not installed (apt-get install e2fsprogs ntfs-3g fatresize dosfstools gdisk fdisk)`;
+  // the tools work on a FUSE view of each partition
+  const noView = viewUnavailable(process.env.PATH ?? "");
+  return noView ? `skipped: ${noView}` : undefined;
 }
 
 /** path → "type size content" of FOLDER.pN.tree.txt; ext4 keeps every column (mode, owner, mtime, links) */
