@@ -12,6 +12,7 @@ import { mountVolume } from "../serve/fuse.ts";
 import type { SeekIndexOptions } from "../source/seek-index/open-index.ts";
 import { checkRange, type Volume, type WritableVolume } from "../volume/volume.ts";
 import { FLAG_COUNT, RESULT_OFFSET, type ToolCommand, ToolFlag, type ToolThreadJob, type ToolThreadReport } from "./tool-job.ts";
+import { workerEntry } from "../worker-entry.ts";
 
 /** Where a FAT volume sits in its view: behind a one-partition MBR, 1 MiB aligned (fatresize works on a partition of a disk). */
 export const FAT_OFFSET = 1 << 20;
@@ -288,14 +289,6 @@ const THREAD_START_MS = 30_000;
 const THREAD_END_MS = 60_000;
 
 /**
- * From source the thread's module sits next to this file; in the standalone executable (`bun
- * build --compile` with it as another entry point) it is addressed from the bundle's root, src/.
- */
-function threadUrl(): string {
-  return import.meta.url.startsWith("file:///$bunfs/") ? "./fit/tool-thread.ts" : new URL("./tool-thread.ts", import.meta.url).href;
-}
-
-/**
  * Mount `view` as the file `name` in a fresh directory of `tmpDir`, run `commands` (each given the
  * file's path where its argv says FILE) on a thread of their own while this one serves the file,
  * then unmount and remove the directory. Returns each command's result (stopped at the first that
@@ -306,7 +299,7 @@ export function runOnView(view: ToolView, name: string, tmpDir: string, searchPa
   const file = path.join(dir, name);
   const shared = new SharedArrayBuffer(RESULT_OFFSET + RESULT_BYTES);
   const flags = new Int32Array(shared, 0, FLAG_COUNT);
-  const worker = new Worker(threadUrl(), { smol: true });
+  const worker = new Worker(workerEntry("fit/tool-thread.ts"), { smol: true });
   // its end is awaited through the shared flags, never through the event loop
   worker.unref();
   try {

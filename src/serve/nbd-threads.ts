@@ -5,14 +5,7 @@ import { shutdownSocket } from "../../native/libc-thread.ts";
 import { cacheDirectory } from "../source/seek-index/index-file.ts";
 import type { NbdThreads } from "./nbd-server.ts";
 import type { FromNbdThread, NbdThreadInput, ToNbdThread } from "./nbd-thread.ts";
-
-/**
- * From source the worker sits next to this file; in the standalone executable (`bun build
- * --compile` with the worker as another entry point) it is addressed from the bundle's root, src/.
- */
-function workerUrl(): string {
-  return import.meta.url.startsWith("file:///$bunfs/") ? "./serve/nbd-thread.ts" : new URL("./nbd-thread.ts", import.meta.url).href;
-}
+import { workerEntry } from "../worker-entry.ts";
 
 interface Thread {
   worker: Worker;
@@ -32,7 +25,7 @@ export async function startNbdThreads(count: number, input: NbdThreadInput, onEr
   let started = false;
   const opened = await Promise.all(
     Array.from({ length: count }, () => {
-      const worker = new Worker(workerUrl(), { smol: true });
+      const worker = new Worker(workerEntry("serve/nbd-thread.ts"), { smol: true });
       const thread: Thread = { worker };
       threads.push(thread);
       return new Promise<string | undefined>((resolve) => {

@@ -8,6 +8,7 @@ import { findSeekIndex } from "./seek-index/open-index.ts";
 import type { Compression } from "./sniff.ts";
 import { DecodedRing } from "./decoded-ring.ts";
 import { MESSAGE, MESSAGE_BYTES, newRingMemory, workerFailure } from "./threaded-decode.ts";
+import { workerEntry } from "../worker-entry.ts";
 
 /**
  * Slots of each worker's ring: more than a span of the default 16 MiB spacing, so that a worker a
@@ -144,10 +145,6 @@ export function openParallelDecode(
   }
 }
 
-function workerUrl(): string {
-  return import.meta.url.startsWith("file:///$bunfs/") ? "./source/parallel-decode-worker.ts" : new URL("./parallel-decode-worker.ts", import.meta.url).href;
-}
-
 interface Ring {
   worker: Worker;
   ctl: Int32Array;
@@ -186,7 +183,7 @@ export class ParallelDecodeSource implements ChunkSource {
     const n = Math.max(1, Math.min(workers, job.points.length));
     for (let w = 0; w < n; w++) {
       const memory = newRingMemory(PARALLEL_SLOT_COUNT);
-      const worker = new Worker(workerUrl());
+      const worker = new Worker(workerEntry("source/parallel-decode-worker.ts"));
       worker.postMessage({ shared: memory.shared, job: { ...job, worker: w, workers: n } satisfies SpanJob, settings: decodeSettings() });
       const { ctl } = memory;
       const message = memory.messages.subarray(MESSAGE.failure * MESSAGE_BYTES, (MESSAGE.failure + 1) * MESSAGE_BYTES);

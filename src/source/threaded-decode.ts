@@ -4,6 +4,7 @@ import type { ChunkSource } from "./chunk-source.ts";
 import { DecodedRing } from "./decoded-ring.ts";
 import type { RawSpec } from "./open.ts";
 import type { Compression } from "./sniff.ts";
+import { workerEntry } from "../worker-entry.ts";
 
 // Shared memory between this thread and a decode worker: a ring of n × SLOT_BYTES bytes the worker
 // fills with decoded bytes while this thread parses and writes the previous ones (two cores, two
@@ -66,14 +67,6 @@ export class WorkerDidNotStart extends Error {
   override name = "WorkerDidNotStart";
 }
 
-/**
- * From source the worker sits next to this file; in the standalone executable (`bun build
- * --compile` with the worker as a second entry point) it is addressed from the bundle's root, src/.
- */
-function workerUrl(): string {
-  return import.meta.url.startsWith("file:///$bunfs/") ? "./source/decode-worker.ts" : new URL("./decode-worker.ts", import.meta.url).href;
-}
-
 /** What the worker reports on failure: enough to rebuild the ImageError here. */
 export interface WorkerFailure {
   message: string;
@@ -128,7 +121,7 @@ export class ThreadedDecodeSource implements ChunkSource {
     this.message = memory.messages;
     this.ring = new DecodedRing(memory, () => this.rethrow());
     this.firstName = "fd" in spec ? spec.name : spec.pieces[0]!;
-    this.worker = new Worker(workerUrl());
+    this.worker = new Worker(workerEntry("source/decode-worker.ts"));
     this.worker.postMessage({ shared: memory.shared, spec, settings: decodeSettings() });
     const deadline = performance.now() + WORKER_START_MS;
     while (Atomics.load(this.ctl, CTL.state) === STATE.starting) {

@@ -7,6 +7,7 @@ import { type PieceDescriptor, pieceDescriptors } from "../pieces.ts";
 import { InputWindow, ZstdBlocks } from "./zstd-blocks.ts";
 import { ChainedHash } from "./stretch-hashes.ts";
 import { parseFrameHeader } from "./zstd-frame.ts";
+import { workerEntry } from "../../worker-entry.ts";
 
 /** A candidate point inside a zstd frame and what decoding from it must reproduce first. */
 export interface VerifyJob {
@@ -168,7 +169,7 @@ const WORKER_START_MS = 20_000;
 
 /** The script of the zstd build's worker thread (the probes). */
 export function zstdWorkerUrl(): string {
-  return import.meta.url.startsWith("file:///$bunfs/") ? "./source/seek-index/zstd-verify-worker.ts" : new URL("./zstd-verify-worker.ts", import.meta.url).href;
+  return workerEntry("source/seek-index/zstd-verify-worker.ts");
 }
 
 /** What travels to the worker: the job, with its window in shared memory that the answer then takes. */
