@@ -8,7 +8,8 @@ import { ImageError } from "../src/errors.ts";
 import type { ChunkSource, RandomAccessSource } from "../src/source/chunk-source.ts";
 import { decodeLayers, openRaw } from "../src/source/open.ts";
 import { openParallelDecode, planSpans } from "../src/source/parallel-decode.ts";
-import { buildSeekIndex, findSeekIndex, seekCodecFor } from "../src/source/seek-index/open-index.ts";
+import { seekCodecOf } from "../src/source/seek-index/codecs.ts";
+import { buildSeekIndex, findSeekIndex } from "../src/source/seek-index/open-index.ts";
 import { sniffCompression } from "../src/source/sniff.ts";
 import { ThreadedDecodeSource } from "../src/source/threaded-decode.ts";
 import { fixture, restoredReference, runCli, sha256, sha256File, shellWord, tempDir, which } from "./helpers.ts";
@@ -49,7 +50,7 @@ function indexed(file: string, spacing: number): { file: string; raw: RandomAcce
   const { raw } = openRaw(file);
   const head = new Uint8Array(64);
   (raw as RandomAccessSource).readAt(head, 0);
-  const codec = seekCodecFor(sniffCompression(head)!)!;
+  const codec = seekCodecOf(sniffCompression(head)!)!;
   buildSeekIndex(raw as RandomAccessSource, [file], codec, { spacing });
   return { file, raw: raw as RandomAccessSource };
 }
@@ -194,7 +195,7 @@ describe("parallel decoding from a seek index", () => {
     const first = path.join(dir, "img.gz.aa");
     const { raw, pieces } = openRaw(first);
     expect(pieces.length).toBeGreaterThan(3);
-    buildSeekIndex(raw as RandomAccessSource, pieces, seekCodecFor("gzip")!, { spacing: 64 << 10 });
+    buildSeekIndex(raw as RandomAccessSource, pieces, seekCodecOf("gzip")!, { spacing: 64 << 10 });
     raw.close();
     const parallel = openParallelDecode(openRaw(first).raw as RandomAccessSource, pieces, "gzip", 2, 128 << 10)!;
     try {

@@ -3,8 +3,8 @@ import { UsageError, withCommas } from "../errors.ts";
 import { humanSize } from "../formats/units.ts";
 import { isRandomAccess } from "../source/chunk-source.ts";
 import { openRaw } from "../source/open.ts";
-import { buildSeekIndex, DEFAULT_SPACING, seekCodecFor } from "../source/seek-index/open-index.ts";
-import { SEEKABLE_COMPRESSIONS } from "../source/seek-index/codecs.ts";
+import { buildSeekIndex, DEFAULT_SPACING } from "../source/seek-index/open-index.ts";
+import { SEEKABLE_COMPRESSIONS, seekCodecOf } from "../source/seek-index/codecs.ts";
 import { sniffCompression } from "../source/sniff.ts";
 import { DiskInput } from "../input/disk-input.ts";
 import { ImageInput } from "../input/image-input.ts";
@@ -53,7 +53,7 @@ function indexImage(image: string, spacing: number, json: boolean): boolean {
     const head = new Uint8Array(64);
     const kind = sniffCompression(head.subarray(0, raw.readAt(head, 0)));
     if (!kind) return false;
-    const codec = seekCodecFor(kind);
+    const codec = seekCodecOf(kind);
     if (!codec) {
       throw new UsageError(`${image}: imgtool has no seek index for ${kind} data (it has for: ${SEEKABLE_COMPRESSIONS.join(", ")}); decompress it first or use imgtool restore`);
     }

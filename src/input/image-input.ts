@@ -98,9 +98,9 @@ export function refuseWithoutRandomAccess(image: Image, input: string, command: 
   }
   if (compression.length > 0) {
     // every compressor named here decompresses with -d; the seek index modules load only for this message
-    const { seekCodecFor } = require("../source/seek-index/open-index.ts") as typeof import("../source/seek-index/open-index.ts");
+    const { seekCodecOf } = require("../source/seek-index/codecs.ts") as typeof import("../source/seek-index/codecs.ts");
     const why =
-      !seekCodecFor(compression[0]!) ? `imgtool has no seek index for ${compression[0]} data yet`
+      !seekCodecOf(compression[0]!) ? `imgtool has no seek index for ${compression[0]} data yet`
       : compression.length > 1 ? `it is compressed ${compression.length} times over`
       : `a ${format} image inside ${compression[0]} data is not read at any offset yet`;
     throw new UsageError(`${input}: ${command} cannot read this ${compression.join(" inside ")} image at any offset (${why}); decompress it first (${compression[0]} -d) or use imgtool restore`);

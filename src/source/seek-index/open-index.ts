@@ -44,11 +44,6 @@ export interface BuiltIndex {
   fromSeekTable: boolean;
 }
 
-/** The seek codec of a compression, or undefined when imgtool has none for it. */
-export function seekCodecFor(compression: Compression): SeekCodec | undefined {
-  return seekCodecOf(compression);
-}
-
 /** Build the index of `raw` and write it where it belongs; what was built. */
 export function buildSeekIndex(raw: RandomAccessSource, pieces: string[], codec: SeekCodec, opts: Omit<SeekIndexOptions, "mode" | "rebuild">): BuiltIndex {
   return buildAndKeep(raw, pieces, codec, opts).built;
@@ -112,7 +107,7 @@ export function findSeekIndex(raw: RandomAccessSource, pieces: string[], compres
  * a stream whose index has no point to resume from but its start.
  */
 export function openSeekable(raw: RandomAccessSource, pieces: string[], compression: Compression, opts: SeekIndexOptions): SeekableSource | undefined {
-  const codec = seekCodecFor(compression);
+  const codec = seekCodecOf(compression);
   if (!codec || opts.mode === "never") return undefined;
   let index = opts.rebuild ? undefined : findSeekIndex(raw, pieces, compression);
   if (!index) {
