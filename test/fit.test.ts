@@ -339,6 +339,17 @@ describe("refusals before a byte is written", () => {
     }
   });
 
+  test("a --tmp-dir that cannot hold the views is refused, naming it, before anything exists", () => {
+    if (missing()) return void console.log(missing());
+    const dir = tempDir();
+    const out = path.join(dir, "disk.img");
+    const gone = path.join(dir, "no-such-dir");
+    const r = runCli(["restore", path.join(CZ, "clonezilla-mbr-zstd"), "-o", out, "--fit", "--size", "200M", "--tmp-dir", gone, "-q"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`imgtool: loop0p1: sizing its ext file system: --tmp-dir ${gone}: ENOENT\n`);
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
   test("a tool that fails: its output verbatim, then one line; nothing written, nothing left in --tmp-dir", () => {
     if (missing()) return void console.log(missing());
     const { tmp, out, args, env } = withFakeTool("resize2fs", "echo 'resize2fs 9.9 (fake)'\necho \"Bad magic number in super-block while trying to open $2\" >&2\nexit 1\n");

@@ -1,4 +1,5 @@
 // The file system tools that shrink and grow a volume seen as a file: resize2fs(8), ntfsresize(8), fatresize(8).
+import fs from "node:fs";
 import os from "node:os";
 import { readSlots } from "../disk/mbr.ts";
 import { UsageError } from "../errors.ts";
@@ -51,8 +52,19 @@ export class ResizeTools {
 
   /** A refusal when a view cannot be mounted (no libfuse3, fusermount3 or /dev/fuse). */
   requireViews(why: string): void {
-    const missing = viewUnavailable(this.searchPath);
+    const missing = viewUnavailable(this.searchPath) ?? this.tmpDirUnusable();
     if (missing) throw new UsageError(`${why}: ${missing}`);
+  }
+
+  /** Why --tmp-dir cannot hold the views' directories and overlays, or undefined. */
+  private tmpDirUnusable(): string | undefined {
+    try {
+      if (!fs.statSync(this.tmpDir).isDirectory()) return `--tmp-dir ${this.tmpDir} is not a directory`;
+      fs.accessSync(this.tmpDir, fs.constants.W_OK | fs.constants.X_OK);
+      return undefined;
+    } catch (e) {
+      return `--tmp-dir ${this.tmpDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+    }
   }
 
   /**
