@@ -118,6 +118,31 @@ describe("btrfs-receive: runs of writes", () => {
     expectFiles(path.join(dir, "sv"), applied(files, writes));
   });
 
+  test("a rename between two writes at contiguous offsets ends the run: each write lands in the file its path names then", () => {
+    const [first, second, third] = [noise(KIB48, 301), noise(KIB48, 302), noise(KIB48, 303)];
+    const bytes = new SendStreamWriter(1)
+      .command(Cmd.SUBVOL, [p("sv"), [Attr.UUID, new Uint8Array(16).fill(9)], [Attr.CTRANSID, u64(1)]])
+      .command(Cmd.MKFILE, [p("f"), [Attr.INO, u64(257)]])
+      .command(Cmd.WRITE, [p("f"), [Attr.FILE_OFFSET, u64(0)], [Attr.DATA, first]])
+      .command(Cmd.RENAME, [p("f"), [Attr.PATH_TO, bytesOf("g")]])
+      .command(Cmd.MKFILE, [p("f"), [Attr.INO, u64(258)]])
+      // the offset that would continue the run, under the same path, now another file
+      .command(Cmd.WRITE, [p("f"), [Attr.FILE_OFFSET, u64(KIB48)], [Attr.DATA, second]])
+      .command(Cmd.WRITE, [p("g"), [Attr.FILE_OFFSET, u64(KIB48)], [Attr.DATA, third]])
+      .command(Cmd.END, [])
+      .bytes();
+    const file = path.join(tempDir(), "rename.btrfs-send");
+    fs.writeFileSync(file, bytes);
+    const dir = tempDir();
+    const run = receive(file, dir);
+    expect(run.stderr).toBe("");
+    expect(run.code).toBe(EXIT.OK);
+    expectFiles(path.join(dir, "sv"), new Map([
+      ["g", Buffer.concat([first, third])],
+      ["f", Buffer.concat([Buffer.alloc(KIB48), second])],
+    ]));
+  });
+
   test("a bad crc in the middle of a run: the writes before it are written, nothing of it, exit 4", () => {
     const writes: Write[] = [0, 1, 2, 3].map((i) => ({ file: "a", offset: i * KIB48, data: noise(KIB48, 100 + i) }));
     writes[2]!.badCrc = true;
